@@ -1,0 +1,83 @@
+"""Losses. Each says which feedback it learns from; ranking losses take positive and negative scores.
+
+* Explicit (``feedback = "explicit"``): ``loss(pred, target)`` on ratings.
+* Implicit (``feedback = "implicit"``): ``loss(pos, neg)`` with ``pos`` of shape ``(B,)`` and ``neg`` of
+  shape ``(B, num_negatives)`` (negatives are sampled on the device by :class:`NegativeSampler`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recforge.errors import RecForgeError
+
+
+class MSELoss(nn.Module):
+    """Squared error on ratings (biased MF, Koren et al. 2009)."""
+
+    feedback = "explicit"
+    num_negatives = 0
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred, target)
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017)."""
+
+    feedback = "implicit"
+
+    def __init__(self, num_negatives: int = 4) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise RecForgeError(f"loss.num_negatives must be >= 1, got {num_negatives}")
+        self.num_negatives = num_negatives
+
+    def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        pos_term = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
+        neg_term = F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="sum")
+        return (pos_term + neg_term) / (pos.numel() + neg.numel())
+
+
+class BPRLoss(nn.Module):
+    """Bayesian personalised ranking, ``-log sigmoid(s_pos - s_neg)`` averaged over ``num_negatives``
+    negatives per positive (Rendle et al. 2009)."""
+
+    feedback = "implicit"
+
+    def __init__(self, num_negatives: int = 1) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise RecForgeError(f"loss.num_negatives must be >= 1, got {num_negatives}")
+        self.num_negatives = num_negatives
+
+    def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
+
+
+class NegativeSampler(nn.Module):
+    """Uniform negatives drawn on the device, redrawn where they hit a training positive.
+
+    Positives are found by binary search in the sorted ``user * n_items + item`` keys; after ``retries``
+    redraws the rare remaining collisions are kept (no host sync in the training loop).
+    """
+
+    def __init__(self, n_items: int, positive_keys: torch.Tensor, retries: int = 2) -> None:
+        super().__init__()
+        self.n_items, self.retries = n_items, retries
+        self.register_buffer("positive_keys", positive_keys, persistent=False)
+
+    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        keys = users.unsqueeze(-1) * self.n_items + items
+        idx = torch.searchsorted(self.positive_keys, keys).clamp_(max=len(self.positive_keys) - 1)
+        return self.positive_keys[idx] == keys
+
+    def forward(self, users: torch.Tensor, num_negatives: int) -> torch.Tensor:
+        shape = (len(users), num_negatives)
+        neg = torch.randint(self.n_items, shape, device=users.device)
+        for _ in range(self.retries):
+            redraw = torch.randint(self.n_items, shape, device=users.device)
+            neg = torch.where(self.is_positive(users, neg), redraw, neg)
+        return neg

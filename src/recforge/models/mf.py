@@ -1,0 +1,50 @@
+"""Matrix factorisation: biased MF for ratings and plain MF for implicit feedback (BPR-MF).
+
+Koren, Bell and Volinsky. 2009. Matrix Factorization Techniques for Recommender Systems. IEEE Computer
+42(8). Rendle et al. 2009. BPR: Bayesian Personalized Ranking from Implicit Feedback. UAI.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recforge.models.base import Recommender, broadcast_users
+
+
+class MatrixFactorization(Recommender):
+    """``score(u, i) = p_u . q_i`` plus, with ``use_bias``, ``mu + b_u + b_i`` (``mu`` starts at the
+    training mean rating ``global_mean``). With ``loss=mse`` it is biased MF for ratings; with
+    ``loss=bpr`` and ``use_bias=false`` it is BPR-MF."""
+
+    def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, use_bias: bool = True,
+                 init_std: float = 0.1, global_mean: float = 0.0) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.use_bias = n_users, n_items, use_bias
+        self.user_embedding = nn.Embedding(n_users, embedding_dim)
+        self.item_embedding = nn.Embedding(n_items, embedding_dim)
+        nn.init.normal_(self.user_embedding.weight, std=init_std)
+        nn.init.normal_(self.item_embedding.weight, std=init_std)
+        if use_bias:
+            self.user_bias = nn.Embedding(n_users, 1)
+            self.item_bias = nn.Embedding(n_items, 1)
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+            self.global_bias = nn.Parameter(torch.tensor(float(global_mean)))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        u = self.user_embedding(users)
+        q = self.item_embedding(items)
+        if items.dim() == 2:
+            u = u.unsqueeze(1)
+        score = (u * q).sum(-1)
+        if self.use_bias:
+            score = score + self.global_bias + self.user_bias(broadcast_users(users, items)).squeeze(-1) \
+                + self.item_bias(items).squeeze(-1)
+        return score
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        score = self.user_embedding(users) @ self.item_embedding.weight.T
+        if self.use_bias:
+            score = score + self.global_bias + self.user_bias(users) + self.item_bias.weight.T
+        return score

@@ -1,0 +1,174 @@
+"""Builds an experiment from a composed config; shared by ``train`` and ``eval``.
+
+Hydra/OmegaConf stay at this level: everything below receives explicit arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recforge.config import build, build_model, check_target, resolve_target
+from recforge.data.datamodule import RecDataModule
+from recforge.errors import RecForgeError
+from recforge.losses import NegativeSampler
+from recforge.models.base import Recommender
+from recforge.training.module import RecommenderModule, metric_names
+from recforge.utils.io import atomic_path
+
+log = logging.getLogger("recforge")
+
+
+class StoreConfig(pl.Callback):
+    """Puts the resolved config into every checkpoint, so ``recforge-eval ckpt_path=...`` can rebuild the run."""
+
+    def __init__(self, config_yaml: str) -> None:
+        self.config_yaml = config_yaml
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["recforge_config"] = self.config_yaml
+
+
+@dataclass
+class Experiment:
+    datamodule: RecDataModule
+    model: Recommender
+    module: RecommenderModule
+    feedback: str
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast, before any data is read, on mistakes a user can fix."""
+    for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
+        check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
+    for key, value in cfg.optimizer.items():
+        if key in ("lr", "weight_decay", "momentum", "eps") and isinstance(value, (int, float)) and value < 0:
+            raise RecForgeError(f"optimizer.{key}={value} must not be negative; e.g. optimizer.{key}=0.001")
+    try:
+        build(cfg, "optimizer")([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as exc:
+        raise RecForgeError(f"optimizer ({cfg.optimizer._target_}): {exc}; fix the optimizer.* overrides") from None
+    ks = list(cfg.eval.ks)
+    if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
+        raise RecForgeError(f"eval.ks must be a list of positive integers, got {ks}")
+    if cfg.trainer.get("max_epochs") is not None and cfg.trainer.max_epochs < 0:
+        raise RecForgeError("trainer.max_epochs must be >= 0")
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    check_config(cfg)
+    loss = build(cfg, "loss")
+    model_cls = resolve_target(cfg.model._target_)
+    if loss.feedback not in model_cls.feedbacks:
+        raise RecForgeError(
+            f"model {cfg.model._target_.rsplit('.', 1)[-1]} learns from {'/'.join(model_cls.feedbacks)} feedback "
+            f"but loss {cfg.loss._target_.rsplit('.', 1)[-1]} is for {loss.feedback} feedback; "
+            f"pick a matching loss (e.g. loss={'bpr' if 'implicit' in model_cls.feedbacks else 'mse'})"
+        )
+    valid = metric_names(loss.feedback, cfg.eval.ks)
+    if cfg.monitor not in valid:
+        raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
+                            f"valid names: {', '.join(valid)}")
+    datamodule = build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"),
+                       feedback=loss.feedback)
+    datamodule.setup()
+    data_kwargs = datamodule.model_kwargs()
+    model = build_model(cfg, data_kwargs)
+    sampler = None
+    if loss.feedback == "implicit" and model.requires_training:
+        sampler = NegativeSampler(datamodule.n_items, datamodule.positive_keys())
+    module = RecommenderModule(
+        model=model,
+        loss=loss,
+        optimizer=build(cfg, "optimizer"),
+        sampler=sampler,
+        ks=list(cfg.eval.ks),
+        rating_range=datamodule.raw.rating_range,
+        clip_predictions=cfg.eval.clip_predictions,
+        item_popularity=data_kwargs["item_popularity"],
+        n_train_users=datamodule.n_users,
+    )
+    return Experiment(datamodule, model, module, loss.feedback)
+
+
+def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:
+    """The model's import path and the exact constructor arguments it was built with."""
+    import inspect
+
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    target = kwargs.pop("_target_")
+    params = inspect.signature(resolve_target(target)).parameters
+    kwargs.update({k: v for k, v in datamodule.model_kwargs().items() if k in params})
+    return target, kwargs
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def per_user_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.DataFrame:
+    """Per-user test metrics with raw user ids (ranking metrics, or RMSE/MAE per user)."""
+    results = module.test_results or {}
+    if not results:
+        return pd.DataFrame()
+    users = results["users"].numpy()
+    if module.feedback == "explicit":
+        errors = results["errors"].numpy()
+        frame = pd.DataFrame({"u": users, "se": errors**2, "ae": np.abs(errors)}).groupby("u", sort=True)
+        stats = frame.agg(rmse=("se", "mean"), mae=("ae", "mean"), n=("se", "size")).reset_index()
+        stats["rmse"] = np.sqrt(stats["rmse"])
+        return pd.DataFrame({"user": datamodule.id_maps.users[stats["u"].to_numpy()], "rmse": stats["rmse"],
+                             "mae": stats["mae"], "n_test": stats["n"]})
+    columns = {k: v.numpy() for k, v in results.items() if k not in ("users", "topk", "scores", "valid")}
+    return pd.DataFrame({"user": datamodule.id_maps.users[users], **columns})
+
+
+def recommendations_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.DataFrame:
+    results = module.test_results or {}
+    if "topk" not in results:
+        return pd.DataFrame(columns=["user", "item", "rank", "score"])
+    topk, scores, valid = results["topk"].numpy(), results["scores"].numpy(), results["valid"].numpy()
+    users = np.repeat(results["users"].numpy(), topk.shape[1])
+    ranks = np.tile(np.arange(1, topk.shape[1] + 1), len(topk))
+    keep = valid.ravel()
+    return pd.DataFrame({
+        "user": datamodule.id_maps.users[users[keep]],
+        "item": datamodule.id_maps.items[topk.ravel()[keep]],
+        "rank": ranks[keep],
+        "score": scores.ravel()[keep],
+    })
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return path
+
+
+def split_frames(datamodule: RecDataModule) -> dict[str, pd.DataFrame]:
+    ids = datamodule.id_maps
+    return {name: pd.DataFrame({"user": ids.users[part["user"].to_numpy()], "item": ids.items[part["item"].to_numpy()],
+                                "rating": part["rating"].to_numpy(), "timestamp": part["timestamp"].to_numpy()})
+            for name, part in (("train", datamodule.split.train), ("val", datamodule.split.val),
+                               ("test", datamodule.split.test))}
+
+
+def finite(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        value = float(v)
+        out[k] = value if math.isfinite(value) else float("nan")
+    return out

@@ -1,0 +1,90 @@
+"""A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity.
+
+Everything needed to answer "top-K items for raw user id u" without the training data or the config.
+Loading uses ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recforge.metrics.ranking import mask_scores_, topk_items
+
+
+def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
+                user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"target": target, "kwargs": kwargs}, directory / "spec.pt")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / "model.pt")
+    pd.DataFrame({"user": user_ids}).to_parquet(directory / "users.parquet")
+    pd.DataFrame({"item": item_ids}).to_parquet(directory / "items.parquet")
+    sp.save_npz(directory / "seen.npz", seen.tocsr())
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return directory
+
+
+@dataclass
+class Bundle:
+    model: torch.nn.Module
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    seen: sp.csr_matrix
+    popularity: np.ndarray
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
+        directory = Path(directory)
+        spec = torch.load(directory / "spec.pt", weights_only=True)
+        module, _, name = spec["target"].rpartition(".")
+        model = getattr(import_module(module), name)(**spec["kwargs"])
+        model.load_state_dict(torch.load(directory / "model.pt", weights_only=True, map_location=device))
+        model.to(device).eval()
+        seen = sp.load_npz(directory / "seen.npz").tocsr()
+        popularity = np.asarray(seen.astype(bool).sum(axis=0)).ravel()
+        return cls(model, pd.read_parquet(directory / "users.parquet")["user"].to_numpy(),
+                   pd.read_parquet(directory / "items.parquet")["item"].to_numpy(), seen, popularity,
+                   json.loads((directory / "meta.json").read_text()))
+
+    @torch.no_grad()
+    def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        """Top-``k`` items per raw user id: columns user, item, rank (1-based), score, fallback.
+
+        Unknown users get the most popular items (``fallback`` is True for them)."""
+        users = np.asarray(users)
+        if users.dtype != self.user_ids.dtype and users.dtype.kind in "OUS" and self.user_ids.dtype.kind in "iu":
+            users = pd.to_numeric(pd.Series(users), errors="coerce").fillna(-1).astype(np.int64).to_numpy()
+        index = pd.Index(self.user_ids).get_indexer(users)
+        known = index >= 0
+        k = min(k, len(self.item_ids))
+        device = next(iter(self.model.buffers()), next(iter(self.model.parameters()), torch.empty(0))).device
+        items = np.empty((len(users), k), dtype=np.int64)
+        scores = np.empty((len(users), k), dtype=np.float32)
+        if known.any():
+            rows = torch.as_tensor(index[known], device=device)
+            s = self.model.score_all(rows).float()
+            if exclude_seen:
+                sub = self.seen[index[known]].tocoo()
+                mask_scores_(s, torch.as_tensor(sub.row, device=device, dtype=torch.long),
+                             torch.as_tensor(sub.col, device=device, dtype=torch.long))
+            values, top = topk_items(s, k)
+            items[known], scores[known] = top.cpu().numpy(), values.cpu().numpy()
+        if (~known).any():
+            order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))[:k]
+            items[~known], scores[~known] = order, self.popularity[order].astype(np.float32)
+        return pd.DataFrame({
+            "user": np.repeat(users, k),
+            "item": self.item_ids[items.ravel()],
+            "rank": np.tile(np.arange(1, k + 1), len(users)),
+            "score": scores.ravel(),
+            "fallback": np.repeat(~known, k),
+        }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
