@@ -31,11 +31,12 @@ log = logging.getLogger("recforge")
 class StoreConfig(pl.Callback):
     """Puts the resolved config into every checkpoint, so ``recforge-eval ckpt_path=...`` can rebuild the run."""
 
-    def __init__(self, config_yaml: str) -> None:
-        self.config_yaml = config_yaml
+    def __init__(self, config_yaml: str, fingerprint: str) -> None:
+        self.config_yaml, self.fingerprint = config_yaml, fingerprint
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["recforge_config"] = self.config_yaml
+        checkpoint["recforge_split_fingerprint"] = self.fingerprint
 
 
 @dataclass
@@ -64,6 +65,19 @@ def check_config(cfg: DictConfig) -> None:
         raise RecForgeError("trainer.max_epochs must be >= 0")
 
 
+def sampled_kwargs(cfg: DictConfig) -> dict:
+    """The module's sampled-protocol arguments from ``eval.sampled`` (null: full ranking only)."""
+    node = cfg.eval.get("sampled")
+    if node is None:
+        return {"sampled_negatives": None, "sampled_strategy": "uniform", "sampled_seed": 0}
+    unknown = sorted(set(node) - {"n_negatives", "strategy", "seed"})
+    if unknown:
+        raise RecForgeError(f"eval.sampled.{unknown[0]} is not a key of eval.sampled; valid keys: "
+                            "n_negatives, strategy, seed (e.g. eval.sampled={n_negatives:99,strategy:uniform})")
+    return {"sampled_negatives": node.get("n_negatives", 99), "sampled_strategy": node.get("strategy", "uniform"),
+            "sampled_seed": node.get("seed", 0)}
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     check_config(cfg)
     loss = build(cfg, "loss")
@@ -74,7 +88,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"but loss {cfg.loss._target_.rsplit('.', 1)[-1]} is for {loss.feedback} feedback; "
             f"pick a matching loss (e.g. loss={'bpr' if 'implicit' in model_cls.feedbacks else 'mse'})"
         )
-    valid = metric_names(loss.feedback, cfg.eval.ks)
+    sampled = sampled_kwargs(cfg)
+    valid = metric_names(loss.feedback, cfg.eval.ks, "val", sampled["sampled_negatives"], sampled["sampled_strategy"])
     if cfg.monitor not in valid:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
@@ -96,6 +111,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         clip_predictions=cfg.eval.clip_predictions,
         item_popularity=data_kwargs["item_popularity"],
         n_train_users=datamodule.n_users,
+        **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
 

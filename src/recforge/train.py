@@ -34,7 +34,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_yaml = to_yaml(cfg)
     tracker = build(cfg, "tracking") if cfg.get("tracking") else None
     callbacks = [build(cfg.callbacks, name) for name in cfg.get("callbacks") or {}]
-    callbacks.append(StoreConfig(config_yaml))
+    callbacks.append(StoreConfig(config_yaml, dm.fingerprint))
+    if cfg.get("optuna_trial"):  # a trial of the Optuna sweeper: report each epoch, stop when pruned
+        from recforge.tuning.pruning import OptunaPruning
+
+        callbacks.append(OptunaPruning(**cfg.optuna_trial))
     trainer = build(cfg, "trainer", logger=tracker.logger if tracker else False, callbacks=callbacks)
     checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
 
@@ -122,14 +126,27 @@ def run_cli(task, cfg: DictConfig):
         return task(cfg)
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if _in_multirun():  # a sweep records the failed job and goes on; exiting would end the whole sweep
+            raise
         sys.exit(2)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list | None:
     metrics = run_cli(train, cfg)
-    value = metrics.get(cfg.get("optimized_metric")) if metrics else None
-    return value
+    objective = cfg.get("optimized_metric")
+    if not metrics:
+        return None
+    if isinstance(objective, str) or objective is None:
+        return metrics.get(objective)
+    return [metrics.get(name) for name in objective]  # several objectives (e.g. an NSGA-II sweep)
 
 
 if __name__ == "__main__":

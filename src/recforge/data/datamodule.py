@@ -1,7 +1,9 @@
-"""The LightningDataModule: interaction tensors, index-slice batches and evaluation chunks."""
+"""The LightningDataModule: prepared (and cached) interactions, index-slice batches and evaluation chunks."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Iterator
 
 import numpy as np
@@ -11,10 +13,13 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from recforge.data.interactions import IdMaps, prepare
-from recforge.data.sources.base import RawData, Source
-from recforge.data.split import Split, check_no_leak
+from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
+from recforge.data.interactions import IdMaps, default_steps, prepare
+from recforge.data.sources.base import PART_PREFIX, RawData, Source
+from recforge.data.split import Split, check_split, isin
 from recforge.errors import RecForgeError
+
+log = logging.getLogger("recforge")
 
 
 class ShuffledBatches(IterableDataset):
@@ -48,6 +53,12 @@ class ListDataset(Dataset):
         return self.batches[index]
 
 
+def _tensor(values: np.ndarray, dtype) -> torch.Tensor:
+    """A tensor of ``values`` (copied when NumPy/pandas hands out a read-only view)."""
+    values = np.asarray(values, dtype=dtype)
+    return torch.from_numpy(values if values.flags.writeable else values.copy())
+
+
 def csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The non-zeros of ``rows`` as (local row, column, value) arrays, without a Python loop."""
     starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
@@ -58,13 +69,49 @@ def csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.nd
     return local, matrix.indices[positions], matrix.data[positions]
 
 
+def _align_features(features: pd.DataFrame | None, raw_ids: np.ndarray) -> pd.DataFrame | None:
+    """``features`` (indexed by raw id) reindexed to contiguous indices; rows of ids without features are NaN."""
+    if features is None:
+        return None
+    index = features.index
+    ids = pd.Index(raw_ids)
+    if index.dtype != ids.dtype:  # e.g. ids read as text in one file and as integers in the other
+        index, ids = index.astype(str), ids.astype(str)
+    aligned = features.set_axis(index, axis=0)
+    aligned = aligned[~aligned.index.duplicated()].reindex(ids)
+    return aligned.reset_index(drop=True)
+
+
+def features_tensor(frame: pd.DataFrame | None, max_categories: int = 64) -> torch.Tensor | None:
+    """A float32 ``(n, d)`` matrix: numeric columns as they are (NaN as 0), text columns with at most
+    ``max_categories`` values one-hot; other text columns (titles, names) are left out."""
+    if frame is None:
+        return None
+    blocks = []
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            blocks.append(values.to_numpy(np.float32, na_value=np.nan)[:, None])
+        elif values.nunique(dropna=True) <= max_categories:
+            blocks.append(pd.get_dummies(values, dtype=np.float32).to_numpy())
+    if not blocks:
+        return None
+    return torch.as_tensor(np.nan_to_num(np.concatenate(blocks, axis=1)))
+
+
 class RecDataModule(pl.LightningDataModule):
-    """Loads a source, prepares the chosen feedback view, splits it and serves tensors.
+    """Loads a source, preprocesses it, splits it, checks the split and serves tensors.
+
+    ``preprocess`` is the ordered list of steps (:mod:`recforge.data.preprocess`; ``None`` = drop missing
+    ids and deduplicate keeping the latest); ``implicit_threshold`` appends a rating threshold for the
+    implicit view. ``cold_users`` / ``cold_items`` (``keep`` or ``drop``) say what happens to validation and
+    test interactions of users/items unseen in training. With ``cache`` and a ``cache_dir``, the prepared
+    data is cached as Parquet keyed by the raw files' checksums and the whole data config.
 
     Training batches are ``(users, items, ratings)`` index slices. Ranking evaluation batches are chunks
     of users sized so that ``chunk * n_items <= max_scores_in_memory``, each carrying the chunk's items
-    to exclude (seen in training, and in validation at test time) and its relevant items with their
-    ratings as gains. Rating evaluation batches are ``(users, items, ratings)`` slices.
+    to exclude (seen in training or fold-in, and in validation at test time) and its relevant items with
+    their ratings as gains. Rating evaluation batches are ``(users, items, ratings)`` slices.
     """
 
     def __init__(
@@ -73,6 +120,11 @@ class RecDataModule(pl.LightningDataModule):
         splitter,
         feedback: str = "implicit",
         implicit_threshold: float | None = None,
+        preprocess: list | None = None,
+        cold_users: str = "keep",
+        cold_items: str = "keep",
+        cache: bool = True,
+        cache_dir: str | None = None,
         batch_size: int = 1024,
         eval_batch_size: int = 65536,
         max_scores_in_memory: int = 1 << 24,
@@ -83,41 +135,143 @@ class RecDataModule(pl.LightningDataModule):
             raise RecForgeError("datamodule.batch_size and datamodule.eval_batch_size must be positive")
         if max_scores_in_memory < 1:
             raise RecForgeError("datamodule.max_scores_in_memory must be positive")
+        for name, value in (("cold_users", cold_users), ("cold_items", cold_items)):
+            if value not in ("keep", "drop"):
+                raise RecForgeError(f"datamodule.{name} must be 'keep' or 'drop', got {value!r}")
         self.source, self.splitter = source, splitter
         self.feedback, self.implicit_threshold = feedback, implicit_threshold
+        self.preprocess = list(preprocess) if preprocess is not None else None
+        self.cold_users, self.cold_items = cold_users, cold_items
+        self.cache, self.cache_dir = cache, cache_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_scores_in_memory, self.seed = max_scores_in_memory, seed
         self.raw: RawData | None = None
         self.split: Split | None = None
         self.id_maps: IdMaps | None = None
+        self.user_features: pd.DataFrame | None = None
+        self.item_features: pd.DataFrame | None = None
+        self.rating_scale, self.rating_offset = 1.0, 0.0
+        self.rating_range: tuple[float, float] | None = None
+        self._report: dict[str, float] = {}
+        self._feature_tensors: dict | None = None
 
     # ---------------------------------------------------------------- preparation
+    def cache_spec(self, checksums: dict[str, str]) -> dict:
+        """Everything that determines the prepared data (the cache key is its hash)."""
+        steps = self.preprocess if self.preprocess is not None else default_steps()
+        spec_of = lambda obj: obj.spec() if hasattr(obj, "spec") else repr(obj)  # noqa: E731
+        return {
+            "source": spec_of(self.source), "checksums": checksums, "feedback": self.feedback,
+            "implicit_threshold": self.implicit_threshold, "preprocess": [spec_of(s) for s in steps if s is not None],
+            "split": spec_of(self.splitter), "cold_users": self.cold_users, "cold_items": self.cold_items,
+        }
+
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
             return
-        self.raw = self.source.load()
-        frame, self.id_maps = prepare(self.raw, self.feedback, self.implicit_threshold)
-        self.n_users, self.n_items = len(self.id_maps.users), len(self.id_maps.items)
-        self.split = self.splitter(frame)
-        if len(self.split.train) == 0 or len(self.split.test) == 0:
-            raise RecForgeError(f"split left train or test empty ({len(self.split.train)}/{len(self.split.test)} rows)")
-        if len(self.split.val) == 0:
+        started = time.perf_counter()
+        folder = None
+        timings: dict[str, float] = {}
+        if self.cache and self.cache_dir and hasattr(self.source, "checksums"):
+            checksums = self.source.checksums()
+            timings["data/checksum_s"] = time.perf_counter() - started
+            folder = entry_dir(self.cache_dir, self.source.name, cache_key(self.cache_spec(checksums)))
+            entry = read_entry(folder)
+            if entry is not None:
+                self._from_cache(*entry)
+                timings["data/cache_read_s"] = time.perf_counter() - started - timings["data/checksum_s"]
+                self._report.update(timings, **{"data/cache_hit": 1.0})
+                self._finish(started)
+                log.info("data: read prepared %s from %s", self.source.name, folder)
+                return
+        t0 = time.perf_counter()
+        raw = self.source.load()
+        timings["data/load_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        frame, id_maps, state = prepare(raw, self.feedback, self.implicit_threshold, self.preprocess)
+        timings["data/preprocess_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n_users, n_items = len(id_maps.users), len(id_maps.items)
+        split = self.splitter(frame)
+        del frame
+        split, report = check_split(split, n_users, n_items, self.cold_users, self.cold_items)
+        parts = {name: part.drop(columns=[c for c in part.columns if c.startswith(PART_PREFIX)])
+                 for name, part in split.parts().items()}
+        split = Split(parts["train"], parts["val"], parts["test"], parts.get("fold_in"), split.meta)
+        timings["data/split_s"] = time.perf_counter() - t0
+        # the raw table is not kept (bounded memory; a cache hit never reads it): ``raw`` keeps name, range, digests
+        self.raw = RawData(raw.name, raw.interactions.iloc[:0], raw.rating_range, raw.checksums)
+        self.id_maps, self.split = id_maps, split
+        self.n_users, self.n_items = n_users, n_items
+        self.rating_scale, self.rating_offset, self.rating_range = state.rating_scale, state.rating_offset, \
+            state.rating_range
+        self.user_features = _align_features(raw.user_features, id_maps.users)
+        self.item_features = _align_features(raw.item_features, id_maps.items)
+        self._report = {**state.report, **report, **timings, "data/cache_hit": 0.0}
+        self._validate()
+        if folder is not None:
+            t0 = time.perf_counter()
+            self._write_cache(folder)
+            self._report["data/cache_write_s"] = time.perf_counter() - t0
+        self._finish(started)
+
+    def _validate(self) -> None:
+        split = self.split
+        if len(split.train) == 0 or len(split.test) == 0:
+            raise RecForgeError(f"split left train or test empty ({len(split.train)}/{len(split.test)} rows); "
+                                "check the split settings and the preprocessing (k-core, thresholds)")
+        if len(split.val) == 0:
             raise RecForgeError("split produced an empty validation set; early stopping and the best checkpoint "
                                 "need one (raise split.val_ratio, or use a split with validation)")
-        check_no_leak(self.split, self.n_items)
+
+    def _write_cache(self, folder) -> None:
+        users, items = self.id_maps.to_frame()
+        frames = {**self.split.parts(), "users": users, "items": items,
+                  "user_features": self.user_features, "item_features": self.item_features}
+        meta = {"name": self.raw.name, "rating_range": self.raw.rating_range, "checksums": self.raw.checksums,
+                "stored_rating_range": self.rating_range, "rating_scale": self.rating_scale,
+                "rating_offset": self.rating_offset, "split_meta": self.split.meta,
+                "report": {k: v for k, v in self._report.items() if not k.endswith("_s") and k != "data/cache_hit"}}
+        write_entry(folder, frames, meta)
+
+    def _from_cache(self, frames: dict[str, pd.DataFrame], meta: dict) -> None:
+        rating_range = tuple(meta["rating_range"]) if meta["rating_range"] is not None else None
+        empty = pd.DataFrame({"user": [], "item": [], "rating": np.zeros(0, np.float32),
+                              "timestamp": np.zeros(0, np.int64)})
+        self.raw = RawData(meta["name"], empty, rating_range, meta["checksums"])
+        self.id_maps = IdMaps(frames["users"]["user"].to_numpy(), frames["items"]["item"].to_numpy())
+        self.n_users, self.n_items = len(self.id_maps.users), len(self.id_maps.items)
+        self.split = Split(frames["train"], frames["val"], frames["test"], frames.get("fold_in"), meta["split_meta"])
+        self.user_features, self.item_features = frames.get("user_features"), frames.get("item_features")
+        self.rating_scale, self.rating_offset = meta["rating_scale"], meta["rating_offset"]
+        stored = meta["stored_rating_range"]
+        self.rating_range = tuple(stored) if stored is not None else None
+        self._report = dict(meta["report"])
+        self._validate()
+
+    def _finish(self, started: float) -> None:
+        t0 = time.perf_counter()
         self.fingerprint = self.split.fingerprint(self.n_users, self.n_items)
         train = self.split.train
         self.train_tensors = (
-            torch.as_tensor(train["user"].to_numpy()),
-            torch.as_tensor(train["item"].to_numpy()),
-            torch.as_tensor(train["rating"].to_numpy()),
+            _tensor(train["user"].to_numpy(), np.int64),
+            _tensor(train["item"].to_numpy(), np.int64),
+            _tensor(train["rating"].to_numpy(), np.float32),
         )
         self.train_matrix = self._matrix(train)
-        seen_val = self.train_matrix + self._matrix(self.split.val)
+        seen = self.train_matrix
+        if self.split.fold_in is not None:
+            self.fold_in_matrix = self._matrix(self.split.fold_in)
+            seen = seen + self.fold_in_matrix
+        else:
+            self.fold_in_matrix = None
+        seen_val = seen + self._matrix(self.split.val)
         self._eval_batches = {
-            "val": self._eval_batches_for(self.split.val, exclude=self.train_matrix),
+            "val": self._eval_batches_for(self.split.val, exclude=seen),
             "test": self._eval_batches_for(self.split.test, exclude=seen_val),
         }
+        self._report["data/tensors_s"] = time.perf_counter() - t0
+        self._report["data/setup_s"] = time.perf_counter() - started
 
     def _matrix(self, part: pd.DataFrame) -> sp.csr_matrix:
         values = part["rating"].to_numpy(np.float32)
@@ -127,7 +281,8 @@ class RecDataModule(pl.LightningDataModule):
 
     def _eval_batches_for(self, part: pd.DataFrame, exclude: sp.csr_matrix) -> list:
         if self.feedback == "explicit":
-            tensors = [torch.as_tensor(part[c].to_numpy()) for c in ("user", "item", "rating")]
+            tensors = [_tensor(part[c].to_numpy(), t) for c, t in (("user", np.int64), ("item", np.int64),
+                                                                    ("rating", np.float32))]
             return [tuple(t[s : s + self.eval_batch_size] for t in tensors)
                     for s in range(0, len(part), self.eval_batch_size)]
         relevant = self._matrix(part)
@@ -148,7 +303,54 @@ class RecDataModule(pl.LightningDataModule):
             })
         return batches
 
+    # ---------------------------------------------------------------- ratings on the original scale
+    @property
+    def rating_inverse(self) -> tuple[float, float]:
+        """``(scale, offset)``: original rating = stored rating * scale + offset ((1, 0) without normalisation)."""
+        return float(self.rating_scale), float(self.rating_offset)
+
+    def inverse_ratings(self, values: torch.Tensor) -> torch.Tensor:
+        """Map stored (possibly normalised) ratings or predictions back to the original scale."""
+        scale, offset = self.rating_inverse
+        return values * scale + offset if (scale, offset) != (1.0, 0.0) else values
+
+    # ---------------------------------------------------------------- sequential inputs
+    def histories(self, stage: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Each user's chronological input items for ``stage`` as CSR ``(indptr, items)``.
+
+        ``val``: training (and fold-in) interactions; ``test``: those plus validation. Checked to contain no
+        pair of the stage's targets (nor, for ``val``, of test); a leak stops the run.
+        """
+        if stage not in ("val", "test"):
+            raise RecForgeError(f"histories(stage={stage!r}): stage must be 'val' or 'test'")
+        parts = [self.split.train] + ([self.split.fold_in] if self.split.fold_in is not None else [])
+        if stage == "test":
+            parts.append(self.split.val)
+        users = np.concatenate([p["user"].to_numpy(np.int64) for p in parts])
+        items = np.concatenate([p["item"].to_numpy(np.int64) for p in parts])
+        times = np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])
+        order = np.lexsort((times, users))
+        users, items = users[order], items[order]
+        targets = [self.split.test] + ([self.split.val] if stage == "val" else [])
+        target_keys = np.concatenate([p["user"].to_numpy(np.int64) * self.n_items + p["item"].to_numpy(np.int64)
+                                      for p in targets])
+        leaked = int(isin(users * self.n_items + items, target_keys).sum())
+        self._report[f"data/seq_leak_pairs_{stage}"] = float(leaked)
+        if leaked:
+            raise RecForgeError(f"sequence leak: {leaked} {stage} inputs are validation/test targets; deduplicate the "
+                                "data (a Deduplicate step) or fix the split")
+        indptr = np.concatenate(([0], np.cumsum(np.bincount(users, minlength=self.n_users))))
+        return torch.as_tensor(indptr), torch.as_tensor(items)
+
     # ---------------------------------------------------------------- what models are built from
+    def feature_tensors(self) -> dict[str, torch.Tensor]:
+        """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices."""
+        if self._feature_tensors is None:
+            self._feature_tensors = {k: v for k, v in (("user_features", features_tensor(self.user_features)),
+                                                        ("item_features", features_tensor(self.item_features)))
+                                     if v is not None}
+        return self._feature_tensors
+
     def model_kwargs(self) -> dict:
         """Data-dependent constructor arguments; ``train(cfg)`` passes those a model's signature accepts."""
         train = self.split.train
@@ -157,6 +359,9 @@ class RecDataModule(pl.LightningDataModule):
             "n_items": self.n_items,
             "global_mean": float(train["rating"].mean()),
             "item_popularity": torch.as_tensor(np.bincount(train["item"].to_numpy(), minlength=self.n_items)),
+            # (2, n_train) user/item index pairs of the training split, e.g. for graph models' adjacency
+            "interactions": torch.stack(self.train_tensors[:2]),
+            **self.feature_tensors(),
         }
 
     def positive_keys(self) -> torch.Tensor:
@@ -178,6 +383,18 @@ class RecDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(ListDataset(self._eval_batches["test"]), batch_size=None)
 
+    # ---------------------------------------------------------------- reports
+    def data_report(self) -> dict[str, float]:
+        """Counts and checks for tracking: sizes, leak and cold-start counts, preprocessing removals, timings."""
+        split = self.split
+        out = {"data/n_users": float(self.n_users), "data/n_items": float(self.n_items),
+               "data/n_train": float(len(split.train)), "data/n_val": float(len(split.val)),
+               "data/n_test": float(len(split.test))}
+        if split.fold_in is not None:
+            out["data/n_fold_in"] = float(len(split.fold_in))
+        out.update({k: float(v) for k, v in self._report.items()})
+        return dict(sorted(out.items()))
+
     def describe(self) -> dict:
         split = self.split
         return {
@@ -189,4 +406,34 @@ class RecDataModule(pl.LightningDataModule):
             "val": len(split.val),
             "test": len(split.test),
             "fingerprint": self.fingerprint,
+        }
+
+    def stats(self) -> dict:
+        """Dataset statistics after preprocessing (all parts together) and the split sizes."""
+        parts = self.split.parts()
+        users = np.concatenate([p["user"].to_numpy() for p in parts.values()])
+        ratings = np.concatenate([p["rating"].to_numpy(np.float64) for p in parts.values()])
+        per_user = np.bincount(users, minlength=self.n_users)
+        counted = pd.Series(ratings).value_counts().sort_index()
+        values, counts = counted.index.to_numpy(), counted.to_numpy()
+        if len(values) <= 20:
+            histogram = {f"{v:g}": int(c) for v, c in zip(values, counts)}
+        else:
+            hist, edges = np.histogram(ratings, bins=10)
+            histogram = {f"[{lo:g}, {hi:g})": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], hist)}
+        quantiles = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+        n = len(users)
+        return {
+            "dataset": self.raw.name,
+            "feedback": self.feedback,
+            "users": int(self.n_users),
+            "items": int(self.n_items),
+            "interactions": int(n),
+            "density": n / max(self.n_users * self.n_items, 1),
+            "rating_histogram": histogram,
+            "interactions_per_user": {f"q{int(q * 100)}": float(np.quantile(per_user, q)) for q in quantiles}
+            | {"mean": float(per_user.mean())},
+            "split": {name: int(len(p)) for name, p in parts.items()},
+            "fingerprint": self.fingerprint,
+            "report": self.data_report(),
         }

@@ -4,7 +4,8 @@
   result has ``items``' shape. Explicit-feedback models predict ratings, implicit ones return logits.
 * ``score_all(users)`` scores a batch of users against every item, ``(B, n_items)``, so one evaluator
   serves every model.
-* Data-dependent sizes (``n_users``, ``n_items``, ``global_mean``, ``item_popularity``) are constructor
+* Data-dependent values (``n_users``, ``n_items``, ``global_mean``, ``item_popularity``, and
+  ``interactions``, the ``(2, n_train)`` user/item pairs of the training split) are constructor
   arguments that ``train(cfg)`` fills in from the data; a model asks only for those it needs.
 * ``feedbacks`` lists the feedback kinds (explicit ratings, implicit) the model can learn from.
 * Models fitted in closed form (no gradient steps) set ``requires_training = False`` and implement

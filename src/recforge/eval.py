@@ -1,0 +1,75 @@
+"""``recforge-eval``: reload a trained model and reproduce its test metrics."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recforge.config import CONFIG_DIR
+from recforge.errors import RecForgeError
+from recforge.pipeline import build_experiment, finite
+from recforge.train import run_cli
+
+
+def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: Path) -> Path:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or f"sqlite:///{Path(log_dir).expanduser().resolve()}/mlflow.db"
+    try:
+        local = MlflowClient(uri).download_artifacts(run_id, "checkpoints", str(into))
+    except MlflowException as exc:
+        raise RecForgeError(f"run_id={run_id}: no checkpoint artifact in {uri} ({exc.message})") from None
+    found = sorted(Path(local).glob("*.ckpt"))
+    if not found:
+        raise RecForgeError(f"run_id={run_id}: the run logged no checkpoint")
+    return found[0]
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test metrics of the checkpoint ``cfg.ckpt_path`` (or of MLflow run ``cfg.run_id``)."""
+    if not cfg.ckpt_path and not cfg.run_id:
+        raise RecForgeError("give ckpt_path=<file.ckpt> or run_id=<mlflow run id>")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(cfg.ckpt_path) if cfg.ckpt_path else fetch_checkpoint(cfg.run_id, cfg.tracking_uri,
+                                                                           cfg.paths.log_dir, Path(tmp))
+        if not path.is_file():
+            raise RecForgeError(f"ckpt_path={path}: file not found")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if "recforge_config" not in checkpoint:
+            raise RecForgeError(f"{path}: not a RecForge checkpoint (no stored config)")
+        train_cfg = OmegaConf.create(checkpoint["recforge_config"])
+        if cfg.data_dir and "data_dir" in train_cfg.data:
+            train_cfg.data.data_dir = cfg.data_dir
+        if cfg.max_scores_in_memory:
+            train_cfg.datamodule.max_scores_in_memory = int(cfg.max_scores_in_memory)
+        exp = build_experiment(train_cfg)
+        if exp.datamodule.fingerprint != checkpoint.get("recforge_split_fingerprint"):
+            raise RecForgeError(
+                f"{path}: the data now gives split {exp.datamodule.fingerprint}, but the model was trained on "
+                f"{checkpoint.get('recforge_split_fingerprint')}; the raw data or the split code changed"
+            )
+        trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        exp.module.load_state_dict(checkpoint["state_dict"])
+        metrics = finite(trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0])
+    for name, value in sorted(metrics.items()):
+        print(f"{name:<28} {value:.6f}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    metrics = run_cli(evaluate, cfg)
+    out = Path(cfg.paths.output_dir) / "metrics.json"
+    out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

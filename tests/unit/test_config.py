@@ -1,0 +1,102 @@
+"""Every option of every config group composes, instantiates, and its keys match its target's signature."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from recforge.config import CONFIG_DIR, build_model, check_target, metric_mode, resolve_target
+from tests.conftest import compose_train
+
+CONF = Path(CONFIG_DIR)
+GROUPS = ["data", "split", "model", "loss", "optimizer", "trainer", "tracking", "callbacks", "paths",
+          "experiment", "debug", "hparams_search"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+ALL = [(g, o) for g in GROUPS for o in options(g)]
+
+
+def test_every_group_has_options():
+    for group in ["data", "split", "model", "loss", "optimizer", "trainer", "tracking", "callbacks", "paths", "debug"]:
+        assert options(group), f"conf/{group}/ is empty"
+    assert {"synthetic", "ml-100k"} <= set(options("data"))
+    assert {"pop", "mf", "bpr", "neumf"} <= set(options("model"))
+    assert {"mse", "bce", "bpr"} <= set(options("loss"))
+    assert {"sgd", "adam", "adamw", "adagrad"} <= set(options("optimizer"))
+    assert {"random", "leave_one_out"} <= set(options("split"))
+
+
+def check_keys(node, where: str) -> None:
+    """Every non-underscore key of a ``_target_`` node is an argument of the target."""
+    if OmegaConf.is_dict(node):
+        if "_target_" in node:
+            target = resolve_target(node._target_)
+            assert target is not None, f"{where}: cannot import {node._target_}"
+            params = inspect.signature(target).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                for key in node:
+                    if not str(key).startswith("_"):
+                        assert key in params, f"{where}.{key} is not an argument of {node._target_}"
+        for key, value in node.items():
+            if not str(key).startswith("_") and (OmegaConf.is_dict(value) or OmegaConf.is_list(value)):
+                check_keys(value, f"{where}.{key}")
+
+
+@pytest.mark.parametrize("group,option", ALL, ids=[f"{g}={o}" for g, o in ALL])
+def test_option_composes_and_instantiates(group, option, tmp_path):
+    prefix = "+" if group in ("experiment", "hparams_search") else ""
+    cfg = compose_train([f"{prefix}{group}={option}"], tmp_path)
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+    for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
+        check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
+    check_keys(cfg, "cfg")
+    instantiate(cfg.split)
+    instantiate(cfg.loss)
+    instantiate(cfg.data)
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    interactions = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+    model = build_model(cfg, {"n_users": 5, "n_items": 6, "global_mean": 3.5, "interactions": interactions,
+                              "item_popularity": torch.ones(6)})
+    assert isinstance(model, torch.nn.Module)
+    if cfg.get("tracking"):
+        instantiate(cfg.tracking)
+    for name in cfg.callbacks or {}:
+        instantiate(cfg.callbacks[name])
+    accelerator = cfg.trainer.accelerator
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        accelerator = "cpu"  # the keys are still checked; the GPU itself is exercised on a GPU machine
+    trainer = instantiate(cfg.trainer, logger=False, accelerator=accelerator)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("model,loss", [("mf", "mse"), ("bpr", "bpr"), ("neumf", "bce"), ("pop", "bpr")])
+def test_model_selects_its_loss_and_command_line_wins(model, loss, tmp_path):
+    cfg = compose_train([f"model={model}"], tmp_path)
+    assert cfg.loss._target_.lower().endswith(f"{loss}loss")
+    cfg = compose_train([f"model={model}", "loss=bce"], tmp_path)
+    assert cfg.loss._target_ == "recforge.losses.BCELoss"
+    assert cfg.monitor == "val/ndcg_at_10"
+
+
+def test_issue_example_composes(tmp_path):
+    cfg = compose_train(["data=ml-100k", "model=neumf", "loss=bce", "optimizer=adagrad", "optimizer.lr=0.01",
+                         "trainer.max_epochs=20"], tmp_path)
+    assert cfg.optimizer._target_ == "torch.optim.Adagrad" and cfg.optimizer.lr == 0.01
+    assert cfg.trainer.max_epochs == 20 and cfg.model._target_.endswith("NeuMF")
+
+
+def test_metric_mode():
+    assert metric_mode("val/rmse") == "min"
+    assert metric_mode("val/mae") == "min"
+    assert metric_mode("val/ndcg_at_10") == "max"
+    assert metric_mode("val/recall_at_20") == "max"
