@@ -49,6 +49,10 @@ class Experiment:
 
 def check_config(cfg: DictConfig) -> None:
     """Fail fast, before any data is read, on mistakes a user can fix."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise RecForgeError(f"missing required value {', '.join(missing)}: set it on the command line, "
+                            f"e.g. {missing[0]}=<value>")
     for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
         check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
     for key, value in cfg.optimizer.items():

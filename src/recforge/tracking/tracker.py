@@ -10,19 +10,20 @@ from typing import Any
 class MLflowTracker:
     """Owns the MLflow run of one training run.
 
-    ``uri`` (or ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the SQLite
+    ``uri`` (the config fills it from ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the SQLite
     file ``<log_dir>/mlflow.db`` with artifacts under ``<log_dir>/mlartifacts``. Lightning's
     ``MLFlowLogger`` logs the per-epoch metrics into the same run.
     """
 
     def __init__(self, uri: str | None = None, experiment_name: str = "recforge", run_name: str | None = None,
-                 log_dir: str = "logs", log_model: bool = True) -> None:
+                 log_dir: str = "logs", log_model: bool = True, run_id: str | None = None) -> None:
         log_path = Path(log_dir).expanduser().resolve()
-        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{log_path}/mlflow.db"
-        self.artifact_location = None if (uri or os.environ.get("MLFLOW_TRACKING_URI")) else (log_path / "mlartifacts").as_uri()
+        self.uri = uri or f"sqlite:///{log_path}/mlflow.db"
+        self.artifact_location = None if uri else (log_path / "mlartifacts").as_uri()
         if self.uri.startswith("sqlite:"):
             log_path.mkdir(parents=True, exist_ok=True)
         self.experiment_name, self.run_name, self.log_model = experiment_name, run_name, log_model
+        self.existing_run_id = run_id   # log into this run (a sweep's child run) instead of starting one
         self._logger = None
 
     @property
@@ -33,7 +34,7 @@ class MLflowTracker:
 
             self._logger = MLFlowLogger(experiment_name=self.experiment_name, run_name=self.run_name,
                                         tracking_uri=self.uri, artifact_location=self.artifact_location,
-                                        log_model=False)
+                                        log_model=False, run_id=self.existing_run_id)
         return self._logger
 
     @property
@@ -74,15 +75,19 @@ class MLflowTracker:
 
         from recforge.tracking import pyfunc_model
 
+        previous = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also sets this variable
         mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            mlflow.pyfunc.log_model(
-                name="model",
-                python_model=pyfunc_model.__file__,
-                artifacts={"bundle": str(bundle_dir)},
-                input_example=input_example,
-                pip_requirements=["recforge", "torch", "pandas", "numpy", "scipy", "pyarrow"],
-            )
+        try:
+            with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=pyfunc_model.__file__,
+                    artifacts={"bundle": str(bundle_dir)},
+                    input_example=input_example,
+                    pip_requirements=["recforge", "torch", "pandas", "numpy", "scipy", "pyarrow"],
+                )
+        finally:
+            mlflow.set_tracking_uri(previous)
 
     def finish(self, status: str) -> None:
         """``FINISHED`` or ``FAILED``; a crashed run is never left RUNNING."""

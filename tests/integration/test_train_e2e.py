@@ -1,0 +1,167 @@
+"""End to end: train on tiny data into a temporary folder, check the MLflow run, reload, re-evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recforge.errors import RecForgeError
+from recforge.eval import evaluate
+from recforge.train import train
+from tests.conftest import REPO, compose_train
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracked")
+    cfg = compose_train(["data.n_users=120", "data.n_items=60", "data.mean_interactions=12",
+                         "trainer.max_epochs=3", "export.recommendations=true"], tmp)
+    metrics = train(cfg)
+    return cfg, metrics, tmp
+
+
+def client_for(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{(tmp / 'logs').resolve()}/mlflow.db")
+
+
+def test_mlflow_run_has_config_metrics_artifacts(tracked_run):
+    cfg, metrics, tmp = tracked_run
+    run = client_for(tmp).get_run(metrics["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dataset"] == "synthetic" and len(run.data.tags["split_fingerprint"]) == 16
+    assert run.data.params["model._target_"] == "recforge.models.mf.MatrixFactorization"
+    assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(metrics["test/ndcg_at_10"], rel=1e-6)
+    assert "val/ndcg_at_10" in run.data.metrics and "train/loss" in run.data.metrics
+    history = client_for(tmp).get_metric_history(run.info.run_id, "train/loss")
+    assert len(history) == 3  # one value per epoch
+    artifacts = {a.path for a in client_for(tmp).list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "checkpoints", "results", "id_maps", "export"} <= artifacts
+    on_disk = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert on_disk["test/recall_at_10"] == pytest.approx(metrics["test/recall_at_10"])
+
+
+def test_per_user_metrics_average_to_reported(tracked_run):
+    cfg, metrics, _ = tracked_run
+    per_user = pd.read_parquet(Path(cfg.paths.output_dir) / "per_user_test_metrics.parquet")
+    assert per_user["user"].is_unique
+    assert per_user["ndcg_at_10"].mean() == pytest.approx(metrics["test/ndcg_at_10"], rel=1e-5)
+
+
+def test_logged_model_loads_by_run_id_and_recommends(tracked_run):
+    import mlflow
+
+    cfg, metrics, tmp = tracked_run
+    mlflow.set_tracking_uri(f"sqlite:///{(tmp / 'logs').resolve()}/mlflow.db")
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{metrics['run_id']}/model")
+    finally:
+        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI for the tests that follow
+    recs = model.predict(pd.DataFrame({"user": [0, 1, 999_999], "k": [5, 5, 5]}))
+    assert len(recs) == 15 and list(recs.columns) == ["user", "item", "rank", "score", "fallback"]
+    assert recs.loc[recs.user == 999_999, "fallback"].all() and not recs.loc[recs.user == 0, "fallback"].any()
+    # a known user is never recommended an item seen in any split
+    split = pd.concat([pd.read_parquet(Path(cfg.paths.output_dir) / f"{p}.parquet") for p in ("train", "val", "test")])
+    seen = set(split.loc[split.user == 0, "item"])
+    assert not seen & set(recs.loc[recs.user == 0, "item"])
+
+
+def test_exported_files_reproduce_recall_without_recforge(tracked_run):
+    cfg, metrics, _ = tracked_run
+    out = Path(cfg.paths.output_dir)
+    recs = pd.read_parquet(out / "recommendations.parquet")
+    test = pd.read_parquet(out / "test.parquet")
+    top10 = recs[recs["rank"] <= 10]
+    hits = top10.merge(test[["user", "item"]], on=["user", "item"]).groupby("user").size()
+    relevant = test.groupby("user").size()
+    recall = (hits.reindex(relevant.index, fill_value=0) / relevant).mean()
+    assert recall == pytest.approx(metrics["test/recall_at_10"], rel=1e-5)
+    train_pairs = pd.read_parquet(out / "train.parquet")
+    assert top10.merge(train_pairs, on=["user", "item"]).empty  # seen items excluded
+
+
+@pytest.mark.parametrize("budget", [60, 600])
+def test_reevaluation_by_run_id_reproduces_metrics_with_another_chunk_size(tracked_run, budget, tmp_path):
+    cfg, metrics, tmp = tracked_run
+    eval_cfg = compose_train([f"run_id={metrics['run_id']}", f"max_scores_in_memory={budget}"], tmp, config_name="eval")
+    again = evaluate(eval_cfg)
+    for name in ("test/ndcg_at_10", "test/recall_at_20", "test/map_at_10", "test/coverage_at_10"):
+        assert again[name] == metrics[name], name
+
+
+def test_reevaluation_from_checkpoint_path(tracked_run):
+    cfg, metrics, tmp = tracked_run
+    eval_cfg = compose_train([f"ckpt_path={Path(cfg.paths.output_dir) / 'checkpoints' / 'best.ckpt'}"], tmp,
+                             config_name="eval")
+    assert evaluate(eval_cfg)["test/ndcg_at_20"] == metrics["test/ndcg_at_20"]
+
+
+def test_crashed_run_is_marked_failed(tmp_path, monkeypatch):
+    from recforge.training.module import RecommenderModule
+
+    def boom(self, batch, batch_idx):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(RecommenderModule, "training_step", boom)
+    cfg = compose_train(["data.n_users=60", "data.n_items=30", "data.mean_interactions=8"], tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    runs = client_for(tmp_path).search_runs(
+        [client_for(tmp_path).get_experiment_by_name("recforge").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_same_seed_same_metrics(tiny_cfg):
+    first = train(tiny_cfg("model=neumf"))
+    second = train(tiny_cfg("model=neumf"))
+    keys = [k for k in first if k.startswith(("val/", "test/"))]
+    assert keys and all(first[k] == second[k] or (np.isnan(first[k]) and np.isnan(second[k])) for k in keys)
+
+
+def test_explicit_mf_reports_rmse_per_user(tiny_cfg):
+    cfg = tiny_cfg("model=mf", "optimizer.lr=0.01", "trainer.max_epochs=3")
+    metrics = train(cfg)
+    assert 0.3 < metrics["test/rmse"] < 2.0 and metrics["test/mae"] <= metrics["test/rmse"]
+    per_user = pd.read_parquet(Path(cfg.paths.output_dir) / "per_user_test_metrics.parquet")
+    assert {"user", "rmse", "mae", "n_test"} <= set(per_user.columns)
+    weighted = np.sqrt((per_user["rmse"] ** 2 * per_user["n_test"]).sum() / per_user["n_test"].sum())
+    assert weighted == pytest.approx(metrics["test/rmse"], rel=1e-4)
+
+
+def test_popularity_needs_no_training_and_is_checkpointed(tiny_cfg):
+    cfg = tiny_cfg("model=pop")
+    metrics = train(cfg)
+    assert metrics["time/s_per_epoch"] == 0.0 and metrics["test/hr_at_20"] > 0
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt", weights_only=True)
+    assert state["state_dict"]["model.counts"].sum() > 0
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optimizer.lr=-0.01"], "optimizer.lr"),
+    (["model=pop", "loss=mse"], "pick a matching loss"),
+    (["monitor=val/ndgc_at_10"], "valid names"),
+    (["model.embedding_dim=???"], "model.embedding_dim"),
+    (["+model.hidden=3"], "model.hidden"),
+    (["split.test_ratio=1.5"], "split.test_ratio"),
+])
+def test_user_errors_name_the_key(tiny_cfg, overrides, message):
+    with pytest.raises(RecForgeError, match=message.replace(".", r"\.")):
+        train(tiny_cfg(*overrides))
+
+
+def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "recforge.train", "tracking=none", "optimizer.lr=-1", f"paths.log_dir={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: optimizer.lr=-1")
