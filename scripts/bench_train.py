@@ -1,0 +1,140 @@
+"""Training and evaluation throughput of the real training path (LightningModule + DataModule).
+
+Prints, per dataset: interactions/s of a training epoch (mean of the epochs after the first), the same epoch
+as a bare PyTorch loop over the same batches (the floor Lightning adds to), full-ranking evaluation time,
+and peak host (and GPU) memory.
+
+    python scripts/bench_train.py                      # ML-100K (if RECFORGE_DATA_DIR has it) and synthetic 1M
+    python scripts/bench_train.py --data synthetic-1m --batch-size 2048 --epochs 3 --device cuda --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from recforge.config import CONFIG_DIR
+from recforge.pipeline import build_experiment
+
+DATASETS = {
+    "ml-100k": ["data=ml-100k"],
+    "synthetic-1m": ["data.n_users=20000", "data.n_items=5000", "data.mean_interactions=50"],
+}
+
+
+class EpochTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._sync(pl_module)
+        self.times.append(time.perf_counter() - self._start)
+
+    @staticmethod
+    def _sync(module) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
+    """The same epoch with no Lightning: shuffle, slice, sample negatives, forward, backward, step."""
+    module = exp.module.to(device)
+    optimizer = module.configure_optimizers()
+    users, items, ratings = (t.to(device) for t in exp.datamodule.train_tensors)
+    order = torch.randperm(len(users), device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        module.training_step((users[idx], items[idx], ratings[idx]), 0).backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path) -> dict:
+    overrides = DATASETS[data] + [f"model={model}", "tracking=none", "callbacks=none",
+                                  f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp)
+    pl.seed_everything(0, verbose=False)
+    exp = build_experiment(cfg)
+    n_train = len(exp.datamodule.split.train)
+    timer = EpochTimer()
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=False, callbacks=[timer],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(exp.module, datamodule=exp.datamodule)
+    steady = timer.times[1:] or timer.times
+    epoch_s = sum(steady) / len(steady)
+    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size)
+    exp.module.to(torch.device(device))
+    eval_trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
+                              enable_model_summary=False)
+    eval_trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    metrics = eval_trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
+    if device == "cuda":
+        torch.cuda.synchronize()
+    eval_s = time.perf_counter() - start
+    return {
+        "model": model, "dataset": data, "batch_size": batch_size, "device": device,
+        "n_train": n_train, "users": exp.datamodule.n_users, "items": exp.datamodule.n_items,
+        "train_s_per_epoch": round(epoch_s, 4), "interactions_per_s": round(n_train / epoch_s),
+        "bare_loop_s_per_epoch": round(bare_s, 4), "bare_loop_interactions_per_s": round(n_train / bare_s),
+        "eval_s": round(eval_s, 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else 0.0,
+        "metrics": {k: round(v, 4) for k, v in metrics.items() if k in ("test/ndcg_at_10", "test/recall_at_10")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=None, choices=sorted(DATASETS))
+    parser.add_argument("--model", default="bpr")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    data = args.data or (["ml-100k"] if os.environ.get("RECFORGE_DATA_DIR") else []) + ["synthetic-1m"]
+    import tempfile
+
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", file=sys.stderr)
+    for name in data:
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp))
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['dataset']:>13} {row['model']} batch {row['batch_size']} on {row['device']}: "
+                  f"{row['train_s_per_epoch']:.3f} s/epoch ({row['interactions_per_s']:,} interactions/s; "
+                  f"bare PyTorch loop {row['bare_loop_s_per_epoch']:.3f} s), full-ranking eval {row['eval_s']:.3f} s, "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB, GPU {row['peak_gpu_mb']:.0f} MB, {row['metrics']}")
+
+
+if __name__ == "__main__":
+    main()
