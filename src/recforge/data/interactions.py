@@ -1,4 +1,4 @@
-"""From a raw interactions table to contiguous indices: cleaning, the implicit view, id maps."""
+"""From a raw interactions table to contiguous indices: the preprocessing steps, the implicit view, id maps."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from recforge.data.preprocess import Deduplicate, DropMissing, PreprocessState, RatingThreshold, run_steps
 from recforge.data.sources.base import RawData
 from recforge.errors import RecForgeError
 
@@ -32,27 +33,39 @@ class IdMaps:
                 pd.DataFrame({"index": np.arange(len(self.items)), "item": self.items}))
 
 
-def prepare(raw: RawData, feedback: str, implicit_threshold: float | None) -> tuple[pd.DataFrame, IdMaps]:
-    """Clean ``raw`` and map ids to ``0..n-1``.
+def default_steps() -> list:
+    """What runs when ``datamodule.preprocess`` is null: drop missing ids, keep each pair's latest row."""
+    return [DropMissing(), Deduplicate(keep="last")]
 
-    Duplicated (user, item) pairs keep their latest interaction. For ``implicit`` feedback, interactions
-    with a rating below ``implicit_threshold`` are dropped (all are kept when it is ``None``); the rating
-    stays in the table as a graded relevance. Users and items are indexed in the order of their sorted
-    raw ids, so the same data gives the same indices.
+
+def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps: list | None = None
+            ) -> tuple[pd.DataFrame, IdMaps, PreprocessState]:
+    """Run the preprocessing ``steps`` on ``raw`` and map ids to ``0..n-1``.
+
+    ``implicit_threshold`` (for implicit feedback) appends a :class:`RatingThreshold` step; the rating stays
+    in the table as a graded relevance. Users and items are indexed in the order of their sorted raw ids, so
+    the same data gives the same indices. Returns the encoded frame (``user``, ``item``, ``rating``,
+    ``timestamp`` plus any ``part_*``/``ts_*`` columns), the id maps and the preprocessing state.
     """
     if feedback not in FEEDBACK:
         raise RecForgeError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
+    steps = list(default_steps() if steps is None else steps)
+    if implicit_threshold is not None:
+        steps.append(RatingThreshold(implicit_threshold, implicit_only=True))
+    state = PreprocessState(rating_range=raw.rating_range, feedback=feedback)
     frame = raw.interactions
     for column in ("user", "item"):
-        if frame[column].isna().all():
-            raise RecForgeError(f"{raw.name}: column {column!r} is entirely empty; check the column mapping")
-    frame = frame.dropna(subset=["user", "item"])
-    frame = frame.sort_values("timestamp", kind="stable").drop_duplicates(["user", "item"], keep="last")
-    if feedback == "implicit" and implicit_threshold is not None:
-        frame = frame[frame["rating"] >= implicit_threshold]
+        if len(frame) and frame[column].isna().all():
+            raise RecForgeError(f"{raw.name}: column {column!r} is entirely empty; check the column mapping "
+                                f"(data.columns.{column})")
+    frame = run_steps(frame, steps, state)
+    if frame["user"].isna().any() or frame["item"].isna().any():
+        raise RecForgeError(f"{raw.name}: some user or item ids are missing; add a DropMissing step to "
+                            "datamodule.preprocess")
     if frame.empty:
         raise RecForgeError(
-            f"{raw.name}: no interactions left after cleaning (datamodule.implicit_threshold={implicit_threshold})"
+            f"{raw.name}: no interactions left after preprocessing (datamodule.implicit_threshold={implicit_threshold}, "
+            "datamodule.preprocess); relax the steps"
         )
     user_codes, users = pd.factorize(frame["user"], sort=True)
     item_codes, items = pd.factorize(frame["item"], sort=True)
@@ -62,4 +75,7 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None) -> tu
         "rating": frame["rating"].to_numpy(np.float32),
         "timestamp": frame["timestamp"].to_numpy(np.int64),
     })
-    return encoded, IdMaps(np.asarray(users), np.asarray(items))
+    for column in frame.columns:
+        if column not in encoded:
+            encoded[column] = frame[column].to_numpy()
+    return encoded, IdMaps(np.asarray(users), np.asarray(items)), state

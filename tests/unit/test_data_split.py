@@ -1,0 +1,129 @@
+"""Every splitter: sizes, seeding, the leak checks and cold-start handling, on small generated tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.data.split import (KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit, PerUserTemporalSplit, PredefinedSplit,
+                                 RandomSplit, Split, StrongGeneralizationSplit, TemporalSplit, check_split, count_leaks)
+from recforge.errors import RecForgeError
+
+N_USERS, N_ITEMS = 60, 80
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    keys = rng.choice(N_USERS * N_ITEMS, 1500, replace=False)
+    users, items = keys // N_ITEMS, keys % N_ITEMS
+    return pd.DataFrame({"user": users, "item": items, "rating": rng.integers(1, 6, len(keys)).astype(np.float32),
+                         "timestamp": rng.integers(0, 1000, len(keys)).astype(np.int64)})
+
+
+def pairs(part):
+    return set(zip(part.user.tolist(), part.item.tolist()))
+
+
+SPLITTERS = [RandomSplit(0.1, 0.2, seed=1), PerUserRatioSplit(0.1, 0.2, "random", seed=1),
+             PerUserRatioSplit(0.1, 0.2, "time", seed=1), TemporalSplit(0.1, 0.2), PerUserTemporalSplit(2, 2, 5),
+             LeaveOneOutSplit(), StrongGeneralizationSplit(n_val_users=5, n_test_users=8, seed=1), KFoldSplit(5, 2)]
+
+
+@pytest.mark.parametrize("splitter", SPLITTERS, ids=lambda s: type(s).__name__ + str(getattr(s, "order", "")))
+def test_every_split_partitions_the_data_is_seeded_and_passes_the_checks(table, splitter):
+    split = splitter(table)
+    everything = pairs(split.train) | pairs(split.val) | pairs(split.test) | (
+        pairs(split.fold_in) if split.fold_in is not None else set())
+    total = sum(len(p) for p in split.parts().values())
+    assert total == len(table) and everything == pairs(table)
+    assert split.fingerprint(N_USERS, N_ITEMS) == splitter(table).fingerprint(N_USERS, N_ITEMS)
+    checked, report = check_split(split, N_USERS, N_ITEMS)
+    assert report["data/leak_pairs"] == 0 and report["data/temporal_violations"] == 0
+
+
+def test_seed_changes_a_random_split(table):
+    a, b = RandomSplit(seed=1)(table), RandomSplit(seed=2)(table)
+    assert pairs(a.test) != pairs(b.test)
+
+
+def test_temporal_split_has_one_cut_time(table):
+    split = TemporalSplit(0.1, 0.2)(table)
+    assert split.train.timestamp.max() < split.meta["val_cut"] <= split.val.timestamp.min()
+    assert split.val.timestamp.max() < split.meta["test_cut"] <= split.test.timestamp.min()
+    assert abs(len(split.test) / len(table) - 0.2) < 0.02
+    fixed = TemporalSplit(test_start=500, val_start=400)(table)
+    assert (fixed.test.timestamp >= 500).all() and fixed.train.timestamp.max() < 400
+
+
+def test_per_user_temporal_holds_out_each_users_latest(table):
+    split = PerUserTemporalSplit(n_val=2, n_test=2, min_interactions=5)(table)
+    counts = table.user.value_counts()
+    assert split.test.user.value_counts().eq(2).all()
+    assert set(split.test.user) == set(counts[counts >= 5].index)
+    latest_train = split.train.groupby("user").timestamp.max()
+    assert (split.test.timestamp.to_numpy() >= latest_train.reindex(split.test.user).to_numpy()).all()
+
+
+def test_per_user_ratio_gives_each_user_a_share(table):
+    split = PerUserRatioSplit(0.0, 0.25, "random", min_interactions=4)(table)
+    counts = table.user.value_counts()
+    expected = np.maximum(np.round(counts * 0.25), 1)
+    got = split.test.user.value_counts().reindex(counts.index, fill_value=0)
+    eligible = counts >= 4
+    assert (got[eligible] == expected[eligible]).all() and (got[~eligible] == 0).all()
+
+
+def test_strong_generalization_holds_out_whole_users(table):
+    split = StrongGeneralizationSplit(n_val_users=5, n_test_users=8, heldout_ratio=0.2, seed=3)(table)
+    held = set(split.test.user) | set(split.val.user)
+    assert len(set(split.test.user)) == 8 and len(set(split.val.user)) == 5
+    assert not held & set(split.train.user)
+    assert set(split.fold_in.user) == held
+    _, report = check_split(split, N_USERS, N_ITEMS)
+    assert report["data/n_cold_users_test"] == 0  # fold-in makes them known
+    assert report["data/heldout_users_in_train"] == 0
+
+
+def test_kfold_test_sets_partition_the_data(table):
+    tests = [pairs(KFoldSplit(4, f, seed=7)(table).test) for f in range(4)]
+    assert set().union(*tests) == pairs(table) and sum(len(t) for t in tests) == len(table)
+    with pytest.raises(RecForgeError, match="split.fold must be in 0..3"):
+        KFoldSplit(4, 4)
+
+
+def test_predefined_split_uses_the_column_and_carves_validation(table):
+    labelled = table.assign(part_official=np.where(table.timestamp > 800, 2, 0).astype(np.int8))
+    carve = PredefinedSplit("official", "carve", 0.1, seed=0)(labelled)
+    assert pairs(carve.test) == pairs(labelled[labelled.part_official == 2])
+    assert len(carve.val) == round(0.1 * (labelled.part_official == 0).sum())
+    assert pairs(carve.train) | pairs(carve.val) == pairs(labelled[labelled.part_official == 0])
+    as_test = PredefinedSplit("official", "test")(labelled)
+    assert pairs(as_test.val) == pairs(as_test.test) and len(as_test.train) == (labelled.part_official == 0).sum()
+    check_split(as_test, N_USERS, N_ITEMS)  # validating on test is not a leak
+    with pytest.raises(RecForgeError, match="available: \\['official'\\]"):
+        PredefinedSplit("u1")(labelled)
+
+
+def test_leaks_stop_the_run(table):
+    split = RandomSplit(seed=0)(table)
+    leaky = Split(pd.concat([split.train, split.test.iloc[:3]]), split.val, split.test)
+    assert count_leaks(leaky, N_ITEMS)["train_test"] == 3
+    with pytest.raises(RecForgeError, match="split leak: 3 .* train and test"):
+        check_split(leaky, N_USERS, N_ITEMS)
+    bad_time = TemporalSplit(0.1, 0.2)(table)
+    bad_time.test.loc[0, "timestamp"] = -1
+    with pytest.raises(RecForgeError, match="wrong side of the split's time cut"):
+        check_split(bad_time, N_USERS, N_ITEMS)
+
+
+def test_cold_users_and_items_are_counted_and_dropped_when_asked():
+    train = pd.DataFrame({"user": [0, 0, 1], "item": [0, 1, 0], "rating": 1.0, "timestamp": 0})
+    test = pd.DataFrame({"user": [0, 2, 1], "item": [2, 0, 1], "rating": 1.0, "timestamp": 0})
+    split = Split(train, test.iloc[:0], test)
+    kept, report = check_split(split, 3, 3)
+    assert report["data/n_cold_users_test"] == 1 and report["data/n_cold_items_test"] == 1
+    assert len(kept.test) == 3
+    dropped, report = check_split(split, 3, 3, cold_users="drop", cold_items="drop")
+    assert pairs(dropped.test) == {(1, 1)} and report["data/n_cold_dropped_test"] == 2
