@@ -62,7 +62,7 @@ def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        module.training_step((users[idx], items[idx], ratings[idx]), 0).backward()
+        module.compute_loss((users[idx], items[idx], ratings[idx])).backward()
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()

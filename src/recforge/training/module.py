@@ -7,28 +7,49 @@ from typing import Callable, Iterable, Sequence
 import pytorch_lightning as pl
 import torch
 
-from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metrics, relevance_matrix, topk_items
-from recforge.metrics.rating import rating_errors
+from recforge.errors import RecForgeError
+from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NAMES, RankingEvaluator,
+                                        rating_batch_errors)
+from recforge.metrics.sampled import STRATEGIES, protocol_prefix
 from recforge.models.base import Recommender
 
-RANKING_METRICS = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
-BEYOND_ACCURACY = ("coverage", "gini", "novelty", "avgpop")
+RANKING_METRICS = RANKING_METRIC_NAMES
+BEYOND_ACCURACY = BEYOND_ACCURACY_NAMES
 RATING_METRICS = ("rmse", "mae")
 
 
-def metric_names(feedback: str, ks: Sequence[int], stage: str = "val") -> list[str]:
-    """Every metric a validation or test pass logs, e.g. ``val/ndcg_at_10``."""
+def metric_names(feedback: str, ks: Sequence[int], stage: str = "val", sampled_negatives: int | None = None,
+                 sampled_strategy: str = "uniform") -> list[str]:
+    """Every metric a validation or test pass logs, e.g. ``val/ndcg_at_10`` or ``test/sampled99_hr_at_10``."""
     if feedback == "explicit":
         return [f"{stage}/{m}" for m in RATING_METRICS]
-    return [f"{stage}/{m}_at_{k}" for m in RANKING_METRICS + BEYOND_ACCURACY for k in ks]
+    names = [f"{stage}/{m}_at_{k}" for m in RANKING_METRICS + BEYOND_ACCURACY for k in ks]
+    check_sampled(sampled_negatives, sampled_strategy)
+    if sampled_negatives is not None:
+        prefix = protocol_prefix(sampled_negatives, sampled_strategy)
+        names += [f"{stage}/{prefix}_{m}_at_{k}" for m in RANKING_METRICS for k in ks]
+    return names
+
+
+def check_sampled(sampled_negatives: int | None, sampled_strategy: str) -> None:
+    """Raise :class:`RecForgeError` naming the ``eval.sampled`` key for an invalid protocol."""
+    if sampled_strategy not in STRATEGIES:
+        raise RecForgeError(f"eval.sampled.strategy={sampled_strategy!r} is not one of {list(STRATEGIES)}")
+    if sampled_negatives is not None and (type(sampled_negatives) is not int or sampled_negatives < 1):
+        raise RecForgeError(f"eval.sampled.n_negatives={sampled_negatives!r} must be a positive integer "
+                            "(e.g. 99), or set eval.sampled=null for full ranking only")
 
 
 class RecommenderModule(pl.LightningModule):
     """Trains any :class:`~recforge.models.base.Recommender` with any loss from :mod:`recforge.losses`.
 
-    Evaluation is full ranking: each validation/test batch is a chunk of users scored against every item,
-    with seen items masked, a deterministic top-K (ties go to the lower item index) and per-user metrics
-    from one pass. Per-user test results stay in :attr:`test_results` for export.
+    Evaluation is full ranking by :class:`~recforge.metrics.evaluator.RankingEvaluator`: each validation/test
+    batch is a chunk of users scored against every item, with seen items masked, a deterministic top-K (ties
+    go to the lower item index) and per-user metrics from one pass; ``sampled_negatives`` adds a sampled
+    protocol (``*/sampled99_*`` metrics) on the same scores. Rating models are scored by RMSE/MAE on the
+    original scale: ``rating_inverse`` (e.g. undoing a rating normalisation) is applied to predictions and
+    targets, then predictions are clipped to ``rating_range`` if ``clip_predictions``. Per-user test results
+    stay in :attr:`test_results` for export.
     """
 
     def __init__(
@@ -42,6 +63,10 @@ class RecommenderModule(pl.LightningModule):
         clip_predictions: bool = True,
         item_popularity: torch.Tensor | None = None,
         n_train_users: int | None = None,
+        sampled_negatives: int | None = None,
+        sampled_strategy: str = "uniform",
+        sampled_seed: int = 0,
+        rating_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
@@ -53,19 +78,31 @@ class RecommenderModule(pl.LightningModule):
         else:
             self.item_popularity = None
         self.n_train_users = n_train_users
+        check_sampled(sampled_negatives, sampled_strategy)
+        if sampled_negatives is not None and sampled_strategy == "popularity" and item_popularity is None:
+            raise RecForgeError("eval.sampled.strategy=popularity needs the training item popularity")
+        self.evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
+                                          sampled_strategy, sampled_seed)
+        self.rating_inverse = rating_inverse
         self._outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def compute_loss(self, batch) -> torch.Tensor:
+        """The training loss of one ``(users, items, ratings)`` batch (negatives sampled on the device)."""
         users, items, ratings = batch
         if self.feedback == "explicit":
-            loss = self.loss(self.model(users, items), ratings)
-        else:
-            negatives = self.sampler(users, self.loss.num_negatives)
-            scores = self.model(users, torch.cat([items.unsqueeze(1), negatives], dim=1))
-            loss = self.loss(scores[:, 0], scores[:, 1:])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(users))
+            return self.loss(self.model(users, items), ratings)
+        candidates = torch.cat([items.unsqueeze(1), self.sampler(users, self.loss.num_negatives)], dim=1)
+        scores = self.model(users, candidates)
+        loss = self.loss(scores[:, 0], scores[:, 1:])
+        if hasattr(self.model, "regularization"):
+            loss = loss + self.model.regularization(users, candidates)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
         return loss
 
     def configure_optimizers(self):
@@ -77,18 +114,11 @@ class RecommenderModule(pl.LightningModule):
         """Per-user (ranking) or per-interaction (rating) results of one evaluation batch."""
         if self.feedback == "explicit":
             users, items, ratings = batch
-            errors = rating_errors(self.model(users, items).float(), ratings, clip=self.clip)
+            errors = rating_batch_errors(self.model(users, items), ratings, self.clip, self.rating_inverse)
             return {"users": users, "errors": errors}
-        users = batch["users"]
-        scores = self.model.score_all(users).float()
-        mask_scores_(scores, batch["exclude_rows"], batch["exclude_cols"])
-        values, topk = topk_items(scores, max(self.ks))
-        valid = torch.isfinite(values)
-        hits, n_relevant, ideal = relevance_matrix(
-            len(users), topk, batch["relevant_rows"], batch["relevant_cols"], batch["relevant_gains"], valid
-        )
-        per_user = ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal)
-        return {"users": users, "topk": topk, "scores": values, "valid": valid, **per_user}
+        if self.item_popularity is not None and self.evaluator.item_popularity is not self.item_popularity:
+            self.evaluator.item_popularity = self.item_popularity  # follow the buffer to the module's device
+        return self.evaluator.evaluate(self.model.score_all, batch)
 
     def _eval_step(self, batch) -> None:
         self._outputs.append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})
@@ -103,20 +133,13 @@ class RecommenderModule(pl.LightningModule):
         outputs, self._outputs = self._outputs, []
         if not outputs:
             return {}
-        results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
-        metrics: dict[str, torch.Tensor] = {}
         if self.feedback == "explicit":
-            errors = results["errors"]
-            metrics[f"{stage}/rmse"] = errors.pow(2).mean().sqrt()
-            metrics[f"{stage}/mae"] = errors.abs().mean()
+            results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+            errors = results["errors"].double()
+            metrics = {"rmse": errors.pow(2).mean().sqrt(), "mae": errors.abs().mean()}
         else:
-            for key, value in results.items():
-                if key not in ("users", "topk", "scores", "valid"):
-                    metrics[f"{stage}/{key}"] = value.nanmean()
-            if self.item_popularity is not None:
-                extra = beyond_accuracy(results["topk"], results["valid"], self.item_popularity,
-                                        self.n_train_users or 1, self.ks)
-                metrics.update({f"{stage}/{k}": torch.tensor(float(v)) for k, v in extra.items()})
+            metrics, results = self.evaluator.aggregate(outputs)
+        metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
         if stage == "test":
             self.test_results = {k: v.cpu() for k, v in results.items()}
         self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False)

@@ -1,0 +1,64 @@
+"""Significance helpers: Holm correction, paired tests and bootstrap intervals on hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.analysis.significance import bootstrap_ci, holm, metric_column, paired_tests
+from recforge.errors import RecForgeError
+
+
+def test_holm_hand_computed():
+    # sorted p: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04); monotone step-down
+    assert holm([0.04, 0.01, 0.02]).tolist() == pytest.approx([0.04, 0.03, 0.04])
+    # a later smaller product is raised to the running maximum, and values are capped at 1
+    assert holm([0.02, 0.021, 0.9]).tolist() == pytest.approx([0.06, 0.06, 0.9])
+    assert holm([0.6, 0.7]).tolist() == pytest.approx([1.0, 1.0])
+    out = holm([float("nan"), 0.01, 0.03])
+    assert math.isnan(out[0]) and out[1:].tolist() == pytest.approx([0.02, 0.03])
+
+
+def test_paired_tests_hand_computed():
+    users = [10, 11, 12, 13, 14]
+    a = pd.Series([0.5, 0.6, 0.9, 0.4, 0.8], index=users)
+    b = pd.Series([0.4, 0.3, 0.9, 0.1, 0.7, 0.2], index=users + [99])  # user 99 only in b: dropped
+    c = pd.Series([0.5, 0.6, float("nan"), 0.4, 0.8], index=users)   # a NaN user: dropped for that pair
+    table = paired_tests({"A": a, "B": b, "C": c}, metric="test/ndcg_at_10", n_bootstrap=2000, seed=1)
+    assert list(zip(table.run_a, table.run_b)) == [("A", "B"), ("A", "C"), ("B", "C")]
+    ab = table.iloc[0]
+    d = np.array([0.1, 0.3, 0.0, 0.3, 0.1])
+    assert ab.n_users == 5 and ab.mean_diff == pytest.approx(0.16)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(5))  # = 0.16 / (0.13416 / 2.2361) = 2.6667
+    assert ab.t_stat == pytest.approx(t)
+    assert ab.t_stat == pytest.approx(2.666667, rel=1e-5)
+    # Wilcoxon (zero dropped): |d| = .1 .3 .3 .1 -> ranks 1.5 3.5 3.5 1.5, all positive: W = min(10, 0) = 0
+    assert ab.wilcoxon_stat == 0.0
+    assert ab.ci_low <= ab.mean_diff <= ab.ci_high and ab.ci_low > 0
+    ac = table.iloc[1]  # identical on the 4 shared users
+    assert ac.n_users == 4 and ac.mean_diff == 0 and ac.t_pvalue == 1.0 and ac.wilcoxon_pvalue == 1.0
+    assert (ac.ci_low, ac.ci_high) == (0.0, 0.0)
+    # Holm over the three pairs
+    assert table.t_pvalue_holm.tolist() == pytest.approx(holm(table.t_pvalue.tolist()).tolist())
+    assert (table.t_pvalue_holm >= table.t_pvalue).all()
+
+
+def test_bootstrap_is_seeded_and_covers_the_mean():
+    rng = np.random.default_rng(0)
+    diff = rng.normal(0.05, 0.2, size=3000)
+    low, high = bootstrap_ci(diff, 3000, 0.95, seed=7)
+    assert (low, high) == bootstrap_ci(diff, 3000, 0.95, seed=7)
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert low == pytest.approx(diff.mean() - 1.96 * se, abs=0.25 * se)
+    assert high == pytest.approx(diff.mean() + 1.96 * se, abs=0.25 * se)
+
+
+def test_metric_column_and_too_few_runs():
+    assert metric_column("test/ndcg_at_10") == "ndcg_at_10" and metric_column("rmse") == "rmse"
+    with pytest.raises(RecForgeError, match="test/ndcg_at_10"):
+        metric_column("val/ndcg_at_10")
+    with pytest.raises(RecForgeError, match="two runs"):
+        paired_tests({"A": pd.Series([1.0])})
