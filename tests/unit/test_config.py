@@ -53,8 +53,7 @@ def check_keys(node, where: str) -> None:
 
 @pytest.mark.parametrize("group,option", ALL, ids=[f"{g}={o}" for g, o in ALL])
 def test_option_composes_and_instantiates(group, option, tmp_path):
-    prefix = "+" if group in ("experiment", "hparams_search") else ""
-    cfg = compose_train([f"{prefix}{group}={option}"], tmp_path)
+    cfg = compose_train([f"{group}={option}"], tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
         check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())

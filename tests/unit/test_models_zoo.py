@@ -1,0 +1,210 @@
+"""Model-specific behaviour of the zoo: closed forms against direct solves, similarities and graph
+normalisation against dense hand computations, caches, objectives. The shared contract test covers shapes,
+determinism and learning for every ``conf/model`` file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recforge.models.ease import EASE, interaction_matrix
+from recforge.models.gmf import GMF
+from recforge.models.ials import IALS, ials_objective
+from recforge.models.itemknn import ItemKNN
+from recforge.models.lightgcn import LightGCN, normalized_adjacency
+from recforge.models.mlp import MLP
+from recforge.models.ngcf import NGCF
+
+# 4 users x 5 items; user 3 has a duplicated pair, item 4 is never seen
+X = np.array([[1, 1, 0, 0, 0],
+              [1, 0, 1, 0, 0],
+              [0, 1, 1, 1, 0],
+              [1, 1, 1, 0, 0]], dtype=np.float64)
+USERS = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+ITEMS = torch.tensor([0, 1, 0, 2, 1, 2, 3, 0, 1, 2, 2])
+PAIRS = torch.stack([USERS, ITEMS])
+
+
+def fitted(cls, **kwargs):
+    torch.manual_seed(0)
+    extra = {} if cls is IALS else {"interactions": PAIRS}
+    model = cls(n_users=4, n_items=5, **extra, **kwargs)
+    model.fit(USERS, ITEMS, torch.ones(len(USERS)))
+    return model.eval()
+
+
+def test_interaction_matrix_is_binary_and_deduplicated():
+    assert np.array_equal(interaction_matrix(USERS, ITEMS, 4, 5).to_dense().numpy(), X)
+
+
+def test_ease_matches_columnwise_ridge_solve_with_zero_diagonal():
+    lam = 2.0
+    model = fitted(EASE, l2_reg=lam)
+    weights = model.weights.double().numpy()
+    expected = np.zeros((5, 5))
+    for j in range(5):  # min ||X_j - X_{-j} b||^2 + lam ||b||^2, with b_j = 0
+        others = [i for i in range(5) if i != j]
+        a = X[:, others]
+        expected[others, j] = np.linalg.solve(a.T @ a + lam * np.eye(4), a.T @ X[:, j])
+    np.testing.assert_allclose(weights, expected, atol=1e-5)
+    assert np.all(np.diag(weights) == 0)
+    users = torch.tensor([2, 0])
+    np.testing.assert_allclose(model.score_all(users).numpy(), X[[2, 0]] @ weights, atol=1e-5)
+    assert torch.allclose(model(users, torch.tensor([[3, 1], [4, 2]])), model.score_all(users)[[[0], [1]], [[3, 1], [4, 2]]])
+
+
+def test_closed_form_state_survives_a_state_dict_round_trip():
+    for cls in (EASE, ItemKNN):
+        model = fitted(cls)
+        state = model.state_dict()
+        assert "history" not in state  # rebuilt from interactions, not stored
+        fresh = cls(n_users=4, n_items=5, interactions=PAIRS)
+        fresh.load_state_dict(state)
+        users = torch.arange(4)
+        assert torch.allclose(fresh.score_all(users), model.score_all(users)), cls.__name__
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 1.5])
+def test_itemknn_cosine_with_shrinkage_matches_hand_computation(shrinkage):
+    model = fitted(ItemKNN, k_neighbors=4, shrinkage=shrinkage)
+    counts = X.sum(0)
+    # item 0: users {0,1,3}; item 1: {0,2,3}; item 2: {1,2,3}; item 3: {2}; item 4: {}
+    co = X.T @ X
+    sim = co / (np.sqrt(np.outer(counts, counts)) + shrinkage + 1e-300 * (shrinkage == 0))
+    sim[~np.isfinite(sim)] = 0.0
+    np.fill_diagonal(sim, 0.0)
+    assert sim[0, 1] == pytest.approx(2 / (3 + shrinkage))
+    assert sim[2, 3] == pytest.approx(1 / (np.sqrt(3) + shrinkage))
+    dense = model.similarity().to_dense().numpy().T  # S[i, j] = sim(i, j)
+    np.testing.assert_allclose(dense, sim, atol=1e-6)
+    np.testing.assert_allclose(model.score_all(torch.arange(4)).numpy(), X @ sim, atol=1e-5)
+
+
+def test_itemknn_keeps_only_the_top_k_neighbours_per_item():
+    model = fitted(ItemKNN, k_neighbors=1, shrinkage=0.0)
+    s_t = model.similarity().to_dense()  # row j: j's neighbours
+    assert ((s_t > 0).sum(1) <= 1).all()
+    assert s_t[3].argmax().item() in (1, 2) and s_t[3].max() == pytest.approx(1 / np.sqrt(3))
+
+
+def test_lightgcn_adjacency_is_symmetric_normalised_bipartite_graph():
+    adj = normalized_adjacency(PAIRS, 4, 5).to_dense().double().numpy()
+    a = np.zeros((9, 9))
+    a[:4, 4:] = X
+    a[4:, :4] = X.T
+    degree = a.sum(1)
+    inv = np.where(degree > 0, 1 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
+    np.testing.assert_allclose(adj, inv[:, None] * a * inv[None, :], atol=1e-6)
+    assert np.all(adj[8] == 0)  # the unseen item is isolated
+
+
+def test_lightgcn_layer_mean_and_buffers():
+    torch.manual_seed(0)
+    model = LightGCN(4, 5, PAIRS, embedding_dim=3, n_layers=2)
+    assert "adjacency" not in model.state_dict()  # non-persistent: rebuilt from interactions
+    assert "adjacency" in dict(model.named_buffers())
+    adj = model.adjacency.to_dense()
+    e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    final = (e0 + adj @ e0 + adj @ adj @ e0) / 3
+    users, items = model.propagate()
+    assert torch.allclose(users, final[:4], atol=1e-6) and torch.allclose(items, final[4:], atol=1e-6)
+    flat = LightGCN(4, 5, PAIRS, embedding_dim=3, n_layers=0)
+    assert torch.allclose(flat.score_all(torch.arange(4)), flat.user_embedding.weight @ flat.item_embedding.weight.T)
+    reg = model.regularization(torch.tensor([0, 1]), torch.tensor([[0, 2], [1, 4]]))
+    expected = model.reg_weight * 0.5 * (model.user_embedding.weight[:2].pow(2).sum()
+                                         + model.item_embedding.weight[[0, 2, 1, 4]].pow(2).sum()) / 2
+    assert torch.allclose(reg, expected)
+
+
+@pytest.mark.parametrize("cls", [LightGCN, NGCF])
+def test_graph_models_cache_propagation_while_evaluating_only(cls, monkeypatch):
+    torch.manual_seed(0)
+    model = cls(n_users=4, n_items=5, interactions=PAIRS, embedding_dim=4)
+    calls = []
+    original = model.propagate
+    monkeypatch.setattr(model, "propagate", lambda: calls.append(1) or original())
+    users = torch.arange(4)
+    model.eval()
+    with torch.no_grad():
+        first = model.score_all(users[:2])
+        model.score_all(users[2:])
+        model(users, torch.zeros(4, 3, dtype=torch.long))
+    assert len(calls) == 1  # one propagation for all evaluation chunks
+    model.train()
+    loss = -model(users, torch.tensor([0, 1, 2, 3])).sum()
+    loss.backward()
+    with torch.no_grad():  # a plain SGD step, in place as optimizers do
+        for param in model.parameters():
+            param.sub_(0.5 * param.grad)
+    model.eval()
+    with torch.no_grad():
+        second = model.score_all(users[:2])
+        model.score_all(users[2:])
+        model.user_embedding.weight.add_(1.0)  # an in-place change while evaluating (e.g. a loaded checkpoint)
+        third = model.score_all(users[:2])
+    assert len(calls) == 4  # first evaluation, the training pass, after the step, after the in-place change
+    assert not torch.allclose(first, second) and not torch.allclose(second, third)
+
+
+def test_ngcf_concatenates_normalised_layers():
+    torch.manual_seed(0)
+    model = NGCF(4, 5, PAIRS, embedding_dim=6, layers=(5, 4)).eval()
+    with torch.no_grad():
+        users, items = model.embeddings()
+    assert users.shape == (4, 6 + 5 + 4) and items.shape == (5, 15)
+    assert torch.allclose(items[:, 6:11].norm(dim=1), torch.ones(5), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(model(torch.tensor([1, 2]), torch.tensor([3, 0])),
+                              model.score_all(torch.tensor([1, 2]))[[0, 1], [3, 0]], atol=1e-5)
+
+
+def test_ials_objective_matches_dense_formula_and_decreases():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    p = torch.as_tensor(X)
+    dense = ((1 + 2.0 * p) * (p - x @ y.T) ** 2).sum() + 0.3 * (x.pow(2).sum() + y.pow(2).sum())
+    assert torch.allclose(ials_objective(x, y, USERS, ITEMS, alpha=2.0, reg=0.3), dense)
+    model = fitted(IALS, factors=3, alpha=2.0, reg=0.3, iterations=8, cg_steps=2, init_std=0.1)
+    history = model.objective_history
+    assert len(history) == 8 and all(b <= a + 1e-5 for a, b in zip(history, history[1:]))
+    assert history[-1] < 0.9 * float(ials_objective(torch.randn(4, 3) * 0.1, torch.randn(5, 3) * 0.1,
+                                                   USERS, ITEMS, 2.0, 0.3))
+
+
+def test_ials_conjugate_gradient_reaches_the_exact_least_squares_solution():
+    torch.manual_seed(0)
+    model = IALS(4, 5, factors=3, alpha=2.0, reg=0.3, cg_steps=3)  # 3 CG steps solve a 3-d system exactly
+    y = torch.randn(5, 3, dtype=torch.float64)
+    x = model._solve(torch.zeros(4, 3, dtype=torch.float64), y, *interaction_matrix(USERS, ITEMS, 4, 5).indices())
+    p = torch.as_tensor(X)
+    for u in range(4):
+        c = 1 + 2.0 * p[u]
+        exact = torch.linalg.solve(y.T @ (c[:, None] * y) + 0.3 * torch.eye(3, dtype=torch.float64), y.T @ (c * p[u]))
+        assert torch.allclose(x[u], exact, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [GMF, MLP])
+def test_ncf_score_all_equals_pairwise_forward(cls):
+    torch.manual_seed(0)
+    model = cls(n_users=3, n_items=6).eval()
+    users = torch.tensor([2, 0])
+    with torch.no_grad():
+        pairwise = model(users, torch.arange(6).expand(2, -1))
+        assert torch.allclose(model.score_all(users), pairwise, atol=1e-6)
+        assert torch.allclose(model(users, torch.tensor([5, 1])), pairwise[[0, 1], [5, 1]], atol=1e-6)
+
+
+def test_lightgcn_gradients_match_a_dense_propagation():
+    torch.manual_seed(0)
+    model = LightGCN(4, 5, PAIRS, embedding_dim=3, n_layers=2).double()
+    users, items = torch.tensor([0, 2, 3]), torch.tensor([[1, 4], [3, 0], [2, 2]])
+    model(users, items).pow(2).sum().backward()
+    sparse_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    adj = normalized_adjacency(PAIRS, 4, 5).to_dense().double()
+    e0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    final = (e0 + adj @ e0 + adj @ adj @ e0) / 3
+    (final[users].unsqueeze(1) * final[4 + items]).sum(-1).pow(2).sum().backward()
+    for sparse, param in zip(sparse_grads, model.parameters()):
+        assert torch.allclose(sparse, param.grad)
