@@ -115,6 +115,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         clip_predictions=cfg.eval.clip_predictions,
         item_popularity=data_kwargs["item_popularity"],
         n_train_users=datamodule.n_users,
+        rating_inverse=datamodule.inverse_ratings if datamodule.rating_inverse != (1.0, 0.0) else None,
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)

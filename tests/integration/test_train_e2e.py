@@ -41,6 +41,8 @@ def test_mlflow_run_has_config_metrics_artifacts(tracked_run):
     assert run.data.params["model._target_"] == "recforge.models.mf.MatrixFactorization"
     assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(metrics["test/ndcg_at_10"], rel=1e-6)
     assert "val/ndcg_at_10" in run.data.metrics and "train/loss" in run.data.metrics
+    assert run.data.metrics["data/leak_pairs"] == 0  # the split's leakage checks are logged
+    assert run.data.metrics["data/n_test"] > 0
     history = client_for(tmp).get_metric_history(run.info.run_id, "train/loss")
     assert len(history) == 3  # one value per epoch
     artifacts = {a.path for a in client_for(tmp).list_artifacts(run.info.run_id)}
