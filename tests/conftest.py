@@ -12,6 +12,13 @@ from omegaconf import DictConfig, open_dict
 from recforge.config import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per test worker: two workers with two OpenMP threads each on two cores spin
+    # against each other and run several times slower
+    import torch
+
+    torch.set_num_threads(1)
 TINY = ["data.n_users=120", "data.n_items=60", "data.mean_interactions=12", "trainer.max_epochs=2",
         "datamodule.batch_size=256"]
 
