@@ -49,6 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tracker.start(flatten(cfg), {"dataset": dm.raw.name, "split_fingerprint": dm.fingerprint,
                                          "feedback": exp.feedback, "git_commit": git_commit(),
                                          "model": cfg.model._target_.rsplit(".", 1)[-1]}, config_yaml)
+            tracker.log_metrics(dm.data_report())  # sizes, leak and cold-start counts, preprocessing removals
         log.info("data: %s", dm.describe())
         fit_started = time.perf_counter()
         if exp.model.requires_training:
@@ -139,8 +140,16 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def quiet_warnings() -> None:
+    """Silence library chatter that says nothing about the user's experiment."""
+    for message in (".*IterableDataset.*has `__len__` defined.*", ".*isinstance.treespec, LeafSpec.*",
+                    ".*Inferred schema contains integer column.*", ".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | list | None:
+    quiet_warnings()
     metrics = run_cli(train, cfg)
     objective = cfg.get("optimized_metric")
     if not metrics:

@@ -167,3 +167,11 @@ def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: optimizer.lr=-1")
+
+
+def test_tracking_leaves_mlflow_environment_as_it_was(tiny_cfg, monkeypatch):
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train(tiny_cfg("trainer.max_epochs=1", "tracking.log_model=false", tracking=True))
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # a second run in this process must not reuse the first store

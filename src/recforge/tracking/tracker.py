@@ -25,6 +25,9 @@ class MLflowTracker:
         self.experiment_name, self.run_name, self.log_model = experiment_name, run_name, log_model
         self.existing_run_id = run_id   # log into this run (a sweep's child run) instead of starting one
         self._logger = None
+        # Lightning's MLFlowLogger and mlflow.set_tracking_uri export MLFLOW_TRACKING_URI; restore it when the
+        # run ends so a later run in the same process (a notebook, a sweep, tests) is not sent to this store
+        self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
 
     @property
     def logger(self):
@@ -91,5 +94,11 @@ class MLflowTracker:
 
     def finish(self, status: str) -> None:
         """``FINISHED`` or ``FAILED``; a crashed run is never left RUNNING."""
-        if self._logger is not None and self._logger._run_id is not None:
-            self.client.set_terminated(self.run_id, status)
+        try:
+            if self._logger is not None and self._logger._run_id is not None:
+                self.client.set_terminated(self.run_id, status)
+        finally:
+            if self._env_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
