@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, broadcast_users
+from recforge.models.mlp import mlp_tower, xavier_init_
 
 
 class NeuMF(Recommender):
@@ -29,17 +30,11 @@ class NeuMF(Recommender):
         self.gmf_item = nn.Embedding(n_items, gmf_dim)
         self.mlp_user = nn.Embedding(n_users, mlp_layers[0] // 2)
         self.mlp_item = nn.Embedding(n_items, mlp_layers[0] // 2)
-        tower: list[nn.Module] = []
-        for width_in, width_out in zip(mlp_layers[:-1], mlp_layers[1:]):
-            tower += [nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(dropout)]
-        self.mlp = nn.Sequential(*tower)
+        self.mlp = mlp_tower(mlp_layers, dropout)
         self.predict = nn.Linear(gmf_dim + mlp_layers[-1], 1)
         for emb in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(emb.weight, std=0.01)
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+        xavier_init_(self.mlp)
         nn.init.kaiming_uniform_(self.predict.weight, a=1, nonlinearity="sigmoid")
         nn.init.zeros_(self.predict.bias)
 
