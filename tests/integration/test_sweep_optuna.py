@@ -22,7 +22,10 @@ from hydra._internal.hydra import Hydra  # noqa: E402
 from hydra._internal.utils import create_config_search_path  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
+import sqlalchemy.exc  # noqa: E402
+
 from recforge.config import CONFIG_DIR  # noqa: E402
+from recforge.tuning.study import open_storage  # noqa: E402
 
 TINY = ["data.n_users=200", "data.n_items=100", "data.mean_interactions=15", "trainer.max_epochs=3",
         "tracking.log_model=false", "callbacks.early_stopping.patience=50"]
@@ -232,7 +235,7 @@ def cli(tmp_path: Path, *overrides: str) -> list[str]:
 
 
 def count_states(storage: str, name: str) -> dict[str, int]:
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=open_storage(storage))
     out: dict[str, int] = {}
     for t in study.get_trials():
         out[t.state.name] = out.get(t.state.name, 0) + 1
@@ -253,7 +256,7 @@ def test_resume_after_sigkill_reaches_n_trials(tmp_path, kind):
         if (tmp_path / "optuna.db").exists() or (tmp_path / "optuna.log").exists():
             try:
                 counts = count_states(storage, "resume")
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.OperationalError):  # no study yet, or its tables are being created
                 continue
             if counts.get("COMPLETE", 0) >= 1 and counts.get("RUNNING", 0) == 1:
                 break
@@ -298,7 +301,8 @@ def postgres_url():
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-w", "-l", str(root / "server.log"), "-o",
                     f"-k {root} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True)
     try:
-        yield f"postgresql://optuna@/postgres?host={root}&port={port}"
+        # SQLAlchemy 2.1 picks psycopg (3) for plain postgresql://; name the psycopg2 driver the extra installs
+        yield f"postgresql+psycopg2://optuna@/postgres?host={root}&port={port}"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
@@ -316,7 +320,7 @@ def test_two_workers_share_one_study(tmp_path, kind, request):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    study = optuna.load_study(study_name="shared", storage=storage)
+    study = optuna.load_study(study_name="shared", storage=open_storage(storage))
     trials = study.get_trials()
     # one study, each trial run by exactly one worker, n_trials in total (a simultaneous ask may add one)
     assert 6 <= len(trials) <= 7 and all(t.state.name == "COMPLETE" for t in trials)
