@@ -271,7 +271,7 @@ def test_resume_after_sigkill_reaches_n_trials(tmp_path, kind):
     after = count_states(storage, "resume")
     # the dead worker's trial was failed (heartbeat / dead pid), retried, and 4 trials finished in total
     assert after.get("COMPLETE") == 4 and after.get("FAIL") == 1 and "RUNNING" not in after, after
-    study = optuna.load_study(study_name="resume", storage=storage)
+    study = optuna.load_study(study_name="resume", storage=open_storage(storage))
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") is not None]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert "4 complete, 0 pruned, 1 failed" in done.stdout
