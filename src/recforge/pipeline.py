@@ -5,7 +5,6 @@ Hydra/OmegaConf stay at this level: everything below receives explicit arguments
 
 from __future__ import annotations
 
-import logging
 import math
 import subprocess
 from dataclasses import dataclass
@@ -24,9 +23,6 @@ from recforge.losses import NegativeSampler
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names
 from recforge.utils.io import atomic_path
-
-log = logging.getLogger("recforge")
-
 
 class StoreConfig(pl.Callback):
     """Puts the resolved config into every checkpoint, so ``recforge-eval ckpt_path=...`` can rebuild the run."""

@@ -10,9 +10,7 @@ import warnings
 from pathlib import Path
 
 import hydra
-import numpy as np
 import pytorch_lightning as pl
-import scipy.sparse as sp
 from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
@@ -76,14 +74,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             for name, frame in split_frames(dm).items():
                 write_parquet(frame, output_dir / f"{name}.parquet")
         target, kwargs = model_spec(cfg, dm)
-        seen = sp.csr_matrix((np.ones(sum(len(p) for p in (dm.split.train, dm.split.val, dm.split.test)), np.float32),
-                              (np.concatenate([p["user"] for p in (dm.split.train, dm.split.val, dm.split.test)]),
-                               np.concatenate([p["item"] for p in (dm.split.train, dm.split.val, dm.split.test)]))),
-                             shape=(dm.n_users, dm.n_items))
         from recforge.tracking.bundle import save_bundle
 
         bundle = save_bundle(output_dir / "model", exp.model, target, kwargs, dm.id_maps.users, dm.id_maps.items,
-                             seen, {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback})
+                             dm.seen_matrix(), {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback})
         atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         atomic_write_text(output_dir / "config.yaml", config_yaml)
         if tracker:

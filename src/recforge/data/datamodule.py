@@ -369,8 +369,9 @@ class RecDataModule(pl.LightningDataModule):
         keys = self.train_tensors[0] * self.n_items + self.train_tensors[1]
         return torch.sort(keys).values
 
-    def item_popularity(self) -> torch.Tensor:
-        return self.model_kwargs()["item_popularity"]
+    def seen_matrix(self) -> sp.csr_matrix:
+        """Every (user, item) pair of train, validation and test: what serving never recommends again."""
+        return self._matrix(pd.concat([self.split.train, self.split.val, self.split.test], ignore_index=True))
 
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
