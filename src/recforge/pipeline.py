@@ -78,6 +78,13 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
+def build_datamodule(cfg: DictConfig, feedback: str) -> RecDataModule:
+    """The data of ``cfg`` (source, preprocessing, split), set up for ``feedback`` (``explicit``/``implicit``)."""
+    datamodule = build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"), feedback=feedback)
+    datamodule.setup()
+    return datamodule
+
+
 def build_experiment(cfg: DictConfig) -> Experiment:
     check_config(cfg)
     loss = build(cfg, "loss")
@@ -93,9 +100,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if cfg.monitor not in valid:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
-    datamodule = build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"),
-                       feedback=loss.feedback)
-    datamodule.setup()
+    datamodule = build_datamodule(cfg, loss.feedback)
     data_kwargs = datamodule.model_kwargs()
     model = build_model(cfg, data_kwargs)
     sampler = None
@@ -149,8 +154,15 @@ def per_user_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.D
         stats["rmse"] = np.sqrt(stats["rmse"])
         return pd.DataFrame({"user": datamodule.id_maps.users[stats["u"].to_numpy()], "rmse": stats["rmse"],
                              "mae": stats["mae"], "n_test": stats["n"]})
-    columns = {k: v.numpy() for k, v in results.items() if k not in ("users", "topk", "scores", "valid")}
-    return pd.DataFrame({"user": datamodule.id_maps.users[users], **columns})
+    return ranking_results_frame(results, datamodule.id_maps.users)
+
+
+def ranking_results_frame(results: dict, user_ids: np.ndarray) -> pd.DataFrame:
+    """Per-user ranking metrics (an evaluator's aggregated per-user results) with raw user ids."""
+    from recforge.metrics.evaluator import NON_METRIC_KEYS
+
+    columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS}
+    return pd.DataFrame({"user": user_ids[results["users"].cpu().numpy()], **columns})
 
 
 def recommendations_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.DataFrame:

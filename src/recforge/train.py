@@ -136,6 +136,9 @@ def _in_multirun() -> bool:
 
 def quiet_warnings() -> None:
     """Silence library chatter that says nothing about the user's experiment."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded artifact
     for message in (".*IterableDataset.*has `__len__` defined.*", ".*isinstance.treespec, LeafSpec.*",
                     ".*Inferred schema contains integer column.*", ".*smaller than the logging interval.*"):
         warnings.filterwarnings("ignore", message=message)

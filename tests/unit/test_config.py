@@ -99,3 +99,14 @@ def test_metric_mode():
     assert metric_mode("val/mae") == "min"
     assert metric_mode("val/ndcg_at_10") == "max"
     assert metric_mode("val/recall_at_20") == "max"
+
+
+@pytest.mark.parametrize("method", ["score", "rrf", "borda", "vote"])
+def test_ensemble_config_composes_for_every_method(method, tmp_path):
+    from recforge.ensemble.fusion import METHODS, NORMALIZATIONS, check_method
+
+    cfg = compose_train(["runs=[a,b]", f"method={method}"], tmp_path, config_name="ensemble")
+    assert method in METHODS and cfg.normalization in NORMALIZATIONS
+    check_method(cfg.method, cfg.normalization)
+    assert list(cfg.runs) == ["a", "b"] and cfg.tracking.run_name == f"ensemble-{method}"
+    assert cfg.search in ("optuna", "grid", "none")

@@ -112,37 +112,40 @@ def metric_column(metric: str) -> str:
     return name
 
 
-def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
-    """Each run's per-user test metrics, after checking that all runs share one split fingerprint."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    if len(set(run_ids)) < len(run_ids):
-        raise RecForgeError(f"a run id is given twice: {list(run_ids)}")
-    if tracking_uri and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
-        raise RecForgeError(f"no tracking store at {tracking_uri}: pass --tracking-uri (e.g. "
-                            "sqlite:///logs/mlflow.db, where recforge-train logs by default) or set MLFLOW_TRACKING_URI")
-    client = MlflowClient(tracking_uri)
-    fingerprints = {}
-    for run_id in run_ids:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as exc:
-            raise RecForgeError(f"run {run_id} not found in tracking store {client.tracking_uri} "
-                                f"({exc.message.splitlines()[0] if exc.message else exc}); "
-                                "pass --tracking-uri or set MLFLOW_TRACKING_URI") from None
-        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
-        if not fingerprint:
-            raise RecForgeError(f"run {run_id} has no {FINGERPRINT_TAG} tag, so it cannot be aligned user by user; "
-                                "compare runs logged by recforge-train")
-        fingerprints[run_id] = fingerprint
+def check_same_split(fingerprints: Mapping[str, str], purpose: str = "their users cannot be paired") -> None:
+    """Raise, naming which runs are on which split, unless every run has the same ``split_fingerprint``."""
     if len(set(fingerprints.values())) > 1:
         groups: dict[str, list[str]] = {}
         for run_id, fingerprint in fingerprints.items():
             groups.setdefault(fingerprint, []).append(run_id)
         detail = "; ".join(f"{fp}: {', '.join(ids)}" for fp, ids in groups.items())
-        raise RecForgeError("runs were evaluated on different splits (split_fingerprint differs), so their users "
-                            f"cannot be paired: {detail}. Compare only runs on the same data and split")
+        raise RecForgeError(f"runs were evaluated on different splits (split_fingerprint differs), so {purpose}: "
+                            f"{detail}. Use only runs on the same data and split")
+
+
+def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
+    """Each run's per-user test metrics, after checking that all runs share one split fingerprint."""
+    from recforge.analysis.runs import get_run, tracking_client
+
+    if len(set(run_ids)) < len(run_ids):
+        raise RecForgeError(f"a run id is given twice: {list(run_ids)}")
+    client = tracking_client(tracking_uri)
+    fingerprints = {}
+    for run_id in run_ids:
+        run = get_run(client, run_id)
+        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+        if not fingerprint:
+            raise RecForgeError(f"run {run_id} has no {FINGERPRINT_TAG} tag, so it cannot be aligned user by user; "
+                                "compare runs logged by recforge-train")
+        fingerprints[run_id] = fingerprint
+    check_same_split(fingerprints)
+    return fetch_per_user(client, run_ids)
+
+
+def fetch_per_user(client, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Download each run's ``results/per_user_test_metrics.parquet`` (no split check)."""
+    from mlflow.exceptions import MlflowException
+
     frames = {}
     with tempfile.TemporaryDirectory(prefix="recforge-compare-") as tmp:
         for run_id in run_ids:
@@ -162,12 +165,17 @@ def compare_runs(run_ids: Sequence[str], metric: str = "test/ndcg_at_10", tracki
         raise RecForgeError("significance needs at least two run ids")
     if not 0 < confidence < 1:
         raise RecForgeError(f"confidence={confidence} must lie in (0, 1), e.g. 0.95")
+    return paired_tests(per_user_values(load_per_user(run_ids, tracking_uri), metric), metric, n_bootstrap,
+                        confidence, seed)
+
+
+def per_user_values(frames: Mapping[str, pd.DataFrame], metric: str) -> dict[str, pd.Series]:
+    """Each run's per-user values of a test metric as a Series indexed by raw user id."""
     column = metric_column(metric)
-    frames = load_per_user(run_ids, tracking_uri)
     values = {}
     for run_id, frame in frames.items():
         if column not in frame.columns or "user" not in frame.columns:
             available = sorted(f"test/{c}" for c in frame.columns if c not in ("user", "n_test"))
             raise RecForgeError(f"run {run_id} has no per-user {metric}; available: {', '.join(available)}")
         values[run_id] = frame.set_index("user")[column].astype(float)
-    return paired_tests(values, metric, n_bootstrap, confidence, seed)
+    return values

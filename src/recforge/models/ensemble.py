@@ -1,0 +1,92 @@
+"""A fused ensemble of trained recommenders, servable like any single model.
+
+Score and rank fusion of the members' full rankings (:mod:`recforge.ensemble.fusion`; reciprocal rank fusion:
+Cormack, Clarke & Buettcher, "Reciprocal Rank Fusion outperforms Condorcet and individual Rank Learning
+Methods", SIGIR 2009). Built and tuned by ``recforge-ensemble``; its weights are found on validation data.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+import torch
+from torch import nn
+
+from recforge.ensemble.fusion import check_method, fuse, normalize_weights, transform
+from recforge.models.base import Recommender
+
+
+def build_member(target: str, kwargs: dict[str, Any]) -> Recommender:
+    module, _, name = target.rpartition(".")
+    return getattr(import_module(module), name)(**kwargs)
+
+
+class EnsembleRecommender(Recommender):
+    """``score_all``: each member scores every item, items in ``exclude`` are removed, each member's row is
+    transformed (normalised scores, reciprocal ranks, Borda points or votes) and the rows are summed with
+    ``weights``. Excluded items score ``-inf`` (an ensemble never recommends them, whatever the caller asks).
+
+    Args:
+        members: ``[{"target": import path, "kwargs": constructor arguments}, ...]``; their weights are this
+            module's ``members.<i>.*`` state.
+        weights: one non-negative weight per member.
+        method, normalization, rrf_k, vote_depth: see :func:`recforge.ensemble.fusion.transform`.
+        n_items: the shared item space.
+        exclude: optional (2, nnz) user/item index pairs never recommended (the data a serving model has seen).
+    """
+
+    requires_training = False
+    feedbacks = ("implicit",)
+
+    def __init__(self, members: list[dict[str, Any]], weights: list[float], n_items: int, method: str = "score",
+                 normalization: str = "minmax", rrf_k: float = 60.0, vote_depth: int = 50,
+                 exclude: torch.Tensor | None = None) -> None:
+        super().__init__()
+        check_method(method, normalization)
+        if len(weights) != len(members):
+            raise ValueError(f"need one weight per member: {len(members)} members, {len(weights)} weights")
+        self.members = nn.ModuleList(build_member(m["target"], m["kwargs"]) for m in members)
+        self.weights = normalize_weights(weights)
+        self.n_items, self.method, self.normalization = n_items, method, normalization
+        self.rrf_k, self.vote_depth = float(rrf_k), int(vote_depth)
+        if exclude is not None and exclude.numel():
+            exclude = exclude[:, torch.argsort(exclude[0] * n_items + exclude[1])]
+            counts = torch.bincount(exclude[0])
+            indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+            self.register_buffer("exclude_indptr", indptr, persistent=False)
+            self.register_buffer("exclude_items", exclude[1].contiguous(), persistent=False)
+        else:
+            self.exclude_indptr = self.exclude_items = None
+
+    def excluded(self, users: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) bool: the items each user must not be recommended."""
+        mask = torch.zeros(len(users), self.n_items, dtype=torch.bool, device=users.device)
+        if self.exclude_indptr is None or not len(users):
+            return mask
+        rows = users.clamp(max=len(self.exclude_indptr) - 2)
+        known = users < len(self.exclude_indptr) - 1
+        starts, ends = self.exclude_indptr[rows], self.exclude_indptr[rows + 1]
+        lengths = torch.where(known, ends - starts, torch.zeros_like(starts))
+        local = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+        offsets = torch.arange(int(lengths.sum()), device=users.device) - torch.repeat_interleave(
+            torch.cumsum(lengths, 0) - lengths, lengths)
+        mask[local, self.exclude_items[torch.repeat_interleave(starts, lengths) + offsets]] = True
+        return mask
+
+    def member_scores(self, users: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+        """(M, B, n_items) transformed member scores, with ``excluded`` items taking no part."""
+        out = []
+        for member in self.members:
+            scores = member.score_all(users).float().masked_fill(excluded, float("-inf"))
+            out.append(transform(scores, self.method, self.normalization, self.rrf_k, self.vote_depth))
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        excluded = self.excluded(users)
+        return fuse(self.member_scores(users, excluded), self.weights, excluded)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        scores = self.score_all(users)
+        return scores.gather(1, items.view(len(users), -1)).view_as(items)

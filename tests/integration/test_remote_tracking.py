@@ -1,0 +1,73 @@
+"""Training, comparing and ensembling against a real MLflow tracking server on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from recforge.compare import main as compare_main
+from recforge.train import train
+from tests.conftest import TINY, compose_train
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    port = free_port()
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+                             "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield uri, tmp
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def test_train_compare_and_ensemble_through_a_tracking_server(server, tmp_path):
+    from recforge.ensemble.cli import ensemble
+
+    uri, tmp = server
+    ids = []
+    for model in ("bpr", "itemknn"):
+        cfg = compose_train(TINY[:3] + ["trainer.max_epochs=2", f"model={model}", f"tracking.uri={uri}",
+                                        "tracking.experiment_name=remote"], tmp_path / model)
+        ids.append(train(cfg)["run_id"])
+    cfg = compose_train([f"runs=[{','.join(ids)}]", f"tracking.uri={uri}", "tracking.experiment_name=remote",
+                         "search=none", "n_bootstrap=100"], tmp_path / "ensemble", config_name="ensemble")
+    metrics = ensemble(cfg)
+    assert compare_main(["--tracking-uri", uri, "--experiment", "remote", "--n-bootstrap", "100",
+                         "--out", str(tmp_path / "report")]) == 0
+    table = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert list(table["run_id"]) == [*ids, metrics["run_id"]]
+    assert list(table["model"]) == ["MatrixFactorization", "ItemKNN", "Ensemble"]
+    assert len(pd.read_csv(tmp_path / "report" / "significance.csv")) == 3
+    # artifacts went through the server (proxied), not to a local path of this process
+    assert any((tmp / "artifacts").rglob("per_user_test_metrics.parquet"))
