@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from recforge.models.base import Recommender
+from recforge.utils.sparse import csr_indices, dense_rows
 
 
 def interaction_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -34,15 +35,19 @@ class HistoryRecommender(Recommender):
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         pairs = interactions if interactions is not None else torch.zeros(2, 0, dtype=torch.long)
-        self.register_buffer("history", interaction_matrix(pairs[0], pairs[1], n_users, n_items), persistent=False)
+        indptr, indices = csr_indices(pairs[0], pairs[1], n_users, n_items)
+        self.register_buffer("history_indptr", indptr, persistent=False)
+        self.register_buffer("history_indices", indices, persistent=False)
 
     def set_history(self, users: torch.Tensor, items: torch.Tensor, device: torch.device) -> torch.Tensor:
-        self.history = interaction_matrix(users, items, self.n_users, self.n_items, device)
-        return self.history
+        """Keep the training rows for scoring; returns them as a sparse COO matrix for fitting."""
+        self.history_indptr, self.history_indices = csr_indices(users.to(device), items.to(device), self.n_users,
+                                                                self.n_items)
+        return interaction_matrix(users, items, self.n_users, self.n_items, device)
 
     def user_rows(self, users: torch.Tensor) -> torch.Tensor:
         """Dense ``(B, n_items)`` training rows of ``users``."""
-        return torch.index_select(self.history, 0, users.to(self.history.device)).to_dense()
+        return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         scores = self.score_all(users)

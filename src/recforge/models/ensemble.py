@@ -15,6 +15,7 @@ from torch import nn
 
 from recforge.ensemble.fusion import check_method, fuse, normalize_weights, transform
 from recforge.models.base import Recommender
+from recforge.utils.sparse import csr_indices, dense_rows
 
 
 def build_member(target: str, kwargs: dict[str, Any]) -> Recommender:
@@ -50,29 +51,16 @@ class EnsembleRecommender(Recommender):
         self.weights = normalize_weights(weights)
         self.n_items, self.method, self.normalization = n_items, method, normalization
         self.rrf_k, self.vote_depth = float(rrf_k), int(vote_depth)
-        if exclude is not None and exclude.numel():
-            exclude = exclude[:, torch.argsort(exclude[0] * n_items + exclude[1])]
-            counts = torch.bincount(exclude[0])
-            indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-            self.register_buffer("exclude_indptr", indptr, persistent=False)
-            self.register_buffer("exclude_items", exclude[1].contiguous(), persistent=False)
-        else:
-            self.exclude_indptr = self.exclude_items = None
+        if exclude is None:
+            exclude = torch.zeros(2, 0, dtype=torch.long)
+        indptr, indices = csr_indices(exclude[0], exclude[1], int(exclude[0].max()) + 1 if exclude.numel() else 0,
+                                      n_items)
+        self.register_buffer("exclude_indptr", indptr, persistent=False)
+        self.register_buffer("exclude_items", indices, persistent=False)
 
     def excluded(self, users: torch.Tensor) -> torch.Tensor:
         """(B, n_items) bool: the items each user must not be recommended."""
-        mask = torch.zeros(len(users), self.n_items, dtype=torch.bool, device=users.device)
-        if self.exclude_indptr is None or not len(users):
-            return mask
-        rows = users.clamp(max=len(self.exclude_indptr) - 2)
-        known = users < len(self.exclude_indptr) - 1
-        starts, ends = self.exclude_indptr[rows], self.exclude_indptr[rows + 1]
-        lengths = torch.where(known, ends - starts, torch.zeros_like(starts))
-        local = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
-        offsets = torch.arange(int(lengths.sum()), device=users.device) - torch.repeat_interleave(
-            torch.cumsum(lengths, 0) - lengths, lengths)
-        mask[local, self.exclude_items[torch.repeat_interleave(starts, lengths) + offsets]] = True
-        return mask
+        return dense_rows(self.exclude_indptr, self.exclude_items, users, self.n_items, torch.bool)
 
     def member_scores(self, users: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
         """(M, B, n_items) transformed member scores, with ``excluded`` items taking no part."""

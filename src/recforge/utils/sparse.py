@@ -1,0 +1,38 @@
+"""Row access to a sparse 0/1 matrix held as CSR index tensors, with plain tensor ops.
+
+``torch.index_select`` on a sparse COO tensor fails inside ``torch.inference_mode`` (as Lightning evaluates)
+once the matrix is large (seen with torch 2.13 on MovieLens-100K: "Inplace update to inference tensor"), so
+models and ensembles read rows through these helpers instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def csr_indices(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indptr, indices)`` of the unique (row, col) pairs, columns sorted within each row."""
+    keys = torch.unique(rows.long() * n_cols + cols.long())  # sorted: by row, then column
+    counts = torch.bincount(torch.div(keys, n_cols, rounding_mode="floor"), minlength=n_rows)
+    indptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    return indptr, keys % n_cols
+
+
+def dense_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, n_cols: int,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(len(rows), n_cols)``: 1 (``True``) at each stored entry of the selected rows; rows past the matrix
+    are empty."""
+    rows = rows.to(indptr.device).long()
+    out = torch.zeros(len(rows), n_cols, dtype=dtype, device=indptr.device)
+    n_stored_rows = len(indptr) - 1
+    if not len(rows) or n_stored_rows < 1:
+        return out
+    inside = (rows >= 0) & (rows < n_stored_rows)
+    safe = rows.clamp(0, n_stored_rows - 1)
+    starts = indptr[safe]
+    lengths = torch.where(inside, indptr[safe + 1] - starts, torch.zeros_like(starts))
+    local = torch.repeat_interleave(torch.arange(len(rows), device=out.device), lengths)
+    offsets = torch.arange(int(lengths.sum()), device=out.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths)
+    out[local, indices[torch.repeat_interleave(starts, lengths) + offsets]] = 1
+    return out
