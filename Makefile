@@ -33,7 +33,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup  ## training/eval throughput (prints numbers)
-	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache

@@ -103,6 +103,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     datamodule = build_datamodule(cfg, loss.feedback)
     data_kwargs = datamodule.model_kwargs()
     model = build_model(cfg, data_kwargs)
+    check_sparse_optimizer(cfg, model)
     sampler = None
     if loss.feedback == "implicit" and model.requires_training:
         sampler = NegativeSampler(datamodule.n_items, datamodule.positive_keys())
@@ -120,6 +121,18 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
+
+
+def check_sparse_optimizer(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """``optimizer=sparse_adam`` only updates sparse gradients: every parameter must come from a sparse embedding."""
+    if not str(cfg.optimizer._target_).endswith("SparseAdam") or not model.requires_training:
+        return
+    sparse = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+    dense = [name for name, p in model.named_parameters() if id(p) not in sparse]
+    if dense:
+        raise RecForgeError(f"optimizer=sparse_adam needs sparse gradients for every parameter, but {', '.join(dense[:3])} "
+                            "get dense ones: set model.sparse_grad=true (BPR-MF: model.use_bias=false too) or use "
+                            "optimizer=adam")
 
 
 def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:

@@ -110,3 +110,13 @@ def test_ensemble_config_composes_for_every_method(method, tmp_path):
     check_method(cfg.method, cfg.normalization)
     assert list(cfg.runs) == ["a", "b"] and cfg.tracking.run_name == f"ensemble-{method}"
     assert cfg.search in ("optuna", "grid", "none")
+
+
+def test_sparse_adam_trains_bpr_and_refuses_dense_parameters(tiny_cfg):
+    from recforge.errors import RecForgeError
+    from recforge.train import train
+
+    metrics = train(tiny_cfg("optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.01"))
+    assert metrics["test/ndcg_at_10"] > 0
+    with pytest.raises(RecForgeError, match="model.sparse_grad=true"):
+        train(tiny_cfg("optimizer=sparse_adam"))

@@ -1,11 +1,16 @@
-"""Training and evaluation throughput of the real training path (LightningModule + DataModule).
+"""The benchmark harness: training and evaluation throughput of the real training path (LightningModule +
+DataModule) for (model, dataset, batch size, device).
 
-Prints, per dataset: interactions/s of a training epoch (mean of the epochs after the first), the same epoch
-as a bare PyTorch loop over the same batches (the floor Lightning adds to), full-ranking evaluation time,
-and peak host (and GPU) memory.
+Prints, per dataset: seconds per training epoch and interactions/s (mean of the epochs after the first), the
+same epoch as a bare PyTorch loop over the same batches (the floor Lightning adds to), full-ranking
+evaluation time, peak host and GPU memory and the final test metrics. ``--json`` prints one object per line
+with the keys model, dataset, batch_size, device, train_s_per_epoch, interactions_per_s, eval_s, peak_rss_mb,
+peak_gpu_mb and metrics (plus the bare-loop numbers and sizes).
 
-    python scripts/bench_train.py                      # ML-100K (if RECFORGE_DATA_DIR has it) and synthetic 1M
-    python scripts/bench_train.py --data synthetic-1m --batch-size 2048 --epochs 3 --device cuda --json
+    python scripts/bench.py                                    # BPR-MF on ML-100K (if the data is found) and synthetic 1M
+    python scripts/bench.py --data gowalla --batch-size 2048 --epochs 3 --sparse   # SparseAdam, sparse embedding grads
+    python scripts/bench.py --data synthetic-1m --batch-size 65536 --device cuda --json
+    python scripts/bench.py --data gowalla --override model.embedding_dim=128
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from recforge.pipeline import build_experiment
 
 DATASETS = {
     "ml-100k": ["data=ml-100k"],
+    "gowalla": ["data=gowalla", "split=lightgcn", "split.validation=test", "eval.ks=[20]", "monitor=val/recall_at_20"],
     "synthetic-1m": ["data.n_users=20000", "data.n_items=5000", "data.mean_interactions=50"],
 }
 
@@ -69,9 +75,11 @@ def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path) -> dict:
+def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path,
+        extra: list[str] | None = None) -> dict:
     overrides = DATASETS[data] + [f"model={model}", "tracking=none", "callbacks=none",
-                                  f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}"]
+                                  f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
+                                  *(extra or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
@@ -107,7 +115,8 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
         "eval_s": round(eval_s, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else 0.0,
-        "metrics": {k: round(v, 4) for k, v in metrics.items() if k in ("test/ndcg_at_10", "test/recall_at_10")},
+        "metrics": {k: round(v, 4) for k, v in metrics.items() if k.split("/")[-1] in (
+            "ndcg_at_10", "recall_at_10", "ndcg_at_20", "recall_at_20")},
     }
 
 
@@ -118,15 +127,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sparse", action="store_true",
+                        help="sparse embedding gradients + SparseAdam (model.sparse_grad=true optimizer=sparse_adam)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra train config overrides")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    extra = list(args.override) + (["optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.005"]
+                                   if args.sparse else [])
     data = args.data or (["ml-100k"] if os.environ.get("RECFORGE_DATA_DIR") else []) + ["synthetic-1m"]
     import tempfile
 
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", file=sys.stderr)
     for name in data:
         with tempfile.TemporaryDirectory() as tmp:
-            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp))
+            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp), extra)
+            row["overrides"] = extra
         if args.json:
             print(json.dumps(row))
         else:
