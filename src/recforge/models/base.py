@@ -10,6 +10,8 @@
 * ``feedbacks`` lists the feedback kinds (explicit ratings, implicit) the model can learn from.
 * Models fitted in closed form (no gradient steps) set ``requires_training = False`` and implement
   ``fit(users, items, ratings)``.
+* ``item_vectors()`` optionally returns ``(n_items, d)`` item representations (used for similar items by
+  the service); the default ``None`` means the model has none.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class Recommender(nn.Module):
         return torch.cat([
             self(chunk, all_items.expand(len(chunk), -1)) for chunk in users.split(step)
         ]) if len(users) else torch.empty(0, self.n_items, device=users.device)
+
+    def item_vectors(self) -> torch.Tensor | None:
+        """``(n_items, d)`` item representations (e.g. embeddings), or ``None`` when the model has none."""
+        return None
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")

@@ -37,3 +37,6 @@ class GMF(Recommender):
         # h . (p_u * q_i) = (p_u * h) . q_i: one matrix product instead of (B, n_items, d) products
         weighted = self.user_embedding(users) * self.predict.weight
         return weighted @ self.item_embedding.weight.T + self.predict.bias
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_embedding.weight

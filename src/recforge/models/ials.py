@@ -90,3 +90,6 @@ class IALS(Recommender):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.user_factors[users] @ self.item_factors.T
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_factors

@@ -97,6 +97,9 @@ class GraphRecommender(Recommender):
         user_emb, item_emb = self.embeddings()
         return user_emb[users] @ item_emb.T
 
+    def item_vectors(self) -> torch.Tensor:
+        return self.embeddings()[1]
+
 
 class LightGCN(GraphRecommender):
     """``E^(k+1) = D^-1/2 A D^-1/2 E^(k)`` for ``n_layers`` layers from the ego embeddings ``E^(0)``; the

@@ -55,15 +55,21 @@ class Bundle:
                    pd.read_parquet(directory / "items.parquet")["item"].to_numpy(), seen, popularity,
                    json.loads((directory / "meta.json").read_text()))
 
+    def user_index(self, users: np.ndarray) -> np.ndarray:
+        """Row of each raw user id, -1 for unknown ones (``"12"`` finds the integer id 12 and vice versa)."""
+        return _index_of(self.user_ids, np.asarray(users))
+
+    def item_index(self, items: np.ndarray) -> np.ndarray:
+        """Column of each raw item id, -1 for unknown ones (same id coercion as :meth:`user_index`)."""
+        return _index_of(self.item_ids, np.asarray(items))
+
     @torch.no_grad()
     def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
         """Top-``k`` items per raw user id: columns user, item, rank (1-based), score, fallback.
 
         Unknown users get the most popular items (``fallback`` is True for them)."""
         users = np.asarray(users)
-        if users.dtype != self.user_ids.dtype and users.dtype.kind in "OUS" and self.user_ids.dtype.kind in "iu":
-            users = pd.to_numeric(pd.Series(users), errors="coerce").fillna(-1).astype(np.int64).to_numpy()
-        index = pd.Index(self.user_ids).get_indexer(users)
+        index = self.user_index(users)
         known = index >= 0
         k = min(k, len(self.item_ids))
         device = next(iter(self.model.buffers()), next(iter(self.model.parameters()), torch.empty(0))).device
@@ -88,3 +94,15 @@ class Bundle:
             "score": scores.ravel(),
             "fallback": np.repeat(~known, k),
         }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
+
+
+def _index_of(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``pd.Index(ids).get_indexer(raw)`` after coercing ``raw`` to the kind of ``ids``: strings that spell
+    integers find integer ids, integers find string ids; anything else is unknown (-1)."""
+    if ids.dtype.kind in "iu" and raw.dtype.kind not in "iu":
+        raw = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce")
+        raw = raw.where((raw == raw.round()) & (raw.abs() < 2 ** 62), np.nan).fillna(-(2 ** 62))
+        raw = raw.astype(np.int64).to_numpy()  # non-integral, huge or non-numeric values match no id
+    elif ids.dtype.kind not in "iu" and raw.dtype.kind in "iub":
+        raw = raw.astype(str).astype(object)
+    return pd.Index(ids).get_indexer(raw)

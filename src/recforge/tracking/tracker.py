@@ -71,13 +71,18 @@ class MLflowTracker:
         self.client.log_artifacts(self.run_id, str(path), artifact_path)
 
     def log_pyfunc(self, bundle_dir: Path, input_example: Any) -> None:
-        """Log the model bundle as an MLflow pyfunc model (models-from-code), loadable by ``runs:/<id>/model``."""
+        """Log the model bundle as an MLflow pyfunc model (models-from-code), loadable by ``runs:/<id>/model``,
+        with its signature (:func:`recforge.tracking.pyfunc_model.model_signature`) and ``input_example``."""
         if not self.log_model:
             return
         import mlflow
 
         from recforge.tracking import pyfunc_model
 
+        import pandas as pd
+
+        if isinstance(input_example, pd.DataFrame) and "exclude_seen" not in input_example:
+            input_example = input_example.assign(exclude_seen=True)  # show every input the signature names
         previous = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also sets this variable
         mlflow.set_tracking_uri(self.uri)
         try:
@@ -87,6 +92,7 @@ class MLflowTracker:
                     python_model=pyfunc_model.__file__,
                     artifacts={"bundle": str(bundle_dir)},
                     input_example=input_example,
+                    signature=pyfunc_model.model_signature(bundle_dir),
                     pip_requirements=["recforge", "torch", "pandas", "numpy", "scipy", "pyarrow"],
                 )
         finally:
