@@ -28,6 +28,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     exp = build_experiment(cfg)
     dm, module = exp.datamodule, exp.module
+    warm = {}
+    if cfg.get("init_from"):  # fine-tuning: start from a trained bundle, grown to this data's users and items
+        from recforge.training.warm_start import warm_start
+
+        warm = warm_start(exp.model, cfg.init_from, dm.id_maps.users, dm.id_maps.items)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = to_yaml(cfg)
@@ -47,7 +52,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tracker.start(flatten(cfg), {"dataset": dm.raw.name, "split_fingerprint": dm.fingerprint,
                                          "feedback": exp.feedback, "git_commit": git_commit(),
                                          "model": cfg.model._target_.rsplit(".", 1)[-1]}, config_yaml)
-            tracker.log_metrics(dm.data_report())  # sizes, leak and cold-start counts, preprocessing removals
+            tracker.log_metrics({**dm.data_report(), **warm})  # sizes, leaks, cold starts, removals, warm start
         log.info("data: %s", dm.describe())
         fit_started = time.perf_counter()
         if exp.model.requires_training:

@@ -1,0 +1,86 @@
+"""Retraining end to end: new interactions are merged, candidates are judged on the newest data against the
+champion, and the registry alias moves only for a candidate that is not worse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.errors import RecForgeError
+from recforge.retrain import retrain, time_cuts
+from recforge.train import train
+from tests.conftest import TINY, compose_train
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """A registered champion (BPR-MF on tiny synthetic data) and a file of newer interactions with new users."""
+    from recforge.serving.registry import register
+
+    tmp = tmp_path_factory.mktemp("retrain")
+    cfg = compose_train(TINY[:3] + ["trainer.max_epochs=8", "optimizer.lr=0.01"], tmp / "champion")
+    metrics = train(cfg)
+    uri = f"sqlite:///{Path(cfg.paths.log_dir).resolve()}/mlflow.db"
+    register(metrics["run_id"], "recs", "champion", uri)
+    train_rows = pd.read_parquet(Path(cfg.paths.output_dir) / "model" / "users.parquet")
+    rng = np.random.default_rng(0)
+    users = np.concatenate([rng.choice(train_rows["user"].to_numpy(), 300), rng.integers(5000, 5010, 100)])
+    new = pd.DataFrame({"user": users, "item": rng.integers(0, 60, len(users)), "rating": 1.0,
+                        "timestamp": 10**10 + np.arange(len(users))})
+    new.drop_duplicates(["user", "item"]).to_csv(tmp / "new.csv", index=False)
+    return uri, metrics, tmp
+
+
+def retrain_cfg(tmp: Path, uri: str, *overrides: str):
+    return compose_train(["champion=models:/recs@champion", f"new_data={tmp / 'new.csv'}", f"tracking.uri={uri}",
+                          *overrides], tmp / "retrain", config_name="retrain")
+
+
+def alias_version(uri: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    return str(MlflowClient(uri).get_model_version_by_alias("recs", "champion").version)
+
+
+def test_a_worse_candidate_is_refused_and_the_alias_stays(champion):
+    uri, _, tmp = champion
+    before = alias_version(uri)
+    # an untrained candidate (0 epochs) cannot match the champion on the newest data
+    out = retrain(retrain_cfg(tmp, uri, "mode=scratch", "overrides=['trainer.max_epochs=0']"))
+    assert not out["promoted"] and out["improvement"] < 0 and out["registered"] is None
+    assert alias_version(uri) == before
+    decision = json.loads((tmp / "retrain" / "out" / "decision.json").read_text())
+    assert decision["champion_run_id"] == champion[1]["run_id"]
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("recforge").experiment_id],
+                                           "tags.task = 'retrain'")
+    assert logged and logged[0].data.tags["decision"] == "refused"
+    assert logged[0].data.metrics["champion/test_ndcg_at_10"] == pytest.approx(out["champion_value"])
+
+
+def test_finetuned_candidate_is_promoted_and_registered(champion):
+    uri, _, tmp = champion
+    before = alias_version(uri)
+    out = retrain(retrain_cfg(tmp, uri, "mode=both", "finetune_epochs=2", "tolerance=1.0"))
+    assert out["promoted"] and out["candidate"] in ("finetune", "scratch")
+    assert alias_version(uri) == out["registered"]["model_version"] != before
+    # fine-tuning warm-started from the champion: its users' rows were carried over, the new users added
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("recforge").experiment_id],
+                                        "attributes.run_name = 'retrain-finetune'")[0]
+    assert run.data.metrics["warm_start/new_users"] == 10 and run.data.metrics["warm_start/known_users"] > 100
+
+
+def test_bad_new_data_is_a_clear_error(champion, tmp_path):
+    uri, _, tmp = champion
+    with pytest.raises(RecForgeError, match="file not found"):
+        retrain(compose_train(["champion=models:/recs@champion", f"new_data={tmp_path / 'none.csv'}",
+                               f"tracking.uri={uri}"], tmp_path, config_name="retrain"))
+    with pytest.raises(RecForgeError, match="eval_fraction"):
+        time_cuts(np.arange(10), 0.7, 0.5)
