@@ -86,6 +86,11 @@ def test_lightgcn_files_and_the_official_split(tmp_path):
     dm = RecDataModule(src, PredefinedSplit("lightgcn", validation="test"), cache=False)
     dm.setup()
     assert (len(dm.split.train), len(dm.split.test)) == (9, 3) and dm.n_users == 3 and dm.n_items == 5
+    # validating on the test set must not mask the test items at test time (it made every test metric 0)
+    for batch in dm.test_dataloader():
+        excluded = set(zip(batch["exclude_rows"].tolist(), batch["exclude_cols"].tolist()))
+        relevant = set(zip(batch["relevant_rows"].tolist(), batch["relevant_cols"].tolist()))
+        assert relevant and not excluded & relevant
 
 
 def test_amazon_json_gz_with_duplicates(tmp_path):

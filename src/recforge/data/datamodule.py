@@ -265,7 +265,12 @@ class RecDataModule(pl.LightningDataModule):
             seen = seen + self.fold_in_matrix
         else:
             self.fold_in_matrix = None
-        seen_val = seen + self._matrix(self.split.val)
+        # at test time validation items are known too, except pairs that are themselves test targets (a split that
+        # validates on the test set, as LightGCN's protocol does, would otherwise mask every test item)
+        val, test = self.split.val, self.split.test
+        val_keys = val["user"].to_numpy(np.int64) * self.n_items + val["item"].to_numpy(np.int64)
+        test_keys = test["user"].to_numpy(np.int64) * self.n_items + test["item"].to_numpy(np.int64)
+        seen_val = seen + self._matrix(val[~isin(val_keys, test_keys)])
         self._eval_batches = {
             "val": self._eval_batches_for(self.split.val, exclude=seen),
             "test": self._eval_batches_for(self.split.test, exclude=seen_val),
