@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sparse", action="store_true",
-                        help="sparse embedding gradients + SparseAdam (model.sparse_grad=true optimizer=sparse_adam)")
+                        help="sparse embedding gradients + lazy Adam (model.sparse_grad=true optimizer=sparse_adam)")
     parser.add_argument("--override", nargs="*", default=[], help="extra train config overrides")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

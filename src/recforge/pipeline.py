@@ -124,15 +124,16 @@ def build_experiment(cfg: DictConfig) -> Experiment:
 
 
 def check_sparse_optimizer(cfg: DictConfig, model: torch.nn.Module) -> None:
-    """``optimizer=sparse_adam`` only updates sparse gradients: every parameter must come from a sparse embedding."""
-    if not str(cfg.optimizer._target_).endswith("SparseAdam") or not model.requires_training:
+    """``torch.optim.SparseAdam`` only updates sparse gradients: every parameter must come from a sparse embedding
+    (``optimizer=sparse_adam``, RecForge's LazyAdam, handles both)."""
+    if str(cfg.optimizer._target_) != "torch.optim.SparseAdam" or not model.requires_training:
         return
     sparse = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
     dense = [name for name, p in model.named_parameters() if id(p) not in sparse]
     if dense:
-        raise RecForgeError(f"optimizer=sparse_adam needs sparse gradients for every parameter, but {', '.join(dense[:3])} "
-                            "get dense ones: set model.sparse_grad=true (BPR-MF: model.use_bias=false too) or use "
-                            "optimizer=adam")
+        raise RecForgeError(f"torch.optim.SparseAdam needs sparse gradients for every parameter, but "
+                            f"{', '.join(dense[:3])} get dense ones: use optimizer=sparse_adam (lazy Adam, mixes both) "
+                            "or set model.sparse_grad=true and model.use_bias=false")
 
 
 def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:

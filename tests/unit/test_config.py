@@ -112,11 +112,13 @@ def test_ensemble_config_composes_for_every_method(method, tmp_path):
     assert cfg.search in ("optuna", "grid", "none")
 
 
-def test_sparse_adam_trains_bpr_and_refuses_dense_parameters(tiny_cfg):
+def test_sparse_adam_trains_sparse_and_mixed_models_and_torch_sparse_adam_refuses_dense(tiny_cfg):
     from recforge.errors import RecForgeError
     from recforge.train import train
 
     metrics = train(tiny_cfg("optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.01"))
     assert metrics["test/ndcg_at_10"] > 0
-    with pytest.raises(RecForgeError, match="model.sparse_grad=true"):
-        train(tiny_cfg("optimizer=sparse_adam"))
+    # biased MF: sparse embeddings plus a dense global bias, both updated
+    assert train(tiny_cfg("model=mf", "optimizer=sparse_adam", "model.sparse_grad=true"))["test/rmse"] > 0
+    with pytest.raises(RecForgeError, match="optimizer=sparse_adam"):
+        train(tiny_cfg("optimizer=sparse_adam", "optimizer._target_=torch.optim.SparseAdam", "~optimizer.weight_decay"))

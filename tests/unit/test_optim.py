@@ -1,0 +1,35 @@
+"""LazyAdam against torch's Adam (dense gradients) and SparseAdam (sparse gradients)."""
+
+from __future__ import annotations
+
+import torch
+
+from recforge.training.optim import LazyAdam
+
+
+def run(optimizer_cls, sparse: bool, steps: int = 5, **kwargs) -> torch.Tensor:
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(10, 4, sparse=sparse)
+    optimizer = optimizer_cls(table.parameters(), lr=0.1, **kwargs)
+    for step in range(steps):
+        rows = torch.tensor([1, 3, 3, 7]) if step % 2 == 0 else torch.tensor([0, 3])  # duplicates add up
+        optimizer.zero_grad()
+        (table(rows) ** 2).sum().backward()
+        optimizer.step()
+    return table.weight.detach()
+
+
+def test_dense_gradients_follow_torch_adam():
+    assert torch.allclose(run(LazyAdam, sparse=False), run(torch.optim.Adam, sparse=False), atol=1e-6)
+    assert torch.allclose(run(LazyAdam, sparse=False, weight_decay=0.01),
+                          run(torch.optim.Adam, sparse=False, weight_decay=0.01), atol=1e-6)
+
+
+def test_sparse_gradients_follow_torch_sparse_adam_and_leave_other_rows_alone():
+    lazy, reference = run(LazyAdam, sparse=True), run(torch.optim.SparseAdam, sparse=True)
+    assert torch.allclose(lazy, reference, atol=1e-6)
+    torch.manual_seed(0)
+    untouched = torch.nn.Embedding(10, 4).weight.detach()
+    for row in (2, 4, 5, 6, 8, 9):  # never looked up: unchanged
+        assert torch.equal(lazy[row], untouched[row])
+    assert not torch.equal(lazy[3], untouched[3])
