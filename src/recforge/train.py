@@ -72,6 +72,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics["time/fit_s"] = fit_seconds
         metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
         metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))
+        if trainer.global_rank != 0:  # under DDP every process has the metrics; one writes and tracks
+            status = "FINISHED"
+            return metrics
 
         write_parquet(per_user_frame(module, dm), output_dir / "per_user_test_metrics.parquet")
         if cfg.export.recommendations:
@@ -145,7 +148,8 @@ def quiet_warnings() -> None:
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per downloaded artifact
     for message in (".*IterableDataset.*has `__len__` defined.*", ".*isinstance.treespec, LeafSpec.*",
-                    ".*Inferred schema contains integer column.*", ".*smaller than the logging interval.*"):
+                    ".*Inferred schema contains integer column.*", ".*smaller than the logging interval.*",
+                    ".*when logging on epoch level in distributed setting.*"):
         warnings.filterwarnings("ignore", message=message)
 
 

@@ -22,22 +22,65 @@ from recforge.errors import RecForgeError
 log = logging.getLogger("recforge")
 
 
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in a ``torch.distributed`` job, ``(0, 1)`` outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class ShuffledBatches(IterableDataset):
-    """Yields ``(users, items, ratings)`` batches as index slices of a permutation, new each epoch."""
+    """Yields ``(users, items, ratings)`` batches as index slices of a permutation, new each epoch.
+
+    Under distributed training every process draws the same permutation (same seed and epoch) and takes every
+    ``world``-th batch from its rank on: the processes see disjoint batches that together cover the epoch. The
+    last round is padded by wrapping around to the first batches, so every process takes the same number of
+    steps (DDP synchronises each one), as ``DistributedSampler`` pads.
+    """
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
         self.tensors, self.batch_size, self.seed, self.epoch = tensors, batch_size, seed, 0
 
-    def __len__(self) -> int:
+    def _n_batches(self) -> int:
         return -(-len(self.tensors[0]) // self.batch_size)
 
+    def __len__(self) -> int:
+        return -(-self._n_batches() // process_rank()[1])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self.batches(*process_rank())
+
+    def batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         order = torch.randperm(len(self.tensors[0]), generator=generator)
-        for start in range(0, len(order), self.batch_size):
+        n_batches = self._n_batches()
+        for k in range(-(-n_batches // world)):
+            start = ((k * world + rank) % n_batches) * self.batch_size
             idx = order[start : start + self.batch_size]
             yield tuple(t[idx] for t in self.tensors)
+
+
+def split_eval_batch(batch, parts: int) -> list:
+    """Split an evaluation batch into ``parts`` consecutive pieces (per-user results do not depend on chunking):
+    a ranking chunk by its users (row indices rebased), a rating batch by its rows."""
+    if isinstance(batch, (tuple, list)):
+        return [tuple(pieces) for pieces in zip(*(torch.tensor_split(t, parts) for t in batch))]
+    out = []
+    for rows in torch.tensor_split(torch.arange(len(batch["users"])), parts):
+        if not len(rows):
+            continue
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        piece = {"users": batch["users"][lo:hi]}
+        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",))):
+            inside = (batch[f"{prefix}_rows"] >= lo) & (batch[f"{prefix}_rows"] < hi)
+            piece[f"{prefix}_rows"] = batch[f"{prefix}_rows"][inside] - lo
+            piece[f"{prefix}_cols"] = batch[f"{prefix}_cols"][inside]
+            for key in extra:
+                if key in batch:
+                    piece[key] = batch[key][inside]
+        out.append(piece)
+    return out
 
 
 class ListDataset(Dataset):
@@ -384,10 +427,21 @@ class RecDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(ListDataset(self._eval_batches["val"]), batch_size=None)
+        return DataLoader(ListDataset(self.eval_shard("val")), batch_size=None)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(ListDataset(self._eval_batches["test"]), batch_size=None)
+        return DataLoader(ListDataset(self.eval_shard("test")), batch_size=None)
+
+    def eval_shard(self, stage: str) -> list:
+        """This process's evaluation batches: every ``world``-th from its rank on (all of them in one process).
+        Batch ``k`` of rank ``r`` is batch ``k * world + r`` of the whole stage, which is how the module puts the
+        gathered results back in order."""
+        rank, world = process_rank()
+        batches = self._eval_batches[stage]
+        if 0 < len(batches) < world:  # every process needs at least one batch: split the chunks further
+            parts = -(-world // len(batches))
+            batches = [piece for batch in batches for piece in split_eval_batch(batch, parts)]
+        return batches[rank::world]
 
     # ---------------------------------------------------------------- reports
     def data_report(self) -> dict[str, float]:

@@ -129,8 +129,22 @@ class RecommenderModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch)
 
+    def _gather(self, outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        """Every process's evaluation results, in the order of the whole stage's batches (under DDP each process
+        evaluated every ``world``-th batch; see ``RecDataModule.eval_shard``), so that the metrics equal a
+        single-process run's."""
+        from recforge.data.datamodule import process_rank
+
+        rank, world = process_rank()
+        if world == 1:
+            return outputs
+        everyone: list = [None] * world
+        torch.distributed.all_gather_object(everyone, [{k: v.cpu() for k, v in o.items()} for o in outputs])
+        ordered = [everyone[r][k] for k in range(max(map(len, everyone))) for r in range(world) if k < len(everyone[r])]
+        return [{k: v.to(self.device) for k, v in o.items()} for o in ordered]
+
     def _aggregate(self, stage: str) -> dict[str, torch.Tensor]:
-        outputs, self._outputs = self._outputs, []
+        outputs, self._outputs = self._gather(self._outputs), []
         if not outputs:
             return {}
         if self.feedback == "explicit":
@@ -142,7 +156,8 @@ class RecommenderModule(pl.LightningModule):
         metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
         if stage == "test":
             self.test_results = {k: v.cpu() for k, v in results.items()}
-        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False)
+        # every process aggregated the same gathered results: the values agree without a reduction
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
         return metrics
 
     def on_validation_epoch_end(self) -> None:
