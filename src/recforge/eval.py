@@ -32,6 +32,20 @@ def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: 
     return found[0]
 
 
+def checkpoint_config(checkpoint: dict, where: str, data_dir: str | None = None,
+                      max_scores_in_memory: int | None = None) -> DictConfig:
+    """The training config stored in a RecForge checkpoint, pointed at ``data_dir`` and an evaluation chunk
+    budget if given (neither changes the split)."""
+    if "recforge_config" not in checkpoint:
+        raise RecForgeError(f"{where}: not a RecForge checkpoint (no stored config)")
+    cfg = OmegaConf.create(checkpoint["recforge_config"])
+    if data_dir and "data_dir" in cfg.data:
+        cfg.data.data_dir = data_dir
+    if max_scores_in_memory:
+        cfg.datamodule.max_scores_in_memory = int(max_scores_in_memory)
+    return cfg
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test metrics of the checkpoint ``cfg.ckpt_path`` (or of MLflow run ``cfg.run_id``)."""
     if not cfg.ckpt_path and not cfg.run_id:
@@ -42,13 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if not path.is_file():
             raise RecForgeError(f"ckpt_path={path}: file not found")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if "recforge_config" not in checkpoint:
-            raise RecForgeError(f"{path}: not a RecForge checkpoint (no stored config)")
-        train_cfg = OmegaConf.create(checkpoint["recforge_config"])
-        if cfg.data_dir and "data_dir" in train_cfg.data:
-            train_cfg.data.data_dir = cfg.data_dir
-        if cfg.max_scores_in_memory:
-            train_cfg.datamodule.max_scores_in_memory = int(cfg.max_scores_in_memory)
+        train_cfg = checkpoint_config(checkpoint, str(path), cfg.data_dir, cfg.max_scores_in_memory)
         exp = build_experiment(train_cfg)
         if exp.datamodule.fingerprint != checkpoint.get("recforge_split_fingerprint"):
             raise RecForgeError(

@@ -123,14 +123,22 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     return Experiment(datamodule, model, module, loss.feedback)
 
 
+SPARSE_OPTIMIZERS = ("recforge.training.optim.LazyAdam", "torch.optim.SparseAdam", "torch.optim.SGD",
+                     "torch.optim.Adagrad")
+
+
 def check_sparse_optimizer(cfg: DictConfig, model: torch.nn.Module) -> None:
-    """``torch.optim.SparseAdam`` only updates sparse gradients: every parameter must come from a sparse embedding
-    (``optimizer=sparse_adam``, RecForge's LazyAdam, handles both)."""
-    if str(cfg.optimizer._target_) != "torch.optim.SparseAdam" or not model.requires_training:
+    """Sparse embedding gradients need an optimizer that takes them, and ``torch.optim.SparseAdam`` needs
+    nothing else (``optimizer=sparse_adam``, RecForge's LazyAdam, handles both)."""
+    if not model.requires_training:
         return
+    target = str(cfg.optimizer._target_)
     sparse = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+    if sparse and target not in SPARSE_OPTIMIZERS:
+        raise RecForgeError(f"model.sparse_grad=true gives sparse gradients, which {target} cannot apply: use "
+                            "optimizer=sparse_adam (or sgd/adagrad), or model.sparse_grad=false")
     dense = [name for name, p in model.named_parameters() if id(p) not in sparse]
-    if dense:
+    if target == "torch.optim.SparseAdam" and dense:
         raise RecForgeError(f"torch.optim.SparseAdam needs sparse gradients for every parameter, but "
                             f"{', '.join(dense[:3])} get dense ones: use optimizer=sparse_adam (lazy Adam, mixes both) "
                             "or set model.sparse_grad=true and model.use_bias=false")

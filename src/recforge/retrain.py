@@ -63,9 +63,11 @@ def merge_interactions(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([old[["user", "item", "rating", "timestamp"]], new], ignore_index=True)
 
 
-def time_cuts(new_timestamps: np.ndarray, eval_fraction: float, val_fraction: float) -> tuple[int, int]:
+def time_cuts(new_timestamps: np.ndarray, eval_fraction: float, val_fraction: float,
+              old_until: int | None = None) -> tuple[int, int]:
     """``(val_start, test_start)``: the newest ``eval_fraction`` of the new interactions is test, the
-    ``val_fraction`` before it validation."""
+    ``val_fraction`` before it validation. Both must come after ``old_until`` (the old data's last time), or
+    old interactions, which the champion may have trained on, would be judged as new."""
     if not (0 < eval_fraction < 1 and 0 < val_fraction < 1 and eval_fraction + val_fraction < 1):
         raise RecForgeError(f"eval_fraction={eval_fraction} and val_fraction={val_fraction} must be in (0, 1) with "
                             "a sum below 1, so that some new interactions are left for training")
@@ -74,6 +76,10 @@ def time_cuts(new_timestamps: np.ndarray, eval_fraction: float, val_fraction: fl
     if val_start >= test_start:
         raise RecForgeError("the new interactions' timestamps do not spread over time enough to hold out "
                             "validation and test parts; give interactions with distinct times")
+    if old_until is not None and val_start <= old_until:
+        raise RecForgeError(f"the new interactions overlap the dataset in time: validation would start at "
+                            f"{val_start} but the dataset runs to {old_until}; give interactions newer than the "
+                            "dataset, or a smaller eval_fraction + val_fraction")
     return val_start, test_start
 
 
@@ -101,20 +107,35 @@ def candidate_config(champion: DictConfig, merged_path: Path, name: str, rating_
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))  # values parsed as YAML
 
 
-def evaluate_champion(cfg: DictConfig, bundle_dir: Path) -> dict[str, float]:
-    """Test metrics of the champion's weights, grown to the merged data's users and items, untrained."""
+def evaluate_champion(cfg: DictConfig, bundle_dir: Path, new_from: int) -> dict[str, float]:
+    """Validation and test metrics of the champion on the merged data: its weights grown to the new users and
+    items, untrained; a closed-form champion (EASE, ItemKNN, ...) is refitted on the interactions it knew
+    (those before ``new_from``), which gives the same model in the new index space."""
     import pytorch_lightning as pl
+    import torch
 
     from recforge.pipeline import build_experiment, finite
     from recforge.training.warm_start import warm_start
 
     exp = build_experiment(cfg)
-    warm_start(exp.model, bundle_dir, exp.datamodule.id_maps.users, exp.datamodule.id_maps.items)
+    if exp.model.requires_training:
+        warm_start(exp.model, bundle_dir, exp.datamodule.id_maps.users, exp.datamodule.id_maps.items)
+    else:
+        known = torch.as_tensor(exp.datamodule.split.train["timestamp"].to_numpy(np.int64) < new_from)
+        exp.model.fit(*(t[known] for t in exp.datamodule.train_tensors))
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False)
     val = trainer.validate(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     test = trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     return finite({**val, **test})
+
+
+def decide(champion_value: float, candidate_value: float, metric: str, tolerance: float) -> tuple[float, bool]:
+    """``(improvement, promote)``: improvement is positive when the candidate is better (higher, or lower for
+    errors such as ``test/rmse``); promote when it is not worse than ``-tolerance``."""
+    improvement = (candidate_value - champion_value if metric_mode(metric) == "max"
+                   else champion_value - candidate_value)
+    return improvement, bool(improvement >= -tolerance)
 
 
 def retrain(cfg: DictConfig) -> dict:
@@ -132,8 +153,14 @@ def retrain(cfg: DictConfig) -> dict:
     ref = resolve(champion, uri)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if client.get_run(ref.run_id).data.tags.get("model") == "Ensemble":
+        raise RecForgeError(f"champion {cfg.champion} (run {ref.run_id}) is an ensemble: retrain its members and "
+                            "run recforge-ensemble on the new runs")
     with tempfile.TemporaryDirectory(prefix="recforge-retrain-") as tmp:
         champion_cfg = OmegaConf.create(Path(client.download_artifacts(ref.run_id, "config.yaml", tmp)).read_text())
+    if "data" not in champion_cfg or "model" not in champion_cfg:
+        raise RecForgeError(f"champion run {ref.run_id} was not logged by recforge-train (its config has no "
+                            "data/model); give a training run's model")
     bundle_dir = download_bundle(ref, output_dir / "champion", uri)
 
     new = read_new_interactions(cfg.new_data, dict(cfg.columns))
@@ -143,13 +170,16 @@ def retrain(cfg: DictConfig) -> dict:
     from recforge.pipeline import write_parquet
 
     merged_path = write_parquet(merged, output_dir / "data" / "interactions.parquet")
-    cuts = time_cuts(new["timestamp"].to_numpy(np.int64), cfg.eval_fraction, cfg.val_fraction)
+    cuts = time_cuts(new["timestamp"].to_numpy(np.int64), cfg.eval_fraction, cfg.val_fraction,
+                     int(raw.interactions["timestamp"].max()) if len(raw.interactions) else None)
     base = candidate_config(champion_cfg, merged_path, f"{raw.name}+new", raw.rating_range, cuts,
                             list(cfg.overrides), cfg.paths, cfg.tracking if tracker else None)
     metric, monitor = cfg.metric, base.monitor
-    better = max if metric_mode(metric) == "max" else min
 
-    results = {"champion": evaluate_champion(base, bundle_dir)}
+    results = {"champion": evaluate_champion(base, bundle_dir, new["timestamp"].min())}
+    if metric not in results["champion"]:
+        available = ", ".join(sorted(k for k in results["champion"] if k.startswith("test/")))
+        raise RecForgeError(f"metric={metric} is not measured for this model; choose one of {available}")
     runs = {}
     from recforge.config import resolve_target
 
@@ -169,10 +199,10 @@ def retrain(cfg: DictConfig) -> dict:
         metrics = train(run_cfg)
         runs[mode] = metrics.pop("run_id", None)
         results[mode] = metrics
-    chosen = better(modes, key=lambda m: results[m].get(monitor, float("nan")))
+    pick = max if metric_mode(monitor) == "max" else min  # candidates are compared on validation
+    chosen = pick(modes, key=lambda m: results[m].get(monitor, float("nan")))
     champion_value, candidate_value = results["champion"][metric], results[chosen][metric]
-    improvement = candidate_value - champion_value if metric_mode(metric) == "max" else champion_value - candidate_value
-    promote = bool(improvement >= -cfg.tolerance)
+    improvement, promote = decide(champion_value, candidate_value, metric, cfg.tolerance)
     registered = None
     name = cfg.register_name or ref.name
     if promote and runs.get(chosen) and name:

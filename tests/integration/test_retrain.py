@@ -26,11 +26,17 @@ def champion(tmp_path_factory):
     metrics = train(cfg)
     uri = f"sqlite:///{Path(cfg.paths.log_dir).resolve()}/mlflow.db"
     register(metrics["run_id"], "recs", "champion", uri)
-    train_rows = pd.read_parquet(Path(cfg.paths.output_dir) / "model" / "users.parquet")
+    import scipy.sparse as sp
+
+    bundle = Path(cfg.paths.output_dir) / "model"
+    known_users = pd.read_parquet(bundle / "users.parquet")["user"].to_numpy()
+    item_ids = pd.read_parquet(bundle / "items.parquet")["item"].to_numpy()
+    popularity = np.asarray(sp.load_npz(bundle / "seen.npz").astype(bool).sum(axis=0)).ravel() ** 2.0
     rng = np.random.default_rng(0)
-    users = np.concatenate([rng.choice(train_rows["user"].to_numpy(), 300), rng.integers(5000, 5010, 100)])
-    new = pd.DataFrame({"user": users, "item": rng.integers(0, 60, len(users)), "rating": 1.0,
-                        "timestamp": 10**10 + np.arange(len(users))})
+    users = np.concatenate([rng.choice(known_users, 300), rng.integers(5000, 5010, 100)])
+    # newer interactions that follow the data's (sharpened) popularity: there is something to learn
+    items = item_ids[rng.choice(len(item_ids), len(users), p=popularity / popularity.sum())]
+    new = pd.DataFrame({"user": users, "item": items, "rating": 1.0, "timestamp": 10**10 + np.arange(len(users))})
     new.drop_duplicates(["user", "item"]).to_csv(tmp / "new.csv", index=False)
     return uri, metrics, tmp
 
@@ -40,10 +46,15 @@ def retrain_cfg(tmp: Path, uri: str, *overrides: str):
                           *overrides], tmp / "retrain", config_name="retrain")
 
 
-def alias_version(uri: str) -> str:
+def same_store(cfg, tmp: Path):
+    cfg.paths.log_dir = str(tmp / "champion" / "logs")  # the champion's MLflow store
+    return cfg
+
+
+def alias_version(uri: str, name: str = "recs") -> str:
     from mlflow.tracking import MlflowClient
 
-    return str(MlflowClient(uri).get_model_version_by_alias("recs", "champion").version)
+    return str(MlflowClient(uri).get_model_version_by_alias(name, "champion").version)
 
 
 def test_a_worse_candidate_is_refused_and_the_alias_stays(champion):
@@ -63,18 +74,46 @@ def test_a_worse_candidate_is_refused_and_the_alias_stays(champion):
     assert logged[0].data.metrics["champion/test_ndcg_at_10"] == pytest.approx(out["champion_value"])
 
 
-def test_finetuned_candidate_is_promoted_and_registered(champion):
+def test_a_better_candidate_is_promoted_at_zero_tolerance_and_registered(champion):
+    from recforge.serving.registry import register
+
     uri, _, tmp = champion
-    before = alias_version(uri)
-    out = retrain(retrain_cfg(tmp, uri, "mode=both", "finetune_epochs=2", "tolerance=1.0"))
-    assert out["promoted"] and out["candidate"] in ("finetune", "scratch")
-    assert alias_version(uri) == out["registered"]["model_version"] != before
+    # an untrained champion (0 epochs) that any trained candidate beats
+    weak = train(same_store(compose_train(TINY[:3] + ["trainer.max_epochs=0"], tmp / "weak"), tmp))
+    register(weak["run_id"], "weak", "champion", uri)
+    before = alias_version(uri, "weak")
+    # the candidates inherit the champion's config (0 epochs): the overrides give them training
+    out = retrain(retrain_cfg(tmp, uri, "champion=models:/weak@champion", "mode=both", "finetune_epochs=5",
+                              "tolerance=0", "overrides=['trainer.max_epochs=10','optimizer.lr=0.01']"))
+    assert out["promoted"] and out["improvement"] > 0 and out["candidate"] in ("finetune", "scratch")
+    assert alias_version(uri, "weak") == out["registered"]["model_version"] != before
     # fine-tuning warm-started from the champion: its users' rows were carried over, the new users added
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("recforge").experiment_id],
                                         "attributes.run_name = 'retrain-finetune'")[0]
     assert run.data.metrics["warm_start/new_users"] == 10 and run.data.metrics["warm_start/known_users"] > 100
+
+
+def test_a_closed_form_champion_is_refitted_not_grown(champion):
+    from recforge.serving.registry import register
+
+    uri, _, tmp = champion
+    knn = train(same_store(compose_train(TINY[:3] + ["model=itemknn"], tmp / "knn"), tmp))
+    register(knn["run_id"], "knn", "champion", uri)
+    out = retrain(retrain_cfg(tmp, uri, "champion=models:/knn@champion", "mode=finetune"))
+    assert out["candidate"] == "scratch"  # a closed-form model is refitted
+    assert out["metrics"]["champion"]["test/ndcg_at_10"] > 0
+
+
+def test_promotion_rule_for_higher_and_lower_is_better_metrics():
+    from recforge.retrain import decide
+
+    assert decide(0.30, 0.31, "test/ndcg_at_10", 0.0) == (pytest.approx(0.01), True)
+    assert decide(0.30, 0.29, "test/ndcg_at_10", 0.0)[1] is False
+    assert decide(0.30, 0.29, "test/ndcg_at_10", 0.02)[1] is True
+    assert decide(0.90, 0.85, "test/rmse", 0.0) == (pytest.approx(0.05), True)  # lower RMSE is better
+    assert decide(0.90, 0.95, "test/rmse", 0.0)[1] is False
 
 
 def test_bad_new_data_is_a_clear_error(champion, tmp_path):
@@ -84,3 +123,6 @@ def test_bad_new_data_is_a_clear_error(champion, tmp_path):
                                f"tracking.uri={uri}"], tmp_path, config_name="retrain"))
     with pytest.raises(RecForgeError, match="eval_fraction"):
         time_cuts(np.arange(10), 0.7, 0.5)
+    with pytest.raises(RecForgeError, match="overlap the dataset in time"):
+        time_cuts(np.arange(350, 800), 0.5, 0.2, old_until=500)
+    assert time_cuts(np.arange(600, 800), 0.5, 0.2, old_until=500) == (660, 700)

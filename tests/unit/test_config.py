@@ -122,3 +122,11 @@ def test_sparse_adam_trains_sparse_and_mixed_models_and_torch_sparse_adam_refuse
     assert train(tiny_cfg("model=mf", "optimizer=sparse_adam", "model.sparse_grad=true"))["test/rmse"] > 0
     with pytest.raises(RecForgeError, match="optimizer=sparse_adam"):
         train(tiny_cfg("optimizer=sparse_adam", "optimizer._target_=torch.optim.SparseAdam", "~optimizer.weight_decay"))
+
+
+def test_sparse_gradients_with_a_dense_only_optimizer_are_refused_before_training(tiny_cfg):
+    from recforge.errors import RecForgeError
+    from recforge.pipeline import build_experiment
+
+    with pytest.raises(RecForgeError, match="optimizer=sparse_adam"):
+        build_experiment(tiny_cfg("model.sparse_grad=true"))  # default optimizer: dense Adam

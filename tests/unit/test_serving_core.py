@@ -141,3 +141,17 @@ def test_score_cache_gives_the_same_answers(tmp_path):
                 cached.recommend(user, 8, exclude), plain.recommend(user, 8, exclude)
             assert (items, fallback) == (want_items, want_fallback)
             assert np.allclose(scores, want_scores, rtol=1e-5)  # a batched product may differ in the last bit
+
+
+def test_service_and_bundle_coerce_raw_ids_the_same_way():
+    import numpy as np
+
+    from recforge.serving.core import _find, _lookup_table
+    from recforge.tracking.bundle import _index_of
+
+    raw = np.array(["12", "12.0", True, 12.0, "+1", "x", 30, 12, np.int64(1)], dtype=object)
+    for ids in (np.array([1, 12, 30]), np.array(["1", "12", "x"], dtype=object)):
+        table, int_ids = _lookup_table(ids)
+        service = [-1 if _find(table, int_ids, r) is None else _find(table, int_ids, r) for r in raw]
+        assert _index_of(ids, raw).tolist() == service
+    assert _index_of(np.array([1, 12, 30]), raw).tolist() == [1, -1, -1, -1, 0, -1, 2, 1, 0]

@@ -7,6 +7,7 @@ a tracking server's ``http://`` URI) by experiment name, run ids, an MLflow filt
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from recforge.errors import RecForgeError
+
+log = logging.getLogger("recforge")
 
 ID_COLUMNS = ["run_id", "run_name", "model", "dataset", "split_fingerprint", "status"]
 COST_COLUMNS = {"time/s_per_epoch": "s_per_epoch", "params/n_parameters": "n_parameters"}
@@ -80,10 +83,16 @@ def select_runs(client, experiments: Sequence[str] = (), run_ids: Sequence[str] 
     if run_ids:
         runs = [get_run(client, run_id) for run_id in dict.fromkeys(run_ids)]
         experiment_ids = sorted({r.info.experiment_id for r in runs})
+        wanted = ", ".join(f"'{r.info.run_id}'" for r in runs)
+        query = " AND ".join([*clauses, f"attributes.run_id IN ({wanted})"])
         try:
-            matching = {r.info.run_id for r in client.search_runs(experiment_ids, query, max_results=max_results)}
+            matching = {r.info.run_id for r in client.search_runs(experiment_ids, query, max_results=len(runs))}
         except MlflowException as exc:
             raise RecForgeError(f"bad filter {query!r}: {exc.message.splitlines()[0]}") from None
+        dropped = [f"{r.info.run_id} ({r.info.status})" for r in runs if r.info.run_id not in matching]
+        if dropped:
+            log.warning("left out by the filter%s: %s", "" if include_failed else " or not FINISHED",
+                        ", ".join(dropped))
         return [r for r in runs if r.info.run_id in matching]
     names = list(experiments) or ["recforge"]
     ids = []

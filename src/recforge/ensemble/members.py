@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from recforge.analysis.runs import get_run
 from recforge.analysis.significance import FINGERPRINT_TAG, check_same_split
@@ -74,7 +74,7 @@ def check_item_spaces(frames: dict[str, pd.DataFrame]) -> None:
 def load_members(client, run_ids: Sequence[str], data_dir: str | None = None,
                  max_scores_in_memory: int | None = None) -> tuple[list[Member], RecDataModule]:
     """Every member's model (weights from its checkpoint) and the split they share, rebuilt once."""
-    from recforge.eval import fetch_checkpoint
+    from recforge.eval import checkpoint_config, fetch_checkpoint
 
     runs = check_runs(client, run_ids)
     with tempfile.TemporaryDirectory(prefix="recforge-ensemble-") as tmp:
@@ -84,16 +84,8 @@ def load_members(client, run_ids: Sequence[str], data_dir: str | None = None,
             (Path(tmp) / "ckpt" / run_id).mkdir(parents=True)
             path = fetch_checkpoint(run_id, client.tracking_uri, ".", Path(tmp) / "ckpt" / run_id)
             checkpoints[run_id] = torch.load(path, map_location="cpu", weights_only=True)
-    configs = {}
-    for run_id, checkpoint in checkpoints.items():
-        if "recforge_config" not in checkpoint:
-            raise RecForgeError(f"run {run_id}: its checkpoint holds no RecForge config")
-        cfg = OmegaConf.create(checkpoint["recforge_config"])
-        if data_dir and "data_dir" in cfg.data:
-            cfg.data.data_dir = data_dir
-        if max_scores_in_memory:
-            cfg.datamodule.max_scores_in_memory = int(max_scores_in_memory)
-        configs[run_id] = cfg
+    configs = {run_id: checkpoint_config(checkpoint, f"run {run_id}", data_dir, max_scores_in_memory)
+               for run_id, checkpoint in checkpoints.items()}
     first = runs[0]
     datamodule = build_datamodule(configs[first.info.run_id], "implicit")
     if datamodule.fingerprint != first.data.tags[FINGERPRINT_TAG]:

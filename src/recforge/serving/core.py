@@ -9,6 +9,8 @@ service, the batch job and the MLflow model agree.
 
 from __future__ import annotations
 
+import re
+
 import threading
 import time
 from typing import Any, Sequence
@@ -21,6 +23,9 @@ from recforge.tracking.bundle import Bundle
 
 # similar items from score-matrix columns: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,18}")
 
 
 class InvalidRequest(ValueError):
@@ -36,17 +41,15 @@ def _lookup_table(ids: np.ndarray) -> tuple[dict[Any, int], bool]:
 
 
 def _find(table: dict[Any, int], int_ids: bool, raw: Any) -> int | None:
-    """Row of a raw id; ``"12"`` finds the integer id 12 and ``12`` the string id ``"12"``."""
-    if isinstance(raw, bool):
+    """Row of a raw id; ``"12"`` finds the integer id 12 and ``12`` the string id ``"12"``; booleans and floats
+    are unknown (the same rule as ``Bundle.user_index``, so service, batch job and MLflow model agree)."""
+    if isinstance(raw, (bool, float, np.bool_, np.floating)):
         return None
     row = table.get(raw)
     if row is None:
         if int_ids and isinstance(raw, str):
-            try:
-                row = table.get(int(raw))
-            except ValueError:
-                return None
-        elif not int_ids and isinstance(raw, int):
+            return table.get(int(raw)) if _INTEGER.fullmatch(raw) else None
+        if not int_ids and isinstance(raw, (int, np.integer)):
             row = table.get(str(raw))
     return row
 

@@ -74,9 +74,13 @@ def source_uri(model: str | None = None, run_id: str | None = None, bundle: str 
 
 
 def _client(tracking_uri: str | None):
+    """A client of ``tracking_uri``, else of the store recforge-train logs to (MLFLOW_TRACKING_URI, else
+    logs/mlflow.db), not MLflow's own default (./mlflow.db)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri) if tracking_uri else MlflowClient()
+    from recforge.analysis.runs import default_tracking_uri
+
+    return MlflowClient(tracking_uri or default_tracking_uri())
 
 
 def register(run_id: str, name: str, alias: str | None = "champion", tracking_uri: str | None = None) -> ModelRef:
@@ -163,7 +167,8 @@ def download_bundle(ref: ModelRef, into: Path, tracking_uri: str | None = None) 
     into.mkdir(parents=True, exist_ok=True)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=_model_location(ref.run_id, tracking_uri),
-                                                         dst_path=str(into), tracking_uri=tracking_uri))
+                                                         dst_path=str(into),
+                                                         tracking_uri=_client(tracking_uri).tracking_uri))
     except MlflowException as exc:
         raise RecForgeError(f"{ref.uri}: cannot download the model of run {ref.run_id}: {exc.message}") from None
     artifacts = Model.load(local).flavors.get("python_function", {}).get("artifacts", {})

@@ -7,6 +7,7 @@ Loading uses ``torch.load(weights_only=True)``: no pickled code runs.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -97,12 +98,34 @@ class Bundle:
 
 
 def _index_of(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """``pd.Index(ids).get_indexer(raw)`` after coercing ``raw`` to the kind of ``ids``: strings that spell
-    integers find integer ids, integers find string ids; anything else is unknown (-1)."""
-    if ids.dtype.kind in "iu" and raw.dtype.kind not in "iu":
-        raw = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce")
-        raw = raw.where((raw == raw.round()) & (raw.abs() < 2 ** 62), np.nan).fillna(-(2 ** 62))
-        raw = raw.astype(np.int64).to_numpy()  # non-integral, huge or non-numeric values match no id
-    elif ids.dtype.kind not in "iu" and raw.dtype.kind in "iub":
-        raw = raw.astype(str).astype(object)
-    return pd.Index(ids).get_indexer(raw)
+    """``pd.Index(ids).get_indexer(raw)`` after coercing ``raw`` to the kind of ``ids``: strings that spell an
+    integer (``"12"``, not ``"12.0"``) find integer ids, integers find string ids; booleans, floats and anything
+    else are unknown (-1). The service (``recforge.serving.core``) applies the same rule to single ids."""
+    int_ids = ids.dtype.kind in "iu"
+    if raw.dtype.kind == "b" or raw.dtype.kind == "f":
+        return np.full(len(raw), -1, dtype=np.int64)
+    if raw.dtype.kind in "iu":
+        return pd.Index(ids).get_indexer(raw if int_ids else raw.astype(str).astype(object))
+    coerced = pd.Series(raw, dtype=object).map(lambda v: _coerce_id(v, int_ids))
+    known = coerced.notna().to_numpy(bool)
+    out = np.full(len(raw), -1, dtype=np.int64)
+    if known.any():
+        values = coerced[known].to_numpy(np.int64 if int_ids else object)
+        out[known] = pd.Index(ids).get_indexer(values)
+    return out
+
+
+def _coerce_id(value, int_ids: bool):
+    """One raw id in the ids' kind, or None (see :func:`_index_of`)."""
+    if isinstance(value, (bool, np.bool_, float, np.floating)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if int_ids else str(value)
+    if isinstance(value, str):
+        if not int_ids:
+            return value
+        return int(value) if _INTEGER.fullmatch(value) else None
+    return None
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,18}")

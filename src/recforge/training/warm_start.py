@@ -51,6 +51,10 @@ def grow_state(old_state: dict[str, torch.Tensor], new_state: dict[str, torch.Te
             raise RecForgeError(f"warm start: the trained model has no {name}; was it another architecture?")
         old = old_state[name].to(fresh.dtype)
         kinds = [_axis_kind(name, size, old_n_users, old_n_items) for size in old.shape]
+        if any(kinds) and not torch.is_floating_point(old):
+            # e.g. ItemKNN's neighbour lists: their values are item indices, which moving rows does not remap
+            raise RecForgeError(f"warm start: {name} holds indices, not weights, and cannot be grown; refit "
+                                "the model on the data instead")
         fixed_axes_differ = any(k is None and o != f for k, o, f in zip(kinds, old.shape, fresh.shape))
         if not any(kinds) or fixed_axes_differ or old.dim() != fresh.dim():
             if old.shape != fresh.shape:
