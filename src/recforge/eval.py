@@ -46,6 +46,23 @@ def checkpoint_config(checkpoint: dict, where: str, data_dir: str | None = None,
     return cfg
 
 
+def load_checkpoint(path: str | Path, data_dir: str | None = None, max_scores_in_memory: int | None = None):
+    """The experiment (data, model with the checkpoint's weights, module) a RecForge checkpoint was trained in,
+    rebuilt from its stored config; refused if the data no longer gives the same split."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecForgeError(f"ckpt_path={path}: file not found")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    exp = build_experiment(checkpoint_config(checkpoint, str(path), data_dir, max_scores_in_memory))
+    if exp.datamodule.fingerprint != checkpoint.get("recforge_split_fingerprint"):
+        raise RecForgeError(
+            f"{path}: the data now gives split {exp.datamodule.fingerprint}, but the model was trained on "
+            f"{checkpoint.get('recforge_split_fingerprint')}; the raw data or the split code changed"
+        )
+    exp.module.load_state_dict(checkpoint["state_dict"])
+    return exp
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test metrics of the checkpoint ``cfg.ckpt_path`` (or of MLflow run ``cfg.run_id``)."""
     if not cfg.ckpt_path and not cfg.run_id:
@@ -53,19 +70,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(cfg.ckpt_path) if cfg.ckpt_path else fetch_checkpoint(cfg.run_id, cfg.tracking_uri,
                                                                            cfg.paths.log_dir, Path(tmp))
-        if not path.is_file():
-            raise RecForgeError(f"ckpt_path={path}: file not found")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        train_cfg = checkpoint_config(checkpoint, str(path), cfg.data_dir, cfg.max_scores_in_memory)
-        exp = build_experiment(train_cfg)
-        if exp.datamodule.fingerprint != checkpoint.get("recforge_split_fingerprint"):
-            raise RecForgeError(
-                f"{path}: the data now gives split {exp.datamodule.fingerprint}, but the model was trained on "
-                f"{checkpoint.get('recforge_split_fingerprint')}; the raw data or the split code changed"
-            )
+        exp = load_checkpoint(path, cfg.data_dir, cfg.max_scores_in_memory)
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False)
-        exp.module.load_state_dict(checkpoint["state_dict"])
         metrics = finite(trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0])
     for name, value in sorted(metrics.items()):
         print(f"{name:<28} {value:.6f}")

@@ -455,3 +455,22 @@ def test_batch_cli_errors_are_one_line_and_exit_2(runs, tmp_path, capsys):
         batch.main(["--bundle", str(runs.bundle_dirs[0]), "--output", str(tmp_path / "x.parquet"), "--k", "61"])
     assert stop_.value.code == 2 and "--k 61 exceeds the catalogue (60 items)" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_checkpoint_serves_the_same_recommendations_as_the_bundle(tmp_path):
+    """--ckpt: the model rebuilt from a recforge-train checkpoint (data from its stored config)."""
+    import numpy as np
+
+    from recforge.serving.registry import load, source_uri
+    from recforge.tracking.bundle import Bundle
+    from recforge.train import train
+    from tests.conftest import TINY, compose_train
+
+    cfg = compose_train(TINY + ["tracking=none"], tmp_path)
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    from_ckpt, ref = load(source_uri(ckpt=str(out / "checkpoints" / "best.ckpt")))
+    from_bundle = Bundle.load(out / "model")
+    users = np.concatenate([from_bundle.user_ids[:20], [10**9]])
+    assert from_ckpt.recommend(users, k=5).equals(from_bundle.recommend(users, k=5))
+    assert ref.model_id.startswith("bundle:") and ref.uri.endswith("best.ckpt")

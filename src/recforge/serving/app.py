@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
             raise RecForgeError(f"--port {args.port} must be in 0..65535")
         if args.poll_seconds < 0:
             raise RecForgeError(f"--poll-seconds {args.poll_seconds} must be >= 0 (0 turns polling off)")
-        uri = source_uri(args.model, args.run_id, args.bundle)
+        uri = source_uri(args.model, args.run_id, args.bundle, args.ckpt)
         tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if args.score_cache_mb < 0:
             raise RecForgeError(f"--score-cache-mb {args.score_cache_mb} must be >= 0 (0 turns the cache off)")

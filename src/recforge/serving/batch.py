@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from recforge.serving.registry import load, source_uri
 
-        uri = source_uri(args.model, args.run_id, args.bundle)
+        uri = source_uri(args.model, args.run_id, args.bundle, args.ckpt)
         if args.k < 1:
             raise RecForgeError(f"--k {args.k} must be >= 1")
         if args.chunk_size < 1:

@@ -154,20 +154,18 @@ def format_summary(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recforge-monitor", description="Summarise a recforge-serve request log.")
     parser.add_argument("log_file", help="the JSON-lines log (recforge-serve --log-file)")
-    source = parser.add_argument_group("training reference (optional, at most one)")
-    source.add_argument("--bundle", help="model bundle directory")
-    source.add_argument("--run-id", help="MLflow run id")
-    source.add_argument("--model", help="models:/<name>@<alias>")
-    parser.add_argument("--tracking-uri", default=None)
+    from recforge.serving.registry import add_model_source_args
+
+    add_model_source_args(parser)  # optional here: the training reference for popularity and coverage
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     try:
         log = read_log(args.log_file)
         bundle = None
-        if args.bundle or args.run_id or args.model:
+        if args.bundle or args.run_id or args.model or args.ckpt:
             from recforge.serving.registry import load, source_uri
 
-            bundle, _ = load(source_uri(args.model, args.run_id, args.bundle),
+            bundle, _ = load(source_uri(args.model, args.run_id, args.bundle, args.ckpt),
                              args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         summary = summarise(log, bundle)
     except RecForgeError as exc:

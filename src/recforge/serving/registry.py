@@ -54,16 +54,20 @@ def add_model_source_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", help="models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/model")
     source.add_argument("--run-id", help="an MLflow run id (uses runs:/<id>/model)")
     source.add_argument("--bundle", help="a model bundle directory (a run's <output_dir>/model)")
+    source.add_argument("--ckpt", help="a recforge-train checkpoint (.ckpt); its data is rebuilt from the stored "
+                                       "config, so the raw files must be reachable (RECFORGE_DATA_DIR)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
 
 
-def source_uri(model: str | None = None, run_id: str | None = None, bundle: str | None = None) -> str:
-    """The one model source of ``--model`` / ``--run-id`` / ``--bundle`` (exactly one must be given)."""
-    given = [(flag, v) for flag, v in (("--model", model), ("--run-id", run_id), ("--bundle", bundle)) if v]
+def source_uri(model: str | None = None, run_id: str | None = None, bundle: str | None = None,
+               ckpt: str | None = None) -> str:
+    """The one model source of ``--model`` / ``--run-id`` / ``--bundle`` / ``--ckpt`` (exactly one)."""
+    given = [(flag, v) for flag, v in (("--model", model), ("--run-id", run_id), ("--bundle", bundle),
+                                       ("--ckpt", ckpt)) if v]
     if len(given) != 1:
         names = ", ".join(flag for flag, _ in given) or "none"
-        raise RecForgeError(f"give exactly one of --model models:/<name>@<alias>, --run-id <id> or --bundle <dir> "
-                            f"(got {names})")
+        raise RecForgeError(f"give exactly one of --model models:/<name>@<alias>, --run-id <id>, --bundle <dir> or "
+                            f"--ckpt <file.ckpt> (got {names})")
     flag, value = given[0]
     if flag == "--run-id":
         return f"runs:/{value}/{MODEL_ARTIFACT}"
@@ -121,6 +125,10 @@ def resolve(uri: str, tracking_uri: str | None = None) -> ModelRef:
             raise RecForgeError(f"{uri}: expected runs:/<run id>/model")
         return ModelRef(uri, run_id=run_id)
     if not uri.startswith("models:/"):
+        if uri.endswith(".ckpt"):
+            if not Path(uri).is_file():
+                raise RecForgeError(f"--ckpt {uri}: file not found")
+            return ModelRef(str(Path(uri).resolve()))
         if not (Path(uri) / "spec.pt").is_file():
             raise RecForgeError(f"--bundle {uri}: not a model bundle (no spec.pt); give a run's <output_dir>/model "
                                 f"folder")
@@ -153,7 +161,7 @@ def load_bundle(ref: ModelRef, tracking_uri: str | None = None):
     from recforge.tracking.bundle import Bundle
 
     if ref.is_bundle:
-        return Bundle.load(ref.uri), ref
+        return (Bundle.from_checkpoint(ref.uri) if ref.uri.endswith(".ckpt") else Bundle.load(ref.uri)), ref
     with tempfile.TemporaryDirectory(prefix="recforge-model-") as tmp:
         return Bundle.load(download_bundle(ref, Path(tmp), tracking_uri)), ref
 

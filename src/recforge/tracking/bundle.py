@@ -56,6 +56,21 @@ class Bundle:
                    pd.read_parquet(directory / "items.parquet")["item"].to_numpy(), seen, popularity,
                    json.loads((directory / "meta.json").read_text()))
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, data_dir: str | None = None, device: str = "cpu") -> "Bundle":
+        """A bundle from a Lightning checkpoint of ``recforge-train``: the data is rebuilt from the config the
+        checkpoint stores (so the raw data must be reachable, e.g. ``RECFORGE_DATA_DIR``) for the id maps and
+        seen items."""
+        from recforge.eval import load_checkpoint
+
+        exp = load_checkpoint(path, data_dir)
+        dm = exp.datamodule
+        seen = dm.seen_matrix()
+        return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
+                   np.asarray(seen.astype(bool).sum(axis=0)).ravel(),
+                   {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback,
+                    "checkpoint": str(path)})
+
     def user_index(self, users: np.ndarray) -> np.ndarray:
         """Row of each raw user id, -1 for unknown ones (``"12"`` finds the integer id 12 and vice versa)."""
         return _index_of(self.user_ids, np.asarray(users))
