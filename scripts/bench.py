@@ -75,8 +75,37 @@ def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+RECBOLE_MODELS = {"bpr": "BPR", "lightgcn": "LightGCN", "neumf": "NeuMF", "ease": "EASE", "itemknn": "ItemKNN"}
+
+
+def export_atomic(datamodule, folder: Path, name: str) -> None:
+    """The data module's train/val/test split as RecBole atomic files (``benchmark_filename``), same indices."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, frame in (("train", datamodule.split.train), ("valid", datamodule.split.val),
+                        ("test", datamodule.split.test)):
+        lines = ["user_id:token\titem_id:token"]
+        lines += [f"{u}\t{i}" for u, i in zip(frame["user"].to_numpy(), frame["item"].to_numpy())]
+        (folder / f"{name}.{part}.inter").write_text("\n".join(lines) + "\n")
+
+
+def run_recbole(python: str, datamodule, data: str, model: str, batch_size: int, epochs: int, device: str,
+                tmp: Path) -> dict:
+    """RecBole 1.2.1 on the same split, in its own interpreter (scripts/bench_recbole.py)."""
+    import subprocess
+
+    name = f"rf_{data.replace('-', '_')}"
+    export_atomic(datamodule, tmp / "recbole" / name, name)
+    cmd = [python, str(Path(__file__).with_name("bench_recbole.py")), "--data-path", str(tmp / "recbole"),
+           "--dataset", name, "--model", RECBOLE_MODELS.get(model, model), "--batch-size", str(batch_size),
+           "--epochs", str(epochs), "--device", device]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"RecBole run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path,
-        extra: list[str] | None = None) -> dict:
+        extra: list[str] | None = None, recbole: str | None = None) -> dict:
     overrides = DATASETS[data] + [f"model={model}", "tracking=none", "callbacks=none",
                                   f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
                                   *(extra or [])]
@@ -107,7 +136,7 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
     if device == "cuda":
         torch.cuda.synchronize()
     eval_s = time.perf_counter() - start
-    return {
+    row = {
         "model": model, "dataset": data, "batch_size": batch_size, "device": device,
         "n_train": n_train, "users": exp.datamodule.n_users, "items": exp.datamodule.n_items,
         "train_s_per_epoch": round(epoch_s, 4), "interactions_per_s": round(n_train / epoch_s),
@@ -118,6 +147,12 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
         "metrics": {k: round(v, 4) for k, v in metrics.items() if k.split("/")[-1] in (
             "ndcg_at_10", "recall_at_10", "ndcg_at_20", "recall_at_20")},
     }
+    if recbole:
+        other = run_recbole(recbole, exp.datamodule, data, model, batch_size, epochs, device, tmp)
+        row["recbole"] = other
+        row["speedup_vs_recbole"] = round(row["interactions_per_s"] / other["interactions_per_s"], 2)
+        row["eval_speedup_vs_recbole"] = round(other["eval_s"] / row["eval_s"], 2)
+    return row
 
 
 def main() -> None:
@@ -130,6 +165,8 @@ def main() -> None:
     parser.add_argument("--sparse", action="store_true",
                         help="sparse embedding gradients + lazy Adam (model.sparse_grad=true optimizer=sparse_adam)")
     parser.add_argument("--override", nargs="*", default=[], help="extra train config overrides")
+    parser.add_argument("--recbole", metavar="PYTHON", default=None,
+                        help="also run RecBole 1.2.1 on the same split with this interpreter and print the ratio")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     extra = list(args.override) + (["optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.005"]
@@ -140,7 +177,7 @@ def main() -> None:
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", file=sys.stderr)
     for name in data:
         with tempfile.TemporaryDirectory() as tmp:
-            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp), extra)
+            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp), extra, args.recbole)
             row["overrides"] = extra
         if args.json:
             print(json.dumps(row))
@@ -149,6 +186,11 @@ def main() -> None:
                   f"{row['train_s_per_epoch']:.3f} s/epoch ({row['interactions_per_s']:,} interactions/s; "
                   f"bare PyTorch loop {row['bare_loop_s_per_epoch']:.3f} s), full-ranking eval {row['eval_s']:.3f} s, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB, GPU {row['peak_gpu_mb']:.0f} MB, {row['metrics']}")
+            if "recbole" in row:
+                other = row["recbole"]
+                print(f"{'RecBole 1.2.1':>13} {other['model']}: {other['train_s_per_epoch']:.3f} s/epoch "
+                      f"({other['interactions_per_s']:,} interactions/s), eval {other['eval_s']:.3f} s, {other['metrics']}; "
+                      f"RecForge is {row['speedup_vs_recbole']}x in training, {row['eval_speedup_vs_recbole']}x in eval")
 
 
 if __name__ == "__main__":
