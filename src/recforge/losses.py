@@ -3,6 +3,8 @@
 * Explicit (``feedback = "explicit"``): ``loss(pred, target)`` on ratings.
 * Implicit (``feedback = "implicit"``): ``loss(pos, neg)`` with ``pos`` of shape ``(B,)`` and ``neg`` of
   shape ``(B, num_negatives)`` (negatives are sampled on the device by :class:`NegativeSampler`).
+* User-row losses (``view = "users"``, e.g. :class:`MultinomialLoss`): ``loss(logits, rows, kl)`` over whole
+  rows of a batch of users; the data module then yields each training user once per epoch.
 """
 
 from __future__ import annotations
@@ -55,6 +57,35 @@ class BPRLoss(nn.Module):
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
+
+
+class MultinomialLoss(nn.Module):
+    """Multinomial log-likelihood of a user's row under softmax item logits, plus ``beta`` times the KL term of
+    a variational model, ``beta`` annealed linearly from 0 to ``anneal_cap`` over ``total_anneal_steps``
+    training steps (Mult-VAE, Liang et al. 2018; ``anneal_cap=0`` trains Mult-DAE's objective)."""
+
+    feedback = "implicit"
+    view = "users"
+    num_negatives = 0
+
+    def __init__(self, anneal_cap: float = 0.2, total_anneal_steps: int = 200_000) -> None:
+        super().__init__()
+        if anneal_cap < 0 or total_anneal_steps < 1:
+            raise RecForgeError(f"loss.anneal_cap={anneal_cap} must be >= 0 and loss.total_anneal_steps="
+                                f"{total_anneal_steps} >= 1")
+        self.anneal_cap, self.total_anneal_steps = anneal_cap, total_anneal_steps
+        self.steps = 0
+
+    @property
+    def beta(self) -> float:
+        return min(self.anneal_cap, self.steps / self.total_anneal_steps)
+
+    def forward(self, logits: torch.Tensor, rows: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        nll = -(F.log_softmax(logits, dim=1) * rows).sum(dim=1).mean()
+        loss = nll + self.beta * kl
+        if torch.is_grad_enabled():
+            self.steps += 1
+        return loss
 
 
 class NegativeSampler(nn.Module):

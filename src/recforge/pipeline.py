@@ -101,6 +101,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
     datamodule = build_datamodule(cfg, loss.feedback)
+    datamodule.train_view = getattr(loss, "view", "interactions")  # user-row losses train on batches of users
     data_kwargs = datamodule.model_kwargs()
     model = build_model(cfg, data_kwargs)
     check_sparse_optimizer(cfg, model)

@@ -155,7 +155,12 @@ class RecDataModule(pl.LightningDataModule):
     of users sized so that ``chunk * n_items <= max_scores_in_memory``, each carrying the chunk's items
     to exclude (seen in training or fold-in, and in validation at test time) and its relevant items with
     their ratings as gains. Rating evaluation batches are ``(users, items, ratings)`` slices.
+
+    ``train_view`` is ``interactions`` (the default) or ``users``: each training user once per epoch, in batches
+    of ``batch_size`` users (what user-row losses such as ``loss=multinomial`` need; set by the pipeline).
     """
+
+    train_view: str = "interactions"
 
     def __init__(
         self,
@@ -423,6 +428,10 @@ class RecDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
+        if self.train_view == "users":  # each training user once per epoch, as (users, users, ones) batches
+            users = torch.unique(self.train_tensors[0])
+            dataset = ShuffledBatches((users, users, torch.ones(len(users))), self.batch_size, self.seed)
+            return DataLoader(dataset, batch_size=None)
         dataset = ShuffledBatches(self.train_tensors, self.batch_size, self.seed)
         return DataLoader(dataset, batch_size=None)
 

@@ -93,6 +93,10 @@ class RecommenderModule(pl.LightningModule):
         users, items, ratings = batch
         if self.feedback == "explicit":
             return self.loss(self.model(users, items), ratings)
+        if getattr(self.loss, "view", None) == "users":  # whole rows of the batch's users (autoencoders)
+            rows = self.model.user_rows(torch.unique(users))
+            logits, kl = self.model.reconstruct(rows)
+            return self.loss(logits, rows, kl)
         candidates = torch.cat([items.unsqueeze(1), self.sampler(users, self.loss.num_negatives)], dim=1)
         scores = self.model(users, candidates)
         loss = self.loss(scores[:, 0], scores[:, 1:])
