@@ -98,7 +98,7 @@ def run_recbole(python: str, datamodule, data: str, model: str, batch_size: int,
     cmd = [python, str(Path(__file__).with_name("bench_recbole.py")), "--data-path", str(tmp / "recbole"),
            "--dataset", name, "--model", RECBOLE_MODELS.get(model, model), "--batch-size", str(batch_size),
            "--epochs", str(epochs), "--device", device]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)  # RecBole writes logs into its cwd
     if done.returncode != 0:
         raise SystemExit(f"RecBole run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
