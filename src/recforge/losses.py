@@ -88,6 +88,19 @@ class MultinomialLoss(nn.Module):
         return loss
 
 
+class RowBCELoss(nn.Module):
+    """Binary cross-entropy of every item of a user's row (1 for training items, 0 otherwise) against item
+    logits, summed over items and averaged over users (CDAE, Wu et al. 2016). Takes the KL argument of the
+    user-row interface and ignores it."""
+
+    feedback = "implicit"
+    view = "users"
+    num_negatives = 0
+
+    def forward(self, logits: torch.Tensor, rows: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, rows, reduction="none").sum(dim=1).mean()
+
+
 class NegativeSampler(nn.Module):
     """Uniform negatives drawn on the device, redrawn where they hit a training positive.
 

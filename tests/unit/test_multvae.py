@@ -47,3 +47,17 @@ def test_users_view_yields_every_training_user_once_per_epoch(tiny_cfg):
     assert exp.datamodule.train_view == "users"
     seen = torch.cat([batch[0] for batch in exp.datamodule.train_dataloader()])
     assert sorted(seen.tolist()) == sorted(torch.unique(exp.datamodule.train_tensors[0]).tolist())
+
+
+def test_row_bce_by_hand_and_cdae_uses_its_user_offset():
+    from recforge.losses import RowBCELoss
+    from recforge.models.cdae import CDAE
+
+    logits, rows = torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([[0.0, 1.0]])
+    # -log(1 - sigmoid(0)) - log(sigmoid(ln 3)) = log 2 + log(4/3)
+    assert float(RowBCELoss()(logits, rows, torch.tensor(0.0))) == pytest.approx(math.log(2) + math.log(4 / 3))
+    model = CDAE(2, 3, interactions=torch.tensor([[0, 1], [1, 1]]), hidden_dim=4).eval()
+    with torch.no_grad():
+        model.user_embedding.weight[1] += 1.0
+    a, b = model.score_all(torch.tensor([0, 1]))
+    assert not torch.allclose(a, b)  # same row, different users: the user offset matters

@@ -52,8 +52,9 @@ class MultVAE(Recommender):
         """Dense ``(B, n_items)`` training rows of ``users`` (the model's input)."""
         return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
 
-    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(item logits, KL divergence to the prior averaged over the batch)`` for input rows ``x``."""
+    def reconstruct(self, x: torch.Tensor, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(item logits, KL divergence to the prior averaged over the batch)`` for input rows ``x`` (the users
+        themselves play no part: Mult-VAE generalises to any row)."""
         h = self.dropout(F.normalize(x, dim=1))
         for layer in self.encoder:
             h = torch.tanh(layer(h))

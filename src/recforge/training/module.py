@@ -94,8 +94,9 @@ class RecommenderModule(pl.LightningModule):
         if self.feedback == "explicit":
             return self.loss(self.model(users, items), ratings)
         if getattr(self.loss, "view", None) == "users":  # whole rows of the batch's users (autoencoders)
-            rows = self.model.user_rows(torch.unique(users))
-            logits, kl = self.model.reconstruct(rows)
+            users = torch.unique(users)
+            rows = self.model.user_rows(users)
+            logits, kl = self.model.reconstruct(rows, users)
             return self.loss(logits, rows, kl)
         candidates = torch.cat([items.unsqueeze(1), self.sampler(users, self.loss.num_negatives)], dim=1)
         scores = self.model(users, candidates)
