@@ -21,7 +21,9 @@ def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or f"sqlite:///{Path(log_dir).expanduser().resolve()}/mlflow.db"
+    from recforge.tracking.tracker import sqlite_store_uri
+
+    uri = tracking_uri or sqlite_store_uri(log_dir)
     try:
         local = MlflowClient(uri).download_artifacts(run_id, "checkpoints", str(into))
     except MlflowException as exc:

@@ -29,8 +29,9 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else the store ``recforge-train`` writes by default (``logs/mlflow.db``)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    log_dir = Path(os.environ.get("RECFORGE_LOG_DIR", Path(os.environ.get("RECFORGE_ROOT", ".")) / "logs"))
-    return f"sqlite:///{log_dir.resolve()}/mlflow.db"
+    from recforge.tracking.tracker import sqlite_store_uri
+
+    return sqlite_store_uri(os.environ.get("RECFORGE_LOG_DIR", Path(os.environ.get("RECFORGE_ROOT", ".")) / "logs"))
 
 
 def tracking_client(uri: str | None = None):

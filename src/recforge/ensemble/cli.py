@@ -107,16 +107,17 @@ def save_ensemble_bundle(directory: Path, members, weights, cfg: DictConfig, dm)
     from recforge.models.ensemble import EnsembleRecommender
     from recforge.tracking.bundle import save_bundle
 
-    seen = dm.seen_matrix().tocoo()
+    seen = dm.seen_matrix()
+    pairs = seen.tocoo()
     kwargs = {"members": [{"target": m.spec[0], "kwargs": m.spec[1]} for m in members], "weights": list(weights),
               "n_items": dm.n_items, "method": cfg.method, "normalization": cfg.normalization,
               "rrf_k": float(cfg.rrf_k), "vote_depth": int(cfg.vote_depth),
-              "exclude": torch.as_tensor(np.stack([seen.row, seen.col]).astype("int64"))}
+              "exclude": torch.as_tensor(np.stack([pairs.row, pairs.col]).astype("int64"))}
     model = EnsembleRecommender(**kwargs)
     for target, member in zip(model.members, members):
         target.load_state_dict(member.model.state_dict())
     return save_bundle(directory, model, "recforge.models.ensemble.EnsembleRecommender", kwargs, dm.id_maps.users,
-                       dm.id_maps.items, dm.seen_matrix(), {"dataset": dm.raw.name, "fingerprint": dm.fingerprint,
+                       dm.id_maps.items, seen, {"dataset": dm.raw.name, "fingerprint": dm.fingerprint,
                                                             "feedback": "implicit", "members": [m.run_id for m in members]})
 
 

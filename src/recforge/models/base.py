@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recforge.utils.sparse import csr_indices, dense_rows
+
 
 class Recommender(nn.Module):
     requires_training: bool = True
@@ -42,6 +44,31 @@ class Recommender(nn.Module):
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
+
+
+class WholeRowRecommender(Recommender):
+    """A model that scores all items of a user at once: ``forward`` picks the requested items out of
+    ``score_all``."""
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.score_all(users).gather(1, items.view(len(users), -1)).view_as(items)
+
+
+class RowInputRecommender(WholeRowRecommender):
+    """A model whose input is the user's training row (autoencoders, item-item models): the ``interactions``
+    are kept as non-persistent CSR index buffers and :meth:`user_rows` densifies a batch of them."""
+
+    def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        pairs = interactions if interactions is not None else torch.zeros(2, 0, dtype=torch.long)
+        indptr, indices = csr_indices(pairs[0], pairs[1], n_users, n_items)
+        self.register_buffer("history_indptr", indptr, persistent=False)
+        self.register_buffer("history_indices", indices, persistent=False)
+
+    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
+        """Dense ``(B, n_items)`` training rows of ``users``."""
+        return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
 
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

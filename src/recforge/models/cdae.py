@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender
-from recforge.utils.sparse import csr_indices, dense_rows
+from recforge.models.base import RowInputRecommender
 
 
-class CDAE(Recommender):
+class CDAE(RowInputRecommender):
     """``h = sigmoid(W drop(x_u) + v_u + b)``, item logits ``W' h + b'``: one hidden layer of ``hidden_dim``
     units, ``dropout`` corrupting the input row during training, and a user embedding ``v_u`` added to the
     hidden layer (what makes it *collaborative*). Trained with ``loss=row_bce`` (binary cross-entropy of the
@@ -22,14 +21,9 @@ class CDAE(Recommender):
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None, hidden_dim: int = 200,
                  dropout: float = 0.5) -> None:
-        super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.n_users, self.n_items = n_users, n_items
-        pairs = interactions if interactions is not None else torch.zeros(2, 0, dtype=torch.long)
-        indptr, indices = csr_indices(pairs[0], pairs[1], n_users, n_items)
-        self.register_buffer("history_indptr", indptr, persistent=False)
-        self.register_buffer("history_indices", indices, persistent=False)
+        super().__init__(n_users, n_items, interactions)
         self.user_embedding = nn.Embedding(n_users, hidden_dim)
         self.encoder = nn.Linear(n_items, hidden_dim)
         self.decoder = nn.Linear(hidden_dim, n_items)
@@ -39,10 +33,6 @@ class CDAE(Recommender):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """Dense ``(B, n_items)`` training rows of ``users`` (the model's input)."""
-        return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
-
     def reconstruct(self, x: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(item logits, 0)`` for input rows ``x`` of ``users`` (no KL term: a deterministic model)."""
         hidden = torch.sigmoid(self.encoder(self.dropout(x)) + self.user_embedding(users))
@@ -50,6 +40,3 @@ class CDAE(Recommender):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(self.user_rows(users), users)[0]
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.score_all(users).gather(1, items.view(len(users), -1)).view_as(items)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from recforge.models.base import Recommender
-from recforge.utils.sparse import csr_indices, dense_rows
+from recforge.models.base import RowInputRecommender
+from recforge.utils.sparse import csr_indices
 
 
 def interaction_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -23,35 +23,19 @@ def interaction_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n
                                    is_coalesced=True, check_invariants=False)
 
 
-class HistoryRecommender(Recommender):
+class HistoryRecommender(RowInputRecommender):
     """A closed-form model that scores from the user's training history ``X`` (``score_all = X[users] @
-    W``): ``X`` is a non-persistent sparse buffer rebuilt from ``interactions`` (and replaced by ``fit``),
+    W``): ``X`` is kept as non-persistent CSR buffers rebuilt from ``interactions`` (and replaced by ``fit``),
     the fitted item-item weights live in persistent buffers."""
 
     requires_training = False
     feedbacks = ("implicit",)
-
-    def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = n_users, n_items
-        pairs = interactions if interactions is not None else torch.zeros(2, 0, dtype=torch.long)
-        indptr, indices = csr_indices(pairs[0], pairs[1], n_users, n_items)
-        self.register_buffer("history_indptr", indptr, persistent=False)
-        self.register_buffer("history_indices", indices, persistent=False)
 
     def set_history(self, users: torch.Tensor, items: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Keep the training rows for scoring; returns them as a sparse COO matrix for fitting."""
         self.history_indptr, self.history_indices = csr_indices(users.to(device), items.to(device), self.n_users,
                                                                 self.n_items)
         return interaction_matrix(users, items, self.n_users, self.n_items, device)
-
-    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """Dense ``(B, n_items)`` training rows of ``users``."""
-        return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        scores = self.score_all(users)
-        return scores.gather(1, items.view(len(users), -1)).view_as(items)
 
 
 class EASE(HistoryRecommender):

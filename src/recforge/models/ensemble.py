@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from recforge.ensemble.fusion import check_method, fuse, normalize_weights, transform
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, WholeRowRecommender
 from recforge.utils.sparse import csr_indices, dense_rows
 
 
@@ -23,7 +23,7 @@ def build_member(target: str, kwargs: dict[str, Any]) -> Recommender:
     return getattr(import_module(module), name)(**kwargs)
 
 
-class EnsembleRecommender(Recommender):
+class EnsembleRecommender(WholeRowRecommender):
     """``score_all``: each member scores every item, items in ``exclude`` are removed, each member's row is
     transformed (normalised scores, reciprocal ranks, Borda points or votes) and the rows are summed with
     ``weights``. Excluded items score ``-inf`` (an ensemble never recommends them, whatever the caller asks).
@@ -74,7 +74,3 @@ class EnsembleRecommender(Recommender):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         excluded = self.excluded(users)
         return fuse(self.member_scores(users, excluded), self.weights, excluded)
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        scores = self.score_all(users)
-        return scores.gather(1, items.view(len(users), -1)).view_as(items)

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import Recommender
-from recforge.utils.sparse import csr_indices, dense_rows
+from recforge.models.base import RowInputRecommender
 
 
-class MultVAE(Recommender):
+class MultVAE(RowInputRecommender):
     """Encoder ``[n_items] -> hidden_dims -> latent_dim`` (tanh), symmetric decoder back to item logits.
 
     The input is the user's training row (multi-hot), L2-normalised, with ``dropout`` on it during training.
@@ -30,14 +29,10 @@ class MultVAE(Recommender):
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  hidden_dims: Sequence[int] = (600,), latent_dim: int = 200, dropout: float = 0.5,
                  variational: bool = True) -> None:
-        super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.n_users, self.n_items, self.variational = n_users, n_items, variational
-        pairs = interactions if interactions is not None else torch.zeros(2, 0, dtype=torch.long)
-        indptr, indices = csr_indices(pairs[0], pairs[1], n_users, n_items)
-        self.register_buffer("history_indptr", indptr, persistent=False)
-        self.register_buffer("history_indices", indices, persistent=False)
+        super().__init__(n_users, n_items, interactions)
+        self.variational = variational
         dims = [n_items, *hidden_dims]
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.to_latent = nn.Linear(dims[-1], latent_dim * (2 if variational else 1))
@@ -47,10 +42,6 @@ class MultVAE(Recommender):
         for layer in [*self.encoder, self.to_latent, *self.decoder]:  # the reference code's initialisation
             nn.init.xavier_uniform_(layer.weight)
             nn.init.normal_(layer.bias, std=0.001)
-
-    def user_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """Dense ``(B, n_items)`` training rows of ``users`` (the model's input)."""
-        return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
 
     def reconstruct(self, x: torch.Tensor, users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(item logits, KL divergence to the prior averaged over the batch)`` for input rows ``x`` (the users
@@ -74,6 +65,3 @@ class MultVAE(Recommender):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(self.user_rows(users))[0]
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.score_all(users).gather(1, items.view(len(users), -1)).view_as(items)

@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 
+def sqlite_store_uri(log_dir: str | os.PathLike) -> str:
+    """The SQLite tracking store ``recforge-train`` writes under ``log_dir`` when no server is given."""
+    return f"sqlite:///{Path(log_dir).expanduser().resolve()}/mlflow.db"
+
+
 class MLflowTracker:
     """Owns the MLflow run of one training run.
 
@@ -18,7 +23,7 @@ class MLflowTracker:
     def __init__(self, uri: str | None = None, experiment_name: str = "recforge", run_name: str | None = None,
                  log_dir: str = "logs", log_model: bool = True, run_id: str | None = None) -> None:
         log_path = Path(log_dir).expanduser().resolve()
-        self.uri = uri or f"sqlite:///{log_path}/mlflow.db"
+        self.uri = uri or sqlite_store_uri(log_path)
         self.artifact_location = None if uri else (log_path / "mlartifacts").as_uri()
         if self.uri.startswith("sqlite:"):
             log_path.mkdir(parents=True, exist_ok=True)
