@@ -59,6 +59,37 @@ class BPRLoss(nn.Module):
         return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
 
 
+class SoftmaxLoss(nn.Module):
+    """Cross-entropy of the target item under a softmax over the whole catalogue (``full``: the module passes all
+    item logits): SASRec-CE / BERT4Rec / GRU4Rec's objective for sequences, and for pair models a softmax over
+    ``score_all`` of the batch's users (Klenitskiy & Vasilev 2023 on why full CE beats BCE for SASRec)."""
+
+    feedback = "implicit"
+    full = True
+    num_negatives = 0
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets)
+
+
+class SampledSoftmaxLoss(nn.Module):
+    """Cross-entropy of the positive against ``num_negatives`` uniformly sampled negatives (a softmax over the
+    positive and the samples; uniform sampling makes the log-Q correction a constant, which cancels). The
+    cheap stand-in for :class:`SoftmaxLoss` on large catalogues."""
+
+    feedback = "implicit"
+
+    def __init__(self, num_negatives: int = 100) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise RecForgeError(f"loss.num_negatives must be >= 1, got {num_negatives}")
+        self.num_negatives = num_negatives
+
+    def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)
+        return (torch.logsumexp(logits, dim=-1) - pos).mean()
+
+
 class MultinomialLoss(nn.Module):
     """Multinomial log-likelihood of a user's row under softmax item logits, plus ``beta`` times the KL term of
     a variational model, ``beta`` annealed linearly from 0 to ``anneal_cap`` over ``total_anneal_steps``
@@ -125,3 +156,24 @@ class NegativeSampler(nn.Module):
             redraw = torch.randint(self.n_items, shape, device=users.device)
             neg = torch.where(self.is_positive(users, neg), redraw, neg)
         return neg
+
+
+class RowMSELoss(nn.Module):
+    """Squared error of reconstructed rating rows on the observed entries only (AutoRec, Sedhain et al. 2015).
+
+    ``rows`` are dense rating rows with 0 for "not rated" (models store an observed rating of exactly 0 as a tiny
+    non-zero, as the data module's matrices do), so the observed mask is ``rows != 0``. The sum of squared errors
+    is divided by the number of observed entries in the batch (a mean per rating, not per row): a rating weighs
+    the same whether its row holds 3 ratings or 3,000, and the scale (hence ``lr`` and ``weight_decay``) does not
+    change between item rows (I-AutoRec) and user rows (U-AutoRec). The paper's objective is the plain sum, which
+    differs from this by the batch's rating count. The ``kl`` argument of the row interface is ignored.
+    """
+
+    feedback = "explicit"
+    view = "users"
+    num_negatives = 0
+
+    def forward(self, output: torch.Tensor, rows: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        observed = rows != 0
+        squared = torch.where(observed, output - rows, torch.zeros_like(output)).pow(2)
+        return squared.sum() / observed.sum().clamp(min=1)

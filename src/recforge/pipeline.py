@@ -101,15 +101,20 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
     datamodule = build_datamodule(cfg, loss.feedback)
-    datamodule.train_view = getattr(loss, "view", "interactions")  # user-row losses train on batches of users
     data_kwargs = datamodule.model_kwargs()
     model = build_model(cfg, data_kwargs)
+    # what a training batch holds: the model's own view (sequences, item rows), else the loss's (user rows)
+    datamodule.train_view = train_view(model, loss)
     check_sparse_optimizer(cfg, model)
     sampler = None
     if loss.feedback == "implicit" and model.requires_training:
         sampler = NegativeSampler(datamodule.n_items, datamodule.positive_keys())
+    histories = None
+    if hasattr(model, "set_histories"):  # sequential models read each stage's inputs: train (val), + val (test)
+        histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
     module = RecommenderModule(
         model=model,
+        histories=histories,
         loss=loss,
         optimizer=build(cfg, "optimizer"),
         sampler=sampler,
@@ -122,6 +127,11 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
+
+
+def train_view(model: Recommender, loss: torch.nn.Module) -> str:
+    """The data module's training view for ``model`` and ``loss`` (see ``RecDataModule.train_view``)."""
+    return getattr(model, "train_view", None) or getattr(loss, "view", None) or "interactions"
 
 
 SPARSE_OPTIMIZERS = ("recforge.training.optim.LazyAdam", "torch.optim.SparseAdam", "torch.optim.SGD",

@@ -175,3 +175,15 @@ def test_the_cache_is_hit_on_a_second_run_and_missed_after_any_config_change(tmp
     assert len(loads) == 5
     entries = sorted(p.name for p in (cache / "prepared").iterdir())
     assert len(entries) == 5 and not [e for e in entries if e.startswith(".")]
+
+
+def test_features_tensor_scales_numbers_keeps_flags_and_one_hots_categories():
+    import pandas as pd
+
+    from recforge.data.datamodule import features_tensor
+
+    frame = pd.DataFrame({"age": [20.0, 40.0, None, 60.0], "flag": [0, 1, 1, 0], "genre": ["a", "b", "a", None],
+                          "title": [f"t{i}" for i in range(4)]})
+    out = features_tensor(frame, max_categories=3)
+    expected = [[0.0, 0, 1, 0], [0.5, 1, 0, 1], [0.0, 1, 1, 0], [1.0, 0, 0, 0]]  # age scaled, NaN -> 0; genre a, b
+    assert out.tolist() == expected

@@ -31,11 +31,22 @@ def checkerboard():
     return (users[train], items[train]), (users[held_out], items[held_out])
 
 
+def sequences() -> torch.Tensor:
+    """The training pairs in time order: user u consumes u + 4, u + 6, ..., u + N (mod N), so in sequence the
+    held-out item u + 2 is the next one (each item follows the one 2 below it)."""
+    users = torch.arange(N).repeat_interleave(N // 2 - 1)
+    steps = torch.arange(2, N // 2 + 1).repeat(N)
+    return torch.stack([users, (users + 2 * steps) % N])
+
+
 def build(name: str, tmp_path):
     cfg = compose_train([f"model={name}"], tmp_path)
     (tu, ti), _ = checkerboard()
+    times = torch.linspace(0, 1, N)
     data_kwargs = {"n_users": N, "n_items": N, "global_mean": 1.0, "interactions": torch.stack([tu, ti]),
-                   "item_popularity": torch.bincount(ti, minlength=N)}
+                   "sequences": sequences(), "item_popularity": torch.bincount(ti, minlength=N),
+                   "user_time_features": torch.stack([times.new_zeros(N), times.new_full((N,), 0.5), times.new_ones(N)], 1),
+                   "item_time_features": times.unsqueeze(1).expand(N, 3).contiguous()}
     torch.manual_seed(0)
     model = build_model(cfg, data_kwargs)
     loss = instantiate(cfg.loss)
@@ -109,8 +120,10 @@ def test_training_reduces_loss(name, tmp_path):
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "pop"])
 def test_checkerboard_held_out_item_ranked_first(name, tmp_path):
     cfg, model, loss = build(name, tmp_path)
-    if loss.feedback == "explicit":  # rating models learn the ranking task through BPR here
-        loss = BPRLoss()
+    if loss.feedback == "explicit":  # rating models learn the ranking task through BPR here (row models: row BCE)
+        from recforge.losses import RowBCELoss
+
+        loss = RowBCELoss() if getattr(model, "train_view", None) in ("users", "items") else BPRLoss()
     cfg.optimizer.lr = max(cfg.optimizer.lr, 0.01)
     torch.manual_seed(0)
     train_steps(cfg, model, loss, 400)

@@ -126,15 +126,21 @@ def _align_features(features: pd.DataFrame | None, raw_ids: np.ndarray) -> pd.Da
 
 
 def features_tensor(frame: pd.DataFrame | None, max_categories: int = 64) -> torch.Tensor | None:
-    """A float32 ``(n, d)`` matrix: numeric columns as they are (NaN as 0), text columns with at most
-    ``max_categories`` values one-hot; other text columns (titles, names) are left out."""
+    """A float32 ``(n, d)`` matrix: numeric columns min-max scaled to [0, 1] (0/1 flags stay as they are; NaN
+    as 0), text columns with at most ``max_categories`` values one-hot; other text columns (titles, names) are
+    left out. Scaled values matter to models that weight feature embeddings by value (FM, DeepFM): an age or a
+    year would otherwise swamp every other feature."""
     if frame is None:
         return None
     blocks = []
     for column in frame.columns:
         values = frame[column]
         if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            blocks.append(values.to_numpy(np.float32, na_value=np.nan)[:, None])
+            column_values = values.to_numpy(np.float32, na_value=np.nan)
+            lo, hi = np.nanmin(column_values, initial=np.inf), np.nanmax(column_values, initial=-np.inf)
+            if np.isfinite(lo) and (lo < 0 or hi > 1):
+                column_values = (column_values - lo) / max(hi - lo, np.finfo(np.float32).tiny)
+            blocks.append(column_values[:, None])
         elif values.nunique(dropna=True) <= max_categories:
             blocks.append(pd.get_dummies(values, dtype=np.float32).to_numpy())
     if not blocks:
@@ -156,8 +162,11 @@ class RecDataModule(pl.LightningDataModule):
     to exclude (seen in training or fold-in, and in validation at test time) and its relevant items with
     their ratings as gains. Rating evaluation batches are ``(users, items, ratings)`` slices.
 
-    ``train_view`` is ``interactions`` (the default) or ``users``: each training user once per epoch, in batches
-    of ``batch_size`` users (what user-row losses such as ``loss=multinomial`` need; set by the pipeline).
+    ``train_view`` is ``interactions`` (the default), ``users`` or ``sequences`` (each training user once per epoch,
+    in batches of ``batch_size`` users: what user-row losses such as ``loss=multinomial`` and sequential models
+    need; batches are ``(users, users, ones)``) or ``items``
+    (each training item once per epoch: item-row models such as I-AutoRec); the pipeline sets it from the model
+    or the loss.
     """
 
     train_view: str = "interactions"
@@ -404,6 +413,31 @@ class RecDataModule(pl.LightningDataModule):
                                      if v is not None}
         return self._feature_tensors
 
+    def train_sequences(self) -> torch.Tensor:
+        """``(2, n_train)`` user/item pairs of the training (and fold-in) interactions, grouped by user and in time
+        order within each user (ties keep the data's order): what sequential models learn from."""
+        parts = [self.split.train] + ([self.split.fold_in] if self.split.fold_in is not None else [])
+        users = np.concatenate([p["user"].to_numpy(np.int64) for p in parts])
+        items = np.concatenate([p["item"].to_numpy(np.int64) for p in parts])
+        times = np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])
+        order = np.lexsort((times, users))
+        return torch.as_tensor(np.stack([users[order], items[order]]))
+
+    def time_features(self) -> dict[str, torch.Tensor]:
+        """``user_time_features`` / ``item_time_features``: ``(n, 3)`` first, mean and last training timestamp
+        of each user / item, scaled to [0, 1] over the training time range (0 for those without training data)."""
+        train = self.split.train
+        times = train["timestamp"].to_numpy(np.float64)
+        lo, span = (times.min(), max(times.max() - times.min(), 1.0)) if len(times) else (0.0, 1.0)
+        scaled = (times - lo) / span
+        out = {}
+        for key, n in (("user", self.n_users), ("item", self.n_items)):
+            stats = pd.DataFrame({"k": train[key].to_numpy(), "t": scaled}).groupby("k")["t"].agg(["min", "mean", "max"])
+            table = np.zeros((n, 3), np.float32)
+            table[stats.index.to_numpy()] = stats.to_numpy(np.float32)
+            out[f"{key}_time_features"] = torch.from_numpy(table)
+        return out
+
     def model_kwargs(self) -> dict:
         """Data-dependent constructor arguments; ``train(cfg)`` passes those a model's signature accepts."""
         train = self.split.train
@@ -414,7 +448,11 @@ class RecDataModule(pl.LightningDataModule):
             "item_popularity": torch.as_tensor(np.bincount(train["item"].to_numpy(), minlength=self.n_items)),
             # (2, n_train) user/item index pairs of the training split, e.g. for graph models' adjacency
             "interactions": torch.stack(self.train_tensors[:2]),
+            "ratings": self.train_tensors[2],  # their (stored) ratings, in the same order
+            # the training and fold-in pairs grouped by user in time order (sequential models)
+            "sequences": self.train_sequences(),
             **self.feature_tensors(),
+            **self.time_features(),
         }
 
     def positive_keys(self) -> torch.Tensor:
@@ -428,9 +466,9 @@ class RecDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
-        if self.train_view == "users":  # each training user once per epoch, as (users, users, ones) batches
-            users = torch.unique(self.train_tensors[0])
-            dataset = ShuffledBatches((users, users, torch.ones(len(users))), self.batch_size, self.seed)
+        if self.train_view in ("users", "sequences", "items"):  # each training user (item) once per epoch
+            ids = torch.unique(self.train_tensors[0 if self.train_view == "users" else 1])
+            dataset = ShuffledBatches((ids, ids, torch.ones(len(ids))), self.batch_size, self.seed)
             return DataLoader(dataset, batch_size=None)
         dataset = ShuffledBatches(self.train_tensors, self.batch_size, self.seed)
         return DataLoader(dataset, batch_size=None)

@@ -74,3 +74,85 @@ class RowInputRecommender(WholeRowRecommender):
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Expand ``(B,)`` users to ``items``' shape ``(B,)`` or ``(B, n)``."""
     return users.view(-1, *([1] * (items.dim() - 1))).expand_as(items)
+
+
+class SequentialRecommender(WholeRowRecommender):
+    """A model of the order of a user's interactions (SASRec, BERT4Rec, GRU4Rec, Caser).
+
+    It keeps each user's chronological item sequence as non-persistent CSR buffers, built from ``sequences``
+    (the ``(2, n)`` user/item pairs grouped by user in time order) and replaced by :meth:`set_histories` before
+    each evaluation (validation reads the training sequences, test also the validation items). Items are
+    ``0..n_items-1``; ``n_items`` is the padding token.
+
+    * :meth:`training_sequences` says which positions predict which items: by default the last ``max_len``
+      inputs each predict the next item (-1 where there is nothing to predict).
+    * :meth:`encode` maps ``(B, L)`` inputs to ``(B, L, d)`` hidden states; :meth:`item_logits` scores hidden
+      states against all items or given candidates. The training module puts a loss on them (full softmax or
+      sampled negatives), so every sequential model trains with every implicit loss.
+    * :meth:`score_all` encodes the user's most recent ``context_length`` items and scores the last state.
+    """
+
+    train_view = "sequences"
+    feedbacks = ("implicit",)
+
+    def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50) -> None:
+        super().__init__()
+        if max_len < 1:
+            raise ValueError(f"max_len must be positive, got {max_len}")
+        self.n_users, self.n_items, self.max_len = n_users, n_items, max_len
+        self.padding_idx = n_items
+        pairs = sequences if sequences is not None else torch.zeros(2, 0, dtype=torch.long)
+        counts = torch.bincount(pairs[0].long(), minlength=n_users)
+        self.register_buffer("history_indptr", torch.cat([counts.new_zeros(1), counts.cumsum(0)]), persistent=False)
+        self.register_buffer("history_items", pairs[1].long().clone(), persistent=False)
+
+    @property
+    def context_length(self) -> int:
+        """How many of a user's latest items ``score_all`` reads."""
+        return self.max_len
+
+    def set_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        """Use these chronological sequences (CSR over users) as the model's input from now on."""
+        self.history_indptr, self.history_items = indptr.long(), items.long()
+
+    def recent_items(self, users: torch.Tensor, length: int) -> torch.Tensor:
+        """``(B, length)``: each user's latest ``length`` items in time order, left-padded with ``padding_idx``."""
+        users = users.to(self.history_indptr.device).long()
+        n_stored = len(self.history_indptr) - 1
+        safe = users.clamp(0, max(n_stored - 1, 0))
+        inside = (users >= 0) & (users < n_stored)
+        starts = torch.where(inside, self.history_indptr[safe], 0)
+        ends = torch.where(inside, self.history_indptr[safe + 1], 0)
+        index = ends.unsqueeze(1) - length + torch.arange(length, device=users.device)
+        valid = index >= starts.unsqueeze(1)
+        if not len(self.history_items):
+            return torch.full(index.shape, self.padding_idx, dtype=torch.long, device=users.device)
+        return torch.where(valid, self.history_items[index.clamp(min=0, max=len(self.history_items) - 1)],
+                           self.padding_idx)
+
+    def training_sequences(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)``, both ``(B, max_len)``: the latest ``max_len + 1`` items shifted by one, so
+        position ``t`` predicts the item after it; targets are -1 where the input is padding."""
+        seq = self.recent_items(users, self.max_len + 1)
+        inputs, targets = seq[:, :-1], seq[:, 1:]
+        return inputs, torch.where(inputs == self.padding_idx, -1, targets)
+
+    def encode(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def output_embeddings(self) -> torch.Tensor:
+        """``(n_items, d)`` item vectors the hidden states are scored against (default: the input embeddings)."""
+        return self.item_embedding.weight[: self.n_items]
+
+    def item_logits(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of ``(N, d)`` hidden states against every item ``(N, n_items)`` or ``(N, k)`` candidates."""
+        weights = self.output_embeddings()
+        if items is None:
+            return hidden @ weights.T
+        return (hidden.unsqueeze(1) * weights[items]).sum(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.item_logits(self.encode(self.recent_items(users, self.context_length), users)[:, -1])
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.output_embeddings()

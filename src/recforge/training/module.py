@@ -67,6 +67,7 @@ class RecommenderModule(pl.LightningModule):
         sampled_strategy: str = "uniform",
         sampled_seed: int = 0,
         rating_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
@@ -84,26 +85,49 @@ class RecommenderModule(pl.LightningModule):
         self.evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
                                           sampled_strategy, sampled_seed)
         self.rating_inverse = rating_inverse
+        self.histories = histories
+        self.view = getattr(model, "train_view", None) or getattr(loss, "view", None) or "interactions"
         self._outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch) -> torch.Tensor:
-        """The training loss of one ``(users, items, ratings)`` batch (negatives sampled on the device)."""
+        """The training loss of one batch (negatives sampled on the device). The data module's ``train_view``
+        decides what the batch holds: ``(users, items, ratings)`` interactions, or ids of users or items whose
+        whole rows (autoencoders) or sequences (sequential models) the model reads itself."""
         users, items, ratings = batch
+        if self.view == "sequences":
+            return self.sequence_loss(torch.unique(users))
+        if self.view in ("users", "items"):  # whole rows of the batch's users or items (autoencoders)
+            ids = torch.unique(users)
+            rows = self.model.user_rows(ids) if self.view == "users" else self.model.item_rows(ids)
+            output, kl = self.model.reconstruct(rows, ids)
+            return self.loss(output, rows, kl)
         if self.feedback == "explicit":
             return self.loss(self.model(users, items), ratings)
-        if getattr(self.loss, "view", None) == "users":  # whole rows of the batch's users (autoencoders)
-            users = torch.unique(users)
-            rows = self.model.user_rows(users)
-            logits, kl = self.model.reconstruct(rows, users)
-            return self.loss(logits, rows, kl)
+        if getattr(self.loss, "full", False):  # softmax over the whole catalogue
+            return self.loss(self.model.score_all(users), items)
         candidates = torch.cat([items.unsqueeze(1), self.sampler(users, self.loss.num_negatives)], dim=1)
         scores = self.model(users, candidates)
         loss = self.loss(scores[:, 0], scores[:, 1:])
         if hasattr(self.model, "regularization"):
             loss = loss + self.model.regularization(users, candidates)
         return loss
+
+    def sequence_loss(self, users: torch.Tensor) -> torch.Tensor:
+        """Next-item (or masked-item) prediction at every target position of the users' training sequences:
+        the model says which positions predict which items, the loss scores them against the whole catalogue
+        (``full`` losses) or against sampled negatives."""
+        inputs, targets = self.model.training_sequences(users)
+        hidden = self.model.encode(inputs, users)
+        at = targets >= 0
+        hidden, targets = hidden[at], targets[at]
+        if getattr(self.loss, "full", False):
+            return self.loss(self.model.item_logits(hidden), targets)
+        owners = users.unsqueeze(1).expand_as(at)[at]  # negatives avoid each position's user's training items
+        candidates = torch.cat([targets.unsqueeze(1), self.sampler(owners, self.loss.num_negatives)], dim=1)
+        scores = self.model.item_logits(hidden, candidates)
+        return self.loss(scores[:, 0], scores[:, 1:])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
@@ -124,6 +148,20 @@ class RecommenderModule(pl.LightningModule):
         if self.item_popularity is not None and self.evaluator.item_popularity is not self.item_popularity:
             self.evaluator.item_popularity = self.item_popularity  # follow the buffer to the module's device
         return self.evaluator.evaluate(self.model.score_all, batch)
+
+    def _use_histories(self, stage: str) -> None:
+        """Sequential models take each stage's input sequences (validation: training; test: + validation)."""
+        if self.histories is not None:
+            self.model.set_histories(*(t.to(self.device) for t in self.histories[stage]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._use_histories("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._use_histories("test")
+
+    def on_train_epoch_start(self) -> None:
+        self._use_histories("val")  # the training sequences (a test pass may have come before)
 
     def _eval_step(self, batch) -> None:
         self._outputs.append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})

@@ -19,9 +19,9 @@ def csr_indices(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int
 
 
 def dense_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, n_cols: int,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(len(rows), n_cols)``: 1 (``True``) at each stored entry of the selected rows; rows past the matrix
-    are empty."""
+               dtype: torch.dtype = torch.float32, values: torch.Tensor | None = None) -> torch.Tensor:
+    """``(len(rows), n_cols)``: 1 (``True``), or the entry's value from ``values`` (aligned with ``indices``), at
+    each stored entry of the selected rows; rows past the matrix are empty."""
     rows = rows.to(indptr.device).long()
     out = torch.zeros(len(rows), n_cols, dtype=dtype, device=indptr.device)
     n_stored_rows = len(indptr) - 1
@@ -34,5 +34,6 @@ def dense_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, 
     local = torch.repeat_interleave(torch.arange(len(rows), device=out.device), lengths)
     offsets = torch.arange(int(lengths.sum()), device=out.device) - torch.repeat_interleave(
         torch.cumsum(lengths, 0) - lengths, lengths)
-    out[local, indices[torch.repeat_interleave(starts, lengths) + offsets]] = 1
+    positions = torch.repeat_interleave(starts, lengths) + offsets
+    out[local, indices[positions]] = 1 if values is None else values[positions].to(dtype)
     return out
