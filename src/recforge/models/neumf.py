@@ -1,27 +1,67 @@
-"""Neural Collaborative Filtering: GMF and MLP fused into NeuMF.
+"""Neural Collaborative Filtering: GMF and MLP fused into NeuMF, optionally pre-trained from GMF and MLP runs.
 
-He, Liao, Zhang, Nie, Hu and Chua. 2017. Neural Collaborative Filtering. WWW.
+He, Liao, Zhang, Nie, Hu and Chua. 2017. Neural Collaborative Filtering. WWW (Sections 3.4 and 3.4.1).
 """
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from recforge.errors import RecForgeError
 from recforge.models.base import Recommender, broadcast_users
-from recforge.models.mlp import mlp_tower, xavier_init_
+from recforge.models.gmf import GMF
+from recforge.models.mlp import MLP, mlp_tower, xavier_init_
+
+BUNDLE_FILES = ("spec.pt", "model.pt", "users.parquet", "items.parquet", "seen.npz", "meta.json")
+
+
+def read_bundle_model(path: str, key: str, expected: type) -> nn.Module:
+    """The model of the bundle folder ``path`` (``model.<key>``), checked to be an ``expected``."""
+    from recforge.tracking.bundle import Bundle  # the bundle reader sits above models; imported where used
+
+    folder = Path(path)
+    missing = [name for name in BUNDLE_FILES if not (folder / name).is_file()]
+    if missing:
+        raise RecForgeError(f"model.{key}={path} is not a model bundle (missing {', '.join(missing)}); give the "
+                            f"bundle folder of a trained {expected.__name__} run, e.g. <output_dir>/model")
+    model = Bundle.load(folder).model
+    if not isinstance(model, expected):
+        raise RecForgeError(f"model.{key}={path} holds a {type(model).__name__}, not a {expected.__name__}; give "
+                            f"the bundle of a model={expected.__name__.lower()} run")
+    return model
 
 
 class NeuMF(Recommender):
     """Generalised MF (element-wise product of ``gmf_dim``-d embeddings) beside an MLP over concatenated
     user and item embeddings (``mlp_layers[0] / 2`` each, then the tower ``mlp_layers``), concatenated and
-    mapped to one logit. ``dropout`` applies between MLP layers."""
+    mapped to one logit. ``dropout`` applies between MLP layers.
+
+    Pre-training (Section 3.4.1): ``gmf_from`` / ``mlp_from`` are bundle folders (a run's ``<output_dir>/model``)
+    of a trained :class:`~recforge.models.gmf.GMF` and :class:`~recforge.models.mlp.MLP` on the same data. Their
+    embeddings and MLP tower are copied, and the output layer becomes ``[alpha h_GMF, (1 - alpha) h_MLP]`` with
+    bias ``alpha b_GMF + (1 - alpha) b_MLP`` (``alpha = pretrain_alpha``), so that with both given the untrained
+    NeuMF's logit is exactly ``alpha GMF(u, i) + (1 - alpha) MLP(u, i)``. With only one given, the other half keeps
+    its fresh initialisation and the output layer its default. The paper then trains NeuMF with vanilla SGD
+    (``optimizer=sgd optimizer.momentum=0``): Adam's moment estimates are not carried over from the pre-trained
+    runs. Both runs must share NeuMF's users and items (the same data and split: rows are matched by index).
+
+    A bundle or checkpoint of a pre-trained NeuMF keeps ``gmf_from`` / ``mlp_from`` among its constructor
+    arguments, and reloading it overwrites every weight by ``load_state_dict``. So a folder that no longer exists
+    (a reload elsewhere, the pre-training runs deleted) only warns and keeps the fresh initialisation; an existing
+    folder that is not a bundle of the right model, or does not fit (sizes, ``gmf_dim``, ``mlp_layers``), raises
+    :class:`~recforge.errors.RecForgeError` naming the key."""
 
     def __init__(self, n_users: int, n_items: int, gmf_dim: int = 8,
-                 mlp_layers: Sequence[int] = (64, 32, 16, 8), dropout: float = 0.0) -> None:
+                 mlp_layers: Sequence[int] = (64, 32, 16, 8), dropout: float = 0.0, gmf_from: str | None = None,
+                 mlp_from: str | None = None, pretrain_alpha: float = 0.5) -> None:
         super().__init__()
+        if not 0 <= pretrain_alpha <= 1:
+            raise RecForgeError(f"model.pretrain_alpha={pretrain_alpha} must lie in [0, 1] (the paper's 0.5)")
         mlp_layers = list(mlp_layers)
         if len(mlp_layers) < 1 or mlp_layers[0] % 2:
             raise ValueError("mlp_layers needs at least one layer and an even first width")
@@ -37,6 +77,49 @@ class NeuMF(Recommender):
         xavier_init_(self.mlp)
         nn.init.kaiming_uniform_(self.predict.weight, a=1, nonlinearity="sigmoid")
         nn.init.zeros_(self.predict.bias)
+        self.load_pretrained(gmf_from, mlp_from, pretrain_alpha)
+
+    def load_pretrained(self, gmf_from: str | None, mlp_from: str | None, alpha: float = 0.5) -> None:
+        """Copy the weights of a trained GMF and/or MLP bundle into this model (see the class docstring)."""
+        with torch.no_grad():
+            self._load_pretrained(gmf_from, mlp_from, alpha)
+
+    def _load_pretrained(self, gmf_from: str | None, mlp_from: str | None, alpha: float) -> None:
+        sources = {}
+        for key, path, kind in (("gmf_from", gmf_from, GMF), ("mlp_from", mlp_from, MLP)):
+            if path is None:
+                continue
+            if not Path(path).exists():
+                warnings.warn(f"model.{key}={path} does not exist: NeuMF keeps its fresh initialisation for that "
+                              "half (fine when reloading a trained NeuMF, whose weights replace it; otherwise fix "
+                              f"the path or set model.{key}=null)", stacklevel=4)
+                continue
+            sources[key] = read_bundle_model(str(path), key, kind)
+            if (sources[key].n_users, sources[key].n_items) != (self.n_users, self.n_items):
+                raise RecForgeError(f"model.{key}={path} was trained on {sources[key].n_users} users x "
+                                    f"{sources[key].n_items} items but NeuMF has {self.n_users} x {self.n_items}; "
+                                    "pre-train on the same data and split")
+        gmf, mlp = sources.get("gmf_from"), sources.get("mlp_from")
+        if gmf is not None:
+            dim = gmf.user_embedding.embedding_dim
+            if dim != self.gmf_user.embedding_dim:
+                raise RecForgeError(f"model.gmf_from={gmf_from} has embedding_dim={dim} but model.gmf_dim="
+                                    f"{self.gmf_user.embedding_dim}; set model.gmf_dim={dim}")
+            self.gmf_user.weight.copy_(gmf.user_embedding.weight)
+            self.gmf_item.weight.copy_(gmf.item_embedding.weight)
+        if mlp is not None:
+            theirs = [2 * mlp.user_embedding.embedding_dim] + [m.out_features for m in mlp.tower
+                                                               if isinstance(m, nn.Linear)]
+            ours = [2 * self.mlp_user.embedding_dim] + [m.out_features for m in self.mlp if isinstance(m, nn.Linear)]
+            if theirs != ours:
+                raise RecForgeError(f"model.mlp_from={mlp_from} has layers={theirs} but model.mlp_layers={ours}; "
+                                    f"set model.mlp_layers=[{','.join(map(str, theirs))}]")
+            self.mlp_user.weight.copy_(mlp.user_embedding.weight)
+            self.mlp_item.weight.copy_(mlp.item_embedding.weight)
+            self.mlp.load_state_dict(mlp.tower.state_dict())
+        if gmf is not None and mlp is not None:  # h = [alpha h_GMF, (1 - alpha) h_MLP]
+            self.predict.weight.copy_(torch.cat([alpha * gmf.predict.weight, (1 - alpha) * mlp.predict.weight], 1))
+            self.predict.bias.copy_(alpha * gmf.predict.bias + (1 - alpha) * mlp.predict.bias)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users = broadcast_users(users, items)
