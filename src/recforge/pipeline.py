@@ -110,7 +110,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if loss.feedback == "implicit" and model.requires_training:
         sampler = NegativeSampler(datamodule.n_items, datamodule.positive_keys())
     histories = None
-    if hasattr(model, "set_histories"):  # sequential models read each stage's inputs: train (val), + val (test)
+    if getattr(model, "reads_histories", False):  # each stage's inputs: train (+ fold-in) at val, + val at test
         histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
     module = RecommenderModule(
         model=model,

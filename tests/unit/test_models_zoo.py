@@ -208,3 +208,25 @@ def test_lightgcn_gradients_match_a_dense_propagation():
     (final[users].unsqueeze(1) * final[4 + items]).sum(-1).pow(2).sum().backward()
     for sparse, param in zip(sparse_grads, model.parameters()):
         assert torch.allclose(sparse, param.grad)
+
+
+def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
+    from recforge.losses import MSELoss
+    from recforge.models.mf import MatrixFactorization
+    from recforge.training.module import RecommenderModule
+
+    torch.manual_seed(0)
+    model = MatrixFactorization(n_users=3, n_items=4, embedding_dim=2, l2_reg=0.5)
+    users, items = torch.tensor([0, 2]), torch.tensor([1, 1])
+    p, q = model.user_embedding.weight, model.item_embedding.weight
+    bu, bi = model.user_bias.weight[:, 0], model.item_bias.weight[:, 0]
+    with torch.no_grad():
+        bu.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    expected = 0.5 * sum(p[u].pow(2).sum() + q[i].pow(2).sum() + bu[u] ** 2 + bi[i] ** 2
+                         for u, i in zip(users, items)) / 2
+    torch.testing.assert_close(model.regularization(users, items), expected)
+    ratings = torch.tensor([4.0, 2.0])
+    module = RecommenderModule(model, MSELoss())
+    torch.testing.assert_close(module.compute_loss((users, items, ratings)),
+                               torch.nn.functional.mse_loss(model(users, items), ratings) + expected)
+    assert MatrixFactorization(3, 4, l2_reg=0.0).regularization(users, items) == 0

@@ -377,25 +377,34 @@ class RecDataModule(pl.LightningDataModule):
         return values * scale + offset if (scale, offset) != (1.0, 0.0) else values
 
     # ---------------------------------------------------------------- sequential inputs
-    def histories(self, stage: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-        """Each user's chronological input items for ``stage`` as CSR ``(indptr, items)``.
-
-        ``val``: training (and fold-in) interactions; ``test``: those plus validation. Checked to contain no
-        pair of the stage's targets (nor, for ``val``, of test); a leak stops the run.
-        """
-        if stage not in ("val", "test"):
-            raise RecForgeError(f"histories(stage={stage!r}): stage must be 'val' or 'test'")
-        parts = [self.split.train] + ([self.split.fold_in] if self.split.fold_in is not None else [])
-        if stage == "test":
-            parts.append(self.split.val)
+    def _chronological(self, parts: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+        """User and item arrays of ``parts`` grouped by user, in time order within each user (stable)."""
         users = np.concatenate([p["user"].to_numpy(np.int64) for p in parts])
         items = np.concatenate([p["item"].to_numpy(np.int64) for p in parts])
         times = np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])
         order = np.lexsort((times, users))
-        users, items = users[order], items[order]
-        targets = [self.split.test] + ([self.split.val] if stage == "val" else [])
-        target_keys = np.concatenate([p["user"].to_numpy(np.int64) * self.n_items + p["item"].to_numpy(np.int64)
-                                      for p in targets])
+        return users[order], items[order]
+
+    def _keys(self, part: pd.DataFrame) -> np.ndarray:
+        return part["user"].to_numpy(np.int64) * self.n_items + part["item"].to_numpy(np.int64)
+
+    def histories(self, stage: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Each user's chronological input items for ``stage`` as CSR ``(indptr, items)``: what sequential and
+        row-input models read when they are evaluated.
+
+        ``val``: training (and fold-in) interactions; ``test``: those plus validation, except validation pairs that
+        are themselves test targets (a protocol that validates on the test set). Checked to contain no pair of the
+        stage's targets (nor, for ``val``, of test); a leak stops the run.
+        """
+        if stage not in ("val", "test"):
+            raise RecForgeError(f"histories(stage={stage!r}): stage must be 'val' or 'test'")
+        split = self.split
+        parts = [split.train] + ([split.fold_in] if split.fold_in is not None else [])
+        if stage == "test":
+            parts.append(split.val[~isin(self._keys(split.val), self._keys(split.test))])
+        users, items = self._chronological(parts)
+        targets = [split.test] + ([split.val] if stage == "val" else [])
+        target_keys = np.concatenate([self._keys(p) for p in targets])
         leaked = int(isin(users * self.n_items + items, target_keys).sum())
         self._report[f"data/seq_leak_pairs_{stage}"] = float(leaked)
         if leaked:
@@ -417,11 +426,7 @@ class RecDataModule(pl.LightningDataModule):
         """``(2, n_train)`` user/item pairs of the training (and fold-in) interactions, grouped by user and in time
         order within each user (ties keep the data's order): what sequential models learn from."""
         parts = [self.split.train] + ([self.split.fold_in] if self.split.fold_in is not None else [])
-        users = np.concatenate([p["user"].to_numpy(np.int64) for p in parts])
-        items = np.concatenate([p["item"].to_numpy(np.int64) for p in parts])
-        times = np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])
-        order = np.lexsort((times, users))
-        return torch.as_tensor(np.stack([users[order], items[order]]))
+        return torch.as_tensor(np.stack(self._chronological(parts)))
 
     def time_features(self) -> dict[str, torch.Tensor]:
         """``user_time_features`` / ``item_time_features``: ``(n, 3)`` first, mean and last training timestamp

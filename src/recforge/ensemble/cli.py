@@ -47,7 +47,8 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
     evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_users, **sampled_kwargs(first))
     batches = {"val": list(dm.val_dataloader()), "test": list(dm.test_dataloader())}
     fusion = FusionEvaluator([m.model for m in members], batches, evaluator, cfg.method, cfg.normalization,
-                             cfg.rrf_k, cfg.vote_depth, cfg.max_cache_mb)
+                             cfg.rrf_k, cfg.vote_depth, cfg.max_cache_mb,
+                             histories={stage: dm.histories(stage) for stage in ("val", "test")})
     outcome = tune_and_test(fusion, members, cfg.metric, cfg.search, cfg.n_trials, cfg.grid_step, cfg.weights,
                             cfg.seed, dm.id_maps.users, cfg.n_bootstrap)
     output_dir = Path(cfg.paths.output_dir)

@@ -43,8 +43,10 @@ class FusionEvaluator:
     """Evaluates weight vectors for fixed members, method and data stage (``val`` or ``test``)."""
 
     def __init__(self, models: Sequence[torch.nn.Module], batches: dict[str, list], evaluator: RankingEvaluator,
-                 method: str, normalization: str, rrf_k: float, vote_depth: int, max_cache_mb: float = 2048) -> None:
+                 method: str, normalization: str, rrf_k: float, vote_depth: int, max_cache_mb: float = 2048,
+                 histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.models, self.batches, self.evaluator = list(models), batches, evaluator
+        self.histories = histories  # each stage's inputs for members that read them, as training evaluated them
         self.options = {"method": method, "normalization": normalization, "rrf_k": rrf_k, "vote_depth": vote_depth}
         self.max_cache_mb = max_cache_mb
         self._cache: dict[str, list] = {}
@@ -53,6 +55,9 @@ class FusionEvaluator:
     @torch.no_grad()
     def _compute(self, stage: str) -> Iterator[tuple[dict, torch.Tensor]]:
         outputs: list[list[dict]] = [[] for _ in self.models]
+        for model in self.models:
+            if self.histories is not None and getattr(model, "reads_histories", False):
+                model.set_histories(*self.histories[stage])
         for batch in self.batches[stage]:
             values = []
             for m, model in enumerate(self.models):

@@ -37,6 +37,7 @@ class AutoRec(RowInputRecommender):
     without training ratings get ``global_mean`` (the paper uses a default rating of 3 for them)."""
 
     feedbacks = ("explicit",)
+    reads_histories = False  # its rows hold ratings, which stage histories do not carry: always the training ones
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  ratings: torch.Tensor | None = None, global_mean: float = 0.0, hidden_dim: int = 500,

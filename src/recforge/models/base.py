@@ -55,8 +55,14 @@ class WholeRowRecommender(Recommender):
 
 
 class RowInputRecommender(WholeRowRecommender):
-    """A model whose input is the user's training row (autoencoders, item-item models): the ``interactions``
-    are kept as non-persistent CSR index buffers and :meth:`user_rows` densifies a batch of them."""
+    """A model whose input is the user's row (autoencoders, item-item models): the training ``interactions``
+    are kept as non-persistent CSR index buffers and :meth:`user_rows` densifies a batch of them.
+
+    ``reads_histories``: before each evaluation the module replaces the rows with that stage's inputs
+    (:meth:`set_histories`: validation reads training and fold-in rows, test also validation), so held-out users
+    of a strong-generalisation split are scored from their fold-in rows."""
+
+    reads_histories: bool = True
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -66,8 +72,12 @@ class RowInputRecommender(WholeRowRecommender):
         self.register_buffer("history_indptr", indptr, persistent=False)
         self.register_buffer("history_indices", indices, persistent=False)
 
+    def set_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        """Read these rows (CSR over users; repeated items count once) from now on."""
+        self.history_indptr, self.history_indices = indptr.long(), items.long()
+
     def user_rows(self, users: torch.Tensor) -> torch.Tensor:
-        """Dense ``(B, n_items)`` training rows of ``users``."""
+        """Dense ``(B, n_items)`` rows of ``users`` (training rows until :meth:`set_histories`)."""
         return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
 
 
@@ -94,6 +104,7 @@ class SequentialRecommender(WholeRowRecommender):
 
     train_view = "sequences"
     feedbacks = ("implicit",)
+    reads_histories = True
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50) -> None:
         super().__init__()

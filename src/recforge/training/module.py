@@ -104,7 +104,8 @@ class RecommenderModule(pl.LightningModule):
             output, kl = self.model.reconstruct(rows, ids)
             return self.loss(output, rows, kl)
         if self.feedback == "explicit":
-            return self.loss(self.model(users, items), ratings)
+            loss = self.loss(self.model(users, items), ratings)
+            return loss + self.model.regularization(users, items) if hasattr(self.model, "regularization") else loss
         if getattr(self.loss, "full", False):  # softmax over the whole catalogue
             return self.loss(self.model.score_all(users), items)
         candidates = torch.cat([items.unsqueeze(1), self.sampler(users, self.loss.num_negatives)], dim=1)

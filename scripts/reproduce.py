@@ -1,0 +1,134 @@
+"""Run a reproduction table: each row one experiment, trained and tested as ``recforge-train`` would (in this
+process, tracking off), printed as a Markdown table with the command that gives each row.
+
+    python scripts/reproduce.py ml100k-rating            # biased MF, I-AutoRec, mlp_rating on the u1-u5 folds
+    python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
+    python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
+
+Real data is read from ``RECFORGE_DATA_DIR`` (e.g. ``../shared/datasets``) or downloaded. Results are means
+over the folds with their standard deviation; every run's metrics are printed as it finishes (``--quiet`` off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RATING_MODELS = {  # label -> overrides (each an experiment file tuned on u1's validation part)
+    "biased MF": ["experiment=ml100k_mf"],
+    "I-AutoRec": ["experiment=ml100k_autorec"],
+    "mlp_rating": ["experiment=ml100k_mlp_rating"],
+}
+RANKING_MODELS = {  # label -> overrides on top of data=<data> split=<split>
+    "pop": ["model=pop"],
+    "itemknn": ["model=itemknn"],
+    "ease": ["model=ease"],
+    "ials": ["model=ials"],
+    "bpr": ["model=bpr", "trainer.max_epochs=60"],
+    "neumf": ["model=neumf", "trainer.max_epochs=30"],
+    "lightgcn": ["model=lightgcn", "trainer.max_epochs=100"],
+    "multvae": ["model=multvae", "trainer.max_epochs=300", "callbacks.early_stopping.patience=30"],
+    "cdae": ["model=cdae", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
+    "sasrec": ["model=sasrec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
+    "gru4rec": ["model=gru4rec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
+    "bert4rec": ["model=bert4rec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
+    "caser": ["model=caser", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
+}
+RANKING_METRICS = ("test/recall_at_10", "test/recall_at_20", "test/ndcg_at_10", "test/ndcg_at_20")
+
+
+def run(overrides: list[str], workdir: Path) -> dict[str, float]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from recforge.config import CONFIG_DIR
+    from recforge.train import train
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, "tracking=none"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(workdir / "out")
+        cfg.paths.log_dir = str(workdir / "logs")
+    return train(cfg)
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def rating_table(folds: list[str], models: list[str], workdir: Path, verbose: bool) -> tuple[str, dict]:
+    results: dict = {}
+    lines = ["| model | command | " + " | ".join(folds) + " | mean RMSE | mean MAE | s/epoch |",
+             "|---|---|" + "---:|" * (len(folds) + 3)]
+    for label in models:
+        rmse, mae, speed = [], [], []
+        for fold in folds:
+            metrics = run([*RATING_MODELS[label], "split=predefined", f"split.name={fold}"], workdir / f"{label}-{fold}")
+            rmse.append(metrics["test/rmse"]), mae.append(metrics["test/mae"]), speed.append(metrics["time/s_per_epoch"])
+            if verbose:
+                print(f"{label} {fold}: test RMSE {rmse[-1]:.4f} MAE {mae[-1]:.4f}", flush=True)
+        results[label] = {"rmse": rmse, "mae": mae}
+        command = f"`recforge-train -m {' '.join(RATING_MODELS[label])} split=predefined split.name={','.join(folds)}`"
+        lines.append(f"| {label} | {command} | " + " | ".join(f"{v:.4f}" for v in rmse)
+                     + f" | {mean_std(rmse)} | {mean_std(mae)} | {statistics.mean(speed):.2f} |")
+    return "\n".join(lines), results
+
+
+def ranking_table(data: str, split: str, models: list[str], workdir: Path, verbose: bool) -> tuple[str, dict]:
+    results: dict = {}
+    names = [m.split("/")[1].replace("_at_", "@").replace("recall", "Recall").replace("ndcg", "NDCG")
+             for m in RANKING_METRICS]
+    lines = ["| model | command | " + " | ".join(names) + " | fit s |", "|---|---|" + "---:|" * (len(names) + 1)]
+    for label in models:
+        overrides = [f"data={data}", f"split={split}", *RANKING_MODELS[label]]
+        metrics = run(overrides, workdir / label)
+        results[label] = {k: metrics[k] for k in RANKING_METRICS}
+        if verbose:
+            print(label, {k: round(v, 4) for k, v in results[label].items()}, flush=True)
+        lines.append(f"| {label} | `recforge-train {' '.join(overrides)}` | "
+                     + " | ".join(f"{metrics[k]:.4f}" for k in RANKING_METRICS) + f" | {metrics['time/fit_s']:.0f} |")
+    return "\n".join(lines), results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=["ml100k-rating", "implicit"])
+    parser.add_argument("--data", default="ml-100k", help="implicit: the data config (ml-100k, lastfm-hetrec, ...)")
+    parser.add_argument("--split", default="leave_one_out", help="implicit: the split config (leave_one_out, random)")
+    parser.add_argument("--models", nargs="*", help="rows to run (default: all of the table's)")
+    parser.add_argument("--folds", nargs="*", default=["u1", "u2", "u3", "u4", "u5"])
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    known = RATING_MODELS if args.table == "ml100k-rating" else RANKING_MODELS
+    models = args.models or list(known)
+    unknown = sorted(set(models) - set(known))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(known)}")
+    logging.disable(logging.WARNING)
+    from recforge.train import quiet_warnings
+
+    quiet_warnings()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.table == "ml100k-rating":
+            table, results = rating_table(args.folds, models, Path(tmp), not args.quiet)
+        else:
+            table, results = ranking_table(args.data, args.split, models, Path(tmp), not args.quiet)
+    print(table)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
