@@ -210,3 +210,14 @@ def test_protocols_without_their_data_here_run_on_the_synthetic_stand_in(tiny_cf
     assert cfg.data._target_.endswith("SyntheticSource")
     metrics = train(cfg)
     assert 0 < metrics[metric] <= 1
+
+
+@pytest.mark.parametrize("model, view, column", [("sasrec", "sequences", "user"), ("multvae", "users", "user"),
+                                                 ("autorec", "items", "item")])
+def test_row_and_sequence_views_yield_each_training_user_or_item_once_per_epoch(tiny_cfg, model, view, column):
+    from recforge.pipeline import build_experiment
+
+    dm = build_experiment(tiny_cfg(f"model={model}")).datamodule
+    assert dm.train_view == view
+    ids = torch.cat([batch[0] for batch in dm.train_dataloader()])
+    assert sorted(ids.tolist()) == sorted(dm.split.train[column].unique().tolist())

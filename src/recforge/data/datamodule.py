@@ -472,7 +472,7 @@ class RecDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
         if self.train_view in ("users", "sequences", "items"):  # each training user (item) once per epoch
-            ids = torch.unique(self.train_tensors[0 if self.train_view == "users" else 1])
+            ids = torch.unique(self.train_tensors[1 if self.train_view == "items" else 0])
             dataset = ShuffledBatches((ids, ids, torch.ones(len(ids))), self.batch_size, self.seed)
             return DataLoader(dataset, batch_size=None)
         dataset = ShuffledBatches(self.train_tensors, self.batch_size, self.seed)
