@@ -34,6 +34,7 @@ RANKING_MODELS = {  # label -> overrides on top of data=<data> split=<split>
     "neumf": ["model=neumf", "trainer.max_epochs=30"],
     "lightgcn": ["model=lightgcn", "trainer.max_epochs=100"],
     "multvae": ["model=multvae", "trainer.max_epochs=300", "callbacks.early_stopping.patience=30"],
+    "multdae": ["model=multdae", "trainer.max_epochs=300", "callbacks.early_stopping.patience=30"],
     "cdae": ["model=cdae", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
     "sasrec": ["model=sasrec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
     "gru4rec": ["model=gru4rec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],

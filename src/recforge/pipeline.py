@@ -156,13 +156,19 @@ def check_sparse_optimizer(cfg: DictConfig, model: torch.nn.Module) -> None:
 
 
 def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:
-    """The model's import path and the exact constructor arguments it was built with."""
+    """The model's import path and the constructor arguments a served copy is built with: those of training,
+    except that a model reading user histories (row and sequential models) gets every known interaction as its
+    history (``interactions`` / ``sequences``), so that it recommends from the user's latest items."""
     import inspect
 
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     target = kwargs.pop("_target_")
-    params = inspect.signature(resolve_target(target)).parameters
-    kwargs.update({k: v for k, v in datamodule.model_kwargs().items() if k in params})
+    cls = resolve_target(target)
+    params = inspect.signature(cls).parameters
+    data = datamodule.model_kwargs()
+    if getattr(cls, "reads_histories", False):
+        data["interactions"] = data["sequences"] = datamodule.known_sequences()
+    kwargs.update({k: v for k, v in data.items() if k in params})
     return target, kwargs
 
 

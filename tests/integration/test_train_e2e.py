@@ -221,3 +221,24 @@ def test_row_and_sequence_views_yield_each_training_user_or_item_once_per_epoch(
     assert dm.train_view == view
     ids = torch.cat([batch[0] for batch in dm.train_dataloader()])
     assert sorted(ids.tolist()) == sorted(dm.split.train[column].unique().tolist())
+
+
+@pytest.mark.parametrize("model", ["sasrec", "ease"])
+def test_served_history_models_read_every_known_interaction(tiny_cfg, model):
+    """Evaluation reads only what each stage may see; a shipped bundle (saved, or rebuilt from the checkpoint)
+    reads everything known, so it recommends from the user's latest items, the test ones included."""
+    from recforge.tracking.bundle import Bundle
+
+    cfg = tiny_cfg(f"model={model}", "split=leave_one_out", "trainer.max_epochs=1", "export.recommendations=true")
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    test = pd.read_parquet(out / "test.parquet")
+    for bundle in (Bundle.load(out / "model"), Bundle.from_checkpoint(next(out.rglob("*.ckpt")))):
+        users = torch.as_tensor(bundle.user_index(test["user"].to_numpy()))
+        items = torch.as_tensor(bundle.item_index(test["item"].to_numpy()))
+        if model == "sasrec":  # under leave-one-out the test item is each user's latest
+            assert torch.equal(bundle.model.recent_items(users, 1).squeeze(1), items)
+        else:
+            rows = bundle.model.user_rows(users)
+            assert rows[torch.arange(len(users)), items].all()
+            assert torch.equal(rows.sum(1), torch.as_tensor(np.diff(bundle.seen.tocsr().indptr))[users].float())

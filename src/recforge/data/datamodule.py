@@ -428,6 +428,13 @@ class RecDataModule(pl.LightningDataModule):
         parts = [self.split.train] + ([self.split.fold_in] if self.split.fold_in is not None else [])
         return torch.as_tensor(np.stack(self._chronological(parts)))
 
+    def known_sequences(self) -> torch.Tensor:
+        """``(2, n)`` pairs of every part (train, fold-in, validation, test) grouped by user in time order: what a
+        served model that reads histories should see (everything known when it is shipped)."""
+        split = self.split
+        parts = [split.train, split.val, split.test] + ([split.fold_in] if split.fold_in is not None else [])
+        return torch.as_tensor(np.stack(self._chronological(parts)))
+
     def time_features(self) -> dict[str, torch.Tensor]:
         """``user_time_features`` / ``item_time_features``: ``(n, 3)`` first, mean and last training timestamp
         of each user / item, scaled to [0, 1] over the training time range (0 for those without training data)."""

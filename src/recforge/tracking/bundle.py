@@ -65,6 +65,10 @@ class Bundle:
 
         exp = load_checkpoint(path, data_dir)
         dm = exp.datamodule
+        if getattr(exp.model, "reads_histories", False):  # serve from everything known, as a saved bundle does
+            users, items = dm.known_sequences()
+            counts = torch.bincount(users, minlength=dm.n_users)
+            exp.model.set_histories(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), items)
         seen = dm.seen_matrix()
         return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
                    np.asarray(seen.astype(bool).sum(axis=0)).ravel(),
