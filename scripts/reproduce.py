@@ -1,7 +1,7 @@
 """Run a reproduction table: each row one experiment, trained and tested as ``recforge-train`` would (in this
 process, tracking off), printed as a Markdown table with the command that gives each row.
 
-    python scripts/reproduce.py ml100k-rating            # biased MF, I-AutoRec, mlp_rating on the u1-u5 folds
+    python scripts/reproduce.py ml100k-rating            # biased MF, SVD++, I-AutoRec, mlp_rating on the u1-u5 folds
     python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
     python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 RATING_MODELS = {  # label -> overrides (each an experiment file tuned on u1's validation part)
     "biased MF": ["experiment=ml100k_mf"],
+    "SVD++": ["experiment=ml100k_svdpp"],
     "I-AutoRec": ["experiment=ml100k_autorec"],
     "mlp_rating": ["experiment=ml100k_mlp_rating"],
 }

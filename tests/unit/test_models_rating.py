@@ -272,3 +272,25 @@ def test_autorec_trains_on_item_rows_of_the_data(tiny_cfg):
                      "rating as 1)")
     users, items, ratings = dm.train_tensors
     torch.testing.assert_close(exp.model.user_rows(users)[torch.arange(len(users)), items], ratings)
+
+
+def test_svdpp_adds_the_normalised_implicit_factors_of_the_users_items():
+    from recforge.models.svdpp import SVDpp
+
+    torch.manual_seed(0)
+    pairs = torch.tensor([[0, 0, 1, 0], [1, 3, 2, 1]])  # user 0 rated items 1, 3 (1 twice), user 1 item 2, user 2 none
+    model = SVDpp(n_users=3, n_items=4, interactions=pairs, embedding_dim=3, init_std=0.5, global_mean=3.0, l2_reg=0.1)
+    with torch.no_grad():
+        model.user_bias.weight.copy_(torch.tensor([[0.1], [0.2], [0.3]]))
+        model.item_bias.weight.copy_(torch.tensor([[0.0], [-0.1], [0.2], [0.4]]))
+    p, q, y = model.user_embedding.weight, model.item_embedding.weight, model.implicit_embedding.weight
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([2, 0, 3])
+    vectors = [p[0] + (y[1] + y[3]) / 2 ** 0.5, p[1] + y[2], p[2]]
+    expected = torch.stack([3.0 + model.user_bias.weight[u, 0] + model.item_bias.weight[i, 0] + vectors[u] @ q[i]
+                            for u, i in zip(users.tolist(), items.tolist())])
+    torch.testing.assert_close(model(users, items), expected)
+    torch.testing.assert_close(model.score_all(users).gather(1, items.unsqueeze(1)).squeeze(1), expected)
+    implicit = [(y[1].pow(2).sum() + y[3].pow(2).sum()) / 2, y[2].pow(2).sum(), torch.tensor(0.0)]
+    reg = torch.stack([p[u].pow(2).sum() + q[i].pow(2).sum() + model.user_bias.weight[u, 0] ** 2
+                       + model.item_bias.weight[i, 0] ** 2 + implicit[u] for u, i in zip(users.tolist(), items.tolist())])
+    torch.testing.assert_close(model.regularization(users, items), 0.1 * reg.mean())
