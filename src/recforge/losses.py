@@ -66,7 +66,10 @@ class SoftmaxLoss(nn.Module):
 
     feedback = "implicit"
     full = True
-    num_negatives = 0
+
+    def __init__(self, num_negatives: int = 0) -> None:
+        super().__init__()
+        self.num_negatives = 0  # every other item is a negative; a model file's num_negatives (for bce) is ignored
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets)

@@ -114,3 +114,18 @@ def test_sampled_softmax_is_cross_entropy_over_positive_and_negatives():
     pos, neg = torch.tensor([2.0, 0.0]), torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     expected = -torch.tensor([2 - torch.log(torch.exp(torch.tensor(2.0)) + torch.e + 1), -torch.log(torch.tensor(3.0))])
     torch.testing.assert_close(SampledSoftmaxLoss(num_negatives=2)(pos, neg), expected.mean())
+
+
+def test_sasrec_ignores_padding_and_softmax_accepts_a_model_files_negatives():
+    torch.manual_seed(0)
+    model = SASRec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=4, n_heads=2, embedding_dim=8).eval()
+    padded = model.encode(torch.tensor([[PAD, PAD, 3, 1]]), torch.tensor([0]))
+    unpadded = model.encode(torch.tensor([[3, 1]]), torch.tensor([0]))  # same positions, no padding at all
+    torch.testing.assert_close(padded[:, 2:], unpadded)
+    assert SoftmaxLoss(num_negatives=1).num_negatives == 0
+
+
+def test_a_batch_with_nothing_to_predict_has_a_zero_loss():
+    model = GRU4Rec(n_users=3, n_items=5, sequences=torch.tensor([[0, 2], [1, 3]]), max_len=4)
+    loss = RecommenderModule(model, SoftmaxLoss()).compute_loss((torch.tensor([0, 2]),) * 2 + (torch.ones(2),))
+    assert loss.item() == 0 and loss.requires_grad

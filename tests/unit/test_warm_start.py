@@ -59,3 +59,10 @@ def test_mismatched_architecture_is_refused(tmp_path):
         warm_start(MatrixFactorization(3, 4, embedding_dim=8), tmp_path, np.arange(3), np.arange(4))
     with pytest.raises(RecForgeError, match="not a model bundle"):
         warm_start(EASE(3, 4), tmp_path / "nope", np.arange(3), np.arange(4))
+
+
+def test_sequential_models_refuse_warm_start_with_a_clear_message(tmp_path):
+    from recforge.models.sasrec import SASRec
+
+    with pytest.raises(RecForgeError, match="sequential models.*init_from=null"):
+        warm_start(SASRec(n_users=2, n_items=3), tmp_path, np.arange(2), np.arange(3))

@@ -27,7 +27,7 @@ class SASRec(SequentialRecommender):
         super().__init__(n_users, n_items, sequences, max_len)
         if embedding_dim % n_heads:
             raise ValueError(f"embedding_dim ({embedding_dim}) must be divisible by n_heads ({n_heads})")
-        self.embedding_dim = embedding_dim
+        self.embedding_dim, self.n_heads = embedding_dim, n_heads
         self.item_embedding = nn.Embedding(n_items + 1, embedding_dim, padding_idx=self.padding_idx)
         self.position_embedding = nn.Embedding(max_len, embedding_dim)
         self.dropout = nn.Dropout(dropout)
@@ -47,7 +47,12 @@ class SASRec(SequentialRecommender):
         positions = torch.arange(self.max_len - length, self.max_len, device=inputs.device)  # right-aligned
         h = self.item_embedding(inputs) * math.sqrt(self.embedding_dim) + self.position_embedding(positions)
         h = self.dropout(h) * keep
-        causal = nn.Transformer.generate_square_subsequent_mask(length, device=inputs.device, dtype=h.dtype)
+        # a position attends to itself and to earlier non-padding positions (the authors' key masking); padding
+        # queries see only themselves, so no attention row is empty, and their outputs are zeroed anyway
+        future = torch.ones(length, length, dtype=torch.bool, device=inputs.device).triu(1)
+        blocked = (future | (inputs == self.padding_idx).unsqueeze(1)) & ~torch.eye(length, dtype=torch.bool,
+                                                                                    device=inputs.device)
+        blocked = blocked.repeat_interleave(self.n_heads, dim=0)
         for block in self.blocks:
-            h = block(h, src_mask=causal, is_causal=True) * keep
+            h = block(h, src_mask=blocked) * keep
         return self.final_norm(h)

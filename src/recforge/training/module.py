@@ -122,6 +122,8 @@ class RecommenderModule(pl.LightningModule):
         inputs, targets = self.model.training_sequences(users)
         hidden = self.model.encode(inputs, users)
         at = targets >= 0
+        if not at.any():  # only one-item histories in this batch: nothing to predict (a zero loss, not a NaN)
+            return hidden.sum() * 0
         hidden, targets = hidden[at], targets[at]
         if getattr(self.loss, "full", False):
             return self.loss(self.model.item_logits(hidden), targets)
