@@ -26,16 +26,23 @@ class MSELoss(nn.Module):
         return F.mse_loss(pred, target)
 
 
-class BCELoss(nn.Module):
-    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017)."""
+class SampledNegativesLoss(nn.Module):
+    """A loss of each positive's score against ``num_negatives`` sampled negatives' scores: ``loss(pos, neg)``."""
 
     feedback = "implicit"
 
-    def __init__(self, num_negatives: int = 4) -> None:
+    def __init__(self, num_negatives: int) -> None:
         super().__init__()
         if num_negatives < 1:
             raise RecForgeError(f"loss.num_negatives must be >= 1, got {num_negatives}")
         self.num_negatives = num_negatives
+
+
+class BCELoss(SampledNegativesLoss):
+    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017)."""
+
+    def __init__(self, num_negatives: int = 4) -> None:
+        super().__init__(num_negatives)
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         pos_term = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
@@ -43,17 +50,12 @@ class BCELoss(nn.Module):
         return (pos_term + neg_term) / (pos.numel() + neg.numel())
 
 
-class BPRLoss(nn.Module):
+class BPRLoss(SampledNegativesLoss):
     """Bayesian personalised ranking, ``-log sigmoid(s_pos - s_neg)`` averaged over ``num_negatives``
     negatives per positive (Rendle et al. 2009)."""
 
-    feedback = "implicit"
-
     def __init__(self, num_negatives: int = 1) -> None:
-        super().__init__()
-        if num_negatives < 1:
-            raise RecForgeError(f"loss.num_negatives must be >= 1, got {num_negatives}")
-        self.num_negatives = num_negatives
+        super().__init__(num_negatives)
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
@@ -75,18 +77,13 @@ class SoftmaxLoss(nn.Module):
         return F.cross_entropy(logits, targets)
 
 
-class SampledSoftmaxLoss(nn.Module):
+class SampledSoftmaxLoss(SampledNegativesLoss):
     """Cross-entropy of the positive against ``num_negatives`` uniformly sampled negatives (a softmax over the
     positive and the samples; uniform sampling makes the log-Q correction a constant, which cancels). The
     cheap stand-in for :class:`SoftmaxLoss` on large catalogues."""
 
-    feedback = "implicit"
-
     def __init__(self, num_negatives: int = 100) -> None:
-        super().__init__()
-        if num_negatives < 1:
-            raise RecForgeError(f"loss.num_negatives must be >= 1, got {num_negatives}")
-        self.num_negatives = num_negatives
+        super().__init__(num_negatives)
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)

@@ -5,6 +5,7 @@ Hydra/OmegaConf stay at this level: everything below receives explicit arguments
 
 from __future__ import annotations
 
+import inspect
 import math
 import subprocess
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from recforge.data.datamodule import RecDataModule
 from recforge.errors import RecForgeError
 from recforge.losses import NegativeSampler
 from recforge.models.base import Recommender
-from recforge.training.module import RecommenderModule, metric_names
+from recforge.training.module import RecommenderModule, metric_names, train_view
 from recforge.utils.io import atomic_path
 
 class StoreConfig(pl.Callback):
@@ -101,9 +102,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
     datamodule = build_datamodule(cfg, loss.feedback)
-    data_kwargs = datamodule.model_kwargs()
+    data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
-    # what a training batch holds: the model's own view (sequences, item rows), else the loss's (user rows)
     datamodule.train_view = train_view(model, loss)
     check_sparse_optimizer(cfg, model)
     sampler = None
@@ -127,11 +127,6 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
-
-
-def train_view(model: Recommender, loss: torch.nn.Module) -> str:
-    """The data module's training view for ``model`` and ``loss`` (see ``RecDataModule.train_view``)."""
-    return getattr(model, "train_view", None) or getattr(loss, "view", None) or "interactions"
 
 
 SPARSE_OPTIMIZERS = ("recforge.training.optim.LazyAdam", "torch.optim.SparseAdam", "torch.optim.SGD",
@@ -159,13 +154,11 @@ def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:
     """The model's import path and the constructor arguments a served copy is built with: those of training,
     except that a model reading user histories (row and sequential models) gets every known interaction as its
     history (``interactions`` / ``sequences``), so that it recommends from the user's latest items."""
-    import inspect
-
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     target = kwargs.pop("_target_")
     cls = resolve_target(target)
     params = inspect.signature(cls).parameters
-    data = datamodule.model_kwargs()
+    data = datamodule.model_kwargs(params)
     if getattr(cls, "reads_histories", False):
         data["interactions"] = data["sequences"] = datamodule.known_sequences()
     kwargs.update({k: v for k, v in data.items() if k in params})

@@ -267,9 +267,6 @@ def test_autorec_trains_on_item_rows_of_the_data(tiny_cfg):
     assert dm.train_view == "items" and exp.feedback == "explicit"
     seen = torch.cat([batch[0] for batch in dm.train_dataloader()])
     assert sorted(seen.tolist()) == sorted(torch.unique(dm.train_tensors[1]).tolist())
-    if "ratings" not in dm.model_kwargs():
-        pytest.xfail("RecDataModule.model_kwargs() does not pass the training 'ratings' (AutoRec then sees every "
-                     "rating as 1)")
     users, items, ratings = dm.train_tensors
     torch.testing.assert_close(exp.model.user_rows(users)[torch.arange(len(users)), items], ratings)
 

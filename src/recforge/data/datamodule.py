@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
+from typing import Collection, Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
 from recforge.data.split import Split, check_split, isin
 from recforge.errors import RecForgeError
+from recforge.utils.sparse import row_pointers
 
 log = logging.getLogger("recforge")
 
@@ -325,9 +326,7 @@ class RecDataModule(pl.LightningDataModule):
         # at test time validation items are known too, except pairs that are themselves test targets (a split that
         # validates on the test set, as LightGCN's protocol does, would otherwise mask every test item)
         val, test = self.split.val, self.split.test
-        val_keys = val["user"].to_numpy(np.int64) * self.n_items + val["item"].to_numpy(np.int64)
-        test_keys = test["user"].to_numpy(np.int64) * self.n_items + test["item"].to_numpy(np.int64)
-        seen_val = seen + self._matrix(val[~isin(val_keys, test_keys)])
+        seen_val = seen + self._matrix(val[~isin(self._keys(val), self._keys(test))])
         self._eval_batches = {
             "val": self._eval_batches_for(self.split.val, exclude=seen),
             "test": self._eval_batches_for(self.split.test, exclude=seen_val),
@@ -410,8 +409,7 @@ class RecDataModule(pl.LightningDataModule):
         if leaked:
             raise RecForgeError(f"sequence leak: {leaked} {stage} inputs are validation/test targets; deduplicate the "
                                 "data (a Deduplicate step) or fix the split")
-        indptr = np.concatenate(([0], np.cumsum(np.bincount(users, minlength=self.n_users))))
-        return torch.as_tensor(indptr), torch.as_tensor(items)
+        return row_pointers(torch.as_tensor(users), self.n_users), torch.as_tensor(items)
 
     # ---------------------------------------------------------------- what models are built from
     def feature_tensors(self) -> dict[str, torch.Tensor]:
@@ -450,9 +448,12 @@ class RecDataModule(pl.LightningDataModule):
             out[f"{key}_time_features"] = torch.from_numpy(table)
         return out
 
-    def model_kwargs(self) -> dict:
-        """Data-dependent constructor arguments; ``train(cfg)`` passes those a model's signature accepts."""
+    def model_kwargs(self, names: Collection[str] | None = None) -> dict:
+        """Data-dependent constructor arguments; ``train(cfg)`` passes those a model's signature accepts. The
+        costlier ones (time-ordered sequences, time features) are computed only when ``names`` (a constructor's
+        parameter names; ``None``: all) asks for them."""
         train = self.split.train
+        wanted = lambda key: names is None or key in names  # noqa: E731
         return {
             "n_users": self.n_users,
             "n_items": self.n_items,
@@ -462,9 +463,9 @@ class RecDataModule(pl.LightningDataModule):
             "interactions": torch.stack(self.train_tensors[:2]),
             "ratings": self.train_tensors[2],  # their (stored) ratings, in the same order
             # the training and fold-in pairs grouped by user in time order (sequential models)
-            "sequences": self.train_sequences(),
+            **({"sequences": self.train_sequences()} if wanted("sequences") else {}),
             **self.feature_tensors(),
-            **self.time_features(),
+            **(self.time_features() if wanted("user_time_features") or wanted("item_time_features") else {}),
         }
 
     def positive_keys(self) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recforge.utils.sparse import csr_indices, dense_rows
+from recforge.utils.sparse import csr_indices, dense_rows, row_pointers
 
 
 class Recommender(nn.Module):
@@ -113,8 +113,7 @@ class SequentialRecommender(WholeRowRecommender):
         self.n_users, self.n_items, self.max_len = n_users, n_items, max_len
         self.padding_idx = n_items
         pairs = sequences if sequences is not None else torch.zeros(2, 0, dtype=torch.long)
-        counts = torch.bincount(pairs[0].long(), minlength=n_users)
-        self.register_buffer("history_indptr", torch.cat([counts.new_zeros(1), counts.cumsum(0)]), persistent=False)
+        self.register_buffer("history_indptr", row_pointers(pairs[0], n_users), persistent=False)
         self.register_buffer("history_items", pairs[1].long().clone(), persistent=False)
 
     @property

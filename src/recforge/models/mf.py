@@ -40,8 +40,12 @@ class MatrixFactorization(Recommender):
             nn.init.zeros_(self.item_bias.weight)
             self.global_bias = nn.Parameter(torch.tensor(float(global_mean)))
 
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """``p_u``, the users' factors (SVD++ adds its implicit-feedback term)."""
+        return self.user_embedding(users)
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        u = self.user_embedding(users)
+        u = self.user_vectors(users)
         q = self.item_embedding(items)
         if items.dim() == 2:
             u = u.unsqueeze(1)
@@ -64,7 +68,7 @@ class MatrixFactorization(Recommender):
         return self.l2_reg * total.mean()
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        score = self.user_embedding(users) @ self.item_embedding.weight.T
+        score = self.user_vectors(users) @ self.item_embedding.weight.T
         if self.use_bias:
             score = score + self.global_bias + self.user_bias(users) + self.item_bias.weight.T
         return score

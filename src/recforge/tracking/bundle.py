@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from recforge.metrics.ranking import mask_scores_, topk_items
+from recforge.utils.sparse import row_pointers
 
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
@@ -67,8 +68,7 @@ class Bundle:
         dm = exp.datamodule
         if getattr(exp.model, "reads_histories", False):  # serve from everything known, as a saved bundle does
             users, items = dm.known_sequences()
-            counts = torch.bincount(users, minlength=dm.n_users)
-            exp.model.set_histories(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), items)
+            exp.model.set_histories(row_pointers(users, dm.n_users), items)
         seen = dm.seen_matrix()
         return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
                    np.asarray(seen.astype(bool).sum(axis=0)).ravel(),

@@ -40,6 +40,12 @@ def check_sampled(sampled_negatives: int | None, sampled_strategy: str) -> None:
                             "(e.g. 99), or set eval.sampled=null for full ranking only")
 
 
+def train_view(model: Recommender, loss: torch.nn.Module) -> str:
+    """What a training batch holds (``RecDataModule.train_view``): the model's own view (sequences, item rows),
+    else the loss's (user rows), else interactions."""
+    return getattr(model, "train_view", None) or getattr(loss, "view", None) or "interactions"
+
+
 class RecommenderModule(pl.LightningModule):
     """Trains any :class:`~recforge.models.base.Recommender` with any loss from :mod:`recforge.losses`.
 
@@ -86,7 +92,7 @@ class RecommenderModule(pl.LightningModule):
                                           sampled_strategy, sampled_seed)
         self.rating_inverse = rating_inverse
         self.histories = histories
-        self.view = getattr(model, "train_view", None) or getattr(loss, "view", None) or "interactions"
+        self.view = train_view(model, loss)
         self._outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, torch.Tensor] | None = None
 
