@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import recforge  # noqa: F401  (first: it tunes OpenBLAS before numpy loads, see recforge/__init__.py)
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir

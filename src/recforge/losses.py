@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,30 +134,62 @@ class RowBCELoss(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, rows, reduction="none").sum(dim=1).mean()
 
 
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64: Fibonacci (multiplicative) hashing
+
+
 class NegativeSampler(nn.Module):
     """Uniform negatives drawn on the device, redrawn where they hit a training positive.
 
     Positives are found by binary search in the sorted ``user * n_items + item`` keys; after ``retries``
-    redraws the rare remaining collisions are kept (no host sync in the training loop).
+    redraws the rare remaining collisions are kept (no host sync in the training loop on an accelerator). On a
+    CPU, where a binary search over a large key array (a cache miss at every level) costs more than a whole
+    BPR-MF step's arithmetic, a one-hash Bloom filter of the keys (32 bits per key, mostly in cache; ~3% false
+    positives) clears most draws first and only the draws it flags are searched.
     """
 
     def __init__(self, n_items: int, positive_keys: torch.Tensor, retries: int = 2) -> None:
         super().__init__()
         self.n_items, self.retries = n_items, retries
         self.register_buffer("positive_keys", positive_keys, persistent=False)
+        self._bloom: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (its keys, bit array, hash bits)
 
     def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        keys = users.unsqueeze(-1) * self.n_items + items
+        """``(B, ...)`` items -> whether ``(users[b], item)`` is a training positive."""
+        keys = users.reshape(-1, *([1] * (items.dim() - 1))) * self.n_items + items
+        if keys.device.type != "cpu":
+            return self._search(keys)
+        bits, shift = self._bloom_filter()
+        flat = keys.reshape(-1)
+        slot = ((flat * _GOLDEN) >> shift) & ((1 << (64 - shift)) - 1)
+        flagged = ((bits[slot >> 3] >> (slot & 7)) & 1).nonzero().squeeze(1)
+        found = torch.zeros(flat.shape, dtype=torch.bool)
+        found[flagged] = self._search(flat[flagged])
+        return found.view(keys.shape)
+
+    def _search(self, keys: torch.Tensor) -> torch.Tensor:
         idx = torch.searchsorted(self.positive_keys, keys).clamp_(max=len(self.positive_keys) - 1)
         return self.positive_keys[idx] == keys
 
+    def _bloom_filter(self) -> tuple[torch.Tensor, int]:
+        keys = self.positive_keys
+        if self._bloom is None or self._bloom[0] is not keys:
+            n_bits = max(10, math.ceil(math.log2(max(1, len(keys)) * 32)))
+            slot = ((keys * _GOLDEN) >> (64 - n_bits)) & ((1 << n_bits) - 1)
+            flags = torch.zeros(1 << n_bits, dtype=torch.uint8)
+            flags[slot] = 1
+            packed = (flags.view(-1, 8) << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+            self._bloom = (keys, packed, 64 - n_bits)
+        return self._bloom[1], self._bloom[2]
+
     def forward(self, users: torch.Tensor, num_negatives: int) -> torch.Tensor:
-        shape = (len(users), num_negatives)
-        neg = torch.randint(self.n_items, shape, device=users.device)
-        for _ in range(self.retries):
-            redraw = torch.randint(self.n_items, shape, device=users.device)
-            neg = torch.where(self.is_positive(users, neg), redraw, neg)
-        return neg
+        """``(B, num_negatives)`` negatives: of ``retries + 1`` uniform draws per slot, the first that is not a
+        training positive of the slot's user (the last draw when all are), which is what drawing, checking and
+        redrawing ``retries`` times gives, in a fixed number of vectorised operations."""
+        draws = torch.randint(self.n_items, (len(users), num_negatives, self.retries + 1), device=users.device)
+        accept = ~self.is_positive(users, draws)
+        accept[..., -1] = True
+        first = accept.to(torch.uint8).argmax(dim=-1, keepdim=True)  # argmax returns the first maximum
+        return draws.gather(-1, first).squeeze(-1)
 
 
 class RowMSELoss(nn.Module):

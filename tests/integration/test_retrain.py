@@ -22,7 +22,7 @@ def champion(tmp_path_factory):
     from recforge.serving.registry import register
 
     tmp = tmp_path_factory.mktemp("retrain")
-    cfg = compose_train(TINY[:3] + ["trainer.max_epochs=8", "optimizer.lr=0.01"], tmp / "champion")
+    cfg = compose_train(TINY[:3] + ["trainer.max_epochs=20", "optimizer.lr=0.05"], tmp / "champion")
     metrics = train(cfg)
     uri = f"sqlite:///{Path(cfg.paths.log_dir).resolve()}/mlflow.db"
     register(metrics["run_id"], "recs", "champion", uri)

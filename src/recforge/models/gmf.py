@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, broadcast_users
+from recforge.utils.linalg import inner_products
 
 
 class GMF(Recommender):
@@ -36,7 +37,7 @@ class GMF(Recommender):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         # h . (p_u * q_i) = (p_u * h) . q_i: one matrix product instead of (B, n_items, d) products
         weighted = self.user_embedding(users) * self.predict.weight
-        return weighted @ self.item_embedding.weight.T + self.predict.bias
+        return inner_products(weighted, self.item_embedding.weight) + self.predict.bias
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_embedding.weight

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from recforge.models.base import Recommender, broadcast_users
+from recforge.utils.linalg import inner_products
 
 
 def ials_objective(user_factors: torch.Tensor, item_factors: torch.Tensor, users: torch.Tensor,
@@ -89,7 +90,7 @@ class IALS(Recommender):
         return (self.user_factors[broadcast_users(users, items)] * self.item_factors[items]).sum(-1)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_factors[users] @ self.item_factors.T
+        return inner_products(self.user_factors[users], self.item_factors)
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_factors

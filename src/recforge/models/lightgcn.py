@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender
+from recforge.utils.linalg import inner_products
 
 
 def normalized_adjacency(interactions: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
@@ -95,7 +96,7 @@ class GraphRecommender(Recommender):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.embeddings()
-        return user_emb[users] @ item_emb.T
+        return inner_products(user_emb[users], item_emb)
 
     def item_vectors(self) -> torch.Tensor:
         return self.embeddings()[1]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, broadcast_users
+from recforge.utils.linalg import inner_products
 
 
 class MatrixFactorization(Recommender):
@@ -68,7 +69,7 @@ class MatrixFactorization(Recommender):
         return self.l2_reg * total.mean()
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        score = self.user_vectors(users) @ self.item_embedding.weight.T
+        score = inner_products(self.user_vectors(users), self.item_embedding.weight)
         if self.use_bias:
             score = score + self.global_bias + self.user_bias(users) + self.item_bias.weight.T
         return score

@@ -1,0 +1,51 @@
+"""The negative sampler: exact membership through the CPU Bloom filter, no training positives drawn, uniform draws."""
+
+from __future__ import annotations
+
+import torch
+
+from recforge.losses import NegativeSampler
+
+
+def keys_of(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
+    return torch.unique(users * n_items + items)
+
+
+def test_is_positive_is_exact_set_membership_on_cpu():
+    torch.manual_seed(0)
+    n_users, n_items = 300, 500
+    users, items = torch.randint(n_users, (20_000,)), torch.randint(n_items, (20_000,))
+    keys = keys_of(users, items, n_items)
+    sampler = NegativeSampler(n_items, keys)
+    known = set(keys.tolist())
+    # every pair of the catalogue for 40 users: the filter's false positives must be searched away
+    q_users = torch.arange(40).repeat_interleave(n_items)
+    q_items = torch.arange(n_items).repeat(40)
+    got = sampler.is_positive(q_users, q_items.unsqueeze(1)).squeeze(1)
+    expected = torch.tensor([(u * n_items + i) in known for u, i in zip(q_users.tolist(), q_items.tolist())])
+    assert torch.equal(got, expected)
+    assert sampler._search(q_users.unsqueeze(1) * n_items + q_items.unsqueeze(1)).squeeze(1).equal(expected)
+
+
+def test_negatives_avoid_positives_and_are_uniform_over_the_rest():
+    torch.manual_seed(1)
+    n_items = 10
+    # user 0 has items 0-6, user 1 has none
+    keys = keys_of(torch.zeros(7, dtype=torch.long), torch.arange(7), n_items)
+    sampler = NegativeSampler(n_items, keys, retries=60)
+    users = torch.cat([torch.zeros(3000, dtype=torch.long), torch.ones(3000, dtype=torch.long)])
+    negatives = sampler(users, 2)
+    assert negatives.shape == (6000, 2)
+    first = negatives[:3000].flatten()
+    assert bool((first >= 7).all())  # 0.7^61 per slot: ~2e-6 that any of 6,000 slots keeps a collision
+    counts = torch.bincount(first, minlength=n_items)[7:].float()
+    assert bool(((counts / counts.sum() - 1 / 3).abs() < 0.05).all())
+    counts = torch.bincount(negatives[3000:].flatten(), minlength=n_items).float()
+    assert bool(((counts / counts.sum() - 0.1).abs() < 0.03).all())
+
+
+def test_without_retries_collisions_are_kept():
+    keys = keys_of(torch.zeros(9, dtype=torch.long), torch.arange(9), 10)
+    sampler = NegativeSampler(10, keys, retries=0)
+    negatives = sampler(torch.zeros(2000, dtype=torch.long), 1)
+    assert bool((negatives < 9).any())  # 90% of the single draws hit a positive and stay
