@@ -151,7 +151,7 @@ class NegativeSampler(nn.Module):
         super().__init__()
         self.n_items, self.retries = n_items, retries
         self.register_buffer("positive_keys", positive_keys, persistent=False)
-        self._bloom: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (its keys, bit array, hash bits)
+        self._bloom: tuple[tuple[int, int, int], torch.Tensor, int] | None = None  # (keys' identity, bits, shift)
 
     def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``(B, ...)`` items -> whether ``(users[b], item)`` is a training positive."""
@@ -171,14 +171,15 @@ class NegativeSampler(nn.Module):
         return self.positive_keys[idx] == keys
 
     def _bloom_filter(self) -> tuple[torch.Tensor, int]:
+        """The bit array (uint8) and hash shift of the keys' filter, rebuilt whenever the keys change."""
         keys = self.positive_keys
-        if self._bloom is None or self._bloom[0] is not keys:
+        source = (keys.data_ptr(), keys._version, len(keys))
+        if self._bloom is None or self._bloom[0] != source:
             n_bits = max(10, math.ceil(math.log2(max(1, len(keys)) * 32)))
-            slot = ((keys * _GOLDEN) >> (64 - n_bits)) & ((1 << n_bits) - 1)
-            flags = torch.zeros(1 << n_bits, dtype=torch.uint8)
-            flags[slot] = 1
-            packed = (flags.view(-1, 8) << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
-            self._bloom = (keys, packed, 64 - n_bits)
+            slot = torch.unique(((keys.long() * _GOLDEN) >> (64 - n_bits)) & ((1 << n_bits) - 1))
+            bits = torch.zeros(1 << (n_bits - 3), dtype=torch.int32)  # distinct bits of a byte sum to <= 255
+            bits.index_add_(0, slot >> 3, (1 << (slot & 7)).int())
+            self._bloom = (source, bits.to(torch.uint8), 64 - n_bits)
         return self._bloom[1], self._bloom[2]
 
     def forward(self, users: torch.Tensor, num_negatives: int) -> torch.Tensor:

@@ -49,3 +49,15 @@ def test_without_retries_collisions_are_kept():
     sampler = NegativeSampler(10, keys, retries=0)
     negatives = sampler(torch.zeros(2000, dtype=torch.long), 1)
     assert bool((negatives < 9).any())  # 90% of the single draws hit a positive and stay
+
+
+def test_the_filter_follows_keys_changed_in_place():
+    keys = keys_of(torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3]), 10)
+    sampler = NegativeSampler(10, keys)
+    zero = torch.zeros(1, dtype=torch.long)
+    assert sampler.is_positive(zero, torch.tensor([[2]])).item()
+    sampler.positive_keys.copy_(torch.tensor([4, 5, 6]))  # same tensor, new contents
+    assert not sampler.is_positive(zero, torch.tensor([[2]])).item()
+    assert sampler.is_positive(zero, torch.tensor([[5]])).item()
+    int32 = NegativeSampler(10, torch.tensor([4, 5, 6], dtype=torch.int32))
+    assert int32.is_positive(zero, torch.tensor([[5]])).item()

@@ -55,12 +55,14 @@ class ShuffledBatches(IterableDataset):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         order = torch.randperm(len(self.tensors[0]), generator=generator)
-        # one gather per epoch, then contiguous slices: ~4x cheaper than gathering every batch from random rows
-        shuffled = tuple(t[order] for t in self.tensors)
-        n_batches = self._n_batches()
-        for k in range(-(-n_batches // world)):
-            start = ((k * world + rank) % n_batches) * self.batch_size
-            yield tuple(t[start : start + self.batch_size] for t in shuffled)
+        n_batches, size = self._n_batches(), self.batch_size
+        mine = [order[b * size : (b + 1) * size] for b in
+                ((k * world + rank) % n_batches for k in range(-(-n_batches // world)))]
+        # this process's rows gathered once per epoch, then cut into its batches: ~4x cheaper than a gather per
+        # batch from random rows
+        index = order if world == 1 else torch.cat(mine)
+        rows = tuple(t[index] for t in self.tensors)
+        yield from zip(*(r.split([len(m) for m in mine]) for r in rows))
 
 
 def split_eval_batch(batch, parts: int) -> list:

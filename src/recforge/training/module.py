@@ -145,7 +145,7 @@ class RecommenderModule(pl.LightningModule):
         # accumulated here and logged once per epoch: a per-step self.log costs ~1.8 ms of Lightning bookkeeping,
         # more than a whole BPR-MF step on a CPU (scripts/bench.py)
         n = len(batch[0])
-        weighted = loss.detach() * n
+        weighted = loss.detach().float() * n  # float32 sums, whatever the precision (bf16 would round them)
         self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
         self._loss_count += n
         return loss
