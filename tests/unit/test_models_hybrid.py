@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from recforge.config import build_model
+from recforge.errors import RecForgeError
 from recforge.losses import BPRLoss, NegativeSampler
 from recforge.models.convncf import ConvNCF
 from recforge.models.deepfm import DeepFM
 from recforge.models.fm import FactorizationMachine
+from recforge.models.mf import MatrixFactorization
+from recforge.tracking.bundle import save_bundle
 from recforge.training.module import RecommenderModule
 from tests.conftest import compose_train
 
@@ -238,6 +243,25 @@ def test_convncf_map_is_the_outer_product_and_the_tower_reaches_one_by_one():
     assert shapes == [(3, 8, 8, 8), (3, 8, 4, 4), (3, 8, 2, 2), (3, 8, 1, 1)]  # log2(16) halvings
     assert ConvNCF(2, 2, embedding_dim=64, channels=32).tower[-2].out_channels == 32
     assert sum(isinstance(m, torch.nn.Conv2d) for m in ConvNCF(2, 2, embedding_dim=64).tower) == 6  # the paper's
+
+
+def test_convncf_starts_from_an_mf_bpr_bundle(tmp_path):
+    """The paper's pre-training: the embeddings of a trained MF-BPR run are copied in; bad sources are named."""
+    torch.manual_seed(0)
+    mf = MatrixFactorization(5, 7, embedding_dim=8, use_bias=False)
+    folder = save_bundle(tmp_path / "bpr", mf, "recforge.models.mf.MatrixFactorization",
+                         {"n_users": 5, "n_items": 7, "embedding_dim": 8, "use_bias": False}, np.arange(5),
+                         np.arange(7), sp.csr_matrix((5, 7)), {})
+    model = ConvNCF(5, 7, embedding_dim=8, channels=4, mf_from=str(folder))
+    assert torch.equal(model.user_embedding.weight, mf.user_embedding.weight)
+    assert torch.equal(model.item_embedding.weight, mf.item_embedding.weight)
+    assert not torch.equal(ConvNCF(5, 7, embedding_dim=8, channels=4).user_embedding.weight, mf.user_embedding.weight)
+    with pytest.raises(RecForgeError, match=r"model\.mf_from.*embedding_dim=8 but model\.embedding_dim=4"):
+        ConvNCF(5, 7, embedding_dim=4, mf_from=str(folder))
+    with pytest.raises(RecForgeError, match=r"model\.mf_from.*5 users x 7 items but ConvNCF has 6 x 7"):
+        ConvNCF(6, 7, embedding_dim=8, mf_from=str(folder))
+    with pytest.warns(UserWarning, match="does not exist"):  # a trained ConvNCF reloaded after its source is gone
+        ConvNCF(5, 7, embedding_dim=8, mf_from=str(tmp_path / "gone"))
 
 
 def test_convncf_scores_pairs_of_any_shape_in_chunks():

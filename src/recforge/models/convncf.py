@@ -8,7 +8,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recforge.errors import RecForgeError
 from recforge.models.base import Recommender, broadcast_users
+from recforge.models.mf import MatrixFactorization
+from recforge.models.pretrained import pretrained_source
 
 
 class ConvNCF(Recommender):
@@ -19,13 +22,15 @@ class ConvNCF(Recommender):
     The paper's setting: 64-d embeddings (a 64x64 map, 6 conv layers to 1x1), 32 channels, BPR, and L2 on the
     batch's embeddings (``reg_embedding``) and on the network's weights and biases (``reg_weight``), see
     :meth:`regularization`; the authors' code initialises embeddings N(0, 0.01), conv and output weights with a
-    truncated N(0, 0.1) and the conv biases at 0.1 (it also pretrains the embeddings with MF-BPR, which this
-    module leaves to a warm start)."""
+    truncated N(0, 0.1) and the conv biases at 0.1, and starts the embeddings from a trained MF-BPR model:
+    ``mf_from`` is the bundle folder of a ``model=bpr`` (or any ``MatrixFactorization``) run on the same data and
+    split with the same ``embedding_dim``, whose user and item embeddings are copied in."""
 
     feedbacks = ("implicit",)
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, channels: int = 32,
-                 reg_embedding: float = 0.0, reg_weight: float = 0.0, init_std: float = 0.01) -> None:
+                 reg_embedding: float = 0.0, reg_weight: float = 0.0, init_std: float = 0.01,
+                 mf_from: str | None = None) -> None:
         super().__init__()
         if embedding_dim < 2 or embedding_dim & (embedding_dim - 1):
             raise ValueError(f"ConvNCF embedding_dim must be a power of two >= 2 (the 2x2 stride-2 conv tower halves "
@@ -48,6 +53,15 @@ class ConvNCF(Recommender):
             if isinstance(layer, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(layer.weight, std=0.1, a=-0.2, b=0.2)
                 nn.init.constant_(layer.bias, 0.1 if isinstance(layer, nn.Conv2d) else 0.0)
+        mf = pretrained_source(mf_from, "mf_from", MatrixFactorization, self)
+        if mf is not None:
+            if mf.user_embedding.embedding_dim != embedding_dim:
+                raise RecForgeError(f"model.mf_from={mf_from} has embedding_dim={mf.user_embedding.embedding_dim} "
+                                    f"but model.embedding_dim={embedding_dim}; pre-train MF with "
+                                    f"model.embedding_dim={embedding_dim}")
+            with torch.no_grad():
+                self.user_embedding.weight.copy_(mf.user_embedding.weight)
+                self.item_embedding.weight.copy_(mf.item_embedding.weight)
         # pairs per chunk in forward: keeps the maps and the first layer's output (the largest) near 128 MiB each
         self.chunk_pairs = max(1, (1 << 25) // (embedding_dim * embedding_dim * max(1, channels // 4)))
 

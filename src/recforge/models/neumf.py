@@ -5,8 +5,6 @@ He, Liao, Zhang, Nie, Hu and Chua. 2017. Neural Collaborative Filtering. WWW (Se
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -16,24 +14,7 @@ from recforge.errors import RecForgeError
 from recforge.models.base import Recommender, broadcast_users
 from recforge.models.gmf import GMF
 from recforge.models.mlp import MLP, mlp_tower, xavier_init_
-
-BUNDLE_FILES = ("spec.pt", "model.pt", "users.parquet", "items.parquet", "seen.npz", "meta.json")
-
-
-def read_bundle_model(path: str, key: str, expected: type) -> nn.Module:
-    """The model of the bundle folder ``path`` (``model.<key>``), checked to be an ``expected``."""
-    from recforge.tracking.bundle import Bundle  # the bundle reader sits above models; imported where used
-
-    folder = Path(path)
-    missing = [name for name in BUNDLE_FILES if not (folder / name).is_file()]
-    if missing:
-        raise RecForgeError(f"model.{key}={path} is not a model bundle (missing {', '.join(missing)}); give the "
-                            f"bundle folder of a trained {expected.__name__} run, e.g. <output_dir>/model")
-    model = Bundle.load(folder).model
-    if not isinstance(model, expected):
-        raise RecForgeError(f"model.{key}={path} holds a {type(model).__name__}, not a {expected.__name__}; give "
-                            f"the bundle of a model={expected.__name__.lower()} run")
-    return model
+from recforge.models.pretrained import pretrained_source
 
 
 class NeuMF(Recommender):
@@ -85,21 +66,8 @@ class NeuMF(Recommender):
             self._load_pretrained(gmf_from, mlp_from, alpha)
 
     def _load_pretrained(self, gmf_from: str | None, mlp_from: str | None, alpha: float) -> None:
-        sources = {}
-        for key, path, kind in (("gmf_from", gmf_from, GMF), ("mlp_from", mlp_from, MLP)):
-            if path is None:
-                continue
-            if not Path(path).exists():
-                warnings.warn(f"model.{key}={path} does not exist: NeuMF keeps its fresh initialisation for that "
-                              "half (fine when reloading a trained NeuMF, whose weights replace it; otherwise fix "
-                              f"the path or set model.{key}=null)", stacklevel=4)
-                continue
-            sources[key] = read_bundle_model(str(path), key, kind)
-            if (sources[key].n_users, sources[key].n_items) != (self.n_users, self.n_items):
-                raise RecForgeError(f"model.{key}={path} was trained on {sources[key].n_users} users x "
-                                    f"{sources[key].n_items} items but NeuMF has {self.n_users} x {self.n_items}; "
-                                    "pre-train on the same data and split")
-        gmf, mlp = sources.get("gmf_from"), sources.get("mlp_from")
+        gmf = pretrained_source(gmf_from, "gmf_from", GMF, self)
+        mlp = pretrained_source(mlp_from, "mlp_from", MLP, self)
         if gmf is not None:
             dim = gmf.user_embedding.embedding_dim
             if dim != self.gmf_user.embedding_dim:
