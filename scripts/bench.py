@@ -58,18 +58,20 @@ class EpochTimer(pl.Callback):
 
 
 def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
-    """The same epoch with no Lightning: shuffle, slice, sample negatives, forward, backward, step."""
+    """The same epoch with no Lightning: shuffle (one gather, as ``ShuffledBatches`` does), slice, sample
+    negatives, forward, backward, step."""
     module = exp.module.to(device)
     optimizer = module.configure_optimizers()
-    users, items, ratings = (t.to(device) for t in exp.datamodule.train_tensors)
-    order = torch.randperm(len(users), device=device)
+    tensors = [t.to(device) for t in exp.datamodule.train_tensors]
+    order = torch.randperm(len(tensors[0]), device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
+    users, items, ratings = (t[order] for t in tensors)
     for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        module.compute_loss((users[idx], items[idx], ratings[idx])).backward()
+        module.compute_loss((users[s : s + batch_size], items[s : s + batch_size],
+                             ratings[s : s + batch_size])).backward()
         optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender
+from recforge.utils.linalg import inner_products
 
 
 class SideTerms(NamedTuple):
@@ -125,7 +126,7 @@ class FactorizationMachine(Recommender):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         user = self.user_side(users)
         item = self.item_side(self.item_side.all_ids(users.device))
-        return (user.vector @ item.vector.T + (self.global_bias + user.linear + user.within).unsqueeze(1)
+        return (inner_products(user.vector, item.vector) + (self.global_bias + user.linear + user.within).unsqueeze(1)
                 + (item.linear + item.within))
 
     def item_vectors(self) -> torch.Tensor:
