@@ -120,14 +120,24 @@ def test_training_reduces_loss(name, tmp_path):
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "pop"])
 def test_checkerboard_held_out_item_ranked_first(name, tmp_path):
     cfg, model, loss = build(name, tmp_path)
+    rating_fit = loss.feedback == "explicit" and not model.requires_training
     if loss.feedback == "explicit":  # rating models learn the ranking task through BPR here (row models: row BCE)
         from recforge.losses import RowBCELoss
 
         loss = RowBCELoss() if getattr(model, "train_view", None) in ("users", "items") else BPRLoss()
     cfg.optimizer.lr = max(cfg.optimizer.lr, 0.01)
     torch.manual_seed(0)
-    train_steps(cfg, model, loss, 400)
     (tu, ti), (hu, hi) = checkerboard()
+    if rating_fit:
+        # a rating model fitted in closed form sees stars: 5 on the liked training pairs, 1 on half of the
+        # others; the rest of the disliked items and the held-out liked one are unseen
+        users, items = torch.meshgrid(torch.arange(N), torch.arange(N), indexing="ij")
+        disliked = (users + items) % 4 == 1
+        tu, ti = torch.cat([tu, users[disliked]]), torch.cat([ti, items[disliked]])
+        model.fit(tu, ti, torch.cat([torch.full((len(tu) - int(disliked.sum()),), 5.0),
+                                     torch.ones(int(disliked.sum()))]))
+    else:
+        train_steps(cfg, model, loss, 400)
     model.eval()
     with torch.no_grad():
         scores = model.score_all(torch.arange(N)).float()
