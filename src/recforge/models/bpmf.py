@@ -81,7 +81,6 @@ class BPMF(Recommender):
             user_rows[:, d] = 0.0
             item_rows[:, d] = 0.0
         alpha = float(self.noise_precision)
-        sums = [torch.zeros(n, self.samples, d, dtype=torch.float64, device=device) for n in (self.n_users, self.n_items)]
         bias_sums = [torch.zeros(n, dtype=torch.float64, device=device) for n in (self.n_users, self.n_items)]
         self.noise_history = []
         for sweep in range(self.burn_in + self.samples):
@@ -100,13 +99,12 @@ class BPMF(Recommender):
                                                         torch.tensor(rate, dtype=torch.float64)).sample())
             self.noise_history.append(alpha)
             kept = sweep - self.burn_in
-            if kept >= 0:
-                for total, bias_total, rows in zip(sums, bias_sums, (user_rows, item_rows)):
-                    total[:, kept] = rows[:, :d]
-                    if self.use_bias:
-                        bias_total += rows[:, d]
-        self.user_factors.copy_((sums[0] / self.samples).reshape(self.n_users, -1))
-        self.item_factors.copy_(sums[1].reshape(self.n_items, -1))
+            if kept >= 0:  # draw k fills columns [k d, (k + 1) d); the user side carries the 1 / samples
+                self.user_factors[:, kept * d : (kept + 1) * d] = user_rows[:, :d] / self.samples
+                self.item_factors[:, kept * d : (kept + 1) * d] = item_rows[:, :d]
+                if self.use_bias:
+                    bias_sums[0] += user_rows[:, d]
+                    bias_sums[1] += item_rows[:, d]
         self.user_bias.copy_(bias_sums[0] / self.samples)
         self.item_bias.copy_(bias_sums[1] / self.samples)
         self.mean.fill_(float(mean))
