@@ -294,16 +294,40 @@ def test_svdpp_adds_the_normalised_implicit_factors_of_the_users_items():
 
 
 # ---------------------------------------------------------------------------------------------- Bayesian PMF
-def test_wishart_draws_have_the_wishart_mean():
+def test_wishart_draws_have_the_wishart_mean_and_variance():
     from recforge.models.bpmf import _wishart_draw
 
     torch.manual_seed(0)
     scale = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
-    draws = torch.stack([_wishart_draw(scale, 50.0) for _ in range(2000)])
-    # E[W] = df * scale = [[100, 25], [25, 50]]; Var[W_ij] = df (s_ij^2 + s_ii s_jj): the mean of 2000 draws has
-    # standard deviations 0.45, 0.24 and 0.22, so 0.9 is 2-4 of them
-    torch.testing.assert_close(draws.mean(0), 50.0 * scale, atol=0.9, rtol=0.0)
+    df = 3.0  # small: chi2(df) on every diagonal entry (the usual Bartlett slip) would add 0.875 to E[W_22] = 3
+    draws = torch.stack([_wishart_draw(scale, df) for _ in range(6000)])
+    # E[W] = df * scale; Var[W_ij] = df (s_ij^2 + s_ii s_jj): [[24, 6.75], [6.75, 6]] -> standard errors of the
+    # mean 0.063, 0.034, 0.032 over 6000 draws
+    torch.testing.assert_close(draws.mean(0), df * scale, atol=0.2, rtol=0.0)
+    variance = df * (scale**2 + torch.outer(scale.diagonal(), scale.diagonal()))
+    torch.testing.assert_close(draws.var(0), variance, rtol=0.15, atol=0.0)
     assert bool((torch.linalg.eigvalsh(draws) > 0).all())
+
+
+def test_normal_wishart_posterior_draws():
+    """Against Salakhutdinov and Mnih's Eq. 14 written out: beta* = beta0 + N, nu* = p + N, mu* = N xbar / beta*,
+    W*^-1 = I + N S + beta0 N / beta* xbar xbar^T; then E[Lambda] = nu* W* and E[mu] = mu*."""
+    from recforge.models.bpmf import _normal_wishart_draw
+
+    torch.manual_seed(0)
+    rows = torch.randn(6, 2, dtype=torch.float64) + torch.tensor([1.0, -2.0], dtype=torch.float64)
+    n, beta0 = 6, 2.0
+    xbar = rows.mean(0)
+    scatter = (rows - xbar).T @ (rows - xbar)
+    w_star = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + scatter + beta0 * n / (beta0 + n) * torch.outer(xbar, xbar))
+    draws = [_normal_wishart_draw(rows, beta0) for _ in range(4000)]
+    means = torch.stack([mu for mu, _ in draws])
+    precisions = torch.stack([lam for _, lam in draws])
+    torch.testing.assert_close(precisions.mean(0), (2 + n) * w_star, rtol=0.05, atol=0.01)
+    torch.testing.assert_close(means.mean(0), n * xbar / (beta0 + n), atol=0.02, rtol=0.0)
+    # Cov(mu) = E[(beta* Lambda)^-1] = W*^-1 / (beta* (nu* - p - 1))
+    torch.testing.assert_close(torch.cov(means.T), torch.linalg.inv(w_star) / ((beta0 + n) * (2 + n - 3)),
+                               rtol=0.1, atol=0.005)
 
 
 def test_conditional_draws_follow_each_rows_gaussian_posterior():
@@ -374,3 +398,28 @@ def test_bpmf_prediction_is_the_average_of_the_kept_draws(monkeypatch):
     kept = [(draws[2 * s], draws[2 * s + 1]) for s in range(2, 5)]  # (user rows, item rows) of sweeps 2-4
     expected = sum(u[:, :2] @ v[:, :2].T + u[:, 2:] + v[:, 2].unsqueeze(0) for u, v in kept) / 3 + ratings.mean()
     torch.testing.assert_close(model.score_all(torch.arange(4)), expected.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_bias, sample_noise", [(False, True), (True, False)])
+def test_bpmf_variants_fit_and_keep_their_settings(use_bias, sample_noise):
+    """Without biases the bias buffers stay zero; with a fixed noise precision alpha never moves; both still
+    learn a noise-free rank-1 matrix; changing samples after construction resizes the stored draws."""
+    from recforge.models.bpmf import BPMF
+
+    g = torch.Generator().manual_seed(1)
+    truth = 3.0 + torch.randn(30, 1, generator=g) @ torch.randn(1, 25, generator=g)
+    observed = torch.rand(30, 25, generator=g) < 0.5
+    users, items = observed.nonzero(as_tuple=True)
+    hu, hi = (~observed).nonzero(as_tuple=True)
+    torch.manual_seed(0)
+    model = BPMF(30, 25, factors=2, samples=20, burn_in=20, use_bias=use_bias, sample_noise=sample_noise,
+                 noise_precision=25.0)
+    model.samples = 30
+    model.fit(users, items, truth[users, items])
+    assert model.user_factors.shape == (30, 60) and model.item_factors.shape == (25, 60)
+    mean_only = (truth[users, items].mean() - truth[hu, hi]).pow(2).mean().sqrt()
+    assert float((model(hu, hi) - truth[hu, hi]).pow(2).mean().sqrt()) < 0.5 * float(mean_only)
+    if not use_bias:
+        assert not model.user_bias.any() and not model.item_bias.any()
+    if not sample_noise:
+        assert set(model.noise_history) == {25.0}

@@ -1,8 +1,8 @@
 """Bayesian probabilistic matrix factorisation, fitted by Gibbs sampling.
 
 Salakhutdinov and Mnih. 2008. Bayesian Probabilistic Matrix Factorization using Markov Chain Monte Carlo.
-ICML. With user and item biases and a sampled noise precision, as in the MCMC solver of libFM (Rendle. 2012.
-Factorization Machines with libFM. ACM TIST 3(3)).
+ICML. With user and item biases and a sampled noise precision, as the MCMC solver of libFM has them (Rendle.
+2012. Factorization Machines with libFM. ACM TIST 3(3)).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ class BPMF(Recommender):
     """Ratings as ``r_ui ~ N(mean + b_u + b_i + p_u . q_i, 1 / alpha)`` with Gaussian user rows ``[p_u, b_u]``
     and item rows ``[q_i, b_i]`` whose means and precision matrices have Normal-Wishart hyperpriors
     (``beta0``; ``nu0`` = the row width; ``W0 = I``), and, with ``sample_noise``, a Gamma(1, 1) prior on the noise
-    precision ``alpha`` (else ``alpha = noise_precision`` throughout).
+    precision ``alpha`` (libFM's is Gamma(0.5, 0.5); with thousands of ratings the two do not differ), else
+    ``alpha = noise_precision`` throughout.
 
     ``fit`` runs ``burn_in + samples`` Gibbs sweeps. Each sweep draws the hyperparameters, then every user row
     from its Gaussian conditional given the items (one batched Cholesky over users: the per-user precision
@@ -69,6 +70,10 @@ class BPMF(Recommender):
     @torch.no_grad()
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         device = self.user_factors.device
+        width_kept = self.samples * self.factors
+        if self.user_factors.shape[1] != width_kept:  # samples or factors changed since construction
+            self.user_factors = self.user_factors.new_zeros(self.n_users, width_kept)
+            self.item_factors = self.item_factors.new_zeros(self.n_items, width_kept)
         users, items = users.to(device).long(), items.to(device).long()
         ratings = ratings.to(device, torch.float64)
         mean = ratings.mean() if len(ratings) else ratings.new_zeros(())
