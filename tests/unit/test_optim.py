@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recforge.training.optim import LazyAdam
@@ -19,17 +20,37 @@ def run(optimizer_cls, sparse: bool, steps: int = 5, **kwargs) -> torch.Tensor:
     return table.weight.detach()
 
 
-def test_dense_gradients_follow_torch_adam():
-    assert torch.allclose(run(LazyAdam, sparse=False), run(torch.optim.Adam, sparse=False), atol=1e-6)
-    assert torch.allclose(run(LazyAdam, sparse=False, weight_decay=0.01),
+@pytest.mark.parametrize("fused", [None, False])
+def test_dense_gradients_follow_torch_adam(fused):
+    assert torch.allclose(run(LazyAdam, sparse=False, fused=fused), run(torch.optim.Adam, sparse=False), atol=1e-6)
+    assert torch.allclose(run(LazyAdam, sparse=False, weight_decay=0.01, fused=fused),
                           run(torch.optim.Adam, sparse=False, weight_decay=0.01), atol=1e-6)
 
 
-def test_sparse_gradients_follow_torch_sparse_adam_and_leave_other_rows_alone():
-    lazy, reference = run(LazyAdam, sparse=True), run(torch.optim.SparseAdam, sparse=True)
+@pytest.mark.parametrize("fused", [None, False])
+def test_sparse_gradients_follow_torch_sparse_adam_and_leave_other_rows_alone(fused):
+    lazy, reference = run(LazyAdam, sparse=True, fused=fused), run(torch.optim.SparseAdam, sparse=True)
     assert torch.allclose(lazy, reference, atol=1e-6)
     torch.manual_seed(0)
     untouched = torch.nn.Embedding(10, 4).weight.detach()
     for row in (2, 4, 5, 6, 8, 9):  # never looked up: unchanged
         assert torch.equal(lazy[row], untouched[row])
     assert not torch.equal(lazy[3], untouched[3])
+
+
+def test_fused_kernel_and_spelled_out_update_agree_with_weight_decay():
+    fused = run(LazyAdam, sparse=True, steps=20, weight_decay=0.05)
+    plain = run(LazyAdam, sparse=True, steps=20, weight_decay=0.05, fused=False)
+    assert torch.allclose(fused, plain, atol=1e-6)
+    assert not torch.equal(plain, run(LazyAdam, sparse=True, steps=20, fused=False))  # the decay did something
+
+
+@pytest.mark.skipif(not hasattr(torch, "_fused_adam_"), reason="this torch has no fused Adam kernel")
+def test_fused_none_uses_the_kernel_on_cpu_and_false_does_not(monkeypatch):
+    calls = []
+    kernel = torch._fused_adam_
+    monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    run(LazyAdam, sparse=True, steps=3)
+    assert len(calls) == 3
+    run(LazyAdam, sparse=True, steps=3, fused=False)
+    assert len(calls) == 3

@@ -5,8 +5,11 @@ only the rows the batch touched: their first and second moments and their values
 ``torch.optim.SparseAdam`` and TensorFlow's LazyAdam do. The update is done on a dense ``(rows, dim)`` block
 gathered once per step, instead of through sparse-tensor arithmetic, which makes a step several times cheaper
 on a CPU (BPR-MF on Gowalla, batch 2,048: 14 ms per step with ``torch.optim.SparseAdam``, see
-``scripts/bench.py --sparse``). Dense gradients (MLP layers, a global bias) get the ordinary Adam update, so a
-model may mix both.
+``scripts/bench.py --sparse``). The arithmetic is one pass of torch's fused Adam kernel (what
+``torch.optim.Adam(fused=True)`` runs) over the gathered block, instead of six elementwise passes, where the
+kernel exists for the device and dtype (``fused=None``, the default); ``fused=False`` spells the update out in
+tensor operations. Dense gradients (MLP layers, a global bias) get the ordinary Adam update, so a model may
+mix both.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ class LazyAdam(torch.optim.Optimizer):
     """Adam (Kingma and Ba, ICLR 2015) with lazy row-wise updates for sparse gradients; see the module doc."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, fused: bool | None = None) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must not be negative (got {lr}, {eps}, {weight_decay})")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        if fused and not hasattr(torch, "_fused_adam_"):
+            raise ValueError(f"fused=True needs torch's fused Adam kernel, which torch {torch.__version__} lacks; "
+                             "use fused=None (it is used where available) or fused=False")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.fused = fused
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -34,7 +41,6 @@ class LazyAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -44,28 +50,39 @@ class LazyAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                step = state["step"]
-                step_size = lr / (1 - beta1**step)
-                root_correction = math.sqrt(1 - beta2**step)  # as torch.optim.Adam: eps added after correction
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 grad = p.grad
                 if grad.is_sparse:
                     rows, values = _rows_and_sums(grad)
-                    p_rows = p.index_select(0, rows)
-                    if decay:
-                        values = values.add(p_rows, alpha=decay)
-                    m_rows = m.index_select(0, rows).mul_(beta1).add_(values, alpha=1 - beta1)
-                    v_rows = v.index_select(0, rows).mul_(beta2).addcmul_(values, values, value=1 - beta2)
-                    p_rows.addcdiv_(m_rows, v_rows.sqrt().div_(root_correction).add_(eps), value=-step_size)
-                    for table, block in ((m, m_rows), (v, v_rows), (p, p_rows)):
+                    blocks = [table.index_select(0, rows) for table in (p, m, v)]
+                    self._adam(*blocks, values, state["step"], group)
+                    for table, block in zip((p, m, v), blocks):
                         _put_rows(table, rows, block)
                 else:
-                    if decay:
-                        grad = grad.add(p, alpha=decay)
-                    m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    p.addcdiv_(m, v.sqrt().div_(root_correction).add_(eps), value=-step_size)
+                    self._adam(p, m, v, grad, state["step"], group)
         return loss
+
+    def _adam(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step: int,
+              group: dict) -> None:
+        """One Adam update of ``p``, ``m`` and ``v`` in place (L2 ``weight_decay`` added to the gradient, eps after
+        the bias correction, as ``torch.optim.Adam``)."""
+        lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if self.fused is not False and _fused_kernel_takes(p):
+            torch._fused_adam_([p], [grad], [m], [v], [], [torch.tensor(float(step), device=p.device)], lr=lr,
+                               beta1=beta1, beta2=beta2, weight_decay=decay, eps=eps, amsgrad=False,
+                               maximize=False)
+            return
+        if decay:
+            grad = grad.add(p, alpha=decay)
+        m.mul_(beta1).add_(grad, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        root_correction = math.sqrt(1 - beta2**step)
+        p.addcdiv_(m, v.sqrt().div_(root_correction).add_(eps), value=-lr / (1 - beta1**step))
+
+
+def _fused_kernel_takes(p: torch.Tensor) -> bool:
+    """Whether torch's fused Adam kernel runs for ``p`` (it exists on CPUs and CUDA, for floating dtypes)."""
+    return hasattr(torch, "_fused_adam_") and p.device.type in ("cpu", "cuda") and p.is_floating_point()
 
 
 def _put_rows(table: torch.Tensor, rows: torch.Tensor, block: torch.Tensor) -> None:
