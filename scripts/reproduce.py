@@ -4,6 +4,7 @@ process, tracking off), printed as a Markdown table with the command that gives 
     python scripts/reproduce.py ml100k-rating            # biased MF, SVD++, I-AutoRec, mlp_rating, BPMF on the u1-u5 folds
     python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
     python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
+    python scripts/reproduce.py gowalla [--models pop itemknn ials bpr lightgcn ngcf]   # the LightGCN paper's split
 
 Real data is read from ``RECFORGE_DATA_DIR`` (e.g. ``../shared/datasets``) or downloaded. Results are means
 over the folds with their standard deviation; every run's metrics are printed as it finishes (``--quiet`` off).
@@ -51,6 +52,17 @@ RANKING_MODELS = {  # label -> overrides on top of data=<data> split=<split>
     "caser": ["model=caser", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
 }
 RANKING_METRICS = ("test/recall_at_10", "test/recall_at_20", "test/ndcg_at_10", "test/ndcg_at_20")
+_GOWALLA = ["data=gowalla", "split=lightgcn", "split.validation=test", "eval.ks=[20]", "monitor=val/recall_at_20"]
+GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation where nothing is selected on it
+    "pop": [*_GOWALLA, "model=pop"],
+    "itemknn": [*_GOWALLA, "model=itemknn"],
+    "ials": [*_GOWALLA, "model=ials"],
+    "bpr": ["experiment=gowalla_bpr"],  # early stopping on a validation part carved from the training file
+    "lightgcn": ["experiment=gowalla_lightgcn"],  # the paper's protocol, 1,000 epochs: a GPU run
+    "ngcf": ["experiment=gowalla_ngcf"],  # the paper's protocol, 400 epochs: a GPU run
+}
+GOWALLA_DEFAULT = ["pop", "itemknn", "ials", "bpr"]  # what a 2-core CPU runs in minutes
+GOWALLA_METRICS = ("test/recall_at_20", "test/ndcg_at_20")
 
 
 def run(overrides: list[str], workdir: Path) -> dict[str, float]:
@@ -94,25 +106,26 @@ def rating_table(folds: list[str], models: list[str], workdir: Path, verbose: bo
     return "\n".join(lines), results
 
 
-def ranking_table(data: str, split: str, models: list[str], workdir: Path, verbose: bool) -> tuple[str, dict]:
+def ranking_table(rows: dict[str, list[str]], metric_keys: tuple[str, ...], workdir: Path,
+                  verbose: bool) -> tuple[str, dict]:
+    """One row per ``label -> overrides``, with the test metrics ``metric_keys`` and the fit time."""
     results: dict = {}
     names = [m.split("/")[1].replace("_at_", "@").replace("recall", "Recall").replace("ndcg", "NDCG")
-             for m in RANKING_METRICS]
+             for m in metric_keys]
     lines = ["| model | command | " + " | ".join(names) + " | fit s |", "|---|---|" + "---:|" * (len(names) + 1)]
-    for label in models:
-        overrides = [f"data={data}", f"split={split}", *RANKING_MODELS[label]]
+    for label, overrides in rows.items():
         metrics = run(overrides, workdir / label)
-        results[label] = {k: metrics[k] for k in RANKING_METRICS}
+        results[label] = {k: metrics[k] for k in metric_keys}
         if verbose:
             print(label, {k: round(v, 4) for k, v in results[label].items()}, flush=True)
         lines.append(f"| {label} | `recforge-train {' '.join(overrides)}` | "
-                     + " | ".join(f"{metrics[k]:.4f}" for k in RANKING_METRICS) + f" | {metrics['time/fit_s']:.0f} |")
+                     + " | ".join(f"{metrics[k]:.4f}" for k in metric_keys) + f" | {metrics['time/fit_s']:.0f} |")
     return "\n".join(lines), results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["ml100k-rating", "implicit"])
+    parser.add_argument("table", choices=["ml100k-rating", "implicit", "gowalla"])
     parser.add_argument("--data", default="ml-100k", help="implicit: the data config (ml-100k, lastfm-hetrec, ...)")
     parser.add_argument("--split", default="leave_one_out", help="implicit: the split config (leave_one_out, random)")
     parser.add_argument("--models", nargs="*", help="rows to run (default: all of the table's)")
@@ -120,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    known = RATING_MODELS if args.table == "ml100k-rating" else RANKING_MODELS
-    models = args.models or list(known)
+    known = {"ml100k-rating": RATING_MODELS, "implicit": RANKING_MODELS, "gowalla": GOWALLA_MODELS}[args.table]
+    models = args.models or (GOWALLA_DEFAULT if args.table == "gowalla" else list(known))
     unknown = sorted(set(models) - set(known))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(known)}")
@@ -133,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.table == "ml100k-rating":
             table, results = rating_table(args.folds, models, Path(tmp), not args.quiet)
+        elif args.table == "gowalla":
+            table, results = ranking_table({m: GOWALLA_MODELS[m] for m in models}, GOWALLA_METRICS, Path(tmp),
+                                           not args.quiet)
         else:
-            table, results = ranking_table(args.data, args.split, models, Path(tmp), not args.quiet)
+            rows = {m: [f"data={args.data}", f"split={args.split}", *RANKING_MODELS[m]] for m in models}
+            table, results = ranking_table(rows, RANKING_METRICS, Path(tmp), not args.quiet)
     print(table)
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:
