@@ -81,6 +81,33 @@ def test_itemknn_cosine_with_shrinkage_matches_hand_computation(shrinkage):
     np.testing.assert_allclose(model.score_all(torch.arange(4)).numpy(), X @ sim, atol=1e-5)
 
 
+def test_itemknn_scatter_scoring_equals_the_sparse_product_on_random_data():
+    gen = torch.Generator().manual_seed(3)
+    n_users, n_items = 60, 90
+    users, items = torch.randint(0, n_users - 1, (700,), generator=gen), torch.randint(0, n_items, (700,), generator=gen)
+    model = ItemKNN(n_users, n_items, k_neighbors=7, shrinkage=2.0, chunk_size=32)  # several fitting chunks
+    model.fit(users, items, torch.ones(700))
+    everyone = torch.arange(n_users)  # the last user has no history: an all-zero row
+
+    def reference():
+        return torch.sparse.mm(model.similarity(), model.user_rows(everyone).T).T
+
+    scores = model.score_all(everyone)
+    assert torch.allclose(scores, reference(), atol=1e-5) and scores.abs().sum() > 0
+    assert torch.equal(scores[-1], torch.zeros(n_items))
+    assert torch.allclose(model.score_all(torch.tensor([5, 2, 5])), scores[[5, 2, 5]])  # any order, repeats
+    # histories replaced (test time reads validation items too; a repeated item counts once)
+    indptr = torch.tensor([0, 3] + [3] * (n_users - 1))
+    model.set_histories(indptr, torch.tensor([4, 4, 10]))
+    assert torch.allclose(model.score_all(everyone), reference(), atol=1e-5)
+    # a loaded model inverts the loaded neighbour lists, not its own
+    fresh = ItemKNN(n_users, n_items, k_neighbors=7, shrinkage=2.0)
+    fresh.set_history(users, items, torch.device("cpu"))
+    fresh.load_state_dict(model.state_dict())
+    model.set_history(users, items, torch.device("cpu"))  # back to the training rows
+    assert torch.allclose(fresh.score_all(everyone), model.score_all(everyone), atol=1e-6)
+
+
 def test_itemknn_keeps_only_the_top_k_neighbours_per_item():
     model = fitted(ItemKNN, k_neighbors=1, shrinkage=0.0)
     s_t = model.similarity().to_dense()  # row j: j's neighbours
