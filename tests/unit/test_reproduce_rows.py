@@ -34,7 +34,7 @@ def test_row_composes_with_valid_targets(overrides, tmp_path):
         check_target(cfg, key)
 
 
-def test_gowalla_rows_report_the_papers_cutoff():
+def test_gowalla_rows_report_the_papers_cutoff(tmp_path):
     for label in reproduce.GOWALLA_DEFAULT:
-        cfg = compose_train(reproduce.GOWALLA_MODELS[label], Path("/tmp/unused"))
+        cfg = compose_train(reproduce.GOWALLA_MODELS[label], tmp_path)
         assert 20 in cfg.eval.ks and cfg.monitor == "val/recall_at_20", label

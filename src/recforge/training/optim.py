@@ -55,22 +55,28 @@ class LazyAdam(torch.optim.Optimizer):
                 if grad.is_sparse:
                     rows, values = _rows_and_sums(grad)
                     blocks = [table.index_select(0, rows) for table in (p, m, v)]
-                    self._adam(*blocks, values, state["step"], group)
+                    self._adam(*blocks, values, state, group)
                     for table, block in zip((p, m, v), blocks):
                         _put_rows(table, rows, block)
                 else:
-                    self._adam(p, m, v, grad, state["step"], group)
+                    self._adam(p, m, v, grad, state, group)
         return loss
 
-    def _adam(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, step: int,
+    def _adam(self, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, grad: torch.Tensor, state: dict,
               group: dict) -> None:
         """One Adam update of ``p``, ``m`` and ``v`` in place (L2 ``weight_decay`` added to the gradient, eps after
-        the bias correction, as ``torch.optim.Adam``)."""
+        the bias correction, as ``torch.optim.Adam``), at step ``state["step"]``."""
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        step = state["step"]
         if self.fused is not False and _fused_kernel_takes(p):
-            torch._fused_adam_([p], [grad], [m], [v], [], [torch.tensor(float(step), device=p.device)], lr=lr,
-                               beta1=beta1, beta2=beta2, weight_decay=decay, eps=eps, amsgrad=False,
-                               maximize=False)
+            # the kernel reads the step from a tensor on p's device: kept in the state and refilled in place, as
+            # a fresh torch.tensor(step, device="cuda") every step would copy from the host and wait for the GPU
+            step_tensor = state.get("step_tensor")
+            if step_tensor is None or step_tensor.device != p.device:
+                step_tensor = state["step_tensor"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            step_tensor.fill_(step)
+            torch._fused_adam_([p], [grad], [m], [v], [], [step_tensor], lr=lr, beta1=beta1, beta2=beta2,
+                               weight_decay=decay, eps=eps, amsgrad=False, maximize=False)
             return
         if decay:
             grad = grad.add(p, alpha=decay)
