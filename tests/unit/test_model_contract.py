@@ -117,6 +117,12 @@ def test_training_reduces_loss(name, tmp_path):
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, f"{name}: loss did not decrease: {losses[:3]} -> {losses[-3:]}"
 
 
+# 400 Adam steps at lr >= 0.01 learn the checkerboard for every model but BERT4Rec: its masked-item objective
+# stalls at the uniform prediction (loss ln 16) in 4 of 6 seeds at 0.01, and learns it in 6 of 6 at 0.003 (its
+# default is 0.001, the paper's 1e-4); which seeds stall depends on the CPU's kernels.
+CHECKERBOARD_LR = {"bert4rec": 0.003}
+
+
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "pop"])
 def test_checkerboard_held_out_item_ranked_first(name, tmp_path):
     cfg, model, loss = build(name, tmp_path)
@@ -125,7 +131,7 @@ def test_checkerboard_held_out_item_ranked_first(name, tmp_path):
         from recforge.losses import RowBCELoss
 
         loss = RowBCELoss() if getattr(model, "train_view", None) in ("users", "items") else BPRLoss()
-    cfg.optimizer.lr = max(cfg.optimizer.lr, 0.01)
+    cfg.optimizer.lr = CHECKERBOARD_LR.get(name, max(cfg.optimizer.lr, 0.01))
     torch.manual_seed(0)
     (tu, ti), (hu, hi) = checkerboard()
     if rating_fit:
