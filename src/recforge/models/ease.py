@@ -56,7 +56,9 @@ class EASE(HistoryRecommender):
         x = self.set_history(users, items, device)
         gram = torch.sparse.mm(x.t().coalesce(), x.to_dense()).double()
         gram.diagonal().add_(self.l2_reg)
-        p = torch.linalg.inv(gram)
+        # X^T X + l2_reg I is symmetric positive definite: a Cholesky inverse costs ~n^3 flops against ~2n^3 for
+        # the LU-based inverse (17.6k items on 2 cores: minutes -> about half)
+        p = torch.cholesky_inverse(torch.linalg.cholesky(gram))
         b = -p / p.diagonal()  # column j divided by P_jj
         b.diagonal().zero_()
         self.weights = b.to(self.weights.dtype)
