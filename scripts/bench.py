@@ -11,6 +11,12 @@ peak_gpu_mb and metrics (plus the bare-loop numbers and sizes).
     python scripts/bench.py --data gowalla --batch-size 2048 --epochs 3 --sparse   # SparseAdam, sparse embedding grads
     python scripts/bench.py --data synthetic-1m --batch-size 65536 --device cuda --json
     python scripts/bench.py --data gowalla --override model.embedding_dim=128
+    python scripts/bench.py --interactions /tmp/inter16m.parquet --model lightgcn --batch-size 65536 \
+        --epochs 1 --limit-batches 10 --no-bare-loop --no-eval-warmup --json     # what bench_scale.py runs
+
+``--interactions`` takes any user,item[,rating,timestamp] file (``data=custom``, random 80/10/10 split), e.g. one
+written by ``scripts/gen_interactions.py``. ``--limit-batches N`` trains N batches per epoch (interactions/s
+then counts N x batch size), for models whose full epoch is too long on the device at hand.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import time
 from pathlib import Path
 
 import recforge  # noqa: F401  (first: it tunes OpenBLAS before numpy loads, see recforge/__init__.py)
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
@@ -57,9 +64,9 @@ class EpochTimer(pl.Callback):
             torch.cuda.synchronize()
 
 
-def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
+def bare_loop_epoch(exp, device: torch.device, batch_size: int, limit_batches: int | None = None) -> float:
     """The same epoch with no Lightning: shuffle (one gather, as ``ShuffledBatches`` does), slice, sample
-    negatives, forward, backward, step."""
+    negatives, forward, backward, step (the first ``limit_batches`` batches only, when given)."""
     module = exp.module.to(device)
     optimizer = module.configure_optimizers()
     tensors = [t.to(device) for t in exp.datamodule.train_tensors]
@@ -68,7 +75,8 @@ def bare_loop_epoch(exp, device: torch.device, batch_size: int) -> float:
         torch.cuda.synchronize()
     start = time.perf_counter()
     users, items, ratings = (t[order] for t in tensors)
-    for s in range(0, len(order), batch_size):
+    stop = len(order) if limit_batches is None else min(len(order), limit_batches * batch_size)
+    for s in range(0, stop, batch_size):
         optimizer.zero_grad(set_to_none=True)
         module.compute_loss((users[s : s + batch_size], items[s : s + batch_size],
                              ratings[s : s + batch_size])).backward()
@@ -96,7 +104,7 @@ def run_recbole(python: str, datamodule, data: str, model: str, batch_size: int,
     """RecBole 1.2.1 on the same split, in its own interpreter (scripts/bench_recbole.py)."""
     import subprocess
 
-    name = f"rf_{data.replace('-', '_')}"
+    name = "rf_" + "".join(c if c.isalnum() else "_" for c in Path(data.removeprefix("file:")).stem)
     export_atomic(datamodule, tmp / "recbole" / name, name)
     cmd = [python, str(Path(__file__).with_name("bench_recbole.py")), "--data-path", str(tmp / "recbole"),
            "--dataset", name, "--model", RECBOLE_MODELS.get(model, model), "--batch-size", str(batch_size),
@@ -107,9 +115,17 @@ def run_recbole(python: str, datamodule, data: str, model: str, batch_size: int,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def data_overrides(data: str) -> list[str]:
+    """Config overrides for a named benchmark dataset, or ``file:<path>`` for an interactions file."""
+    if data.startswith("file:"):
+        return ["data=custom", f"data.path={data.removeprefix('file:')}"]
+    return DATASETS[data]
+
+
 def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path,
-        extra: list[str] | None = None, recbole: str | None = None) -> dict:
-    overrides = DATASETS[data] + [f"model={model}", "tracking=none", "callbacks=none",
+        extra: list[str] | None = None, recbole: str | None = None, limit_batches: int | None = None,
+        bare_loop: bool = True, eval_warmup: bool = True) -> dict:
+    overrides = data_overrides(data) + [f"model={model}", "tracking=none", "callbacks=none",
                                   f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
                                   *(extra or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -123,15 +139,19 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
     accelerator = "gpu" if device == "cuda" else "cpu"
     trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=False, callbacks=[timer],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0)
+                         limit_val_batches=0, num_sanity_val_steps=0, limit_train_batches=limit_batches)
+    train_start = time.perf_counter()
     trainer.fit(exp.module, datamodule=exp.datamodule)
+    fit_s = time.perf_counter() - train_start
     steady = timer.times[1:] or timer.times
     epoch_s = sum(steady) / len(steady)
-    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size)
+    n_epoch = n_train if limit_batches is None else min(n_train, limit_batches * batch_size)  # trained per epoch
+    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size, limit_batches) if bare_loop else float("nan")
     exp.module.to(torch.device(device))
     eval_trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
                               enable_model_summary=False)
-    eval_trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)  # warm-up
+    if eval_warmup:
+        eval_trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -142,8 +162,11 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
     row = {
         "model": model, "dataset": data, "batch_size": batch_size, "device": device,
         "n_train": n_train, "users": exp.datamodule.n_users, "items": exp.datamodule.n_items,
-        "train_s_per_epoch": round(epoch_s, 4), "interactions_per_s": round(n_train / epoch_s),
-        "bare_loop_s_per_epoch": round(bare_s, 4), "bare_loop_interactions_per_s": round(n_train / bare_s),
+        "eval_users": len(np.unique(exp.datamodule.split.test["user"].to_numpy())),
+        "limit_batches": limit_batches, "fit_s": round(fit_s, 2),
+        "train_s_per_epoch": round(epoch_s, 4), "interactions_per_s": round(n_epoch / epoch_s),
+        "bare_loop_s_per_epoch": round(bare_s, 4) if bare_loop else None,
+        "bare_loop_interactions_per_s": round(n_epoch / bare_s) if bare_loop else None,
         "eval_s": round(eval_s, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else 0.0,
@@ -161,6 +184,11 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=None, choices=sorted(DATASETS))
+    parser.add_argument("--interactions", type=Path, default=None,
+                        help="an interactions file (user,item[,rating,timestamp]) instead of --data")
+    parser.add_argument("--limit-batches", type=int, default=None, help="train only this many batches per epoch")
+    parser.add_argument("--no-bare-loop", action="store_true", help="skip the bare PyTorch epoch")
+    parser.add_argument("--no-eval-warmup", action="store_true", help="time the first evaluation (no warm-up run)")
     parser.add_argument("--model", default="bpr")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=3)
@@ -174,20 +202,26 @@ def main() -> None:
     args = parser.parse_args()
     extra = list(args.override) + (["optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.005"]
                                    if args.sparse else [])
-    data = args.data or (["ml-100k"] if os.environ.get("RECFORGE_DATA_DIR") else []) + ["synthetic-1m"]
+    if args.interactions is not None:
+        if not args.interactions.is_file():
+            parser.error(f"--interactions {args.interactions}: file not found")
+        data = [f"file:{args.interactions.resolve()}"]
+    else:
+        data = args.data or (["ml-100k"] if os.environ.get("RECFORGE_DATA_DIR") else []) + ["synthetic-1m"]
     import tempfile
 
     print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}", file=sys.stderr)
     for name in data:
         with tempfile.TemporaryDirectory() as tmp:
-            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp), extra, args.recbole)
+            row = run(name, args.model, args.batch_size, args.epochs, args.device, Path(tmp), extra, args.recbole,
+                      args.limit_batches, not args.no_bare_loop, not args.no_eval_warmup)
             row["overrides"] = extra
         if args.json:
             print(json.dumps(row))
         else:
             print(f"{row['dataset']:>13} {row['model']} batch {row['batch_size']} on {row['device']}: "
                   f"{row['train_s_per_epoch']:.3f} s/epoch ({row['interactions_per_s']:,} interactions/s; "
-                  f"bare PyTorch loop {row['bare_loop_s_per_epoch']:.3f} s), full-ranking eval {row['eval_s']:.3f} s, "
+                  f"bare PyTorch loop {row['bare_loop_s_per_epoch'] or float('nan'):.3f} s), full-ranking eval {row['eval_s']:.3f} s, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB, GPU {row['peak_gpu_mb']:.0f} MB, {row['metrics']}")
             if "recbole" in row:
                 other = row["recbole"]
