@@ -122,16 +122,35 @@ class MultinomialLoss(nn.Module):
 
 
 class RowBCELoss(nn.Module):
-    """Binary cross-entropy of every item of a user's row (1 for training items, 0 otherwise) against item
-    logits, summed over items and averaged over users (CDAE, Wu et al. 2016). Takes the KL argument of the
-    user-row interface and ignores it."""
+    """Binary cross-entropy of a user's row (1 for training items, 0 otherwise) against item logits, summed over
+    items and averaged over users (CDAE, Wu et al. 2016). Takes the KL argument of the user-row interface and
+    ignores it.
+
+    ``negative_ratio=None`` sums over the whole row. A number ``r`` is CDAE's negative sampling: each step keeps
+    every positive and each of the user's negatives with probability ``min(1, r * n_pos / n_neg)`` (``r``
+    negatives per positive in expectation, redrawn every step), so that the thousands of zeros of a long row do
+    not drown its few ones.
+    """
 
     feedback = "implicit"
     view = "users"
     num_negatives = 0
 
+    def __init__(self, negative_ratio: float | None = None) -> None:
+        super().__init__()
+        if negative_ratio is not None and negative_ratio <= 0:
+            raise RecForgeError(f"loss.negative_ratio must be positive or null (whole rows), got {negative_ratio}")
+        self.negative_ratio = negative_ratio
+
     def forward(self, logits: torch.Tensor, rows: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, rows, reduction="none").sum(dim=1).mean()
+        loss = F.binary_cross_entropy_with_logits(logits, rows, reduction="none")
+        if self.negative_ratio is not None:
+            positive = rows > 0
+            n_pos = positive.sum(dim=1, keepdim=True)
+            keep_prob = (self.negative_ratio * n_pos / (rows.shape[1] - n_pos).clamp(min=1)).clamp(max=1.0)
+            keep = positive | (torch.rand_like(logits) < keep_prob)
+            loss = loss * keep
+        return loss.sum(dim=1).mean()
 
 
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64: Fibonacci (multiplicative) hashing

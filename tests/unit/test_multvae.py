@@ -49,6 +49,32 @@ def test_users_view_yields_every_training_user_once_per_epoch(tiny_cfg):
     assert sorted(seen.tolist()) == sorted(torch.unique(exp.datamodule.train_tensors[0]).tolist())
 
 
+def test_row_bce_negative_sampling_keeps_positives_and_r_negatives_per_positive():
+    from recforge.errors import RecForgeError
+    from recforge.losses import RowBCELoss
+
+    torch.manual_seed(0)
+    n_users, n_items, n_pos = 4000, 1000, 10
+    rows = torch.zeros(n_users, n_items)
+    rows[:, :n_pos] = 1.0
+    rows[-1] = 0.0  # a user with no positives keeps nothing
+    # positives predicted almost perfectly (BCE ~ 0), negatives at logit 0 (BCE log 2 each): the loss counts the
+    # kept negatives, 2 per positive in expectation
+    logits = torch.zeros(n_users, n_items)
+    logits[:-1, :n_pos] = 50.0
+    zero = torch.tensor(0.0)
+    sampled = float(RowBCELoss(negative_ratio=2.0)(logits, rows, zero))
+    expected = math.log(2) * 2 * n_pos * (n_users - 1) / n_users
+    assert sampled == pytest.approx(expected, rel=0.02)
+    assert float(RowBCELoss()(logits, rows, zero)) == pytest.approx(math.log(2) * (n_items - n_pos * (n_users - 1) / n_users), rel=1e-5)
+    # a ratio that keeps every negative is the whole-row loss, positives' terms included
+    logits = torch.randn(8, 30)
+    rows = (torch.rand(8, 30) < 0.3).float()
+    torch.testing.assert_close(RowBCELoss(negative_ratio=1e6)(logits, rows, zero), RowBCELoss()(logits, rows, zero))
+    with pytest.raises(RecForgeError, match="negative_ratio"):
+        RowBCELoss(negative_ratio=0.0)
+
+
 def test_row_bce_by_hand_and_cdae_uses_its_user_offset():
     from recforge.losses import RowBCELoss
     from recforge.models.cdae import CDAE

@@ -14,8 +14,10 @@ from recforge.models.base import RowInputRecommender
 class CDAE(RowInputRecommender):
     """``h = sigmoid(W drop(x_u) + v_u + b)``, item logits ``W' h + b'``: one hidden layer of ``hidden_dim``
     units, ``dropout`` corrupting the input row during training, and a user embedding ``v_u`` added to the
-    hidden layer (what makes it *collaborative*). Trained with ``loss=row_bce`` (binary cross-entropy of the
-    whole row) on batches of users; ``score_all`` decodes the user's uncorrupted training row."""
+    hidden layer (what makes it *collaborative*). Trained with ``loss=row_bce`` on batches of users: binary
+    cross-entropy of the user's observed items and, as in the paper, sampled negatives (``loss.negative_ratio``,
+    5 per positive by default; null for the whole row); ``score_all`` decodes the user's uncorrupted training
+    row."""
 
     feedbacks = ("implicit",)
 
