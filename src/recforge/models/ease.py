@@ -57,9 +57,13 @@ class EASE(HistoryRecommender):
         gram = torch.sparse.mm(x.t().coalesce(), x.to_dense()).double()
         gram.diagonal().add_(self.l2_reg)
         # X^T X + l2_reg I is symmetric positive definite: a Cholesky inverse costs ~n^3 flops against ~2n^3 for
-        # the LU-based inverse (17.6k items on 2 cores: minutes -> about half)
-        p = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-        b = -p / p.diagonal()  # column j divided by P_jj
+        # the LU-based inverse; in place where possible, so that at most two n x n float64 matrices are alive
+        # (6k items: 0.6 GB above the start instead of 1.1; 17.6k items: about 5 GB instead of 10)
+        factor = torch.linalg.cholesky(gram)
+        del gram
+        p = torch.cholesky_inverse(factor)
+        del factor
+        b = p.div_(p.diagonal().neg())  # column j divided by -P_jj (the divisor is read before any write)
         b.diagonal().zero_()
         self.weights = b.to(self.weights.dtype)
 
