@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared run for a session lent a GPU machine (15 minutes of device time in all):
+# full-ranking evaluation on Gowalla, BPR-MF on Gowalla at batch 2,048 and 65,536 (dense and sparse Adam), and
+# the 1M-20M interaction scale table; one JSON line per result in $OUT/results.jsonl, stderr in $OUT/stderr.log.
+#
+# That machine has torch and pytorch-lightning but not hydra-core, omegaconf or antlr4 (MLflow and Optuna are not
+# needed: tracking is off in the benchmarks), and ../shared does not travel. Prepare here, once:
+#   (/.whl/ and /.device/ are in .gitignore)
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl hydra-core==1.3.8 omegaconf==2.3.1
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3     # a source release: build its wheel
+#   mkdir -p .device/data && cp -r ../shared/datasets/gowalla-lightgcn .device/data/
+# then run it there with the device tool: command "bash scripts/gpu_session.sh", carry [".whl", ".device"],
+# timeout_s 590. STEPS="eval bpr" runs a subset; DEVICE=cpu tries it here.
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-eval bpr scale}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" RECFORGE_DATA_DIR=${RECFORGE_DATA_DIR:-.device/data} PYTHONUNBUFFERED=1
+if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"; fi
+
+step() {  # step NAME SECONDS COMMAND...: one result line per run; a step that runs out of time is reported, not fatal
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date +%T))"
+    timeout "$limit" "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/results.jsonl" || echo "   $name: failed or timed out (rc $?)"
+}
+for s in $STEPS; do
+    case $s in
+    eval) step eval 90 python3 scripts/bench_eval.py --device "$DEVICE" --train-steps 300 --json ;;
+    bpr)
+        step bpr-2048 150 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 2048 --epochs 3 --json
+        step bpr-65536 90 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 65536 --epochs 5 --json
+        step bpr-65536-sparse 90 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 65536 --epochs 5 \
+            --sparse --json ;;
+    scale) step scale 200 python3 scripts/bench_scale.py --device "$DEVICE" --lightgcn-limit-batches 0 --json \
+        --work-dir /tmp/scale ;;
+    *) echo "unknown step $s (eval, bpr, scale)" >&2; exit 2 ;;
+    esac
+done
