@@ -148,7 +148,9 @@ class RowBCELoss(nn.Module):
             positive = rows > 0
             n_pos = positive.sum(dim=1, keepdim=True)
             keep_prob = (self.negative_ratio * n_pos / (rows.shape[1] - n_pos).clamp(min=1)).clamp(max=1.0)
-            keep = positive | (torch.rand_like(logits) < keep_prob)
+            # float32 draws: under bf16/fp16 autocast the logits' dtype would round the draws to 1/256 steps and
+            # keep small probabilities several times too often
+            keep = positive | (torch.rand(logits.shape, device=logits.device) < keep_prob)
             loss = loss * keep
         return loss.sum(dim=1).mean()
 

@@ -87,3 +87,17 @@ def test_row_bce_by_hand_and_cdae_uses_its_user_offset():
         model.user_embedding.weight[1] += 1.0
     a, b = model.score_all(torch.tensor([0, 1]))
     assert not torch.allclose(a, b)  # same row, different users: the user offset matters
+
+
+def test_cdae_samples_negatives_by_default_and_composes_with_other_row_losses(tmp_path):
+    from hydra.utils import instantiate
+
+    from recforge.losses import RowBCELoss
+    from tests.conftest import compose_train
+
+    loss = instantiate(compose_train(["model=cdae"], tmp_path).loss)
+    assert isinstance(loss, RowBCELoss) and loss.negative_ratio == 5.0
+    whole = instantiate(compose_train(["model=cdae", "loss.negative_ratio=null"], tmp_path).loss)
+    assert whole.negative_ratio is None
+    # the sampling ratio belongs to the loss config, so another row loss takes CDAE without stray keys
+    assert isinstance(instantiate(compose_train(["model=cdae", "loss=multinomial"], tmp_path).loss), MultinomialLoss)
