@@ -37,10 +37,10 @@ def test_bench_scale_runs_each_size_and_model(tmp_path):
     bpr_small, graph_small, bpr_big, graph_big = rows
     # BPR trains full epochs; LightGCN 2 batches of 512, and interactions/s counts those only
     assert bpr_small["limit_batches"] is None and graph_small["limit_batches"] == 2
-    # (the printed epoch time is rounded to 0.1 ms)
-    assert graph_small["interactions_per_s"] == pytest.approx(2 * 512 / graph_small["train_s_per_epoch"], rel=1e-2)
+    # (the reported epoch time is rounded to 0.1 ms)
+    assert graph_small["interactions_per_s"] == pytest.approx(2 * 512 / graph_small["train_s_per_epoch"], rel=2e-2)
     assert bpr_small["interactions_per_s"] == pytest.approx(bpr_small["n_train"] / bpr_small["train_s_per_epoch"],
-                                                            rel=1e-2)
+                                                            rel=2e-2)
     # growth is relative to the smallest size of the same model
     assert bpr_small["train_cost_vs_first"] == 1.0 and graph_small["eval_s_per_user_vs_first"] == 1.0
     expected = round(bpr_small["interactions_per_s"] / bpr_big["interactions_per_s"], 2)
