@@ -12,7 +12,8 @@
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3     # a source release: build its wheel
 #   mkdir -p .device/data && cp -r ../shared/datasets/gowalla-lightgcn .device/data/
 # then run it there with the device tool: command "bash scripts/gpu_session.sh", carry [".whl", ".device"],
-# timeout_s 590. STEPS="eval bpr" runs a subset; DEVICE=cpu tries it here.
+# timeout_s 590. STEPS="eval bpr" runs a subset; STEPS=lightgcn (a call of its own, 330 s) trains the paper's
+# LightGCN for LIGHTGCN_TIME to measure its epoch time; DEVICE=cpu tries a step here.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -42,6 +43,12 @@ for s in $STEPS; do
             --sparse --json ;;
     scale) step scale 180 python3 scripts/bench_scale.py --device "$DEVICE" --lightgcn-limit-batches 0 --json \
         --work-dir /tmp/scale ;;
-    *) echo "unknown step $s (eval, bpr, scale)" >&2; exit 2 ;;
+    lightgcn)  # the paper's LightGCN on Gowalla for LIGHTGCN_TIME (its 1,000 epochs outlast one call): s/epoch, early metrics
+        echo "== lightgcn ($(date +%T))"
+        timeout 330 python3 -m recforge.train experiment=gowalla_lightgcn tracking=none hydra.run.dir=/tmp/lightgcn \
+            "+trainer.max_time=\"${LIGHTGCN_TIME:-00:00:04:00}\"" >"$OUT/lightgcn.log" 2>&1 \
+            || echo "   lightgcn: failed or timed out (rc $?)"
+        cp /tmp/lightgcn/metrics.json "$OUT/lightgcn_metrics.json" 2>/dev/null ;;
+    *) echo "unknown step $s (eval, bpr, scale, lightgcn)" >&2; exit 2 ;;
     esac
 done
