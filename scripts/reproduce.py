@@ -4,7 +4,7 @@ process, tracking off), printed as a Markdown table with the command that gives 
     python scripts/reproduce.py ml100k-rating            # biased MF, SVD++, I-AutoRec, mlp_rating, BPMF on the u1-u5 folds
     python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
     python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
-    python scripts/reproduce.py gowalla [--models pop itemknn ials ials64 ials128 ials256 bpr lightgcn ngcf]   # the LightGCN paper's split
+    python scripts/reproduce.py gowalla [--models pop itemknn ials ials64 ials128 ials256 ials512 bpr lightgcn ngcf]   # the LightGCN paper's split
 
 Real data is read from ``RECFORGE_DATA_DIR`` (e.g. ``../shared/datasets``) or downloaded. Results are means
 over the folds with their standard deviation; every run's metrics are printed as it finishes (``--quiet`` off).
@@ -60,6 +60,7 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "ials64": [*_GOWALLA, "model=ials", "model.factors=64"],  # the other rows' embedding size
     "ials128": [*_GOWALLA, "model=ials", "model.factors=128"],  # tried after 64 (no validation set here)
     "ials256": [*_GOWALLA, "model=ials", "model.factors=256"],
+    "ials512": [*_GOWALLA, "model=ials", "model.factors=512"],
     "bpr": ["experiment=gowalla_bpr"],  # early stopping on a validation part carved from the training file
     "lightgcn": ["experiment=gowalla_lightgcn"],  # the paper's protocol, 1,000 epochs: a GPU run
     "ngcf": ["experiment=gowalla_ngcf"],  # the paper's protocol, 400 epochs: a GPU run
