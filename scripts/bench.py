@@ -146,7 +146,7 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
     steady = timer.times[1:] or timer.times
     epoch_s = sum(steady) / len(steady)
     n_epoch = n_train if limit_batches is None else min(n_train, limit_batches * batch_size)  # trained per epoch
-    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size, limit_batches) if bare_loop else float("nan")
+    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size, limit_batches) if bare_loop else None
     exp.module.to(torch.device(device))
     eval_trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
                               enable_model_summary=False)
@@ -165,8 +165,8 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
         "eval_users": len(np.unique(exp.datamodule.split.test["user"].to_numpy())),
         "limit_batches": limit_batches, "fit_s": round(fit_s, 2),
         "train_s_per_epoch": round(epoch_s, 4), "interactions_per_s": round(n_epoch / epoch_s),
-        "bare_loop_s_per_epoch": round(bare_s, 4) if bare_loop else None,
-        "bare_loop_interactions_per_s": round(n_epoch / bare_s) if bare_loop else None,
+        "bare_loop_s_per_epoch": None if bare_s is None else round(bare_s, 4),
+        "bare_loop_interactions_per_s": None if bare_s is None else round(n_epoch / bare_s),
         "eval_s": round(eval_s, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else 0.0,

@@ -5,8 +5,8 @@ For each size it writes an interactions file with ``scripts/gen_interactions.py`
 kept in ``--work-dir`` for reuse), then runs ``scripts/bench.py --json`` once per model in a fresh process (so
 peak memory is that run's own), and prints one line per (size, model): training time per epoch and
 interactions/s, the time of one full-ranking evaluation of every test user against all items, peak host RSS
-and peak GPU memory, and training/evaluation cost per interaction relative to the smallest size (1.0 everywhere
-is linear growth).
+and peak GPU memory, and the training cost per interaction and evaluation cost per evaluated user relative to
+the smallest size (1.0 is linear growth).
 
     python scripts/bench_scale.py                                  # CPU: LightGCN trains 10 batches per epoch
     python scripts/bench_scale.py --device cuda --lightgcn-limit-batches 0 --json   # one GPU, full epochs
@@ -75,11 +75,11 @@ def main() -> None:
     for rows in sorted(args.sizes):
         path = ensure_file(args.work_dir, rows, args.users, args.items, args.seed)
         for model in args.models:
-            limit = graph_limit if model in ("lightgcn", "ngcf") else None
-            row = bench_one(path, model, args.device, args.batch_size, limit or None, args.timeout)
+            limit = (graph_limit or None) if model in ("lightgcn", "ngcf") else None  # 0: full epochs
+            row = bench_one(path, model, args.device, args.batch_size, limit, args.timeout)
             row["rows_generated"] = rows
             base = first.setdefault(model, row)
-            # cost per trained interaction and per evaluated score, relative to the smallest size
+            # cost per trained interaction and per evaluated user, relative to the smallest size
             row["train_cost_vs_first"] = round(base["interactions_per_s"] / row["interactions_per_s"], 2)
             row["eval_s_per_user_vs_first"] = round(
                 (row["eval_s"] / row["eval_users"]) / (base["eval_s"] / base["eval_users"]), 2)
