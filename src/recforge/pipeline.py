@@ -25,8 +25,11 @@ from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
 from recforge.utils.io import atomic_path
 
-class StoreConfig(pl.Callback):
-    """Puts the resolved config into every checkpoint, so ``recforge-eval ckpt_path=...`` can rebuild the run."""
+class CheckpointState(pl.Callback):
+    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
+    fingerprint and the random generators' states into every checkpoint. Resuming from one
+    (``resume_from=...``) refuses a checkpoint of another split and restores the generators, so the resumed
+    run draws the negatives an uninterrupted run would have drawn."""
 
     def __init__(self, config_yaml: str, fingerprint: str) -> None:
         self.config_yaml, self.fingerprint = config_yaml, fingerprint
@@ -34,6 +37,19 @@ class StoreConfig(pl.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["recforge_config"] = self.config_yaml
         checkpoint["recforge_split_fingerprint"] = self.fingerprint
+        checkpoint["recforge_rng"] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        stored = checkpoint.get("recforge_split_fingerprint")
+        if stored != self.fingerprint:
+            raise RecForgeError(f"resume_from: the checkpoint was trained on split {stored}, but this config gives "
+                                f"split {self.fingerprint}; resume with the same data and split settings")
+        rng = checkpoint.get("recforge_rng")
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 @dataclass
@@ -52,6 +68,11 @@ def check_config(cfg: DictConfig) -> None:
                             f"e.g. {missing[0]}=<value>")
     for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
         check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not OmegaConf.is_dict(node) or "_target_" not in node:
+            raise RecForgeError(f"callbacks.{name} is set ({node}) but names no callback class (no _target_): the "
+                                f"chosen callbacks option does not define it; drop it with ~callbacks.{name}, or "
+                                "use callbacks=default")
     for key, value in cfg.optimizer.items():
         if key in ("lr", "weight_decay", "momentum", "eps") and isinstance(value, (int, float)) and value < 0:
             raise RecForgeError(f"optimizer.{key}={value} must not be negative; e.g. optimizer.{key}=0.001")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
-from recforge.pipeline import (StoreConfig, build_experiment, finite, git_commit, model_spec, per_user_frame,
+from recforge.pipeline import (CheckpointState, build_experiment, finite, git_commit, model_spec, per_user_frame,
                                recommendations_frame, split_frames, write_parquet)
 from recforge.utils.io import atomic_write_text
 
@@ -25,6 +25,7 @@ log = logging.getLogger("recforge")
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate the experiment ``cfg`` describes; return its validation and test metrics."""
     started = time.perf_counter()
+    resume = resume_path(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     exp = build_experiment(cfg)
     dm, module = exp.datamodule, exp.module
@@ -38,13 +39,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     config_yaml = to_yaml(cfg)
     tracker = build(cfg, "tracking") if cfg.get("tracking") else None
     callbacks = [build(cfg.callbacks, name) for name in cfg.get("callbacks") or {}]
-    callbacks.append(StoreConfig(config_yaml, dm.fingerprint))
+    callbacks.append(CheckpointState(config_yaml, dm.fingerprint))
     if cfg.get("optuna_trial"):  # a trial of the Optuna sweeper: report each epoch, stop when pruned
         from recforge.tuning.pruning import OptunaPruning
 
         callbacks.append(OptunaPruning(**cfg.optuna_trial))
     trainer = build(cfg, "trainer", logger=tracker.logger if tracker else False, callbacks=callbacks)
-    checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
+    checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
 
     status = "FAILED"
     try:
@@ -56,7 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("data: %s", dm.describe())
         fit_started = time.perf_counter()
         if exp.model.requires_training:
-            trainer.fit(module, datamodule=dm)
+            trainer.fit(module, datamodule=dm, ckpt_path=resume)
             best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         else:
             exp.model.fit(*dm.train_tensors)
@@ -113,6 +114,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("finished in %.1f s", time.perf_counter() - started)
     print_metrics(metrics, output_dir)
     return metrics
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """``resume_from``: a checkpoint of an interrupted run of this experiment to continue from, or None."""
+    path = cfg.get("resume_from")
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise RecForgeError(f"resume_from={path}: file not found; give a checkpoint of this experiment, e.g. "
+                            "<its output_dir>/checkpoints/last.ckpt")
+    run_dir = Path(path).resolve().parent.parent
+    if run_dir != Path(cfg.paths.output_dir).resolve():
+        log.warning("resume_from is not under paths.output_dir: the best checkpoint's score stays behind and the "
+                    "first validation after resuming counts as the best; add paths.output_dir=%s to continue "
+                    "the run in its own folder", run_dir)
+    return str(path)
 
 
 def print_metrics(metrics: dict, output_dir: Path) -> None:

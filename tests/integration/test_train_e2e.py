@@ -153,10 +153,40 @@ def test_popularity_needs_no_training_and_is_checkpointed(tiny_cfg):
     (["model.embedding_dim=???"], "model.embedding_dim"),
     (["+model.hidden=3"], "model.hidden"),
     (["split.test_ratio=1.5"], "split.test_ratio"),
+    (["callbacks=none", "+callbacks.early_stopping.patience=3"], "~callbacks.early_stopping"),
+    (["resume_from=no/such/last.ckpt"], "resume_from=no/such/last.ckpt: file not found"),
 ])
 def test_user_errors_name_the_key(tiny_cfg, overrides, message):
     with pytest.raises(RecForgeError, match=message.replace(".", r"\.")):
         train(tiny_cfg(*overrides))
+
+
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_cfg, tmp_path):
+    """Stopped after 2 epochs and resumed to 4 in its own folder, a run trains the same batches, draws the same
+    negatives and ends with the same weights and metrics as 4 epochs in one go."""
+
+    def run(folder: str, *overrides: str):
+        cfg = tiny_cfg("model=neumf", "callbacks.early_stopping.patience=100", *overrides)
+        cfg.paths.output_dir = str(tmp_path / folder)
+        return train(cfg), torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=True)
+
+    whole, whole_ckpt = run("whole", "trainer.max_epochs=4")
+    run("stopped", "trainer.max_epochs=2")
+    resumed, resumed_ckpt = run("stopped", "trainer.max_epochs=4",
+                                f"resume_from={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}")
+    assert resumed_ckpt["epoch"] == whole_ckpt["epoch"] == 3
+    for name, value in whole_ckpt["state_dict"].items():
+        assert torch.equal(resumed_ckpt["state_dict"][name], value), name
+    keys = [k for k in whole if k.startswith(("val/", "test/"))]
+    assert keys and all(resumed[k] == whole[k] for k in keys)
+
+
+def test_resume_refuses_a_checkpoint_of_another_split(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    train(cfg)
+    other = tiny_cfg("split.test_ratio=0.3", f"resume_from={cfg.paths.output_dir}/checkpoints/last.ckpt")
+    with pytest.raises(RecForgeError, match="resume_from: the checkpoint was trained on split"):
+        train(other)
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path):

@@ -42,6 +42,11 @@ class ShuffledBatches(IterableDataset):
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
         self.tensors, self.batch_size, self.seed, self.epoch = tensors, batch_size, seed, 0
 
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass yields epoch ``epoch``'s permutation (the training module calls it at each epoch's
+        start, so a resumed fit continues with the permutation an uninterrupted one would draw)."""
+        self.epoch = epoch
+
     def _n_batches(self) -> int:
         return -(-len(self.tensors[0]) // self.batch_size)
 
@@ -485,8 +490,8 @@ class RecDataModule(pl.LightningDataModule):
         if self.train_view in ("users", "sequences", "items"):  # each training user (item) once per epoch
             ids = torch.unique(self.train_tensors[1 if self.train_view == "items" else 0])
             dataset = ShuffledBatches((ids, ids, torch.ones(len(ids))), self.batch_size, self.seed)
-            return DataLoader(dataset, batch_size=None)
-        dataset = ShuffledBatches(self.train_tensors, self.batch_size, self.seed)
+        else:
+            dataset = ShuffledBatches(self.train_tensors, self.batch_size, self.seed)
         return DataLoader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

@@ -185,6 +185,9 @@ class RecommenderModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._use_histories("val")  # the training sequences (a test pass may have come before)
         self._loss_sum, self._loss_count = None, 0
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):  # the epoch's permutation follows the trainer's epoch, also when resumed
+            dataset.set_epoch(self.current_epoch)
 
     def _eval_step(self, batch) -> None:
         self._outputs.append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})
