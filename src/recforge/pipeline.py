@@ -28,8 +28,8 @@ from recforge.utils.io import atomic_path
 class CheckpointState(pl.Callback):
     """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
     fingerprint and the random generators' states into every checkpoint. Resuming from one
-    (``resume_from=...``) refuses a checkpoint of another split and restores the generators, so the resumed
-    run draws the negatives an uninterrupted run would have drawn."""
+    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
+    the negatives an uninterrupted run would have drawn."""
 
     def __init__(self, config_yaml: str, fingerprint: str) -> None:
         self.config_yaml, self.fingerprint = config_yaml, fingerprint
@@ -41,15 +41,29 @@ class CheckpointState(pl.Callback):
                                       "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        stored = checkpoint.get("recforge_split_fingerprint")
-        if stored != self.fingerprint:
-            raise RecForgeError(f"resume_from: the checkpoint was trained on split {stored}, but this config gives "
-                                f"split {self.fingerprint}; resume with the same data and split settings")
         rng = checkpoint.get("recforge_rng")
         if rng:
             torch.set_rng_state(rng["cpu"])
             if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> None:
+    """Refuse, before training, to resume from a checkpoint of another split or another model configuration."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "recforge_config" not in checkpoint:
+        raise RecForgeError(f"resume_from={path}: not a RecForge checkpoint (no stored config)")
+    stored = checkpoint.get("recforge_split_fingerprint")
+    if stored != fingerprint:
+        raise RecForgeError(f"resume_from={path}: the checkpoint was trained on split {stored}, but this config gives "
+                            f"split {fingerprint}; resume with the data and split overrides of the stopped run")
+    before = OmegaConf.to_container(OmegaConf.create(checkpoint["recforge_config"]).model)
+    now = OmegaConf.to_container(cfg.model, resolve=True)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise RecForgeError(f"resume_from={path}: the model config differs from the stopped run's in "
+                            + ", ".join(f"model.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
+                            + "; resume with the same model overrides")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
-from recforge.pipeline import (CheckpointState, build_experiment, finite, git_commit, model_spec, per_user_frame,
+from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, finite, git_commit, model_spec, per_user_frame,
                                recommendations_frame, split_frames, write_parquet)
 from recforge.utils.io import atomic_write_text
 
@@ -29,6 +29,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     exp = build_experiment(cfg)
     dm, module = exp.datamodule, exp.module
+    if resume:
+        check_resumable(resume, cfg, dm.fingerprint)
     warm = {}
     if cfg.get("init_from"):  # fine-tuning: start from a trained bundle, grown to this data's users and items
         from recforge.training.warm_start import warm_start

@@ -181,12 +181,14 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_cfg, tmp_path):
     assert keys and all(resumed[k] == whole[k] for k in keys)
 
 
-def test_resume_refuses_a_checkpoint_of_another_split(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("override,message", [("split.test_ratio=0.3", "was trained on split"),
+                                               ("data.n_users=100", "was trained on split"),
+                                               ("model.embedding_dim=8", r"model.embedding_dim \(64 -> 8\)")])
+def test_resume_refuses_a_checkpoint_of_another_split_or_model(tiny_cfg, override, message):
     cfg = tiny_cfg()
     train(cfg)
-    other = tiny_cfg("split.test_ratio=0.3", f"resume_from={cfg.paths.output_dir}/checkpoints/last.ckpt")
-    with pytest.raises(RecForgeError, match="resume_from: the checkpoint was trained on split"):
-        train(other)
+    with pytest.raises(RecForgeError, match=message):
+        train(tiny_cfg(override, f"resume_from={cfg.paths.output_dir}/checkpoints/last.ckpt"))
 
 
 def test_cli_user_error_is_one_line_and_exit_2(tmp_path):
