@@ -82,6 +82,8 @@ def check_config(cfg: DictConfig) -> None:
                             f"e.g. {missing[0]}=<value>")
     for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
         check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
+    if cfg.get("scheduler"):
+        check_target(cfg, "scheduler")
     for name, node in (cfg.get("callbacks") or {}).items():
         if not OmegaConf.is_dict(node) or "_target_" not in node:
             raise RecForgeError(f"callbacks.{name} is set ({node}) but names no callback class (no _target_): the "
@@ -152,6 +154,9 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         histories=histories,
         loss=loss,
         optimizer=build(cfg, "optimizer"),
+        scheduler=build(cfg, "scheduler") if cfg.get("scheduler") else None,
+        scheduler_monitor=cfg.monitor,
+        scheduler_every=cfg.trainer.get("check_val_every_n_epoch") or 1,
         sampler=sampler,
         ks=list(cfg.eval.ks),
         rating_range=datamodule.raw.rating_range,

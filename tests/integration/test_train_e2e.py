@@ -181,6 +181,22 @@ def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_cfg, tmp_path):
     assert keys and all(resumed[k] == whole[k] for k in keys)
 
 
+@pytest.mark.parametrize("overrides,expected", [
+    (["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"], 0.01 * 0.5**3),  # after each of 3 epochs
+    (["scheduler=cosine"], 0.0),  # annealed to eta_min at the last epoch
+    # 4 validations (every 2nd epoch): the first sets the best, the other 3 cannot improve on it (threshold 1), so
+    # one halving after the 2nd bad one; stepped at every epoch on the stale metric it would halve 3 times
+    (["scheduler=plateau", "scheduler.patience=1", "scheduler.threshold=1.0", "trainer.check_val_every_n_epoch=2",
+      "trainer.max_epochs=8"], 0.01 * 0.5),
+])
+def test_learning_rate_schedules_step_per_epoch_or_per_validation(tiny_cfg, overrides, expected):
+    cfg = tiny_cfg("optimizer.lr=0.01", "trainer.max_epochs=3", "callbacks.early_stopping.patience=100", *overrides)
+    train(cfg)
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected, abs=1e-12)
+    assert len(state["lr_schedulers"]) == 1
+
+
 @pytest.mark.parametrize("override,message", [("split.test_ratio=0.3", "was trained on split"),
                                                ("data.n_users=100", "was trained on split"),
                                                ("model.embedding_dim=8", r"model.embedding_dim \(64 -> 8\)")])

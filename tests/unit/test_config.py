@@ -14,7 +14,7 @@ from recforge.config import CONFIG_DIR, build_model, check_target, metric_mode, 
 from tests.conftest import compose_train
 
 CONF = Path(CONFIG_DIR)
-GROUPS = ["data", "split", "model", "loss", "optimizer", "trainer", "tracking", "callbacks", "paths",
+GROUPS = ["data", "split", "model", "loss", "optimizer", "scheduler", "trainer", "tracking", "callbacks", "paths",
           "experiment", "debug", "hparams_search"]
 
 
@@ -63,6 +63,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     instantiate(cfg.data)
     optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(optimizer, torch.optim.Optimizer)
+    if cfg.get("scheduler"):
+        check_target(cfg, "scheduler")
+        assert isinstance(instantiate(cfg.scheduler)(optimizer), torch.optim.lr_scheduler.LRScheduler)
     interactions = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
     model = build_model(cfg, {"n_users": 5, "n_items": 6, "global_mean": 3.5, "interactions": interactions,
                               "item_popularity": torch.ones(6)})

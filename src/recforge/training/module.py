@@ -74,9 +74,13 @@ class RecommenderModule(pl.LightningModule):
         sampled_seed: int = 0,
         rating_inverse: Callable[[torch.Tensor], torch.Tensor] | None = None,
         histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
+        scheduler_monitor: str | None = None,
+        scheduler_every: int = 1,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
+        self.scheduler_factory, self.scheduler_monitor, self.scheduler_every = scheduler, scheduler_monitor, scheduler_every
         self.feedback = loss.feedback
         self.ks = sorted(set(int(k) for k in ks))
         self.clip = tuple(rating_range) if (rating_range is not None and clip_predictions) else None
@@ -154,10 +158,21 @@ class RecommenderModule(pl.LightningModule):
         """Log ``train/loss``, the epoch's mean loss per example (averaged over processes under DDP)."""
         if self._loss_count:
             self.log("train/loss", self._loss_sum / self._loss_count, sync_dist=True)
+        if self.scheduler_factory is not None:  # the rate this epoch trained at
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         self._loss_sum, self._loss_count = None, 0
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.model.parameters())
+        """The optimizer, and the learning-rate schedule if one is configured: stepped once per epoch, or, for
+        ``ReduceLROnPlateau``, once per validation (every ``scheduler_every`` epochs) on ``scheduler_monitor``."""
+        optimizer = self.optimizer_factory(self.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config.update(monitor=self.scheduler_monitor, frequency=self.scheduler_every)
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
