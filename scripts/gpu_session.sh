@@ -13,7 +13,8 @@
 #   mkdir -p .device/data && cp -r ../shared/datasets/gowalla-lightgcn .device/data/
 # then run it there with the device tool: command "bash scripts/gpu_session.sh", carry [".whl", ".device"],
 # timeout_s 590. STEPS="eval bpr" runs a subset; STEPS=lightgcn (a call of its own, 330 s) trains the paper's
-# LightGCN for LIGHTGCN_TIME to measure its epoch time; DEVICE=cpu tries a step here.
+# LightGCN for LIGHTGCN_TIME to measure its epoch time; STEPS=lightgcn_large (a call of its own, 560 s) runs the
+# large-batch reproduction, experiment=gowalla_lightgcn_large_batch, to its end; DEVICE=cpu tries a step here.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
@@ -49,6 +50,11 @@ for s in $STEPS; do
             "+trainer.max_time=\"${LIGHTGCN_TIME:-00:00:04:00}\"" >"$OUT/lightgcn.log" 2>&1 \
             || echo "   lightgcn: failed or timed out (rc $?)"
         cp /tmp/lightgcn/metrics.json "$OUT/lightgcn_metrics.json" 2>/dev/null ;;
-    *) echo "unknown step $s (eval, bpr, scale, lightgcn)" >&2; exit 2 ;;
+    lightgcn_large)  # the large-batch LightGCN reproduction whole (50 steps per epoch): a call of its own, 560 s
+        echo "== lightgcn_large ($(date +%T))"
+        timeout 540 python3 -m recforge.train experiment=gowalla_lightgcn_large_batch tracking=none \
+            hydra.run.dir=/tmp/lightgcn_large >"$OUT/lightgcn_large.log" 2>&1 || echo "   lightgcn_large: failed or timed out (rc $?)"
+        cp /tmp/lightgcn_large/metrics.json "$OUT/lightgcn_large_metrics.json" 2>/dev/null ;;
+    *) echo "unknown step $s (eval, bpr, scale, lightgcn, lightgcn_large)" >&2; exit 2 ;;
     esac
 done
