@@ -48,22 +48,29 @@ class CheckpointState(pl.Callback):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> None:
-    """Refuse, before training, to resume from a checkpoint of another split or another model configuration."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if "recforge_config" not in checkpoint:
+def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
+    """Refuse, before training, to resume from a checkpoint of another split, model, loss, optimizer or schedule
+    (the checkpoint's optimizer and schedule states would win silently). Returns the epochs it had trained."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise RecForgeError(f"resume_from={path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(checkpoint, dict) or "recforge_config" not in checkpoint:
         raise RecForgeError(f"resume_from={path}: not a RecForge checkpoint (no stored config)")
     stored = checkpoint.get("recforge_split_fingerprint")
     if stored != fingerprint:
         raise RecForgeError(f"resume_from={path}: the checkpoint was trained on split {stored}, but this config gives "
                             f"split {fingerprint}; resume with the data and split overrides of the stopped run")
-    before = OmegaConf.to_container(OmegaConf.create(checkpoint["recforge_config"]).model)
-    now = OmegaConf.to_container(cfg.model, resolve=True)
-    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if changed:
-        raise RecForgeError(f"resume_from={path}: the model config differs from the stopped run's in "
-                            + ", ".join(f"model.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
-                            + "; resume with the same model overrides")
+    stored = OmegaConf.create(checkpoint["recforge_config"])
+    for group in ("model", "loss", "optimizer", "scheduler"):
+        before = OmegaConf.to_container(stored[group]) if stored.get(group) else {}
+        now = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise RecForgeError(f"resume_from={path}: the {group} config differs from the stopped run's in "
+                                + ", ".join(f"{group}.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
+                                + "; resume with the stopped run's overrides")
+    return int(checkpoint.get("epoch", -1)) + 1
 
 
 @dataclass
@@ -156,7 +163,6 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         optimizer=build(cfg, "optimizer"),
         scheduler=build(cfg, "scheduler") if cfg.get("scheduler") else None,
         scheduler_monitor=cfg.monitor,
-        scheduler_every=cfg.trainer.get("check_val_every_n_epoch") or 1,
         sampler=sampler,
         ks=list(cfg.eval.ks),
         rating_range=datamodule.raw.rating_range,

@@ -29,8 +29,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     exp = build_experiment(cfg)
     dm, module = exp.datamodule, exp.module
-    if resume:
-        check_resumable(resume, cfg, dm.fingerprint)
+    done_before = check_resumable(resume, cfg, dm.fingerprint) if resume else 0  # epochs the checkpoint had trained
     warm = {}
     if cfg.get("init_from"):  # fine-tuning: start from a trained bundle, grown to this data's users and items
         from recforge.training.warm_start import warm_start
@@ -71,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.save_checkpoint(best)
         test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
         metrics = finite({**val, **test})
-        epochs = max(trainer.current_epoch, 1) if exp.model.requires_training else 0
+        epochs = max(trainer.current_epoch - done_before, 1) if exp.model.requires_training else 0
         metrics["time/fit_s"] = fit_seconds
         metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
         metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))

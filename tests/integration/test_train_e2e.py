@@ -161,22 +161,42 @@ def test_user_errors_name_the_key(tiny_cfg, overrides, message):
         train(tiny_cfg(*overrides))
 
 
-def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_cfg, tmp_path):
-    """Stopped after 2 epochs and resumed to 4 in its own folder, a run trains the same batches, draws the same
-    negatives and ends with the same weights and metrics as 4 epochs in one go."""
+@pytest.mark.parametrize("overrides", [
+    [],
+    # validation (and last.ckpt) every 2nd epoch, and a plateau schedule whose every step must survive the stop:
+    # threshold 1 means no validation improves on the first, so the rate halves at each later one (patience 0)
+    ["trainer.check_val_every_n_epoch=2", "scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=1.0"],
+    ["scheduler=cosine"],
+], ids=["every-epoch", "every-2nd-epoch-plateau", "cosine"])
+def test_resumed_run_ends_where_the_uninterrupted_run_ends(tiny_cfg, tmp_path, monkeypatch, overrides):
+    """Stopped after 4 of 6 epochs and resumed in its own folder with the same config, a run trains the same
+    batches, draws the same negatives, keeps its schedule and ends with the same weights and metrics as 6 epochs in
+    one go."""
+    from recforge.training.module import RecommenderModule
 
-    def run(folder: str, *overrides: str):
-        cfg = tiny_cfg("model=neumf", "callbacks.early_stopping.patience=100", *overrides)
+    def run(folder: str, *extra: str):
+        cfg = tiny_cfg("model=neumf", "trainer.max_epochs=6", "callbacks.early_stopping.patience=100", *overrides,
+                       *extra)
         cfg.paths.output_dir = str(tmp_path / folder)
         return train(cfg), torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=True)
 
-    whole, whole_ckpt = run("whole", "trainer.max_epochs=4")
-    run("stopped", "trainer.max_epochs=2")
-    resumed, resumed_ckpt = run("stopped", "trainer.max_epochs=4",
-                                f"resume_from={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}")
-    assert resumed_ckpt["epoch"] == whole_ckpt["epoch"] == 3
+    whole, whole_ckpt = run("whole")
+    original = RecommenderModule.on_train_epoch_end
+
+    def stop_after_four(self):  # the run is cut short as a crash or a time limit would, config unchanged
+        original(self)
+        self.trainer.should_stop = self.trainer.should_stop or self.current_epoch == 3
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", stop_after_four)
+    _, stopped_ckpt = run("stopped")
+    assert stopped_ckpt["epoch"] == 3
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", original)
+    resumed, resumed_ckpt = run("stopped", f"resume_from={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}")
+    assert resumed_ckpt["epoch"] == whole_ckpt["epoch"] == 5
     for name, value in whole_ckpt["state_dict"].items():
         assert torch.equal(resumed_ckpt["state_dict"][name], value), name
+    rates = [c["optimizer_states"][0]["param_groups"][0]["lr"] for c in (whole_ckpt, stopped_ckpt, resumed_ckpt)]
+    assert rates[2] == rates[0] != 0.001 if overrides else rates[0] == rates[1] == rates[2]
     keys = [k for k in whole if k.startswith(("val/", "test/"))]
     assert keys and all(resumed[k] == whole[k] for k in keys)
 
@@ -194,7 +214,8 @@ def test_learning_rate_schedules_step_per_epoch_or_per_validation(tiny_cfg, over
     train(cfg)
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected, abs=1e-12)
-    assert len(state["lr_schedulers"]) == 1
+    plateau = cfg.scheduler._target_.endswith("ReduceLROnPlateau")  # stepped by the module, saved by it
+    assert len(state["lr_schedulers"]) == (0 if plateau else 1) and ("recforge_plateau" in state) == plateau
 
 
 @pytest.mark.parametrize("override,message", [("split.test_ratio=0.3", "was trained on split"),

@@ -76,11 +76,13 @@ class RecommenderModule(pl.LightningModule):
         histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_monitor: str | None = None,
-        scheduler_every: int = 1,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
-        self.scheduler_factory, self.scheduler_monitor, self.scheduler_every = scheduler, scheduler_monitor, scheduler_every
+        self.scheduler_factory, self.scheduler_monitor = scheduler, scheduler_monitor
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None  # stepped here, see configure_optimizers
+        self._plateau_state: dict | None = None
+        self._epoch_lr: float | None = None
         self.feedback = loss.feedback
         self.ks = sorted(set(int(k) for k in ks))
         self.clip = tuple(rating_range) if (rating_range is not None and clip_predictions) else None
@@ -158,21 +160,32 @@ class RecommenderModule(pl.LightningModule):
         """Log ``train/loss``, the epoch's mean loss per example (averaged over processes under DDP)."""
         if self._loss_count:
             self.log("train/loss", self._loss_sum / self._loss_count, sync_dist=True)
-        if self.scheduler_factory is not None:  # the rate this epoch trained at
-            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        if self._epoch_lr is not None:  # the rate this epoch trained at
+            self.log("train/lr", self._epoch_lr)
         self._loss_sum, self._loss_count = None, 0
 
     def configure_optimizers(self):
-        """The optimizer, and the learning-rate schedule if one is configured: stepped once per epoch, or, for
-        ``ReduceLROnPlateau``, once per validation (every ``scheduler_every`` epochs) on ``scheduler_monitor``."""
+        """The optimizer, and the learning-rate schedule if one is configured, stepped once per epoch by Lightning.
+        ``ReduceLROnPlateau`` is stepped here instead, on ``scheduler_monitor`` at each validation of a fit and before
+        that validation's checkpoint is written (Lightning steps it afterwards, so a resumed run would miss a
+        step); its state travels in the checkpoint under ``recforge_plateau``."""
         optimizer = self.optimizer_factory(self.model.parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        config = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config.update(monitor=self.scheduler_monitor, frequency=self.scheduler_every)
-        return {"optimizer": optimizer, "lr_scheduler": config}
+            self._plateau = scheduler
+            if self._plateau_state is not None:
+                scheduler.load_state_dict(self._plateau_state)
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._plateau is not None:
+            checkpoint["recforge_plateau"] = self._plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._plateau_state = checkpoint.get("recforge_plateau")  # applied when configure_optimizers builds it
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -200,6 +213,8 @@ class RecommenderModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._use_histories("val")  # the training sequences (a test pass may have come before)
         self._loss_sum, self._loss_count = None, 0
+        if self.scheduler_factory is not None:  # epoch-interval schedulers step before on_train_epoch_end
+            self._epoch_lr = self.optimizers().param_groups[0]["lr"]
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(dataset, "set_epoch"):  # the epoch's permutation follows the trainer's epoch, also when resumed
             dataset.set_epoch(self.current_epoch)
@@ -245,7 +260,10 @@ class RecommenderModule(pl.LightningModule):
         return metrics
 
     def on_validation_epoch_end(self) -> None:
-        self._aggregate("val")
+        metrics = self._aggregate("val")
+        if self._plateau is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            if self.scheduler_monitor in metrics:
+                self._plateau.step(float(metrics[self.scheduler_monitor]))
 
     def on_test_epoch_end(self) -> None:
         self._aggregate("test")
