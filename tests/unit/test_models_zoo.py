@@ -260,15 +260,15 @@ def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
 
 
 def test_sparse_mm_ignores_its_uninitialised_buffer():
-    """The CPU fast path writes into ``torch.empty``; whatever that memory held (NaN here) must not leak."""
+    """The CPU fast path writes into ``torch.empty`` with ``addmm(beta=0)``: whatever the buffer held must not
+    leak into the result, which is what beta=0 promises and what this pins (NaN * 0 would be NaN)."""
     from recforge.models.lightgcn import sparse_mm
 
     torch.manual_seed(0)
     adjacency = normalized_adjacency(PAIRS, 4, 5).to_sparse_csr()
     dense = torch.randn(9, 3)
     expected = adjacency.to_dense() @ dense
-    for _ in range(3):  # a freed NaN buffer of the same size is what the allocator may hand back next
-        poison = torch.full((9, 3), float("nan"))
-        del poison
-        assert torch.allclose(sparse_mm(adjacency, dense), expected, atol=1e-6)
+    poisoned = torch.full((9, 3), float("nan"))
+    assert torch.allclose(torch.addmm(poisoned, adjacency, dense, beta=0, out=poisoned), expected, atol=1e-6)
+    assert torch.allclose(sparse_mm(adjacency, dense), expected, atol=1e-6)
     assert torch.allclose(sparse_mm(adjacency, dense.t().contiguous().t()), expected, atol=1e-6)
