@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recforge.losses import NegativeSampler
@@ -61,3 +62,31 @@ def test_the_filter_follows_keys_changed_in_place():
     assert sampler.is_positive(zero, torch.tensor([[5]])).item()
     int32 = NegativeSampler(10, torch.tensor([4, 5, 6], dtype=torch.int32))
     assert int32.is_positive(zero, torch.tensor([[5]])).item()
+
+
+def test_user_uniform_batches_weigh_users_alike_and_draw_only_their_items():
+    """User 0 has 1 training item, user 1 has 9: a shuffle gives user 1 nine examples in ten, the user-first
+    sampler of the NGCF/LightGCN code half of them, each example one of that user's own items."""
+    from recforge.data.datamodule import ShuffledBatches, UserUniformBatches
+
+    users = torch.tensor([1, 1, 0, 1, 1, 1, 1, 1, 1, 1])
+    items = torch.tensor([10, 11, 5, 12, 13, 14, 15, 16, 17, 18])
+    tensors = (users, items, torch.ones(10))
+    sampler = UserUniformBatches(tensors, batch_size=4, seed=0)
+    drawn_users, drawn_items = [], []
+    for _ in range(2000):
+        batches = list(sampler)
+        assert [len(b[0]) for b in batches] == [4, 4, 2]  # an epoch: as many examples as interactions
+        drawn_users += [b[0] for b in batches]
+        drawn_items += [b[1] for b in batches]
+    drawn_users, drawn_items = torch.cat(drawn_users), torch.cat(drawn_items)
+    assert abs((drawn_users == 0).float().mean().item() - 0.5) < 0.02
+    assert torch.all(drawn_items[drawn_users == 0] == 5)
+    assert set(drawn_items[drawn_users == 1].tolist()) == set(range(10, 19))  # every item of user 1, uniformly
+    assert drawn_items[drawn_users == 1].bincount(minlength=19)[10:].float().std() < 0.1 * (drawn_users == 1).sum() / 9
+    shuffled = torch.cat([b[0] for _ in range(50) for b in ShuffledBatches(tensors, 4, seed=0)])
+    assert (shuffled == 0).float().mean().item() == pytest.approx(0.1)
+    again = UserUniformBatches(tensors, batch_size=4, seed=0)
+    again.set_epoch(3)
+    sampler.set_epoch(3)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(again, sampler))  # an epoch is fixed by (seed, epoch)

@@ -56,10 +56,14 @@ class ShuffledBatches(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self.batches(*process_rank())
 
+    def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
+        """The rows of ``tensors`` one epoch visits, in order: a permutation of all of them."""
+        return torch.randperm(len(self.tensors[0]), generator=generator)
+
     def batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        order = torch.randperm(len(self.tensors[0]), generator=generator)
+        order = self.epoch_rows(generator)
         n_batches, size = self._n_batches(), self.batch_size
         mine = [order[b * size : (b + 1) * size] for b in
                 ((k * world + rank) % n_batches for k in range(-(-n_batches // world)))]
@@ -68,6 +72,26 @@ class ShuffledBatches(IterableDataset):
         index = order if world == 1 else torch.cat(mine)
         rows = tuple(t[index] for t in self.tensors)
         yield from zip(*(r.split([len(m) for m in mine]) for r in rows))
+
+
+class UserUniformBatches(ShuffledBatches):
+    """Training examples drawn user first: a user uniformly among those with training interactions, then one of
+    that user's training interactions uniformly, as many per epoch as there are training interactions. This is
+    the sampler of the NGCF and LightGCN reference code; it weighs every user alike, as per-user averaged metrics
+    do, where a shuffle of the interactions weighs users by their activity. Batches as :class:`ShuffledBatches`
+    (also under DDP)."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        by_user = torch.argsort(tensors[0], stable=True)
+        super().__init__(tuple(t[by_user] for t in tensors), batch_size, seed)
+        _, self.counts = torch.unique_consecutive(self.tensors[0], return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
+        n = len(self.tensors[0])
+        users = torch.randint(len(self.counts), (n,), generator=generator)
+        offsets = (torch.rand(n, generator=generator, dtype=torch.float64) * self.counts[users]).long()
+        return self.starts[users] + offsets
 
 
 def split_eval_batch(batch, parts: int) -> list:
@@ -175,7 +199,8 @@ class RecDataModule(pl.LightningDataModule):
     in batches of ``batch_size`` users: what user-row losses such as ``loss=multinomial`` and sequential models
     need; batches are ``(users, users, ones)``) or ``items``
     (each training item once per epoch: item-row models such as I-AutoRec); the pipeline sets it from the model
-    or the loss.
+    or the loss. ``sample_users_uniformly`` draws the interactions view's examples user first
+    (:class:`UserUniformBatches`) instead of shuffling the interactions.
     """
 
     train_view: str = "interactions"
@@ -195,6 +220,7 @@ class RecDataModule(pl.LightningDataModule):
         eval_batch_size: int = 65536,
         max_scores_in_memory: int = 1 << 24,
         seed: int = 0,
+        sample_users_uniformly: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -211,6 +237,7 @@ class RecDataModule(pl.LightningDataModule):
         self.cache, self.cache_dir = cache, cache_dir
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_scores_in_memory, self.seed = max_scores_in_memory, seed
+        self.sample_users_uniformly = sample_users_uniformly
         self.raw: RawData | None = None
         self.split: Split | None = None
         self.id_maps: IdMaps | None = None
@@ -488,8 +515,13 @@ class RecDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
         if self.train_view in ("users", "sequences", "items"):  # each training user (item) once per epoch
+            if self.sample_users_uniformly:
+                raise RecForgeError(f"datamodule.sample_users_uniformly=true draws interactions, but this model trains "
+                                    f"on {self.train_view} rows (each once per epoch already); drop the override")
             ids = torch.unique(self.train_tensors[1 if self.train_view == "items" else 0])
             dataset = ShuffledBatches((ids, ids, torch.ones(len(ids))), self.batch_size, self.seed)
+        elif self.sample_users_uniformly:
+            dataset = UserUniformBatches(self.train_tensors, self.batch_size, self.seed)
         else:
             dataset = ShuffledBatches(self.train_tensors, self.batch_size, self.seed)
         return DataLoader(dataset, batch_size=None)
