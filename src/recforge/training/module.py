@@ -215,7 +215,8 @@ class RecommenderModule(pl.LightningModule):
         self._loss_sum, self._loss_count = None, 0
         if self.scheduler_factory is not None:  # epoch-interval schedulers step before on_train_epoch_end
             self._epoch_lr = self.optimizers().param_groups[0]["lr"]
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        trainer = self._trainer  # None when the hooks are driven by hand (tests)
+        dataset = getattr(trainer.train_dataloader, "dataset", None) if trainer is not None else None
         if hasattr(dataset, "set_epoch"):  # the epoch's permutation follows the trainer's epoch, also when resumed
             dataset.set_epoch(self.current_epoch)
 
