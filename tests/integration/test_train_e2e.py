@@ -218,6 +218,14 @@ def test_learning_rate_schedules_step_per_epoch_or_per_validation(tiny_cfg, over
     assert len(state["lr_schedulers"]) == (0 if plateau else 1) and ("recforge_plateau" in state) == plateau
 
 
+def test_logged_learning_rate_is_the_rate_each_epoch_trained_at(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("optimizer.lr=0.01", "trainer.max_epochs=3", "scheduler=step", "scheduler.step_size=1",
+                   "scheduler.gamma=0.5", tracking=True)
+    run_id = train(cfg)["run_id"]
+    history = client_for(tmp_path).get_metric_history(run_id, "train/lr")
+    assert [h.value for h in sorted(history, key=lambda h: h.step)] == pytest.approx([0.01, 0.005, 0.0025])
+
+
 @pytest.mark.parametrize("override,message", [("split.test_ratio=0.3", "was trained on split"),
                                                ("data.n_users=100", "was trained on split"),
                                                ("model.embedding_dim=8", r"model.embedding_dim \(64 -> 8\)")])
