@@ -54,7 +54,8 @@ def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # a truncated or foreign file
-        raise RecForgeError(f"resume_from={path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+        raise RecForgeError(f"resume_from={path}: cannot be read as a checkpoint "
+                            f"({type(exc).__name__}: {exc})") from None
     if not isinstance(checkpoint, dict) or "recforge_config" not in checkpoint:
         raise RecForgeError(f"resume_from={path}: not a RecForge checkpoint (no stored config)")
     stored = checkpoint.get("recforge_split_fingerprint")

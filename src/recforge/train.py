@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
-from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, finite, git_commit, model_spec, per_user_frame,
-                               recommendations_frame, split_frames, write_parquet)
+from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, finite, git_commit, model_spec,
+                               per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.utils.io import atomic_write_text
 
 log = logging.getLogger("recforge")

@@ -80,7 +80,8 @@ class RecommenderModule(pl.LightningModule):
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
         self.scheduler_factory, self.scheduler_monitor = scheduler, scheduler_monitor
-        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None  # stepped here, see configure_optimizers
+        # ReduceLROnPlateau is stepped by this module, not by Lightning: see configure_optimizers
+        self._plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self._plateau_state: dict | None = None
         self._epoch_lr: float | None = None
         self.feedback = loss.feedback
