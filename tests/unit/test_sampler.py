@@ -90,3 +90,43 @@ def test_user_uniform_batches_weigh_users_alike_and_draw_only_their_items():
     again.set_epoch(3)
     sampler.set_epoch(3)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(again, sampler))  # an epoch is fixed by (seed, epoch)
+
+
+def test_training_batches_are_drawn_where_the_trainer_runs(tiny_cfg):
+    """Under ``train_on_device`` the training tensors move to the trainer's device once (the meta device stands
+    in for an accelerator here), so no batch is copied from the host; without it they stay on the host."""
+    from types import SimpleNamespace
+
+    from recforge.pipeline import build_experiment
+
+    dm = build_experiment(tiny_cfg()).datamodule
+    assert dm.train_device() == torch.device("cpu")  # no trainer attached
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    try:
+        assert [t.device.type for t in dm.train_dataloader().dataset.tensors] == ["meta"] * 3
+        dm.train_on_device = False
+        tensors = dm.train_dataloader().dataset.tensors
+        assert [t.device.type for t in tensors] == ["cpu"] * 3
+        assert all(a is b for a, b in zip(tensors, dm.train_tensors))  # the host tensors themselves, no copy
+        assert not dm.train_dataloader().pin_memory
+        dm.trainer.strategy.root_device = torch.device("cuda")
+        assert dm.train_dataloader().pin_memory  # host batches bound for a GPU are pinned
+    finally:
+        dm.trainer = None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_epochs_drawn_on_a_gpu_cover_the_data_as_on_the_host():
+    from recforge.data.datamodule import ShuffledBatches, UserUniformBatches
+
+    users = torch.tensor([1, 1, 0, 1, 2, 2, 1, 1, 1, 1])
+    items = torch.arange(10)
+    tensors = tuple(t.cuda() for t in (users, items, torch.ones(10)))
+    batches = list(ShuffledBatches(tensors, 4, seed=0))
+    assert all(b[0].is_cuda for b in batches) and [len(b[0]) for b in batches] == [4, 4, 2]
+    assert torch.cat([b[1] for b in batches]).sort().values.tolist() == list(range(10))  # every row once
+    sampler = UserUniformBatches(tensors, 4, seed=0)
+    drawn = [b for _ in range(20) for b in sampler]
+    drawn_users, drawn_items = torch.cat([b[0] for b in drawn]).cpu(), torch.cat([b[1] for b in drawn]).cpu()
+    assert torch.equal(users[drawn_items], drawn_users)  # each example one of its own user's interactions
+    assert set(drawn_users.tolist()) == {0, 1, 2}
