@@ -146,7 +146,6 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
     steady = timer.times[1:] or timer.times
     epoch_s = sum(steady) / len(steady)
     n_epoch = n_train if limit_batches is None else min(n_train, limit_batches * batch_size)  # trained per epoch
-    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size, limit_batches) if bare_loop else None
     exp.module.to(torch.device(device))
     eval_trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False,
                               enable_model_summary=False)
@@ -159,6 +158,8 @@ def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: P
     if device == "cuda":
         torch.cuda.synchronize()
     eval_s = time.perf_counter() - start
+    # after the evaluation: the bare epoch trains the model further, and the metrics are those of the fit
+    bare_s = bare_loop_epoch(exp, torch.device(device), batch_size, limit_batches) if bare_loop else None
     row = {
         "model": model, "dataset": data, "batch_size": batch_size, "device": device,
         "n_train": n_train, "users": exp.datamodule.n_users, "items": exp.datamodule.n_items,
