@@ -1,0 +1,157 @@
+"""Per-step cost of BPR-MF training, Lightning's share of it, and what each remedy buys.
+
+For each optimizer variant and batch size it times, after a warm-up epoch:
+
+- ``bare``: the step with no Lightning (negatives sampled, forward, backward, optimizer step) over batches cut from a
+  shuffle of device-resident tensors, as ``ShuffledBatches`` does;
+- ``lightning``: the same number of steps per epoch through ``Trainer.fit`` with the LightningModule and the
+  DataModule (``limit_train_batches``), so ``overhead`` = lightning - bare is Lightning's cost per step (its
+  per-epoch hooks spread over the epoch's steps);
+- ``compiled``: the bare step with the loss computation under ``torch.compile`` (dense gradients only: inductor
+  cannot take sparse ones), per mode: ``default`` everywhere, ``reduce-overhead`` (CUDA graphs) on a GPU.
+
+Variants: ``adam`` (dense gradients, torch's foreach Adam), ``adam_fused`` (its fused kernel), ``lazy_adam``
+(sparse embedding gradients and RecForge's LazyAdam: ``optimizer=sparse_adam model.sparse_grad=true``). On a GPU
+``host_batches`` also times Lightning with ``datamodule.train_on_device=false``: batches gathered on the host and
+copied from pinned memory each step, what the device-resident default avoids. Larger batches are the remaining
+remedy: the batch-size columns give their throughput, and experiment=gowalla_lightgcn_large_batch shows what a
+scaled learning rate keeps of the quality.
+
+    RECFORGE_DATA_DIR=../shared/datasets python scripts/bench_step.py --data gowalla
+    python scripts/bench_step.py --data synthetic-1m --batch-sizes 256 2048 --steps 100 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import recforge  # noqa: F401  (first: it tunes OpenBLAS before numpy loads)
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from bench import DATASETS, EpochTimer, data_overrides
+from recforge.config import CONFIG_DIR
+from recforge.pipeline import build_experiment
+
+VARIANTS = {
+    "adam": [],
+    "adam_fused": ["+optimizer.fused=true"],
+    "lazy_adam": ["optimizer=sparse_adam", "model.sparse_grad=true"],
+}
+
+
+def experiment(data: str, batch_size: int, overrides: list[str], tmp: Path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=data_overrides(data) + [
+            "model=bpr", "tracking=none", "callbacks=none", f"datamodule.batch_size={batch_size}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp)
+    pl.seed_everything(0, verbose=False)
+    return build_experiment(cfg)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_ms_per_step(exp, device: torch.device, batch_size: int, steps: int, epochs: int, compile_mode=None) -> float:
+    """Mean ms per step over epochs 2.. of ``steps`` steps, each epoch starting with a shuffle of every row."""
+    module = exp.module.to(device)
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    loss_fn = module.compute_loss if compile_mode is None else torch.compile(module.compute_loss, mode=compile_mode)
+    tensors = [t.to(device) for t in exp.datamodule.train_tensors]
+    times = []
+    for _ in range(epochs):
+        sync(device)
+        start = time.perf_counter()
+        order = torch.randperm(len(tensors[0]), device=device)
+        users, items, ratings = (t[order] for t in tensors)
+        for s in range(0, steps * batch_size, batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn((users[s : s + batch_size], items[s : s + batch_size], ratings[s : s + batch_size])).backward()
+            optimizer.step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 1e3 * sum(times[1:]) / (len(times) - 1) / steps
+
+
+def lightning_ms_per_step(exp, device: torch.device, steps: int, epochs: int) -> float:
+    timer = EpochTimer()
+    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=epochs,
+                         logger=False, callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         limit_train_batches=steps)
+    trainer.fit(exp.module, datamodule=exp.datamodule)
+    return 1e3 * sum(timer.times[1:]) / (len(timer.times) - 1) / steps
+
+
+def measure(data: str, variant: str, batch_size: int, steps: int, epochs: int, device: torch.device,
+            compile_modes: list[str], tmp: Path, extra: list[str]) -> dict:
+    overrides = VARIANTS[variant] + extra
+    exp = experiment(data, batch_size, overrides, tmp)
+    steps = min(steps, len(exp.datamodule.train_tensors[0]) // batch_size)
+    if steps < 1:
+        raise SystemExit(f"batch size {batch_size} is larger than the {data} training set")
+    row = {"variant": variant, "dataset": data, "batch_size": batch_size, "device": str(device), "steps": steps,
+           "n_train": len(exp.datamodule.train_tensors[0])}
+    lightning = lightning_ms_per_step(exp, device, steps, epochs)
+    bare = bare_ms_per_step(exp, device, batch_size, steps, epochs)
+    row.update(bare_ms_per_step=round(bare, 3), lightning_ms_per_step=round(lightning, 3),
+               overhead_ms_per_step=round(lightning - bare, 3),
+               lightning_interactions_per_s=round(batch_size / lightning * 1e3))
+    if device.type == "cuda":  # the same steps from host batches copied through pinned memory
+        exp = experiment(data, batch_size, overrides + ["datamodule.train_on_device=false"], tmp)
+        row["host_batches_ms_per_step"] = round(lightning_ms_per_step(exp, device, steps, epochs), 3)
+    if "model.sparse_grad=true" not in overrides:
+        for mode in compile_modes:
+            exp = experiment(data, batch_size, overrides, tmp)
+            row[f"compiled_{mode}_ms_per_step"] = round(
+                bare_ms_per_step(exp, device, batch_size, steps, epochs, compile_mode=mode), 3)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="gowalla", choices=sorted(DATASETS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 2048, 65536])
+    parser.add_argument("--steps", type=int, default=200, help="steps timed per epoch (fewer if an epoch has fewer)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is a warm-up")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--override", nargs="*", default=[], help="extra train config overrides")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first one warms up)")
+    device = torch.device(args.device)
+    modes = [] if args.no_compile else ["default"] + (["reduce-overhead"] if device.type == "cuda" else [])
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}", file=sys.stderr)
+    for variant in args.variants:
+        for batch_size in args.batch_sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                row = measure(args.data, variant, batch_size, args.steps, args.epochs, device, modes, Path(tmp),
+                              args.override)
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                extra = ", ".join(f"{k.removesuffix('_ms_per_step')} {v:.3f}" for k, v in row.items()
+                                  if k.endswith("_ms_per_step") and k not in (
+                                      "bare_ms_per_step", "lightning_ms_per_step", "overhead_ms_per_step"))
+                print(f"{variant:>10} batch {batch_size:>6} on {device}: bare {row['bare_ms_per_step']:.3f} ms/step, "
+                      f"Lightning {row['lightning_ms_per_step']:.3f} (overhead {row['overhead_ms_per_step']:+.3f}; "
+                      f"{row['lightning_interactions_per_s']:,} interactions/s){'; ' + extra if extra else ''}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
