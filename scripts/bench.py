@@ -201,8 +201,9 @@ def main() -> None:
                         help="also run RecBole 1.2.1 on the same split with this interpreter and print the ratio")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    extra = list(args.override) + (["optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.005"]
-                                   if args.sparse else [])
+    # --override last: it wins over what --sparse sets (e.g. --sparse --override optimizer.lr=0.02)
+    extra = (["optimizer=sparse_adam", "model.sparse_grad=true", "optimizer.lr=0.005"] if args.sparse else []) + list(
+        args.override)
     if args.interactions is not None:
         if not args.interactions.is_file():
             parser.error(f"--interactions {args.interactions}: file not found")
