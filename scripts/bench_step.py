@@ -1,7 +1,7 @@
 """Per-step cost of BPR-MF training, Lightning's share of it, and what each remedy buys.
 
 For each optimizer variant and batch size it times the fastest epoch after a warm-up one (the fastest, since a
-shared host's neighbours slow some epochs and never speed one up):
+shared host's neighbours slow some epochs and never speed one up), in ``--rounds`` alternations:
 
 - ``bare``: the step with no Lightning (negatives sampled, forward, backward, optimizer step) over batches cut from a
   shuffle of device-resident tensors, as ``ShuffledBatches`` does;
@@ -99,7 +99,7 @@ def lightning_ms_per_step(exp, device: torch.device, steps: int, epochs: int) ->
 
 
 def measure(data: str, variant: str, batch_size: int, steps: int, epochs: int, device: torch.device,
-            compile_modes: list[str], tmp: Path, extra: list[str]) -> dict:
+            compile_modes: list[str], tmp: Path, extra: list[str], rounds: int = 2) -> dict:
     overrides = VARIANTS[variant] + extra
     exp = experiment(data, batch_size, overrides, tmp)
     steps = min(steps, len(exp.datamodule.train_tensors[0]) // batch_size)
@@ -107,8 +107,10 @@ def measure(data: str, variant: str, batch_size: int, steps: int, epochs: int, d
         raise SystemExit(f"batch size {batch_size} is larger than the {data} training set")
     row = {"variant": variant, "dataset": data, "batch_size": batch_size, "device": str(device), "steps": steps,
            "n_train": len(exp.datamodule.train_tensors[0])}
-    lightning = lightning_ms_per_step(exp, device, steps, epochs)
-    bare = bare_ms_per_step(exp, device, batch_size, steps, epochs)
+    lightning, bare = float("inf"), float("inf")
+    for _ in range(rounds):  # alternated, so that a slow minute on a shared host does not fall on one side only
+        lightning = min(lightning, lightning_ms_per_step(exp, device, steps, epochs))
+        bare = min(bare, bare_ms_per_step(exp, device, batch_size, steps, epochs))
     row.update(bare_ms_per_step=round(bare, 3), lightning_ms_per_step=round(lightning, 3),
                overhead_ms_per_step=round(lightning - bare, 3),
                lightning_interactions_per_s=round(batch_size / lightning * 1e3))
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 2048, 65536])
     parser.add_argument("--steps", type=int, default=200, help="steps timed per epoch (fewer if an epoch has fewer)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the Lightning and bare timings")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per measurement; the first is a warm-up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
@@ -144,7 +147,7 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             with tempfile.TemporaryDirectory() as tmp:
                 row = measure(args.data, variant, batch_size, args.steps, args.epochs, device, modes, Path(tmp),
-                              args.override)
+                              args.override, args.rounds)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
