@@ -93,38 +93,50 @@ def test_user_uniform_batches_weigh_users_alike_and_draw_only_their_items():
 
 
 def test_training_batches_are_drawn_where_the_trainer_runs(tiny_cfg):
-    """Under ``train_on_device`` the training tensors move to the trainer's device once (the meta device stands
-    in for an accelerator here), so no batch is copied from the host; without it they stay on the host."""
+    """Under ``train_on_device`` the training tensors go to the trainer's CUDA device (once, so no batch is copied
+    from the host); elsewhere (the host, Apple's MPS) and without it they stay on the host, pinned when bound for a
+    GPU."""
     from types import SimpleNamespace
 
     from recforge.pipeline import build_experiment
 
     dm = build_experiment(tiny_cfg()).datamodule
     assert dm.train_device() == torch.device("cpu")  # no trainer attached
-    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 1)))
     try:
-        assert [t.device.type for t in dm.train_dataloader().dataset.tensors] == ["meta"] * 3
+        assert dm.train_device() == torch.device("cuda", 1)
+        dm.trainer.strategy.root_device = torch.device("mps")
+        assert dm.train_device() == torch.device("cpu")
+        dm.trainer.strategy.root_device = torch.device("cuda", 1)
         dm.train_on_device = False
-        tensors = dm.train_dataloader().dataset.tensors
-        assert [t.device.type for t in tensors] == ["cpu"] * 3
-        assert all(a is b for a, b in zip(tensors, dm.train_tensors))  # the host tensors themselves, no copy
+        assert dm.train_device() == torch.device("cpu")
+        loader = dm.train_dataloader()
+        assert all(a is b for a, b in zip(loader.dataset.tensors, dm.train_tensors))  # the host tensors, no copy
+        assert loader.pin_memory  # host batches bound for a GPU are pinned
+        dm.trainer.strategy.root_device = torch.device("cpu")
         assert not dm.train_dataloader().pin_memory
-        dm.trainer.strategy.root_device = torch.device("cuda")
-        assert dm.train_dataloader().pin_memory  # host batches bound for a GPU are pinned
     finally:
         dm.trainer = None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_epochs_drawn_on_a_gpu_cover_the_data_as_on_the_host():
+def test_epochs_drawn_on_a_gpu_cover_the_data_and_under_ddp_equal_the_hosts():
     from recforge.data.datamodule import ShuffledBatches, UserUniformBatches
 
     users = torch.tensor([1, 1, 0, 1, 2, 2, 1, 1, 1, 1])
     items = torch.arange(10)
-    tensors = tuple(t.cuda() for t in (users, items, torch.ones(10)))
+    host = (users, items, torch.ones(10))
+    tensors = tuple(t.cuda() for t in host)
     batches = list(ShuffledBatches(tensors, 4, seed=0))
     assert all(b[0].is_cuda for b in batches) and [len(b[0]) for b in batches] == [4, 4, 2]
     assert torch.cat([b[1] for b in batches]).sort().values.tolist() == list(range(10))  # every row once
+    again = list(ShuffledBatches(tensors, 4, seed=0))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(batches, again))  # an epoch is fixed by (seed, epoch)
+    for kind in (ShuffledBatches, UserUniformBatches):  # under DDP drawn by the host's generator, like the host's
+        for rank in (0, 1):
+            on_gpu = list(kind(tensors, 4, seed=0).batches(rank, 2))
+            on_host = list(kind(host, 4, seed=0).batches(rank, 2))
+            assert all(b[1].is_cuda and torch.equal(b[1].cpu(), h[1]) for b, h in zip(on_gpu, on_host, strict=True))
     sampler = UserUniformBatches(tensors, 4, seed=0)
     drawn = [b for _ in range(20) for b in sampler]
     drawn_users, drawn_items = torch.cat([b[0] for b in drawn]).cpu(), torch.cat([b[1] for b in drawn]).cpu()

@@ -37,6 +37,11 @@ class ShuffledBatches(IterableDataset):
     ``world``-th batch from its rank on: the processes see disjoint batches that together cover the epoch. The
     last round is padded by wrapping around to the first batches, so every process takes the same number of
     steps (DDP synchronises each one), as ``DistributedSampler`` pads.
+
+    The permutation is drawn where the tensors are (a GPU's generator when the data module put them on one: a
+    kernel instead of a host permutation of every row, ~10-30 ms for 810k rows), except under distributed training:
+    a GPU's random kernels give different draws on different GPU models (their launch grid follows the number of
+    multiprocessors), so there it is drawn by the host's generator, the same in every process, and copied over.
     """
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
@@ -61,9 +66,8 @@ class ShuffledBatches(IterableDataset):
         return torch.randperm(len(self.tensors[0]), generator=generator, device=generator.device)
 
     def batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
-        # drawn where the tensors are: on an accelerator the epoch's shuffle is one kernel, not a host
-        # permutation of every row (~10-30 ms for 810k rows) and a host-to-device copy per batch
-        generator = torch.Generator(device=self.tensors[0].device).manual_seed(self.seed + self.epoch)
+        device = self.tensors[0].device
+        generator = torch.Generator(device=device if world == 1 else "cpu").manual_seed(self.seed + self.epoch)
         self.epoch += 1
         order = self.epoch_rows(generator)
         n_batches, size = self._n_batches(), self.batch_size
@@ -71,7 +75,7 @@ class ShuffledBatches(IterableDataset):
                 ((k * world + rank) % n_batches for k in range(-(-n_batches // world)))]
         # this process's rows gathered once per epoch, then cut into its batches: ~4x cheaper than a gather per
         # batch from random rows
-        index = order if world == 1 else torch.cat(mine)
+        index = (order if world == 1 else torch.cat(mine)).to(device)
         rows = tuple(t[index] for t in self.tensors)
         yield from zip(*(r.split([len(m) for m in mine]) for r in rows))
 
@@ -91,9 +95,10 @@ class UserUniformBatches(ShuffledBatches):
 
     def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
         n, device = len(self.tensors[0]), generator.device
-        users = torch.randint(len(self.counts), (n,), generator=generator, device=device)
-        offsets = (torch.rand(n, generator=generator, dtype=torch.float64, device=device) * self.counts[users]).long()
-        return self.starts[users] + offsets
+        counts, starts = self.counts.to(device), self.starts.to(device)
+        users = torch.randint(len(counts), (n,), generator=generator, device=device)
+        offsets = (torch.rand(n, generator=generator, dtype=torch.float64, device=device) * counts[users]).long()
+        return starts[users] + offsets
 
 
 def split_eval_batch(batch, parts: int) -> list:
@@ -203,10 +208,10 @@ class RecDataModule(pl.LightningDataModule):
     (each training item once per epoch: item-row models such as I-AutoRec); the pipeline sets it from the model
     or the loss. ``sample_users_uniformly`` draws the interactions view's examples user first
     (:class:`UserUniformBatches`) instead of shuffling the interactions. ``train_on_device`` keeps the training
-    tensors in the accelerator's memory when the trainer runs on one, where each epoch is shuffled and cut into
-    batches without a host-to-device copy per batch (a pageable copy waits for the device, so the host's per-step
-    work could no longer overlap the device's); the permutations then come from the device's generator. Without
-    it, batches bound for a GPU are pinned (page-locked) first.
+    tensors in a CUDA device's memory when the trainer runs on one, where each epoch is shuffled and cut into
+    batches without a host-to-device copy per batch (a copy from pageable memory may wait for the device, and then
+    the host's per-step work no longer overlaps the device's); the permutations then come from the device's
+    generator. Without it, batches bound for a GPU are pinned (page-locked) first.
     """
 
     train_view: str = "interactions"
@@ -521,8 +526,9 @@ class RecDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loaders
     def train_device(self) -> torch.device:
-        """Where the training batches are drawn: the trainer's device under ``train_on_device``, else the host."""
-        if self.train_on_device and self.trainer is not None:
+        """Where the training batches are drawn: the trainer's CUDA device under ``train_on_device``, else the host
+        (also on Apple's MPS, which has no float64 for :class:`UserUniformBatches`)."""
+        if self.train_on_device and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
