@@ -48,6 +48,11 @@ class CheckpointState(pl.Callback):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+# settings that choose how the same update is computed (torch's kernels), not what it is: a run may resume under
+# others (optimizer states load across them), e.g. a checkpoint from before optimizer.fused became the default
+HOW_NOT_WHAT = {("optimizer", "fused"), ("optimizer", "foreach")}
+
+
 def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
     """Refuse, before training, to resume from a checkpoint of another split, model, loss, optimizer or schedule
     (the checkpoint's optimizer and schedule states would win silently). Returns the epochs it had trained."""
@@ -66,7 +71,8 @@ def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
     for group in ("model", "loss", "optimizer", "scheduler"):
         before = OmegaConf.to_container(stored[group]) if stored.get(group) else {}
         now = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        changed = sorted(k for k in before.keys() | now.keys()
+                         if before.get(k) != now.get(k) and (group, k) not in HOW_NOT_WHAT)
         if changed:
             raise RecForgeError(f"resume_from={path}: the {group} config differs from the stopped run's in "
                                 + ", ".join(f"{group}.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
@@ -102,8 +108,14 @@ def check_config(cfg: DictConfig) -> None:
             raise RecForgeError(f"optimizer.{key}={value} must not be negative; e.g. optimizer.{key}=0.001")
     try:
         build(cfg, "optimizer")([torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. fused=true with foreach=true
         raise RecForgeError(f"optimizer ({cfg.optimizer._target_}): {exc}; fix the optimizer.* overrides") from None
+    precision = str(cfg.trainer.get("precision", "32"))
+    mixed = precision.endswith("-mixed") or precision in ("16", "bf16")  # Lightning's MixedPrecision plugin
+    if cfg.optimizer.get("fused") and mixed and (cfg.trainer.get("gradient_clip_val") or 0) > 0:
+        raise RecForgeError(f"trainer.gradient_clip_val with trainer.precision={cfg.trainer.precision}: a fused "
+                            "optimizer unscales its own gradients, so Lightning cannot clip them; add "
+                            "optimizer.fused=null (torch's unfused Adam) or drop the clipping")
     ks = list(cfg.eval.ks)
     if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
         raise RecForgeError(f"eval.ks must be a list of positive integers, got {ks}")

@@ -133,3 +133,30 @@ def test_sparse_gradients_with_a_dense_only_optimizer_are_refused_before_trainin
 
     with pytest.raises(RecForgeError, match="optimizer=sparse_adam"):
         build_experiment(tiny_cfg("model.sparse_grad=true"))  # default optimizer: dense Adam
+
+
+def test_fused_adam_conflicts_are_refused_before_any_data_is_read(tiny_cfg):
+    from recforge.errors import RecForgeError
+    from recforge.pipeline import check_config
+
+    with pytest.raises(RecForgeError, match="Lightning cannot clip them; add optimizer.fused=null"):
+        check_config(tiny_cfg("trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=1.0"))
+    with pytest.raises(RecForgeError, match="foreach.*fix the optimizer"):
+        check_config(tiny_cfg("+optimizer.foreach=true"))  # torch: fused and foreach cannot both be true
+    check_config(tiny_cfg("trainer.precision=bf16-mixed", "+trainer.gradient_clip_val=1.0", "optimizer.fused=null"))
+    check_config(tiny_cfg("trainer.precision=bf16-true", "+trainer.gradient_clip_val=1.0"))  # no unscaling there
+
+
+def test_resume_accepts_a_checkpoint_from_before_fused_adam_but_not_another_rate(tiny_cfg, tmp_path):
+    from recforge.errors import RecForgeError
+    from recforge.pipeline import check_resumable
+
+    cfg = tiny_cfg()
+    stored = OmegaConf.to_container(cfg, resolve=True)
+    del stored["optimizer"]["fused"]  # saved before optimizer.fused became a key: torch's unfused Adam
+    path = tmp_path / "last.ckpt"
+    torch.save({"recforge_config": OmegaConf.to_yaml(stored), "recforge_split_fingerprint": "f", "epoch": 2}, path)
+    assert check_resumable(str(path), cfg, "f") == 3
+    assert check_resumable(str(path), tiny_cfg("+optimizer.foreach=false"), "f") == 3
+    with pytest.raises(RecForgeError, match=r"optimizer.lr \(0.005 -> 0.01\)"):
+        check_resumable(str(path), tiny_cfg("optimizer.lr=0.01"), "f")
