@@ -2,9 +2,10 @@
 # The GPU checks, as prepared runs for a session lent a GPU machine (15 minutes of device time in all):
 # full-ranking evaluation on Gowalla, BPR-MF on Gowalla at batch 2,048 and 65,536 (dense and sparse Adam; the
 # dense runs side by side with RecBole 1.2.1 when its wheels travel), and the 1M-16M interaction scale table.
-# Two calls, each within 360 s of step limits so that both and a machine's start fit the 15 minutes: STEPS="bpr eval"
-# (the default), then STEPS="step scale" (step: Lightning's per-step overhead and what torch.compile, CUDA graphs,
-# fused Adam and device-resident batches buy). One JSON line per result goes to
+# Two calls, made one right after the other (the machine goes back after 30 s idle): STEPS="bpr eval step" (the
+# default; step limits 450 s) and STEPS="compile scale" (270 s); with a machine's start both fit the 15 minutes.
+# step and compile: Lightning's per-step overhead, and what fused Adam, device-resident batches against pinned host
+# batches, and torch.compile with and without CUDA graphs buy. One JSON line per result goes to
 # $OUT/results.jsonl, stderr to $OUT/stderr.log.
 #
 # That machine has torch and pytorch-lightning but not hydra-core, omegaconf or antlr4 (MLflow and Optuna are not
@@ -19,13 +20,13 @@
 # colorama; it runs without ray and plotly, tried with numpy 2.4 and pandas 3.1 in a venv holding only these)
 #   mkdir -p .device/data && cp -r ../shared/datasets/gowalla-lightgcn .device/data/
 # then run it there with the device tool: command "bash scripts/gpu_session.sh", carry [".whl", ".device"],
-# timeout_s 420 for each of the two calls; STEPS=lightgcn (a call of its own, 330 s) trains the paper's
+# timeout_s 480 and 300; STEPS=lightgcn (a call of its own, 330 s) trains the paper's
 # LightGCN for LIGHTGCN_TIME to measure its epoch time; STEPS=lightgcn_large (a call of its own, 560 s) runs the
 # large-batch reproduction, experiment=gowalla_lightgcn_large_batch, to its end; DEVICE=cpu tries a step here.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
-STEPS=${STEPS:-bpr eval}
+STEPS=${STEPS:-bpr eval step}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -34,7 +35,8 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import hydra, omegaconf" 2>/de
 fi
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" RECFORGE_DATA_DIR=${RECFORGE_DATA_DIR:-.device/data} PYTHONUNBUFFERED=1
 RECBOLE=()  # bench.py --recbole: RecBole's run in its own interpreter, on the same split, batch and device
-if python3 -c "import recbole" 2>/dev/null; then RECBOLE=(--recbole python3); fi
+if python3 -c "import recbole" 2>/dev/null; then RECBOLE=(--recbole python3); fi  # used as ${RECBOLE[@]+...}:
+# an empty array under set -u needs that form in bash before 4.4
 if [ "$DEVICE" = cuda ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"; fi
 
 step() {  # step NAME SECONDS COMMAND...: one result line per run; a step that runs out of time is reported, not fatal
@@ -48,16 +50,15 @@ for s in $STEPS; do
     eval) step eval 60 python3 scripts/bench_eval.py --device "$DEVICE" --train-steps 300 --json ;;
     bpr)
         step bpr-2048 150 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 2048 --epochs 3 --json \
-            "${RECBOLE[@]}"
+            ${RECBOLE[@]+"${RECBOLE[@]}"}
         step bpr-65536 100 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 65536 --epochs 5 --json \
-            "${RECBOLE[@]}"
+            ${RECBOLE[@]+"${RECBOLE[@]}"}
         step bpr-65536-sparse 50 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 65536 --epochs 5 \
             --sparse --json ;;
-    step)
-        step step 90 python3 scripts/bench_step.py --data gowalla --device "$DEVICE" --batch-sizes 2048 65536 \
-            --variants adam_foreach adam lazy_adam --no-compile --json
-        step step-compile 90 python3 scripts/bench_step.py --data gowalla --device "$DEVICE" --batch-sizes 65536 \
-            --variants adam --json ;;
+    step) step step 90 python3 scripts/bench_step.py --data gowalla --device "$DEVICE" --batch-sizes 2048 65536 \
+        --variants adam_foreach adam lazy_adam --rounds 1 --no-compile --json ;;
+    compile) step compile 90 python3 scripts/bench_step.py --data gowalla --device "$DEVICE" --batch-sizes 65536 \
+        --variants adam --rounds 1 --json ;;
     scale) step scale 180 python3 scripts/bench_scale.py --device "$DEVICE" --lightgcn-limit-batches 0 --json \
         --work-dir /tmp/scale ;;
     lightgcn)  # the paper's LightGCN on Gowalla for LIGHTGCN_TIME (its 1,000 epochs outlast one call): s/epoch, early metrics
@@ -71,6 +72,6 @@ for s in $STEPS; do
         timeout 540 python3 -m recforge.train experiment=gowalla_lightgcn_large_batch tracking=none \
             hydra.run.dir=/tmp/lightgcn_large >"$OUT/lightgcn_large.log" 2>&1 || echo "   lightgcn_large: failed or timed out (rc $?)"
         cp /tmp/lightgcn_large/metrics.json "$OUT/lightgcn_large_metrics.json" 2>/dev/null ;;
-    *) echo "unknown step $s (eval, bpr, scale, step, lightgcn, lightgcn_large)" >&2; exit 2 ;;
+    *) echo "unknown step $s (bpr, eval, step, compile, scale, lightgcn, lightgcn_large)" >&2; exit 2 ;;
     esac
 done
