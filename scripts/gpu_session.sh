@@ -2,8 +2,8 @@
 # The GPU checks, as prepared runs for a session lent a GPU machine (15 minutes of device time in all):
 # full-ranking evaluation on Gowalla, BPR-MF on Gowalla at batch 2,048 and 65,536 (dense and sparse Adam; the
 # dense runs side by side with RecBole 1.2.1 when its wheels travel), and the 1M-16M interaction scale table.
-# Two calls, made one right after the other (the machine goes back after 30 s idle): STEPS="bpr eval step" (the
-# default; step limits 450 s) and STEPS="compile scale" (270 s); with a machine's start both fit the 15 minutes.
+# Two calls, made one right after the other (the machine goes back after 30 s idle): STEPS="tests bpr eval step" (the
+# default; step limits 490 s) and STEPS="compile scale" (270 s); with a machine's start both fit the 15 minutes.
 # step and compile: Lightning's per-step overhead, and what fused Adam, device-resident batches against pinned host
 # batches, and torch.compile with and without CUDA graphs buy. One JSON line per result goes to
 # $OUT/results.jsonl, stderr to $OUT/stderr.log.
@@ -20,13 +20,13 @@
 # colorama; it runs without ray and plotly, tried with numpy 2.4 and pandas 3.1 in a venv holding only these)
 #   mkdir -p .device/data && cp -r ../shared/datasets/gowalla-lightgcn .device/data/
 # then run it there with the device tool: command "bash scripts/gpu_session.sh", carry [".whl", ".device"],
-# timeout_s 480 and 300; STEPS=lightgcn (a call of its own, 330 s) trains the paper's
+# timeout_s 520 and 300; STEPS=lightgcn (a call of its own, 330 s) trains the paper's
 # LightGCN for LIGHTGCN_TIME to measure its epoch time; STEPS=lightgcn_large (a call of its own, 560 s) runs the
 # large-batch reproduction, experiment=gowalla_lightgcn_large_batch, to its end; DEVICE=cpu tries a step here.
 set -uo pipefail
 OUT=${OUT:-gpu_out}
 DEVICE=${DEVICE:-cuda}
-STEPS=${STEPS:-bpr eval step}
+STEPS=${STEPS:-tests bpr eval step}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -47,9 +47,16 @@ step() {  # step NAME SECONDS COMMAND...: one result line per run; a step that r
 }
 for s in $STEPS; do
     case $s in
+    tests)  # the CUDA-only tests, and two epochs of the training path with the user-first sampler on the GPU
+        echo "== tests ($(date +%T))"
+        timeout 30 python3 -m pytest -q -p no:cacheprovider tests/unit/test_sampler.py >"$OUT/tests.log" 2>&1
+        echo "   tests: rc $? ($(tail -1 "$OUT/tests.log"))"
+        timeout 30 python3 -m recforge.train tracking=none callbacks=none trainer.max_epochs=2 \
+            datamodule.sample_users_uniformly=true hydra.run.dir=/tmp/train_gpu >>"$OUT/tests.log" 2>&1
+        echo "   train: rc $?" ;;
     eval) step eval 60 python3 scripts/bench_eval.py --device "$DEVICE" --train-steps 300 --json ;;
     bpr)
-        step bpr-2048 150 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 2048 --epochs 3 --json \
+        step bpr-2048 130 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 2048 --epochs 3 --json \
             ${RECBOLE[@]+"${RECBOLE[@]}"}
         step bpr-65536 100 python3 scripts/bench.py --data gowalla --device "$DEVICE" --batch-size 65536 --epochs 5 --json \
             ${RECBOLE[@]+"${RECBOLE[@]}"}
@@ -72,6 +79,6 @@ for s in $STEPS; do
         timeout 540 python3 -m recforge.train experiment=gowalla_lightgcn_large_batch tracking=none \
             hydra.run.dir=/tmp/lightgcn_large >"$OUT/lightgcn_large.log" 2>&1 || echo "   lightgcn_large: failed or timed out (rc $?)"
         cp /tmp/lightgcn_large/metrics.json "$OUT/lightgcn_large_metrics.json" 2>/dev/null ;;
-    *) echo "unknown step $s (bpr, eval, step, compile, scale, lightgcn, lightgcn_large)" >&2; exit 2 ;;
+    *) echo "unknown step $s (tests, bpr, eval, step, compile, scale, lightgcn, lightgcn_large)" >&2; exit 2 ;;
     esac
 done
