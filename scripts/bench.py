@@ -122,28 +122,39 @@ def data_overrides(data: str) -> list[str]:
     return DATASETS[data]
 
 
-def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path,
-        extra: list[str] | None = None, recbole: str | None = None, limit_batches: int | None = None,
-        bare_loop: bool = True, eval_warmup: bool = True) -> dict:
-    overrides = data_overrides(data) + [f"model={model}", "tracking=none", "callbacks=none",
-                                  f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
-                                  *(extra or [])]
+def experiment(data: str, overrides: list[str], tmp: Path):
+    """The experiment of the train config on benchmark dataset ``data`` with ``overrides``, tracking and callbacks
+    off, outputs under ``tmp``, seeded."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=data_overrides(data) + ["tracking=none", "callbacks=none", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp)
     pl.seed_everything(0, verbose=False)
-    exp = build_experiment(cfg)
-    n_train = len(exp.datamodule.split.train)
+    return build_experiment(cfg)
+
+
+def timed_fit(exp, device: str, epochs: int, limit_batches: int | None = None) -> list[float]:
+    """Seconds of each training epoch of a Lightning fit of ``exp`` (no validation, logger or checkpoints)."""
     timer = EpochTimer()
-    accelerator = "gpu" if device == "cuda" else "cpu"
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=epochs, logger=False, callbacks=[timer],
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0, limit_train_batches=limit_batches)
-    train_start = time.perf_counter()
+    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_epochs=epochs, logger=False,
+                         callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                         limit_train_batches=limit_batches)
     trainer.fit(exp.module, datamodule=exp.datamodule)
+    return timer.times
+
+
+def run(data: str, model: str, batch_size: int, epochs: int, device: str, tmp: Path,
+        extra: list[str] | None = None, recbole: str | None = None, limit_batches: int | None = None,
+        bare_loop: bool = True, eval_warmup: bool = True) -> dict:
+    exp = experiment(data, [f"model={model}", f"datamodule.batch_size={batch_size}", f"trainer.max_epochs={epochs}",
+                            *(extra or [])], tmp)
+    n_train = len(exp.datamodule.split.train)
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    train_start = time.perf_counter()
+    times = timed_fit(exp, device, epochs, limit_batches)
     fit_s = time.perf_counter() - train_start
-    steady = timer.times[1:] or timer.times
+    steady = times[1:] or times
     epoch_s = sum(steady) / len(steady)
     n_epoch = n_train if limit_batches is None else min(n_train, limit_batches * batch_size)  # trained per epoch
     exp.module.to(torch.device(device))

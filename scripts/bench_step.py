@@ -34,14 +34,9 @@ import time
 from pathlib import Path
 
 import recforge  # noqa: F401  (first: it tunes OpenBLAS before numpy loads)
-import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
-from bench import DATASETS, EpochTimer, data_overrides
-from recforge.config import CONFIG_DIR
-from recforge.pipeline import build_experiment
+from bench import DATASETS, experiment, timed_fit
 
 VARIANTS = {
     "adam_loop": ["optimizer.fused=false", "+optimizer.foreach=false"],  # torch's default on a CPU
@@ -49,16 +44,6 @@ VARIANTS = {
     "adam": [],  # RecForge's default, optimizer.fused=true: one fused kernel
     "lazy_adam": ["optimizer=sparse_adam", "model.sparse_grad=true"],
 }
-
-
-def experiment(data: str, batch_size: int, overrides: list[str], tmp: Path):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=data_overrides(data) + [
-            "model=bpr", "tracking=none", "callbacks=none", f"datamodule.batch_size={batch_size}", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp)
-    pl.seed_everything(0, verbose=False)
-    return build_experiment(cfg)
 
 
 def sync(device: torch.device) -> None:
@@ -89,19 +74,13 @@ def bare_ms_per_step(exp, device: torch.device, batch_size: int, steps: int, epo
 
 
 def lightning_ms_per_step(exp, device: torch.device, steps: int, epochs: int) -> float:
-    timer = EpochTimer()
-    trainer = pl.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=epochs,
-                         logger=False, callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                         limit_train_batches=steps)
-    trainer.fit(exp.module, datamodule=exp.datamodule)
-    return 1e3 * min(timer.times[1:]) / steps
+    return 1e3 * min(timed_fit(exp, device.type, epochs, steps)[1:]) / steps
 
 
 def measure(data: str, variant: str, batch_size: int, steps: int, epochs: int, device: torch.device,
             compile_modes: list[str], tmp: Path, extra: list[str], rounds: int = 2) -> dict:
     overrides = VARIANTS[variant] + extra
-    exp = experiment(data, batch_size, overrides, tmp)
+    exp = experiment(data, ["model=bpr", f"datamodule.batch_size={batch_size}", *overrides], tmp)
     steps = min(steps, len(exp.datamodule.train_tensors[0]) // batch_size)
     if steps < 1:
         raise SystemExit(f"batch size {batch_size} is larger than the {data} training set")
@@ -115,11 +94,10 @@ def measure(data: str, variant: str, batch_size: int, steps: int, epochs: int, d
                overhead_ms_per_step=round(lightning - bare, 3),
                lightning_interactions_per_s=round(batch_size / lightning * 1e3))
     if device.type == "cuda":  # the same steps from host batches copied through pinned memory
-        exp = experiment(data, batch_size, overrides + ["datamodule.train_on_device=false"], tmp)
+        exp.datamodule.train_on_device = False
         row["host_batches_ms_per_step"] = round(lightning_ms_per_step(exp, device, steps, epochs), 3)
     if "model.sparse_grad=true" not in overrides:
-        for mode in compile_modes:
-            exp = experiment(data, batch_size, overrides, tmp)
+        for mode in compile_modes:  # the same experiment: timing does not depend on how far it has trained
             row[f"compiled_{mode}_ms_per_step"] = round(
                 bare_ms_per_step(exp, device, batch_size, steps, epochs, compile_mode=mode), 3)
     return row
