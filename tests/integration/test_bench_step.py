@@ -15,8 +15,8 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 def test_bench_step_times_each_variant_and_batch_size(tmp_path):
     cmd = [sys.executable, str(SCRIPTS / "bench_step.py"), "--data", "synthetic-1m", "--variants", "adam", "lazy_adam",
-           "--batch-sizes", "64", "--steps", "5", "--epochs", "2", "--rounds", "1", "--device", "cpu", "--no-compile", "--json",
-           "--override", "data.n_users=400", "data.n_items=200", "data.mean_interactions=20"]
+           "--batch-sizes", "64", "--steps", "5", "--epochs", "2", "--rounds", "1", "--device", "cpu", "--no-compile",
+           "--json", "--override", "data.n_users=400", "data.n_items=200", "data.mean_interactions=20"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in done.stdout.splitlines()]

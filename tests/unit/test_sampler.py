@@ -119,7 +119,8 @@ def test_training_batches_are_drawn_where_the_trainer_runs(tiny_cfg):
         dm.trainer = None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device; runs in the tests step of scripts/gpu_session.sh")
 def test_epochs_drawn_on_a_gpu_cover_the_data_and_under_ddp_equal_the_hosts():
     from recforge.data.datamodule import ShuffledBatches, UserUniformBatches
 

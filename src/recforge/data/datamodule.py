@@ -525,12 +525,14 @@ class RecDataModule(pl.LightningDataModule):
         return self._matrix(pd.concat([self.split.train, self.split.val, self.split.test], ignore_index=True))
 
     # ---------------------------------------------------------------- loaders
+    def _trainer_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
     def train_device(self) -> torch.device:
         """Where the training batches are drawn: the trainer's CUDA device under ``train_on_device``, else the host
         (also on Apple's MPS, which has no float64 for :class:`UserUniformBatches`)."""
-        if self.train_on_device and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
-            return self.trainer.strategy.root_device
-        return torch.device("cpu")
+        device = self._trainer_device()
+        return device if self.train_on_device and device.type == "cuda" else torch.device("cpu")
 
     def train_dataloader(self) -> DataLoader:
         device = self.train_device()
@@ -545,8 +547,8 @@ class RecDataModule(pl.LightningDataModule):
             kind = UserUniformBatches if self.sample_users_uniformly else ShuffledBatches
             dataset = kind(tensors, self.batch_size, self.seed)
         # batches copied from the host to a GPU: from page-locked memory, which Lightning copies without blocking
-        pin = device.type == "cpu" and self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(dataset, batch_size=None, pin_memory=pin)
+        return DataLoader(dataset, batch_size=None,
+                          pin_memory=device.type == "cpu" and self._trainer_device().type == "cuda")
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(ListDataset(self.eval_shard("val")), batch_size=None)
