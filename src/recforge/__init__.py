@@ -1,6 +1,7 @@
 """RecForge: a config-driven experiment framework for deep-learning recommenders."""
 
 import os
+from pathlib import Path
 
 # On a CPU, models score items through numpy's BLAS (recforge.utils.linalg.inner_products) and rank them with
 # torch's OpenMP threads. OpenBLAS's idle workers spin for ~2^28 cycles (~0.1 s) after each product and take the
@@ -10,3 +11,6 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""RecForge's own Hydra configs: the option of every group, each a ``_target_`` and its arguments."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -12,9 +11,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from recforge import CONFIG_DIR as PACKAGE_CONFIG_DIR
 from recforge.errors import RecForgeError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONFIG_DIR = str(PACKAGE_CONFIG_DIR)
 LOWER_IS_BETTER = ("rmse", "mae", "loss", "gini", "avgpop")
 
 

@@ -11,10 +11,11 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recforge.config import CONFIG_DIR
+from recforge.config import CONFIG_DIR, OmegaConfBaseException
 from recforge.errors import RecForgeError
 from recforge.pipeline import build_experiment, finite
 from recforge.train import run_cli
+from recforge.utils.trust import require_trusted_config
 
 
 def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: Path) -> Path:
@@ -40,7 +41,11 @@ def checkpoint_config(checkpoint: dict, where: str, data_dir: str | None = None,
     budget if given (neither changes the split)."""
     if "recforge_config" not in checkpoint:
         raise RecForgeError(f"{where}: not a RecForge checkpoint (no stored config)")
-    cfg = OmegaConf.create(checkpoint["recforge_config"])
+    try:
+        cfg = OmegaConf.create(checkpoint["recforge_config"])
+        require_trusted_config(OmegaConf.to_container(cfg, resolve=True), f"{where} (its stored config)")
+    except OmegaConfBaseException as exc:
+        raise RecForgeError(f"{where}: its stored config cannot be read ({str(exc).splitlines()[0]})") from None
     if data_dir and "data_dir" in cfg.data:
         cfg.data.data_dir = data_dir
     if max_scores_in_memory:
@@ -54,7 +59,12 @@ def load_checkpoint(path: str | Path, data_dir: str | None = None, max_scores_in
     path = Path(path)
     if not path.is_file():
         raise RecForgeError(f"ckpt_path={path}: file not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt or not a checkpoint at all
+        raise RecForgeError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__})") from None
+    if not isinstance(checkpoint, dict):
+        raise RecForgeError(f"{path}: not a RecForge checkpoint")
     exp = build_experiment(checkpoint_config(checkpoint, str(path), data_dir, max_scores_in_memory))
     if exp.datamodule.fingerprint != checkpoint.get("recforge_split_fingerprint"):
         raise RecForgeError(

@@ -18,6 +18,7 @@ from recforge.errors import RecForgeError
 from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, finite, git_commit, model_spec,
                                per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.utils.io import atomic_write_text
+from recforge.utils.trust import trust
 
 log = logging.getLogger("recforge")
 
@@ -145,6 +146,7 @@ def print_metrics(metrics: dict, output_dir: Path) -> None:
 def run_cli(task, cfg: DictConfig):
     """Run ``task(cfg)``; a user mistake prints one line and exits 2 instead of a traceback."""
     try:
+        trust(*(cfg.get("trusted_targets") or []))
         return task(cfg)
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

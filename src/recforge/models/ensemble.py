@@ -7,7 +7,6 @@ Methods", SIGIR 2009). Built and tuned by ``recforge-ensemble``; its weights are
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any
 
 import torch
@@ -16,11 +15,12 @@ from torch import nn
 from recforge.ensemble.fusion import check_method, fuse, normalize_weights, transform
 from recforge.models.base import Recommender, WholeRowRecommender
 from recforge.utils.sparse import csr_indices, dense_rows
+from recforge.utils.trust import import_trusted
 
 
 def build_member(target: str, kwargs: dict[str, Any]) -> Recommender:
-    module, _, name = target.rpartition(".")
-    return getattr(import_module(module), name)(**kwargs)
+    """A member from its stored class path (checked against the allow-list first) and arguments."""
+    return import_trusted(target, "ensemble member")(**kwargs)
 
 
 class EnsembleRecommender(WholeRowRecommender):

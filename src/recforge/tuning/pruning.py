@@ -10,11 +10,11 @@ decision is the same wherever the trial runs.
 from __future__ import annotations
 
 import logging
-from importlib import import_module
 
 import pytorch_lightning as pl
 
 from recforge.tuning.study import PRUNER_ATTR, open_storage
+from recforge.utils.trust import import_trusted
 
 log = logging.getLogger("recforge.tuning")
 
@@ -26,8 +26,7 @@ def build_pruner(spec: dict | None):
     if not spec:
         return optuna.pruners.NopPruner()
     spec = dict(spec)
-    module, _, name = spec.pop("_target_").rpartition(".")
-    return getattr(import_module(module), name)(**spec)
+    return import_trusted(spec.pop("_target_"), "the study's pruner (user attribute recforge.pruner)")(**spec)
 
 
 class OptunaPruning(pl.Callback):
