@@ -2,14 +2,12 @@
 
 * Explicit (``feedback = "explicit"``): ``loss(pred, target)`` on ratings.
 * Implicit (``feedback = "implicit"``): ``loss(pos, neg)`` with ``pos`` of shape ``(B,)`` and ``neg`` of
-  shape ``(B, num_negatives)`` (negatives are sampled on the device by :class:`NegativeSampler`).
+  shape ``(B, num_negatives)`` (negatives are sampled on the device by :mod:`recforge.samplers`).
 * User-row losses (``view = "users"``, e.g. :class:`MultinomialLoss`): ``loss(logits, rows, kl)`` over whole
   rows of a batch of users; the data module then yields each training user once per epoch.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +27,12 @@ class MSELoss(nn.Module):
 
 
 class SampledNegativesLoss(nn.Module):
-    """A loss of each positive's score against ``num_negatives`` sampled negatives' scores: ``loss(pos, neg)``."""
+    """A loss of each positive's score against ``num_negatives`` sampled negatives' scores: ``loss(pos, neg)``.
+    A negative scored ``-inf`` (an in-batch negative that is a positive of the user) adds no term.
+    ``logq_correction``: the scores arrive minus the log-probability that the sampler draws each item."""
 
     feedback = "implicit"
+    logq_correction = False
 
     def __init__(self, num_negatives: int) -> None:
         super().__init__()
@@ -80,16 +81,37 @@ class SoftmaxLoss(nn.Module):
 
 
 class SampledSoftmaxLoss(SampledNegativesLoss):
-    """Cross-entropy of the positive against ``num_negatives`` uniformly sampled negatives (a softmax over the
-    positive and the samples; uniform sampling makes the log-Q correction a constant, which cancels). The
-    cheap stand-in for :class:`SoftmaxLoss` on large catalogues."""
+    """Cross-entropy of the positive against ``num_negatives`` sampled negatives (a softmax over the positive and
+    the samples): the cheap stand-in for :class:`SoftmaxLoss` on large catalogues. With ``logq_correction`` each
+    logit loses the log-probability of drawing its item (a constant, which cancels, for uniform negatives; the
+    correction that makes popularity and in-batch negatives estimate the full softmax; Yi et al. 2019)."""
 
-    def __init__(self, num_negatives: int = 100) -> None:
+    def __init__(self, num_negatives: int = 100, logq_correction: bool = True) -> None:
         super().__init__(num_negatives)
+        self.logq_correction = logq_correction
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)
         return (torch.logsumexp(logits, dim=-1) - pos).mean()
+
+
+class CosineContrastiveLoss(SampledNegativesLoss):
+    """SimpleX's cosine contrastive loss (Mao et al. 2021, "SimpleX: A Simple and Strong Baseline for
+    Collaborative Filtering", CIKM): ``(1 - s_pos) + negative_weight * mean_j max(0, s_neg_j - margin)`` for cosine
+    scores ``s`` in [-1, 1]; negatives already below the margin cost nothing, so many negatives (hundreds) can
+    be used without the easy ones drowning the hard ones. Pair it with a model that scores by cosine similarity
+    (``model=simplex``, or ``model.similarity=cosine`` for MF)."""
+
+    def __init__(self, num_negatives: int = 256, margin: float = 0.9, negative_weight: float = 150.0) -> None:
+        super().__init__(num_negatives)
+        if not -1.0 <= margin <= 1.0:
+            raise RecForgeError(f"loss.margin={margin} must lie in [-1, 1] (cosine scores), e.g. loss.margin=0.9")
+        if negative_weight < 0:
+            raise RecForgeError(f"loss.negative_weight={negative_weight} must be >= 0")
+        self.margin, self.negative_weight = margin, negative_weight
+
+    def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        return ((1 - pos) + self.negative_weight * F.relu(neg - self.margin).mean(dim=-1)).mean()
 
 
 class MultinomialLoss(nn.Module):
@@ -153,65 +175,6 @@ class RowBCELoss(nn.Module):
             keep = positive | (torch.rand(logits.shape, device=logits.device) < keep_prob)
             loss = loss * keep
         return loss.sum(dim=1).mean()
-
-
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64: Fibonacci (multiplicative) hashing
-
-
-class NegativeSampler(nn.Module):
-    """Uniform negatives drawn on the device, redrawn where they hit a training positive.
-
-    Positives are found by binary search in the sorted ``user * n_items + item`` keys; after ``retries``
-    redraws the rare remaining collisions are kept (no host sync in the training loop on an accelerator). On a
-    CPU, where a binary search over a large key array (a cache miss at every level) costs more than a whole
-    BPR-MF step's arithmetic, a one-hash Bloom filter of the keys (32 bits per key, mostly in cache; ~3% false
-    positives) clears most draws first and only the draws it flags are searched.
-    """
-
-    def __init__(self, n_items: int, positive_keys: torch.Tensor, retries: int = 2) -> None:
-        super().__init__()
-        self.n_items, self.retries = n_items, retries
-        self.register_buffer("positive_keys", positive_keys, persistent=False)
-        self._bloom: tuple[tuple[int, int, int], torch.Tensor, int] | None = None  # (keys' identity, bits, shift)
-
-    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``(B, ...)`` items -> whether ``(users[b], item)`` is a training positive."""
-        keys = users.reshape(-1, *([1] * (items.dim() - 1))) * self.n_items + items
-        if keys.device.type != "cpu":
-            return self._search(keys)
-        bits, shift = self._bloom_filter()
-        flat = keys.reshape(-1)
-        slot = ((flat * _GOLDEN) >> shift) & ((1 << (64 - shift)) - 1)
-        flagged = ((bits[slot >> 3] >> (slot & 7)) & 1).nonzero().squeeze(1)
-        found = torch.zeros(flat.shape, dtype=torch.bool)
-        found[flagged] = self._search(flat[flagged])
-        return found.view(keys.shape)
-
-    def _search(self, keys: torch.Tensor) -> torch.Tensor:
-        idx = torch.searchsorted(self.positive_keys, keys).clamp_(max=len(self.positive_keys) - 1)
-        return self.positive_keys[idx] == keys
-
-    def _bloom_filter(self) -> tuple[torch.Tensor, int]:
-        """The bit array (uint8) and hash shift of the keys' filter, rebuilt whenever the keys change."""
-        keys = self.positive_keys
-        source = (keys.data_ptr(), keys._version, len(keys))
-        if self._bloom is None or self._bloom[0] != source:
-            n_bits = max(10, math.ceil(math.log2(max(1, len(keys)) * 32)))
-            slot = torch.unique(((keys.long() * _GOLDEN) >> (64 - n_bits)) & ((1 << n_bits) - 1))
-            bits = torch.zeros(1 << (n_bits - 3), dtype=torch.int32)  # distinct bits of a byte sum to <= 255
-            bits.index_add_(0, slot >> 3, (1 << (slot & 7)).int())
-            self._bloom = (source, bits.to(torch.uint8), 64 - n_bits)
-        return self._bloom[1], self._bloom[2]
-
-    def forward(self, users: torch.Tensor, num_negatives: int) -> torch.Tensor:
-        """``(B, num_negatives)`` negatives: of ``retries + 1`` uniform draws per slot, the first that is not a
-        training positive of the slot's user (the last draw when all are), which is what drawing, checking and
-        redrawing ``retries`` times gives, in a fixed number of vectorised operations."""
-        draws = torch.randint(self.n_items, (len(users), num_negatives, self.retries + 1), device=users.device)
-        accept = ~self.is_positive(users, draws)
-        accept[..., -1] = True
-        first = accept.to(torch.uint8).argmax(dim=-1, keepdim=True)  # argmax returns the first maximum
-        return draws.gather(-1, first).squeeze(-1)
 
 
 class RowMSELoss(nn.Module):

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from recforge.config import build, build_model, check_target, resolve_target
 from recforge.data.datamodule import RecDataModule
 from recforge.errors import RecForgeError
-from recforge.losses import NegativeSampler
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
 from recforge.utils.io import atomic_path
@@ -94,8 +93,10 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise RecForgeError(f"missing required value {', '.join(missing)}: set it on the command line, "
                             f"e.g. {missing[0]}=<value>")
-    for key in ("data", "split", "loss", "model", "optimizer", "datamodule"):
-        check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
+    for key in ("data", "split", "loss", "model", "optimizer", "sampler", "datamodule"):
+        fixed = {"datamodule": ("source", "splitter", "feedback"),
+                 "sampler": ("n_items", "positive_keys", "item_counts")}.get(key, ())
+        check_target(cfg, key, fixed=fixed)
     if cfg.get("scheduler"):
         check_target(cfg, "scheduler")
     for name, node in (cfg.get("callbacks") or {}).items():
@@ -165,7 +166,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     check_sparse_optimizer(cfg, model)
     sampler = None
     if loss.feedback == "implicit" and model.requires_training:
-        sampler = NegativeSampler(datamodule.n_items, datamodule.positive_keys())
+        sampler = build_sampler(cfg, loss, datamodule, data_kwargs["item_popularity"])
     histories = None
     if getattr(model, "reads_histories", False):  # each stage's inputs: train (+ fold-in) at val, + val at test
         histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
@@ -186,6 +187,20 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
+
+
+def build_sampler(cfg: DictConfig, loss: torch.nn.Module, datamodule: RecDataModule, item_counts: torch.Tensor):
+    """The negative sampler ``cfg.sampler`` names, checked against the loss's ``num_negatives``."""
+    n, in_batch = loss.num_negatives, cfg.sampler._target_.endswith("InBatchSampler")
+    if n and not in_batch and n >= datamodule.n_items:
+        raise RecForgeError(f"loss.num_negatives={n} asks for more negatives than the {datamodule.n_items} items "
+                            f"minus a positive; set loss.num_negatives={max(1, datamodule.n_items // 2)} or fewer")
+    if n and in_batch and n >= cfg.datamodule.batch_size:
+        raise RecForgeError(f"sampler=in_batch draws loss.num_negatives={n} from the batch's other positives, but "
+                            f"datamodule.batch_size={cfg.datamodule.batch_size}; set loss.num_negatives="
+                            f"{cfg.datamodule.batch_size - 1} or a larger batch")
+    return build(cfg, "sampler", n_items=datamodule.n_items, positive_keys=datamodule.positive_keys(),
+                 item_counts=item_counts)
 
 
 SPARSE_OPTIMIZERS = ("recforge.training.optim.LazyAdam", "torch.optim.SparseAdam", "torch.optim.SGD",

@@ -14,8 +14,8 @@ from recforge.config import CONFIG_DIR, build_model, check_target, metric_mode, 
 from tests.conftest import compose_train
 
 CONF = Path(CONFIG_DIR)
-GROUPS = ["data", "split", "model", "loss", "optimizer", "scheduler", "trainer", "tracking", "callbacks", "paths",
-          "experiment", "debug", "hparams_search"]
+GROUPS = ["data", "split", "model", "loss", "sampler", "optimizer", "scheduler", "trainer", "tracking", "callbacks",
+          "paths", "experiment", "debug", "hparams_search"]
 
 
 def options(group: str) -> list[str]:
@@ -60,6 +60,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     check_keys(cfg, "cfg")
     instantiate(cfg.split)
     instantiate(cfg.loss)
+    check_target(cfg, "sampler", fixed=("n_items", "positive_keys", "item_counts"))
+    sampler = instantiate(cfg.sampler, n_items=6, positive_keys=torch.tensor([0, 7]), item_counts=torch.ones(6))
+    assert sampler(torch.tensor([0, 1]), 2, positives=torch.tensor([1, 2]), scorer=lambda u, i: i.float()).shape[0] == 2
     instantiate(cfg.data)
     optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(optimizer, torch.optim.Optimizer)

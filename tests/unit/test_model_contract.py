@@ -13,7 +13,8 @@ import torch
 from hydra.utils import instantiate
 
 from recforge.config import CONFIG_DIR, build_model
-from recforge.losses import BPRLoss, NegativeSampler
+from recforge.losses import BPRLoss
+from recforge.samplers import NegativeSampler
 from recforge.metrics.ranking import mask_scores_
 from recforge.training.module import RecommenderModule
 from tests.conftest import compose_train

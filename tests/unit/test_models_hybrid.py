@@ -13,7 +13,8 @@ import torch
 
 from recforge.config import build_model
 from recforge.errors import RecForgeError
-from recforge.losses import BPRLoss, NegativeSampler
+from recforge.losses import BPRLoss
+from recforge.samplers import NegativeSampler
 from recforge.models.convncf import ConvNCF
 from recforge.models.deepfm import DeepFM
 from recforge.models.fm import FactorizationMachine

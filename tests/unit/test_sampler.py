@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recforge.losses import NegativeSampler
+from recforge.samplers import NegativeSampler
 
 
 def keys_of(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -143,3 +143,110 @@ def test_epochs_drawn_on_a_gpu_cover_the_data_and_under_ddp_equal_the_hosts():
     drawn_users, drawn_items = torch.cat([b[0] for b in drawn]).cpu(), torch.cat([b[1] for b in drawn]).cpu()
     assert torch.equal(users[drawn_items], drawn_users)  # each example one of its own user's interactions
     assert set(drawn_users.tolist()) == {0, 1, 2}
+
+
+# ---------------------------------------------------------------- popularity, in-batch and hard negatives
+def test_popularity_negatives_follow_count_to_the_alpha():
+    from recforge.samplers import PopularitySampler
+
+    counts = torch.tensor([1.0, 3.0, 0.0, 4.0, 16.0])
+    no_positives = torch.tensor([], dtype=torch.long)
+    for alpha, expected in ((1.0, counts / 24), (0.5, counts.sqrt() / counts.sqrt().sum()), (0.0, torch.full((5,), 0.2))):
+        torch.manual_seed(2)
+        sampler = PopularitySampler(5, no_positives, counts, alpha=alpha)
+        draws = sampler(torch.zeros(40_000, dtype=torch.long), 5)
+        freq = torch.bincount(draws.flatten(), minlength=5).float() / draws.numel()
+        assert torch.allclose(freq, expected, atol=0.01), (alpha, freq)
+        assert torch.allclose(sampler.log_prob(torch.arange(5)).exp(), expected, atol=1e-6)
+    assert sampler.log_prob(torch.tensor([2])).exp().item() == pytest.approx(0.2)
+
+
+def test_popularity_negatives_avoid_the_users_positives_and_refuse_negative_alpha():
+    from recforge.errors import RecForgeError
+    from recforge.samplers import PopularitySampler
+
+    torch.manual_seed(3)
+    keys = keys_of(torch.zeros(1, dtype=torch.long), torch.tensor([4]), 5)  # user 0 likes the most popular item
+    sampler = PopularitySampler(5, keys, torch.tensor([1.0, 1.0, 1.0, 1.0, 6.0]), alpha=1.0, retries=40)
+    assert not bool((sampler(torch.zeros(500, dtype=torch.long), 4) == 4).any())
+    with pytest.raises(RecForgeError, match="sampler.alpha"):
+        PopularitySampler(5, keys, torch.ones(5), alpha=-0.5)
+
+
+def test_in_batch_negatives_are_the_other_positives_with_hits_masked_and_logq():
+    from recforge.samplers import InBatchSampler
+
+    users, positives = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
+    keys = keys_of(torch.tensor([0, 1, 2, 3, 0]), torch.tensor([5, 6, 7, 8, 7]), 10)  # user 0 also likes 7
+    counts = torch.tensor([0, 0, 0, 0, 0, 1.0, 1.0, 2.0, 1.0, 0])
+    sampler = InBatchSampler(10, keys, counts)
+    negatives = sampler(users, 2, positives=positives)
+    assert negatives.tolist() == [[6, 7], [7, 8], [8, 5], [5, 6]]
+    assert sampler(users, 10, positives=positives).shape == (4, 3)  # at most the batch's other rows
+    candidates = torch.cat([positives.unsqueeze(1), negatives], 1)
+    scores = torch.zeros(4, 3)
+    plain = sampler.adjust(users, candidates, scores, logq_correction=False)
+    assert plain[0].tolist() == [0.0, 0.0, float("-inf")] and bool(torch.isfinite(plain[1:]).all())
+    corrected = sampler.adjust(users, candidates, scores, logq_correction=True)
+    # q(item) = its share of the 5 training positives: q(5) = q(6) = q(8) = 0.2, q(7) = 0.4
+    assert corrected[1].tolist() == pytest.approx([-torch.log(torch.tensor(0.2)).item(),
+                                                   -torch.log(torch.tensor(0.4)).item(),
+                                                   -torch.log(torch.tensor(0.2)).item()])
+
+
+def test_hard_negatives_are_the_best_scored_of_each_pool():
+    from recforge.samplers import HardNegativeSampler
+
+    keys = keys_of(torch.tensor([0]), torch.tensor([0]), 50)
+    users = torch.arange(6) % 2
+    torch.manual_seed(4)
+    pool = NegativeSampler(50, keys)(users, 3 * 5).view(6, 3, 5)
+    torch.manual_seed(4)
+    hard = HardNegativeSampler(50, keys, pool_size=5)(users, 3, scorer=lambda u, items: (items * 7 % 50).float())
+    assert torch.equal(hard, pool.gather(-1, (pool * 7 % 50).argmax(-1, keepdim=True)).squeeze(-1))
+
+
+def test_sampled_losses_against_hand_computed_values():
+    import math
+
+    from recforge.losses import BPRLoss, CosineContrastiveLoss, SampledSoftmaxLoss
+
+    pos, neg = torch.tensor([0.5]), torch.tensor([[0.95, 0.2]])
+    assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, neg).item() == pytest.approx(0.55)
+    expected = math.log(math.exp(0.5) + math.exp(0.95) + math.exp(0.2)) - 0.5
+    assert SampledSoftmaxLoss(2)(pos, neg).item() == pytest.approx(expected)
+    masked = torch.tensor([[0.95, float("-inf")]])  # a masked in-batch negative adds no term and no NaN
+    assert SampledSoftmaxLoss(2)(pos, masked).item() == pytest.approx(math.log(math.exp(0.5) + math.exp(0.95)) - 0.5)
+    assert BPRLoss(2)(pos, masked).item() == pytest.approx(-0.5 * math.log(1 / (1 + math.exp(0.45))))
+    assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, masked).item() == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["sampler=popularity"],
+    ["sampler=hard", "sampler.pool_size=4"],
+    ["sampler=in_batch", "loss=sampled_softmax", "loss.num_negatives=63", "datamodule.batch_size=64"],
+    ["sampler=popularity", "loss=sampled_softmax", "loss.num_negatives=20"],
+    ["loss=ccl", "model.similarity=cosine", "loss.num_negatives=20", "loss.negative_weight=10"],
+    ["model=sasrec", "sampler=hard", "loss=bce", "split=leave_one_out", "trainer.max_epochs=1"],
+], ids=["popularity", "hard", "in_batch-softmax", "popularity-softmax", "mf-ccl", "sasrec-hard"])
+def test_every_sampler_trains_end_to_end(tiny_cfg, overrides):
+    from recforge.train import train
+
+    metrics = train(tiny_cfg(*overrides))
+    assert 0 < metrics["test/ndcg_at_10"] <= 1
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss.num_negatives=60"], "loss.num_negatives=60 asks for more negatives than the"),
+    (["sampler=in_batch", "loss=sampled_softmax", "loss.num_negatives=300"], "datamodule.batch_size=256"),
+    (["sampler=popularity", "sampler.alpha=-1"], "sampler.alpha=-1"),
+    (["sampler=hard", "sampler.pool_size=0"], "sampler.pool_size=0"),
+    (["loss=ccl", "loss.margin=2"], "loss.margin=2"),
+])
+def test_sampler_mistakes_are_one_line_errors_naming_the_key(tiny_cfg, overrides, message):
+    from recforge.errors import RecForgeError
+    from recforge.train import train
+
+    with pytest.raises(RecForgeError) as info:
+        train(tiny_cfg(*overrides))
+    assert message in str(info.value) and "\n" not in str(info.value)

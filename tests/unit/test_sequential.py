@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recforge.losses import BCELoss, NegativeSampler, SampledSoftmaxLoss, SoftmaxLoss
+from recforge.losses import BCELoss, SampledSoftmaxLoss, SoftmaxLoss
+from recforge.samplers import NegativeSampler
 from recforge.models.bert4rec import BERT4Rec
 from recforge.models.caser import Caser
 from recforge.models.gru4rec import GRU4Rec

@@ -123,8 +123,10 @@ class RecommenderModule(pl.LightningModule):
             return loss + self.model.regularization(users, items) if hasattr(self.model, "regularization") else loss
         if getattr(self.loss, "full", False):  # softmax over the whole catalogue
             return self.loss(self.model.score_all(users), items)
-        candidates = torch.cat([items.unsqueeze(1), self.sampler(users, self.loss.num_negatives)], dim=1)
-        scores = self.model(users, candidates)
+        negatives = self.sampler(users, self.loss.num_negatives, positives=items,
+                                 scorer=self.model if self.sampler.needs_scores else None)
+        candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
+        scores = self.sampler.adjust(users, candidates, self.model(users, candidates), self.loss.logq_correction)
         loss = self.loss(scores[:, 0], scores[:, 1:])
         if hasattr(self.model, "regularization"):
             loss = loss + self.model.regularization(users, candidates)
@@ -143,8 +145,12 @@ class RecommenderModule(pl.LightningModule):
         if getattr(self.loss, "full", False):
             return self.loss(self.model.item_logits(hidden), targets)
         owners = users.unsqueeze(1).expand_as(at)[at]  # negatives avoid each position's user's training items
-        candidates = torch.cat([targets.unsqueeze(1), self.sampler(owners, self.loss.num_negatives)], dim=1)
-        scores = self.model.item_logits(hidden, candidates)
+        scorer = (lambda _, items: self.model.item_logits(hidden.detach(), items)) if self.sampler.needs_scores \
+            else None
+        negatives = self.sampler(owners, self.loss.num_negatives, positives=targets, scorer=scorer)
+        candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)
+        scores = self.sampler.adjust(owners, candidates, self.model.item_logits(hidden, candidates),
+                                     self.loss.logq_correction)
         return self.loss(scores[:, 0], scores[:, 1:])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
