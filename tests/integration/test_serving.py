@@ -37,11 +37,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def request(url: str, payload: dict | None = None, method: str | None = None, timeout: float = 10.0):
+def request(url: str, payload: dict | None = None, method: str | None = None, timeout: float = 10.0,
+            headers: dict[str, str] | None = None):
     """``(status, parsed JSON or text)``; HTTP errors are returned, not raised."""
     data = None if payload is None else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
             status, body = response.status, response.read().decode()
@@ -320,19 +321,31 @@ def test_health_metrics_and_request_log(runs, service):
     assert ghost["k"] == 2 and len(ghost["items"]) == 2 and ghost["model_id"] == "recforge-test/1"
     assert lines[-1]["status"] == 400 and "k=0" in lines[-1]["error"]
     assert not any(r["endpoint"] in ("/metrics", "/health") for r in lines)
+    assert request(f"{base}/admin/reload", {})[0] == 404  # no admin token given: no admin interface
+
+
+def test_long_ids_and_lists_are_4xx_and_not_logged_whole(service):
+    base, log_file = service
+    status, body = request(f"{base}/recommend", {"user": "x" * 100_000, "k": 3})
+    assert status == 422 and "at most 256 characters (got 100000)" in body["detail"] and len(str(body)) < 1000
+    status, body = request(f"{base}/recommend", {"user": 1, "deny_items": [1] * 10_001})
+    assert status == 400 and "10001 ids, more than the 10000 allowed" in body["detail"]
+    assert max(len(line) for line in log_file.read_text().splitlines()) < 2000
 
 
 # ---------------------------------------------------------------------------------- 2. hot reload under load
 def test_reload_swaps_models_without_dropping_requests(runs):
     """A client thread sends requests non-stop while (1) the registry alias moves to run 1 and the poller
     picks it up, (2) POST /admin/reload switches back to run 0 in the background, (3) ?wait=true switches to
-    run 1's bundle directory and (4) a reload from a missing alias fails: no request fails, and responses
-    switch to each new model's id once and stay there."""
+    run 1's bundle directory and (4) reloads of a missing run and a missing alias fail (400): no request
+    fails, and responses switch to each new model's id once and stay there."""
     from recforge.serving import registry
 
     registry.register(runs.run_ids[0], "recforge-reload", "live", tracking_uri=runs.uri)
+    token = "reload-test-token-0123456789"
+    admin = {"Authorization": f"Bearer {token}"}
     process, base = start_service(["--model", "models:/recforge-reload@live", "--poll-seconds", "0.3",
-                                   "--log-file", "none"], runs.env())
+                                   "--log-file", "none"], {**runs.env(), "RECFORGE_ADMIN_TOKEN": token})
     seen: list[str] = []
     failures: list[str] = []
     done = threading.Event()
@@ -366,14 +379,18 @@ def test_reload_swaps_models_without_dropping_requests(runs):
         registry.register(runs.run_ids[1], "recforge-reload", "live", tracking_uri=runs.uri)  # version 2
         wait_for("recforge-reload/2")  # the poller saw the alias move
         switched = len(seen)
-        status, body = request(f"{base}/admin/reload", {"run_id": runs.run_ids[0]})
+        assert request(f"{base}/admin/reload", {"run_id": runs.run_ids[0]})[0] == 401  # no token
+        status, body = request(f"{base}/admin/reload", {"run_id": runs.run_ids[0]}, headers=admin)
         assert status == 202 and body["status"] == "reloading", body
         wait_for(runs.run_ids[0])  # a runs:/ model's id is its run id
-        status, body = request(f"{base}/admin/reload?wait=true", {"bundle": str(runs.bundle_dirs[1])})
+        status, body = request(f"{base}/admin/reload?wait=true", {"bundle": str(runs.bundle_dirs[1])}, headers=admin)
         assert status == 200 and body["serving"]["model_id"] == f"bundle:{runs.bundle_dirs[1].resolve()}", body
         wait_for(f"bundle:{runs.bundle_dirs[1].resolve()}")
-        status, body = request(f"{base}/admin/reload?wait=true", {"model": "models:/recforge-reload@nope"})
-        assert status == 400 and "recforge-reload@nope" in body["detail"]  # the old model keeps serving
+        status, body = request(f"{base}/admin/reload?wait=true", {"run_id": "0" * 32}, headers=admin)
+        assert status == 400 and "0" * 32 in body["detail"]  # a missing run: the old model keeps serving
+        status, body = request(f"{base}/admin/reload?wait=true", {"model": "models:/recforge-reload@nope"},
+                               headers=admin)
+        assert status == 400 and "recforge-reload@nope" in body["detail"]
         time.sleep(0.3)
         done.set()
         thread.join(timeout=10)
@@ -386,7 +403,7 @@ def test_reload_swaps_models_without_dropping_requests(runs):
         assert health["last_reload_error"] and "nope" in health["last_reload_error"]
         metrics = request(f"{base}/metrics")[1]
         assert 'recforge_model_reloads_total{outcome="ok"} 3.0' in metrics
-        assert 'recforge_model_reloads_total{outcome="failed"} 1.0' in metrics
+        assert 'recforge_model_reloads_total{outcome="failed"} 2.0' in metrics
     finally:
         done.set()
         stop(process)

@@ -85,6 +85,16 @@ def test_cli_prints_text_and_json(bundle, log_file, tmp_path, capsys):
     assert "catalogue coverage  70.00% of 10 items" in text and "error rate          20.00%" in text
 
 
+def test_cli_summarises_rotated_logs_together(log_file, tmp_path, capsys):
+    older = tmp_path / "serve.jsonl.1"
+    log_file.rename(older)
+    log_file.write_text("".join(json.dumps({**r, "ts": r["ts"].replace("12:", "13:")}) + "\n" for r in LOG[:2]))
+    monitor.main([str(older), str(log_file), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["requests"] == 7 and summary["traffic"]["minutes"] == 61  # 12:00 .. 13:00
+    assert summary["recommend_ok"] == 5 and summary["fallback_rate"] == pytest.approx(2 / 5)
+
+
 def test_malformed_line_is_an_error_naming_the_line(tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(LOG[0]) + "\n{oops\n")

@@ -1,6 +1,7 @@
 """``recforge-monitor``: summarise the service's JSON-lines request log.
 
     recforge-monitor logs/serve.jsonl --bundle logs/runs/<time>/model [--json]
+    recforge-monitor logs/serve.jsonl.2 logs/serve.jsonl.1 logs/serve.jsonl     # with rotated files
 
 Definitions (``summarise`` returns them as a dict; the tests check each against hand-computed values):
 
@@ -153,14 +154,15 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recforge-monitor", description="Summarise a recforge-serve request log.")
-    parser.add_argument("log_file", help="the JSON-lines log (recforge-serve --log-file)")
+    parser.add_argument("log_files", nargs="+", metavar="log_file",
+                        help="the JSON-lines log (recforge-serve --log-file), and any rotated ones (<log>.1, ...)")
     from recforge.serving.registry import add_model_source_args
 
     add_model_source_args(parser)  # optional here: the training reference for popularity and coverage
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     try:
-        log = read_log(args.log_file)
+        log = pd.concat([read_log(path) for path in args.log_files], ignore_index=True)
         bundle = None
         if args.bundle or args.run_id or args.model or args.ckpt:
             from recforge.serving.registry import load, source_uri

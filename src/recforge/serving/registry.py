@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,8 +201,33 @@ def _model_location(run_id: str, tracking_uri: str | None) -> str:
 
 
 def load(uri: str, tracking_uri: str | None = None):
-    """Resolve and load ``uri`` (``models:/``, ``runs:/`` or a bundle directory): ``(bundle, ref)``."""
-    return load_bundle(resolve(uri, tracking_uri), tracking_uri)
+    """Resolve and load ``uri`` (``models:/``, ``runs:/`` or a bundle directory): ``(bundle, ref)``. Every
+    failure is a RecForgeError (see :func:`loading`)."""
+    with loading(uri):
+        return load_bundle(resolve(uri, tracking_uri), tracking_uri)
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """``exc``'s message on one line, cut to ``limit`` characters (torch's load errors span many lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@contextmanager
+def loading(uri: str):
+    """Any exception while loading ``uri`` as a RecForgeError naming it: a corrupt, partial or foreign model
+    fails in torch, pandas or the model's own code, and callers (the CLIs, a reload) must report it as one
+    line and carry on. A RecForgeError keeps its message (prefixed with ``uri`` unless it names it); the
+    original exception is chained (``__cause__``)."""
+    try:
+        yield
+    except RecForgeError as exc:
+        if uri in str(exc):
+            raise
+        raise RecForgeError(f"{uri}: {exc}") from exc
+    except Exception as exc:
+        raise RecForgeError(f"{uri}: cannot load the model ({type(exc).__name__}: {one_line(exc)}); check that "
+                            f"the bundle is complete, or train and register the model again") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
