@@ -189,3 +189,17 @@ def test_recforge_eval_refuses_a_malicious_checkpoint_with_one_line(tmp_path, ti
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pandas.read_pickle" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_serving_clis_take_trust_flags():
+    import argparse
+
+    from recforge.serving.registry import add_model_source_args
+
+    parser = argparse.ArgumentParser()
+    add_model_source_args(parser)
+    parser.parse_args(["--bundle", "x", "--trust", "mypkg.models.MyModel", "--trust", "lab.*"])
+    assert is_trusted("mypkg.models.MyModel") and is_trusted("lab.recs.Model")
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--bundle", "x", "--trust", "os.system; true"])
+    assert info.value.code == 2

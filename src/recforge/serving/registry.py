@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recforge.errors import RecForgeError
+from recforge.utils.trust import trust
 
 MODEL_ARTIFACT = "model"  # the pyfunc model's name in a run (tracker.log_pyfunc)
 
@@ -58,6 +59,18 @@ def add_model_source_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--ckpt", help="a recforge-train checkpoint (.ckpt); its data is rebuilt from the stored "
                                        "config, so the raw files must be reachable (RECFORGE_DATA_DIR)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--trust", action="append", type=_trusted, metavar="CLASS",
+                        help="a class besides RecForge's own that the model may name (pkg.mod.Class or pkg.*; "
+                             "repeatable; also RECFORGE_TRUSTED_TARGETS)")
+
+
+def _trusted(pattern: str) -> str:
+    """argparse type of ``--trust``: trusts the pattern as it is parsed."""
+    try:
+        trust(pattern)
+    except RecForgeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return pattern
 
 
 def source_uri(model: str | None = None, run_id: str | None = None, bundle: str | None = None,
