@@ -105,10 +105,13 @@ class Fixed(torch.nn.Module):
 
 
 @pytest.mark.parametrize("method", ["score", "rrf", "borda", "vote"])
-def test_ensemble_model_equals_fusion_of_members(method, tmp_path):
+def test_ensemble_model_equals_fusion_of_members(method, tmp_path, monkeypatch):
     import scipy.sparse as sp
 
     from recforge.tracking.bundle import Bundle, save_bundle
+    from recforge.utils import trust
+
+    monkeypatch.setattr(trust, "_registered", {f"{__name__}.Fixed"})  # a user's own class, trusted explicitly
 
     members = [{"target": f"{__name__}.Fixed", "kwargs": {"n_users": 5, "n_items": 7, "seed": s}} for s in (1, 2)]
     exclude = torch.tensor([[0, 0, 3], [1, 4, 6]])
