@@ -32,7 +32,7 @@ def build_datamodule(cfg: DictConfig):
         check_target(cfg, key, fixed=("source", "splitter", "feedback") if key == "datamodule" else ())
     feedback = "implicit"
     if cfg.get("loss") is not None and "_target_" in cfg.loss:
-        feedback = getattr(build(cfg, "loss"), "feedback", "implicit")
+        feedback = build(cfg, "loss").feedback
     return build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"), feedback=feedback)
 
 

@@ -16,23 +16,36 @@ from torch import nn
 from recforge.errors import RecForgeError
 
 
-class MSELoss(nn.Module):
+class Loss(nn.Module):
+    """What every loss declares, read by the training module and the data module:
+
+    * ``feedback``: ``"explicit"`` (ratings) or ``"implicit"``;
+    * ``view``: what a training batch holds for models that do not choose (``interactions``, or ``users``: whole
+      user rows);
+    * ``full``: scores every item (a softmax over the catalogue) instead of sampled negatives;
+    * ``num_negatives``: sampled negatives per positive (0: none);
+    * ``logq_correction``: sampled scores arrive minus the log-probability of drawing each item.
+    """
+
+    feedback: str = "implicit"
+    view: str = "interactions"
+    full: bool = False
+    num_negatives: int = 0
+    logq_correction: bool = False
+
+
+class MSELoss(Loss):
     """Squared error on ratings (biased MF, Koren et al. 2009)."""
 
     feedback = "explicit"
-    num_negatives = 0
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred, target)
 
 
-class SampledNegativesLoss(nn.Module):
+class SampledNegativesLoss(Loss):
     """A loss of each positive's score against ``num_negatives`` sampled negatives' scores: ``loss(pos, neg)``.
-    A negative scored ``-inf`` (an in-batch negative that is a positive of the user) adds no term.
-    ``logq_correction``: the scores arrive minus the log-probability that the sampler draws each item."""
-
-    feedback = "implicit"
-    logq_correction = False
+    A negative scored ``-inf`` (an in-batch negative that is a positive of the user) adds no term."""
 
     def __init__(self, num_negatives: int) -> None:
         super().__init__()
@@ -64,12 +77,11 @@ class BPRLoss(SampledNegativesLoss):
         return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
 
 
-class SoftmaxLoss(nn.Module):
+class SoftmaxLoss(Loss):
     """Cross-entropy of the target item under a softmax over the whole catalogue (``full``: the module passes all
     item logits): SASRec-CE / BERT4Rec / GRU4Rec's objective for sequences, and for pair models a softmax over
     ``score_all`` of the batch's users (Klenitskiy & Vasilev 2023 on why full CE beats BCE for SASRec)."""
 
-    feedback = "implicit"
     full = True
 
     def __init__(self, num_negatives: int = 0) -> None:
@@ -114,14 +126,12 @@ class CosineContrastiveLoss(SampledNegativesLoss):
         return ((1 - pos) + self.negative_weight * F.relu(neg - self.margin).mean(dim=-1)).mean()
 
 
-class MultinomialLoss(nn.Module):
+class MultinomialLoss(Loss):
     """Multinomial log-likelihood of a user's row under softmax item logits, plus ``beta`` times the KL term of
     a variational model, ``beta`` annealed linearly from 0 to ``anneal_cap`` over ``total_anneal_steps``
     training steps (Mult-VAE, Liang et al. 2018; ``anneal_cap=0`` trains Mult-DAE's objective)."""
 
-    feedback = "implicit"
     view = "users"
-    num_negatives = 0
 
     def __init__(self, anneal_cap: float = 0.2, total_anneal_steps: int = 200_000) -> None:
         super().__init__()
@@ -143,7 +153,7 @@ class MultinomialLoss(nn.Module):
         return loss
 
 
-class RowBCELoss(nn.Module):
+class RowBCELoss(Loss):
     """Binary cross-entropy of a user's row (1 for training items, 0 otherwise) against item logits, summed over
     items and averaged over users (CDAE, Wu et al. 2016). Takes the KL argument of the user-row interface and
     ignores it.
@@ -154,9 +164,7 @@ class RowBCELoss(nn.Module):
     not drown its few ones.
     """
 
-    feedback = "implicit"
     view = "users"
-    num_negatives = 0
 
     def __init__(self, negative_ratio: float | None = None) -> None:
         super().__init__()
@@ -177,7 +185,7 @@ class RowBCELoss(nn.Module):
         return loss.sum(dim=1).mean()
 
 
-class RowMSELoss(nn.Module):
+class RowMSELoss(Loss):
     """Squared error of reconstructed rating rows on the observed entries only (AutoRec, Sedhain et al. 2015).
 
     ``rows`` are dense rating rows with 0 for "not rated" (models store an observed rating of exactly 0 as a tiny
@@ -190,7 +198,6 @@ class RowMSELoss(nn.Module):
 
     feedback = "explicit"
     view = "users"
-    num_negatives = 0
 
     def forward(self, output: torch.Tensor, rows: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         observed = rows != 0

@@ -168,7 +168,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if loss.feedback == "implicit" and model.requires_training:
         sampler = build_sampler(cfg, loss, datamodule, data_kwargs["item_popularity"])
     histories = None
-    if getattr(model, "reads_histories", False):  # each stage's inputs: train (+ fold-in) at val, + val at test
+    if model.reads_histories:  # each stage's inputs: train (+ fold-in) at val, + val at test
         histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
     module = RecommenderModule(
         model=model,
@@ -233,7 +233,7 @@ def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:
     cls = resolve_target(target)
     params = inspect.signature(cls).parameters
     data = datamodule.model_kwargs(params)
-    if getattr(cls, "reads_histories", False):
+    if cls.reads_histories:
         data["interactions"] = data["sequences"] = datamodule.known_sequences()
     kwargs.update({k: v for k, v in data.items() if k in params})
     return target, kwargs

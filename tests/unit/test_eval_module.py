@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from recforge import losses
 from recforge.errors import RecForgeError
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names
@@ -28,7 +29,7 @@ class Fixed(Recommender):
         return torch.arange(self.n_items).float().expand(len(users), -1).clone()
 
 
-class Loss(torch.nn.Module):
+class Loss(losses.Loss):
     def __init__(self, feedback: str) -> None:
         super().__init__()
         self.feedback = feedback

@@ -56,7 +56,7 @@ class FusionEvaluator:
     def _compute(self, stage: str) -> Iterator[tuple[dict, torch.Tensor]]:
         outputs: list[list[dict]] = [[] for _ in self.models]
         for model in self.models:
-            if self.histories is not None and getattr(model, "reads_histories", False):
+            if self.histories is not None and model.reads_histories:
                 model.set_histories(*self.histories[stage])
         for batch in self.batches[stage]:
             values = []
@@ -79,7 +79,7 @@ class FusionEvaluator:
         if stage in self._cache:
             return self._cache[stage]
         n_rows = sum(len(b["users"]) for b in self.batches[stage])
-        n_items = getattr(self.models[0], "n_items", 0)
+        n_items = self.models[0].n_items
         size_mb = len(self.models) * n_rows * n_items * 4 / 2**20
         if size_mb <= self.max_cache_mb:
             self._cache[stage] = list(self._compute(stage))

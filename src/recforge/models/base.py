@@ -12,6 +12,14 @@
   ``fit(users, items, ratings)``.
 * ``item_vectors()`` optionally returns ``(n_items, d)`` item representations (used for similar items by
   the service); the default ``None`` means the model has none.
+* ``train_view`` says what a training batch holds for the model: ``None`` (the default) lets the loss decide
+  (``(user, item, rating)`` interactions, or whole user rows for row losses); ``"users"`` / ``"items"`` are
+  whole rows of the batch's users or items (autoencoders); ``"sequences"`` the users' histories in time order.
+* ``reads_histories``: the model scores from users' histories, which the training module replaces before each
+  evaluation (``set_histories``: validation reads the training interactions, test also validation), and a
+  served copy is built with every known interaction.
+* ``regularization(users, items)`` is a penalty added to the loss of each interaction batch (``items`` are the
+  batch's candidates, positives first); the default is none.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from recforge.utils.sparse import csr_indices, dense_rows, row_pointers
 class Recommender(nn.Module):
     requires_training: bool = True
     feedbacks: tuple[str, ...] = ("explicit", "implicit")  # which losses' feedback the model can learn
+    train_view: str | None = None
+    reads_histories: bool = False
     n_items: int
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -45,6 +55,14 @@ class Recommender(nn.Module):
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
+
+    def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """A penalty added to the loss of an interaction batch, or ``None`` (the default) for none."""
+        return None
+
+    def set_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        """Score from these histories (CSR over users) from now on; only models that ``reads_histories``."""
+        raise NotImplementedError(f"{type(self).__name__} does not read histories")
 
 
 class WholeRowRecommender(Recommender):

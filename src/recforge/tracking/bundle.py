@@ -88,7 +88,7 @@ class Bundle:
 
         exp = load_checkpoint(path, data_dir)
         dm = exp.datamodule
-        if getattr(exp.model, "reads_histories", False):  # serve from everything known, as a saved bundle does
+        if exp.model.reads_histories:  # serve from everything known, as a saved bundle does
             users, items = dm.known_sequences()
             exp.model.set_histories(row_pointers(users, dm.n_users), items)
         seen = dm.seen_matrix()

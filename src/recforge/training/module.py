@@ -43,7 +43,7 @@ def check_sampled(sampled_negatives: int | None, sampled_strategy: str) -> None:
 def train_view(model: Recommender, loss: torch.nn.Module) -> str:
     """What a training batch holds (``RecDataModule.train_view``): the model's own view (sequences, item rows),
     else the loss's (user rows), else interactions."""
-    return getattr(model, "train_view", None) or getattr(loss, "view", None) or "interactions"
+    return model.train_view or loss.view
 
 
 class RecommenderModule(pl.LightningModule):
@@ -119,18 +119,18 @@ class RecommenderModule(pl.LightningModule):
             output, kl = self.model.reconstruct(rows, ids)
             return self.loss(output, rows, kl)
         if self.feedback == "explicit":
-            loss = self.loss(self.model(users, items), ratings)
-            return loss + self.model.regularization(users, items) if hasattr(self.model, "regularization") else loss
-        if getattr(self.loss, "full", False):  # softmax over the whole catalogue
+            return self._regularized(self.loss(self.model(users, items), ratings), users, items)
+        if self.loss.full:  # softmax over the whole catalogue
             return self.loss(self.model.score_all(users), items)
         negatives = self.sampler(users, self.loss.num_negatives, positives=items,
                                  scorer=self.model if self.sampler.needs_scores else None)
         candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
         scores = self.sampler.adjust(users, candidates, self.model(users, candidates), self.loss.logq_correction)
-        loss = self.loss(scores[:, 0], scores[:, 1:])
-        if hasattr(self.model, "regularization"):
-            loss = loss + self.model.regularization(users, candidates)
-        return loss
+        return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
+
+    def _regularized(self, loss: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        penalty = self.model.regularization(users, items)
+        return loss if penalty is None else loss + penalty
 
     def sequence_loss(self, users: torch.Tensor) -> torch.Tensor:
         """Next-item (or masked-item) prediction at every target position of the users' training sequences:
@@ -142,7 +142,7 @@ class RecommenderModule(pl.LightningModule):
         if not at.any():  # only one-item histories in this batch: nothing to predict (a zero loss, not a NaN)
             return hidden.sum() * 0
         hidden, targets = hidden[at], targets[at]
-        if getattr(self.loss, "full", False):
+        if self.loss.full:
             return self.loss(self.model.item_logits(hidden), targets)
         owners = users.unsqueeze(1).expand_as(at)[at]  # negatives avoid each position's user's training items
         scorer = (lambda _, items: self.model.item_logits(hidden.detach(), items)) if self.sampler.needs_scores \

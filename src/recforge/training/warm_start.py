@@ -81,7 +81,7 @@ def grow_state(old_state: dict[str, torch.Tensor], new_state: dict[str, torch.Te
 def warm_start(model: torch.nn.Module, bundle_dir: str | Path, user_ids: np.ndarray, item_ids: np.ndarray) -> dict:
     """Load a bundle's weights into ``model`` (built for ``user_ids`` x ``item_ids``); returns match counts."""
     bundle_dir = Path(bundle_dir)
-    if getattr(model, "train_view", None) == "sequences":
+    if model.train_view == "sequences":
         # their item tables carry padding/mask rows past n_items, which the row matching below cannot tell apart
         raise RecForgeError(f"init_from={bundle_dir}: warm start does not support sequential models "
                             f"({type(model).__name__}) yet; train from scratch (init_from=null, or recforge-retrain mode=scratch)")
