@@ -24,9 +24,9 @@ def sqlite_store_uri(log_dir: str | os.PathLike) -> str:
 class MLflowTracker:
     """Owns the MLflow run of one training run.
 
-    ``uri`` (the config fills it from ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the SQLite
-    file ``<log_dir>/mlflow.db`` with artifacts under ``<log_dir>/mlartifacts``. Lightning's
-    ``MLFlowLogger`` logs the per-epoch metrics into the same run.
+    ``uri`` (the config fills it from ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the
+    SQLite file ``<log_dir>/mlflow.db`` with artifacts under ``<log_dir>/mlartifacts``. Lightning's ``MLFlowLogger``
+    logs the per-epoch metrics into the same run.
 
     A run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM: :meth:`finish`). A run whose process was
     killed with SIGKILL, or whose machine went down, cannot close itself: it carries its process's identity as tags
