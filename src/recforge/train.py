@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
-from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, finite, git_commit, model_spec,
-                               per_user_frame, recommendations_frame, split_frames, write_parquet)
+from recforge.pipeline import (CheckpointState, Experiment, build_experiment, check_resumable, finite, git_commit,
+                               model_spec, per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.training.checkpoint import AtomicCheckpointIO, RunIdInCheckpoint, stored_run_id
 from recforge.utils.io import atomic_dir, atomic_write_text, writable_folder
 
@@ -101,8 +101,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def write_outputs(cfg: DictConfig, exp, output_dir: Path, config_yaml: str, metrics: dict, best: str | None,
-                  tracker) -> None:
+def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yaml: str, metrics: dict,
+                  best: str | None, tracker) -> None:
     """The run folder's files and the MLflow run's artifacts and model. Every file is written atomically, and
     ``metrics.json`` last: a run folder with it holds a finished run."""
     dm, module = exp.datamodule, exp.module

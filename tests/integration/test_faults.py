@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,13 +47,13 @@ def cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> list[str]:
             f"paths.log_dir={tmp_path / 'logs'}", f"paths.cache_dir={tmp_path / 'cache'}", *overrides]
 
 
-def start(args: list[str], tmp_path: Path, preexec_fn=None) -> subprocess.Popen:
+def start(args: list[str], tmp_path: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     # output to a file: a pipe nobody reads would fill up and stall the run
     with open(tmp_path / "stderr.txt", "w") as err:
         return subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                preexec_fn=preexec_fn, start_new_session=True)
+                                start_new_session=True)
 
 
 def kill_when(path: Path, proc: subprocess.Popen, tmp_path: Path, timeout: float = 300) -> None:
@@ -112,23 +113,33 @@ def test_interrupted_run_is_marked_killed(tmp_path, monkeypatch, stop):
     assert signal.getsignal(signal.SIGTERM) == handler   # the run's SIGTERM handler is gone with it
 
 
-def test_full_disk_keeps_the_last_checkpoint_and_ends_in_one_line(tmp_path):
-    big = ["model.embedding_dim=2048", "callbacks.early_stopping.patience=100000"]   # checkpoints of ~4 MB
-    first = train(compose_train([*TINY, *big, "tracking.log_model=false", "trainer.max_epochs=1"], tmp_path))
+@contextmanager
+def full_disk(limit: int):
+    """As if the disk were full: no file of this process may grow past ``limit`` bytes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails (EFBIG) instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_full_disk_keeps_the_last_checkpoint_and_ends_in_one_line(tmp_path, capsys):
+    big = [*TINY, "model.embedding_dim=2048", "tracking.log_model=false", "callbacks.early_stopping.patience=100000"]
+    first = train(compose_train([*big, "trainer.max_epochs=1"], tmp_path))   # checkpoints of ~4 MB
     checkpoints = tmp_path / "out" / "checkpoints"
     last = checkpoints / "last.ckpt"
     before = sha256(last)
-    limit = last.stat().st_size // 2   # no file may grow past half a checkpoint: as if the disk were full
-    assert (tmp_path / "logs" / "mlflow.db").stat().st_size < limit
+    limit = last.stat().st_size // 2
+    assert (tmp_path / "logs" / "mlflow.db").stat().st_size < limit   # the store can still be written
+    capsys.readouterr()
 
-    def full_disk():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails (EFBIG) instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    resume = cli(tmp_path, *big, "trainer.max_epochs=3", f"resume_from={last}", f"hydra.run.dir={tmp_path / 'out'}")
-    proc = start(resume, tmp_path, preexec_fn=full_disk)
-    assert proc.wait(timeout=600) == 2
-    err = (tmp_path / "stderr.txt").read_text()
+    with full_disk(limit), pytest.raises(SystemExit) as exc:
+        run_cli(train, compose_train([*big, "trainer.max_epochs=3", f"resume_from={last}"], tmp_path))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"error: cannot write {checkpoints}/")
     assert "File too large" in err and "set paths.output_dir to a folder on another disk" in err
@@ -246,6 +257,7 @@ def test_one_user_dataset_trains_and_ships_its_model(tmp_path):
     assert (tmp_path / "out" / "metrics.json").exists() and (tmp_path / "out" / "model" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_sigkilled_sweep_trial_is_retried_and_its_child_run_killed(tmp_path):
     import optuna
 

@@ -84,11 +84,18 @@ class MLflowTracker:
     def close_dead_runs(self) -> list[str]:
         """Mark KILLED the runs of this store left RUNNING by a process of this host that has ended (a SIGKILL, a
         crash); return their ids. Runs of other hosts, and runs without the process tags, are left alone."""
+        from mlflow.exceptions import MlflowException
+
         host = ProcessId.current().host
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
         query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAGS['host']}` = '{host}'"
+        try:
+            experiments = [e.experiment_id for e in self.client.search_experiments()]
+            running = self.client.search_runs(experiments, query, max_results=1000)
+        except MlflowException as exc:   # e.g. a server that lets this user search only some experiments
+            log.warning("MLflow: cannot look for runs left RUNNING by ended processes (%s)", exc)
+            return []
         closed = []
-        for run in self.client.search_runs(experiments, query, max_results=1000):
+        for run in running:
             tags = run.data.tags
             if not tags.get(PROCESS_TAGS["pid"], "").isdigit():
                 continue
