@@ -24,7 +24,7 @@ from recforge.errors import RecForgeError
 from recforge.pipeline import (CheckpointState, Experiment, build_experiment, check_resumable, finite, git_commit,
                                model_spec, per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.training.checkpoint import AtomicCheckpointIO, RunIdInCheckpoint, stored_run_id
-from recforge.utils.io import atomic_dir, atomic_write_text, writable_folder
+from recforge.utils.io import DISK_FULL, atomic_dir, atomic_write_text, writable_folder
 
 log = logging.getLogger("recforge")
 
@@ -195,7 +195,6 @@ def run_cli(task, cfg: DictConfig):
         sys.exit(2)
 
 
-DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 FOLDERS = ("paths.output_dir", "paths.cache_dir", "tracking.log_dir", "paths.log_dir")   # the innermost first
 

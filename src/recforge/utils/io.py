@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -13,6 +14,8 @@ from typing import Iterator
 
 from recforge.errors import RecForgeError
 
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}   # EFBIG: a file size limit (ulimit -f) was reached
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -20,8 +23,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file is in the same folder (a rename within one file system is atomic, while a move from another
     file system is a copy that truncates ``path`` first) and is flushed to disk before the rename. Readers, and a
-    run after a crash, see the old file or the new one, never a part of one; a failure (a full disk, a kill) leaves
-    the old file as it was and nothing else behind.
+    run after a crash, see the old file or the new one, never a part of one. A failure (a full disk, a kill) leaves
+    the old file as it was; only a killed process leaves its hidden temporary file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +46,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     Its files are flushed to disk and the folder renamed into place, replacing a folder there before. Readers see
     the old folder or the complete new one (between the two renames of a replacement the old one is at
-    ``.<name>.<random>.old``); a failure leaves ``path`` as it was and nothing else behind.
+    ``.<name>.<random>.old``). A failure leaves ``path`` as it was; only a killed process leaves a hidden temporary
+    folder behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,11 +86,11 @@ def _beside(path: Path) -> Path:
 
 @contextmanager
 def naming(path: Path) -> Iterator[None]:
-    """An OSError of the block that names no file (a failed ``write``: disk full) names ``path``."""
+    """A full disk met in the block names ``path`` (a failed ``write`` names no file)."""
     try:
         yield
     except OSError as exc:
-        if exc.filename is None:
+        if exc.errno in DISK_FULL and exc.filename is None:
             exc.filename = str(path)
         raise
 
