@@ -274,7 +274,9 @@ class OptunaSweeper(Sweeper):
         launched = 0
         try:
             while True:
-                st.reap_dead_trials(study, self.max_retry)
+                for dead in st.reap_dead_trials(study, self.max_retry):   # retried; their child runs are closed
+                    if runs is not None and dead.user_attrs.get("mlflow_run_id"):
+                        runs.kill_child(dead.user_attrs["mlflow_run_id"])
                 counts = st.count_trials(study)
                 if counts.done >= n_trials:
                     break
