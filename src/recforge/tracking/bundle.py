@@ -7,6 +7,7 @@ on RecForge's allow-list (:mod:`recforge.utils.trust`), so a bundle cannot name 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -26,9 +27,14 @@ from recforge.utils.sparse import row_pointers
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
                 user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any]) -> Path:
+    """Write the bundle's files into ``directory``. Tensors are serialised in memory first: torch reports a failed
+    file write (a full disk) without its cause, a failed in-memory one cannot happen that way."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({"target": target, "kwargs": kwargs}, directory / "spec.pt")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / "model.pt")
+    for name, obj in (("spec.pt", {"target": target, "kwargs": kwargs}),
+                      ("model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        (directory / name).write_bytes(buffer.getbuffer())
     pd.DataFrame({"user": user_ids}).to_parquet(directory / "users.parquet")
     pd.DataFrame({"item": item_ids}).to_parquet(directory / "items.parquet")
     sp.save_npz(directory / "seen.npz", seen.tocsr())

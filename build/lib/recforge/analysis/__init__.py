@@ -1,0 +1,1 @@
+"""Analysis on top of tracked runs: comparing models, significance tests."""

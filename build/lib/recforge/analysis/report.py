@@ -1,0 +1,100 @@
+"""A comparison report of selected runs: table (CSV + Markdown), plots (PNG) and paired significance tests.
+
+``compare_report`` is what ``recforge-compare`` runs; the notebook calls the same pieces one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from recforge.analysis.plots import mean_with_ci, plot_learning_curves, plot_metric_ci, plot_metric_vs_param
+from recforge.analysis.runs import metric_history, runs_table, to_markdown, varying_params
+from recforge.analysis.significance import FINGERPRINT_TAG, fetch_per_user, paired_tests, per_user_values
+from recforge.errors import RecForgeError
+from recforge.utils.io import atomic_path, atomic_write_text
+
+
+@dataclass
+class Report:
+    table: pd.DataFrame
+    significance: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+
+
+def run_labels(runs: Sequence) -> dict[str, str]:
+    """Short unique labels: the run name (or model tag) plus the first run-id characters."""
+    return {r.info.run_id: f"{r.info.run_name or r.data.tags.get('model', 'run')} ({r.info.run_id[:6]})" for r in runs}
+
+
+def significance_by_split(client, runs: Sequence, metric: str, n_bootstrap: int = 10000, confidence: float = 0.95,
+                          seed: int = 0, frames: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Paired tests within every group of runs that share a split fingerprint (groups of one are skipped)."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+        if fingerprint:
+            groups.setdefault(fingerprint, []).append(run.info.run_id)
+    tables = []
+    for fingerprint, ids in groups.items():
+        if len(ids) < 2:
+            continue
+        group_frames = {i: frames[i] for i in ids} if frames is not None else fetch_per_user(client, ids)
+        table = paired_tests(per_user_values(group_frames, metric), metric, n_bootstrap, confidence, seed)
+        tables.append(table.assign(split_fingerprint=fingerprint))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def compare_report(client, runs: Sequence, out_dir: Path | None, metric: str = "test/ndcg_at_10",
+                   metrics: Sequence[str] | None = None, params: Sequence[str] | None = None,
+                   curve_metric: str = "val/ndcg_at_10", vs_param: str | None = None, significance: bool = True,
+                   plots: bool = True, n_bootstrap: int = 10000, confidence: float = 0.95, seed: int = 0) -> Report:
+    """Tabulate ``runs``; with ``out_dir``, write runs.csv, runs.md and the plots, and significance.csv."""
+    if vs_param is not None:
+        known = {k for r in runs for k in r.data.params}
+        if vs_param not in known:
+            raise RecForgeError(f"--vs-param {vs_param} is not a parameter of the selected runs, e.g. "
+                                f"{', '.join(sorted(k for k in known if k.startswith(('model.', 'optimizer.'))))}")
+        params = list(params if params is not None else varying_params(runs))
+        params += [vs_param] if vs_param not in params else []
+    table = runs_table(runs, metrics, params)
+    labels = run_labels(runs)
+    if metric not in table.columns:
+        logged = sorted(c for c in table.columns if c.startswith(("val/", "test/")))
+        raise RecForgeError(f"--metric {metric} was not logged by the selected runs; logged: {', '.join(logged)}")
+    frames, ranked = None, []
+    if (significance or plots) and metric.startswith("test/"):
+        # runs that logged the metric (a rating model has no ranking metrics) and a split to pair users on
+        ranked = [r for r in runs if r.data.tags.get(FINGERPRINT_TAG) and metric in r.data.metrics]
+        frames = fetch_per_user(client, [r.info.run_id for r in ranked]) if ranked else {}
+    sig = (significance_by_split(client, ranked, metric, n_bootstrap, confidence, seed, frames)
+           if significance and frames is not None else pd.DataFrame())
+    report = Report(table, sig)
+    if out_dir is None:
+        return report
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "runs.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    atomic_write_text(out_dir / "runs.md", to_markdown(table))
+    report.files += [out_dir / "runs.csv", out_dir / "runs.md"]
+    if not sig.empty:
+        with atomic_path(out_dir / "significance.csv") as tmp:
+            sig.to_csv(tmp, index=False)
+        report.files.append(out_dir / "significance.csv")
+    if plots:
+        safe = metric.replace("/", "_")
+        if frames:
+            values = per_user_values(frames, metric)
+            summary = mean_with_ci({labels[k]: v for k, v in values.items()}, min(n_bootstrap, 2000), confidence, seed)
+            report.files.append(plot_metric_ci(summary, metric, out_dir / f"{safe}_ci.png", confidence))
+        history = metric_history(client, [r.info.run_id for r in runs], curve_metric)
+        report.files.append(plot_learning_curves(history, labels, curve_metric,
+                                                 out_dir / f"curves_{curve_metric.replace('/', '_')}.png"))
+        if vs_param is not None:
+            report.files.append(plot_metric_vs_param(table, vs_param, metric,
+                                                     out_dir / f"{safe}_vs_{vs_param.replace('/', '_')}.png"))
+    return report

@@ -1,0 +1,165 @@
+"""Select tracked runs and tabulate them: what ``recforge-compare`` and ``notebooks/compare_runs.ipynb`` build on.
+
+Runs are selected from any MLflow tracking store (the local SQLite file ``recforge-train`` writes by default, or
+a tracking server's ``http://`` URI) by experiment name, run ids, an MLflow filter string
+(``"metrics.\\`test/ndcg_at_10\\` > 0.1"``, ``"params.\\`model._target_\\` LIKE '%EASE'"``) and tags.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from recforge.errors import RecForgeError
+
+log = logging.getLogger("recforge")
+
+ID_COLUMNS = ["run_id", "run_name", "model", "dataset", "split_fingerprint", "status"]
+COST_COLUMNS = {"time/s_per_epoch": "s_per_epoch", "params/n_parameters": "n_parameters"}
+HIDDEN_PARAM_PREFIXES = ("paths.", "tracking.", "hydra", "datamodule.cache", "callbacks.", "trainer.enable",
+                         "trainer.default_root_dir", "task_name", "optimized_metric")
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the store ``recforge-train`` writes by default (``logs/mlflow.db``)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from recforge.tracking.tracker import sqlite_store_uri
+
+    return sqlite_store_uri(os.environ.get("RECFORGE_LOG_DIR", Path(os.environ.get("RECFORGE_ROOT", ".")) / "logs"))
+
+
+def tracking_client(uri: str | None = None):
+    """An ``MlflowClient`` for ``uri`` (default: :func:`default_tracking_uri`); a missing SQLite file is an error."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise RecForgeError(f"no tracking store at {uri}: pass --tracking-uri (e.g. sqlite:///logs/mlflow.db, where "
+                            "recforge-train logs by default, or http://host:5000) or set MLFLOW_TRACKING_URI")
+    return MlflowClient(uri)
+
+
+def get_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise RecForgeError(f"run {run_id} not found in tracking store {client.tracking_uri} "
+                            f"({exc.message.splitlines()[0] if exc.message else exc}); "
+                            "pass --tracking-uri or set MLFLOW_TRACKING_URI") from None
+
+
+def parse_tags(tags: Sequence[str]) -> dict[str, str]:
+    """``["model=EASE", "dataset=ml-100k"]`` -> ``{"model": "EASE", ...}``."""
+    out = {}
+    for tag in tags:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise RecForgeError(f"--tag {tag!r}: write tags as key=value, e.g. --tag model=EASE")
+        out[key] = value
+    return out
+
+
+def select_runs(client, experiments: Sequence[str] = (), run_ids: Sequence[str] = (), filter_string: str = "",
+                tags: dict[str, str] | None = None, include_failed: bool = False, max_results: int = 1000) -> list:
+    """Runs by id (in the given order), else the runs of ``experiments`` matching ``filter_string`` and ``tags``.
+
+    With run ids, ``filter_string`` and ``tags`` still filter them. Failed and running runs are left out unless
+    ``include_failed``. Runs come back oldest first, so tables and plots keep a stable order.
+    """
+    from mlflow.exceptions import MlflowException
+
+    clauses = [filter_string] if filter_string else []
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    if not include_failed:
+        clauses.append("attributes.status = 'FINISHED'")
+    query = " AND ".join(clauses)
+    if run_ids:
+        runs = [get_run(client, run_id) for run_id in dict.fromkeys(run_ids)]
+        experiment_ids = sorted({r.info.experiment_id for r in runs})
+        wanted = ", ".join(f"'{r.info.run_id}'" for r in runs)
+        query = " AND ".join([*clauses, f"attributes.run_id IN ({wanted})"])
+        try:
+            matching = {r.info.run_id for r in client.search_runs(experiment_ids, query, max_results=len(runs))}
+        except MlflowException as exc:
+            raise RecForgeError(f"bad filter {query!r}: {exc.message.splitlines()[0]}") from None
+        dropped = [f"{r.info.run_id} ({r.info.status})" for r in runs if r.info.run_id not in matching]
+        if dropped:
+            log.warning("left out by the filter%s: %s", "" if include_failed else " or not FINISHED",
+                        ", ".join(dropped))
+        return [r for r in runs if r.info.run_id in matching]
+    names = list(experiments) or ["recforge"]
+    ids = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            known = sorted(e.name for e in client.search_experiments())
+            raise RecForgeError(f"experiment {name!r} not found in {client.tracking_uri}; known: {', '.join(known) or 'none'}")
+        ids.append(experiment.experiment_id)
+    try:
+        runs = client.search_runs(ids, query, max_results=max_results, order_by=["attributes.start_time ASC"])
+    except MlflowException as exc:
+        raise RecForgeError(f"bad filter {query!r}: {exc.message.splitlines()[0]}") from None
+    return list(runs)
+
+
+def varying_params(runs: Sequence) -> list[str]:
+    """The "key params" of a comparison: every ``model.*`` hyperparameter, and any other parameter that takes
+    two or more values among the runs that have it (output folders and tracking settings left out)."""
+    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(HIDDEN_PARAM_PREFIXES)})
+
+    def differs(key: str) -> bool:
+        return len({r.data.params[key] for r in runs if key in r.data.params}) > 1
+
+    chosen = [k for k in keys if k != "model._target_" and (k.startswith("model.") or differs(k))]
+    return sorted(chosen, key=lambda k: (not k.startswith("model."), k))
+
+
+def runs_table(runs: Sequence, metrics: Sequence[str] | None = None, params: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run: ids, model, dataset, the chosen (default: varying) params, val/test metrics and costs.
+
+    ``metrics`` defaults to every ``val/*`` and ``test/*`` metric the runs logged; missing values are NaN.
+    """
+    if not runs:
+        raise RecForgeError("no runs selected: check the experiment name, run ids, filter or tags")
+    params = list(params) if params is not None else varying_params(runs)
+    if metrics is None:
+        found = {k for r in runs for k in r.data.metrics if k.startswith(("val/", "test/"))}
+        metrics = sorted(found, key=lambda k: (not k.startswith("val/"), k))
+    rows = []
+    for run in runs:
+        tags, values = run.data.tags, run.data.metrics
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "model": tags.get("model", ""),
+               "dataset": tags.get("dataset", ""), "split_fingerprint": tags.get("split_fingerprint", ""),
+               "status": run.info.status}
+        row.update({p: run.data.params.get(p) for p in params})
+        row.update({m: values.get(m, math.nan) for m in metrics})
+        row.update({name: values.get(key, math.nan) for key, name in COST_COLUMNS.items()})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=ID_COLUMNS + list(params) + list(metrics) + list(COST_COLUMNS.values()))
+
+
+def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else float_format.format(value)
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(frame[c]) else "---" for c in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def metric_history(client, run_ids: Sequence[str], metric: str) -> pd.DataFrame:
+    """Long frame (run_id, step, value) of a metric's history, e.g. ``val/ndcg_at_10`` per epoch."""
+    rows = [(run_id, m.step, m.value) for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
+    return pd.DataFrame(rows, columns=["run_id", "step", "value"]).sort_values(["run_id", "step"], kind="stable")

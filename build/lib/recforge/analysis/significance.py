@@ -1,0 +1,181 @@
+"""Are the differences between runs real? Paired tests over users, on the runs' per-user test metrics.
+
+Every training run logs ``results/per_user_test_metrics.parquet`` (one row per test user: raw user id and
+each per-user metric) and the tag ``split_fingerprint`` (a hash of the train/val/test split). Runs are
+comparable user by user only when they share the fingerprint; :func:`compare_runs` refuses otherwise and
+names the runs that differ.
+
+For every pair of runs (a, b), over the users both evaluated with a finite value (per-user metrics are NaN for
+users without relevant items): the mean difference ``mean(a - b)``, a paired t-test and a Wilcoxon
+signed-rank test (two-sided, ``scipy.stats``), each family of p-values Holm-corrected across all the pairs
+compared (Holm 1979: controls the family-wise error rate without assuming independence), and a percentile
+bootstrap confidence interval of the mean difference (users resampled with replacement, seeded).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recforge.errors import RecForgeError
+
+PER_USER_ARTIFACT = "results/per_user_test_metrics.parquet"
+FINGERPRINT_TAG = "split_fingerprint"
+COLUMNS = ["metric", "run_a", "run_b", "n_users", "mean_a", "mean_b", "mean_diff", "ci_low", "ci_high",
+           "t_stat", "t_pvalue", "t_pvalue_holm", "wilcoxon_stat", "wilcoxon_pvalue", "wilcoxon_pvalue_holm"]
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = len(finite)
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def bootstrap_ci(diff: np.ndarray, n_bootstrap: int = 10000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``mean(diff)``: users resampled with replacement, in memory-bounded blocks."""
+    n = len(diff)
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_bootstrap)
+    block = max(1, (1 << 22) // n)
+    for start in range(0, n_bootstrap, block):
+        stop = min(start + block, n_bootstrap)
+        means[start:stop] = diff[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def paired_tests(values: Mapping[str, pd.Series], metric: str = "", n_bootstrap: int = 10000,
+                 confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The comparison table for per-user values of several runs (each a Series indexed by user id).
+
+    One row per pair (a, b) in the given order; users are aligned by index and those missing or NaN in
+    either run are dropped for that pair.
+    """
+    from scipy import stats
+
+    if len(values) < 2:
+        raise RecForgeError("significance needs at least two runs to compare")
+    rows = []
+    for a, b in itertools.combinations(values, 2):
+        joined = pd.concat({"a": values[a], "b": values[b]}, axis=1, join="inner").dropna()
+        x, y = joined["a"].to_numpy(float), joined["b"].to_numpy(float)
+        diff = x - y
+        n = len(diff)
+        t_stat = t_p = w_stat = w_p = float("nan")
+        if n >= 2:
+            if np.all(diff == diff[0]):  # no variance: the t statistic is undefined unless the runs agree
+                t_stat, t_p = (0.0, 1.0) if diff[0] == 0 else (float("inf") * np.sign(diff[0]), 0.0)
+            else:
+                t = stats.ttest_rel(x, y)
+                t_stat, t_p = float(t.statistic), float(t.pvalue)
+            if np.any(diff != 0):
+                w = stats.wilcoxon(x, y, zero_method="wilcox")
+                w_stat, w_p = float(w.statistic), float(w.pvalue)
+            else:
+                w_stat, w_p = 0.0, 1.0
+        low, high = bootstrap_ci(diff, n_bootstrap, confidence, seed)
+        rows.append({"metric": metric, "run_a": a, "run_b": b, "n_users": n,
+                     "mean_a": float(x.mean()) if n else float("nan"),
+                     "mean_b": float(y.mean()) if n else float("nan"),
+                     "mean_diff": float(diff.mean()) if n else float("nan"), "ci_low": low, "ci_high": high,
+                     "t_stat": t_stat, "t_pvalue": t_p, "wilcoxon_stat": w_stat, "wilcoxon_pvalue": w_p})
+    table = pd.DataFrame(rows)
+    table["t_pvalue_holm"] = holm(table["t_pvalue"].to_numpy())
+    table["wilcoxon_pvalue_holm"] = holm(table["wilcoxon_pvalue"].to_numpy())
+    return table[COLUMNS]
+
+
+def metric_column(metric: str) -> str:
+    """``test/ndcg_at_10`` -> ``ndcg_at_10`` (the per-user file's column); plain column names pass through."""
+    stage, _, name = metric.rpartition("/")
+    if stage and stage != "test":
+        raise RecForgeError(f"--metric {metric}: per-user results exist for test metrics only; "
+                            f"use test/{name}")
+    return name
+
+
+def check_same_split(fingerprints: Mapping[str, str], purpose: str = "their users cannot be paired") -> None:
+    """Raise, naming which runs are on which split, unless every run has the same ``split_fingerprint``."""
+    if len(set(fingerprints.values())) > 1:
+        groups: dict[str, list[str]] = {}
+        for run_id, fingerprint in fingerprints.items():
+            groups.setdefault(fingerprint, []).append(run_id)
+        detail = "; ".join(f"{fp}: {', '.join(ids)}" for fp, ids in groups.items())
+        raise RecForgeError(f"runs were evaluated on different splits (split_fingerprint differs), so {purpose}: "
+                            f"{detail}. Use only runs on the same data and split")
+
+
+def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
+    """Each run's per-user test metrics, after checking that all runs share one split fingerprint."""
+    from recforge.analysis.runs import get_run, tracking_client
+
+    if len(set(run_ids)) < len(run_ids):
+        raise RecForgeError(f"a run id is given twice: {list(run_ids)}")
+    client = tracking_client(tracking_uri)
+    fingerprints = {}
+    for run_id in run_ids:
+        run = get_run(client, run_id)
+        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+        if not fingerprint:
+            raise RecForgeError(f"run {run_id} has no {FINGERPRINT_TAG} tag, so it cannot be aligned user by user; "
+                                "compare runs logged by recforge-train")
+        fingerprints[run_id] = fingerprint
+    check_same_split(fingerprints)
+    return fetch_per_user(client, run_ids)
+
+
+def fetch_per_user(client, run_ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Download each run's ``results/per_user_test_metrics.parquet`` (no split check)."""
+    from mlflow.exceptions import MlflowException
+
+    frames = {}
+    with tempfile.TemporaryDirectory(prefix="recforge-compare-") as tmp:
+        for run_id in run_ids:
+            try:
+                path = client.download_artifacts(run_id, PER_USER_ARTIFACT, os.path.join(tmp, run_id))
+            except (MlflowException, OSError) as exc:
+                raise RecForgeError(f"run {run_id} has no {PER_USER_ARTIFACT} artifact ({exc}); "
+                                    "it was not trained to the test stage by recforge-train") from None
+            frames[run_id] = pd.read_parquet(Path(path))
+    return frames
+
+
+def compare_runs(run_ids: Sequence[str], metric: str = "test/ndcg_at_10", tracking_uri: str | None = None,
+                 n_bootstrap: int = 10000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Download the runs' per-user test metrics, align users and return the significance table (see module doc)."""
+    if len(run_ids) < 2:
+        raise RecForgeError("significance needs at least two run ids")
+    if not 0 < confidence < 1:
+        raise RecForgeError(f"confidence={confidence} must lie in (0, 1), e.g. 0.95")
+    return paired_tests(per_user_values(load_per_user(run_ids, tracking_uri), metric), metric, n_bootstrap,
+                        confidence, seed)
+
+
+def per_user_values(frames: Mapping[str, pd.DataFrame], metric: str) -> dict[str, pd.Series]:
+    """Each run's per-user values of a test metric as a Series indexed by raw user id."""
+    column = metric_column(metric)
+    values = {}
+    for run_id, frame in frames.items():
+        if column not in frame.columns or "user" not in frame.columns:
+            available = sorted(f"test/{c}" for c in frame.columns if c not in ("user", "n_test"))
+            raise RecForgeError(f"run {run_id} has no per-user {metric}; available: {', '.join(available)}")
+        values[run_id] = frame.set_index("user")[column].astype(float)
+    return values

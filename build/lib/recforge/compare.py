@@ -1,0 +1,98 @@
+"""``recforge-compare``: compare tracked runs as a paper needs: a table, plots and paired significance tests.
+
+    recforge-compare --experiment recforge --out reports/ml100k         # every finished run of an experiment
+    recforge-compare --runs 3f2a... 9b1c... 77de... --vs-param optimizer.lr
+    recforge-compare --filter "params.\\`data._target_\\` LIKE '%MovieLens100K'" --tag model=EASE
+    recforge-compare --significance 3f2a... 9b1c... --metric test/ndcg_at_10 --out table.csv   # tests only
+
+Prints the table (model, dataset, the params that differ, val and test metrics, seconds per epoch, parameter
+count) and, with ``--out DIR``, writes runs.csv, runs.md, significance.csv and PNG plots (test metric per run
+with bootstrap confidence intervals, learning curves, metric against ``--vs-param``). Paired tests run within
+each group of runs that share a split fingerprint. The tracking store is ``--tracking-uri`` (a SQLite URI or
+a tracking server's ``http://host:port``), else ``MLFLOW_TRACKING_URI``, else ``sqlite:///logs/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from recforge.errors import RecForgeError
+
+
+def _print(frame) -> None:
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        print(frame.to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recforge-compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", action="append", default=[], help="MLflow experiment name (repeatable)")
+    parser.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="run ids to compare")
+    parser.add_argument("--filter", default="", help="an MLflow search filter string")
+    parser.add_argument("--tag", action="append", default=[], help="key=value tag to match (repeatable)")
+    parser.add_argument("--significance", nargs="*", metavar="RUN_ID", default=None,
+                        help="only the paired tests, between these run ids (or the selected runs)")
+    parser.add_argument("--metric", default="test/ndcg_at_10", help="metric of the plots and tests")
+    parser.add_argument("--metrics", nargs="+", default=None, help="table columns (default: all val/ and test/)")
+    parser.add_argument("--params", nargs="+", default=None, help="param columns (default: those that differ)")
+    parser.add_argument("--curve-metric", default="val/ndcg_at_10", help="metric of the learning curves")
+    parser.add_argument("--vs-param", default=None, help="plot --metric against this hyperparameter")
+    parser.add_argument("--include-failed", action="store_true")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (with --significance RUN...: a CSV file for the table)")
+    parser.add_argument("--n-bootstrap", type=int, default=10000)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        if args.n_bootstrap < 1:
+            raise RecForgeError(f"--n-bootstrap={args.n_bootstrap} must be positive, e.g. 10000")
+        if not 0 < args.confidence < 1:
+            raise RecForgeError(f"--confidence={args.confidence} must lie in (0, 1), e.g. 0.95")
+        if args.significance:  # the pairwise tests between given runs only
+            return _significance_only(args)
+        from recforge.analysis.report import compare_report
+        from recforge.analysis.runs import parse_tags, select_runs, tracking_client
+
+        client = tracking_client(args.tracking_uri)
+        runs = select_runs(client, args.experiment, args.runs, args.filter, parse_tags(args.tag), args.include_failed)
+        report = compare_report(client, runs, args.out, args.metric, args.metrics, args.params, args.curve_metric,
+                                args.vs_param, significance=True, plots=not args.no_plots,
+                                n_bootstrap=args.n_bootstrap, confidence=args.confidence, seed=args.seed)
+    except RecForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _print(report.table)
+    if not report.significance.empty:
+        print()
+        _print(report.significance)
+    for path in report.files:
+        print(f"saved: {path}")
+    return 0
+
+
+def _significance_only(args) -> int:
+    from recforge.analysis.significance import compare_runs
+    from recforge.utils.io import atomic_path
+
+    table = compare_runs(args.significance, args.metric, args.tracking_uri, args.n_bootstrap, args.confidence,
+                         args.seed)
+    _print(table)
+    if args.out is not None:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"saved: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The one place below the entry points that knows Hydra/OmegaConf: composing, checking, instantiating."""
+
+from __future__ import annotations
+
+import inspect
+from importlib import import_module
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from recforge import CONFIG_DIR as PACKAGE_CONFIG_DIR
+from recforge.errors import RecForgeError
+
+CONFIG_DIR = str(PACKAGE_CONFIG_DIR)
+LOWER_IS_BETTER = ("rmse", "mae", "loss", "gini", "avgpop")
+
+
+def metric_mode(metric: str) -> str:
+    """``min`` for errors and losses, ``max`` for everything else."""
+    return "min" if any(part in metric.rsplit("/", 1)[-1] for part in LOWER_IS_BETTER) else "max"
+
+
+if not OmegaConf.has_resolver("metric_mode"):
+    OmegaConf.register_new_resolver("metric_mode", metric_mode)
+
+
+def resolve_target(target: str):
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def check_target(cfg: DictConfig, key: str, fixed: tuple[str, ...] = ()) -> None:
+    """Fail with a one-line message when ``cfg[key]`` names a missing class or passes unknown arguments."""
+    node = cfg.get(key)
+    if node is None or "_target_" not in node:
+        raise RecForgeError(f"config key '{key}' is missing or has no _target_; pick an option, e.g. {key}=<name>")
+    target = resolve_target(node._target_)
+    if target is None:
+        raise RecForgeError(f"{key}._target_: cannot import {node._target_!r}")
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name in node:
+        if name.startswith("_"):
+            continue
+        if name not in params or name in fixed:
+            valid = sorted(p for p in params if p not in fixed and p != "self")
+            raise RecForgeError(f"{key}.{name} is not an argument of {node._target_}; valid keys: {valid}")
+
+
+def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate(cfg[key], **kwargs)`` with user mistakes turned into :class:`RecForgeError`."""
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except MissingMandatoryValue as exc:
+        raise RecForgeError(f"missing required value {exc.full_key!r}: set it with {exc.full_key}=<value>") from None
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, RecForgeError):
+            raise cause from None
+        raise RecForgeError(f"{key}: {cause or exc}") from None
+
+
+def build_model(cfg: DictConfig, data_kwargs: dict[str, Any]):
+    """Instantiate ``cfg.model``, passing the data-dependent arguments its constructor accepts."""
+    target = resolve_target(cfg.model._target_)
+    params = inspect.signature(target).parameters
+    given = {k: v for k, v in data_kwargs.items() if k in params}
+    try:
+        return instantiate(cfg.model, **given)
+    except InstantiationException as exc:
+        raise RecForgeError(f"model: {exc.__cause__ or exc}") from None
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as ``{"model.embedding_dim": "64", ...}`` for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = str(node)[:250]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+__all__ = ["CONFIG_DIR", "OmegaConfBaseException", "build", "build_model", "check_target", "flatten", "metric_mode",
+           "to_yaml"]

@@ -1,0 +1,1 @@
+"""Data: sources (one per dataset family), preprocessing, splits and the LightningDataModule."""

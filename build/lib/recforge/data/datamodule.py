@@ -1,0 +1,623 @@
+"""The LightningDataModule: prepared (and cached) interactions, index-slice batches and evaluation chunks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Collection, Iterator
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
+from recforge.data.interactions import IdMaps, default_steps, prepare
+from recforge.data.sources.base import PART_PREFIX, RawData, Source
+from recforge.data.split import Split, check_split, isin
+from recforge.errors import RecForgeError
+from recforge.utils.sparse import row_pointers
+
+log = logging.getLogger("recforge")
+
+
+def process_rank() -> tuple[int, int]:
+    """``(rank, world size)`` of this process in a ``torch.distributed`` job, ``(0, 1)`` outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShuffledBatches(IterableDataset):
+    """Yields ``(users, items, ratings)`` batches as index slices of a permutation, new each epoch.
+
+    Under distributed training every process draws the same permutation (same seed and epoch) and takes every
+    ``world``-th batch from its rank on: the processes see disjoint batches that together cover the epoch. The
+    last round is padded by wrapping around to the first batches, so every process takes the same number of
+    steps (DDP synchronises each one), as ``DistributedSampler`` pads.
+
+    The permutation is drawn where the tensors are (a GPU's generator when the data module put them on one: a
+    kernel instead of a host permutation of every row, ~10-30 ms for 810k rows), except under distributed training:
+    a GPU's random kernels give different draws on different GPU models (their launch grid follows the number of
+    multiprocessors), so there it is drawn by the host's generator, the same in every process, and copied over.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        self.tensors, self.batch_size, self.seed, self.epoch = tensors, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next pass yields epoch ``epoch``'s permutation (the training module calls it at each epoch's
+        start, so a resumed fit continues with the permutation an uninterrupted one would draw)."""
+        self.epoch = epoch
+
+    def _n_batches(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self._n_batches() // process_rank()[1])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self.batches(*process_rank())
+
+    def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
+        """The rows of ``tensors`` one epoch visits, in order: a permutation of all of them."""
+        return torch.randperm(len(self.tensors[0]), generator=generator, device=generator.device)
+
+    def batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
+        device = self.tensors[0].device
+        generator = torch.Generator(device=device if world == 1 else "cpu").manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        order = self.epoch_rows(generator)
+        n_batches, size = self._n_batches(), self.batch_size
+        mine = [order[b * size : (b + 1) * size] for b in
+                ((k * world + rank) % n_batches for k in range(-(-n_batches // world)))]
+        # this process's rows gathered once per epoch, then cut into its batches: ~4x cheaper than a gather per
+        # batch from random rows
+        index = (order if world == 1 else torch.cat(mine)).to(device)
+        rows = tuple(t[index] for t in self.tensors)
+        yield from zip(*(r.split([len(m) for m in mine]) for r in rows))
+
+
+class UserUniformBatches(ShuffledBatches):
+    """Training examples drawn user first: a user uniformly among those with training interactions, then one of
+    that user's training interactions uniformly, as many per epoch as there are training interactions. This is
+    the sampler of the NGCF and LightGCN reference code; it weighs every user alike, as per-user averaged metrics
+    do, where a shuffle of the interactions weighs users by their activity. Batches as :class:`ShuffledBatches`
+    (also under DDP)."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        by_user = torch.argsort(tensors[0], stable=True)
+        super().__init__(tuple(t[by_user] for t in tensors), batch_size, seed)
+        _, self.counts = torch.unique_consecutive(self.tensors[0], return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+
+    def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
+        n, device = len(self.tensors[0]), generator.device
+        counts, starts = self.counts.to(device), self.starts.to(device)
+        users = torch.randint(len(counts), (n,), generator=generator, device=device)
+        offsets = (torch.rand(n, generator=generator, dtype=torch.float64, device=device) * counts[users]).long()
+        return starts[users] + offsets
+
+
+def split_eval_batch(batch, parts: int) -> list:
+    """Split an evaluation batch into ``parts`` consecutive pieces (per-user results do not depend on chunking):
+    a ranking chunk by its users (row indices rebased), a rating batch by its rows."""
+    if isinstance(batch, (tuple, list)):
+        return [tuple(pieces) for pieces in zip(*(torch.tensor_split(t, parts) for t in batch))]
+    out = []
+    for rows in torch.tensor_split(torch.arange(len(batch["users"])), parts):
+        if not len(rows):
+            continue
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        piece = {"users": batch["users"][lo:hi]}
+        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",))):
+            inside = (batch[f"{prefix}_rows"] >= lo) & (batch[f"{prefix}_rows"] < hi)
+            piece[f"{prefix}_rows"] = batch[f"{prefix}_rows"][inside] - lo
+            piece[f"{prefix}_cols"] = batch[f"{prefix}_cols"][inside]
+            for key in extra:
+                if key in batch:
+                    piece[key] = batch[key][inside]
+        out.append(piece)
+    return out
+
+
+class ListDataset(Dataset):
+    """Precomputed batches; a DataLoader with ``batch_size=None`` hands them out one by one."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        return self.batches[index]
+
+
+def _tensor(values: np.ndarray, dtype) -> torch.Tensor:
+    """A tensor of ``values`` (copied when NumPy/pandas hands out a read-only view)."""
+    values = np.asarray(values, dtype=dtype)
+    return torch.from_numpy(values if values.flags.writeable else values.copy())
+
+
+def csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zeros of ``rows`` as (local row, column, value) arrays, without a Python loop."""
+    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
+    lengths = ends - starts
+    local = np.repeat(np.arange(len(rows)), lengths)
+    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+    positions = offsets + np.arange(lengths.sum())
+    return local, matrix.indices[positions], matrix.data[positions]
+
+
+def _align_features(features: pd.DataFrame | None, raw_ids: np.ndarray) -> pd.DataFrame | None:
+    """``features`` (indexed by raw id) reindexed to contiguous indices; rows of ids without features are NaN."""
+    if features is None:
+        return None
+    index = features.index
+    ids = pd.Index(raw_ids)
+    if index.dtype != ids.dtype:  # e.g. ids read as text in one file and as integers in the other
+        index, ids = index.astype(str), ids.astype(str)
+    aligned = features.set_axis(index, axis=0)
+    aligned = aligned[~aligned.index.duplicated()].reindex(ids)
+    return aligned.reset_index(drop=True)
+
+
+def features_tensor(frame: pd.DataFrame | None, max_categories: int = 64) -> torch.Tensor | None:
+    """A float32 ``(n, d)`` matrix: numeric columns min-max scaled to [0, 1] (0/1 flags stay as they are; NaN
+    as 0), text columns with at most ``max_categories`` values one-hot; other text columns (titles, names) are
+    left out. Scaled values matter to models that weight feature embeddings by value (FM, DeepFM): an age or a
+    year would otherwise swamp every other feature."""
+    if frame is None:
+        return None
+    blocks = []
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            column_values = values.to_numpy(np.float32, na_value=np.nan)
+            lo, hi = np.nanmin(column_values, initial=np.inf), np.nanmax(column_values, initial=-np.inf)
+            if np.isfinite(lo) and (lo < 0 or hi > 1):
+                column_values = (column_values - lo) / max(hi - lo, np.finfo(np.float32).tiny)
+            blocks.append(column_values[:, None])
+        elif values.nunique(dropna=True) <= max_categories:
+            blocks.append(pd.get_dummies(values, dtype=np.float32).to_numpy())
+    if not blocks:
+        return None
+    return torch.as_tensor(np.nan_to_num(np.concatenate(blocks, axis=1)))
+
+
+class RecDataModule(pl.LightningDataModule):
+    """Loads a source, preprocesses it, splits it, checks the split and serves tensors.
+
+    ``preprocess`` is the ordered list of steps (:mod:`recforge.data.preprocess`; ``None`` = drop missing
+    ids and deduplicate keeping the latest); ``implicit_threshold`` appends a rating threshold for the
+    implicit view. ``cold_users`` / ``cold_items`` (``keep`` or ``drop``) say what happens to validation and
+    test interactions of users/items unseen in training. With ``cache`` and a ``cache_dir``, the prepared
+    data is cached as Parquet keyed by the raw files' checksums and the whole data config.
+
+    Training batches are ``(users, items, ratings)`` index slices. Ranking evaluation batches are chunks
+    of users sized so that ``chunk * n_items <= max_scores_in_memory``, each carrying the chunk's items
+    to exclude (seen in training or fold-in, and in validation at test time) and its relevant items with
+    their ratings as gains. Rating evaluation batches are ``(users, items, ratings)`` slices.
+
+    ``train_view`` is ``interactions`` (the default), ``users`` or ``sequences`` (each training user once per epoch,
+    in batches of ``batch_size`` users: what user-row losses such as ``loss=multinomial`` and sequential models
+    need; batches are ``(users, users, ones)``) or ``items``
+    (each training item once per epoch: item-row models such as I-AutoRec); the pipeline sets it from the model
+    or the loss. ``sample_users_uniformly`` draws the interactions view's examples user first
+    (:class:`UserUniformBatches`) instead of shuffling the interactions. ``train_on_device`` keeps the training
+    tensors in a CUDA device's memory when the trainer runs on one, where each epoch is shuffled and cut into
+    batches without a host-to-device copy per batch (a copy from pageable memory may wait for the device, and then
+    the host's per-step work no longer overlaps the device's); the permutations then come from the device's
+    generator. Without it, batches bound for a GPU are pinned (page-locked) first.
+    """
+
+    train_view: str = "interactions"
+
+    def __init__(
+        self,
+        source: Source,
+        splitter,
+        feedback: str = "implicit",
+        implicit_threshold: float | None = None,
+        preprocess: list | None = None,
+        cold_users: str = "keep",
+        cold_items: str = "keep",
+        cache: bool = True,
+        cache_dir: str | None = None,
+        batch_size: int = 1024,
+        eval_batch_size: int = 65536,
+        max_scores_in_memory: int = 1 << 24,
+        seed: int = 0,
+        sample_users_uniformly: bool = False,
+        train_on_device: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise RecForgeError("datamodule.batch_size and datamodule.eval_batch_size must be positive")
+        if max_scores_in_memory < 1:
+            raise RecForgeError("datamodule.max_scores_in_memory must be positive")
+        for name, value in (("cold_users", cold_users), ("cold_items", cold_items)):
+            if value not in ("keep", "drop"):
+                raise RecForgeError(f"datamodule.{name} must be 'keep' or 'drop', got {value!r}")
+        self.source, self.splitter = source, splitter
+        self.feedback, self.implicit_threshold = feedback, implicit_threshold
+        self.preprocess = list(preprocess) if preprocess is not None else None
+        self.cold_users, self.cold_items = cold_users, cold_items
+        self.cache, self.cache_dir = cache, cache_dir
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.max_scores_in_memory, self.seed = max_scores_in_memory, seed
+        self.sample_users_uniformly, self.train_on_device = sample_users_uniformly, train_on_device
+        self.raw: RawData | None = None
+        self.split: Split | None = None
+        self.id_maps: IdMaps | None = None
+        self.user_features: pd.DataFrame | None = None
+        self.item_features: pd.DataFrame | None = None
+        self.rating_scale, self.rating_offset = 1.0, 0.0
+        self.rating_range: tuple[float, float] | None = None
+        self._report: dict[str, float] = {}
+        self._feature_tensors: dict | None = None
+
+    # ---------------------------------------------------------------- preparation
+    def cache_spec(self, checksums: dict[str, str]) -> dict:
+        """Everything that determines the prepared data (the cache key is its hash)."""
+        steps = self.preprocess if self.preprocess is not None else default_steps()
+        spec_of = lambda obj: obj.spec() if hasattr(obj, "spec") else repr(obj)  # noqa: E731
+        return {
+            "source": spec_of(self.source), "checksums": checksums, "feedback": self.feedback,
+            "implicit_threshold": self.implicit_threshold, "preprocess": [spec_of(s) for s in steps if s is not None],
+            "split": spec_of(self.splitter), "cold_users": self.cold_users, "cold_items": self.cold_items,
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        started = time.perf_counter()
+        folder = None
+        timings: dict[str, float] = {}
+        if self.cache and self.cache_dir and hasattr(self.source, "checksums"):
+            checksums = self.source.checksums()
+            timings["data/checksum_s"] = time.perf_counter() - started
+            folder = entry_dir(self.cache_dir, self.source.name, cache_key(self.cache_spec(checksums)))
+            entry = read_entry(folder)
+            if entry is not None:
+                self._from_cache(*entry)
+                timings["data/cache_read_s"] = time.perf_counter() - started - timings["data/checksum_s"]
+                self._report.update(timings, **{"data/cache_hit": 1.0})
+                self._finish(started)
+                log.info("data: read prepared %s from %s", self.source.name, folder)
+                return
+        t0 = time.perf_counter()
+        raw = self.source.load()
+        timings["data/load_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        frame, id_maps, state = prepare(raw, self.feedback, self.implicit_threshold, self.preprocess)
+        timings["data/preprocess_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n_users, n_items = len(id_maps.users), len(id_maps.items)
+        split = self.splitter(frame)
+        del frame
+        split, report = check_split(split, n_users, n_items, self.cold_users, self.cold_items)
+        parts = {name: part.drop(columns=[c for c in part.columns if c.startswith(PART_PREFIX)])
+                 for name, part in split.parts().items()}
+        split = Split(parts["train"], parts["val"], parts["test"], parts.get("fold_in"), split.meta)
+        timings["data/split_s"] = time.perf_counter() - t0
+        # the raw table is not kept (bounded memory; a cache hit never reads it): ``raw`` keeps name, range, digests
+        self.raw = RawData(raw.name, raw.interactions.iloc[:0], raw.rating_range, raw.checksums)
+        self.id_maps, self.split = id_maps, split
+        self.n_users, self.n_items = n_users, n_items
+        self.rating_scale, self.rating_offset, self.rating_range = state.rating_scale, state.rating_offset, \
+            state.rating_range
+        self.user_features = _align_features(raw.user_features, id_maps.users)
+        self.item_features = _align_features(raw.item_features, id_maps.items)
+        self._report = {**state.report, **report, **timings, "data/cache_hit": 0.0}
+        self._validate()
+        if folder is not None:
+            t0 = time.perf_counter()
+            self._write_cache(folder)
+            self._report["data/cache_write_s"] = time.perf_counter() - t0
+        self._finish(started)
+
+    def _validate(self) -> None:
+        split = self.split
+        if len(split.train) == 0 or len(split.test) == 0:
+            raise RecForgeError(f"split left train or test empty ({len(split.train)}/{len(split.test)} rows); "
+                                "check the split settings and the preprocessing (k-core, thresholds)")
+        if len(split.val) == 0:
+            raise RecForgeError("split produced an empty validation set; early stopping and the best checkpoint "
+                                "need one (raise split.val_ratio, or use a split with validation)")
+
+    def _write_cache(self, folder) -> None:
+        users, items = self.id_maps.to_frame()
+        frames = {**self.split.parts(), "users": users, "items": items,
+                  "user_features": self.user_features, "item_features": self.item_features}
+        meta = {"name": self.raw.name, "rating_range": self.raw.rating_range, "checksums": self.raw.checksums,
+                "stored_rating_range": self.rating_range, "rating_scale": self.rating_scale,
+                "rating_offset": self.rating_offset, "split_meta": self.split.meta,
+                "report": {k: v for k, v in self._report.items() if not k.endswith("_s") and k != "data/cache_hit"}}
+        write_entry(folder, frames, meta)
+
+    def _from_cache(self, frames: dict[str, pd.DataFrame], meta: dict) -> None:
+        rating_range = tuple(meta["rating_range"]) if meta["rating_range"] is not None else None
+        empty = pd.DataFrame({"user": [], "item": [], "rating": np.zeros(0, np.float32),
+                              "timestamp": np.zeros(0, np.int64)})
+        self.raw = RawData(meta["name"], empty, rating_range, meta["checksums"])
+        self.id_maps = IdMaps(frames["users"]["user"].to_numpy(), frames["items"]["item"].to_numpy())
+        self.n_users, self.n_items = len(self.id_maps.users), len(self.id_maps.items)
+        self.split = Split(frames["train"], frames["val"], frames["test"], frames.get("fold_in"), meta["split_meta"])
+        self.user_features, self.item_features = frames.get("user_features"), frames.get("item_features")
+        self.rating_scale, self.rating_offset = meta["rating_scale"], meta["rating_offset"]
+        stored = meta["stored_rating_range"]
+        self.rating_range = tuple(stored) if stored is not None else None
+        self._report = dict(meta["report"])
+        self._validate()
+
+    def _finish(self, started: float) -> None:
+        t0 = time.perf_counter()
+        self.fingerprint = self.split.fingerprint(self.n_users, self.n_items)
+        train = self.split.train
+        self.train_tensors = (
+            _tensor(train["user"].to_numpy(), np.int64),
+            _tensor(train["item"].to_numpy(), np.int64),
+            _tensor(train["rating"].to_numpy(), np.float32),
+        )
+        self.train_matrix = self._matrix(train)
+        seen = self.train_matrix
+        if self.split.fold_in is not None:
+            self.fold_in_matrix = self._matrix(self.split.fold_in)
+            seen = seen + self.fold_in_matrix
+        else:
+            self.fold_in_matrix = None
+        # at test time validation items are known too, except pairs that are themselves test targets (a split that
+        # validates on the test set, as LightGCN's protocol does, would otherwise mask every test item)
+        val, test = self.split.val, self.split.test
+        seen_val = seen + self._matrix(val[~isin(self._keys(val), self._keys(test))])
+        self._eval_batches = {
+            "val": self._eval_batches_for(self.split.val, exclude=seen),
+            "test": self._eval_batches_for(self.split.test, exclude=seen_val),
+        }
+        self._report["data/tensors_s"] = time.perf_counter() - t0
+        self._report["data/setup_s"] = time.perf_counter() - started
+
+    def _matrix(self, part: pd.DataFrame) -> sp.csr_matrix:
+        values = part["rating"].to_numpy(np.float32)
+        values = np.where(values == 0, np.float32(1e-6), values)  # keep explicit zeros as stored entries
+        return sp.csr_matrix((values, (part["user"].to_numpy(), part["item"].to_numpy())),
+                             shape=(self.n_users, self.n_items))
+
+    def _eval_batches_for(self, part: pd.DataFrame, exclude: sp.csr_matrix) -> list:
+        if self.feedback == "explicit":
+            tensors = [_tensor(part[c].to_numpy(), t) for c, t in (("user", np.int64), ("item", np.int64),
+                                                                    ("rating", np.float32))]
+            return [tuple(t[s : s + self.eval_batch_size] for t in tensors)
+                    for s in range(0, len(part), self.eval_batch_size)]
+        relevant = self._matrix(part)
+        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+        chunk = max(1, self.max_scores_in_memory // self.n_items)
+        batches = []
+        for start in range(0, len(users), chunk):
+            rows = users[start : start + chunk]
+            ex_rows, ex_cols, _ = csr_rows(exclude, rows)
+            rel_rows, rel_cols, gains = csr_rows(relevant, rows)
+            batches.append({
+                "users": torch.as_tensor(rows, dtype=torch.long),
+                "exclude_rows": torch.as_tensor(ex_rows, dtype=torch.long),
+                "exclude_cols": torch.as_tensor(ex_cols, dtype=torch.long),
+                "relevant_rows": torch.as_tensor(rel_rows, dtype=torch.long),
+                "relevant_cols": torch.as_tensor(rel_cols, dtype=torch.long),
+                "relevant_gains": torch.as_tensor(gains, dtype=torch.float32),
+            })
+        return batches
+
+    # ---------------------------------------------------------------- ratings on the original scale
+    @property
+    def rating_inverse(self) -> tuple[float, float]:
+        """``(scale, offset)``: original rating = stored rating * scale + offset ((1, 0) without normalisation)."""
+        return float(self.rating_scale), float(self.rating_offset)
+
+    def inverse_ratings(self, values: torch.Tensor) -> torch.Tensor:
+        """Map stored (possibly normalised) ratings or predictions back to the original scale."""
+        scale, offset = self.rating_inverse
+        return values * scale + offset if (scale, offset) != (1.0, 0.0) else values
+
+    # ---------------------------------------------------------------- sequential inputs
+    def _chronological(self, parts: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+        """User and item arrays of ``parts`` grouped by user, in time order within each user (stable)."""
+        users = np.concatenate([p["user"].to_numpy(np.int64) for p in parts])
+        items = np.concatenate([p["item"].to_numpy(np.int64) for p in parts])
+        times = np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])
+        order = np.lexsort((times, users))
+        return users[order], items[order]
+
+    def _keys(self, part: pd.DataFrame) -> np.ndarray:
+        return part["user"].to_numpy(np.int64) * self.n_items + part["item"].to_numpy(np.int64)
+
+    def histories(self, stage: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Each user's chronological input items for ``stage`` as CSR ``(indptr, items)``: what sequential and
+        row-input models read when they are evaluated.
+
+        ``val``: training (and fold-in) interactions; ``test``: those plus validation, except validation pairs that
+        are themselves test targets (a protocol that validates on the test set). Checked to contain no pair of the
+        stage's targets (nor, for ``val``, of test); a leak stops the run.
+        """
+        if stage not in ("val", "test"):
+            raise RecForgeError(f"histories(stage={stage!r}): stage must be 'val' or 'test'")
+        split = self.split
+        parts = [split.train] + ([split.fold_in] if split.fold_in is not None else [])
+        if stage == "test":
+            parts.append(split.val[~isin(self._keys(split.val), self._keys(split.test))])
+        users, items = self._chronological(parts)
+        targets = [split.test] + ([split.val] if stage == "val" else [])
+        target_keys = np.concatenate([self._keys(p) for p in targets])
+        leaked = int(isin(users * self.n_items + items, target_keys).sum())
+        self._report[f"data/seq_leak_pairs_{stage}"] = float(leaked)
+        if leaked:
+            raise RecForgeError(f"sequence leak: {leaked} {stage} inputs are validation/test targets; deduplicate the "
+                                "data (a Deduplicate step) or fix the split")
+        return row_pointers(torch.as_tensor(users), self.n_users), torch.as_tensor(items)
+
+    # ---------------------------------------------------------------- what models are built from
+    def feature_tensors(self) -> dict[str, torch.Tensor]:
+        """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices."""
+        if self._feature_tensors is None:
+            self._feature_tensors = {k: v for k, v in (("user_features", features_tensor(self.user_features)),
+                                                        ("item_features", features_tensor(self.item_features)))
+                                     if v is not None}
+        return self._feature_tensors
+
+    def train_sequences(self) -> torch.Tensor:
+        """``(2, n_train)`` user/item pairs of the training (and fold-in) interactions, grouped by user and in time
+        order within each user (ties keep the data's order): what sequential models learn from."""
+        parts = [self.split.train] + ([self.split.fold_in] if self.split.fold_in is not None else [])
+        return torch.as_tensor(np.stack(self._chronological(parts)))
+
+    def known_sequences(self) -> torch.Tensor:
+        """``(2, n)`` pairs of every part (train, fold-in, validation, test) grouped by user in time order: what a
+        served model that reads histories should see (everything known when it is shipped)."""
+        split = self.split
+        parts = [split.train, split.val, split.test] + ([split.fold_in] if split.fold_in is not None else [])
+        return torch.as_tensor(np.stack(self._chronological(parts)))
+
+    def time_features(self) -> dict[str, torch.Tensor]:
+        """``user_time_features`` / ``item_time_features``: ``(n, 3)`` first, mean and last training timestamp
+        of each user / item, scaled to [0, 1] over the training time range (0 for those without training data)."""
+        train = self.split.train
+        times = train["timestamp"].to_numpy(np.float64)
+        lo, span = (times.min(), max(times.max() - times.min(), 1.0)) if len(times) else (0.0, 1.0)
+        scaled = (times - lo) / span
+        out = {}
+        for key, n in (("user", self.n_users), ("item", self.n_items)):
+            stats = pd.DataFrame({"k": train[key].to_numpy(), "t": scaled}).groupby("k")["t"].agg(["min", "mean", "max"])
+            table = np.zeros((n, 3), np.float32)
+            table[stats.index.to_numpy()] = stats.to_numpy(np.float32)
+            out[f"{key}_time_features"] = torch.from_numpy(table)
+        return out
+
+    def model_kwargs(self, names: Collection[str] | None = None) -> dict:
+        """Data-dependent constructor arguments; ``train(cfg)`` passes those a model's signature accepts. The
+        costlier ones (time-ordered sequences, time features) are computed only when ``names`` (a constructor's
+        parameter names; ``None``: all) asks for them."""
+        train = self.split.train
+        wanted = lambda key: names is None or key in names  # noqa: E731
+        return {
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "global_mean": float(train["rating"].mean()),
+            "item_popularity": torch.as_tensor(np.bincount(train["item"].to_numpy(), minlength=self.n_items)),
+            # (2, n_train) user/item index pairs of the training split, e.g. for graph models' adjacency
+            "interactions": torch.stack(self.train_tensors[:2]),
+            "ratings": self.train_tensors[2],  # their (stored) ratings, in the same order
+            # the training and fold-in pairs grouped by user in time order (sequential models)
+            **({"sequences": self.train_sequences()} if wanted("sequences") else {}),
+            **self.feature_tensors(),
+            **(self.time_features() if wanted("user_time_features") or wanted("item_time_features") else {}),
+        }
+
+    def positive_keys(self) -> torch.Tensor:
+        """Sorted ``user * n_items + item`` keys of the training pairs, for negative sampling."""
+        keys = self.train_tensors[0] * self.n_items + self.train_tensors[1]
+        return torch.sort(keys).values
+
+    def seen_matrix(self) -> sp.csr_matrix:
+        """Every (user, item) pair of train, validation and test: what serving never recommends again."""
+        return self._matrix(pd.concat([self.split.train, self.split.val, self.split.test], ignore_index=True))
+
+    # ---------------------------------------------------------------- loaders
+    def _trainer_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def train_device(self) -> torch.device:
+        """Where the training batches are drawn: the trainer's CUDA device under ``train_on_device``, else the host
+        (also on Apple's MPS, which has no float64 for :class:`UserUniformBatches`)."""
+        device = self._trainer_device()
+        return device if self.train_on_device and device.type == "cuda" else torch.device("cpu")
+
+    def train_dataloader(self) -> DataLoader:
+        device = self.train_device()
+        if self.train_view in ("users", "sequences", "items"):  # each training user (item) once per epoch
+            if self.sample_users_uniformly:
+                raise RecForgeError(f"datamodule.sample_users_uniformly=true draws interactions, but this model trains "
+                                    f"on {self.train_view} rows (each once per epoch already); drop the override")
+            ids = torch.unique(self.train_tensors[1 if self.train_view == "items" else 0]).to(device)
+            dataset = ShuffledBatches((ids, ids, torch.ones(len(ids), device=device)), self.batch_size, self.seed)
+        else:
+            tensors = tuple(t.to(device) for t in self.train_tensors)
+            kind = UserUniformBatches if self.sample_users_uniformly else ShuffledBatches
+            dataset = kind(tensors, self.batch_size, self.seed)
+        # batches copied from the host to a GPU: from page-locked memory, which Lightning copies without blocking
+        return DataLoader(dataset, batch_size=None,
+                          pin_memory=device.type == "cpu" and self._trainer_device().type == "cuda")
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(ListDataset(self.eval_shard("val")), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(ListDataset(self.eval_shard("test")), batch_size=None)
+
+    def eval_shard(self, stage: str) -> list:
+        """This process's evaluation batches: every ``world``-th from its rank on (all of them in one process).
+        Batch ``k`` of rank ``r`` is batch ``k * world + r`` of the whole stage, which is how the module puts the
+        gathered results back in order."""
+        rank, world = process_rank()
+        batches = self._eval_batches[stage]
+        if 0 < len(batches) < world:  # every process needs at least one batch: split the chunks further
+            parts = -(-world // len(batches))
+            batches = [piece for batch in batches for piece in split_eval_batch(batch, parts)]
+        return batches[rank::world]
+
+    # ---------------------------------------------------------------- reports
+    def data_report(self) -> dict[str, float]:
+        """Counts and checks for tracking: sizes, leak and cold-start counts, preprocessing removals, timings."""
+        split = self.split
+        out = {"data/n_users": float(self.n_users), "data/n_items": float(self.n_items),
+               "data/n_train": float(len(split.train)), "data/n_val": float(len(split.val)),
+               "data/n_test": float(len(split.test))}
+        if split.fold_in is not None:
+            out["data/n_fold_in"] = float(len(split.fold_in))
+        out.update({k: float(v) for k, v in self._report.items()})
+        return dict(sorted(out.items()))
+
+    def describe(self) -> dict:
+        split = self.split
+        return {
+            "dataset": self.raw.name,
+            "feedback": self.feedback,
+            "users": self.n_users,
+            "items": self.n_items,
+            "train": len(split.train),
+            "val": len(split.val),
+            "test": len(split.test),
+            "fingerprint": self.fingerprint,
+        }
+
+    def stats(self) -> dict:
+        """Dataset statistics after preprocessing (all parts together) and the split sizes."""
+        parts = self.split.parts()
+        users = np.concatenate([p["user"].to_numpy() for p in parts.values()])
+        ratings = np.concatenate([p["rating"].to_numpy(np.float64) for p in parts.values()])
+        per_user = np.bincount(users, minlength=self.n_users)
+        counted = pd.Series(ratings).value_counts().sort_index()
+        values, counts = counted.index.to_numpy(), counted.to_numpy()
+        if len(values) <= 20:
+            histogram = {f"{v:g}": int(c) for v, c in zip(values, counts)}
+        else:
+            hist, edges = np.histogram(ratings, bins=10)
+            histogram = {f"[{lo:g}, {hi:g})": int(c) for lo, hi, c in zip(edges[:-1], edges[1:], hist)}
+        quantiles = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+        n = len(users)
+        return {
+            "dataset": self.raw.name,
+            "feedback": self.feedback,
+            "users": int(self.n_users),
+            "items": int(self.n_items),
+            "interactions": int(n),
+            "density": n / max(self.n_users * self.n_items, 1),
+            "rating_histogram": histogram,
+            "interactions_per_user": {f"q{int(q * 100)}": float(np.quantile(per_user, q)) for q in quantiles}
+            | {"mean": float(per_user.mean())},
+            "split": {name: int(len(p)) for name, p in parts.items()},
+            "fingerprint": self.fingerprint,
+            "report": self.data_report(),
+        }

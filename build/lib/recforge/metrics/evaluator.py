@@ -1,0 +1,260 @@
+"""The chunked full-ranking evaluator shared by training, benchmarks, serving and ensembles.
+
+One evaluation batch is a chunk of users (sized by a memory budget, ``chunk * n_items <= max_scores``)::
+
+    {"users": (B,) global user indices,
+     "exclude_rows", "exclude_cols": (row in [0, B), item) pairs the user must not be recommended
+                                     (seen in training; at test time also validation items),
+     "relevant_rows", "relevant_cols": the held-out (row, item) pairs,
+     "relevant_gains": optional gain per relevant pair (graded NDCG; e.g. the rating)}
+
+:meth:`RankingEvaluator.evaluate` scores the chunk against every item (``score_fn(users) -> (B, n_items)``),
+masks the excluded items in place, takes an exact top-K on the scores' device with the documented tie policy
+(higher score first, equal scores by lower item index, see :mod:`recforge.metrics.ranking`), and computes every
+per-user ranking metric from that one top-K pass: precision, recall, truncated recall, NDCG (binary and
+graded), HR, MRR, MAP and F1 at every K. With a sampled protocol configured it also ranks each user's relevant
+items against fixed sampled negatives (:mod:`recforge.metrics.sampled`) using the same scores.
+:meth:`RankingEvaluator.aggregate` concatenates the per-user results of all chunks and averages them over
+users with at least one relevant item, and adds the beyond-accuracy metrics (coverage, Gini, novelty,
+average popularity) computed from all top-K lists at once.
+
+Every per-user value depends only on that user's row of scores, exclusions and relevant items, and the
+average is taken once over the concatenated per-user vector, so results do not depend on the chunk size,
+the batch composition or the device (given identical scores: a model whose score for a user changes with
+the batch it is computed in, e.g. through BLAS blocking, is outside the evaluator's control).
+
+This module imports only torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metrics, relevance_matrix, topk_items
+from recforge.metrics.rating import rating_errors
+from recforge.metrics.sampled import STRATEGIES, protocol_prefix, sample_negatives
+
+__all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "RankingEvaluator", "chunk_batches",
+           "rating_batch_errors"]
+
+RANKING_METRIC_NAMES = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
+BEYOND_ACCURACY_NAMES = ("coverage", "gini", "novelty", "avgpop")
+NON_METRIC_KEYS = ("users", "topk", "scores", "valid")  # per-user result keys that are not metrics
+
+
+def rating_batch_errors(
+    pred: Tensor,
+    target: Tensor,
+    clip: tuple[float, float] | None = None,
+    rating_inverse: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Per-interaction errors on the original rating scale.
+
+    ``rating_inverse`` (e.g. the inverse of a data module's rating normalisation) is applied to predictions
+    and targets first; then predictions are clipped to ``clip`` (the original rating range) and
+    ``pred - target`` is returned.
+    """
+    pred = pred.float()
+    target = target.to(pred.device, torch.float32)
+    if rating_inverse is not None:
+        pred, target = rating_inverse(pred), rating_inverse(target)
+    return rating_errors(pred, target, clip=clip)
+
+
+class RankingEvaluator:
+    """Full-ranking (and optionally sampled) evaluation of users in chunks; see the module docstring.
+
+    Args:
+        ks: the cut-offs, e.g. ``(10, 20)``; one top-``max(ks)`` pass serves all of them.
+        item_popularity: (n_items,) training users per item; enables the beyond-accuracy metrics and is the
+            sampling weight of the ``popularity`` strategy.
+        n_train_users: the number of training users (the novelty normaliser).
+        sampled_negatives: N for a sampled protocol (e.g. 99), or None (full ranking only, the default).
+        sampled_strategy: ``uniform`` or ``popularity``.
+        sampled_seed: fixes the negatives; keep it the same across the models you compare.
+    """
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (10, 20),
+        item_popularity: Tensor | None = None,
+        n_train_users: int | None = None,
+        sampled_negatives: int | None = None,
+        sampled_strategy: str = "uniform",
+        sampled_seed: int = 0,
+    ) -> None:
+        ks = sorted(set(int(k) for k in ks))
+        if not ks or ks[0] < 1:
+            raise ValueError(f"ks must be positive integers, got {ks}")
+        if sampled_strategy not in STRATEGIES:
+            raise ValueError(f"sampled_strategy must be one of {STRATEGIES}, got {sampled_strategy!r}")
+        if sampled_negatives is not None and int(sampled_negatives) < 1:
+            raise ValueError(f"sampled_negatives must be a positive integer or None, got {sampled_negatives}")
+        if sampled_negatives is not None and sampled_strategy == "popularity" and item_popularity is None:
+            raise ValueError("the popularity sampling strategy needs item_popularity")
+        if item_popularity is not None and bool((item_popularity < 0).any()):
+            raise ValueError("item_popularity must be non-negative")
+        self.ks = ks
+        self.item_popularity = None if item_popularity is None else item_popularity.detach().float()
+        self.n_train_users = n_train_users
+        self.sampled_negatives = None if sampled_negatives is None else int(sampled_negatives)
+        self.sampled_strategy = sampled_strategy
+        self.sampled_seed = int(sampled_seed)
+        self.prefix = (protocol_prefix(self.sampled_negatives, sampled_strategy)
+                       if self.sampled_negatives is not None else None)
+
+    # ------------------------------------------------------------------ names
+    def metric_names(self) -> list[str]:
+        """Names of the aggregate metrics :meth:`aggregate` returns (without a stage prefix)."""
+        names = [f"{m}_at_{k}" for m in RANKING_METRIC_NAMES for k in self.ks]
+        if self.item_popularity is not None:
+            names += [f"{m}_at_{k}" for m in BEYOND_ACCURACY_NAMES for k in self.ks]
+        if self.prefix is not None:
+            names += [f"{self.prefix}_{m}_at_{k}" for m in RANKING_METRIC_NAMES for k in self.ks]
+        return names
+
+    # ------------------------------------------------------------------ one chunk
+    @torch.no_grad()
+    def evaluate(self, score_fn: Callable[[Tensor], Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Score the chunk's users against every item with ``score_fn`` and evaluate them.
+
+        ``score_fn`` returns a fresh (B, n_items) tensor (as every model's ``score_all`` does): the evaluator
+        masks it in place. Broadcast (non-contiguous) or non-float32 results are copied first.
+        """
+        users = batch["users"]
+        return self.evaluate_scores(score_fn(users), batch)
+
+    @torch.no_grad()
+    def evaluate_scores(self, scores: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-user results of one chunk from its (B, n_items) score matrix (masked in place if float32).
+
+        Returns ``users``, ``topk`` (B, K) item indices, ``scores`` (B, K) their scores, ``valid`` (B, K)
+        (False where a row had fewer than K unmasked items), and one (B,) tensor per metric, NaN for users
+        without relevant items.
+        """
+        users = batch["users"]
+        if scores.dim() != 2 or scores.shape[0] != users.numel():
+            raise ValueError(f"scores must have shape ({users.numel()}, n_items), got {tuple(scores.shape)}")
+        if scores.dtype != torch.float32 or not scores.is_contiguous():
+            scores = scores.float().contiguous()  # never write into a model's (possibly shared) tensor
+        device = scores.device
+        n_rows, n_items = scores.shape
+        rel_rows = batch["relevant_rows"].to(device, torch.long)
+        rel_cols = batch["relevant_cols"].to(device, torch.long)
+        gains = batch.get("relevant_gains")
+        gains = None if gains is None else gains.to(device)
+        ex_rows = batch["exclude_rows"].to(device, torch.long)
+        ex_cols = batch["exclude_cols"].to(device, torch.long)
+
+        mask_scores_(scores, ex_rows, ex_cols)
+        values, topk = topk_items(scores, max(self.ks))
+        valid = torch.isfinite(values)
+        hits, n_relevant, ideal = relevance_matrix(n_rows, topk, rel_rows, rel_cols, gains, valid)
+        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid}
+        out.update(ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal))
+        if self.prefix is not None:
+            sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains)
+            out.update({f"{self.prefix}_{k}": v for k, v in sampled.items()})
+        return out
+
+    def _sampled(self, scores: Tensor, users: Tensor, ex_rows: Tensor, ex_cols: Tensor, rel_rows: Tensor,
+                 rel_cols: Tensor, gains: Tensor | None) -> dict[str, Tensor]:
+        """Rank each user's relevant items against its fixed negatives, with the scores already computed."""
+        device = scores.device
+        n_rows, n_items = scores.shape
+        weights = self.item_popularity if self.sampled_strategy == "popularity" else None
+        negatives, _ = sample_negatives(users, n_items, self.sampled_negatives, torch.cat([ex_rows, rel_rows]),
+                                        torch.cat([ex_cols, rel_cols]), self.sampled_seed, weights)
+        # the relevant items of each row as a padded (B, R_max) matrix (sentinel n_items)
+        keys = torch.unique(rel_rows * n_items + rel_cols)
+        rows, cols = torch.div(keys, n_items, rounding_mode="floor"), keys % n_items
+        counts = torch.bincount(rows, minlength=n_rows)
+        width = int(counts.max()) if counts.numel() and keys.numel() else 0
+        relevant = torch.full((n_rows, width), n_items, dtype=torch.long, device=device)
+        if keys.numel():
+            rank = torch.arange(keys.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[rows]
+            relevant[rows, rank] = cols
+        # candidates in item order, so that the index tie-break of topk_items is the item-index tie-break
+        candidates = torch.cat([relevant, negatives], dim=1).sort(dim=1).values
+        real = candidates < n_items
+        cand_scores = scores.gather(1, candidates.clamp(max=n_items - 1))
+        cand_scores = torch.where(real, cand_scores, torch.full_like(cand_scores, float("-inf")))
+        kmax = max(self.ks)
+        if candidates.shape[1] == 0:
+            values = cand_scores.new_empty(n_rows, 0)
+            top = torch.empty(n_rows, 0, dtype=torch.long, device=device)
+        else:
+            values, top = topk_items(cand_scores, kmax)
+            top = candidates.gather(1, top)
+        valid = torch.isfinite(values)
+        hits, n_relevant, ideal = relevance_matrix(n_rows, top, rel_rows, rel_cols, gains, valid)
+        return ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal)
+
+    # ------------------------------------------------------------------ all chunks
+    def aggregate(self, outputs: Sequence[dict[str, Tensor]]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``(metrics, per_user)``: averages over users with relevant items (float64 sums, one pass over the
+        concatenated per-user vector) plus beyond-accuracy metrics; ``per_user`` is the concatenation."""
+        if not outputs:
+            return {}, {}
+        results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
+        metrics: dict[str, Tensor] = {}
+        for key, value in results.items():
+            if key not in NON_METRIC_KEYS:
+                metrics[key] = value.double().nanmean().float()
+        if self.item_popularity is not None:
+            extra = beyond_accuracy(results["topk"], results["valid"], self.item_popularity,
+                                    self.n_train_users or 1, self.ks)
+            metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+        return metrics, results
+
+    def run(self, score_fn: Callable[[Tensor], Tensor], batches: Iterable[dict[str, Tensor]],
+            device: torch.device | str | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Evaluate every batch (moved to ``device`` if given) and aggregate: the loop scripts and services use."""
+        outputs = []
+        for batch in batches:
+            if device is not None:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            outputs.append(self.evaluate(score_fn, batch))
+        return self.aggregate(outputs)
+
+
+def chunk_batches(
+    exclude_indptr, exclude_indices, relevant_indptr, relevant_indices, relevant_data, n_items: int,
+    max_scores_in_memory: int,
+) -> list[dict[str, Tensor]]:
+    """Evaluation batches from CSR arrays (numpy or torch) of excluded and relevant items, one user per row.
+
+    Users without relevant items are skipped; chunks hold ``max(1, max_scores_in_memory // n_items)`` users.
+    """
+    import numpy as np
+
+    ex_ptr, ex_idx = np.asarray(exclude_indptr), np.asarray(exclude_indices)
+    rel_ptr, rel_idx, rel_val = np.asarray(relevant_indptr), np.asarray(relevant_indices), np.asarray(relevant_data)
+    users = np.flatnonzero(np.diff(rel_ptr) > 0)
+    chunk = max(1, int(max_scores_in_memory) // max(1, n_items))
+
+    def rows_of(indptr, rows):
+        starts, ends = indptr[rows], indptr[rows + 1]
+        lengths = ends - starts
+        local = np.repeat(np.arange(len(rows)), lengths)
+        positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(
+            lengths.sum())
+        return local, positions
+
+    batches = []
+    for start in range(0, len(users), chunk):
+        rows = users[start : start + chunk]
+        ex_local, ex_pos = rows_of(ex_ptr, rows)
+        rel_local, rel_pos = rows_of(rel_ptr, rows)
+        batches.append({
+            "users": torch.as_tensor(rows, dtype=torch.long),
+            "exclude_rows": torch.as_tensor(ex_local, dtype=torch.long),
+            "exclude_cols": torch.as_tensor(ex_idx[ex_pos], dtype=torch.long),
+            "relevant_rows": torch.as_tensor(rel_local, dtype=torch.long),
+            "relevant_cols": torch.as_tensor(rel_idx[rel_pos], dtype=torch.long),
+            "relevant_gains": torch.as_tensor(rel_val[rel_pos], dtype=torch.float32),
+        })
+    return batches

@@ -1,0 +1,1 @@
+"""Recommender models: one ``nn.Module`` per file, all under the contract in :mod:`recforge.models.base`."""

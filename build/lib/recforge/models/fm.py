@@ -1,0 +1,133 @@
+"""Factorization machine over user and item ids and their features, in the LightFM style.
+
+Rendle. 2010. Factorization Machines. ICDM. Kula. 2015. Metadata Embeddings for User and Item Cold-start
+Recommendations. CBRecSys workshop at RecSys (LightFM).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from recforge.models.base import Recommender
+from recforge.utils.linalg import inner_products
+
+
+class SideTerms(NamedTuple):
+    """What one side (the users or the items of a batch) contributes to an FM score, per id in the batch."""
+
+    fields: tuple[torch.Tensor, ...]  # (..., k) field embeddings: the id's, then (with features) sum_f x_f v_f
+    linear: torch.Tensor  # (...) first-order terms: the id's bias + sum_f x_f w_f
+    within: torch.Tensor  # (...) pairwise interactions among the side's own variables (id and features)
+
+    @property
+    def vector(self) -> torch.Tensor:
+        """The side's representation: the id embedding plus its features' embeddings, weighted by value."""
+        return sum(self.fields[1:], self.fields[0])
+
+    def per_item(self) -> "SideTerms":
+        """Terms of ``(B,)`` ids made to broadcast against ``(B, n)`` items."""
+        return SideTerms(tuple(f.unsqueeze(-2) for f in self.fields), self.linear.unsqueeze(-1),
+                         self.within.unsqueeze(-1))
+
+
+class FeatureSide(nn.Module):
+    """The FM variables of one side: a one-hot id (an embedding and a bias per row) and, given an ``(n, d)``
+    ``features`` matrix, ``d`` real-valued feature variables (an embedding and a weight per column). The
+    features are a non-persistent buffer: they come from the data, like ``n``, not from a checkpoint."""
+
+    def __init__(self, n: int, embedding_dim: int, features: torch.Tensor | None, init_std: float,
+                 name: str = "features") -> None:
+        super().__init__()
+        self.n, self.embedding_dim = n, embedding_dim
+        self.embedding = nn.Embedding(n, embedding_dim)
+        self.bias = nn.Embedding(n, 1)
+        nn.init.normal_(self.embedding.weight, std=init_std)
+        nn.init.zeros_(self.bias.weight)
+        if features is not None:
+            features = torch.as_tensor(features, dtype=torch.float32)
+            if features.dim() != 2 or features.shape[0] != n:
+                raise ValueError(f"{name} must be a ({n}, d) matrix with one row per index, got shape "
+                                 f"{tuple(features.shape)}")
+            if features.shape[1] == 0:
+                features = None
+        self.has_features = features is not None
+        if features is not None:
+            self.register_buffer("features", features.clone(), persistent=False)
+            self.feature_embedding = nn.Parameter(torch.empty(features.shape[1], embedding_dim))
+            self.feature_bias = nn.Parameter(torch.zeros(features.shape[1]))
+            nn.init.normal_(self.feature_embedding, std=init_std)
+
+    @property
+    def n_fields(self) -> int:
+        return 1 + self.has_features
+
+    def all_ids(self, device: torch.device) -> torch.Tensor:
+        return torch.arange(self.n, device=device)
+
+    def forward(self, ids: torch.Tensor) -> SideTerms:
+        emb = self.embedding(ids)
+        linear = self.bias(ids).squeeze(-1)
+        if not self.has_features:
+            return SideTerms((emb,), linear, torch.zeros_like(linear))
+        weights = torch.cat([self.feature_embedding, self.feature_bias.unsqueeze(1)], dim=1)
+        norms = self.feature_embedding.pow(2).sum(1)
+
+        def project(x: torch.Tensor) -> torch.Tensor:  # (m, d) feature rows -> (m, k + 2)
+            return torch.cat([x @ weights, ((x * x) @ norms).unsqueeze(-1)], dim=-1)
+
+        # gather the batch's feature rows, or (for batches larger than the table) project every row once and
+        # gather the projections: memory stays O(min(batch, n) * d + batch * k)
+        rows = project(self.features[ids]) if ids.numel() < self.n else project(self.features)[ids]
+        field, first, squares = rows.split([self.embedding_dim, 1, 1], dim=-1)
+        vector = emb + field
+        within = 0.5 * (vector.pow(2).sum(-1) - emb.pow(2).sum(-1) - squares.squeeze(-1))
+        return SideTerms((emb, field), linear + first.squeeze(-1), within)
+
+
+class FactorizationMachine(Recommender):
+    """A second-order FM (Rendle 2010) whose input vector is ``[one-hot user, one-hot item, user features,
+    item features]``::
+
+        score = w0 + sum_j w_j x_j + sum_{j<l} <v_j, v_l> x_j x_l
+
+    computed with the O(kn) identity. Grouping the variables by side, the user representation
+    ``s_u = v_u + sum_f x_uf v_f`` and the item representation ``s_i`` likewise (LightFM's sums of id and
+    feature embeddings, Kula 2015) give ``score = w0 + b_u + b_i + s_u . s_i + c_u + c_i``, where ``b`` are the
+    first-order terms and ``c`` the interactions within one side (a per-user / per-item constant): an item never
+    seen in training still has a representation from its features. :meth:`score_all` is one matrix product.
+
+    ``use_features=false`` ignores ``user_features`` / ``item_features`` (then it is biased MF). With
+    ``loss=mse`` it learns ratings, the global bias ``w0`` starting at ``global_mean``; with ``loss=bpr`` it
+    ranks."""
+
+    def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, use_features: bool = True,
+                 init_std: float = 0.01, global_mean: float = 0.0, user_features: torch.Tensor | None = None,
+                 item_features: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items = n_users, n_items
+        self.user_side = FeatureSide(n_users, embedding_dim, user_features if use_features else None, init_std,
+                                     "user_features")
+        self.item_side = FeatureSide(n_items, embedding_dim, item_features if use_features else None, init_std,
+                                     "item_features")
+        self.global_bias = nn.Parameter(torch.tensor(float(global_mean)))
+
+    def combine(self, user: SideTerms, item: SideTerms) -> torch.Tensor:
+        """The FM score of the user and item terms (of the same, or broadcastable, shapes)."""
+        return (self.global_bias + user.linear + item.linear + user.within + item.within
+                + (user.vector * item.vector).sum(-1))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        user = self.user_side(users)
+        return self.combine(user.per_item() if items.dim() == 2 else user, self.item_side(items))
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        user = self.user_side(users)
+        item = self.item_side(self.item_side.all_ids(users.device))
+        return (inner_products(user.vector, item.vector) + (self.global_bias + user.linear + user.within).unsqueeze(1)
+                + (item.linear + item.within))
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_side(self.item_side.all_ids(self.global_bias.device)).vector

@@ -1,0 +1,309 @@
+"""Builds an experiment from a composed config; shared by ``train`` and ``eval``.
+
+Hydra/OmegaConf stay at this level: everything below receives explicit arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from recforge.config import build, build_model, check_target, resolve_target
+from recforge.data.datamodule import RecDataModule
+from recforge.errors import RecForgeError
+from recforge.models.base import Recommender
+from recforge.training.module import RecommenderModule, metric_names, train_view
+from recforge.utils.io import atomic_path
+
+class CheckpointState(pl.Callback):
+    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
+    fingerprint and the random generators' states into every checkpoint. Resuming from one
+    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
+    the negatives an uninterrupted run would have drawn."""
+
+    def __init__(self, config_yaml: str, fingerprint: str) -> None:
+        self.config_yaml, self.fingerprint = config_yaml, fingerprint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["recforge_config"] = self.config_yaml
+        checkpoint["recforge_split_fingerprint"] = self.fingerprint
+        checkpoint["recforge_rng"] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        rng = checkpoint.get("recforge_rng")
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# settings that choose how the same update is computed (torch's kernels), not what it is: a run may resume under
+# others (optimizer states load across them), e.g. a checkpoint from before optimizer.fused became the default
+HOW_NOT_WHAT = {("optimizer", "fused"), ("optimizer", "foreach")}
+
+
+def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
+    """Refuse, before training, to resume from a checkpoint of another split, model, loss, optimizer or schedule
+    (the checkpoint's optimizer and schedule states would win silently). Returns the epochs it had trained."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise RecForgeError(f"resume_from={path}: cannot be read as a checkpoint "
+                            f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(checkpoint, dict) or "recforge_config" not in checkpoint:
+        raise RecForgeError(f"resume_from={path}: not a RecForge checkpoint (no stored config)")
+    stored = checkpoint.get("recforge_split_fingerprint")
+    if stored != fingerprint:
+        raise RecForgeError(f"resume_from={path}: the checkpoint was trained on split {stored}, but this config gives "
+                            f"split {fingerprint}; resume with the data and split overrides of the stopped run")
+    stored = OmegaConf.create(checkpoint["recforge_config"])
+    for group in ("model", "loss", "optimizer", "scheduler"):
+        before = OmegaConf.to_container(stored[group]) if stored.get(group) else {}
+        now = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
+        changed = sorted(k for k in before.keys() | now.keys()
+                         if before.get(k) != now.get(k) and (group, k) not in HOW_NOT_WHAT)
+        if changed:
+            raise RecForgeError(f"resume_from={path}: the {group} config differs from the stopped run's in "
+                                + ", ".join(f"{group}.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
+                                + "; resume with the stopped run's overrides")
+    return int(checkpoint.get("epoch", -1)) + 1
+
+
+@dataclass
+class Experiment:
+    datamodule: RecDataModule
+    model: Recommender
+    module: RecommenderModule
+    feedback: str
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail fast, before any data is read, on mistakes a user can fix."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise RecForgeError(f"missing required value {', '.join(missing)}: set it on the command line, "
+                            f"e.g. {missing[0]}=<value>")
+    for key in ("data", "split", "loss", "model", "optimizer", "sampler", "datamodule"):
+        fixed = {"datamodule": ("source", "splitter", "feedback"),
+                 "sampler": ("n_items", "positive_keys", "item_counts")}.get(key, ())
+        check_target(cfg, key, fixed=fixed)
+    if cfg.get("scheduler"):
+        check_target(cfg, "scheduler")
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not OmegaConf.is_dict(node) or "_target_" not in node:
+            raise RecForgeError(f"callbacks.{name} is set ({node}) but names no callback class (no _target_): the "
+                                f"chosen callbacks option does not define it; drop it with ~callbacks.{name}, or "
+                                "use callbacks=default")
+    for key, value in cfg.optimizer.items():
+        if key in ("lr", "weight_decay", "momentum", "eps") and isinstance(value, (int, float)) and value < 0:
+            raise RecForgeError(f"optimizer.{key}={value} must not be negative; e.g. optimizer.{key}=0.001")
+    try:
+        build(cfg, "optimizer")([torch.nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. fused=true with foreach=true
+        raise RecForgeError(f"optimizer ({cfg.optimizer._target_}): {exc}; fix the optimizer.* overrides") from None
+    precision = str(cfg.trainer.get("precision", "32"))
+    mixed = precision.endswith("-mixed") or precision in ("16", "bf16")  # Lightning's MixedPrecision plugin
+    if cfg.optimizer.get("fused") and mixed and (cfg.trainer.get("gradient_clip_val") or 0) > 0:
+        raise RecForgeError(f"trainer.gradient_clip_val with trainer.precision={cfg.trainer.precision}: a fused "
+                            "optimizer unscales its own gradients, so Lightning cannot clip them; add "
+                            "optimizer.fused=null (torch's unfused Adam) or drop the clipping")
+    ks = list(cfg.eval.ks)
+    if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
+        raise RecForgeError(f"eval.ks must be a list of positive integers, got {ks}")
+    if cfg.trainer.get("max_epochs") is not None and cfg.trainer.max_epochs < 0:
+        raise RecForgeError("trainer.max_epochs must be >= 0")
+
+
+def sampled_kwargs(cfg: DictConfig) -> dict:
+    """The module's sampled-protocol arguments from ``eval.sampled`` (null: full ranking only)."""
+    node = cfg.eval.get("sampled")
+    if node is None:
+        return {"sampled_negatives": None, "sampled_strategy": "uniform", "sampled_seed": 0}
+    unknown = sorted(set(node) - {"n_negatives", "strategy", "seed"})
+    if unknown:
+        raise RecForgeError(f"eval.sampled.{unknown[0]} is not a key of eval.sampled; valid keys: "
+                            "n_negatives, strategy, seed (e.g. eval.sampled={n_negatives:99,strategy:uniform})")
+    return {"sampled_negatives": node.get("n_negatives", 99), "sampled_strategy": node.get("strategy", "uniform"),
+            "sampled_seed": node.get("seed", 0)}
+
+
+def build_datamodule(cfg: DictConfig, feedback: str) -> RecDataModule:
+    """The data of ``cfg`` (source, preprocessing, split), set up for ``feedback`` (``explicit``/``implicit``)."""
+    datamodule = build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"), feedback=feedback)
+    datamodule.setup()
+    return datamodule
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    check_config(cfg)
+    loss = build(cfg, "loss")
+    model_cls = resolve_target(cfg.model._target_)
+    if loss.feedback not in model_cls.feedbacks:
+        raise RecForgeError(
+            f"model {cfg.model._target_.rsplit('.', 1)[-1]} learns from {'/'.join(model_cls.feedbacks)} feedback "
+            f"but loss {cfg.loss._target_.rsplit('.', 1)[-1]} is for {loss.feedback} feedback; "
+            f"pick a matching loss (e.g. loss={'bpr' if 'implicit' in model_cls.feedbacks else 'mse'})"
+        )
+    sampled = sampled_kwargs(cfg)
+    valid = metric_names(loss.feedback, cfg.eval.ks, "val", sampled["sampled_negatives"], sampled["sampled_strategy"])
+    if cfg.monitor not in valid:
+        raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
+                            f"valid names: {', '.join(valid)}")
+    datamodule = build_datamodule(cfg, loss.feedback)
+    data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
+    model = build_model(cfg, data_kwargs)
+    datamodule.train_view = train_view(model, loss)
+    check_sparse_optimizer(cfg, model)
+    sampler = None
+    if loss.feedback == "implicit" and model.requires_training:
+        sampler = build_sampler(cfg, loss, datamodule, data_kwargs["item_popularity"])
+    histories = None
+    if model.reads_histories:  # each stage's inputs: train (+ fold-in) at val, + val at test
+        histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
+    module = RecommenderModule(
+        model=model,
+        histories=histories,
+        loss=loss,
+        optimizer=build(cfg, "optimizer"),
+        scheduler=build(cfg, "scheduler") if cfg.get("scheduler") else None,
+        scheduler_monitor=cfg.monitor,
+        sampler=sampler,
+        ks=list(cfg.eval.ks),
+        rating_range=datamodule.raw.rating_range,
+        clip_predictions=cfg.eval.clip_predictions,
+        item_popularity=data_kwargs["item_popularity"],
+        n_train_users=datamodule.n_users,
+        rating_inverse=datamodule.inverse_ratings if datamodule.rating_inverse != (1.0, 0.0) else None,
+        **sampled,
+    )
+    return Experiment(datamodule, model, module, loss.feedback)
+
+
+def build_sampler(cfg: DictConfig, loss: torch.nn.Module, datamodule: RecDataModule, item_counts: torch.Tensor):
+    """The negative sampler ``cfg.sampler`` names, checked against the loss's ``num_negatives``."""
+    n, in_batch = loss.num_negatives, cfg.sampler._target_.endswith("InBatchSampler")
+    if n and not in_batch and n >= datamodule.n_items:
+        raise RecForgeError(f"loss.num_negatives={n} asks for more negatives than the {datamodule.n_items} items "
+                            f"minus a positive; set loss.num_negatives={max(1, datamodule.n_items // 2)} or fewer")
+    if n and in_batch and n >= cfg.datamodule.batch_size:
+        raise RecForgeError(f"sampler=in_batch draws loss.num_negatives={n} from the batch's other positives, but "
+                            f"datamodule.batch_size={cfg.datamodule.batch_size}; set loss.num_negatives="
+                            f"{cfg.datamodule.batch_size - 1} or a larger batch")
+    return build(cfg, "sampler", n_items=datamodule.n_items, positive_keys=datamodule.positive_keys(),
+                 item_counts=item_counts)
+
+
+SPARSE_OPTIMIZERS = ("recforge.training.optim.LazyAdam", "torch.optim.SparseAdam", "torch.optim.SGD",
+                     "torch.optim.Adagrad")
+
+
+def check_sparse_optimizer(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Sparse embedding gradients need an optimizer that takes them, and ``torch.optim.SparseAdam`` needs
+    nothing else (``optimizer=sparse_adam``, RecForge's LazyAdam, handles both)."""
+    if not model.requires_training:
+        return
+    target = str(cfg.optimizer._target_)
+    sparse = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+    if sparse and target not in SPARSE_OPTIMIZERS:
+        raise RecForgeError(f"model.sparse_grad=true gives sparse gradients, which {target} cannot apply: use "
+                            "optimizer=sparse_adam (or sgd/adagrad), or model.sparse_grad=false")
+    dense = [name for name, p in model.named_parameters() if id(p) not in sparse]
+    if target == "torch.optim.SparseAdam" and dense:
+        raise RecForgeError(f"torch.optim.SparseAdam needs sparse gradients for every parameter, but "
+                            f"{', '.join(dense[:3])} get dense ones: use optimizer=sparse_adam (lazy Adam, mixes both) "
+                            "or set model.sparse_grad=true and model.use_bias=false")
+
+
+def model_spec(cfg: DictConfig, datamodule: RecDataModule) -> tuple[str, dict]:
+    """The model's import path and the constructor arguments a served copy is built with: those of training,
+    except that a model reading user histories (row and sequential models) gets every known interaction as its
+    history (``interactions`` / ``sequences``), so that it recommends from the user's latest items."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    target = kwargs.pop("_target_")
+    cls = resolve_target(target)
+    params = inspect.signature(cls).parameters
+    data = datamodule.model_kwargs(params)
+    if cls.reads_histories:
+        data["interactions"] = data["sequences"] = datamodule.known_sequences()
+    kwargs.update({k: v for k, v in data.items() if k in params})
+    return target, kwargs
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def per_user_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.DataFrame:
+    """Per-user test metrics with raw user ids (ranking metrics, or RMSE/MAE per user)."""
+    results = module.test_results or {}
+    if not results:
+        return pd.DataFrame()
+    users = results["users"].numpy()
+    if module.feedback == "explicit":
+        errors = results["errors"].numpy()
+        frame = pd.DataFrame({"u": users, "se": errors**2, "ae": np.abs(errors)}).groupby("u", sort=True)
+        stats = frame.agg(rmse=("se", "mean"), mae=("ae", "mean"), n=("se", "size")).reset_index()
+        stats["rmse"] = np.sqrt(stats["rmse"])
+        return pd.DataFrame({"user": datamodule.id_maps.users[stats["u"].to_numpy()], "rmse": stats["rmse"],
+                             "mae": stats["mae"], "n_test": stats["n"]})
+    return ranking_results_frame(results, datamodule.id_maps.users)
+
+
+def ranking_results_frame(results: dict, user_ids: np.ndarray) -> pd.DataFrame:
+    """Per-user ranking metrics (an evaluator's aggregated per-user results) with raw user ids."""
+    from recforge.metrics.evaluator import NON_METRIC_KEYS
+
+    columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS}
+    return pd.DataFrame({"user": user_ids[results["users"].cpu().numpy()], **columns})
+
+
+def recommendations_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.DataFrame:
+    results = module.test_results or {}
+    if "topk" not in results:
+        return pd.DataFrame(columns=["user", "item", "rank", "score"])
+    topk, scores, valid = results["topk"].numpy(), results["scores"].numpy(), results["valid"].numpy()
+    users = np.repeat(results["users"].numpy(), topk.shape[1])
+    ranks = np.tile(np.arange(1, topk.shape[1] + 1), len(topk))
+    keep = valid.ravel()
+    return pd.DataFrame({
+        "user": datamodule.id_maps.users[users[keep]],
+        "item": datamodule.id_maps.items[topk.ravel()[keep]],
+        "rank": ranks[keep],
+        "score": scores.ravel()[keep],
+    })
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return path
+
+
+def split_frames(datamodule: RecDataModule) -> dict[str, pd.DataFrame]:
+    ids = datamodule.id_maps
+    return {name: pd.DataFrame({"user": ids.users[part["user"].to_numpy()], "item": ids.items[part["item"].to_numpy()],
+                                "rating": part["rating"].to_numpy(), "timestamp": part["timestamp"].to_numpy()})
+            for name, part in (("train", datamodule.split.train), ("val", datamodule.split.val),
+                               ("test", datamodule.split.test))}
+
+
+def finite(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        value = float(v)
+        out[k] = value if math.isfinite(value) else float("nan")
+    return out

@@ -1,0 +1,190 @@
+"""Negative samplers: which items a positive is contrasted with, drawn on the device in a few vectorised steps.
+
+``sampler(users, n, positives=..., scorer=...)`` gives ``(B, n)`` negatives; ``sampler.adjust`` then corrects the
+candidates' scores for how they were drawn. The options (``sampler=...`` in the config):
+
+* :class:`NegativeSampler` (``uniform``): every item equally likely; draws that hit a training positive of the
+  user are redrawn ``retries`` times.
+* :class:`PopularitySampler` (``popularity``): items in proportion to ``count ** alpha`` (word2vec's 0.75; Mikolov
+  et al. 2013), so popular items, the ones a model most needs to learn to push down, come more often.
+* :class:`InBatchSampler` (``in_batch``): the other positives of the batch, i.e. items by their popularity at no
+  sampling cost (Covington et al. 2016; Yi et al. 2019). A negative that is a positive of the row's user is
+  masked; with ``loss.logq_correction`` the scores lose ``log q(item)``, the item's share of the positives.
+* :class:`HardNegativeSampler` (``hard``): dynamic negative sampling (Zhang et al. 2013, "Optimizing top-n
+  collaborative filtering via dynamic negative item sampling", SIGIR): of ``pool_size`` uniform candidates per
+  negative, the one the current model scores highest.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from recforge.errors import RecForgeError
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``scorer(users (B,), items (B, n)) -> (B, n)`` scores of the model being trained."""
+
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64: Fibonacci (multiplicative) hashing
+
+
+class NegativeSampler(nn.Module):
+    """Uniform negatives drawn on the device, redrawn where they hit a training positive.
+
+    Positives are found by binary search in the sorted ``user * n_items + item`` keys; after ``retries``
+    redraws the rare remaining collisions are kept (no host sync in the training loop on an accelerator). On a
+    CPU, where a binary search over a large key array (a cache miss at every level) costs more than a whole
+    BPR-MF step's arithmetic, a one-hash Bloom filter of the keys (32 bits per key, mostly in cache; ~3% false
+    positives) clears most draws first and only the draws it flags are searched.
+    """
+
+    needs_scores = False  # True: forward wants a ``scorer`` (hard negatives)
+
+    def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
+                 retries: int = 2) -> None:
+        super().__init__()
+        if retries < 0:
+            raise RecForgeError(f"sampler.retries must be >= 0, got {retries}")
+        self.n_items, self.retries = n_items, retries
+        self.register_buffer("positive_keys", positive_keys, persistent=False)
+        counts = item_counts.float() if item_counts is not None else torch.ones(n_items)
+        if len(counts) != n_items:
+            raise ValueError(f"item_counts has {len(counts)} entries for {n_items} items")
+        # log of each item's share of the training positives: the probability that an in-batch negative is it
+        self.register_buffer("log_item_share", (counts / counts.sum().clamp(min=1)).log(), persistent=False)
+        self._bloom: tuple[tuple[int, int, int], torch.Tensor, int] | None = None  # (keys' identity, bits, shift)
+
+    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)`` items -> whether ``(users[b], item)`` is a training positive."""
+        keys = users.reshape(-1, *([1] * (items.dim() - 1))) * self.n_items + items
+        if keys.device.type != "cpu":
+            return self._search(keys)
+        bits, shift = self._bloom_filter()
+        flat = keys.reshape(-1)
+        slot = ((flat * _GOLDEN) >> shift) & ((1 << (64 - shift)) - 1)
+        flagged = ((bits[slot >> 3] >> (slot & 7)) & 1).nonzero().squeeze(1)
+        found = torch.zeros(flat.shape, dtype=torch.bool)
+        found[flagged] = self._search(flat[flagged])
+        return found.view(keys.shape)
+
+    def _search(self, keys: torch.Tensor) -> torch.Tensor:
+        idx = torch.searchsorted(self.positive_keys, keys).clamp_(max=len(self.positive_keys) - 1)
+        return self.positive_keys[idx] == keys
+
+    def _bloom_filter(self) -> tuple[torch.Tensor, int]:
+        """The bit array (uint8) and hash shift of the keys' filter, rebuilt whenever the keys change."""
+        keys = self.positive_keys
+        source = (keys.data_ptr(), keys._version, len(keys))
+        if self._bloom is None or self._bloom[0] != source:
+            n_bits = max(10, math.ceil(math.log2(max(1, len(keys)) * 32)))
+            slot = torch.unique(((keys.long() * _GOLDEN) >> (64 - n_bits)) & ((1 << n_bits) - 1))
+            bits = torch.zeros(1 << (n_bits - 3), dtype=torch.int32)  # distinct bits of a byte sum to <= 255
+            bits.index_add_(0, slot >> 3, (1 << (slot & 7)).int())
+            self._bloom = (source, bits.to(torch.uint8), 64 - n_bits)
+        return self._bloom[1], self._bloom[2]
+
+    def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """Items drawn independently from the proposal distribution (here uniform)."""
+        return torch.randint(self.n_items, shape, device=device)
+
+    def log_prob(self, items: torch.Tensor) -> torch.Tensor:
+        """Log-probability that a draw is each of ``items`` (the log-Q of sampled-softmax corrections)."""
+        return torch.full(items.shape, -math.log(self.n_items), device=items.device)
+
+    def forward(self, users: torch.Tensor, num_negatives: int, positives: torch.Tensor | None = None,
+                scorer: Scorer | None = None) -> torch.Tensor:
+        """``(B, num_negatives)`` negatives: of ``retries + 1`` draws per slot, the first that is not a training
+        positive of the slot's user (the last draw when all are), which is what drawing, checking and redrawing
+        ``retries`` times gives, in a fixed number of vectorised operations. ``positives`` (the batch's positive
+        items) and ``scorer`` are for the samplers that use them."""
+        draws = self.draw((len(users), num_negatives, self.retries + 1), users.device)
+        accept = ~self.is_positive(users, draws)
+        accept[..., -1] = True
+        first = accept.to(torch.uint8).argmax(dim=-1, keepdim=True)  # argmax returns the first maximum
+        return draws.gather(-1, first).squeeze(-1)
+
+    def adjust(self, users: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor,
+               logq_correction: bool) -> torch.Tensor:
+        """The scores a loss sees for ``(B, 1 + n)`` candidates (positive first): minus each candidate's
+        log-probability of being drawn when ``logq_correction`` (Bengio & Senecal 2008; Yi et al. 2019), so
+        that a sampled softmax estimates the full one whatever the proposal."""
+        return scores - self.log_prob(candidates).to(scores.dtype) if logq_correction else scores
+
+
+class PopularitySampler(NegativeSampler):
+    """Negatives drawn with probability ``count_i ** alpha / sum_j count_j ** alpha`` (``alpha=0``: uniform;
+    ``alpha=1``: as often as the item is a positive), by inverse-CDF lookup of uniform draws on the device.
+    Items never seen in training are never drawn when ``alpha > 0``."""
+
+    def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
+                 alpha: float = 0.75, retries: int = 2) -> None:
+        super().__init__(n_items, positive_keys, item_counts, retries)
+        if alpha < 0:
+            raise RecForgeError(f"sampler.alpha={alpha} must be >= 0 (0: uniform, 1: by popularity)")
+        if item_counts is None:
+            raise ValueError("PopularitySampler needs item_counts")
+        weights = item_counts.double().pow(alpha) if alpha > 0 else torch.ones(n_items, dtype=torch.float64)
+        if weights.sum() <= 0:
+            raise RecForgeError("sampler=popularity: no item has a training interaction to draw from")
+        self.alpha = alpha
+        probs = weights / weights.sum()
+        self.register_buffer("log_probs", probs.log().float(), persistent=False)
+        self.register_buffer("cdf", probs.cumsum(0).float(), persistent=False)
+
+    def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        u = torch.rand(shape, device=device) * self.cdf[-1]
+        return torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.n_items - 1)
+
+    def log_prob(self, items: torch.Tensor) -> torch.Tensor:
+        return self.log_probs[items]
+
+
+class InBatchSampler(NegativeSampler):
+    """The batch's other positive items as each row's negatives: row ``b`` takes the positives of rows
+    ``b+1, ..., b+n`` (cyclically), ``n`` at most the batch size minus one. A negative that is a training
+    positive of the row's user (its own positive included) scores ``-inf``, which every implicit loss reads as
+    no term. Its probability of being drawn is its share of the training positives (:meth:`log_prob`)."""
+
+    def forward(self, users: torch.Tensor, num_negatives: int, positives: torch.Tensor | None = None,
+                scorer: Scorer | None = None) -> torch.Tensor:
+        if positives is None:
+            raise ValueError("InBatchSampler needs the batch's positives")
+        n = min(num_negatives, len(positives) - 1)
+        shift = torch.arange(1, n + 1, device=positives.device)
+        return positives[(torch.arange(len(positives), device=positives.device).unsqueeze(1) + shift) % len(positives)]
+
+    def log_prob(self, items: torch.Tensor) -> torch.Tensor:
+        return self.log_item_share[items]
+
+    def adjust(self, users: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor,
+               logq_correction: bool) -> torch.Tensor:
+        scores = super().adjust(users, candidates, scores, logq_correction)
+        hits = self.is_positive(users, candidates[:, 1:])
+        return torch.cat([scores[:, :1], scores[:, 1:].masked_fill(hits, float("-inf"))], dim=1)
+
+
+class HardNegativeSampler(NegativeSampler):
+    """Each negative is the highest-scoring of ``pool_size`` uniform draws under the current model (scored
+    without gradient), so training concentrates on the items the model still ranks too high."""
+
+    needs_scores = True
+
+    def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
+                 pool_size: int = 8, retries: int = 2) -> None:
+        super().__init__(n_items, positive_keys, item_counts, retries)
+        if pool_size < 1:
+            raise RecForgeError(f"sampler.pool_size={pool_size} must be >= 1 (1: uniform negatives)")
+        self.pool_size = pool_size
+
+    def forward(self, users: torch.Tensor, num_negatives: int, positives: torch.Tensor | None = None,
+                scorer: Scorer | None = None) -> torch.Tensor:
+        pool = super().forward(users, num_negatives * self.pool_size)
+        if scorer is None or self.pool_size == 1:
+            return pool[:, :num_negatives]
+        with torch.no_grad():
+            scores = scorer(users, pool).view(len(users), num_negatives, self.pool_size)
+        pool = pool.view(len(users), num_negatives, self.pool_size)
+        return pool.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)

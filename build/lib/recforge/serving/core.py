@@ -1,0 +1,201 @@
+"""The request path of the service: one user's scores, seen-item masking, allow/deny filtering, top-K.
+
+Per request: one ``score_all`` row (torch), then masking, filtering and top-K as vectorised numpy on that
+row (on a single row of a few thousand items, numpy's few calls cost ~30 us where the equivalent torch ops
+cost ~400 us of per-op overhead). The id maps are dicts, so a lookup is O(1). Ranking ties go to the lower
+item index, exactly as :func:`recforge.metrics.ranking.topk_items` and :meth:`Bundle.recommend`, so the
+service, the batch job and the MLflow model agree.
+"""
+
+from __future__ import annotations
+
+import re
+
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from recforge.serving.registry import ModelRef
+from recforge.tracking.bundle import Bundle
+
+# similar items from score-matrix columns: above this many scores, compute in user chunks of this size
+_SCORE_CHUNK = 1 << 22
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,18}")
+
+
+class InvalidRequest(ValueError):
+    """A request the client must fix (unknown item, ``k`` out of range); the service answers 4xx."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _lookup_table(ids: np.ndarray) -> tuple[dict[Any, int], bool]:
+    return {raw: i for i, raw in enumerate(ids.tolist())}, ids.dtype.kind in "iu"
+
+
+def _find(table: dict[Any, int], int_ids: bool, raw: Any) -> int | None:
+    """Row of a raw id; ``"12"`` finds the integer id 12 and ``12`` the string id ``"12"``; booleans and floats
+    are unknown (the same rule as ``Bundle.user_index``, so service, batch job and MLflow model agree)."""
+    if isinstance(raw, (bool, float, np.bool_, np.floating)):
+        return None
+    row = table.get(raw)
+    if row is None:
+        if int_ids and isinstance(raw, str):
+            return table.get(int(raw)) if _INTEGER.fullmatch(raw) else None
+        if not int_ids and isinstance(raw, (int, np.integer)):
+            row = table.get(str(raw))
+    return row
+
+
+def topk_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` ``(indices, values)`` of one score row, highest first, ties by LOWER index (also at the k
+    boundary): exactly :func:`recforge.metrics.ranking.topk_items`'s order, without its per-op overhead on a
+    single row. ``-inf`` entries (masked items) are dropped, so fewer than ``k`` may come back."""
+    n = scores.shape[0]
+    k = min(k, n)
+    if k < n:
+        threshold = -np.partition(-scores, k - 1)[k - 1]  # the k-th largest score
+        candidates = np.flatnonzero(scores >= threshold)  # every item that can be in the top k, index order
+    else:
+        candidates = np.arange(n)
+    values = scores[candidates]
+    order = np.lexsort((candidates, -values))[:k]  # score desc, then index asc
+    top, values = candidates[order], values[order]
+    finite = np.isfinite(values)
+    return (top, values) if finite.all() else (top[finite], values[finite])
+
+
+class ServedModel:
+    """A loaded bundle prepared for single-user requests (immutable once built; swapped whole on reload)."""
+
+    def __init__(self, bundle: Bundle, ref: ModelRef, score_cache_bytes: int = 0) -> None:
+        """``score_cache_bytes``: when the full known-user x item score matrix (float32) fits in this many
+        bytes, it is computed once here (``score_all`` in chunks) and a request copies its user's row instead
+        of calling ``score_all`` (~5 us instead of ~60-100 us of torch per-call overhead on a small model);
+        0 turns the cache off."""
+        self.bundle, self.ref = bundle, ref
+        self.model = bundle.model
+        self.n_items = len(bundle.item_ids)
+        self.n_users = len(bundle.user_ids)
+        self._users, self._int_users = _lookup_table(bundle.user_ids)
+        self._rows = torch.arange(self.n_users)  # a slice of it is the (1,) index tensor of a request's user
+        self._items, self._int_items = _lookup_table(bundle.item_ids)
+        self.item_ids: list[Any] = bundle.item_ids.tolist()
+        seen = bundle.seen.tocsr()
+        self._seen_indptr = seen.indptr.astype(np.int64)
+        self._seen_indices = seen.indices.astype(np.int64)
+        self._popularity = bundle.popularity.astype(np.float32)
+        self._vectors: np.ndarray | None = None
+        self._vectors_lock = threading.Lock()
+        self.similar_source = "item_vectors" if self._raw_item_vectors() is not None else "score_columns"
+        self._score_cache = self._all_scores() if 0 < 4 * self.n_users * self.n_items <= score_cache_bytes else None
+        self.loaded_at = time.time()
+
+    @torch.inference_mode()
+    def _all_scores(self) -> np.ndarray:
+        step = max(1, _SCORE_CHUNK // max(self.n_items, 1))
+        return torch.cat([self.model.score_all(chunk).float() for chunk in self._rows.split(step)]).numpy()
+
+    # ids -------------------------------------------------------------------------------------------------------
+    def user_row(self, raw: Any) -> int | None:
+        return _find(self._users, self._int_users, raw)
+
+    def item_columns(self, raw_items: Sequence[Any], field: str) -> np.ndarray:
+        """Columns of raw item ids; an unknown id is a 400 naming ``field`` and the id."""
+        columns = [_find(self._items, self._int_items, raw) for raw in raw_items]
+        unknown = [raw for raw, col in zip(raw_items, columns) if col is None]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise InvalidRequest(f"{field}: unknown item id(s) {shown}; use ids of the model's catalogue "
+                                 f"({self.n_items} items)")
+        return np.asarray(columns, dtype=np.int64)
+
+    def check_k(self, k: int) -> None:
+        if not 1 <= k <= self.n_items:
+            raise InvalidRequest(f"k={k} is out of range; use 1 <= k <= {self.n_items} (the catalogue size)")
+
+    # requests --------------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def recommend(self, user: Any, k: int = 10, exclude_seen: bool = True, allow_items: Sequence[Any] | None = None,
+                  deny_items: Sequence[Any] | None = None) -> tuple[list[Any], list[float], bool]:
+        """Top-``k`` ``(items, scores, fallback)`` for one raw user id; an unknown user gets the most popular
+        items (scored by training popularity) with ``fallback`` true. Fewer than ``k`` items come back when
+        filtering leaves fewer candidates."""
+        self.check_k(k)
+        allow = self.item_columns(allow_items, "allow_items") if allow_items is not None else None
+        deny = self.item_columns(deny_items, "deny_items") if deny_items else None
+        row = self.user_row(user)
+        if row is None:
+            scores = self._popularity.copy()
+        else:
+            if self._score_cache is not None:
+                scores = self._score_cache[row].copy()
+            else:
+                scores = self.model.score_all(self._rows[row:row + 1])[0]
+                scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
+            if exclude_seen:
+                scores[self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]]] = -np.inf
+        if allow is not None:
+            kept = np.full_like(scores, -np.inf)
+            kept[allow] = scores[allow]
+            scores = kept
+        if deny is not None:
+            scores[deny] = -np.inf
+        top, values = topk_row(scores, k)
+        return [self.item_ids[i] for i in top.tolist()], values.tolist(), row is None
+
+    def similar_items(self, item: Any, k: int = 10) -> tuple[list[Any], list[float]]:
+        """The ``k`` items with the highest cosine similarity to ``item`` (itself excluded); see
+        :meth:`item_vectors` for the vectors compared."""
+        column = _find(self._items, self._int_items, item)
+        if column is None:
+            raise InvalidRequest(f"unknown item id {item!r}; use an id of the model's catalogue ({self.n_items} items)",
+                                 status=404)
+        if not 1 <= k < self.n_items:
+            raise InvalidRequest(f"k={k} is out of range; use 1 <= k <= {self.n_items - 1}")
+        vectors = self.item_vectors()
+        cosine = vectors @ vectors[column]
+        cosine[column] = -np.inf
+        top, values = topk_row(cosine, k)
+        return [self.item_ids[i] for i in top.tolist()], values.tolist()
+
+    # similar items ---------------------------------------------------------------------------------------------
+    def _raw_item_vectors(self) -> torch.Tensor | None:
+        method = getattr(self.model, "item_vectors", None)
+        return method() if method is not None else None
+
+    @torch.inference_mode()
+    def item_vectors(self) -> np.ndarray:
+        """L2-normalised item vectors: the model's ``item_vectors()`` (embeddings) when it has them, otherwise
+        the item columns of the full user x item score matrix (each item as its vector of scores over all
+        training users). Computed once, on first use."""
+        if self._vectors is None:
+            with self._vectors_lock:
+                if self._vectors is None:
+                    raw = self._raw_item_vectors()
+                    if raw is None:
+                        step = max(1, _SCORE_CHUNK // max(self.n_items, 1))
+                        users = torch.arange(self.n_users)
+                        raw = torch.cat([self.model.score_all(chunk).float() for chunk in users.split(step)]).T
+                    raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
+                    self._vectors = torch.nn.functional.normalize(raw, dim=1).numpy().copy()
+        return self._vectors
+
+    def warm_up(self) -> None:
+        """Run one request of each kind so the first client request pays no lazy initialisation."""
+        user = self.bundle.user_ids[0] if self.n_users else None
+        self.recommend(user.item() if hasattr(user, "item") else user, k=min(10, self.n_items))
+        if self.n_items > 1:
+            self.similar_items(self.item_ids[0], k=1)
+
+    def info(self) -> dict[str, Any]:
+        return {**self.ref.to_dict(), "n_users": self.n_users, "n_items": self.n_items,
+                "similar_items_from": self.similar_source, "score_cache": self._score_cache is not None,
+                "loaded_at": self.loaded_at}

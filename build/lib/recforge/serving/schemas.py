@@ -1,0 +1,118 @@
+"""Request and response bodies of the service (pydantic, strict types: ``"10"`` is not a valid ``k``).
+
+The response models document what the service answers (OpenAPI at ``/openapi.json``); the handlers write
+their JSON directly, and ``tests/integration/test_serving_openapi.py`` checks the two agree.
+
+No ``from __future__ import annotations`` here: pydantic resolves these annotations eagerly."""
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+
+MAX_ID_CHARS = 256  # a longer string id is a 422: ids are echoed in answers and written to the request log
+MAX_PATH_CHARS = 4096
+INT64 = (-(2 ** 63), 2 ** 63 - 1)  # the range of the bundles' integer ids
+
+
+def _bounded_id(value: Union[int, str]) -> Union[int, str]:
+    if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+        raise ValueError(f"an id has at most {MAX_ID_CHARS} characters (got {len(value)})")
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise ValueError("an integer id must fit in 64 bits")
+    return value
+
+
+# one error naming the limit (a constraint per union member would give two errors, one per member)
+RawId = Annotated[Union[StrictInt, StrictStr], AfterValidator(_bounded_id), WithJsonSchema({"anyOf": [
+    {"type": "integer", "format": "int64"}, {"type": "string", "maxLength": MAX_ID_CHARS}]})]
+Int64 = Annotated[StrictInt, Field(ge=INT64[0], le=INT64[1]), WithJsonSchema({"type": "integer", "format": "int64"})]
+AnyId = Union[int, str]  # ids in answers: the catalogue's own
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: RawId = Field(description="raw user id (integer or string); unknown users get popular items")
+    k: Int64 = Field(10, description="number of items, 1..n_items (400 otherwise)")
+    exclude_seen: StrictBool = Field(True, description="leave out items the user interacted with in training")
+    allow_items: Optional[list[RawId]] = Field(None, description="recommend only among these item ids (at most "
+                                                                 "--max-list-items ids, 400 otherwise)")
+    deny_items: Optional[list[RawId]] = Field(None, description="never recommend these item ids (at most "
+                                                                "--max-list-items ids, 400 otherwise)")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Optional[StrictStr] = Field(None, max_length=MAX_ID_CHARS,
+                                       description="models:/<name>@<alias>, models:/<name>/<v> or runs:/<id>/model")
+    run_id: Optional[StrictStr] = Field(None, max_length=MAX_ID_CHARS)
+    bundle: Optional[StrictStr] = Field(None, max_length=MAX_PATH_CHARS, description="a bundle directory")
+
+
+class RecommendResponse(BaseModel):
+    user: AnyId
+    items: list[AnyId]
+    scores: list[float]
+    fallback: bool = Field(description="true for an unknown user: the most popular items")
+    model_id: str
+    run_id: Optional[str]
+    model_version: Optional[str]
+
+
+class SimilarItemsResponse(BaseModel):
+    item: str
+    items: list[AnyId]
+    scores: list[float]
+    similarity: Literal["item_vectors", "score_columns"]
+    model_id: str
+    run_id: Optional[str]
+    model_version: Optional[str]
+
+
+class ModelSource(BaseModel):
+    uri: str
+    model_id: str
+    run_id: Optional[str]
+    name: Optional[str]
+    model_version: Optional[str]
+
+
+class ModelInfo(ModelSource):
+    n_users: int
+    n_items: int
+    similar_items_from: Literal["item_vectors", "score_columns"]
+    score_cache: bool
+    loaded_at: float
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    model: ModelInfo
+    reloading: bool
+    last_reload_error: Optional[str]
+
+
+class ReloadAccepted(BaseModel):
+    status: Literal["reloading"]
+    source: str
+    serving: ModelSource = Field(description="the model serving until the new one is loaded")
+
+
+class ReloadDone(BaseModel):
+    status: Literal["ok"]
+    serving: ModelSource
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="one line: what is wrong and how to fix it")
+
+
+class ErrorLocation(BaseModel):
+    loc: list[Union[str, int]]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(ErrorResponse):
+    errors: list[ErrorLocation]

@@ -1,0 +1,186 @@
+"""A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity.
+
+Everything needed to answer "top-K items for raw user id u" without the training data or the config.
+Loading uses ``torch.load(weights_only=True)``, so no pickled code runs, and the model class ``spec.pt`` names must be
+on RecForge's allow-list (:mod:`recforge.utils.trust`), so a bundle cannot name a function to call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from recforge.errors import RecForgeError
+from recforge.metrics.ranking import mask_scores_, topk_items
+from recforge.utils.trust import import_trusted
+from recforge.utils.sparse import row_pointers
+
+
+def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
+                user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save({"target": target, "kwargs": kwargs}, directory / "spec.pt")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / "model.pt")
+    pd.DataFrame({"user": user_ids}).to_parquet(directory / "users.parquet")
+    pd.DataFrame({"item": item_ids}).to_parquet(directory / "items.parquet")
+    sp.save_npz(directory / "seen.npz", seen.tocsr())
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    return directory
+
+
+@dataclass
+class Bundle:
+    model: torch.nn.Module
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    seen: sp.csr_matrix
+    popularity: np.ndarray
+    meta: dict[str, Any]
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
+        """Read a bundle folder. The class ``spec.pt`` names must be on the allow-list
+        (:mod:`recforge.utils.trust`) and is checked before anything is imported; a missing, truncated or
+        mismatched file is a :class:`RecForgeError` naming it."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise RecForgeError(f"{directory}: no such model bundle folder; give the 'model' folder of a run")
+        spec = _read(directory / "spec.pt", lambda p: torch.load(p, weights_only=True))
+        if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
+            raise RecForgeError(f"{directory / 'spec.pt'}: not a RecForge model spec (no target and kwargs)")
+        model_cls = import_trusted(spec.get("target"), str(directory / "spec.pt"))
+        try:
+            model = model_cls(**spec["kwargs"])
+        except (TypeError, ValueError) as exc:
+            raise RecForgeError(f"{directory / 'spec.pt'}: cannot build {spec['target']} from its stored arguments "
+                                f"({exc})") from None
+        state = _read(directory / "model.pt", lambda p: torch.load(p, weights_only=True, map_location=device))
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise RecForgeError(f"{directory / 'model.pt'}: the weights do not fit the model spec.pt describes "
+                                f"({str(exc).splitlines()[0]})") from None
+        model.to(device).eval()
+        seen = _read(directory / "seen.npz", lambda p: sp.load_npz(p).tocsr())
+        popularity = np.asarray(seen.astype(bool).sum(axis=0)).ravel()
+        users = _read(directory / "users.parquet", lambda p: pd.read_parquet(p)["user"].to_numpy())
+        items = _read(directory / "items.parquet", lambda p: pd.read_parquet(p)["item"].to_numpy())
+        meta = _read(directory / "meta.json", lambda p: json.loads(p.read_text()))
+        if seen.shape != (len(users), len(items)):
+            raise RecForgeError(f"{directory}: seen.npz is {seen.shape[0]} x {seen.shape[1]} but the bundle has "
+                                f"{len(users)} users and {len(items)} items; the folder mixes files of two runs")
+        return cls(model, users, items, seen, popularity, meta)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, data_dir: str | None = None, device: str = "cpu") -> "Bundle":
+        """A bundle from a Lightning checkpoint of ``recforge-train``: the data is rebuilt from the config the
+        checkpoint stores (so the raw data must be reachable, e.g. ``RECFORGE_DATA_DIR``) for the id maps and
+        seen items."""
+        from recforge.eval import load_checkpoint
+
+        exp = load_checkpoint(path, data_dir)
+        dm = exp.datamodule
+        if exp.model.reads_histories:  # serve from everything known, as a saved bundle does
+            users, items = dm.known_sequences()
+            exp.model.set_histories(row_pointers(users, dm.n_users), items)
+        seen = dm.seen_matrix()
+        return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
+                   np.asarray(seen.astype(bool).sum(axis=0)).ravel(),
+                   {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback,
+                    "checkpoint": str(path)})
+
+    def user_index(self, users: np.ndarray) -> np.ndarray:
+        """Row of each raw user id, -1 for unknown ones (``"12"`` finds the integer id 12 and vice versa)."""
+        return _index_of(self.user_ids, np.asarray(users))
+
+    def item_index(self, items: np.ndarray) -> np.ndarray:
+        """Column of each raw item id, -1 for unknown ones (same id coercion as :meth:`user_index`)."""
+        return _index_of(self.item_ids, np.asarray(items))
+
+    @torch.no_grad()
+    def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+        """Top-``k`` items per raw user id: columns user, item, rank (1-based), score, fallback.
+
+        Unknown users get the most popular items (``fallback`` is True for them)."""
+        users = np.asarray(users)
+        index = self.user_index(users)
+        known = index >= 0
+        k = min(k, len(self.item_ids))
+        device = next(iter(self.model.buffers()), next(iter(self.model.parameters()), torch.empty(0))).device
+        items = np.empty((len(users), k), dtype=np.int64)
+        scores = np.empty((len(users), k), dtype=np.float32)
+        if known.any():
+            rows = torch.as_tensor(index[known], device=device)
+            s = self.model.score_all(rows).float()
+            if exclude_seen:
+                sub = self.seen[index[known]].tocoo()
+                mask_scores_(s, torch.as_tensor(sub.row, device=device, dtype=torch.long),
+                             torch.as_tensor(sub.col, device=device, dtype=torch.long))
+            values, top = topk_items(s, k)
+            items[known], scores[known] = top.cpu().numpy(), values.cpu().numpy()
+        if (~known).any():
+            order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))[:k]
+            items[~known], scores[~known] = order, self.popularity[order].astype(np.float32)
+        return pd.DataFrame({
+            "user": np.repeat(users, k),
+            "item": self.item_ids[items.ravel()],
+            "rank": np.tile(np.arange(1, k + 1), len(users)),
+            "score": scores.ravel(),
+            "fallback": np.repeat(~known, k),
+        }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
+
+
+def _read(path: Path, reader):
+    """``reader(path)``, with a missing or unreadable bundle file turned into one line naming it."""
+    if not path.is_file():
+        raise RecForgeError(f"{path}: missing from the model bundle; copy the whole 'model' folder of the run")
+    try:
+        return reader(path)
+    except RecForgeError:
+        raise
+    except Exception as exc:  # truncated, corrupt or foreign: every reader fails in its own way
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise RecForgeError(f"{path}: cannot be read ({type(exc).__name__}: {reason}); the file is corrupt or "
+                            "incomplete: copy it again from the run") from None
+
+
+def _index_of(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``pd.Index(ids).get_indexer(raw)`` after coercing ``raw`` to the kind of ``ids``: strings that spell an
+    integer (``"12"``, not ``"12.0"``) find integer ids, integers find string ids; booleans, floats and anything
+    else are unknown (-1). The service (``recforge.serving.core``) applies the same rule to single ids."""
+    int_ids = ids.dtype.kind in "iu"
+    if raw.dtype.kind == "b" or raw.dtype.kind == "f":
+        return np.full(len(raw), -1, dtype=np.int64)
+    if raw.dtype.kind in "iu":
+        return pd.Index(ids).get_indexer(raw if int_ids else raw.astype(str).astype(object))
+    coerced = pd.Series(raw, dtype=object).map(lambda v: _coerce_id(v, int_ids))
+    known = coerced.notna().to_numpy(bool)
+    out = np.full(len(raw), -1, dtype=np.int64)
+    if known.any():
+        values = coerced[known].to_numpy(np.int64 if int_ids else object)
+        out[known] = pd.Index(ids).get_indexer(values)
+    return out
+
+
+def _coerce_id(value, int_ids: bool):
+    """One raw id in the ids' kind, or None (see :func:`_index_of`)."""
+    if isinstance(value, (bool, np.bool_, float, np.floating)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if int_ids else str(value)
+    if isinstance(value, str):
+        if not int_ids:
+            return value
+        return int(value) if _INTEGER.fullmatch(value) else None
+    return None
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,18}")

@@ -1,0 +1,115 @@
+"""One MLflow run per training run: config, tags, metrics (through Lightning's logger), artifacts, model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def sqlite_store_uri(log_dir: str | os.PathLike) -> str:
+    """The SQLite tracking store ``recforge-train`` writes under ``log_dir`` when no server is given."""
+    return f"sqlite:///{Path(log_dir).expanduser().resolve()}/mlflow.db"
+
+
+class MLflowTracker:
+    """Owns the MLflow run of one training run.
+
+    ``uri`` (the config fills it from ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the SQLite
+    file ``<log_dir>/mlflow.db`` with artifacts under ``<log_dir>/mlartifacts``. Lightning's
+    ``MLFlowLogger`` logs the per-epoch metrics into the same run.
+    """
+
+    def __init__(self, uri: str | None = None, experiment_name: str = "recforge", run_name: str | None = None,
+                 log_dir: str = "logs", log_model: bool = True, run_id: str | None = None) -> None:
+        log_path = Path(log_dir).expanduser().resolve()
+        self.uri = uri or sqlite_store_uri(log_path)
+        self.artifact_location = None if uri else (log_path / "mlartifacts").as_uri()
+        if self.uri.startswith("sqlite:"):
+            log_path.mkdir(parents=True, exist_ok=True)
+        self.experiment_name, self.run_name, self.log_model = experiment_name, run_name, log_model
+        self.existing_run_id = run_id   # log into this run (a sweep's child run) instead of starting one
+        self._logger = None
+        # Lightning's MLFlowLogger and mlflow.set_tracking_uri export MLFLOW_TRACKING_URI; restore it when the
+        # run ends so a later run in the same process (a notebook, a sweep, tests) is not sent to this store
+        self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+
+    @property
+    def logger(self):
+        """The Lightning logger writing into this run (created on first use)."""
+        if self._logger is None:
+            from pytorch_lightning.loggers import MLFlowLogger
+
+            self._logger = MLFlowLogger(experiment_name=self.experiment_name, run_name=self.run_name,
+                                        tracking_uri=self.uri, artifact_location=self.artifact_location,
+                                        log_model=False, run_id=self.existing_run_id)
+        return self._logger
+
+    @property
+    def run_id(self) -> str:
+        return self.logger.run_id
+
+    @property
+    def client(self):
+        return self.logger.experiment
+
+    def start(self, params: dict[str, str], tags: dict[str, str], config_yaml: str) -> None:
+        from mlflow.entities import Param, RunTag
+
+        items = list(params.items())
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_text(self.run_id, config_yaml, "config.yaml")
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def log_pyfunc(self, bundle_dir: Path, input_example: Any) -> None:
+        """Log the model bundle as an MLflow pyfunc model (models-from-code), loadable by ``runs:/<id>/model``,
+        with its signature (:func:`recforge.tracking.pyfunc_model.model_signature`) and ``input_example``."""
+        if not self.log_model:
+            return
+        import mlflow
+
+        from recforge.tracking import pyfunc_model
+
+        import pandas as pd
+
+        if isinstance(input_example, pd.DataFrame) and "exclude_seen" not in input_example:
+            input_example = input_example.assign(exclude_seen=True)  # show every input the signature names
+        previous = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri also sets this variable
+        mlflow.set_tracking_uri(self.uri)
+        try:
+            with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+                mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=pyfunc_model.__file__,
+                    artifacts={"bundle": str(bundle_dir)},
+                    input_example=input_example,
+                    signature=pyfunc_model.model_signature(bundle_dir),
+                    pip_requirements=["recforge", "torch", "pandas", "numpy", "scipy", "pyarrow"],
+                )
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+    def finish(self, status: str) -> None:
+        """``FINISHED`` or ``FAILED``; a crashed run is never left RUNNING."""
+        try:
+            if self._logger is not None and self._logger._run_id is not None:
+                self.client.set_terminated(self.run_id, status)
+        finally:
+            if self._env_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = self._env_uri

@@ -1,0 +1,1 @@
+"""Where model, loss, optimizer and metrics meet: the LightningModule and callbacks."""
