@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(known)}")
     logging.disable(logging.WARNING)
-    from recforge.train import quiet_warnings
+    from recforge.cli import quiet_warnings
 
     quiet_warnings()
     started = time.perf_counter()

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,61 +22,6 @@ from recforge.errors import RecForgeError
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
 from recforge.utils.io import atomic_path
-
-class CheckpointState(pl.Callback):
-    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
-    fingerprint and the random generators' states into every checkpoint. Resuming from one
-    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
-    the negatives an uninterrupted run would have drawn."""
-
-    def __init__(self, config_yaml: str, fingerprint: str) -> None:
-        self.config_yaml, self.fingerprint = config_yaml, fingerprint
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["recforge_config"] = self.config_yaml
-        checkpoint["recforge_split_fingerprint"] = self.fingerprint
-        checkpoint["recforge_rng"] = {"cpu": torch.get_rng_state(),
-                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        rng = checkpoint.get("recforge_rng")
-        if rng:
-            torch.set_rng_state(rng["cpu"])
-            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-# settings that choose how the same update is computed (torch's kernels), not what it is: a run may resume under
-# others (optimizer states load across them), e.g. a checkpoint from before optimizer.fused became the default
-HOW_NOT_WHAT = {("optimizer", "fused"), ("optimizer", "foreach")}
-
-
-def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
-    """Refuse, before training, to resume from a checkpoint of another split, model, loss, optimizer or schedule
-    (the checkpoint's optimizer and schedule states would win silently). Returns the epochs it had trained."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise RecForgeError(f"resume_from={path}: cannot be read as a checkpoint "
-                            f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(checkpoint, dict) or "recforge_config" not in checkpoint:
-        raise RecForgeError(f"resume_from={path}: not a RecForge checkpoint (no stored config)")
-    stored = checkpoint.get("recforge_split_fingerprint")
-    if stored != fingerprint:
-        raise RecForgeError(f"resume_from={path}: the checkpoint was trained on split {stored}, but this config gives "
-                            f"split {fingerprint}; resume with the data and split overrides of the stopped run")
-    stored = OmegaConf.create(checkpoint["recforge_config"])
-    for group in ("model", "loss", "optimizer", "scheduler"):
-        before = OmegaConf.to_container(stored[group]) if stored.get(group) else {}
-        now = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
-        changed = sorted(k for k in before.keys() | now.keys()
-                         if before.get(k) != now.get(k) and (group, k) not in HOW_NOT_WHAT)
-        if changed:
-            raise RecForgeError(f"resume_from={path}: the {group} config differs from the stopped run's in "
-                                + ", ".join(f"{group}.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
-                                + "; resume with the stopped run's overrides")
-    return int(checkpoint.get("epoch", -1)) + 1
-
 
 @dataclass
 class Experiment:

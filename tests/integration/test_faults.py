@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recforge.train import run_cli, train
+from recforge.cli import run_cli
+from recforge.train import train
 from recforge.utils.io import atomic_dir, atomic_path, atomic_write_text
 from tests.conftest import REPO, TINY, compose_train
 

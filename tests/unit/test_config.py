@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from recforge.config import CONFIG_DIR, build_model, check_target, metric_mode, resolve_target
+from recforge.config import CONFIG_DIR, build_model, check_target, resolve_target
+from recforge.metrics.names import metric_mode
 from tests.conftest import compose_train
 
 CONF = Path(CONFIG_DIR)
@@ -109,7 +110,7 @@ def test_metric_mode():
 
 @pytest.mark.parametrize("method", ["score", "rrf", "borda", "vote"])
 def test_ensemble_config_composes_for_every_method(method, tmp_path):
-    from recforge.ensemble.fusion import METHODS, NORMALIZATIONS, check_method
+    from recforge.models.fusion import METHODS, NORMALIZATIONS, check_method
 
     cfg = compose_train(["runs=[a,b]", f"method={method}"], tmp_path, config_name="ensemble")
     assert method in METHODS and cfg.normalization in NORMALIZATIONS
@@ -152,7 +153,7 @@ def test_fused_adam_conflicts_are_refused_before_any_data_is_read(tiny_cfg):
 
 def test_resume_accepts_a_checkpoint_from_before_fused_adam_but_not_another_rate(tiny_cfg, tmp_path):
     from recforge.errors import RecForgeError
-    from recforge.pipeline import check_resumable
+    from recforge.restore import check_resumable
 
     cfg = tiny_cfg()
     stored = OmegaConf.to_container(cfg, resolve=True)

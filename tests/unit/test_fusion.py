@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from recforge.ensemble.fusion import fuse, normalize_weights, ranks, simplex_grid, transform
+from recforge.models.fusion import fuse, normalize_weights, ranks, simplex_grid, transform
 from recforge.ensemble.runner import search_weights
 from recforge.models.ensemble import EnsembleRecommender
 

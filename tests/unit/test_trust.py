@@ -172,7 +172,7 @@ def malicious_checkpoint(tmp_path: Path, tiny_cfg, where: str) -> tuple[Path, Pa
 
 @pytest.mark.parametrize("where", ["model", "nested"])
 def test_checkpoint_config_naming_a_function_is_refused(tmp_path, tiny_cfg, where):
-    from recforge.eval import load_checkpoint
+    from recforge.restore import load_checkpoint
 
     bad, _ = malicious_checkpoint(tmp_path, tiny_cfg, where)
     with pytest.raises(UntrustedTarget, match="pandas.read_pickle"):

@@ -19,13 +19,13 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, to_yaml
 from recforge.errors import RecForgeError
-from recforge.train import quiet_warnings, run_cli
+from recforge.cli import quiet_warnings, run_cli
 
 
 def ensemble(cfg: DictConfig) -> dict[str, float]:
     """Build, tune, test and log the ensemble ``cfg`` describes; return its val/test metrics."""
     from recforge.analysis.runs import tracking_client
-    from recforge.ensemble.fusion import check_method
+    from recforge.models.fusion import check_method
     from recforge.ensemble.members import load_members
     from recforge.ensemble.runner import FusionEvaluator, tune_and_test, write_outputs
     from recforge.metrics.evaluator import RankingEvaluator

@@ -46,3 +46,26 @@ class RunIdInCheckpoint(pl.Callback):
 def stored_run_id(path: str) -> str | None:
     """The MLflow run id :class:`RunIdInCheckpoint` stored in the checkpoint ``path`` (None: untracked, or older)."""
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(RUN_ID_KEY)
+
+
+class CheckpointState(pl.Callback):
+    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
+    fingerprint and the random generators' states into every checkpoint. Resuming from one
+    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
+    the negatives an uninterrupted run would have drawn."""
+
+    def __init__(self, config_yaml: str, fingerprint: str) -> None:
+        self.config_yaml, self.fingerprint = config_yaml, fingerprint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["recforge_config"] = self.config_yaml
+        checkpoint["recforge_split_fingerprint"] = self.fingerprint
+        checkpoint["recforge_rng"] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        rng = checkpoint.get("recforge_rng")
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])

@@ -115,7 +115,7 @@ def heartbeat_enabled(storage) -> bool:
 
 def resolve_directions(metrics: Sequence[str], direction: str | Sequence[str] | None) -> list[str]:
     """``direction`` as a list matching ``metrics``; ``None`` takes each metric's natural direction."""
-    from recforge.config import metric_mode
+    from recforge.metrics.names import metric_mode
 
     if direction is None:
         return ["minimize" if metric_mode(m) == "min" else "maximize" for m in metrics]
@@ -143,7 +143,7 @@ def report_metric(metrics: Sequence[str], monitor: str, directions: Sequence[str
     The objective itself when it is a ``val/`` metric, its ``val/`` twin for a ``test/`` objective, else
     ``monitor`` when it improves in the same direction. Multi-objective studies cannot prune.
     """
-    from recforge.config import metric_mode
+    from recforge.metrics.names import metric_mode
 
     if len(metrics) != 1:
         return None
