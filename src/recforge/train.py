@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
-from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, finite, git_commit, model_spec,
-                               per_user_frame, recommendations_frame, split_frames, write_parquet)
+from recforge.pipeline import (CheckpointState, build_experiment, check_resumable, config_integer, finite, git_commit,
+                               model_spec, per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.utils.io import atomic_write_text
 
 log = logging.getLogger("recforge")
@@ -26,7 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate the experiment ``cfg`` describes; return its validation and test metrics."""
     started = time.perf_counter()
     resume = resume_path(cfg)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(config_integer(cfg, "seed", 42), workers=True, verbose=False)
     exp = build_experiment(cfg)
     dm, module = exp.datamodule, exp.module
     done_before = check_resumable(resume, cfg, dm.fingerprint) if resume else 0  # epochs the checkpoint had trained
