@@ -183,12 +183,12 @@ def check_data_config(cfg: DictConfig, datamodule: RecDataModule, feedback: str)
     """The checks of :func:`check_config` that need the data: a ranking cut-off above the catalogue size is
     refused, not clamped, since a metric logged as ``*_at_20`` but cut at fewer items (and a monitor naming it)
     would not mean what its name says."""
-    too_large = [k for k in cfg.eval.ks if k > datamodule.n_items] if feedback == "implicit" else []
-    if too_large:
-        raise RecForgeError(f"eval.ks={list(cfg.eval.ks)}: {too_large[0]} is above the catalogue size "
-                            f"({datamodule.n_items} items), where every item is in the top-K and a metric at K is not "
-                            f"what its name says; use cut-offs up to {datamodule.n_items}, e.g. "
-                            f"eval.ks=[{min(10, datamodule.n_items)}]")
+    n_items, ks = datamodule.n_items, list(cfg.eval.ks)
+    if feedback == "implicit" and max(ks) > n_items:
+        fitting = [k for k in ks if k <= n_items] or [min(10, n_items)]
+        raise RecForgeError(f"eval.ks={ks}: {max(ks)} is above the catalogue size ({n_items} items), where every item "
+                            f"is in the top-K and a metric at K is not what its name says; use cut-offs up to "
+                            f"{n_items}, e.g. eval.ks=[{','.join(map(str, fitting))}]")
 
 
 def sampled_kwargs(cfg: DictConfig) -> dict:
