@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from recforge.cli import quiet_warnings, run_cli
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
-from recforge.pipeline import (Experiment, build_experiment, finite, git_commit, model_spec, per_user_frame,
-                               recommendations_frame, split_frames, write_parquet)
+from recforge.pipeline import (Experiment, build_experiment, config_integer, finite, git_commit, model_spec,
+                               per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.restore import check_resumable
 from recforge.training.checkpoint import AtomicCheckpointIO, CheckpointState, RunIdInCheckpoint, stored_run_id
 from recforge.utils.io import atomic_dir, atomic_write_text, writable_folder
@@ -34,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = resume_path(cfg)
     output_dir = writable_folder(cfg.paths.output_dir, "paths.output_dir")
     tracker = build(cfg, "tracking") if cfg.get("tracking") else None   # checks that its log folder can be written
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(config_integer(cfg, "seed", 42), workers=True, verbose=False)
     exp = build_experiment(cfg)
     dm, module = exp.datamodule, exp.module
     done_before = check_resumable(resume, cfg, dm.fingerprint) if resume else 0  # epochs the checkpoint had trained

@@ -46,8 +46,14 @@ def test_deduplicate_keeps_first_last_or_mean_by_time(keep, rating, ts):
 
 def test_validate_ratings_errors_or_drops():
     f = frame([(1, 1, 3.0, 0), (1, 2, 6.0, 0), (2, 1, np.nan, 0)])
-    with pytest.raises(RecForgeError, match=r"2 ratings are missing or outside \[1.0, 5.0\]"):
-        ValidateRatings()(f, state())
+    with pytest.raises(RecForgeError, match=r"^r.csv: 1 rating is not a finite number .* data row 3, user 2, item 1"):
+        ValidateRatings()(f, state(origin="r.csv"))
+    with pytest.raises(RecForgeError, match=r"1 rating is outside the rating range \[1.0, 5.0\], the first at data "
+                                            r"row 2, user 1, item 2, rating 6.0; .* data.rating_range"):
+        ValidateRatings()(f.iloc[:2], state())
+    with pytest.raises(RecForgeError, match=r"outside the rating range \[1.0, 4.0\], the first at user 1, .* "
+                                            r"ValidateRatings low/high"):  # rows removed before: no row number
+        ValidateRatings(high=4.0)(f.iloc[:2], state(file_order=False))
     s = state()
     assert ValidateRatings(on_invalid="drop")(f, s)["item"].tolist() == [1]
     assert s.report["data/pre_validate_ratings_removed"] == 2

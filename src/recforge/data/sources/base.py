@@ -16,6 +16,7 @@ from typing import Iterable, Protocol
 
 import pandas as pd
 
+from recforge.data.readers import check_readable
 from recforge.errors import RecForgeError
 from recforge.utils.io import atomic_write_text
 
@@ -33,7 +34,8 @@ class RawData:
     ``part_<name>`` int8 columns when the dataset ships official splits (0 train, 1 val, 2 test, -1 in
     neither). ``user_features`` / ``item_features`` are optional frames indexed by raw id.
     ``checksums`` maps each raw file (or generator setting) to a digest, so caches and split fingerprints
-    change whenever the data does. On a cache hit the datamodule does not read the raw files again, and
+    change whenever the data does. ``origin`` is the file the interactions were read from (named in messages;
+    empty for generated data). On a cache hit the datamodule does not read the raw files again, and
     ``interactions`` is then an empty frame with the standard columns.
     """
 
@@ -43,6 +45,7 @@ class RawData:
     checksums: dict[str, str] = field(default_factory=dict)
     user_features: pd.DataFrame | None = None
     item_features: pd.DataFrame | None = None
+    origin: str = ""
 
     @property
     def predefined_splits(self) -> list[str]:
@@ -80,6 +83,7 @@ def file_digest(path: Path, memo_dir: Path | None = None, algorithm: str = "sha2
         digest = hashlib.sha1(f"blob {stat.st_size}\0".encode())
     else:
         digest = hashlib.sha256()
+    check_readable(path)
     with open(path, "rb") as fh:
         while block := fh.read(1 << 22):
             digest.update(block)
