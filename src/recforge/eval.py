@@ -8,31 +8,14 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from recforge.cli import run_cli
 from recforge.config import CONFIG_DIR
 from recforge.errors import RecForgeError
 from recforge.pipeline import finite
 from recforge.restore import load_checkpoint
-from recforge.cli import run_cli
-
-
-def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: Path) -> Path:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from recforge.tracking.tracker import sqlite_store_uri
-
-    uri = tracking_uri or sqlite_store_uri(log_dir)
-    try:
-        local = MlflowClient(uri).download_artifacts(run_id, "checkpoints", str(into))
-    except MlflowException as exc:
-        raise RecForgeError(f"run_id={run_id}: no checkpoint artifact in {uri} ({exc.message})") from None
-    found = sorted(Path(local).glob("*.ckpt"))
-    if not found:
-        raise RecForgeError(f"run_id={run_id}: the run logged no checkpoint")
-    return found[0]
+from recforge.tracking.client import fetch_checkpoint
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
