@@ -12,5 +12,5 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 """RecForge's own Hydra configs: the option of every group, each a ``_target_`` and its arguments."""

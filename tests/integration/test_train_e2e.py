@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recforge import CONFIG_DIR
 from recforge.errors import RecForgeError
 from recforge.eval import evaluate
 from recforge.train import train
@@ -323,7 +324,7 @@ def test_served_history_models_read_every_known_interaction(tiny_cfg, model):
             assert torch.equal(rows.sum(1), torch.as_tensor(np.diff(bundle.seen.tocsr().indptr))[users].float())
 
 
-ALL_MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+ALL_MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)

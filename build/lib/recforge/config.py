@@ -13,15 +13,9 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from recforge import CONFIG_DIR as PACKAGE_CONFIG_DIR
 from recforge.errors import RecForgeError
+from recforge.metrics.names import metric_mode
 
 CONFIG_DIR = str(PACKAGE_CONFIG_DIR)
-LOWER_IS_BETTER = ("rmse", "mae", "loss", "gini", "avgpop")
-
-
-def metric_mode(metric: str) -> str:
-    """``min`` for errors and losses, ``max`` for everything else."""
-    return "min" if any(part in metric.rsplit("/", 1)[-1] for part in LOWER_IS_BETTER) else "max"
-
 
 if not OmegaConf.has_resolver("metric_mode"):
     OmegaConf.register_new_resolver("metric_mode", metric_mode)
@@ -97,5 +91,5 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-__all__ = ["CONFIG_DIR", "OmegaConfBaseException", "build", "build_model", "check_target", "flatten", "metric_mode",
+__all__ = ["CONFIG_DIR", "OmegaConfBaseException", "build", "build_model", "check_target", "flatten",
            "to_yaml"]

@@ -6,6 +6,7 @@ Hydra/OmegaConf stay at this level: everything below receives explicit arguments
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import subprocess
 from dataclasses import dataclass
@@ -13,70 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recforge.config import build, build_model, check_target, resolve_target
 from recforge.data.datamodule import RecDataModule
+from recforge.data.split import KFoldSplit, RandomSplit
 from recforge.errors import RecForgeError
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
 from recforge.utils.io import atomic_path
 
-class CheckpointState(pl.Callback):
-    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
-    fingerprint and the random generators' states into every checkpoint. Resuming from one
-    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
-    the negatives an uninterrupted run would have drawn."""
-
-    def __init__(self, config_yaml: str, fingerprint: str) -> None:
-        self.config_yaml, self.fingerprint = config_yaml, fingerprint
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["recforge_config"] = self.config_yaml
-        checkpoint["recforge_split_fingerprint"] = self.fingerprint
-        checkpoint["recforge_rng"] = {"cpu": torch.get_rng_state(),
-                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        rng = checkpoint.get("recforge_rng")
-        if rng:
-            torch.set_rng_state(rng["cpu"])
-            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-# settings that choose how the same update is computed (torch's kernels), not what it is: a run may resume under
-# others (optimizer states load across them), e.g. a checkpoint from before optimizer.fused became the default
-HOW_NOT_WHAT = {("optimizer", "fused"), ("optimizer", "foreach")}
-
-
-def check_resumable(path: str, cfg: DictConfig, fingerprint: str) -> int:
-    """Refuse, before training, to resume from a checkpoint of another split, model, loss, optimizer or schedule
-    (the checkpoint's optimizer and schedule states would win silently). Returns the epochs it had trained."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise RecForgeError(f"resume_from={path}: cannot be read as a checkpoint "
-                            f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(checkpoint, dict) or "recforge_config" not in checkpoint:
-        raise RecForgeError(f"resume_from={path}: not a RecForge checkpoint (no stored config)")
-    stored = checkpoint.get("recforge_split_fingerprint")
-    if stored != fingerprint:
-        raise RecForgeError(f"resume_from={path}: the checkpoint was trained on split {stored}, but this config gives "
-                            f"split {fingerprint}; resume with the data and split overrides of the stopped run")
-    stored = OmegaConf.create(checkpoint["recforge_config"])
-    for group in ("model", "loss", "optimizer", "scheduler"):
-        before = OmegaConf.to_container(stored[group]) if stored.get(group) else {}
-        now = OmegaConf.to_container(cfg[group], resolve=True) if cfg.get(group) else {}
-        changed = sorted(k for k in before.keys() | now.keys()
-                         if before.get(k) != now.get(k) and (group, k) not in HOW_NOT_WHAT)
-        if changed:
-            raise RecForgeError(f"resume_from={path}: the {group} config differs from the stopped run's in "
-                                + ", ".join(f"{group}.{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
-                                + "; resume with the stopped run's overrides")
-    return int(checkpoint.get("epoch", -1)) + 1
+log = logging.getLogger("recforge")
 
 
 @dataclass
@@ -120,8 +69,71 @@ def check_config(cfg: DictConfig) -> None:
     ks = list(cfg.eval.ks)
     if not ks or any((not isinstance(k, int)) or k < 1 for k in ks):
         raise RecForgeError(f"eval.ks must be a list of positive integers, got {ks}")
+    for key, example in INTEGER_KEYS.items():
+        config_integer(cfg, key, example)
     if cfg.trainer.get("max_epochs") is not None and cfg.trainer.max_epochs < 0:
         raise RecForgeError("trainer.max_epochs must be >= 0")
+    check_model_sizes(cfg)
+    warn_random_split_of_histories(cfg)
+
+
+# integer settings (and an example of each) that would otherwise end in a traceback deep inside a library
+INTEGER_KEYS = {"seed": 42, "trainer.max_epochs": 15, "datamodule.batch_size": 1024,
+                "datamodule.eval_batch_size": 65536}
+# model arguments that are sizes (besides every ``*_dim`` and lists of layer widths); 0 leaves a model without weights
+MODEL_SIZES = ("factors", "channels", "n_heads", "max_len")
+
+
+def config_integer(cfg: DictConfig, key: str, example: int) -> int | None:
+    """The integer at the dotted ``key`` of ``cfg`` (None when unset); anything else stops with the key and type."""
+    value = OmegaConf.select(cfg, key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RecForgeError(f"{key}={value!r} must be an integer, e.g. {key}={example}")
+    return value
+
+
+def check_model_sizes(cfg: DictConfig) -> None:
+    """Refuse a model size (``model.embedding_dim``, ``model.hidden_dims``, ...) that is not a positive integer."""
+    params = inspect.signature(resolve_target(cfg.model._target_)).parameters
+    for key, value in cfg.model.items():
+        is_list = OmegaConf.is_list(value)
+        if is_list and key.endswith(("layers", "_dims")):
+            sizes = list(value)
+        elif key.endswith("_dim") or key in MODEL_SIZES:
+            sizes = [value]
+        else:
+            continue
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            continue
+        default = params[key].default if key in params else None
+        example = default if default and default is not inspect.Parameter.empty else ([64] if is_list else 64)
+        if is_list:
+            value, example = (f"[{','.join(map(str, v))}]" for v in (value, example))
+        raise RecForgeError(f"model.{key}={value} must be {'positive integers' if is_list else 'a positive integer'}: "
+                            f"a size of the model (0 trains a model without weights); e.g. model.{key}={example}")
+
+
+def warn_random_split_of_histories(cfg: DictConfig) -> None:
+    """A sequential model learns to predict a user's next item; a random split tests it on items from anywhere in
+    the history, some before items it trained on. A warning, not an error: it runs, and some studies do this."""
+    model_cls, split_cls = resolve_target(cfg.model._target_), resolve_target(cfg.split._target_)
+    random_split = inspect.isclass(split_cls) and issubclass(split_cls, (RandomSplit, KFoldSplit))
+    if getattr(model_cls, "train_view", None) == "sequences" and random_split:
+        log.warning("model %s learns each user's history in time order, but split %s holds out interactions from "
+                    "anywhere in a history (it tests on items from before those it trained on); use "
+                    "split=leave_one_out to hold out each user's latest item", model_cls.__name__, split_cls.__name__)
+
+
+def check_data_config(cfg: DictConfig, datamodule: RecDataModule, feedback: str) -> None:
+    """The checks of :func:`check_config` that need the data: a ranking cut-off above the catalogue size is
+    refused, not clamped, since a metric logged as ``*_at_20`` but cut at fewer items (and a monitor naming it)
+    would not mean what its name says."""
+    n_items, ks = datamodule.n_items, list(cfg.eval.ks)
+    if feedback == "implicit" and max(ks) > n_items:
+        fitting = [k for k in ks if k <= n_items] or [min(10, n_items)]
+        raise RecForgeError(f"eval.ks={ks}: {max(ks)} is above the catalogue size ({n_items} items), where every item "
+                            f"is in the top-K and a metric at K is not what its name says; use cut-offs up to "
+                            f"{n_items}, e.g. eval.ks=[{','.join(map(str, fitting))}]")
 
 
 def sampled_kwargs(cfg: DictConfig) -> dict:
@@ -160,6 +172,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
     datamodule = build_datamodule(cfg, loss.feedback)
+    check_data_config(cfg, datamodule, loss.feedback)
     data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
     datamodule.train_view = train_view(model, loss)

@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recforge.config import CONFIG_DIR, metric_mode, to_yaml
+from recforge.config import CONFIG_DIR, to_yaml
+from recforge.metrics.names import metric_mode
 from recforge.errors import RecForgeError
-from recforge.train import quiet_warnings, run_cli, train
+from recforge.cli import quiet_warnings, run_cli
+from recforge.train import train
 
 MODES = ("finetune", "scratch", "both")
 

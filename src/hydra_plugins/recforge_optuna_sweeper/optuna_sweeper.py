@@ -430,7 +430,8 @@ class OptunaSweeper(Sweeper):
         if files[:-1]:
             first = files[0].stem
             text += (f"\nbest experiment: {files[0]}\n  run it: recforge-train 'hydra.searchpath=[file://{sweep_dir}]' "
-                     f"experiment={first}\n  or copy it to conf/experiment/ and run: recforge-train experiment={first}")
+                     f"experiment={first}\n  or copy it into the experiment/ folder of your config folder "
+                     f"(docs/extending.md) and run: recforge-train experiment={first}")
         print(text)
         return info
 
@@ -455,5 +456,6 @@ class OptunaSweeper(Sweeper):
         score = ", ".join(f"{m}={v:.6g}" for m, v in zip(metrics, trial.values))
         header = [f"Trial {trial.number} of Optuna study '{study_name}': {score}",
                   f"Run: recforge-train 'hydra.searchpath=[file://{sweep_dir}]' experiment={name}",
-                  "or copy this file to conf/experiment/ and run: recforge-train experiment=" + name]
+                  "or copy this file into the experiment/ folder of your config folder (docs/extending.md) and run: "
+                  "recforge-train experiment=" + name]
         return experiment_yaml(groups, added, values, header)

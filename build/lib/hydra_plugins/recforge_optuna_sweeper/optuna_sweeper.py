@@ -274,7 +274,9 @@ class OptunaSweeper(Sweeper):
         launched = 0
         try:
             while True:
-                st.reap_dead_trials(study, self.max_retry)
+                for dead in st.reap_dead_trials(study, self.max_retry):   # retried; their child runs are closed
+                    if runs is not None and dead.user_attrs.get("mlflow_run_id"):
+                        runs.kill_child(dead.user_attrs["mlflow_run_id"])
                 counts = st.count_trials(study)
                 if counts.done >= n_trials:
                     break
@@ -428,7 +430,8 @@ class OptunaSweeper(Sweeper):
         if files[:-1]:
             first = files[0].stem
             text += (f"\nbest experiment: {files[0]}\n  run it: recforge-train 'hydra.searchpath=[file://{sweep_dir}]' "
-                     f"experiment={first}\n  or copy it to conf/experiment/ and run: recforge-train experiment={first}")
+                     f"experiment={first}\n  or copy it into the experiment/ folder of your config folder "
+                     f"(docs/extending.md) and run: recforge-train experiment={first}")
         print(text)
         return info
 
@@ -453,5 +456,6 @@ class OptunaSweeper(Sweeper):
         score = ", ".join(f"{m}={v:.6g}" for m, v in zip(metrics, trial.values))
         header = [f"Trial {trial.number} of Optuna study '{study_name}': {score}",
                   f"Run: recforge-train 'hydra.searchpath=[file://{sweep_dir}]' experiment={name}",
-                  "or copy this file to conf/experiment/ and run: recforge-train experiment=" + name]
+                  "or copy this file into the experiment/ folder of your config folder (docs/extending.md) and run: "
+                  "recforge-train experiment=" + name]
         return experiment_yaml(groups, added, values, header)

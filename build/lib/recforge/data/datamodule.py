@@ -18,16 +18,10 @@ from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
 from recforge.data.split import Split, check_split, isin
 from recforge.errors import RecForgeError
+from recforge.utils.distributed import process_rank
 from recforge.utils.sparse import row_pointers
 
 log = logging.getLogger("recforge")
-
-
-def process_rank() -> tuple[int, int]:
-    """``(rank, world size)`` of this process in a ``torch.distributed`` job, ``(0, 1)`` outside one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class ShuffledBatches(IterableDataset):

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from recforge.data.digests import file_digest
 from recforge.errors import RecForgeError
 from recforge.utils.io import atomic_path, atomic_write_text
 
@@ -31,8 +32,6 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 6
     if dest.is_file():
         if sha256 is None:
             return dest
-        from recforge.data.sources.base import file_digest
-
         if file_digest(dest, memo_dir) == sha256:
             return dest
     digest = hashlib.sha256()

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recforge.data.preprocess import Deduplicate, DropMissing, PreprocessState, RatingThreshold, run_steps
+from recforge.data.preprocess import (Deduplicate, DropMissing, PreprocessState, RatingThreshold, ValidateRatings,
+                                      run_steps)
 from recforge.data.sources.base import RawData
 from recforge.errors import RecForgeError
 
@@ -42,17 +43,20 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps
             ) -> tuple[pd.DataFrame, IdMaps, PreprocessState]:
     """Run the preprocessing ``steps`` on ``raw`` and map ids to ``0..n-1``.
 
-    ``implicit_threshold`` (for implicit feedback) appends a :class:`RatingThreshold` step; the rating stays
-    in the table as a graded relevance. Users and items are indexed in the order of their sorted raw ids, so
-    the same data gives the same indices. Returns the encoded frame (``user``, ``item``, ``rating``,
+    Ratings are checked first (finite, within ``raw.rating_range``) by a :class:`ValidateRatings` step unless
+    ``steps`` has its own. ``implicit_threshold`` (for implicit feedback) appends a :class:`RatingThreshold`
+    step; the rating stays in the table as a graded relevance. Users and items are indexed in the order of
+    their sorted raw ids, so the same data gives the same indices. Returns the encoded frame (``user``, ``item``, ``rating``,
     ``timestamp`` plus any ``part_*``/``ts_*`` columns), the id maps and the preprocessing state.
     """
     if feedback not in FEEDBACK:
         raise RecForgeError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")
     steps = list(default_steps() if steps is None else steps)
+    if not any(isinstance(step, ValidateRatings) for step in steps):
+        steps.insert(0, ValidateRatings())
     if implicit_threshold is not None:
         steps.append(RatingThreshold(implicit_threshold, implicit_only=True))
-    state = PreprocessState(rating_range=raw.rating_range, feedback=feedback)
+    state = PreprocessState(rating_range=raw.rating_range, feedback=feedback, origin=raw.origin or raw.name)
     frame = raw.interactions
     for column in ("user", "item"):
         if len(frame) and frame[column].isna().all():

@@ -28,9 +28,12 @@ class PreprocessState:
     rating_scale: float = 1.0
     rating_offset: float = 0.0
     report: dict[str, float] = field(default_factory=dict)
+    origin: str = ""          # the file (or dataset) the rows came from, named in messages
+    file_order: bool = True   # rows are still the file's rows in its order (no step reorders; some remove)
 
     def removed(self, step: str, before: int, after: int) -> None:
         self.report[f"data/pre_{step}_removed"] = self.report.get(f"data/pre_{step}_removed", 0.0) + before - after
+        self.file_order = self.file_order and before == after
 
 
 class Step:
@@ -65,7 +68,8 @@ class DropMissing(Step):
 class ValidateRatings(Step):
     """Check ratings are finite and in range (``low``/``high``, default: the dataset's rating range).
 
-    ``on_invalid``: ``error`` stops with the count and an example, ``drop`` removes the rows.
+    ``on_invalid``: ``error`` stops with the count, the first bad row and the fix; ``drop`` removes the rows.
+    :func:`recforge.data.interactions.prepare` runs ``ValidateRatings()`` first unless the steps have their own.
     """
 
     key = "validate_ratings"
@@ -81,22 +85,37 @@ class ValidateRatings(Step):
             low = state.rating_range[0] if low is None else low
             high = state.rating_range[1] if high is None else high
         rating = frame["rating"].to_numpy(np.float64)
-        bad = ~np.isfinite(rating)
+        not_finite = ~np.isfinite(rating)
+        outside = np.zeros(len(rating), bool)
         if low is not None:
-            bad |= rating < low
+            outside |= rating < low
         if high is not None:
-            bad |= rating > high
-        if bad.any():
-            if self.on_invalid == "error":
-                example = frame.iloc[int(np.flatnonzero(bad)[0])]
-                raise RecForgeError(
-                    f"{int(bad.sum())} ratings are missing or outside [{low}, {high}] (e.g. user {example['user']!r}, "
-                    f"item {example['item']!r}, rating {example['rating']}); fix the data, set the range with "
-                    "data.rating_range, or use ValidateRatings with on_invalid: drop"
-                )
-            frame = frame[~bad].reset_index(drop=True)
-            state.removed(self.key, len(bad), len(frame))
-        return frame
+            outside |= rating > high
+        bad = not_finite | outside
+        if not bad.any():
+            return frame
+        if self.on_invalid == "error" and not_finite.any():
+            self._refuse(frame, state, not_finite, "not a finite number (missing, NaN or infinite)",
+                         "fix or remove those rows")
+        if self.on_invalid == "error":
+            key = "ValidateRatings low/high" if (self.low, self.high) != (None, None) else "data.rating_range"
+            self._refuse(frame, state, outside, f"outside the rating range [{low}, {high}]",
+                         f"fix those rows, or set {key} to the data's scale")
+        out = frame[~bad].reset_index(drop=True)
+        state.removed(self.key, len(frame), len(out))
+        return out
+
+    @staticmethod
+    def _refuse(frame: pd.DataFrame, state: PreprocessState, mask: np.ndarray, what: str, fix: str) -> None:
+        first, count = int(np.flatnonzero(mask)[0]), int(mask.sum())
+        row = f"data row {first + 1}, " if state.file_order else ""
+        user, item, rating = (frame[c].iloc[first] for c in ("user", "item", "rating"))
+        user, item = (v.item() if isinstance(v, np.generic) else v for v in (user, item))
+        raise RecForgeError(
+            f"{state.origin or 'the data'}: {count} {'rating is' if count == 1 else 'ratings are'} {what}, the first "
+            f"at {row}user {user!r}, item {item!r}, rating {rating}; {fix}, or drop them with "
+            "{_target_: recforge.data.preprocess.ValidateRatings, on_invalid: drop} in datamodule.preprocess"
+        )
 
 
 class Deduplicate(Step):

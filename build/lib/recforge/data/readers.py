@@ -7,6 +7,7 @@ file, the line, the column and the fix. A failure never leaves anything behind (
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import json
@@ -22,6 +23,18 @@ from recforge.errors import RecForgeError
 
 FORMATS = ("csv", "tsv", "parquet")
 STANDARD = ("user", "item", "rating", "timestamp")
+# an id written as a canonical integer: no sign, spaces, leading zeros or decimal point, at most 18 digits (fits int64)
+CANONICAL_INTEGER = r"^(0|[1-9][0-9]{0,17})$"
+
+
+def check_readable(path: Path) -> None:
+    """Stop with a one-line error when ``path`` exists but cannot be opened (permissions, a folder)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise RecForgeError(f"{path}: cannot be read ({exc.strerror}); make it readable (e.g. chmod a+r) or point "
+                            "data.path / paths.data_dir at a readable copy") from None
 
 
 def _check_file(path: Path) -> None:
@@ -29,6 +42,40 @@ def _check_file(path: Path) -> None:
         raise RecForgeError(f"{path}: file not found; check the path (data.path / paths.data_dir)")
     if path.stat().st_size == 0:
         raise RecForgeError(f"{path}: file is empty; re-download it or point paths.data_dir at a complete copy")
+    check_readable(path)
+
+
+def integer_ids(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """A text id column as int64 when every value is a canonical integer, else unchanged: ``05`` and ``5``, or
+    ``1.0`` and ``1``, are different ids in a file, and reading them as numbers would merge them."""
+    import pyarrow.compute as pc
+
+    if pc.all(pc.match_substring_regex(column, CANONICAL_INTEGER)).as_py() is not True:
+        return column
+    return column.cast(pa.int64())
+
+
+def _check_unique(names: Sequence[str], where: str, fix: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise RecForgeError(f"{where}: column {name!r} appears more than once; {fix}")
+        seen.add(name)
+
+
+def _check_bom(path: Path, first: bytes, encoding: str) -> bytes:
+    """``first`` (the file's first bytes) without a UTF-8 byte-order mark, which UTF-8 readers skip; a mark the
+    reader would take for text stops with the fix."""
+    utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    if first.startswith(codecs.BOM_UTF8):
+        if not utf8:
+            raise RecForgeError(f"{path}: starts with a UTF-8 byte-order mark (BOM), so it is UTF-8 text; set "
+                                f"data.encoding=utf-8 (not {encoding})")
+        return first[len(codecs.BOM_UTF8):]
+    if first.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise RecForgeError(f"{path}: starts with a UTF-16 byte-order mark (BOM), so it is UTF-16 text; save it as "
+                            "UTF-8 (e.g. iconv -f UTF-16 -t UTF-8) and read that copy")
+    return first
 
 
 def infer_format(path: Path, fmt: str | None) -> str:
@@ -46,7 +93,7 @@ def infer_format(path: Path, fmt: str | None) -> str:
 
 def _header_fields(path: Path, sep: str, encoding: str) -> list[str]:
     with open(path, "rb") as fh:
-        first = fh.readline()
+        first = _check_bom(path, fh.readline(), encoding)
     try:
         text = first.decode(encoding).rstrip("\r\n")
     except UnicodeDecodeError as exc:
@@ -68,7 +115,7 @@ def _diagnose_delimited(path: Path, sep: str, header: bool, n_fields: int, numer
         line = data.count(b"\n", 0, exc.start) + 1
         return RecForgeError(f"{path}, line {line}: not valid {encoding} text ({exc.reason} at byte {exc.start}); "
                              "set data.encoding to the file's encoding (e.g. latin-1)")
-    text = data.decode(encoding)
+    text = data.decode(encoding).removeprefix("\ufeff")
     lines = text.splitlines()
     start = 1 if header else 0
     for number, line in enumerate(lines[start:], start=start + 1):
@@ -103,9 +150,10 @@ def read_table(
 ) -> pd.DataFrame:
     """Read ``columns`` (standard name -> the file's column name) of a CSV, TSV or Parquet file.
 
-    Headerless delimited files name their fields with ``names``. ``numeric`` columns must parse as numbers;
-    user and item ids keep their type (integers stay integers, anything else becomes strings). The result
-    has the standard names. Raises :class:`RecForgeError` naming the file, the line and the column.
+    Headerless delimited files name their fields with ``names``. ``numeric`` columns must parse as numbers.
+    User and item ids of delimited files are text unless every value of the column is a canonical integer
+    (:func:`integer_ids`); Parquet ids keep their type (whole floats become integers). The result has the
+    standard names. Raises :class:`RecForgeError` naming the file, the line and the column.
     """
     path = Path(path)
     _check_file(path)
@@ -118,6 +166,7 @@ def read_table(
             available = pq.read_schema(path).names
         except (pa.ArrowInvalid, OSError) as exc:
             raise RecForgeError(f"{path}: not a readable Parquet file ({exc}); re-export or re-download it") from None
+        _check_unique(available, str(path), "re-export the file with one column of each name")
         _require_columns(path, wanted, available, key_prefix)
         table = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
         return _to_frame(path, table, wanted, numeric, key_prefix)
@@ -127,13 +176,22 @@ def read_table(
         available = _header_fields(path, sep, encoding)
         if names is not None:
             raise RecForgeError(f"{key_prefix}.names is only for files without a header; set {key_prefix}.header=false")
+        _check_unique(available, f"{path}, line 1", "rename the header's duplicates so that every column has its "
+                                                     "own name")
     else:
         if not names:
             raise RecForgeError(f"{path}: {key_prefix}.header=false needs {key_prefix}.names, the file's field names "
                                 "in order (e.g. [user, item, rating, timestamp])")
+        with open(path, "rb") as fh:
+            _check_bom(path, fh.read(4), encoding)
         available = list(names)
+        _check_unique(available, f"{key_prefix}.names", "give every field its own name")
     _require_columns(path, wanted, available, key_prefix)
     table = _read_delimited_arrow(path, sep, header, available, wanted, numeric, encoding)
+    for std in ("user", "item"):
+        if std in wanted:
+            table = table.set_column(table.column_names.index(wanted[std]), wanted[std],
+                                     integer_ids(table.column(wanted[std])))
     if table.num_rows == 0:
         raise RecForgeError(f"{path}: no data rows; the file has {'only a header' if header else 'no lines'}")
     try:
@@ -161,25 +219,19 @@ def _read_delimited_arrow(path: Path, sep: str, header: bool, fields: Sequence[s
             buffer = fh.read().replace(sep.encode(encoding), b"\x1f")
         delimiter = "\x1f"
     types = {wanted[c]: pa.float64() for c in numeric if c in wanted}
+    types.update({wanted[c]: pa.string() for c in ("user", "item") if c in wanted})  # ids as written: integer_ids
     read = pc.ReadOptions(column_names=list(fields), skip_rows=1 if header else 0, encoding=encoding,
                           block_size=1 << 26)
     parse = pc.ParseOptions(delimiter=delimiter, quote_char='"' if sep == "," else False)
     numeric_idx = {list(fields).index(wanted[c]): c for c in numeric if c in wanted}
 
-    def attempt(extra: dict) -> pa.Table:
-        convert = pc.ConvertOptions(include_columns=list(dict.fromkeys(wanted.values())),
-                                    column_types={**types, **extra}, strings_can_be_null=True)
-        stream = pa.BufferReader(buffer) if buffer is not None else str(path)
-        return pc.read_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
-
+    convert = pc.ConvertOptions(include_columns=list(dict.fromkeys(wanted.values())), column_types=types,
+                                strings_can_be_null=True)
+    stream = pa.BufferReader(buffer) if buffer is not None else str(path)
     try:
-        return attempt({})
-    except pa.ArrowInvalid as first:
-        # ids that look numeric in the first block but are not everywhere: read ids as strings
-        try:
-            return attempt({wanted[c]: pa.string() for c in ("user", "item") if c in wanted})
-        except pa.ArrowInvalid:
-            raise _diagnose_delimited(path, sep, header, len(fields), numeric_idx, encoding, str(first)) from None
+        return pc.read_csv(stream, read_options=read, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        raise _diagnose_delimited(path, sep, header, len(fields), numeric_idx, encoding, str(exc)) from None
     except UnicodeDecodeError as exc:  # raised by the transcoder for non-UTF-8 encodings
         raise RecForgeError(f"{path}: not valid {encoding} text ({exc.reason}); set data.encoding") from None
 
@@ -199,6 +251,9 @@ def _to_frame(path: Path, table: pa.Table, wanted: Mapping[str, str], numeric: S
                                     f"map a numeric column with {key_prefix}.columns.{std}=<name>")
             values = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
             out[std] = values
+        elif pa.types.is_nested(column.type):
+            raise RecForgeError(f"{path}: column {src!r} ({std}) holds {column.type} values, not one id per row; "
+                                f"map a column of plain ids with {key_prefix}.columns.{std}=<name>")
         else:
             if pa.types.is_integer(column.type):
                 if column.null_count:

@@ -19,13 +19,13 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, to_yaml
 from recforge.errors import RecForgeError
-from recforge.train import quiet_warnings, run_cli
+from recforge.cli import quiet_warnings, run_cli
 
 
 def ensemble(cfg: DictConfig) -> dict[str, float]:
     """Build, tune, test and log the ensemble ``cfg`` describes; return its val/test metrics."""
     from recforge.analysis.runs import tracking_client
-    from recforge.ensemble.fusion import check_method
+    from recforge.models.fusion import check_method
     from recforge.ensemble.members import load_members
     from recforge.ensemble.runner import FusionEvaluator, tune_and_test, write_outputs
     from recforge.metrics.evaluator import RankingEvaluator
@@ -86,7 +86,7 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
             users, items = dm.id_maps.to_frame()
             tracker.log_artifact(write_parquet(users, output_dir / "user_ids.parquet"), "id_maps")
             tracker.log_artifact(write_parquet(items, output_dir / "item_ids.parquet"), "id_maps")
-            tracker.log_pyfunc(bundle, pd.DataFrame({"user": dm.id_maps.users[:2], "k": [10, 10]}))
+            tracker.log_pyfunc(bundle, pd.DataFrame({"user": dm.id_maps.users[:2], "k": 10}))
             metrics["run_id"] = tracker.run_id
             status = "FINISHED"
         finally:
@@ -107,6 +107,7 @@ def save_ensemble_bundle(directory: Path, members, weights, cfg: DictConfig, dm)
 
     from recforge.models.ensemble import EnsembleRecommender
     from recforge.tracking.bundle import save_bundle
+    from recforge.utils.io import atomic_dir
 
     seen = dm.seen_matrix()
     pairs = seen.tocoo()
@@ -117,9 +118,11 @@ def save_ensemble_bundle(directory: Path, members, weights, cfg: DictConfig, dm)
     model = EnsembleRecommender(**kwargs)
     for target, member in zip(model.members, members):
         target.load_state_dict(member.model.state_dict())
-    return save_bundle(directory, model, "recforge.models.ensemble.EnsembleRecommender", kwargs, dm.id_maps.users,
-                       dm.id_maps.items, seen, {"dataset": dm.raw.name, "fingerprint": dm.fingerprint,
-                                                            "feedback": "implicit", "members": [m.run_id for m in members]})
+    with atomic_dir(directory) as folder:   # readers see no bundle or a whole one
+        save_bundle(folder, model, "recforge.models.ensemble.EnsembleRecommender", kwargs, dm.id_maps.users,
+                    dm.id_maps.items, seen, {"dataset": dm.raw.name, "fingerprint": dm.fingerprint,
+                                             "feedback": "implicit", "members": [m.run_id for m in members]})
+    return directory
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="ensemble")

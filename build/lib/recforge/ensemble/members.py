@@ -74,7 +74,8 @@ def check_item_spaces(frames: dict[str, pd.DataFrame]) -> None:
 def load_members(client, run_ids: Sequence[str], data_dir: str | None = None,
                  max_scores_in_memory: int | None = None) -> tuple[list[Member], RecDataModule]:
     """Every member's model (weights from its checkpoint) and the split they share, rebuilt once."""
-    from recforge.eval import checkpoint_config, fetch_checkpoint
+    from recforge.tracking.client import fetch_checkpoint
+    from recforge.restore import checkpoint_config
 
     runs = check_runs(client, run_ids)
     with tempfile.TemporaryDirectory(prefix="recforge-ensemble-") as tmp:

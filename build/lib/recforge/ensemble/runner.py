@@ -1,7 +1,7 @@
 """Tune an ensemble's weights on validation, evaluate it once on test, compare it with its best member, log it.
 
 Every member scores each evaluation chunk of users once; its masked scores are turned into the fusion method's
-per-user values (:mod:`recforge.ensemble.fusion`), and each candidate weight vector is then only a weighted sum
+per-user values (:mod:`recforge.models.fusion`), and each candidate weight vector is then only a weighted sum
 of those values plus the evaluator's top-K: a trial costs a fraction of a member's evaluation. The values of
 the validation chunks are kept in memory when they fit in ``max_cache_mb``, else recomputed per trial.
 
@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recforge.config import metric_mode
-from recforge.ensemble.fusion import fuse, normalize_weights, simplex_grid, transform
+from recforge.metrics.names import metric_mode
+from recforge.models.fusion import fuse, normalize_weights, simplex_grid, transform
 from recforge.ensemble.members import Member
 from recforge.errors import RecForgeError
 from recforge.metrics.evaluator import RankingEvaluator

@@ -1,6 +1,6 @@
 """A fused ensemble of trained recommenders, servable like any single model.
 
-Score and rank fusion of the members' full rankings (:mod:`recforge.ensemble.fusion`; reciprocal rank fusion:
+Score and rank fusion of the members' full rankings (:mod:`recforge.models.fusion`; reciprocal rank fusion:
 Cormack, Clarke & Buettcher, "Reciprocal Rank Fusion outperforms Condorcet and individual Rank Learning
 Methods", SIGIR 2009). Built and tuned by ``recforge-ensemble``; its weights are found on validation data.
 """
@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from recforge.ensemble.fusion import check_method, fuse, normalize_weights, transform
 from recforge.models.base import Recommender, WholeRowRecommender
+from recforge.models.fusion import check_method, fuse, normalize_weights, transform
 from recforge.utils.sparse import csr_indices, dense_rows
 from recforge.utils.trust import import_trusted
 
@@ -32,7 +32,7 @@ class EnsembleRecommender(WholeRowRecommender):
         members: ``[{"target": import path, "kwargs": constructor arguments}, ...]``; their weights are this
             module's ``members.<i>.*`` state.
         weights: one non-negative weight per member.
-        method, normalization, rrf_k, vote_depth: see :func:`recforge.ensemble.fusion.transform`.
+        method, normalization, rrf_k, vote_depth: see :func:`recforge.models.fusion.transform`.
         n_items: the shared item space.
         exclude: optional (2, nnz) user/item index pairs never recommended (the data a serving model has seen).
     """

@@ -1,6 +1,6 @@
 """Starting a model from a trained run's model bundle (NeuMF from GMF and MLP runs, ConvNCF from an MF-BPR run).
 
-The bundle reader sits above the models (``recforge.tracking.bundle``), so it is imported where it is used.
+The model files are read by :func:`recforge.models.files.load_model` (allow-listed classes, weights only).
 """
 
 from __future__ import annotations
@@ -11,20 +11,19 @@ from pathlib import Path
 from torch import nn
 
 from recforge.errors import RecForgeError
+from recforge.models.files import load_model
 
 BUNDLE_FILES = ("spec.pt", "model.pt", "users.parquet", "items.parquet", "seen.npz", "meta.json")
 
 
 def read_bundle_model(path: str, key: str, expected: type) -> nn.Module:
     """The model of the bundle folder ``path`` (``model.<key>``), checked to be an ``expected``."""
-    from recforge.tracking.bundle import Bundle
-
     folder = Path(path)
     missing = [name for name in BUNDLE_FILES if not (folder / name).is_file()]
     if missing:
         raise RecForgeError(f"model.{key}={path} is not a model bundle (missing {', '.join(missing)}); give the "
                             f"bundle folder of a trained {expected.__name__} run, e.g. <output_dir>/model")
-    model = Bundle.load(folder).model
+    model = load_model(folder)
     if not isinstance(model, expected):
         raise RecForgeError(f"model.{key}={path} holds a {type(model).__name__}, not a {expected.__name__}; give "
                             f"the bundle of a model={expected.__name__.lower()} run")

@@ -7,6 +7,7 @@ on RecForge's allow-list (:mod:`recforge.utils.trust`), so a bundle cannot name 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -20,15 +21,20 @@ import torch
 
 from recforge.errors import RecForgeError
 from recforge.metrics.ranking import mask_scores_, topk_items
-from recforge.utils.trust import import_trusted
+from recforge.models.files import load_model, read_bundle_file
 from recforge.utils.sparse import row_pointers
 
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
                 user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any]) -> Path:
+    """Write the bundle's files into ``directory``. Tensors are serialised in memory first: torch reports a failed
+    file write (a full disk) without its cause, a failed in-memory one cannot happen that way."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({"target": target, "kwargs": kwargs}, directory / "spec.pt")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / "model.pt")
+    for name, obj in (("spec.pt", {"target": target, "kwargs": kwargs}),
+                      ("model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        (directory / name).write_bytes(buffer.getbuffer())
     pd.DataFrame({"user": user_ids}).to_parquet(directory / "users.parquet")
     pd.DataFrame({"item": item_ids}).to_parquet(directory / "items.parquet")
     sp.save_npz(directory / "seen.npz", seen.tocsr())
@@ -47,33 +53,15 @@ class Bundle:
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
-        """Read a bundle folder. The class ``spec.pt`` names must be on the allow-list
-        (:mod:`recforge.utils.trust`) and is checked before anything is imported; a missing, truncated or
+        """Read a bundle folder (the model by :func:`recforge.models.files.load_model`); a missing, truncated or
         mismatched file is a :class:`RecForgeError` naming it."""
         directory = Path(directory)
-        if not directory.is_dir():
-            raise RecForgeError(f"{directory}: no such model bundle folder; give the 'model' folder of a run")
-        spec = _read(directory / "spec.pt", lambda p: torch.load(p, weights_only=True))
-        if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
-            raise RecForgeError(f"{directory / 'spec.pt'}: not a RecForge model spec (no target and kwargs)")
-        model_cls = import_trusted(spec.get("target"), str(directory / "spec.pt"))
-        try:
-            model = model_cls(**spec["kwargs"])
-        except (TypeError, ValueError) as exc:
-            raise RecForgeError(f"{directory / 'spec.pt'}: cannot build {spec['target']} from its stored arguments "
-                                f"({exc})") from None
-        state = _read(directory / "model.pt", lambda p: torch.load(p, weights_only=True, map_location=device))
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            raise RecForgeError(f"{directory / 'model.pt'}: the weights do not fit the model spec.pt describes "
-                                f"({str(exc).splitlines()[0]})") from None
-        model.to(device).eval()
-        seen = _read(directory / "seen.npz", lambda p: sp.load_npz(p).tocsr())
+        model = load_model(directory, device)
+        seen = read_bundle_file(directory / "seen.npz", lambda p: sp.load_npz(p).tocsr())
         popularity = np.asarray(seen.astype(bool).sum(axis=0)).ravel()
-        users = _read(directory / "users.parquet", lambda p: pd.read_parquet(p)["user"].to_numpy())
-        items = _read(directory / "items.parquet", lambda p: pd.read_parquet(p)["item"].to_numpy())
-        meta = _read(directory / "meta.json", lambda p: json.loads(p.read_text()))
+        users = read_bundle_file(directory / "users.parquet", lambda p: pd.read_parquet(p)["user"].to_numpy())
+        items = read_bundle_file(directory / "items.parquet", lambda p: pd.read_parquet(p)["item"].to_numpy())
+        meta = read_bundle_file(directory / "meta.json", lambda p: json.loads(p.read_text()))
         if seen.shape != (len(users), len(items)):
             raise RecForgeError(f"{directory}: seen.npz is {seen.shape[0]} x {seen.shape[1]} but the bundle has "
                                 f"{len(users)} users and {len(items)} items; the folder mixes files of two runs")
@@ -84,7 +72,7 @@ class Bundle:
         """A bundle from a Lightning checkpoint of ``recforge-train``: the data is rebuilt from the config the
         checkpoint stores (so the raw data must be reachable, e.g. ``RECFORGE_DATA_DIR``) for the id maps and
         seen items."""
-        from recforge.eval import load_checkpoint
+        from recforge.restore import load_checkpoint
 
         exp = load_checkpoint(path, data_dir)
         dm = exp.datamodule
@@ -136,20 +124,6 @@ class Bundle:
             "score": scores.ravel(),
             "fallback": np.repeat(~known, k),
         }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
-
-
-def _read(path: Path, reader):
-    """``reader(path)``, with a missing or unreadable bundle file turned into one line naming it."""
-    if not path.is_file():
-        raise RecForgeError(f"{path}: missing from the model bundle; copy the whole 'model' folder of the run")
-    try:
-        return reader(path)
-    except RecForgeError:
-        raise
-    except Exception as exc:  # truncated, corrupt or foreign: every reader fails in its own way
-        reason = (str(exc).splitlines() or [""])[0][:200]
-        raise RecForgeError(f"{path}: cannot be read ({type(exc).__name__}: {reason}); the file is corrupt or "
-                            "incomplete: copy it again from the run") from None
 
 
 def _index_of(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from recforge.utils.io import writable_folder
+from recforge.utils.process import ProcessId
+
+log = logging.getLogger("recforge")
+
+# the process a run belongs to (recforge.utils.process says how its end is known): ProcessId field -> run tag
+PROCESS_TAGS = {"host": "recforge.host", "pid": "recforge.pid", "boot": "recforge.boot_id",
+                "namespace": "recforge.pid_namespace", "start": "recforge.process_start"}
 
 def sqlite_store_uri(log_dir: str | os.PathLike) -> str:
     """The SQLite tracking store ``recforge-train`` writes under ``log_dir`` when no server is given."""
@@ -15,9 +24,14 @@ def sqlite_store_uri(log_dir: str | os.PathLike) -> str:
 class MLflowTracker:
     """Owns the MLflow run of one training run.
 
-    ``uri`` (the config fills it from ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the SQLite
-    file ``<log_dir>/mlflow.db`` with artifacts under ``<log_dir>/mlartifacts``. Lightning's
-    ``MLFlowLogger`` logs the per-epoch metrics into the same run.
+    ``uri`` (the config fills it from ``MLFLOW_TRACKING_URI``) selects a tracking server; without one the store is the
+    SQLite file ``<log_dir>/mlflow.db`` with artifacts under ``<log_dir>/mlartifacts``. Lightning's ``MLFlowLogger``
+    logs the per-epoch metrics into the same run.
+
+    A run ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM: :meth:`finish`). A run whose process was
+    killed with SIGKILL, or whose machine went down, cannot close itself: it carries its process's identity as tags
+    (``recforge.host``, ``recforge.pid``, ...), and the next run started on that host with the same store marks it
+    KILLED (:meth:`close_dead_runs`).
     """
 
     def __init__(self, uri: str | None = None, experiment_name: str = "recforge", run_name: str | None = None,
@@ -26,7 +40,7 @@ class MLflowTracker:
         self.uri = uri or sqlite_store_uri(log_path)
         self.artifact_location = None if uri else (log_path / "mlartifacts").as_uri()
         if self.uri.startswith("sqlite:"):
-            log_path.mkdir(parents=True, exist_ok=True)
+            writable_folder(log_path, "tracking.log_dir")
         self.experiment_name, self.run_name, self.log_model = experiment_name, run_name, log_model
         self.existing_run_id = run_id   # log into this run (a sweep's child run) instead of starting one
         self._logger = None
@@ -38,9 +52,9 @@ class MLflowTracker:
     def logger(self):
         """The Lightning logger writing into this run (created on first use)."""
         if self._logger is None:
-            from pytorch_lightning.loggers import MLFlowLogger
+            from recforge.tracking.run_logger import RunLogger
 
-            self._logger = MLFlowLogger(experiment_name=self.experiment_name, run_name=self.run_name,
+            self._logger = RunLogger(experiment_name=self.experiment_name, run_name=self.run_name,
                                         tracking_uri=self.uri, artifact_location=self.artifact_location,
                                         log_model=False, run_id=self.existing_run_id)
         return self._logger
@@ -55,12 +69,47 @@ class MLflowTracker:
 
     def start(self, params: dict[str, str], tags: dict[str, str], config_yaml: str) -> None:
         from mlflow.entities import Param, RunTag
+        from pytorch_lightning.utilities import rank_zero_only
 
+        if rank_zero_only.rank == 0:   # under DDP the other processes log nothing
+            self.close_dead_runs()
+        process = ProcessId.current()
+        tags = {**tags, **{tag: getattr(process, field) for field, tag in PROCESS_TAGS.items()}}
         items = list(params.items())
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
+
+    def close_dead_runs(self) -> list[str]:
+        """Mark KILLED the runs of this store left RUNNING by a process of this host that has ended (a SIGKILL, a
+        crash); return their ids. Runs of other hosts, and runs without the process tags, are left alone."""
+        from mlflow.exceptions import MlflowException
+
+        host = ProcessId.current().host
+        query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAGS['host']}` = '{host}'"
+        try:
+            experiments = [e.experiment_id for e in self.client.search_experiments()]
+            running = self.client.search_runs(experiments, query, max_results=1000)
+        except MlflowException as exc:   # e.g. a server that lets this user search only some experiments
+            log.warning("MLflow: cannot look for runs left RUNNING by ended processes (%s)", exc)
+            return []
+        closed = []
+        for run in running:
+            tags = run.data.tags
+            if not tags.get(PROCESS_TAGS["pid"], "").isdigit():
+                continue
+            process = ProcessId(**{field: tags.get(tag, "") for field, tag in PROCESS_TAGS.items() if field != "pid"},
+                                pid=int(tags[PROCESS_TAGS["pid"]]))
+            if run.info.run_id == self.run_id or not process.has_ended():
+                continue
+            reason = (f"its process (pid {process.pid} on {host}) ended without closing the run (SIGKILL or a crash); "
+                      f"marked KILLED by run {self.run_id}")
+            self.client.set_tag(run.info.run_id, "recforge.end_reason", reason)
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("MLflow run %s: %s", run.info.run_id, reason)
+            closed.append(run.info.run_id)
+        return closed
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -71,6 +120,9 @@ class MLflowTracker:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
 
     def log_artifacts(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(path), artifact_path)
@@ -104,7 +156,7 @@ class MLflowTracker:
             mlflow.set_tracking_uri(previous)
 
     def finish(self, status: str) -> None:
-        """``FINISHED`` or ``FAILED``; a crashed run is never left RUNNING."""
+        """``FINISHED``, ``FAILED`` or ``KILLED``; a run that raised is never left RUNNING."""
         try:
             if self._logger is not None and self._logger._run_id is not None:
                 self.client.set_terminated(self.run_id, status)

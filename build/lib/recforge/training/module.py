@@ -12,6 +12,7 @@ from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NA
                                         rating_batch_errors)
 from recforge.metrics.sampled import STRATEGIES, protocol_prefix
 from recforge.models.base import Recommender
+from recforge.utils.distributed import process_rank
 
 RANKING_METRICS = RANKING_METRIC_NAMES
 BEYOND_ACCURACY = BEYOND_ACCURACY_NAMES
@@ -240,8 +241,6 @@ class RecommenderModule(pl.LightningModule):
         """Every process's evaluation results, in the order of the whole stage's batches (under DDP each process
         evaluated every ``world``-th batch; see ``RecDataModule.eval_shard``), so that the metrics equal a
         single-process run's."""
-        from recforge.data.datamodule import process_rank
-
         rank, world = process_rank()
         if world == 1:
             return outputs

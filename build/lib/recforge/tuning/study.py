@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from recforge.errors import RecForgeError
+from recforge.utils.process import ProcessId
 
 log = logging.getLogger("recforge.tuning")
 
@@ -114,7 +115,7 @@ def heartbeat_enabled(storage) -> bool:
 
 def resolve_directions(metrics: Sequence[str], direction: str | Sequence[str] | None) -> list[str]:
     """``direction`` as a list matching ``metrics``; ``None`` takes each metric's natural direction."""
-    from recforge.config import metric_mode
+    from recforge.metrics.names import metric_mode
 
     if direction is None:
         return ["minimize" if metric_mode(m) == "min" else "maximize" for m in metrics]
@@ -142,7 +143,7 @@ def report_metric(metrics: Sequence[str], monitor: str, directions: Sequence[str
     The objective itself when it is a ``val/`` metric, its ``val/`` twin for a ``test/`` objective, else
     ``monitor`` when it improves in the same direction. Multi-objective studies cannot prune.
     """
-    from recforge.config import metric_mode
+    from recforge.metrics.names import metric_mode
 
     if len(metrics) != 1:
         return None
@@ -198,18 +199,8 @@ def count_trials(study) -> TrialCounts:
     return counts
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_dead_trials(study, max_retry: int | None) -> int:
-    """Mark trials left RUNNING by dead workers as FAIL and enqueue their retry; return how many.
+def reap_dead_trials(study, max_retry: int | None) -> list:
+    """Mark trials left RUNNING by dead workers as FAIL and enqueue their retry; return those trials.
 
     RDB storages with heartbeats use Optuna's ``fail_stale_trials`` (any host); otherwise a RUNNING trial
     whose worker was on this host and whose process is gone is failed here.
@@ -218,17 +209,16 @@ def reap_dead_trials(study, max_retry: int | None) -> int:
     from optuna.trial import TrialState
 
     if heartbeat_enabled(study._storage):
-        before = count_trials(study).failed
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
-        return count_trials(study).failed - before
-    host = socket.gethostname()
-    reaped = 0
+        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
+    reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker", ""))
         w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or not ProcessId(w_host, int(pid)).has_ended():
             continue
         try:
             study.tell(t.number, state=TrialState.FAIL)
@@ -240,7 +230,7 @@ def reap_dead_trials(study, max_retry: int | None) -> int:
             warnings.simplefilter("ignore")
             retry(max_retry=max_retry)(study, study._storage.get_trial(t._trial_id))
         log.warning("trial %d of dead worker %s marked FAIL and queued for retry", t.number, worker)
-        reaped += 1
+        reaped.append(t)
     return reaped
 
 

@@ -101,6 +101,18 @@ class StudyRuns:
         self.client.log_batch(run_id, metrics=metrics, params=missing, tags=tags)
         self.client.set_terminated(run_id, RUN_STATUS[state])
 
+    def kill_child(self, run_id: str) -> None:
+        """The child run of a trial whose worker died (the trial is FAIL and run again): KILLED, unless its training
+        run's next start on this host has closed it already."""
+        from mlflow.entities import RunTag
+
+        if not self._exists(run_id):
+            return
+        self.client.log_batch(run_id, tags=[RunTag("optuna.trial_state", "FAIL"),
+                                            RunTag("optuna.fail_reason", "its worker died; the trial is run again")])
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "KILLED")
+
     def finish_parent(self, info: dict[str, Any], files: list[Path]) -> None:
         from mlflow.entities import Metric, RunTag
 

@@ -50,4 +50,4 @@ class Amazon2018(FileSource):
         checksums = self.checksums()
         (path,) = self.raw_files().values()
         frame = standardise(read_json_lines(path, FIELDS))
-        return RawData(self.name, frame, rating_range=(1.0, 5.0), checksums=checksums)
+        return RawData(self.name, frame, rating_range=(1.0, 5.0), checksums=checksums, origin=str(path))

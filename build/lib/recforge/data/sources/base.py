@@ -6,8 +6,6 @@ download), verifies what checksums are known, and returns one :class:`RawData` t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,8 +14,8 @@ from typing import Iterable, Protocol
 
 import pandas as pd
 
+from recforge.data.digests import file_digest
 from recforge.errors import RecForgeError
-from recforge.utils.io import atomic_write_text
 
 COLUMNS = ("user", "item", "rating", "timestamp")
 PART_PREFIX = "part_"  # interaction columns holding a dataset's official split: 0 train, 1 val, 2 test, -1 none
@@ -33,7 +31,8 @@ class RawData:
     ``part_<name>`` int8 columns when the dataset ships official splits (0 train, 1 val, 2 test, -1 in
     neither). ``user_features`` / ``item_features`` are optional frames indexed by raw id.
     ``checksums`` maps each raw file (or generator setting) to a digest, so caches and split fingerprints
-    change whenever the data does. On a cache hit the datamodule does not read the raw files again, and
+    change whenever the data does. ``origin`` is the file the interactions were read from (named in messages;
+    empty for generated data). On a cache hit the datamodule does not read the raw files again, and
     ``interactions`` is then an empty frame with the standard columns.
     """
 
@@ -43,6 +42,7 @@ class RawData:
     checksums: dict[str, str] = field(default_factory=dict)
     user_features: pd.DataFrame | None = None
     item_features: pd.DataFrame | None = None
+    origin: str = ""
 
     @property
     def predefined_splits(self) -> list[str]:
@@ -53,44 +53,6 @@ class Source(Protocol):
     name: str
 
     def load(self) -> RawData: ...
-
-
-# ---------------------------------------------------------------------------------------------- checksums
-_MEMO_NAME = "file_digests.json"
-
-
-def file_digest(path: Path, memo_dir: Path | None = None, algorithm: str = "sha256") -> str:
-    """The digest of ``path``, memoised by (path, size, mtime) in ``memo_dir`` so unchanged files hash once.
-
-    ``algorithm`` is ``sha256`` or ``git-blob`` (the SHA-1 ``git hash-object`` prints).
-    """
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{algorithm}:{path}:{stat.st_size}:{stat.st_mtime_ns}"
-    memo: dict[str, str] = {}
-    memo_file = Path(memo_dir) / _MEMO_NAME if memo_dir is not None else None
-    if memo_file is not None and memo_file.is_file():
-        try:
-            memo = json.loads(memo_file.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        if key in memo:
-            return memo[key]
-    if algorithm == "git-blob":
-        digest = hashlib.sha1(f"blob {stat.st_size}\0".encode())
-    else:
-        digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    value = digest.hexdigest()
-    if memo_file is not None:
-        memo[key] = value
-        try:
-            atomic_write_text(memo_file, json.dumps(memo))
-        except OSError:  # a read-only cache only costs speed
-            pass
-    return value
 
 
 class FileSource:

@@ -55,4 +55,5 @@ class LastFMHetRec(FileSource):
             items = read_delimited(files["artists.dat"], "\t", ["item", "name", "url", "picture_url"], numeric=["item"],
                                    header=True, allow_empty=True)
             items = items[["item", "name"]].astype({"item": np.int64}).set_index("item")
-        return RawData(self.name, frame, rating_range=None, checksums=checksums, item_features=items)
+        return RawData(self.name, frame, rating_range=None, checksums=checksums, item_features=items,
+                       origin=str(files["user_artists.dat"]))

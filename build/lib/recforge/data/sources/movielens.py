@@ -149,7 +149,7 @@ class MovieLens(FileSource):
         if self.features:
             users, items = self._features(files)
         return RawData(self.name, frame, rating_range=release.rating_range, checksums=checksums,
-                       user_features=users, item_features=items)
+                       user_features=users, item_features=items, origin=str(files[release.ratings]))
 
     @staticmethod
     def _fold_labels(frame: pd.DataFrame, base: Path, test: Path) -> np.ndarray:

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
+import pyarrow as pa
 
-from recforge.data.readers import infer_format, read_table, standardise
+from recforge.data.readers import infer_format, integer_ids, read_table, standardise
 from recforge.data.sources.base import FileSource, RawData
 from recforge.errors import RecForgeError
 
@@ -81,7 +82,8 @@ class TabularSource(FileSource):
                            names=self.names, encoding=self.encoding)
         return RawData(self.name, standardise(frame), rating_range=self.rating_range, checksums=checksums,
                        user_features=self._features(files.get("user_features"), self.user_features_id, "user"),
-                       item_features=self._features(files.get("item_features"), self.item_features_id, "item"))
+                       item_features=self._features(files.get("item_features"), self.item_features_id, "item"),
+                       origin=str(files["interactions"]))
 
     def _features(self, path: Path | None, id_column: str, kind: str) -> pd.DataFrame | None:
         if path is None:
@@ -92,13 +94,16 @@ class TabularSource(FileSource):
         else:
             try:
                 frame = pd.read_csv(path, sep=self.sep if fmt == "csv" and self.sep else ("\t" if fmt == "tsv" else ","),
-                                    encoding=self.encoding)
+                                    encoding=self.encoding, dtype={id_column: str})
             except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
                 raise RecForgeError(f"{path}: cannot read the {kind} features ({exc}); fix the file or "
                                     f"data.{kind}_features") from None
         if id_column not in frame:
             raise RecForgeError(f"{path}: no column {id_column!r}; the file has {list(frame.columns)}; "
                                 f"set data.{kind}_features_id")
+        if fmt != "parquet":  # ids as the interactions file's are read: text unless all are canonical integers
+            ids = integer_ids(pa.array(frame[id_column], pa.string(), from_pandas=True))
+            frame[id_column] = ids.to_pandas(integer_object_nulls=True)
         if frame[id_column].duplicated().any():
             dup = frame.loc[frame[id_column].duplicated(), id_column].iloc[0]
             raise RecForgeError(f"{path}: {kind} id {dup!r} appears more than once in column {id_column!r}")

@@ -1,0 +1,24 @@
+"""Reading from an MLflow tracking store: a run's logged checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recforge.errors import RecForgeError
+from recforge.tracking.tracker import sqlite_store_uri
+
+
+def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: Path) -> Path:
+    """Download the checkpoint run ``run_id`` logged (``checkpoints/*.ckpt``) into ``into``; its path."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or sqlite_store_uri(log_dir)
+    try:
+        local = MlflowClient(uri).download_artifacts(run_id, "checkpoints", str(into))
+    except MlflowException as exc:
+        raise RecForgeError(f"run_id={run_id}: no checkpoint artifact in {uri} ({exc.message})") from None
+    found = sorted(Path(local).glob("*.ckpt"))
+    if not found:
+        raise RecForgeError(f"run_id={run_id}: the run logged no checkpoint")
+    return found[0]

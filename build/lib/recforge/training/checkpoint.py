@@ -1,0 +1,71 @@
+"""Checkpoint files that survive a failed write, and the MLflow run each belongs to."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from fsspec.utils import get_protocol
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from recforge.utils.io import atomic_path
+
+RUN_ID_KEY = "recforge_run_id"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes every checkpoint (``best.ckpt``, ``last.ckpt``, ``trainer.save_checkpoint``) to a temporary file in its
+    own folder, flushes it to disk and renames it into place (:func:`recforge.utils.io.atomic_path`): a failed write
+    (a full disk, a kill) leaves the previous checkpoint intact.
+
+    Lightning's own writer writes in ``$TMPDIR`` and moves the file; from another file system the move is a copy that
+    truncates the destination first, so a full disk left a truncated ``last.ckpt`` and no point to resume from.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or get_protocol(str(path)) != "file":   # an object store replaces whole
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)   # in memory first: torch reports a failed file write without its cause
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+
+
+class RunIdInCheckpoint(pl.Callback):
+    """Stores the MLflow run id of the training run in every checkpoint, so a run resumed from one
+    (``resume_from=``) is linked to the run it continues."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[RUN_ID_KEY] = getattr(trainer.logger, "run_id", None)
+
+
+def stored_run_id(path: str) -> str | None:
+    """The MLflow run id :class:`RunIdInCheckpoint` stored in the checkpoint ``path`` (None: untracked, or older)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(RUN_ID_KEY)
+
+
+class CheckpointState(pl.Callback):
+    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
+    fingerprint and the random generators' states into every checkpoint. Resuming from one
+    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
+    the negatives an uninterrupted run would have drawn."""
+
+    def __init__(self, config_yaml: str, fingerprint: str) -> None:
+        self.config_yaml, self.fingerprint = config_yaml, fingerprint
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["recforge_config"] = self.config_yaml
+        checkpoint["recforge_split_fingerprint"] = self.fingerprint
+        checkpoint["recforge_rng"] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        rng = checkpoint.get("recforge_rng")
+        if rng:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
