@@ -28,7 +28,8 @@ import recforge  # noqa: F401  (first: it tunes OpenBLAS before numpy loads, see
 import numpy as np
 import torch
 
-from recforge.metrics.evaluator import RankingEvaluator, chunk_batches
+from recforge.data.batches import chunk_batches
+from recforge.metrics.evaluator import RankingEvaluator
 from recforge.metrics.ranking import _topk_exact, mask_scores_, ranking_metrics, relevance_matrix, topk_items
 from recforge.models.mf import MatrixFactorization
 

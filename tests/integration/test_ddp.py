@@ -39,7 +39,7 @@ def test_ddp_two_cpu_processes_match_single_process_evaluation(tmp_path):
 def test_training_batches_are_sharded_disjointly_and_evenly():
     import torch
 
-    from recforge.data.datamodule import ShuffledBatches
+    from recforge.data.batches import ShuffledBatches
 
     tensors = (torch.arange(10), torch.arange(10), torch.ones(10))
     one = ShuffledBatches(tensors, 3, seed=0)
@@ -54,7 +54,7 @@ def test_training_batches_are_sharded_disjointly_and_evenly():
 def test_split_eval_batch_keeps_every_users_rows():
     import torch
 
-    from recforge.data.datamodule import split_eval_batch
+    from recforge.data.batches import split_eval_batch
 
     batch = {"users": torch.tensor([4, 5, 6]), "exclude_rows": torch.tensor([0, 2, 2]),
              "exclude_cols": torch.tensor([1, 3, 4]), "relevant_rows": torch.tensor([1, 2]),

@@ -180,7 +180,7 @@ def test_the_cache_is_hit_on_a_second_run_and_missed_after_any_config_change(tmp
 def test_features_tensor_scales_numbers_keeps_flags_and_one_hots_categories():
     import pandas as pd
 
-    from recforge.data.datamodule import features_tensor
+    from recforge.data.features import features_tensor
 
     frame = pd.DataFrame({"age": [20.0, 40.0, None, 60.0], "flag": [0, 1, 1, 0], "genre": ["a", "b", "a", None],
                           "title": [f"t{i}" for i in range(4)]})

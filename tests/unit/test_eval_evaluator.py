@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recforge.metrics.evaluator import RankingEvaluator, chunk_batches, rating_batch_errors
+from recforge.data.batches import chunk_batches
+from recforge.metrics.evaluator import RankingEvaluator, rating_batch_errors
 from recforge.metrics.ranking import _topk_by_blocks, topk_items
 from tests.unit.test_metrics_ranking import _reference
 

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from recforge.errors import RecForgeError
 from recforge.metrics.evaluator import RankingEvaluator
 from recforge.metrics.sampled import hash_uniform_keys, protocol_prefix, sample_negatives
 
@@ -16,8 +17,10 @@ from recforge.metrics.sampled import hash_uniform_keys, protocol_prefix, sample_
 def test_protocol_prefix_names_the_protocol():
     assert protocol_prefix(99, "uniform") == "sampled99"
     assert protocol_prefix(50, "popularity") == "popsampled50"
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(RecForgeError, match="eval.sampled.strategy='zipf'"):
         protocol_prefix(99, "zipf")
+    with pytest.raises(RecForgeError, match="eval.sampled.n_negatives=0"):
+        protocol_prefix(0, "uniform")
 
 
 def test_hash_rows_are_injective_and_users_differ():

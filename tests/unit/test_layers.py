@@ -1,4 +1,4 @@
-"""The house has floors that run one way (docs/architecture in ../shared/ARCHITECTURE.md, README "Layout"): a module
+"""The house has floors that run one way (../shared/ARCHITECTURE.md; the README's "Layout"): a module
 imports only modules on its own floor or below, and no two modules import each other, directly or in a circle.
 Every import counts, also those inside functions (a lazy import still ties the floors together)."""
 

@@ -67,7 +67,7 @@ def test_the_filter_follows_keys_changed_in_place():
 def test_user_uniform_batches_weigh_users_alike_and_draw_only_their_items():
     """User 0 has 1 training item, user 1 has 9: a shuffle gives user 1 nine examples in ten, the user-first
     sampler of the NGCF/LightGCN code half of them, each example one of that user's own items."""
-    from recforge.data.datamodule import ShuffledBatches, UserUniformBatches
+    from recforge.data.batches import ShuffledBatches, UserUniformBatches
 
     users = torch.tensor([1, 1, 0, 1, 1, 1, 1, 1, 1, 1])
     items = torch.tensor([10, 11, 5, 12, 13, 14, 15, 16, 17, 18])
@@ -122,7 +122,7 @@ def test_training_batches_are_drawn_where_the_trainer_runs(tiny_cfg):
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA device; runs in the tests step of scripts/gpu_session.sh")
 def test_epochs_drawn_on_a_gpu_cover_the_data_and_under_ddp_equal_the_hosts():
-    from recforge.data.datamodule import ShuffledBatches, UserUniformBatches
+    from recforge.data.batches import ShuffledBatches, UserUniformBatches
 
     users = torch.tensor([1, 1, 0, 1, 2, 2, 1, 1, 1, 1])
     items = torch.arange(10)

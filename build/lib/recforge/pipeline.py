@@ -21,6 +21,7 @@ from recforge.config import build, build_model, check_target, resolve_target
 from recforge.data.datamodule import RecDataModule
 from recforge.data.split import KFoldSplit, RandomSplit
 from recforge.errors import RecForgeError
+from recforge.metrics.rating import per_user_error_metrics
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
 from recforge.utils.io import atomic_path
@@ -265,14 +266,11 @@ def per_user_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.D
     results = module.test_results or {}
     if not results:
         return pd.DataFrame()
-    users = results["users"].numpy()
     if module.feedback == "explicit":
-        errors = results["errors"].numpy()
-        frame = pd.DataFrame({"u": users, "se": errors**2, "ae": np.abs(errors)}).groupby("u", sort=True)
-        stats = frame.agg(rmse=("se", "mean"), mae=("ae", "mean"), n=("se", "size")).reset_index()
-        stats["rmse"] = np.sqrt(stats["rmse"])
-        return pd.DataFrame({"user": datamodule.id_maps.users[stats["u"].to_numpy()], "rmse": stats["rmse"],
-                             "mae": stats["mae"], "n_test": stats["n"]})
+        stats = per_user_error_metrics(results["users"], results["errors"].double(), datamodule.n_users)
+        present = (stats["n"] > 0).numpy()
+        return pd.DataFrame({"user": datamodule.id_maps.users[present], "rmse": stats["rmse"].numpy()[present],
+                             "mae": stats["mae"].numpy()[present], "n_test": stats["n"].numpy()[present]})
     return ranking_results_frame(results, datamodule.id_maps.users)
 
 

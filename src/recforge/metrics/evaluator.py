@@ -37,7 +37,7 @@ from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metr
 from recforge.metrics.rating import rating_errors
 from recforge.metrics.sampled import STRATEGIES, protocol_prefix, sample_negatives
 
-__all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "RankingEvaluator", "chunk_batches",
+__all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "RankingEvaluator",
            "rating_batch_errors"]
 
 RANKING_METRIC_NAMES = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
@@ -219,42 +219,3 @@ class RankingEvaluator:
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             outputs.append(self.evaluate(score_fn, batch))
         return self.aggregate(outputs)
-
-
-def chunk_batches(
-    exclude_indptr, exclude_indices, relevant_indptr, relevant_indices, relevant_data, n_items: int,
-    max_scores_in_memory: int,
-) -> list[dict[str, Tensor]]:
-    """Evaluation batches from CSR arrays (numpy or torch) of excluded and relevant items, one user per row.
-
-    Users without relevant items are skipped; chunks hold ``max(1, max_scores_in_memory // n_items)`` users.
-    """
-    import numpy as np
-
-    ex_ptr, ex_idx = np.asarray(exclude_indptr), np.asarray(exclude_indices)
-    rel_ptr, rel_idx, rel_val = np.asarray(relevant_indptr), np.asarray(relevant_indices), np.asarray(relevant_data)
-    users = np.flatnonzero(np.diff(rel_ptr) > 0)
-    chunk = max(1, int(max_scores_in_memory) // max(1, n_items))
-
-    def rows_of(indptr, rows):
-        starts, ends = indptr[rows], indptr[rows + 1]
-        lengths = ends - starts
-        local = np.repeat(np.arange(len(rows)), lengths)
-        positions = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths) + np.arange(
-            lengths.sum())
-        return local, positions
-
-    batches = []
-    for start in range(0, len(users), chunk):
-        rows = users[start : start + chunk]
-        ex_local, ex_pos = rows_of(ex_ptr, rows)
-        rel_local, rel_pos = rows_of(rel_ptr, rows)
-        batches.append({
-            "users": torch.as_tensor(rows, dtype=torch.long),
-            "exclude_rows": torch.as_tensor(ex_local, dtype=torch.long),
-            "exclude_cols": torch.as_tensor(ex_idx[ex_pos], dtype=torch.long),
-            "relevant_rows": torch.as_tensor(rel_local, dtype=torch.long),
-            "relevant_cols": torch.as_tensor(rel_idx[rel_pos], dtype=torch.long),
-            "relevant_gains": torch.as_tensor(rel_val[rel_pos], dtype=torch.float32),
-        })
-    return batches

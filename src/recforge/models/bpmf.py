@@ -29,7 +29,7 @@ class BPMF(Recommender):
     product. Memory: ``(n_users + n_items) * samples * factors`` floats.
 
     Having no learning rate, L2 or early stopping to tune, it is a strong rating baseline on small data, where
-    point estimates overfit (MovieLens-100K: README). Ratings are centred on their mean; ``noise_precision=2``
+    point estimates overfit (MovieLens-100K: docs/results.md). Ratings are centred on their mean; ``noise_precision=2``
     is the paper's choice for 1-5 stars.
     """
 

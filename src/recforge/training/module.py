@@ -10,7 +10,8 @@ import torch
 from recforge.errors import RecForgeError
 from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NAMES, RankingEvaluator,
                                         rating_batch_errors)
-from recforge.metrics.sampled import STRATEGIES, protocol_prefix
+from recforge.metrics.rating import error_metrics
+from recforge.metrics.sampled import check_protocol, protocol_prefix
 from recforge.models.base import Recommender
 from recforge.utils.distributed import process_rank
 
@@ -25,20 +26,11 @@ def metric_names(feedback: str, ks: Sequence[int], stage: str = "val", sampled_n
     if feedback == "explicit":
         return [f"{stage}/{m}" for m in RATING_METRICS]
     names = [f"{stage}/{m}_at_{k}" for m in RANKING_METRICS + BEYOND_ACCURACY for k in ks]
-    check_sampled(sampled_negatives, sampled_strategy)
+    check_protocol(sampled_negatives, sampled_strategy)
     if sampled_negatives is not None:
         prefix = protocol_prefix(sampled_negatives, sampled_strategy)
         names += [f"{stage}/{prefix}_{m}_at_{k}" for m in RANKING_METRICS for k in ks]
     return names
-
-
-def check_sampled(sampled_negatives: int | None, sampled_strategy: str) -> None:
-    """Raise :class:`RecForgeError` naming the ``eval.sampled`` key for an invalid protocol."""
-    if sampled_strategy not in STRATEGIES:
-        raise RecForgeError(f"eval.sampled.strategy={sampled_strategy!r} is not one of {list(STRATEGIES)}")
-    if sampled_negatives is not None and (type(sampled_negatives) is not int or sampled_negatives < 1):
-        raise RecForgeError(f"eval.sampled.n_negatives={sampled_negatives!r} must be a positive integer "
-                            "(e.g. 99), or set eval.sampled=null for full ranking only")
 
 
 def train_view(model: Recommender, loss: torch.nn.Module) -> str:
@@ -93,7 +85,7 @@ class RecommenderModule(pl.LightningModule):
         else:
             self.item_popularity = None
         self.n_train_users = n_train_users
-        check_sampled(sampled_negatives, sampled_strategy)
+        check_protocol(sampled_negatives, sampled_strategy)
         if sampled_negatives is not None and sampled_strategy == "popularity" and item_popularity is None:
             raise RecForgeError("eval.sampled.strategy=popularity needs the training item popularity")
         self.evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
@@ -255,8 +247,7 @@ class RecommenderModule(pl.LightningModule):
             return {}
         if self.feedback == "explicit":
             results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
-            errors = results["errors"].double()
-            metrics = {"rmse": errors.pow(2).mean().sqrt(), "mae": errors.abs().mean()}
+            metrics = error_metrics(results["errors"].double())
         else:
             metrics, results = self.evaluator.aggregate(outputs)
         metrics = {f"{stage}/{k}": v for k, v in metrics.items()}

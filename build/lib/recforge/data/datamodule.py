@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Collection, Iterator
+from typing import Collection
 
 import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader
 
+from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
+from recforge.data.features import align_features, features_tensor
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
 from recforge.data.split import Split, check_split, isin
@@ -24,162 +26,10 @@ from recforge.utils.sparse import row_pointers
 log = logging.getLogger("recforge")
 
 
-class ShuffledBatches(IterableDataset):
-    """Yields ``(users, items, ratings)`` batches as index slices of a permutation, new each epoch.
-
-    Under distributed training every process draws the same permutation (same seed and epoch) and takes every
-    ``world``-th batch from its rank on: the processes see disjoint batches that together cover the epoch. The
-    last round is padded by wrapping around to the first batches, so every process takes the same number of
-    steps (DDP synchronises each one), as ``DistributedSampler`` pads.
-
-    The permutation is drawn where the tensors are (a GPU's generator when the data module put them on one: a
-    kernel instead of a host permutation of every row, ~10-30 ms for 810k rows), except under distributed training:
-    a GPU's random kernels give different draws on different GPU models (their launch grid follows the number of
-    multiprocessors), so there it is drawn by the host's generator, the same in every process, and copied over.
-    """
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
-        self.tensors, self.batch_size, self.seed, self.epoch = tensors, batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """The next pass yields epoch ``epoch``'s permutation (the training module calls it at each epoch's
-        start, so a resumed fit continues with the permutation an uninterrupted one would draw)."""
-        self.epoch = epoch
-
-    def _n_batches(self) -> int:
-        return -(-len(self.tensors[0]) // self.batch_size)
-
-    def __len__(self) -> int:
-        return -(-self._n_batches() // process_rank()[1])
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return self.batches(*process_rank())
-
-    def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
-        """The rows of ``tensors`` one epoch visits, in order: a permutation of all of them."""
-        return torch.randperm(len(self.tensors[0]), generator=generator, device=generator.device)
-
-    def batches(self, rank: int = 0, world: int = 1) -> Iterator[tuple[torch.Tensor, ...]]:
-        device = self.tensors[0].device
-        generator = torch.Generator(device=device if world == 1 else "cpu").manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        order = self.epoch_rows(generator)
-        n_batches, size = self._n_batches(), self.batch_size
-        mine = [order[b * size : (b + 1) * size] for b in
-                ((k * world + rank) % n_batches for k in range(-(-n_batches // world)))]
-        # this process's rows gathered once per epoch, then cut into its batches: ~4x cheaper than a gather per
-        # batch from random rows
-        index = (order if world == 1 else torch.cat(mine)).to(device)
-        rows = tuple(t[index] for t in self.tensors)
-        yield from zip(*(r.split([len(m) for m in mine]) for r in rows))
-
-
-class UserUniformBatches(ShuffledBatches):
-    """Training examples drawn user first: a user uniformly among those with training interactions, then one of
-    that user's training interactions uniformly, as many per epoch as there are training interactions. This is
-    the sampler of the NGCF and LightGCN reference code; it weighs every user alike, as per-user averaged metrics
-    do, where a shuffle of the interactions weighs users by their activity. Batches as :class:`ShuffledBatches`
-    (also under DDP)."""
-
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
-        by_user = torch.argsort(tensors[0], stable=True)
-        super().__init__(tuple(t[by_user] for t in tensors), batch_size, seed)
-        _, self.counts = torch.unique_consecutive(self.tensors[0], return_counts=True)
-        self.starts = torch.cumsum(self.counts, 0) - self.counts
-
-    def epoch_rows(self, generator: torch.Generator) -> torch.Tensor:
-        n, device = len(self.tensors[0]), generator.device
-        counts, starts = self.counts.to(device), self.starts.to(device)
-        users = torch.randint(len(counts), (n,), generator=generator, device=device)
-        offsets = (torch.rand(n, generator=generator, dtype=torch.float64, device=device) * counts[users]).long()
-        return starts[users] + offsets
-
-
-def split_eval_batch(batch, parts: int) -> list:
-    """Split an evaluation batch into ``parts`` consecutive pieces (per-user results do not depend on chunking):
-    a ranking chunk by its users (row indices rebased), a rating batch by its rows."""
-    if isinstance(batch, (tuple, list)):
-        return [tuple(pieces) for pieces in zip(*(torch.tensor_split(t, parts) for t in batch))]
-    out = []
-    for rows in torch.tensor_split(torch.arange(len(batch["users"])), parts):
-        if not len(rows):
-            continue
-        lo, hi = int(rows[0]), int(rows[-1]) + 1
-        piece = {"users": batch["users"][lo:hi]}
-        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",))):
-            inside = (batch[f"{prefix}_rows"] >= lo) & (batch[f"{prefix}_rows"] < hi)
-            piece[f"{prefix}_rows"] = batch[f"{prefix}_rows"][inside] - lo
-            piece[f"{prefix}_cols"] = batch[f"{prefix}_cols"][inside]
-            for key in extra:
-                if key in batch:
-                    piece[key] = batch[key][inside]
-        out.append(piece)
-    return out
-
-
-class ListDataset(Dataset):
-    """Precomputed batches; a DataLoader with ``batch_size=None`` hands them out one by one."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int):
-        return self.batches[index]
-
-
 def _tensor(values: np.ndarray, dtype) -> torch.Tensor:
     """A tensor of ``values`` (copied when NumPy/pandas hands out a read-only view)."""
     values = np.asarray(values, dtype=dtype)
     return torch.from_numpy(values if values.flags.writeable else values.copy())
-
-
-def csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The non-zeros of ``rows`` as (local row, column, value) arrays, without a Python loop."""
-    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
-    lengths = ends - starts
-    local = np.repeat(np.arange(len(rows)), lengths)
-    offsets = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-    positions = offsets + np.arange(lengths.sum())
-    return local, matrix.indices[positions], matrix.data[positions]
-
-
-def _align_features(features: pd.DataFrame | None, raw_ids: np.ndarray) -> pd.DataFrame | None:
-    """``features`` (indexed by raw id) reindexed to contiguous indices; rows of ids without features are NaN."""
-    if features is None:
-        return None
-    index = features.index
-    ids = pd.Index(raw_ids)
-    if index.dtype != ids.dtype:  # e.g. ids read as text in one file and as integers in the other
-        index, ids = index.astype(str), ids.astype(str)
-    aligned = features.set_axis(index, axis=0)
-    aligned = aligned[~aligned.index.duplicated()].reindex(ids)
-    return aligned.reset_index(drop=True)
-
-
-def features_tensor(frame: pd.DataFrame | None, max_categories: int = 64) -> torch.Tensor | None:
-    """A float32 ``(n, d)`` matrix: numeric columns min-max scaled to [0, 1] (0/1 flags stay as they are; NaN
-    as 0), text columns with at most ``max_categories`` values one-hot; other text columns (titles, names) are
-    left out. Scaled values matter to models that weight feature embeddings by value (FM, DeepFM): an age or a
-    year would otherwise swamp every other feature."""
-    if frame is None:
-        return None
-    blocks = []
-    for column in frame.columns:
-        values = frame[column]
-        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            column_values = values.to_numpy(np.float32, na_value=np.nan)
-            lo, hi = np.nanmin(column_values, initial=np.inf), np.nanmax(column_values, initial=-np.inf)
-            if np.isfinite(lo) and (lo < 0 or hi > 1):
-                column_values = (column_values - lo) / max(hi - lo, np.finfo(np.float32).tiny)
-            blocks.append(column_values[:, None])
-        elif values.nunique(dropna=True) <= max_categories:
-            blocks.append(pd.get_dummies(values, dtype=np.float32).to_numpy())
-    if not blocks:
-        return None
-    return torch.as_tensor(np.nan_to_num(np.concatenate(blocks, axis=1)))
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -304,8 +154,8 @@ class RecDataModule(pl.LightningDataModule):
         self.n_users, self.n_items = n_users, n_items
         self.rating_scale, self.rating_offset, self.rating_range = state.rating_scale, state.rating_offset, \
             state.rating_range
-        self.user_features = _align_features(raw.user_features, id_maps.users)
-        self.item_features = _align_features(raw.item_features, id_maps.items)
+        self.user_features = align_features(raw.user_features, id_maps.users)
+        self.item_features = align_features(raw.item_features, id_maps.items)
         self._report = {**state.report, **report, **timings, "data/cache_hit": 0.0}
         self._validate()
         if folder is not None:
@@ -388,22 +238,8 @@ class RecDataModule(pl.LightningDataModule):
             return [tuple(t[s : s + self.eval_batch_size] for t in tensors)
                     for s in range(0, len(part), self.eval_batch_size)]
         relevant = self._matrix(part)
-        users = np.flatnonzero(np.diff(relevant.indptr) > 0)
-        chunk = max(1, self.max_scores_in_memory // self.n_items)
-        batches = []
-        for start in range(0, len(users), chunk):
-            rows = users[start : start + chunk]
-            ex_rows, ex_cols, _ = csr_rows(exclude, rows)
-            rel_rows, rel_cols, gains = csr_rows(relevant, rows)
-            batches.append({
-                "users": torch.as_tensor(rows, dtype=torch.long),
-                "exclude_rows": torch.as_tensor(ex_rows, dtype=torch.long),
-                "exclude_cols": torch.as_tensor(ex_cols, dtype=torch.long),
-                "relevant_rows": torch.as_tensor(rel_rows, dtype=torch.long),
-                "relevant_cols": torch.as_tensor(rel_cols, dtype=torch.long),
-                "relevant_gains": torch.as_tensor(gains, dtype=torch.float32),
-            })
-        return batches
+        return chunk_batches(exclude.indptr, exclude.indices, relevant.indptr, relevant.indices, relevant.data,
+                             self.n_items, self.max_scores_in_memory)
 
     # ---------------------------------------------------------------- ratings on the original scale
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["rating_errors", "rmse", "mae", "per_user_rating_metrics"]
+__all__ = ["rating_errors", "error_metrics", "per_user_error_metrics", "rmse", "mae", "per_user_rating_metrics"]
 
 
 def rating_errors(pred: Tensor, target: Tensor, clip: tuple[float, float] | None = None) -> Tensor:
@@ -22,26 +22,35 @@ def rating_errors(pred: Tensor, target: Tensor, clip: tuple[float, float] | None
     return pred - target.to(pred.device)
 
 
+def error_metrics(errors: Tensor) -> dict[str, Tensor]:
+    """``{'rmse', 'mae'}`` (0-dim tensors) of per-interaction errors."""
+    return {"rmse": errors.square().mean().sqrt(), "mae": errors.abs().mean()}
+
+
+def per_user_error_metrics(users: Tensor, errors: Tensor, n_users: int) -> dict[str, Tensor]:
+    """``{'rmse', 'mae', 'n'}``, each ``(n_users,)``: every user's errors aggregated with ``index_add_``
+    (``users[j]`` is the user of interaction j, in ``[0, n_users)``); users without ratings get NaN and n 0."""
+    users = users.to(errors.device, torch.long)
+    n = torch.bincount(users, minlength=n_users)
+    count = n.to(errors.dtype)
+    sse = errors.new_zeros(n_users).index_add_(0, users, errors.square())
+    sae = errors.new_zeros(n_users).index_add_(0, users, errors.abs())
+    return {"rmse": (sse / count).sqrt(), "mae": sae / count, "n": n}
+
+
 def rmse(pred: Tensor, target: Tensor, clip: tuple[float, float] | None = None) -> Tensor:
     """Root mean squared error over all interactions (0-dim tensor)."""
-    return rating_errors(pred, target, clip).square().mean().sqrt()
+    return error_metrics(rating_errors(pred, target, clip))["rmse"]
 
 
 def mae(pred: Tensor, target: Tensor, clip: tuple[float, float] | None = None) -> Tensor:
     """Mean absolute error over all interactions (0-dim tensor)."""
-    return rating_errors(pred, target, clip).abs().mean()
+    return error_metrics(rating_errors(pred, target, clip))["mae"]
 
 
 def per_user_rating_metrics(
     users: Tensor, pred: Tensor, target: Tensor, n_users: int, clip: tuple[float, float] | None = None
 ) -> dict[str, Tensor]:
-    """``{'rmse': (n_users,), 'mae': (n_users,)}``: each user's errors aggregated with ``index_add_``.
-
-    ``users[j]`` is the user (in ``[0, n_users)``) of interaction j. Users without ratings get NaN.
-    """
-    errors = rating_errors(pred, target, clip)
-    users = users.to(errors.device, torch.long)
-    count = torch.bincount(users, minlength=n_users).to(errors.dtype)
-    sse = errors.new_zeros(n_users).index_add_(0, users, errors.square())
-    sae = errors.new_zeros(n_users).index_add_(0, users, errors.abs())
-    return {"rmse": (sse / count).sqrt(), "mae": sae / count}
+    """``{'rmse': (n_users,), 'mae': (n_users,)}`` of each user's predictions; users without ratings get NaN."""
+    stats = per_user_error_metrics(users, rating_errors(pred, target, clip), n_users)
+    return {"rmse": stats["rmse"], "mae": stats["mae"]}

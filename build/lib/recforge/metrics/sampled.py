@@ -27,19 +27,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recforge.errors import RecForgeError
 from recforge.metrics.ranking import topk_items
 
-__all__ = ["STRATEGIES", "protocol_prefix", "hash_uniform_keys", "sample_negatives"]
+__all__ = ["STRATEGIES", "check_protocol", "protocol_prefix", "hash_uniform_keys", "sample_negatives"]
 
 STRATEGIES = ("uniform", "popularity")
 _M32 = 0xFFFFFFFF
 _BLOCK = 1 << 22  # key-matrix elements per block (bounds the extra memory of sampling)
 
 
+def check_protocol(n_negatives: int | None, strategy: str) -> None:
+    """Raise :class:`RecForgeError` naming the ``eval.sampled`` key for an invalid protocol (``n_negatives=None``:
+    full ranking only)."""
+    if strategy not in STRATEGIES:
+        raise RecForgeError(f"eval.sampled.strategy={strategy!r} is not one of {list(STRATEGIES)}")
+    if n_negatives is not None and (type(n_negatives) is not int or n_negatives < 1):
+        raise RecForgeError(f"eval.sampled.n_negatives={n_negatives!r} must be a positive integer "
+                            "(e.g. 99), or set eval.sampled=null for full ranking only")
+
+
 def protocol_prefix(n_negatives: int, strategy: str) -> str:
     """The metric-name prefix of a protocol: ``sampled99`` (uniform) or ``popsampled99`` (popularity)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"sampled strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check_protocol(n_negatives, strategy)
     return f"{'pop' if strategy == 'popularity' else ''}sampled{int(n_negatives)}"
 
 
@@ -85,8 +95,7 @@ def sample_negatives(
     Returns ``items`` int64 with ``n_negatives' = min(N, n_items)`` columns in key order, and ``valid``
     (False where a user had fewer than N eligible items; those entries hold ``n_items``).
     """
-    if n_negatives < 1:
-        raise ValueError(f"n_negatives must be >= 1, got {n_negatives}")
+    check_protocol(n_negatives, "uniform" if weights is None else "popularity")
     device = users.device
     n_rows = users.numel()
     width = min(int(n_negatives), n_items)

@@ -1,0 +1,1 @@
+"""Hydra search-path plugin: the config folders named in ``RECFORGE_CONFIG_PATH`` come before RecForge's own."""
