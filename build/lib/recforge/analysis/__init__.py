@@ -1,1 +1,0 @@
-"""Analysis on top of tracked runs: comparing models, significance tests."""

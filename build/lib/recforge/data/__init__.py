@@ -1,1 +1,0 @@
-"""Data: sources (one per dataset family), preprocessing, splits and the LightningDataModule."""

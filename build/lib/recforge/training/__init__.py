@@ -1,1 +1,0 @@
-"""Where model, loss, optimizer and metrics meet: the LightningModule and callbacks."""
