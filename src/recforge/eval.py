@@ -10,7 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from recforge.cli import run_cli
+from recforge.cli import command, run_cli
 from recforge.config import CONFIG_DIR
 from recforge.errors import RecForgeError
 from recforge.pipeline import finite
@@ -41,5 +41,7 @@ def main(cfg: DictConfig) -> None:
     out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
 
 
+entry = command(main, "eval")
+
 if __name__ == "__main__":
-    main()
+    entry()

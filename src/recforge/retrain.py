@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recforge.config import CONFIG_DIR, to_yaml
 from recforge.metrics.names import metric_mode
 from recforge.errors import RecForgeError
-from recforge.cli import quiet_warnings, run_cli
+from recforge.cli import command, quiet_warnings, run_cli
 from recforge.train import train
 
 MODES = ("finetune", "scratch", "both")
@@ -250,5 +250,7 @@ def main(cfg: DictConfig) -> None:
     run_cli(retrain, cfg)
 
 
+entry = command(main, "retrain")
+
 if __name__ == "__main__":
-    main()
+    entry()

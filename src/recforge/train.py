@@ -16,7 +16,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from recforge.cli import quiet_warnings, run_cli
+from recforge.cli import command, quiet_warnings, run_cli
 from recforge.config import CONFIG_DIR, build, flatten, to_yaml
 from recforge.errors import RecForgeError
 from recforge.pipeline import (Experiment, build_experiment, config_integer, finite, git_commit, model_spec,
@@ -191,5 +191,7 @@ def main(cfg: DictConfig) -> float | list | None:
     return [metrics.get(name) for name in objective]  # several objectives (e.g. an NSGA-II sweep)
 
 
+entry = command(main, "train")
+
 if __name__ == "__main__":
-    main()
+    entry()

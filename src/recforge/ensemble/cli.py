@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from recforge.config import CONFIG_DIR, build, to_yaml
 from recforge.errors import RecForgeError
-from recforge.cli import quiet_warnings, run_cli
+from recforge.cli import command, quiet_warnings, run_cli
 
 
 def ensemble(cfg: DictConfig) -> dict[str, float]:
@@ -135,5 +135,7 @@ def main(cfg: DictConfig) -> float | None:
     return None
 
 
+entry = command(main, "ensemble")
+
 if __name__ == "__main__":
-    main()
+    entry()
