@@ -3,15 +3,12 @@ file they came from; docs/sweeps.md lists every search space with its parameters
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import yaml
 
-from recforge.catalog import description, main, matching_option
+from recforge import CONFIG_DIR as CONF
+from recforge.catalog import main
+from recforge.utils.options import description, matching_option
 from tests.conftest import REPO
-
-CONF = REPO / "conf"
 
 
 def test_every_option_of_every_group_is_listed_with_a_description(capsys):
@@ -24,6 +21,7 @@ def test_every_option_of_every_group_is_listed_with_a_description(capsys):
         start = lines.index(f"{folder.name}  (recforge-train {folder.name}=<option>)")
         block = lines[start + 1:]
         block = block[:block.index("")] if "" in block else block
+        assert all(line.startswith("  ") for line in block)  # RecForge's own options (a user's are marked *)
         listed = {line.split()[0]: line.split(None, 1)[1] for line in block}
         options = {f.stem for f in folder.glob("*.yaml")}
         assert set(listed) == options, folder.name
@@ -48,6 +46,21 @@ def test_groups_can_be_chosen_and_an_unknown_one_is_an_error(capsys):
     assert main(["list", "models"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown config group 'models'; groups: ") and "model" in err
+
+
+def test_a_users_config_folder_joins_the_listing_and_the_matching(tmp_path, monkeypatch, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("# @package _global_\n# My own model.\nmodel:\n"
+                                                  "  _target_: mypkg.models.Mine\n  size: 8\n")
+    (tmp_path / "model" / "pop.yaml").write_text("# My popularity baseline, replacing RecForge's.\nmodel:\n"
+                                                 "  _target_: mypkg.models.Pop\n")
+    monkeypatch.setenv("RECFORGE_CONFIG_PATH", str(tmp_path))
+    assert main(["list", "model"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["*mine", "My", "own", "model."] for line in lines)
+    assert any(line.startswith(" *pop ") and "replacing RecForge's" in line for line in lines)
+    assert any(line.startswith("  bpr ") for line in lines)
+    assert matching_option("model", {"model._target_": "mypkg.models.Mine", "model.size": "8"}) == "mine"
 
 
 def test_a_runs_params_lead_back_to_its_option_file():
@@ -79,8 +92,3 @@ def test_sweeps_doc_lists_every_search_space_with_its_parameters():
         space = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
         for key, value in space.items():
             assert f"`{key}`: `{value}`" in rows[path.stem], f"{path.name}: {key}"
-
-
-@pytest.mark.parametrize("group", ["optimizer", "trainer", "hydra"])
-def test_groups_that_had_no_header_have_one_now(group):
-    assert all(description(Path(f)) for f in (CONF / group).glob("*.yaml"))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from recforge.errors import RecForgeError
+from recforge.utils.options import matching_option
 
 log = logging.getLogger("recforge")
 
@@ -118,9 +119,7 @@ def select_runs(client, experiments: Sequence[str] = (), run_ids: Sequence[str] 
 
 def option_name(run, group: str) -> str:
     """The config option of ``group`` a run used (``model``: ``bpr``, ``split``: ``leave_one_out``), found from its
-    logged params (:func:`recforge.catalog.matching_option`); else the class of its ``_target_`` (or "")."""
-    from recforge.catalog import matching_option
-
+    logged params (:func:`recforge.utils.options.matching_option`); else the class of its ``_target_`` (or "")."""
     params = run.data.params
     return matching_option(group, params) or params.get(f"{group}._target_", "").rsplit(".", 1)[-1]
 
