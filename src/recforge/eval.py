@@ -16,7 +16,7 @@ from recforge.config import CONFIG_DIR
 from recforge.errors import RecForgeError
 from recforge.pipeline import finite
 from recforge.restore import load_checkpoint
-from recforge.tracking.client import fetch_checkpoint
+from recforge.tracking.client import fetch_checkpoint, logged_metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -32,12 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                              enable_model_summary=False)
         metrics = finite(trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0])
     if cfg.run_id and not cfg.ckpt_path:
-        from mlflow.tracking import MlflowClient
-
-        from recforge.tracking.tracker import sqlite_store_uri
-
-        logged = MlflowClient(cfg.tracking_uri or sqlite_store_uri(cfg.paths.log_dir)).get_run(cfg.run_id).data.metrics
-        print(against_logged(metrics, logged, cfg.run_id))
+        print(against_logged(metrics, logged_metrics(cfg.run_id, cfg.tracking_uri, cfg.paths.log_dir), cfg.run_id))
     else:
         print("\n".join(f"{name:<28} {value:.6f}" for name, value in sorted(metrics.items())))
     return metrics
