@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-slow test-all bench clean
+.PHONY: setup train test test-slow test-all bench notebook clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,5 +35,9 @@ test-all: setup
 bench: setup  ## training/eval throughput (prints numbers)
 	$(BIN)/python scripts/bench.py
 
-clean:
-	rm -rf logs outputs multirun .pytest_cache
+notebook: setup  ## Jupyter Lab on notebooks/ (installs the notebook extra once); the notebooks read logs/mlflow.db
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install -q -e ".[dev,notebook]"
+	$(BIN)/jupyter lab notebooks/
+
+clean:  ## everything runs write into the repository: logs, run folders, the data cache, reports
+	rm -rf logs outputs multirun data_cache reports .pytest_cache

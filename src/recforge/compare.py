@@ -1,21 +1,27 @@
 """``recforge-compare``: compare tracked runs as a paper needs: a table, plots and paired significance tests.
 
-    recforge-compare --experiment recforge --out reports/ml100k         # every finished run of an experiment
+    recforge-compare --out reports/all                               # every finished run of experiment 'recforge'
+    recforge-compare --tag dataset=ml-100k --out reports/ml100k        # the runs on one dataset
     recforge-compare --runs 3f2a... 9b1c... 77de... --vs-param optimizer.lr
     recforge-compare --filter "params.\\`data._target_\\` LIKE '%MovieLens100K'" --tag model=EASE
     recforge-compare --significance 3f2a... 9b1c... --metric test/ndcg_at_10 --out table.csv   # tests only
 
-Prints the table (model, dataset, the params that differ, val and test metrics, seconds per epoch, parameter
-count) and, with ``--out DIR``, writes runs.csv, runs.md, significance.csv and PNG plots (test metric per run
-with bootstrap confidence intervals, learning curves, metric against ``--vs-param``). Paired tests run within
-each group of runs that share a split fingerprint. The tracking store is ``--tracking-uri`` (a SQLite URI or
-a tracking server's ``http://host:port``), else ``MLFLOW_TRACKING_URI``, else ``sqlite:///logs/mlflow.db``.
+Prints the key columns (run, model as its config option, dataset, split, the monitored validation metric, a few
+test metrics, seconds per epoch) in the terminal's width (120 when not a terminal) and, with ``--out DIR``, writes
+the full table (every differing param, every val/test metric, parameter count) as runs.csv and runs.md, the
+paired tests as significance.csv, and PNG plots grouped by dataset and model (test metric per run with bootstrap
+confidence intervals, learning curves over epochs, metric against ``--vs-param``). Paired tests run within
+each group of runs that share a split fingerprint. Runs come from the MLflow experiment ``recforge`` (where
+``recforge-train`` logs unless ``tracking.experiment_name=<name>``) unless ``--experiment`` or ``--runs`` says
+otherwise. The tracking store is ``--tracking-uri`` (a SQLite URI or a tracking server's ``http://host:port``),
+else ``MLFLOW_TRACKING_URI``, else ``sqlite:///logs/mlflow.db``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,16 +29,17 @@ from recforge.errors import RecForgeError
 
 
 def _print(frame) -> None:
-    import pandas as pd
+    from recforge.analysis.runs import to_text
 
-    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
-        print(frame.to_string(index=False))
+    print(to_text(frame, shutil.get_terminal_size((120, 24)).columns if sys.stdout.isatty() else 120))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recforge-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", action="append", default=[], help="MLflow experiment name (repeatable)")
+    parser.add_argument("--experiment", action="append", default=[],
+                        help="MLflow experiment name (repeatable; default: recforge, where recforge-train logs "
+                             "unless tracking.experiment_name=<name>)")
     parser.add_argument("--runs", nargs="+", default=[], metavar="RUN_ID", help="run ids to compare")
     parser.add_argument("--filter", default="", help="an MLflow search filter string")
     parser.add_argument("--tag", action="append", default=[], help="key=value tag to match (repeatable)")
@@ -71,10 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _print(report.table)
+    from recforge.analysis.report import key_columns, key_significance, run_labels
+
+    _print(key_columns(report.table, args.metric))
     if not report.significance.empty:
-        print()
-        _print(report.significance)
+        print(f"\npaired tests of {args.metric} within each split:")
+        _print(key_significance(report.significance, run_labels(runs)))
+    if not report.files:
+        print(f"\n(--out DIR writes the full table, {report.table.shape[1]} columns, as CSV and Markdown, "
+              "and the plots)")
     for path in report.files:
         print(f"saved: {path}")
     return 0
@@ -84,9 +96,11 @@ def _significance_only(args) -> int:
     from recforge.analysis.significance import compare_runs
     from recforge.utils.io import atomic_path
 
+    from recforge.analysis.report import key_significance
+
     table = compare_runs(args.significance, args.metric, args.tracking_uri, args.n_bootstrap, args.confidence,
                          args.seed)
-    _print(table)
+    _print(key_significance(table, {run_id: run_id[:8] for run_id in args.significance}))
     if args.out is not None:
         with atomic_path(args.out) as tmp:
             table.to_csv(tmp, index=False)

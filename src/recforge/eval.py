@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -15,11 +16,12 @@ from recforge.config import CONFIG_DIR
 from recforge.errors import RecForgeError
 from recforge.pipeline import finite
 from recforge.restore import load_checkpoint
-from recforge.tracking.client import fetch_checkpoint
+from recforge.tracking.client import fetch_checkpoint, logged_metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test metrics of the checkpoint ``cfg.ckpt_path`` (or of MLflow run ``cfg.run_id``)."""
+    """Test metrics of the checkpoint ``cfg.ckpt_path`` (or of MLflow run ``cfg.run_id``, printed beside the
+    metrics the run logged)."""
     if not cfg.ckpt_path and not cfg.run_id:
         raise RecForgeError("give ckpt_path=<file.ckpt> or run_id=<mlflow run id>")
     with tempfile.TemporaryDirectory() as tmp:
@@ -29,9 +31,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False)
         metrics = finite(trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0])
-    for name, value in sorted(metrics.items()):
-        print(f"{name:<28} {value:.6f}")
+    if cfg.run_id and not cfg.ckpt_path:
+        print(against_logged(metrics, logged_metrics(cfg.run_id, cfg.tracking_uri, cfg.paths.log_dir), cfg.run_id))
+    else:
+        print("\n".join(f"{name:<28} {value:.6f}" for name, value in sorted(metrics.items())))
     return metrics
+
+
+def against_logged(metrics: dict[str, float], logged: dict[str, float], run_id: str) -> str:
+    """Each reproduced test metric beside the one run ``run_id`` logged: ``matches`` (equal to a relative 1e-6)
+    or ``differs by <reproduced - logged>``, and a last line saying how many match."""
+    lines = [f"{'metric':<28} {'reproduced':>12} {'logged':>12}"]
+    matched = 0
+    for name, value in sorted(metrics.items()):
+        if name not in logged:
+            lines.append(f"{name:<28} {value:>12.6f} {'-':>12}  not logged by the run")
+            continue
+        same = math.isclose(value, logged[name], rel_tol=1e-6, abs_tol=1e-9)
+        matched += same
+        verdict = "matches" if same else f"differs by {value - logged[name]:+.3g}"
+        lines.append(f"{name:<28} {value:>12.6f} {logged[name]:>12.6f}  {verdict}")
+    lines.append(f"{matched} of {len(metrics)} test metrics match those logged by run {run_id}")
+    return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

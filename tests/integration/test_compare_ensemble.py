@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from recforge.analysis.runs import runs_table, select_runs, tracking_client, varying_params
+from recforge.analysis.runs import epoch_history, runs_table, select_runs, tracking_client, varying_params
 from recforge.compare import main as compare_main
 from recforge.errors import RecForgeError
 from recforge.train import train
@@ -41,8 +43,9 @@ def test_select_runs_by_experiment_ids_filter_and_tags(store):
     assert [r.info.run_name for r in select_runs(client, tags={"model": "EASE"})] == ["ease"]
     picked = select_runs(client, filter_string="params.`model._target_` LIKE '%ItemKNN'")
     assert [r.info.run_name for r in picked] == ["itemknn"]
-    with pytest.raises(RecForgeError, match="experiment 'nope' not found"):
+    with pytest.raises(RecForgeError, match="experiment 'nope' not found") as info:
         select_runs(client, ["nope"])
+    assert "known: Default, recforge" in str(info.value) and "tracking.experiment_name=" in str(info.value)
     with pytest.raises(RecForgeError, match="bad filter"):
         select_runs(client, filter_string="metrics.x >>> 1")
 
@@ -51,7 +54,9 @@ def test_runs_table_has_models_key_params_metrics_and_costs(store):
     uri, ids, runs, _ = store
     selected = select_runs(tracking_client(uri), run_ids=[ids[m] for m in MEMBERS])
     table = runs_table(selected)
-    assert list(table["model"]) == ["MatrixFactorization", "ItemKNN", "EASE"]
+    assert list(table["model"]) == ["bpr", "itemknn", "ease"]  # the config options, not the classes
+    assert list(table["model_class"]) == ["MatrixFactorization", "ItemKNN", "EASE"]
+    assert set(table["split"]) == {"random"} and set(table["monitor"]) == {"val/ndcg_at_10"}
     assert {"model.embedding_dim", "model.k_neighbors", "model.l2_reg"} <= set(varying_params(selected))
     assert "data.n_users" not in table.columns  # the same for every run: not a key param
     assert table.loc[0, "test/ndcg_at_10"] == pytest.approx(runs["bpr"]["test/ndcg_at_10"])
@@ -63,37 +68,91 @@ def test_compare_cli_writes_table_plots_and_tests_within_splits(store, tmp_path,
     code = compare_main(["--tracking-uri", uri, "--runs", *[ids[m] for m in (*MEMBERS, "other_split")],
                          "--vs-param", "optimizer.lr", "--n-bootstrap", "200", "--out", str(tmp_path)])
     assert code == 0
-    table = pd.read_csv(tmp_path / "runs.csv")
+    # the terminal gets the key columns in 120 characters (not a terminal here), models by their config names
+    lines = capsys.readouterr().out.splitlines()
+    assert max(map(len, lines)) <= 120
+    assert lines[0].split() == ["run", "model", "dataset", "split", "s/epoch", "val/ndcg@10", "test/ndcg@10",
+                                "test/recall@20", "test/hr@10", "test/mrr@10"]
+    assert [line.split()[:2] for line in lines[1:5]] == [["bpr", "bpr"], ["itemknn", "itemknn"], ["ease", "ease"],
+                                                         ["other_split", "pop"]]
+    table = pd.read_csv(tmp_path / "runs.csv")  # the files have everything
     assert len(table) == 4 and (tmp_path / "runs.md").read_text().startswith("| run_id | run_name | model |")
+    assert {"model.embedding_dim", "test/gini_at_20", "n_parameters"} <= set(table.columns)
     for png in ("test_ndcg_at_10_ci.png", "curves_val_ndcg_at_10.png", "test_ndcg_at_10_vs_optimizer.lr.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in tmp_path.iterdir()} == {oct(0o666 & ~umask)}
     sig = pd.read_csv(tmp_path / "significance.csv")
     assert len(sig) == 3  # the three same-split runs pairwise; the other split's run is not paired
     assert ids["other_split"] not in set(sig["run_a"]) | set(sig["run_b"])
     row = sig[(sig.run_a == ids["itemknn"]) & (sig.run_b == ids["ease"])].iloc[0]
     assert row["mean_diff"] == pytest.approx(runs["itemknn"]["test/ndcg_at_10"] - runs["ease"]["test/ndcg_at_10"],
                                              abs=1e-6)
+    # a rating run beside a ranking run: each monitored metric gets a column, each run its values
+    assert compare_main(["--tracking-uri", uri, "--runs", ids["bpr"], ids["rating"], "--no-plots"]) == 0
+    header, bpr, rating = capsys.readouterr().out.splitlines()[:3]
+    assert header.split()[4:7] == ["s/epoch", "val/ndcg@10", "val/rmse"] and "test/rmse" in header
+    assert rating.split()[:2] == ["rating", "mf"] and bpr.split()[:2] == ["bpr", "bpr"]
     assert compare_main(["--tracking-uri", uri, "--runs", ids["bpr"], "--metric", "test/nope"]) == 2
     assert "was not logged" in capsys.readouterr().err
 
 
-def test_notebook_runs_headless(store, tmp_path):
+def test_learning_curves_are_per_epoch_and_untrained_runs_are_one_value(store):
+    uri, ids, runs, _ = store
+    client = tracking_client(uri)
+    history = epoch_history(client, [ids["bpr"], ids["ease"]], "val/ndcg_at_10")
+    bpr = history[history.run_id == ids["bpr"]]
+    assert list(bpr["epoch"]) == [1, 2, 3]  # after each training epoch; the final validation is not an epoch
+    logged = [m.value for m in client.get_metric_history(ids["bpr"], "val/ndcg_at_10")]
+    assert list(bpr["value"]) == logged[:3]
+    ease = history[history.run_id == ids["ease"]]
+    assert len(ease) == 1 and ease["epoch"].isna().all()
+    assert ease["value"].iloc[0] == pytest.approx(runs["ease"]["val/ndcg_at_10"])
+
+
+def test_eval_by_run_id_says_it_matches_the_logged_run(store, tmp_path, capsys):
+    from recforge.eval import evaluate
+
+    uri, ids, _, _ = store
+    evaluate(compose_train([f"run_id={ids['bpr']}", f"tracking_uri={uri}"], tmp_path, config_name="eval"))
+    lines = capsys.readouterr().out.splitlines()
+    ndcg = next(line for line in lines if line.startswith("test/ndcg_at_10 "))
+    assert ndcg.split()[1] == ndcg.split()[2] and ndcg.endswith("matches")
+    assert re.fullmatch(rf"(\d+) of \1 test metrics match those logged by run {ids['bpr']}", lines[-1])
+
+
+def run_notebook(cwd: Path, monkeypatch) -> object:
+    """Execute compare_runs.ipynb headless in ``cwd`` as Jupyter would (the notebook's folder is the working
+    folder), with no tracking settings in the environment."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    uri, _, _, _ = store
+    for name in ("MLFLOW_TRACKING_URI", "RECFORGE_ROOT", "RECFORGE_LOG_DIR"):
+        monkeypatch.delenv(name, raising=False)
     nb = nbformat.read(REPO / "notebooks" / "compare_runs.ipynb", as_version=4)
-    env = {"MLFLOW_TRACKING_URI": uri, "RECFORGE_COMPARE_OUT": str(tmp_path)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                            resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def test_notebook_runs_from_its_folder_and_finds_the_repositorys_store(store, monkeypatch):
+    _, _, _, tmp = store  # tmp/logs/mlflow.db, as in a repository; the notebook runs in tmp/notebooks
+    (tmp / "notebooks").mkdir(exist_ok=True)
+    nb = run_notebook(tmp / "notebooks", monkeypatch)
     text = "\n".join(str(o.get("data", {}).get("text/markdown", "")) for c in nb.cells if c.cell_type == "code"
                      for o in c.outputs)
-    assert "ItemKNN" in text and "EASE" in text
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["curves.png", "metric_ci.png", "metric_vs_param.png"]
+    assert "| itemknn |" in text and "| ease |" in text
+    out = tmp / "reports" / "compare_runs"
+    assert sorted(p.name for p in out.glob("*.png")) == ["curves.png", "metric_ci.png", "metric_vs_param.png"]
+
+
+def test_notebook_without_runs_says_what_to_do(tmp_path, monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    (tmp_path / "notebooks").mkdir()
+    with pytest.raises(CellExecutionError) as info:
+        run_notebook(tmp_path / "notebooks", monkeypatch)
+    assert "there is no tracking store" in str(info.value) and "train some runs first" in str(info.value)
 
 
 def ensemble_cfg(tmp_path: Path, uri: str, run_ids, *overrides: str):

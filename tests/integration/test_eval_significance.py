@@ -82,7 +82,8 @@ def test_cli_prints_and_saves_csv(store, tmp_path, capsys):
                  "--tracking-uri", uri, "--out", str(out), "--n-bootstrap", "500"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "wilcoxon_pvalue_holm" in printed and runs["better"] in printed
+    lines = printed.splitlines()  # run ids cut to 8 characters to fit; the CSV has every column
+    assert "p Wilcoxon (Holm)" in lines[0] and runs["better"][:8] in lines[1] and max(map(len, lines)) <= 120
     saved = pd.read_csv(out)
     assert len(saved) == 1 and saved.metric[0] == "test/recall_at_10"
     assert saved.mean_diff[0] == pytest.approx(-0.025, abs=0.003)

@@ -67,7 +67,8 @@ def test_train_compare_and_ensemble_through_a_tracking_server(server, tmp_path):
                          "--out", str(tmp_path / "report")]) == 0
     table = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert list(table["run_id"]) == [*ids, metrics["run_id"]]
-    assert list(table["model"]) == ["MatrixFactorization", "ItemKNN", "Ensemble"]
+    assert list(table["model"]) == ["bpr", "itemknn", "Ensemble"]  # config options; an ensemble has its tag
+    assert list(table["model_class"]) == ["MatrixFactorization", "ItemKNN", "Ensemble"]
     assert len(pd.read_csv(tmp_path / "report" / "significance.csv")) == 3
     # artifacts went through the server (proxied), not to a local path of this process
     assert any((tmp / "artifacts").rglob("per_user_test_metrics.parquet"))

@@ -53,7 +53,7 @@ def test_summary_matches_hand_computed_values(bundle, log_file):
     s = monitor.summarise(monitor.read_log(log_file), bundle)
     assert s["requests"] == 5
     assert s["traffic"]["minutes"] == 4  # 12:00, 12:01, 12:02, 12:03
-    assert s["traffic"]["requests_per_minute"] == pytest.approx(5 / 4)
+    assert s["traffic"]["duration_s"] == 175 and s["traffic"]["requests_per_second"] == pytest.approx(5 / 175)
     assert s["traffic"]["peak_per_minute"] == 2
     assert s["traffic"]["by_endpoint"] == {"/recommend": 4, "/similar-items/{item_id}": 1}
     # latencies 10..50: linear-interpolation percentiles
@@ -103,3 +103,16 @@ def test_malformed_line_is_an_error_naming_the_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         monitor.main([str(path)])
     assert exit_.value.code == 2 and capsys.readouterr().err.startswith(f"error: {path}:2")
+
+
+def test_durations_are_reported_as_they_were(tmp_path, capsys):
+    """A quarter-second log is 0.25 s, not "1 min"; its rate is per second over those 0.25 s."""
+    assert [monitor.format_duration(x) for x in (0.25, 0, 42, 60, 123.9, 3600 * 5 + 7 * 60 + 9, 86400 * 2 + 3 * 3600)] \
+        == ["0.25 s", "0 s", "42 s", "1 min 0 s", "2 min 3 s", "5 h 7 min", "2 d 3 h"]
+    path = tmp_path / "short.jsonl"
+    path.write_text("".join(json.dumps({**r, "ts": f"2026-01-01T12:00:00.{i * 125:03d}Z"}) + "\n"
+                            for i, r in enumerate(LOG[:3])))  # 12:00:00.000, .125, .250
+    monitor.main([str(path)])
+    period, rate = capsys.readouterr().out.splitlines()[1:3]
+    assert period.endswith("(0.25 s)") and "min" not in period
+    assert rate.endswith("12.0 requests/s over 0.25 s (busiest calendar minute: 3 requests)")

@@ -1,7 +1,9 @@
 """PNG plots of a comparison: test metrics with confidence intervals, learning curves, metric vs hyperparameter.
 
-Every function draws one figure with matplotlib's non-interactive Agg backend, writes it atomically and
-returns the path; it needs no display.
+Runs are grouped the way they can be compared: one panel per dataset (each has its own scale), one colour per
+model (its config option, ``bpr``, ``neumf``; the same colour in every plot of a report). Each function takes the
+runs table (:func:`recforge.analysis.runs.runs_table`: ``run_id``, ``model``, ``dataset``, ...), draws one figure
+with matplotlib's non-interactive Agg backend, writes it atomically and returns the path; it needs no display.
 """
 
 from __future__ import annotations
@@ -15,82 +17,186 @@ import pandas as pd
 from recforge.analysis.significance import bootstrap_ci
 from recforge.utils.io import atomic_path
 
+LINE_STYLES = ("-", "--", ":", "-.")
+MAX_VALUE_TICKS = 8  # a numeric axis with at most this many distinct values gets one tick per value
 
-def _figure(width: float = 7.0, height: float = 4.0):
+
+def _panels(heights: list[float], width: float = 9.0):
+    """A figure of one panel per dataset, stacked, each ``heights[i]`` inches high."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=110)
+    heights = heights or [1.0]  # nothing to draw: one empty panel
+    fig, axes = plt.subplots(len(heights), 1, figsize=(width, sum(heights) + 0.6), dpi=110, squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    return fig, list(axes[:, 0])
 
 
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
+    for ax in fig.axes:
+        _untangle_xticks(fig, ax)
+    fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")  # legends beside the panels stay in the picture
     plt.close(fig)
     return path
 
 
+def _untangle_xticks(fig, ax) -> None:
+    """No two x tick labels overlap: labels that do are set upright, and if they still do, only every n-th stays."""
+    labels = [t for t in ax.get_xticklabels() if t.get_text()]
+
+    def overlapping() -> bool:
+        fig.canvas.draw()
+        boxes = [t.get_window_extent() for t in labels if t.get_visible()]
+        return any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+
+    if len(labels) < 2 or not overlapping():
+        return
+    for label in labels:
+        label.set(rotation=90, ha="center")
+    step = 1
+    while overlapping() and step < len(labels):
+        step += 1
+        for i, label in enumerate(labels):
+            label.set_visible(i % step == 0)
+
+
+def model_colours(models) -> dict[str, tuple]:
+    """One colour per model name, in sorted order (matplotlib's ``tab10``, then ``tab20``)."""
+    import matplotlib
+
+    names = sorted(set(models))
+    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: palette(i % palette.N) for i, name in enumerate(names)}
+
+
+def _datasets(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(table["dataset"]))
+
+
 def mean_with_ci(values: Mapping[str, pd.Series], n_bootstrap: int = 2000, confidence: float = 0.95,
                  seed: int = 0) -> pd.DataFrame:
-    """Per label: the mean of its per-user values (NaN dropped) and a percentile bootstrap CI of that mean."""
+    """Per run id: the mean of its per-user values (NaN dropped) and a percentile bootstrap CI of that mean."""
     rows = []
-    for label, series in values.items():
+    for run_id, series in values.items():
         x = series.dropna().to_numpy(float)
         low, high = bootstrap_ci(x, n_bootstrap, confidence, seed)
-        rows.append({"label": label, "mean": float(x.mean()) if len(x) else np.nan, "ci_low": low, "ci_high": high,
-                     "n_users": len(x)})
-    return pd.DataFrame(rows)
+        rows.append({"run_id": run_id, "mean": float(x.mean()) if len(x) else np.nan, "ci_low": low,
+                     "ci_high": high, "n_users": len(x)})
+    return pd.DataFrame(rows, columns=["run_id", "mean", "ci_low", "ci_high", "n_users"])
 
 
-def plot_metric_ci(summary: pd.DataFrame, metric: str, path: Path, confidence: float = 0.95) -> Path:
-    """Bars of ``summary`` (from :func:`mean_with_ci`) with their confidence intervals as error bars."""
-    fig, ax = _figure(max(4.0, 1.1 * len(summary) + 2), 4.0)
-    x = np.arange(len(summary))
-    err = np.vstack([summary["mean"] - summary["ci_low"], summary["ci_high"] - summary["mean"]])
-    ax.bar(x, summary["mean"], yerr=err, capsize=4, color="#4C72B0")
-    ax.set_xticks(x, summary["label"], rotation=30, ha="right")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per run, {confidence:.0%} bootstrap CI over users")
+def plot_metric_ci(summary: pd.DataFrame, table: pd.DataFrame, labels: Mapping[str, str], metric: str, path: Path,
+                   confidence: float = 0.95) -> Path:
+    """Horizontal bars of ``summary`` (from :func:`mean_with_ci`) with their confidence intervals: a panel per
+    dataset, best run on top, coloured by model, each run's mean written beside its bar."""
+    data = summary.merge(table[["run_id", "model", "dataset"]], on="run_id")
+    colours = model_colours(table["model"])
+    datasets = _datasets(data)
+    fig, axes = _panels([0.5 + 0.32 * (data["dataset"] == d).sum() for d in datasets])
+    for ax, dataset in zip(axes, datasets):
+        part = data[data["dataset"] == dataset].sort_values("mean", ascending=False, kind="stable")
+        y = np.arange(len(part))
+        err = np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]])
+        ax.barh(y, part["mean"], xerr=err, capsize=3, color=[colours[m] for m in part["model"]], height=0.7)
+        ax.set_yticks(y, [f"{m}: {labels.get(r, r[:8])}" for m, r in zip(part["model"], part["run_id"])])
+        ax.invert_yaxis()
+        for yi, (mean, high) in enumerate(zip(part["mean"], part["ci_high"])):
+            ax.annotate(f"{mean:.4f}", (high, yi), xytext=(4, 0), textcoords="offset points", va="center",
+                        fontsize=8)
+        ax.set_xlim(0, part["ci_high"].max() * 1.15)
+        ax.set_title(dataset, fontsize=10, loc="left")
+        ax.set_xlabel(metric)
+    fig.suptitle(f"{metric}: mean over test users, {confidence:.0%} bootstrap CI", fontsize=11)
     return _save(fig, path)
 
 
-def plot_learning_curves(history: pd.DataFrame, labels: Mapping[str, str], metric: str, path: Path) -> Path:
-    """One line per run of ``history`` (run_id, step, value), e.g. ``val/ndcg_at_10`` after each epoch."""
-    fig, ax = _figure()
-    for run_id, part in history.groupby("run_id", sort=False):
-        ax.plot(part["step"], part["value"], marker="o", markersize=3, label=labels.get(run_id, run_id[:8]))
-    ax.set_xlabel("training step")
-    ax.set_ylabel(metric)
-    ax.set_title(f"learning curves: {metric}")
-    if len(history):
-        ax.legend(fontsize="small")
+def plot_learning_curves(history: pd.DataFrame, table: pd.DataFrame, labels: Mapping[str, str], metric: str,
+                         path: Path) -> Path:
+    """``metric`` after each epoch (``history`` from :func:`recforge.analysis.runs.epoch_history`): a panel per
+    dataset, a line per run coloured by its model; a run without epochs (EASE, ItemKNN) is a dashed level line."""
+    data = history.merge(table[["run_id", "model", "dataset"]], on="run_id")
+    colours = model_colours(table["model"])
+    datasets = _datasets(table[table["run_id"].isin(data["run_id"])]) or ["(no values)"]
+    fig, axes = _panels([3.2] * len(datasets))
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, dataset in zip(axes, datasets):
+        part = data[data["dataset"] == dataset]
+        seen: dict[str, int] = {}
+        for run_id, run in part.groupby("run_id", sort=False):
+            model = run["model"].iloc[0]
+            style = LINE_STYLES[seen.get(model, 0) % len(LINE_STYLES)]  # runs of one model: one style each
+            seen[model] = seen.get(model, 0) + 1
+            label = f"{model}: {labels.get(run_id, run_id[:8])}"
+            if run["epoch"].isna().all():
+                ax.axhline(run["value"].iloc[-1], color=colours[model], linestyle="--", linewidth=1,
+                           label=f"{label} (no epochs)")
+            else:
+                ax.plot(run["epoch"], run["value"], color=colours[model], linestyle=style, marker="o",
+                        markersize=3, label=label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(dataset, fontsize=10, loc="left")
+        if len(part):
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
+    fig.suptitle(f"learning curves: {metric} after each epoch", fontsize=11)
     return _save(fig, path)
 
 
 def plot_metric_vs_param(table: pd.DataFrame, param: str, metric: str, path: Path) -> Path:
-    """``metric`` against hyperparameter ``param`` (a column of a runs table); log x for wide positive ranges."""
-    fig, ax = _figure()
-    table = table[table[param].notna()]  # runs without the parameter (another model) are left out
-    values = pd.to_numeric(table[param], errors="coerce")
-    y = table[metric].to_numpy(float)
-    if values.notna().all() and len(values):
-        x = values.to_numpy(float)
-        ax.scatter(x, y, color="#4C72B0")
-        if (x > 0).all() and x.max() / x.min() > 10:
-            ax.set_xscale("log")
-        order = np.argsort(x, kind="stable")
-        ax.plot(x[order], y[order], color="#4C72B0", alpha=0.3)
-    else:  # categorical values: one column of points per value
-        labels = table[param].map(str)
-        categories = sorted(labels.unique())
-        ax.scatter(labels.map({c: i for i, c in enumerate(categories)}).to_numpy(), y, color="#4C72B0")
-        ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
-    ax.set_xlabel(param)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs {param}")
+    """``metric`` against hyperparameter ``param`` (columns of a runs table): a panel per dataset, a line per model
+    through its runs (the mean where several share a value); log x for wide positive ranges, one tick per value
+    when there are few, one column per value for categorical ones. Runs without the parameter, and for optimizer
+    and scheduler parameters runs fitted without epochs, are left out."""
+    colours = model_colours(table["model"])
+    table = table[table[param].notna() & table[metric].notna()]
+    if param.startswith(("optimizer.", "scheduler.")) and "s_per_epoch" in table:
+        table = table[table["s_per_epoch"] != 0]  # fitted without epochs (EASE, ItemKNN): no optimizer to vary
+    numbers = pd.to_numeric(table[param], errors="coerce")
+    numeric = bool(len(table)) and numbers.notna().all()
+    x_all = numbers if numeric else table[param].map(str)
+    categories = sorted(x_all.unique()) if not numeric else []
+    datasets = _datasets(table) or ["(no runs with this parameter)"]
+    fig, axes = _panels([3.2] * len(datasets), width=max(7.0, 0.7 * len(categories) + 3))
+    for ax, dataset in zip(axes, datasets):
+        part = table[table["dataset"] == dataset]
+        x = (x_all[part.index] if numeric else x_all[part.index].map({c: i for i, c in enumerate(categories)}))
+        for model, rows in part.groupby("model", sort=True):
+            xs, ys = x[rows.index].to_numpy(float), rows[metric].to_numpy(float)
+            ax.scatter(xs, ys, color=colours[model], s=18, zorder=3)
+            means = pd.Series(ys).groupby(xs).mean()
+            ax.plot(means.index, means.to_numpy(), color=colours[model], label=model, linewidth=1.5)
+        if numeric:
+            _value_ticks(ax, np.unique(x.to_numpy(float)))
+        else:  # every category in every panel; a class path by its class name
+            names = [c.rsplit(".", 1)[-1] if param.endswith("_target_") else c for c in categories]
+            slanted = max(map(len, names)) > 6
+            ax.set_xticks(range(len(names)), names, rotation=30 if slanted else 0, ha="right" if slanted else "center")
+            ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        ax.set_title(dataset, fontsize=10, loc="left")
+        if len(part):
+            ax.legend(fontsize=8, title="model", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"{metric} vs {param}", fontsize=11)
     return _save(fig, path)
+
+
+def _value_ticks(ax, values: np.ndarray) -> None:
+    """A log axis for a wide positive range; one labelled tick per value when there are few values."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    if len(values) and (values > 0).all() and values.max() / values.min() >= 10:
+        ax.set_xscale("log")
+    if len(values) <= MAX_VALUE_TICKS:
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(values, [f"{v:g}" for v in values])

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from recforge.analysis.plots import mean_with_ci, plot_learning_curves, plot_metric_ci, plot_metric_vs_param
-from recforge.analysis.runs import metric_history, runs_table, to_markdown, varying_params
+from recforge.analysis.runs import epoch_history, runs_table, to_markdown, varying_params
 from recforge.analysis.significance import FINGERPRINT_TAG, fetch_per_user, paired_tests, per_user_values
 from recforge.errors import RecForgeError
 from recforge.utils.io import atomic_path, atomic_write_text
@@ -26,8 +27,15 @@ class Report:
 
 
 def run_labels(runs: Sequence) -> dict[str, str]:
-    """Short unique labels: the run name (or model tag) plus the first run-id characters."""
-    return {r.info.run_id: f"{r.info.run_name or r.data.tags.get('model', 'run')} ({r.info.run_id[:6]})" for r in runs}
+    """Short unique labels: :func:`unique_labels` of the runs' names (or model tags)."""
+    return unique_labels([r.info.run_id for r in runs],
+                         [r.info.run_name or r.data.tags.get("model", "run") for r in runs])
+
+
+def unique_labels(run_ids: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+    """``{run_id: name}``, with the first run-id characters after each name that two runs share."""
+    counts = Counter(names)
+    return {run_id: name if counts[name] == 1 else f"{name} ({run_id[:6]})" for run_id, name in zip(run_ids, names)}
 
 
 def significance_by_split(client, runs: Sequence, metric: str, n_bootstrap: int = 10000, confidence: float = 0.95,
@@ -88,13 +96,42 @@ def compare_report(client, runs: Sequence, out_dir: Path | None, metric: str = "
     if plots:
         safe = metric.replace("/", "_")
         if frames:
-            values = per_user_values(frames, metric)
-            summary = mean_with_ci({labels[k]: v for k, v in values.items()}, min(n_bootstrap, 2000), confidence, seed)
-            report.files.append(plot_metric_ci(summary, metric, out_dir / f"{safe}_ci.png", confidence))
-        history = metric_history(client, [r.info.run_id for r in runs], curve_metric)
-        report.files.append(plot_learning_curves(history, labels, curve_metric,
+            summary = mean_with_ci(per_user_values(frames, metric), min(n_bootstrap, 2000), confidence, seed)
+            report.files.append(plot_metric_ci(summary, table, labels, metric, out_dir / f"{safe}_ci.png",
+                                               confidence))
+        history = epoch_history(client, [r.info.run_id for r in runs], curve_metric)
+        report.files.append(plot_learning_curves(history, table, labels, curve_metric,
                                                  out_dir / f"curves_{curve_metric.replace('/', '_')}.png"))
         if vs_param is not None:
             report.files.append(plot_metric_vs_param(table, vs_param, metric,
                                                      out_dir / f"{safe}_vs_{vs_param.replace('/', '_')}.png"))
     return report
+
+
+TEST_METRICS = ("test/ndcg_at_10", "test/recall_at_20", "test/rmse", "test/mae", "test/hr_at_10",
+                "test/mrr_at_10")
+
+
+def key_columns(table: pd.DataFrame, metric: str = "test/ndcg_at_10", n_metrics: int = 5) -> pd.DataFrame:
+    """The columns a terminal shows of a runs table: run (:func:`unique_labels`), model, dataset, split, seconds
+    per epoch, the validation metric(s) the runs monitored and test metrics up to ``n_metrics`` metrics in all
+    (``metric`` first, then ``TEST_METRICS`` the runs logged); ``_at_`` is written ``@``. The least important
+    column comes last, the first one a narrow terminal leaves out."""
+    monitored = list(dict.fromkeys(m for m in table["monitor"] if m in table.columns))
+    tests = [m for m in dict.fromkeys([metric, *TEST_METRICS]) if m in table.columns and table[m].notna().any()]
+    columns = list(dict.fromkeys(["model", "dataset", "split", "s_per_epoch", *monitored, *tests]))[:4 + n_metrics]
+    view = table[columns].rename(columns=lambda c: "s/epoch" if c == "s_per_epoch" else c.replace("_at_", "@"))
+    view.insert(0, "run", table["run_id"].map(unique_labels(table["run_id"], table["run_name"].fillna(""))))
+    if "s/epoch" in view:
+        view["s/epoch"] = view["s/epoch"].where(view["s/epoch"] > 0)  # fitted without epochs: shown as "-"
+    return view
+
+
+def key_significance(significance: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """The paired tests as a terminal shows them: run labels instead of ids, the mean difference, its CI and the
+    Holm-corrected p-values."""
+    frame = significance
+    return pd.DataFrame({"run a": frame["run_a"].map(labels), "run b": frame["run_b"].map(labels),
+                         "users": frame["n_users"], "mean a-b": frame["mean_diff"],
+                         "ci low": frame["ci_low"], "ci high": frame["ci_high"],
+                         "p t (Holm)": frame["t_pvalue_holm"], "p Wilcoxon (Holm)": frame["wilcoxon_pvalue_holm"]})

@@ -10,19 +10,23 @@ from __future__ import annotations
 import logging
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from recforge.errors import RecForgeError
+from recforge.utils.options import matching_option
 
 log = logging.getLogger("recforge")
 
-ID_COLUMNS = ["run_id", "run_name", "model", "dataset", "split_fingerprint", "status"]
+# "monitor" is an id column, so HIDDEN_PARAM_PREFIXES keeps the param of that name out of the param columns
+ID_COLUMNS = ["run_id", "run_name", "model", "model_class", "dataset", "split", "split_fingerprint", "monitor",
+              "status"]
 COST_COLUMNS = {"time/s_per_epoch": "s_per_epoch", "params/n_parameters": "n_parameters"}
 HIDDEN_PARAM_PREFIXES = ("paths.", "tracking.", "hydra", "datamodule.cache", "callbacks.", "trainer.enable",
-                         "trainer.default_root_dir", "task_name", "optimized_metric")
+                         "trainer.default_root_dir", "task_name", "optimized_metric", "monitor")
 
 
 def default_tracking_uri() -> str:
@@ -101,13 +105,23 @@ def select_runs(client, experiments: Sequence[str] = (), run_ids: Sequence[str] 
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             known = sorted(e.name for e in client.search_experiments())
-            raise RecForgeError(f"experiment {name!r} not found in {client.tracking_uri}; known: {', '.join(known) or 'none'}")
+            raise RecForgeError(f"experiment {name!r} not found in {client.tracking_uri}; known: "
+                                f"{', '.join(known) or 'none'} (recforge-train logs into 'recforge' unless "
+                                "tracking.experiment_name=<name> says otherwise; select a dataset or model with "
+                                "--tag dataset=ml-100k or --tag model=<class>)")
         ids.append(experiment.experiment_id)
     try:
         runs = client.search_runs(ids, query, max_results=max_results, order_by=["attributes.start_time ASC"])
     except MlflowException as exc:
         raise RecForgeError(f"bad filter {query!r}: {exc.message.splitlines()[0]}") from None
     return list(runs)
+
+
+def option_name(run, group: str) -> str:
+    """The config option of ``group`` a run used (``model``: ``bpr``, ``split``: ``leave_one_out``), found from its
+    logged params (:func:`recforge.utils.options.matching_option`); else the class of its ``_target_`` (or "")."""
+    params = run.data.params
+    return matching_option(group, params) or params.get(f"{group}._target_", "").rsplit(".", 1)[-1]
 
 
 def varying_params(runs: Sequence) -> list[str]:
@@ -122,8 +136,10 @@ def varying_params(runs: Sequence) -> list[str]:
     return sorted(chosen, key=lambda k: (not k.startswith("model."), k))
 
 
-def runs_table(runs: Sequence, metrics: Sequence[str] | None = None, params: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per run: ids, model, dataset, the chosen (default: varying) params, val/test metrics and costs.
+def runs_table(runs: Sequence, metrics: Sequence[str] | None = None,
+               params: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run: ids, model (the config option, e.g. ``bpr``, and its class), dataset, split (option and
+    fingerprint), the monitored metric, the chosen (default: varying) params, val/test metrics and costs.
 
     ``metrics`` defaults to every ``val/*`` and ``test/*`` metric the runs logged; missing values are NaN.
     """
@@ -136,9 +152,11 @@ def runs_table(runs: Sequence, metrics: Sequence[str] | None = None, params: Seq
     rows = []
     for run in runs:
         tags, values = run.data.tags, run.data.metrics
-        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "model": tags.get("model", ""),
-               "dataset": tags.get("dataset", ""), "split_fingerprint": tags.get("split_fingerprint", ""),
-               "status": run.info.status}
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
+               "model": option_name(run, "model") or tags.get("model", ""),
+               "model_class": tags.get("model", ""), "dataset": tags.get("dataset", ""),
+               "split": option_name(run, "split"), "split_fingerprint": tags.get("split_fingerprint", ""),
+               "monitor": run.data.params.get("monitor", ""), "status": run.info.status}
         row.update({p: run.data.params.get(p) for p in params})
         row.update({m: values.get(m, math.nan) for m in metrics})
         row.update({name: values.get(key, math.nan) for key, name in COST_COLUMNS.items()})
@@ -159,7 +177,61 @@ def to_markdown(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def metric_history(client, run_ids: Sequence[str], metric: str) -> pd.DataFrame:
-    """Long frame (run_id, step, value) of a metric's history, e.g. ``val/ndcg_at_10`` per epoch."""
-    rows = [(run_id, m.step, m.value) for run_id in run_ids for m in client.get_metric_history(run_id, metric)]
-    return pd.DataFrame(rows, columns=["run_id", "step", "value"]).sort_values(["run_id", "step"], kind="stable")
+def to_text(frame: pd.DataFrame, width: int = 120, min_text: int = 10) -> str:
+    """``frame`` as a plain-text table no wider than ``width`` characters (numbers right-aligned, missing as ``-``):
+    the widest text columns are cut first (in the middle, to no fewer than ``min_text`` characters, the cut marked
+    ``…``), then columns are left out from the right, and a last line names them."""
+    columns = list(frame.columns)
+    cells = {c: [_text_cell(v, frame[c]) for v in frame[c]] for c in columns}
+    numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) for c in columns}
+    widths = {c: max([len(str(c)), *map(len, cells[c])]) for c in columns}
+    dropped = []
+    while len(columns) > 1 and sum(widths[c] for c in columns) + 2 * (len(columns) - 1) > width:
+        excess = sum(widths[c] for c in columns) + 2 * (len(columns) - 1) - width
+        floor = {c: max(min_text, len(str(c))) for c in columns if not numeric[c]}
+        cuttable = [c for c in floor if widths[c] > floor[c]]
+        if cuttable:
+            widest = max(cuttable, key=lambda c: widths[c])
+            widths[widest] = max(floor[widest], widths[widest] - excess)
+        else:
+            dropped.append(columns.pop())
+
+    def fit(text: str, c) -> str:
+        if len(text) > widths[c]:  # cut in the middle: a label's end (a run id) tells runs apart
+            head = widths[c] // 2
+            text = text[:head] + "…" + text[len(text) - (widths[c] - head - 1):]
+        return text.rjust(widths[c]) if numeric[c] else text.ljust(widths[c])
+
+    lines = ["  ".join(fit(str(c), c) for c in columns).rstrip()]
+    lines += ["  ".join(fit(cells[c][i], c) for c in columns).rstrip() for i in range(len(frame))]
+    if dropped:
+        lines += textwrap.wrap(f"(not shown for width: {', '.join(map(str, reversed(dropped)))})", width)
+    return "\n".join(lines)
+
+
+def _text_cell(value, column: pd.Series) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if column.abs().max() < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def epoch_history(client, run_ids: Sequence[str], metric: str) -> pd.DataFrame:
+    """Long frame (run_id, epoch, value): ``metric`` (e.g. ``val/ndcg_at_10``) after each training epoch, epoch 1
+    being the first.
+
+    Lightning logs a validation metric at the step where an epoch's training ended, beside ``train/loss`` and an
+    ``epoch`` metric; the final validation of the best checkpoint comes after training and is left out. A run
+    without training epochs (EASE, ItemKNN, popularity) has one row, its final value, with epoch NaN.
+    """
+    rows = []
+    for run_id in run_ids:
+        epochs = {m.step: m.value + 1 for m in client.get_metric_history(run_id, "epoch")}
+        trained = {m.step for m in client.get_metric_history(run_id, "train/loss")}
+        values = sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp))
+        points = [(run_id, epochs[m.step], m.value) for m in values if m.step in trained and m.step in epochs]
+        if not points and values:
+            points = [(run_id, math.nan, values[-1].value)]
+        rows += points
+    return pd.DataFrame(rows, columns=["run_id", "epoch", "value"])

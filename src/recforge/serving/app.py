@@ -500,7 +500,7 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         request.scope["recforge"].update(item=item_id, k=k)
         items, scores = model.similar_items(item_id, k)
         request.scope["recforge"].update(items=items, model_id=model.ref.model_id)
-        return Response(json.dumps({"item": item_id, "items": items, "scores": scores,
+        return Response(json.dumps({"item": model.catalogue_id(item_id), "items": items, "scores": scores,
                                     "similarity": model.similar_source, "model_id": model.ref.model_id,
                                     "run_id": model.ref.run_id, "model_version": model.ref.version},
                                    separators=(",", ":")), media_type="application/json")
@@ -576,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recforge-serve", description="Serve a RecForge model over HTTP.")
     add_model_source_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
     parser.add_argument("--admin-token-file", help=f"turn on /admin/reload, guarded by the token in this file (or "
                                                    f"set ${ADMIN_TOKEN_ENV}); off by default: /admin/* answers 404")
     parser.add_argument("--log-file", default="logs/serve.jsonl",

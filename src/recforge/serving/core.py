@@ -107,6 +107,11 @@ class ServedModel:
     def user_row(self, raw: Any) -> int | None:
         return _find(self._users, self._int_users, raw)
 
+    def catalogue_id(self, raw: Any) -> Any:
+        """A known item id as the catalogue holds it (the path's ``"50"`` is the integer 50 when ids are integers)."""
+        column = _find(self._items, self._int_items, raw)
+        return raw if column is None else self.item_ids[column]
+
     def item_columns(self, raw_items: Sequence[Any], field: str) -> np.ndarray:
         """Columns of raw item ids; an unknown id is a 400 naming ``field`` and the id."""
         columns = [_find(self._items, self._int_items, raw) for raw in raw_items]
@@ -126,8 +131,9 @@ class ServedModel:
     def recommend(self, user: Any, k: int = 10, exclude_seen: bool = True, allow_items: Sequence[Any] | None = None,
                   deny_items: Sequence[Any] | None = None) -> tuple[list[Any], list[float], bool]:
         """Top-``k`` ``(items, scores, fallback)`` for one raw user id; an unknown user gets the most popular
-        items (scored by training popularity) with ``fallback`` true. Fewer than ``k`` items come back when
-        filtering leaves fewer candidates."""
+        items with ``fallback`` true, scored by their number of training interactions: a count, not on the scale
+        of the model's scores (the batch job and the MLflow model answer the same). Fewer than ``k`` items come
+        back when filtering leaves fewer candidates."""
         self.check_k(k)
         allow = self.item_columns(allow_items, "allow_items") if allow_items is not None else None
         deny = self.item_columns(deny_items, "deny_items") if deny_items else None

@@ -5,8 +5,10 @@
 
 Definitions (``summarise`` returns them as a dict; the tests check each against hand-computed values):
 
-* traffic: ``requests`` (log lines), per endpoint; ``minutes`` = calendar minutes from the first line's to
-  the last line's (inclusive); ``requests_per_minute`` = requests / minutes; ``peak_per_minute``.
+* traffic: ``requests`` (log lines), per endpoint; ``duration_s`` = seconds from the first line to the last;
+  ``requests_per_second`` = requests / duration_s (None for a log of one instant); ``minutes`` = calendar
+  minutes from the first line's to the last line's (inclusive); ``peak_per_minute`` = requests in the busiest
+  calendar minute.
 * latency: p50/p95/p99/mean of ``latency_ms`` over all lines (numpy's linear-interpolation percentiles),
   also per endpoint.
 * ``error_rate``: share of lines with status >= 400 (``server_errors``: status >= 500).
@@ -75,9 +77,11 @@ def summarise(log: pd.DataFrame, bundle=None) -> dict[str, Any]:
         return summary
     minute = log["ts"].dt.floor("min")
     minutes = int((minute.max() - minute.min()) / pd.Timedelta(minutes=1)) + 1
+    duration = (log["ts"].max() - log["ts"].min()).total_seconds()
     summary["traffic"] = {
-        "first": log["ts"].min().isoformat(), "last": log["ts"].max().isoformat(),
-        "minutes": minutes, "requests_per_minute": n / minutes, "peak_per_minute": int(minute.value_counts().max()),
+        "first": log["ts"].min().isoformat(), "last": log["ts"].max().isoformat(), "duration_s": duration,
+        "requests_per_second": n / duration if duration > 0 else None,
+        "minutes": minutes, "peak_per_minute": int(minute.value_counts().max()),
         "by_endpoint": {str(k): int(v) for k, v in log["endpoint"].value_counts().sort_index().items()},
     }
     latency = log["latency_ms"].to_numpy(dtype=float)
@@ -121,6 +125,18 @@ def _against_training(served: list, bundle) -> dict[str, Any]:
     }
 
 
+def format_duration(seconds: float) -> str:
+    """``0.25 s``, ``42 s``, ``2 min 3 s``, ``5 h 7 min``, ``2 d 3 h``: the two largest units, nothing rounded up
+    to a whole minute."""
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    whole = int(seconds)
+    for unit, size, small, small_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60)):
+        if whole >= size:
+            return f"{whole // size} {unit} {whole % size // small_size} {small}"
+    return f"{whole // 60} min {whole % 60} s"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     def f(value, fmt="{:.2f}"):
         return "-" if value is None else fmt.format(value)
@@ -130,8 +146,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         return lines[0]
     t, lat = summary["traffic"], summary["latency_ms"]
     lines += [
-        f"period              {t['first']} .. {t['last']} ({t['minutes']} min)",
-        f"requests/minute     {t['requests_per_minute']:.1f} (peak {t['peak_per_minute']})",
+        f"period              {t['first']} .. {t['last']} ({format_duration(t['duration_s'])})",
+        f"rate                {f(t['requests_per_second'], '{:.1f}')} requests/s over "
+        f"{format_duration(t['duration_s'])} (busiest calendar minute: {t['peak_per_minute']} requests)",
         "by endpoint         " + ", ".join(f"{k} {v}" for k, v in t["by_endpoint"].items()),
         f"latency ms          p50 {f(lat['p50'])}  p95 {f(lat['p95'])}  p99 {f(lat['p99'])}  mean {f(lat['mean'])}",
         f"error rate          {summary['error_rate']:.2%} ({summary['server_errors']} server errors)",

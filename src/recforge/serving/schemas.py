@@ -53,15 +53,17 @@ class ReloadRequest(BaseModel):
 class RecommendResponse(BaseModel):
     user: AnyId
     items: list[AnyId]
-    scores: list[float]
-    fallback: bool = Field(description="true for an unknown user: the most popular items")
+    scores: list[float] = Field(description="the model's scores, highest first; with fallback true, the items' "
+                                            "training interaction counts (another scale)")
+    fallback: bool = Field(description="true for an unknown user: the most popular items, scored by their training "
+                                       "interaction counts, not by the model")
     model_id: str
     run_id: Optional[str]
     model_version: Optional[str]
 
 
 class SimilarItemsResponse(BaseModel):
-    item: str
+    item: AnyId = Field(description="the item id as the catalogue holds it (an integer for integer ids)")
     items: list[AnyId]
     scores: list[float]
     similarity: Literal["item_vectors", "score_columns"]

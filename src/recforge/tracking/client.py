@@ -1,4 +1,4 @@
-"""Reading from an MLflow tracking store: a run's logged checkpoint."""
+"""Reading from an MLflow tracking store: a run's logged checkpoint and metrics."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: 
     if not found:
         raise RecForgeError(f"run_id={run_id}: the run logged no checkpoint")
     return found[0]
+
+
+def logged_metrics(run_id: str, tracking_uri: str | None, log_dir: str) -> dict[str, float]:
+    """The last value of every metric run ``run_id`` logged."""
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(tracking_uri or sqlite_store_uri(log_dir)).get_run(run_id).data.metrics)
