@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown config group {', '.join(map(repr, unknown))}; groups: {', '.join(groups)}",
               file=sys.stderr)
         return 2
-    print(format_groups({g: groups[g] for g in args.groups} if args.groups else groups))
+    try:
+        print(format_groups({g: groups[g] for g in args.groups} if args.groups else groups))
+    except BrokenPipeError:  # `recforge list | head`: the reader has what it wanted
+        sys.stderr.close()
     return 0
 
 
