@@ -33,7 +33,7 @@ def run_cli(task, cfg: DictConfig):
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
-        if _in_multirun():  # a sweep records the failed job and goes on; exiting would end the whole sweep
+        if in_multirun():  # a sweep records the failed job and goes on; exiting would end the whole sweep
             raise
         sys.exit(2)
 
@@ -82,7 +82,7 @@ class CheckRunFolder(Callback):
             sys.exit(2)
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -102,9 +102,14 @@ def quiet_warnings() -> None:
 
 
 def quiet_lightning() -> None:
-    """Lightning's banners and tips ("GPU available", "💡 Tip", "Restoring states ...") say nothing about the run."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+    """Lightning's banners and tips ("GPU available", "💡 Tip", "Restoring states ...") and MLflow's bookkeeping
+    ("Creating initial MLflow database tables", "Validating input example") say nothing about the run."""
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")   # MLflow sets its logger's level when imported
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("pytorch_lightning.loggers.mlflow").setLevel(logging.ERROR)   # "Experiment ... Creating it."
 
 
 def command(main: Callable[[], object], config_name: str) -> Callable[[], object]:

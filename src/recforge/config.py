@@ -76,20 +76,61 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as ``{"model.embedding_dim": "64", ...}`` for MLflow params."""
-    out: dict[str, str] = {}
+MAIN_GROUPS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler")
+INFRA_TARGETS = ("datamodule", "trainer", "tracking", "callbacks")   # the same class in every run: no param
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        else:
-            out[prefix] = str(node)[:250]
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+def option_names(cfg: DictConfig, groups: tuple[str, ...] = MAIN_GROUPS) -> dict[str, str]:
+    """The option each config group was composed from (``{"model": "bpr", ...}``): Hydra's record of the command
+    line's choices, else the option file whose values the group has (configs composed in code), else the class."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from recforge.utils.options import matching_option
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    flat = {k: str(v) for k, v in _flat_items(OmegaConf.to_container(cfg, resolve=True), "")}
+    out = {}
+    for group in groups:
+        node = cfg.get(group)
+        if node is None:
+            continue
+        name = choices.get(group) or matching_option(group, flat)
+        out[group] = str(name or (node.get("_target_", group).rsplit(".", 1)[-1] if OmegaConf.is_dict(node) else group))
     return out
 
 
-__all__ = ["CONFIG_DIR", "OmegaConfBaseException", "build", "build_model", "check_target", "flatten",
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as MLflow params a person can read: ``{"model": "bpr", "model.embedding_dim": "64",
+    "datamodule.preprocess": "DropMissing, Deduplicate(keep=last)", ...}``. Each main group's option name is a param
+    of its own; the classes every run shares (data module, trainer, tracker, callbacks) and ``_partial_`` flags are
+    left out; values are cut at MLflow's 250 characters (the full YAML is logged beside them)."""
+    out = dict(option_names(cfg))
+    for key, value in _flat_items(OmegaConf.to_container(cfg, resolve=True), ""):
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "_partial_" or (leaf == "_target_" and key.split(".", 1)[0] in INFRA_TARGETS):
+            continue
+        out[key] = value[:250]
+    return out
+
+
+def _flat_items(node: Any, prefix: str):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _flat_items(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list) and any(isinstance(v, dict) for v in node):
+        yield prefix, ", ".join(_readable(v) for v in node)
+    else:
+        yield prefix, str(node)
+
+
+def _readable(node: Any) -> str:
+    """``{"_target_": "recforge.data.preprocess.KCore", "user_k": 5}`` -> ``KCore(user_k=5)``."""
+    if not isinstance(node, dict):
+        return str(node)
+    name = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+    args = ", ".join(f"{k}={v}" for k, v in node.items() if not str(k).startswith("_"))
+    return f"{name}({args})" if args else name
+
+
+__all__ = ["CONFIG_DIR", "OmegaConfBaseException", "build", "build_model", "check_target", "flatten", "option_names",
            "to_yaml"]

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from recforge.cli import command, quiet_warnings, run_cli
-from recforge.config import CONFIG_DIR, build, flatten, to_yaml
+from recforge.cli import command, in_multirun, quiet_warnings, run_cli
+from recforge.config import CONFIG_DIR, build, flatten, option_names, to_yaml
 from recforge.errors import RecForgeError
+from recforge.metrics.names import metric_mode
 from recforge.pipeline import (Experiment, build_experiment, config_integer, finite, git_commit, model_spec,
                                per_user_frame, recommendations_frame, split_frames, write_parquet)
 from recforge.restore import check_resumable
 from recforge.training.checkpoint import AtomicCheckpointIO, CheckpointState, RunIdInCheckpoint, stored_run_id
+from recforge.training.progress import EpochLines
 from recforge.utils.io import atomic_dir, atomic_write_text, writable_folder
 
 log = logging.getLogger("recforge")
@@ -44,14 +48,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         warm = warm_start(exp.model, cfg.init_from, dm.id_maps.users, dm.id_maps.items)
     config_yaml = to_yaml(cfg)
+    names = option_names(cfg)
+    if tracker and not tracker.run_name:   # runs named for what they are (MLflow's random names repeat under a seed)
+        tracker.run_name = run_name(names)
+    progress = EpochLines(cfg.monitor, metric_mode(cfg.monitor))
     callbacks = [build(cfg.callbacks, name) for name in cfg.get("callbacks") or {}]
-    callbacks += [CheckpointState(config_yaml, dm.fingerprint), RunIdInCheckpoint()]
+    callbacks += [CheckpointState(config_yaml, dm.fingerprint), RunIdInCheckpoint(), progress]
     if cfg.get("optuna_trial"):  # a trial of the Optuna sweeper: report each epoch, stop when pruned
         from recforge.tuning.pruning import OptunaPruning
 
         callbacks.append(OptunaPruning(**cfg.optuna_trial))
+    bar = cfg.trainer.get("enable_progress_bar")
     trainer = build(cfg, "trainer", logger=tracker.logger if tracker else False, callbacks=callbacks,
-                    plugins=[AtomicCheckpointIO()])
+                    plugins=[AtomicCheckpointIO()], enable_progress_bar=sys.stderr.isatty() if bar is None else bar)
     checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
 
     status = "FAILED"
@@ -64,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                              "model": cfg.model._target_.rsplit(".", 1)[-1],
                                              **({"recforge.resumed_from": resumed_from} if resumed_from else {})},
                               config_yaml)
-                tracker.log_metrics({**dm.data_report(), **warm})  # sizes, leaks, cold starts, removals, warm start
+                log_data(tracker, cfg, dm, names, warm)
             log.info("data: %s", dm.describe())
             fit_started = time.perf_counter()
             if exp.model.requires_training:
@@ -74,7 +83,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 exp.model.fit(*dm.train_tensors)
                 best = None
             fit_seconds = time.perf_counter() - fit_started
-            val = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+            module.log_prefix = "best/" if exp.model.requires_training else ""   # apart from the epoch series
+            val = {k.removeprefix(module.log_prefix): v
+                   for k, v in trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0].items()}
+            module.log_prefix = ""
             if not exp.model.requires_training and checkpoint is not None:
                 best = str(Path(checkpoint.dirpath) / f"{checkpoint.filename}.ckpt")
                 trainer.save_checkpoint(best)
@@ -84,6 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics["time/fit_s"] = fit_seconds
             metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
             metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))
+            if progress.best_epoch is not None:
+                metrics["best/epoch"] = float(progress.best_epoch)
+                metrics["time/epochs"] = float(trainer.current_epoch)
             if trainer.global_rank != 0:  # under DDP every process has the metrics; one writes and tracks
                 status = "FINISHED"
                 return metrics
@@ -95,8 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         if tracker:
             tracker.finish(status)
-    log.info("finished in %.1f s", time.perf_counter() - started)
-    print_metrics(metrics, output_dir)
+    print_summary(cfg, metrics, output_dir, tracker, names, time.perf_counter() - started)
     return metrics
 
 
@@ -119,7 +133,7 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
                     {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback})
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     if tracker:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/"))})
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/", "best/epoch"))})
         tracker.log_artifact(output_dir / "per_user_test_metrics.parquet", "results")
         tracker.log_dict(metrics, "results/metrics.json")
         if best:
@@ -170,13 +184,59 @@ def resume_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
-def print_metrics(metrics: dict, output_dir: Path) -> None:
-    lines = [f"{k:<28} {v:.4f}" for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))
-             and isinstance(v, float)]
+def run_name(names: dict[str, str]) -> str:
+    """``bpr ml-100k/random 12-02 21:05 3fa1``: the model, data and split options, the start and 4 random hex digits
+    (drawn from the OS, not from the seeded generators, so two runs with one seed differ)."""
+    return (f"{names.get('model', 'model')} {names.get('data', 'data')}/{names.get('split', 'split')} "
+            f"{datetime.now():%m-%d %H:%M} {os.urandom(2).hex()}")
+
+
+def log_data(tracker, cfg: DictConfig, dm, names: dict[str, str], warm: dict[str, float]) -> None:
+    """The data as the run's dataset input, its sizes, leak and cold-start counts and preprocessing removals as
+    params (``data_report.*``: bookkeeping, not curves), its preparation times as ``time/data_*`` metrics."""
+    report = dm.data_report()
+    counts = {k.removeprefix("data/"): int(v) for k, v in report.items() if not k.endswith("_s")}
+    tracker.log_params({f"data_report.{k}": str(v) for k, v in counts.items()})
+    tracker.log_metrics({**{f"time/data_{k.removeprefix('data/')}": round(v, 3) for k, v in report.items()
+                            if k.endswith("_s")}, **warm})
+    source = OmegaConf.select(cfg, "data.data_dir") or OmegaConf.select(cfg, "data.path")
+    tracker.log_dataset(f"{names.get('data', dm.raw.name)}/{names.get('split', 'split')}", dm.fingerprint,
+                        str(source) if source else None, dm.split.train.head(1000),
+                        {k: counts[k] for k in ("n_users", "n_items", "n_train", "n_val", "n_test") if k in counts})
+
+
+SUMMARY_TESTS = ("ndcg_at_10", "recall_at_10", "ndcg_at_20", "recall_at_20", "rmse", "mae")
+
+
+def print_summary(cfg: DictConfig, metrics: dict, output_dir: Path, tracker, names: dict[str, str],
+                  seconds: float) -> None:
+    """What a person needs at the end of a run: the monitored metric and its best epoch, a few test metrics, the run
+    and its folder, and the commands to run it again or serve it. A sweep's trial prints one line."""
+    monitor = cfg.monitor
+    best = f"{monitor} {metrics[monitor]:.4f}" if isinstance(metrics.get(monitor), float) else monitor
+    if "best/epoch" in metrics:
+        best += f" at epoch {int(metrics['best/epoch'])} of {int(metrics['time/epochs'])}"
+    tests = "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in SUMMARY_TESTS if f"test/{m}" in metrics)
+    run_id = metrics.get("run_id")
+    if in_multirun():
+        print(f"trial {output_dir.name}: {best} | test {tests}" + (f" | run {run_id}" if run_id else ""))
+        return
+    title = tracker.run_name if tracker else f"{names.get('model')} {names.get('data')}/{names.get('split')}"
+    lines = [f"done: {title} in {seconds:.0f} s" + (f" (MLflow run {run_id})" if run_id else ""),
+             f"  best    {best}", f"  test    {tests}", f"  folder  {output_dir}"]
+    overrides = command_line_overrides()
+    if overrides is not None:
+        lines.append(f"  again   recforge-train {' '.join(overrides)}".rstrip())
+    source = f"--run-id {run_id}" if run_id else f"--bundle {output_dir / 'model'}"
+    lines.append(f"  serve   recforge-serve {source}")
     print("\n".join(lines))
-    if "run_id" in metrics:
-        print(f"mlflow run: {metrics['run_id']}")
-    print(f"outputs: {output_dir}")
+
+
+def command_line_overrides() -> list[str] | None:
+    """The overrides this run was started with (Hydra's record), or None outside a Hydra command."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

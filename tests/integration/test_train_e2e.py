@@ -42,14 +42,44 @@ def test_mlflow_run_has_config_metrics_artifacts(tracked_run):
     assert run.data.params["model._target_"] == "recforge.models.mf.MatrixFactorization"
     assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(metrics["test/ndcg_at_10"], rel=1e-6)
     assert "val/ndcg_at_10" in run.data.metrics and "train/loss" in run.data.metrics
-    assert run.data.metrics["data/leak_pairs"] == 0  # the split's leakage checks are logged
-    assert run.data.metrics["data/n_test"] > 0
+    assert run.data.params["data_report.leak_pairs"] == "0"  # the split's leakage checks are logged, as params
+    assert int(run.data.params["data_report.n_test"]) > 0
+    assert not any(k.startswith("data/") for k in run.data.metrics)   # no bookkeeping among the curves
+    assert run.data.params["model"] == "bpr" and run.data.params["data"] == "synthetic"   # option names
+    assert "datamodule._target_" not in run.data.params
+    assert run.data.params["datamodule.preprocess"] == "DropMissing, Deduplicate(keep=last)"
     history = client_for(tmp).get_metric_history(run.info.run_id, "train/loss")
     assert len(history) == 3  # one value per epoch
     artifacts = {a.path for a in client_for(tmp).list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "results", "id_maps", "export"} <= artifacts
     on_disk = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert on_disk["test/recall_at_10"] == pytest.approx(metrics["test/recall_at_10"])
+
+
+def test_curves_end_at_their_last_epoch_and_the_best_is_apart(tracked_run):
+    """The best checkpoint's re-validation is logged as best/val/*, not as one more point of val/*."""
+    cfg, metrics, tmp = tracked_run
+    client = client_for(tmp)
+    curve = client.get_metric_history(metrics["run_id"], "val/ndcg_at_10")
+    assert len(curve) == 3 == len(client.get_metric_history(metrics["run_id"], "train/loss"))
+    best = client.get_metric_history(metrics["run_id"], "best/val/ndcg_at_10")
+    assert len(best) == 1 and best[0].value == pytest.approx(max(p.value for p in curve), rel=1e-6)
+    assert metrics["val/ndcg_at_10"] == pytest.approx(best[0].value, rel=1e-6)
+    assert curve[int(metrics["best/epoch"]) - 1].value == pytest.approx(best[0].value, rel=1e-6)
+
+
+def test_runs_are_named_for_what_they_are_and_record_their_dataset(tracked_run, tmp_path):
+    cfg, metrics, tmp = tracked_run
+    second = train(compose_train(["data.n_users=120", "data.n_items=60", "data.mean_interactions=12",
+                                  "trainer.max_epochs=1"], tmp))   # same seed, same store
+    client = client_for(tmp)
+    first_run, second_run = client.get_run(metrics["run_id"]), client.get_run(second["run_id"])
+    assert first_run.info.run_name.startswith("bpr synthetic/random ")
+    assert first_run.info.run_name != second_run.info.run_name
+    (dataset_input,) = first_run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "synthetic/random"
+    assert dataset_input.dataset.digest == first_run.data.tags["split_fingerprint"]
+    assert {t.key: t.value for t in dataset_input.tags}["n_train"] == first_run.data.params["data_report.n_train"]
 
 
 def test_per_user_metrics_average_to_reported(tracked_run):
@@ -339,3 +369,17 @@ def test_every_model_trains_one_epoch_end_to_end_and_ships(tiny_cfg, model):
     bundle = Bundle.load(Path(cfg.paths.output_dir) / "model")
     recs = bundle.recommend(bundle.user_ids[:3], k=5)
     assert len(recs) == 15 and recs.groupby("user")["item"].nunique().eq(5).all()
+
+
+def test_a_run_prints_a_line_per_epoch_and_a_short_summary(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "recforge.train", "data.n_users=120", "data.n_items=60",
+                             "data.mean_interactions=12", "trainer.max_epochs=2", f"paths.log_dir={tmp_path}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    epochs = [line for line in (result.stdout + result.stderr).splitlines() if "] epoch " in line]
+    assert len(epochs) == 2 and "epoch 2/2  train/loss" in epochs[1] and "val/ndcg_at_10" in epochs[1]
+    summary = result.stdout[result.stdout.index("done: bpr synthetic/random"):].splitlines()
+    assert [line.split()[0] for line in summary[1:]] == ["best", "test", "folder", "again", "serve"]
+    assert "at epoch" in summary[1] and f"--run-id" in summary[5]
+    assert "Restoring states" not in result.stdout + result.stderr and "Tip" not in result.stdout + result.stderr
+    assert (tmp_path / "run" / "train.log").read_text().count("] epoch ") == 2   # the log keeps them too

@@ -68,16 +68,14 @@ class MLflowTracker:
         return self.logger.experiment
 
     def start(self, params: dict[str, str], tags: dict[str, str], config_yaml: str) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
         from pytorch_lightning.utilities import rank_zero_only
 
         if rank_zero_only.rank == 0:   # under DDP the other processes log nothing
             self.close_dead_runs()
         process = ProcessId.current()
         tags = {**tags, **{tag: getattr(process, field) for field, tag in PROCESS_TAGS.items()}}
-        items = list(params.items())
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+        self.log_params(params)
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.log_text(self.run_id, config_yaml, "config.yaml")
 
@@ -110,6 +108,24 @@ class MLflowTracker:
             log.warning("MLflow run %s: %s", run.info.run_id, reason)
             closed.append(run.info.run_id)
         return closed
+
+    def log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = list(params.items())
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+
+    def log_dataset(self, name: str, digest: str, source: str | None, frame, counts: dict[str, int]) -> None:
+        """The run's data as an MLflow dataset input (the UI's Datasets panel): ``name`` (dataset/split), ``digest``
+        (the split fingerprint), where the raw files came from (``None``: generated in code), the training part's
+        schema, and the part sizes as the input's tags."""
+        import mlflow
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
+        tags = [InputTag("mlflow.data.context", "training"), *(InputTag(k, str(v)) for k, v in counts.items())]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

@@ -97,6 +97,9 @@ class RecommenderModule(pl.LightningModule):
         self._loss_sum: torch.Tensor | None = None  # the epoch's size-weighted loss sum, kept on the device
         self._loss_count = 0
         self.test_results: dict[str, torch.Tensor] | None = None
+        # put before the names this module logs: "best/" when the best checkpoint is validated again after training,
+        # so that the re-validation stays apart from the epoch series (learning curves end at their last epoch)
+        self.log_prefix = ""
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch) -> torch.Tensor:
@@ -155,6 +158,10 @@ class RecommenderModule(pl.LightningModule):
         self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
         self._loss_count += n
         return loss
+
+    def epoch_loss(self) -> float | None:
+        """The mean training loss per example of the epoch so far (this process), or None before the first step."""
+        return float(self._loss_sum / self._loss_count) if self._loss_count else None
 
     def on_train_epoch_end(self) -> None:
         """Log ``train/loss``, the epoch's mean loss per example (averaged over processes under DDP)."""
@@ -254,7 +261,8 @@ class RecommenderModule(pl.LightningModule):
         if stage == "test":
             self.test_results = {k: v.cpu() for k, v in results.items()}
         # every process aggregated the same gathered results: the values agree without a reduction
-        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
+        self.log_dict({f"{self.log_prefix}{k}": v.float() for k, v in metrics.items()}, prog_bar=False,
+                      sync_dist=False)
         return metrics
 
     def on_validation_epoch_end(self) -> None:
