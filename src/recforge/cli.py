@@ -116,6 +116,7 @@ def command(main: Callable[[], object], config_name: str) -> Callable[[], object
     """The console-script entry of a Hydra command: :func:`preflight` the command line, then run ``main``."""
 
     def entry() -> object:
+        quiet_warnings()
         preflight(config_name, sys.argv[1:])
         return main()
 
