@@ -83,10 +83,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 exp.model.fit(*dm.train_tensors)
                 best = None
             fit_seconds = time.perf_counter() - fit_started
-            module.log_prefix = "best/" if exp.model.requires_training else ""   # apart from the epoch series
-            val = {k.removeprefix(module.log_prefix): v
+            module.val_stage = "val_best" if exp.model.requires_training else "val"   # apart from the epoch series
+            val = {k.replace("val_best/", "val/", 1): v
                    for k, v in trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0].items()}
-            module.log_prefix = ""
+            module.val_stage = "val"
             if not exp.model.requires_training and checkpoint is not None:
                 best = str(Path(checkpoint.dirpath) / f"{checkpoint.filename}.ckpt")
                 trainer.save_checkpoint(best)
@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
             metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))
             if progress.best_epoch is not None:
-                metrics["best/epoch"] = float(progress.best_epoch)
+                metrics["val_best/epoch"] = float(progress.best_epoch)
                 metrics["time/epochs"] = float(trainer.current_epoch)
             if trainer.global_rank != 0:  # under DDP every process has the metrics; one writes and tracks
                 status = "FINISHED"
@@ -133,7 +133,7 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
                     {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback})
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     if tracker:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/", "best/epoch"))})
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/", "val_best/epoch"))})
         tracker.log_artifact(output_dir / "per_user_test_metrics.parquet", "results")
         tracker.log_dict(metrics, "results/metrics.json")
         if best:
@@ -214,8 +214,8 @@ def print_summary(cfg: DictConfig, metrics: dict, output_dir: Path, tracker, nam
     and its folder, and the commands to run it again or serve it. A sweep's trial prints one line."""
     monitor = cfg.monitor
     best = f"{monitor} {metrics[monitor]:.4f}" if isinstance(metrics.get(monitor), float) else monitor
-    if "best/epoch" in metrics:
-        best += f" at epoch {int(metrics['best/epoch'])} of {int(metrics['time/epochs'])}"
+    if "val_best/epoch" in metrics:
+        best += f" at epoch {int(metrics['val_best/epoch'])} of {int(metrics['time/epochs'])}"
     tests = "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in SUMMARY_TESTS if f"test/{m}" in metrics)
     run_id = metrics.get("run_id")
     if in_multirun():

@@ -57,15 +57,15 @@ def test_mlflow_run_has_config_metrics_artifacts(tracked_run):
 
 
 def test_curves_end_at_their_last_epoch_and_the_best_is_apart(tracked_run):
-    """The best checkpoint's re-validation is logged as best/val/*, not as one more point of val/*."""
+    """The best checkpoint's re-validation is logged as val_best/*, not as one more point of val/*."""
     cfg, metrics, tmp = tracked_run
     client = client_for(tmp)
     curve = client.get_metric_history(metrics["run_id"], "val/ndcg_at_10")
     assert len(curve) == 3 == len(client.get_metric_history(metrics["run_id"], "train/loss"))
-    best = client.get_metric_history(metrics["run_id"], "best/val/ndcg_at_10")
+    best = client.get_metric_history(metrics["run_id"], "val_best/ndcg_at_10")
     assert len(best) == 1 and best[0].value == pytest.approx(max(p.value for p in curve), rel=1e-6)
     assert metrics["val/ndcg_at_10"] == pytest.approx(best[0].value, rel=1e-6)
-    assert curve[int(metrics["best/epoch"]) - 1].value == pytest.approx(best[0].value, rel=1e-6)
+    assert curve[int(metrics["val_best/epoch"]) - 1].value == pytest.approx(best[0].value, rel=1e-6)
 
 
 def test_runs_are_named_for_what_they_are_and_record_their_dataset(tracked_run, tmp_path):

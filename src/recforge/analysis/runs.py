@@ -26,7 +26,8 @@ ID_COLUMNS = ["run_id", "run_name", "model", "model_class", "dataset", "split", 
               "status"]
 COST_COLUMNS = {"time/s_per_epoch": "s_per_epoch", "params/n_parameters": "n_parameters"}
 HIDDEN_PARAM_PREFIXES = ("paths.", "tracking.", "hydra", "datamodule.cache", "callbacks.", "trainer.enable",
-                         "trainer.default_root_dir", "task_name", "optimized_metric", "monitor")
+                         "trainer.default_root_dir", "task_name", "optimized_metric", "monitor", "data_report.")
+OPTION_PARAMS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler")   # shown by option_name
 
 
 def default_tracking_uri() -> str:
@@ -118,16 +119,19 @@ def select_runs(client, experiments: Sequence[str] = (), run_ids: Sequence[str] 
 
 
 def option_name(run, group: str) -> str:
-    """The config option of ``group`` a run used (``model``: ``bpr``, ``split``: ``leave_one_out``), found from its
-    logged params (:func:`recforge.utils.options.matching_option`); else the class of its ``_target_`` (or "")."""
+    """The config option of ``group`` a run used (``model``: ``bpr``, ``split``: ``leave_one_out``): the param of that
+    name runs log since the option names became params; for older runs, found from the logged values
+    (:func:`recforge.utils.options.matching_option`); else the class of its ``_target_`` (or "")."""
     params = run.data.params
-    return matching_option(group, params) or params.get(f"{group}._target_", "").rsplit(".", 1)[-1]
+    return params.get(group) or matching_option(group, params) \
+        or params.get(f"{group}._target_", "").rsplit(".", 1)[-1]
 
 
 def varying_params(runs: Sequence) -> list[str]:
     """The "key params" of a comparison: every ``model.*`` hyperparameter, and any other parameter that takes
     two or more values among the runs that have it (output folders and tracking settings left out)."""
-    keys = sorted({k for r in runs for k in r.data.params if not k.startswith(HIDDEN_PARAM_PREFIXES)})
+    keys = sorted({k for r in runs for k in r.data.params
+                   if not k.startswith(HIDDEN_PARAM_PREFIXES) and k not in OPTION_PARAMS})
 
     def differs(key: str) -> bool:
         return len({r.data.params[key] for r in runs if key in r.data.params}) > 1

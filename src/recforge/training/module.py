@@ -97,9 +97,10 @@ class RecommenderModule(pl.LightningModule):
         self._loss_sum: torch.Tensor | None = None  # the epoch's size-weighted loss sum, kept on the device
         self._loss_count = 0
         self.test_results: dict[str, torch.Tensor] | None = None
-        # put before the names this module logs: "best/" when the best checkpoint is validated again after training,
-        # so that the re-validation stays apart from the epoch series (learning curves end at their last epoch)
-        self.log_prefix = ""
+        # the name validation metrics are logged under: "val_best" when the best checkpoint is validated again after
+        # training, so that the re-validation stays apart from the epoch series (learning curves end at their last
+        # epoch, and MLflow shows the val_best group after the curves)
+        self.val_stage = "val"
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch) -> torch.Tensor:
@@ -261,12 +262,11 @@ class RecommenderModule(pl.LightningModule):
         if stage == "test":
             self.test_results = {k: v.cpu() for k, v in results.items()}
         # every process aggregated the same gathered results: the values agree without a reduction
-        self.log_dict({f"{self.log_prefix}{k}": v.float() for k, v in metrics.items()}, prog_bar=False,
-                      sync_dist=False)
+        self.log_dict({k: v.float() for k, v in metrics.items()}, prog_bar=False, sync_dist=False)
         return metrics
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._aggregate("val")
+        metrics = self._aggregate(self.val_stage)
         if self._plateau is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             if self.scheduler_monitor in metrics:
                 self._plateau.step(float(metrics[self.scheduler_monitor]))

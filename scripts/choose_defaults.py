@@ -1,0 +1,115 @@
+"""Choose a model's defaults by a documented, reproducible procedure (docs/defaults.md): every candidate setting of a
+grid is trained on every (dataset, split) with early stopping, scored on VALIDATION (never test), ranked within each
+(dataset, split), and the candidate with the best mean rank wins; a candidate that is best on one dataset but poor on
+another loses to one that is good everywhere.
+
+    RECFORGE_DATA_DIR=../shared/datasets python scripts/choose_defaults.py --model bpr \\
+        --grid optimizer.lr=0.001,0.005 model.init_std=0.01,0.1 \\
+        --data ml-100k lastfm-hetrec --split random leave_one_out --json-out docs/defaults/bpr.jsonl
+
+Each finished run is appended to --json-out as it ends, and a rerun skips the runs already there, so a long search
+survives being stopped. The test metrics are recorded too, for the report, but play no part in the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy loads)
+
+BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]   # RecBole's epochs and patience
+
+
+def candidates(grid: list[str]) -> list[tuple[str, ...]]:
+    """The Cartesian product of ``key=v1,v2`` grid entries, as tuples of ``key=value`` overrides."""
+    axes = []
+    for entry in grid:
+        key, sep, values = entry.partition("=")
+        if not sep or not values:
+            sys.exit(f"error: --grid {entry!r}: write key=v1,v2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return list(itertools.product(*axes)) or [()]
+
+
+def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra: list[str], tmp: Path) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from recforge.config import CONFIG_DIR
+    from recforge.train import train
+
+    overrides = [f"data={data}", f"split={split}", f"model={model}", "tracking=none", *BUDGET, *extra, *candidate]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp / "out")
+    metrics = train(cfg)
+    monitor = cfg.monitor
+    return {"model": model, "data": data, "split": split, "candidate": list(candidate), "extra": extra,
+            "monitor": monitor, "val": metrics[monitor], "test_ndcg_at_10": metrics.get("test/ndcg_at_10"),
+            "test_recall_at_10": metrics.get("test/recall_at_10"), "best_epoch": metrics.get("val_best/epoch"),
+            "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1)}
+
+
+def mean_ranks(rows: list[dict]) -> list[tuple[float, tuple[str, ...], dict]]:
+    """``(mean rank, candidate, {setting: val})`` best first; ranks are 1 = best validation within a setting."""
+    settings = sorted({(r["data"], r["split"]) for r in rows})
+    by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
+    cands = sorted({tuple(r["candidate"]) for r in rows})
+    ranks = {c: [] for c in cands}
+    for setting in settings:
+        scored = sorted((c for c in cands if (*setting, c) in by), key=lambda c: -by[(*setting, c)])
+        for rank, c in enumerate(scored, 1):
+            ranks[c].append(rank)
+    out = [(sum(r) / len(r), c, {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
+           for c, r in ranks.items() if len(r) == len(settings)]
+    return sorted(out, key=lambda t: t[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--grid", nargs="+", default=[], help="key=v1,v2,... (the candidates: their product)")
+    parser.add_argument("--data", nargs="+", default=["ml-100k", "lastfm-hetrec"])
+    parser.add_argument("--split", nargs="+", default=["random", "leave_one_out"])
+    parser.add_argument("--override", nargs="*", default=[], help="fixed overrides for every run")
+    parser.add_argument("--json-out", type=Path, required=True)
+    args = parser.parse_args()
+    from recforge.cli import quiet_warnings
+
+    quiet_warnings()
+    done = []
+    if args.json_out.is_file():
+        done = [json.loads(line) for line in args.json_out.read_text().splitlines() if line.strip()]
+    seen = {(r["data"], r["split"], tuple(r["candidate"]), tuple(r["extra"])) for r in done}
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    for data, split, candidate in itertools.product(args.data, args.split, candidates(args.grid)):
+        if (data, split, candidate, tuple(args.override)) in seen:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_one(args.model, data, split, candidate, args.override, Path(tmp))
+        print(json.dumps(row), flush=True)
+        with args.json_out.open("a") as out:
+            out.write(json.dumps(row) + "\n")
+        done.append(row)
+    rows = [r for r in done if r["model"] == args.model and r["extra"] == args.override]
+    table = mean_ranks(rows)
+    if not table:
+        return
+    settings = list(table[0][2])
+    print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
+          f"({rows[0]['monitor']})\n")
+    print("| mean rank | candidate | " + " | ".join(settings) + " |")
+    print("|---:|---|" + "---:|" * len(settings))
+    for rank, cand, vals in table:
+        print(f"| {rank:.2f} | `{' '.join(cand) or '(defaults)'}` | "
+              + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
