@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from recforge.tracking.client import final_metrics
 from recforge.analysis.runs import epoch_history, runs_table, select_runs, tracking_client, varying_params
 from recforge.compare import main as compare_main
 from recforge.errors import RecForgeError
@@ -60,6 +61,8 @@ def test_runs_table_has_models_key_params_metrics_and_costs(store):
     assert {"model.embedding_dim", "model.k_neighbors", "model.l2_reg"} <= set(varying_params(selected))
     assert "data.n_users" not in table.columns  # the same for every run: not a key param
     assert table.loc[0, "test/ndcg_at_10"] == pytest.approx(runs["bpr"]["test/ndcg_at_10"])
+    # validation is the best checkpoint's (val_best/*), not the last epoch's value of the val/* curve
+    assert table.loc[0, "val/ndcg_at_10"] == pytest.approx(runs["bpr"]["val/ndcg_at_10"])
     assert table.loc[0, "n_parameters"] == runs["bpr"]["params/n_parameters"] and table.loc[0, "s_per_epoch"] > 0
 
 
@@ -224,3 +227,9 @@ def test_ensemble_tunes_on_validation_tests_once_and_logs_a_servable_run(store, 
     recs = model.predict(pd.DataFrame({"user": [0, 999_999], "k": [5, 5]}))
     assert len(recs) == 10 and recs.loc[recs.user == 999_999, "fallback"].all()
     assert not recs.loc[recs.user == 0, "fallback"].any()
+
+
+def test_a_runs_validation_result_is_its_best_checkpoints():
+    logged = {"val/ndcg_at_10": 0.21, "val_best/ndcg_at_10": 0.25, "val_best/epoch": 4.0, "test/ndcg_at_10": 0.24}
+    assert final_metrics(logged) == {**logged, "val/ndcg_at_10": 0.25}
+    assert final_metrics({"val/ndcg_at_10": 0.3}) == {"val/ndcg_at_10": 0.3}   # closed-form: one validation

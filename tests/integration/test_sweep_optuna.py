@@ -98,7 +98,8 @@ def test_four_trial_sweep_stores_trials_child_runs_and_best_experiment(tmp_path,
         trial = study.trials[number]
         # the training run logged into the child run: its config params and the objective it returned
         assert child.data.params["model.embedding_dim"] == str(trial.params["model.embedding_dim"])
-        assert child.data.metrics["val/ndcg_at_10"] == pytest.approx(trial.value)
+        # (the best checkpoint's validation; the val/ series ends at the last epoch)
+        assert child.data.metrics["val_best/ndcg_at_10"] == pytest.approx(trial.value)
     assert "sweep/optimization_results.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id, "sweep")] \
         or any(a.path.endswith("optimization_results.yaml") for a in client.list_artifacts(parent.info.run_id, "sweep"))
 

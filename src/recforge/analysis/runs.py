@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from recforge.errors import RecForgeError
+from recforge.tracking.client import final_metrics
 from recforge.utils.options import matching_option
 
 log = logging.getLogger("recforge")
@@ -155,7 +156,7 @@ def runs_table(runs: Sequence, metrics: Sequence[str] | None = None,
         metrics = sorted(found, key=lambda k: (not k.startswith("val/"), k))
     rows = []
     for run in runs:
-        tags, values = run.data.tags, run.data.metrics
+        tags, values = run.data.tags, final_metrics(run.data.metrics)
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name,
                "model": option_name(run, "model") or tags.get("model", ""),
                "model_class": tags.get("model", ""), "dataset": tags.get("dataset", ""),

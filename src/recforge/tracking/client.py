@@ -24,8 +24,16 @@ def fetch_checkpoint(run_id: str, tracking_uri: str | None, log_dir: str, into: 
     return found[0]
 
 
+def final_metrics(logged: dict[str, float]) -> dict[str, float]:
+    """A run's results from the last values it logged: a trained model's ``val/*`` series ends at its last epoch,
+    and the best checkpoint's re-validation, ``val_best/*``, is its validation result (as ``val/*``)."""
+    best = {"val/" + k[len("val_best/"):]: v for k, v in logged.items()
+            if k.startswith("val_best/") and k != "val_best/epoch"}
+    return {**logged, **best}
+
+
 def logged_metrics(run_id: str, tracking_uri: str | None, log_dir: str) -> dict[str, float]:
-    """The last value of every metric run ``run_id`` logged."""
+    """The results run ``run_id`` logged (:func:`final_metrics` of the last values)."""
     from mlflow.tracking import MlflowClient
 
-    return dict(MlflowClient(tracking_uri or sqlite_store_uri(log_dir)).get_run(run_id).data.metrics)
+    return final_metrics(MlflowClient(tracking_uri or sqlite_store_uri(log_dir)).get_run(run_id).data.metrics)

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,14 +98,21 @@ def open_storage(storage: str | None, heartbeat_interval: int | None = None, gra
                 kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=max_retry)
             else:
                 kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
-    except ImportError as exc:
-        raise RecForgeError(f"hydra.sweeper.storage={display_storage(storage)}: {exc}; install the database "
-                            "driver (e.g. pip install psycopg2-binary for PostgreSQL)") from None
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError as exc:
+            raise RecForgeError(f"hydra.sweeper.storage={display_storage(storage)}: {exc}; install the database "
+                                "driver (e.g. pip install psycopg2-binary for PostgreSQL)") from None
+        except DBAPIError:   # workers starting together race to create the schema: the loser finds it made
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def heartbeat_enabled(storage) -> bool:
