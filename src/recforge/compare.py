@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.significance:  # the pairwise tests between given runs only
             return _significance_only(args)
         from recforge.analysis.report import compare_report
-        from recforge.analysis.runs import parse_tags, select_runs, tracking_client
+        from recforge.analysis.runs import parse_tags, select_runs
+        from recforge.tracking.client import tracking_client
 
         client = tracking_client(args.tracking_uri)
         runs = select_runs(client, args.experiment, args.runs, args.filter, parse_tags(args.tag), args.include_failed)

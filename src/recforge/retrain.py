@@ -142,7 +142,7 @@ def decide(champion_value: float, candidate_value: float, metric: str, tolerance
 
 def retrain(cfg: DictConfig) -> dict:
     """Run the retraining steps of the module docstring; return the decision and every model's metrics."""
-    from recforge.analysis.runs import tracking_client
+    from recforge.tracking.client import tracking_client
     from recforge.config import build
     from recforge.serving.registry import download_bundle, register, resolve
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recforge.tracking.client import final_metrics
-from recforge.analysis.runs import epoch_history, runs_table, select_runs, tracking_client, varying_params
+from recforge.analysis.runs import epoch_history, runs_table, select_runs, varying_params
 from recforge.compare import main as compare_main
 from recforge.errors import RecForgeError
+from recforge.tracking.client import final_metrics, tracking_client
 from recforge.train import train
 from tests.conftest import REPO, TINY, compose_train
 

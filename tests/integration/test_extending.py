@@ -190,7 +190,7 @@ def test_train_sweep_compare_and_serve_a_users_own_model(user_repo):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd, env = command(user_repo, "-m", "recforge.serving.app", "--bundle", str(out / "model"), "--port", str(port),
+    cmd, env = command(user_repo, "-m", "recforge.serving.cli", "--bundle", str(out / "model"), "--port", str(port),
                        "--trust", "mypkg.*")
     server = subprocess.Popen(cmd, cwd=user_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

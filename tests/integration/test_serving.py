@@ -416,11 +416,11 @@ def test_reload_swaps_models_without_dropping_requests(runs):
     ([], "error: give exactly one of --model"),
 ])
 def test_serve_with_a_bad_source_is_one_line_and_exit_2(runs, monkeypatch, capsys, args, message):
-    from recforge.serving import app
+    from recforge.serving import cli
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", runs.uri)
     with pytest.raises(SystemExit) as exit_:
-        app.main([*args, "--log-file", "none"])  # fails while loading, before uvicorn starts
+        cli.main([*args, "--log-file", "none"])  # fails while loading, before uvicorn starts
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(message), err

@@ -14,7 +14,8 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
                                                response_schema_conformance, status_code_conformance)
 
-from recforge.serving.app import Service, ServiceMiddleware, create_app
+from recforge.serving.app import ServiceMiddleware, create_app
+from recforge.serving.service import Service
 from recforge.serving.core import ServedModel
 from recforge.serving.registry import ModelRef
 from recforge.tracking.bundle import Bundle

@@ -380,6 +380,6 @@ def test_a_run_prints_a_line_per_epoch_and_a_short_summary(tmp_path):
     assert len(epochs) == 2 and "epoch 2/2  train/loss" in epochs[1] and "val/ndcg_at_10" in epochs[1]
     summary = result.stdout[result.stdout.index("done: bpr synthetic/random"):].splitlines()
     assert [line.split()[0] for line in summary[1:]] == ["best", "test", "folder", "again", "serve"]
-    assert "at epoch" in summary[1] and f"--run-id" in summary[5]
+    assert "at epoch" in summary[1] and "--run-id" in summary[5]
     assert "Restoring states" not in result.stdout + result.stderr and "Tip" not in result.stdout + result.stderr
     assert (tmp_path / "run" / "train.log").read_text().count("] epoch ") == 2   # the log keeps them too

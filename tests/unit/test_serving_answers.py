@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from recforge.serving.app import Service, build_parser, create_app
+from recforge.serving.app import create_app
+from recforge.serving.cli import build_parser
+from recforge.serving.service import Service
 from tests.unit.test_serving_app import call, running, served
 from tests.unit.test_serving_core import make_bundle
 

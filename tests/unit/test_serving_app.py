@@ -6,6 +6,7 @@ request log, and one-line CLI errors for corrupt bundles."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import shutil
@@ -22,11 +23,15 @@ import pytest
 import torch
 
 from recforge.errors import RecForgeError
-from recforge.serving import app as serve_app
-from recforge.serving.app import RequestLog, Service, ServiceMiddleware, admin_token, create_app
+from recforge.serving import admin, cli, service as serve_service
+from recforge.serving.admin import admin_token
+from recforge.serving.app import ServiceMiddleware, create_app
+from recforge.serving.observability import RequestLog
+from recforge.serving.service import Service
 from recforge.serving.core import ServedModel
 from recforge.serving.registry import ModelRef
 from recforge.tracking.bundle import Bundle
+from tests.conftest import REPO
 from tests.unit.test_serving_core import make_bundle
 
 TOKEN = "s3cret-admin-token-0123456789"
@@ -52,14 +57,14 @@ def served(directory: Path) -> ServedModel:
 
 
 @contextmanager
-def running(service: Service, token: str | None = None):
+def running(service: Service, token: str | None = None, middleware=ServiceMiddleware, http=None):
     """The service on a free 127.0.0.1 port (uvicorn in a thread, as ``recforge-serve`` runs it)."""
     import uvicorn
 
     from recforge.serving.transport import CorkedH11Protocol
 
-    server = uvicorn.Server(uvicorn.Config(ServiceMiddleware(create_app(service, token), service), host="127.0.0.1",
-                                           port=0, http=CorkedH11Protocol, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(middleware(create_app(service, token), service), host="127.0.0.1",
+                                           port=0, http=http or CorkedH11Protocol, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started or not thread.is_alive())
@@ -114,6 +119,20 @@ def serving_id(base: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- admin interface
+def test_the_dropped_variants_kept_for_measuring_answer_alike(bundles):
+    """scripts/serve_variants.py: /recommend in a thread pool, plain h11: the same answers as recforge-serve's."""
+    spec = importlib.util.spec_from_file_location("serve_variants", REPO / "scripts" / "serve_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    body = {"user": 12, "k": 3}
+    with running(Service(served(bundles[0]))) as url:
+        expected = call(f"{url}/recommend", body)
+    with running(Service(served(bundles[0])), middleware=variants.ThreadPoolMiddleware, http="h11") as url:
+        assert call(f"{url}/recommend", body)[:2] == expected[:2]
+        assert call(f"{url}/recommend", {"user": 12, "k": 0})[0] == 400
+    assert expected[0] == 200 and len(expected[1]["items"]) == 3
+
+
 def test_admin_is_off_without_a_token(bundles):
     service = Service(served(bundles[0]))
     with running(service) as base:
@@ -213,7 +232,7 @@ def test_polling_keeps_the_old_model_and_logs_a_failure_once(bundles, monkeypatc
         return model
 
     monkeypatch.setattr(registry, "resolve", resolve)
-    monkeypatch.setattr(serve_app, "load_model", load_model)
+    monkeypatch.setattr(serve_service, "load_model", load_model)
     first = served(bundles[0])
     first.ref = resolve("models:/m@live")
     service = Service(first, poll_seconds=0.01)
@@ -330,7 +349,7 @@ def test_serve_and_recommend_report_a_corrupt_bundle_in_one_line(bundles, tmp_pa
     from recforge.serving import batch
 
     broken = corrupt(kind, bundles[0], tmp_path)
-    for main, args in ((serve_app.main, ["--log-file", "none"]), (batch.main, ["--output", str(tmp_path / "r.pq")])):
+    for main, args in ((cli.main, ["--log-file", "none"]), (batch.main, ["--output", str(tmp_path / "r.pq")])):
         with pytest.raises(SystemExit) as stop:
             main(["--bundle", str(broken), *args])
         err = capsys.readouterr().err
@@ -340,20 +359,20 @@ def test_serve_and_recommend_report_a_corrupt_bundle_in_one_line(bundles, tmp_pa
 
 
 def test_the_admin_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(serve_app.ADMIN_TOKEN_ENV, raising=False)
+    monkeypatch.delenv(admin.ADMIN_TOKEN_ENV, raising=False)
     assert admin_token(None) is None
-    monkeypatch.setenv(serve_app.ADMIN_TOKEN_ENV, f"  {TOKEN}\n")
+    monkeypatch.setenv(admin.ADMIN_TOKEN_ENV, f"  {TOKEN}\n")
     assert admin_token(None) == TOKEN
     token_file = tmp_path / "token"
     token_file.write_text("file-token-0123456789abcdef\n")
     assert admin_token(str(token_file)) == "file-token-0123456789abcdef"  # the file wins over the variable
-    monkeypatch.setenv(serve_app.ADMIN_TOKEN_ENV, "short")
-    with pytest.raises(RecForgeError, match=f"{serve_app.ADMIN_TOKEN_ENV}: the admin token must be at least 16"):
+    monkeypatch.setenv(admin.ADMIN_TOKEN_ENV, "short")
+    with pytest.raises(RecForgeError, match=f"{admin.ADMIN_TOKEN_ENV}: the admin token must be at least 16"):
         admin_token(None)
     token_file.write_text("has spaces in the middle of it\n")
     with pytest.raises(RecForgeError, match="without spaces"):
         admin_token(str(token_file))
     with pytest.raises(SystemExit) as stop:  # checked before the model is loaded (that error would be another)
-        serve_app.main(["--bundle", str(tmp_path / "no-bundle"), "--admin-token-file", str(tmp_path / "nope")])
+        cli.main(["--bundle", str(tmp_path / "no-bundle"), "--admin-token-file", str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith(f"error: --admin-token-file {tmp_path / 'nope'}: cannot read it")

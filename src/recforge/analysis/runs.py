@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 
 import pandas as pd
 
 from recforge.errors import RecForgeError
-from recforge.tracking.client import final_metrics
+from recforge.tracking.client import final_metrics, get_run
 from recforge.utils.options import matching_option
 
 log = logging.getLogger("recforge")
@@ -29,37 +27,6 @@ COST_COLUMNS = {"time/s_per_epoch": "s_per_epoch", "params/n_parameters": "n_par
 HIDDEN_PARAM_PREFIXES = ("paths.", "tracking.", "hydra", "datamodule.cache", "callbacks.", "trainer.enable",
                          "trainer.default_root_dir", "task_name", "optimized_metric", "monitor", "data_report.")
 OPTION_PARAMS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler")   # shown by option_name
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else the store ``recforge-train`` writes by default (``logs/mlflow.db``)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    from recforge.tracking.tracker import sqlite_store_uri
-
-    return sqlite_store_uri(os.environ.get("RECFORGE_LOG_DIR", Path(os.environ.get("RECFORGE_ROOT", ".")) / "logs"))
-
-
-def tracking_client(uri: str | None = None):
-    """An ``MlflowClient`` for ``uri`` (default: :func:`default_tracking_uri`); a missing SQLite file is an error."""
-    from mlflow.tracking import MlflowClient
-
-    uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise RecForgeError(f"no tracking store at {uri}: pass --tracking-uri (e.g. sqlite:///logs/mlflow.db, where "
-                            "recforge-train logs by default, or http://host:5000) or set MLFLOW_TRACKING_URI")
-    return MlflowClient(uri)
-
-
-def get_run(client, run_id: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        raise RecForgeError(f"run {run_id} not found in tracking store {client.tracking_uri} "
-                            f"({exc.message.splitlines()[0] if exc.message else exc}); "
-                            "pass --tracking-uri or set MLFLOW_TRACKING_URI") from None
 
 
 def parse_tags(tags: Sequence[str]) -> dict[str, str]:

@@ -125,7 +125,7 @@ def check_same_split(fingerprints: Mapping[str, str], purpose: str = "their user
 
 def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
     """Each run's per-user test metrics, after checking that all runs share one split fingerprint."""
-    from recforge.analysis.runs import get_run, tracking_client
+    from recforge.tracking.client import get_run, tracking_client
 
     if len(set(run_ids)) < len(run_ids):
         raise RecForgeError(f"a run id is given twice: {list(run_ids)}")

@@ -24,7 +24,7 @@ from recforge.cli import command, quiet_warnings, run_cli
 
 def ensemble(cfg: DictConfig) -> dict[str, float]:
     """Build, tune, test and log the ensemble ``cfg`` describes; return its val/test metrics."""
-    from recforge.analysis.runs import tracking_client
+    from recforge.tracking.client import tracking_client
     from recforge.models.fusion import check_method
     from recforge.ensemble.members import load_members
     from recforge.ensemble.runner import FusionEvaluator, tune_and_test, write_outputs

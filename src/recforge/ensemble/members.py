@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from recforge.analysis.runs import get_run
+from recforge.tracking.client import get_run
 from recforge.analysis.significance import FINGERPRINT_TAG, check_same_split
 from recforge.config import build_model
 from recforge.data.datamodule import RecDataModule

@@ -96,7 +96,7 @@ def _client(tracking_uri: str | None):
     logs/mlflow.db), not MLflow's own default (./mlflow.db)."""
     from mlflow.tracking import MlflowClient
 
-    from recforge.analysis.runs import default_tracking_uri
+    from recforge.tracking.client import default_tracking_uri
 
     return MlflowClient(tracking_uri or default_tracking_uri())
 

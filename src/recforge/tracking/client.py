@@ -1,7 +1,8 @@
-"""Reading from an MLflow tracking store: a run's logged checkpoint and metrics."""
+"""Reading from an MLflow tracking store: the store to read, a run, its logged checkpoint and metrics."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from recforge.errors import RecForgeError
@@ -37,3 +38,32 @@ def logged_metrics(run_id: str, tracking_uri: str | None, log_dir: str) -> dict[
     from mlflow.tracking import MlflowClient
 
     return final_metrics(MlflowClient(tracking_uri or sqlite_store_uri(log_dir)).get_run(run_id).data.metrics)
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the store ``recforge-train`` writes by default (``logs/mlflow.db``)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return sqlite_store_uri(os.environ.get("RECFORGE_LOG_DIR", Path(os.environ.get("RECFORGE_ROOT", ".")) / "logs"))
+
+
+def tracking_client(uri: str | None = None):
+    """An ``MlflowClient`` for ``uri`` (default: :func:`default_tracking_uri`); a missing SQLite file is an error."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise RecForgeError(f"no tracking store at {uri}: pass --tracking-uri (e.g. sqlite:///logs/mlflow.db, where "
+                            "recforge-train logs by default, or http://host:5000) or set MLFLOW_TRACKING_URI")
+    return MlflowClient(uri)
+
+
+def get_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        raise RecForgeError(f"run {run_id} not found in tracking store {client.tracking_uri} "
+                            f"({exc.message.splitlines()[0] if exc.message else exc}); "
+                            "pass --tracking-uri or set MLFLOW_TRACKING_URI") from None

@@ -1,0 +1,78 @@
+"""HTTP answers without a framework: ``POST /recommend`` from raw bytes to (status, JSON bytes), the 422 body of
+a validation error, and the OpenAPI description of error statuses. Shared by the FastAPI routes and the ASGI
+middleware that answers ``/recommend`` before routing, so both answer identically."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from recforge.serving.core import InvalidRequest
+from recforge.serving.schemas import ErrorResponse, RecommendRequest, ValidationErrorResponse
+from recforge.serving.service import Service
+
+
+def shown(value: Any, limit: int = 64) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what a message or the request log may echo of an input."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's 4,300-digit str() limit
+        text = "<a very long integer>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The 422 body for pydantic ``errors``: ``{"detail": one line, "errors": [{loc, msg, type}]}``. Inputs are
+    echoed only in ``detail`` and cut short (:func:`shown`): an id of megabytes is never sent back or logged."""
+    parts = []
+    for error in errors[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        value = f" (got {shown(error['input'])})" if "input" in error and error.get("type") != "missing" else ""
+        parts.append(f"{where}: {error.get('msg', 'invalid')}{value}")
+    return {"detail": "; ".join(parts), "errors": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                                                     "type": str(e.get("type", ""))} for e in errors]}
+
+
+def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tuple[int, bytes]:
+    """``POST /recommend`` from the raw body to ``(status, JSON bytes)``; client mistakes become 4xx here.
+
+    The body is parsed as JSON whatever its content type (``curl -d`` works) and validated against
+    :class:`RecommendRequest` (strict types, unknown fields rejected, ids of at most 256 characters); an
+    allow/deny list may hold at most ``service.max_list_items`` ids."""
+    from pydantic import ValidationError
+
+    try:
+        body = RecommendRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        payload = validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)])
+        info["error"] = payload["detail"]
+        return 422, dumps(payload)
+    for field, ids in (("allow_items", body.allow_items), ("deny_items", body.deny_items)):
+        if ids is not None and len(ids) > service.max_list_items:
+            info["error"] = (f"{field}: {len(ids)} ids, more than the {service.max_list_items} allowed; send fewer "
+                             f"(recforge-serve --max-list-items)")
+            return 400, dumps({"detail": info["error"]})
+    model = service.model  # this request's model, even if a reload swaps the service's model meanwhile
+    info["user"], info["k"] = body.user, body.k
+    try:
+        items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
+                                                  body.deny_items)
+    except InvalidRequest as exc:
+        info["error"] = str(exc)
+        return exc.status, dumps({"detail": str(exc)})
+    info.update(items=items, fallback=fallback, model_id=model.ref.model_id)
+    service.metrics.served(fallback)
+    return 200, dumps({"user": body.user, "items": items, "scores": scores, "fallback": fallback,
+                        "model_id": model.ref.model_id, "run_id": model.ref.run_id, "model_version": model.ref.version})
+
+
+def dumps(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+def error_responses(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses (``_400="..."``): their body schemas (one-line ``detail``;
+    422 adds ``errors``) with these descriptions; every route can get a 413 (the body limit)."""
+    described.setdefault("_413", "request body over --max-body-kb")
+    return {int(key[1:]): {"model": ValidationErrorResponse if key == "_422" else ErrorResponse, "description": text}
+            for key, text in described.items()}

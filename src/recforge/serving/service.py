@@ -1,0 +1,130 @@
+"""The state of a running service: the model it serves (loaded, warmed up, swapped atomically on a reload), the
+source to reload from, the request limits, metrics and the request log. No HTTP here (that is ``app.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from recforge.errors import RecForgeError
+from recforge.serving.core import InvalidRequest, ServedModel
+from recforge.serving.observability import Metrics, RequestLog
+from recforge.serving.registry import load, loading, one_line
+
+log = logging.getLogger("recforge.serving")
+
+BUSY = "a reload is already running; try again when it finishes"
+
+
+def load_model(uri: str, tracking_uri: str | None = None, score_cache_mb: float = 0.0) -> ServedModel:
+    """Resolve, load and warm up the model at ``uri`` (slow: run it off the event loop). Every failure is a
+    RecForgeError naming ``uri`` (:func:`recforge.serving.registry.loading`)."""
+    with loading(uri):
+        bundle, ref = load(uri, tracking_uri)
+        served = ServedModel(bundle, ref, score_cache_bytes=int(score_cache_mb * 2 ** 20))
+        served.warm_up()
+    return served
+
+
+class Service:
+    """The mutable state of a running service: the current model (swapped atomically), the source to reload
+    from, the request limits, metrics and the request log."""
+
+    def __init__(self, model: ServedModel, tracking_uri: str | None = None, log: RequestLog | None = None,
+                 poll_seconds: float = 0.0, score_cache_mb: float = 0.0, max_body_bytes: int = 1 << 20,
+                 max_list_items: int = 10_000) -> None:
+        self.model = model
+        self.score_cache_mb = score_cache_mb
+        self.tracking_uri = tracking_uri
+        self.poll_seconds = poll_seconds
+        self.max_body_bytes, self.max_list_items = max_body_bytes, max_list_items
+        self.metrics = Metrics()
+        self.metrics.set_model(model)
+        self.log = log or RequestLog(None)
+        self.reloading = False
+        self.last_reload_error: str | None = None
+        self._reload_lock = threading.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    def swap(self, new: ServedModel) -> None:
+        self.model = new  # one reference assignment: a request holds its own reference to the old model
+        self.metrics.set_model(new)
+        log.info("serving %s", new.ref.model_id)
+
+    async def reload(self, uri: str | None = None) -> ServedModel:
+        """Load ``uri`` (default: the current source, re-resolving a registry alias) in a worker thread and swap
+        it in. Raises InvalidRequest, and the old model keeps serving, when a reload is already running (409)
+        or the source cannot be loaded for any reason (400, the reason in the message)."""
+        if not self._reload_lock.acquire(blocking=False):
+            raise InvalidRequest(BUSY, status=409)
+        self.reloading = True
+        try:
+            new = await asyncio.to_thread(load_model, uri or self.model.ref.uri, self.tracking_uri,
+                                          self.score_cache_mb)
+        except RecForgeError as exc:  # load_model turns every failure into one
+            self.metrics.reloads.labels("failed").inc()
+            self.last_reload_error = f"{exc} (still serving {self.model.ref.model_id})"
+            raise InvalidRequest(self.last_reload_error) from exc
+        finally:
+            self.reloading = False
+            self._reload_lock.release()
+        self.swap(new)
+        self.metrics.reloads.labels("ok").inc()
+        self.last_reload_error = None
+        return new
+
+    def reload_in_background(self, uri: str | None) -> None:
+        async def run() -> None:
+            try:
+                await self.reload(uri)
+            except InvalidRequest as exc:  # also recorded in /health and the reload metric
+                log.error("reload failed: %s", exc)
+
+        self._spawn(run())
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def poll_registry(self) -> None:
+        """Every ``poll_seconds``, re-resolve a ``models:/`` source and reload when it points at another version.
+        On any failure the old model keeps serving; a version that failed to load is not tried again until the
+        alias moves on, and a failure is logged once (one line), not at every poll."""
+        from recforge.serving.registry import resolve
+
+        failed: tuple[str | None, str | None] | None = None  # the (run id, version) that failed to load
+        reported: str | None = None
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            ref = self.model.ref
+            if not ref.is_registry or self.reloading:
+                continue
+            try:
+                latest = await asyncio.to_thread(resolve, ref.uri, self.tracking_uri)
+                target = (latest.run_id, latest.version)
+                if target not in ((ref.run_id, ref.version), failed):
+                    try:
+                        await self.reload(ref.uri)
+                    except InvalidRequest as exc:
+                        if exc.status == 409:  # an admin reload came first
+                            continue
+                        failed = target
+                        raise
+                reported = None
+            except Exception as exc:
+                message = f"polling {ref.uri} failed: {one_line(exc)}"
+                self.last_reload_error = message
+                if message != reported:
+                    log.error(message)
+                    reported = message
+
+    def start(self) -> None:
+        if self.poll_seconds > 0:
+            self._spawn(self.poll_registry())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self.log.close()
