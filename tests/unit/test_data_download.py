@@ -131,3 +131,16 @@ def test_a_wrong_checksum_keeps_nothing(server, tmp_path):
     assert not (tmp_path / "c" / "raw" / "gowalla-lightgcn" / "test.txt").exists()
     assert len(LightGCNData("gowalla", cache_dir=str(tmp_path / "c"), url=server + "/{file}", verify=False).load()
                .interactions) == 6
+
+
+def test_a_local_folder_without_the_files_is_named_with_what_it_lacks(server, tmp_path):
+    """RECFORGE_DATA_DIR set to a folder without the release: the error names the folders searched and the file."""
+    empty = tmp_path / "datasets"
+    empty.mkdir()
+    src = MovieLens("ml-latest-small", data_dir=str(empty), cache_dir=str(tmp_path / "cache"),
+                    url=f"{server}/missing/ml-latest-small.zip")
+    with pytest.raises(RecForgeError) as info:
+        src.load()
+    assert str(info.value).startswith(f"paths.data_dir={empty} (RECFORGE_DATA_DIR) has no ratings.csv in "
+                                      f"{empty / 'ml-latest-small'} or {empty}, so RecForge tried to download it")
+    assert "404" in str(info.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -126,7 +127,8 @@ class FileSource:
         """The first ``<data_dir>/<folder>`` (or ``<data_dir>`` itself) holding ``required``."""
         if self.data_dir is None:
             return None
-        for candidate in [self.data_dir / f for f in folder_names] + [self.data_dir]:
+        self._searched = ([self.data_dir / f for f in folder_names] + [self.data_dir], required)
+        for candidate in self._searched[0]:
             if (candidate / required).is_file():
                 return candidate
         for candidate in [self.data_dir / f for f in folder_names]:
@@ -145,8 +147,9 @@ class FileSource:
         found = _find_file(dest, required)
         if found is not None:
             return found
-        archive = download(url, self.cache_dir / "downloads" / url.rsplit("/", 1)[-1], archive_sha256,
-                           memo_dir=self.cache_dir)
+        with self._searched_first():
+            archive = download(url, self.cache_dir / "downloads" / url.rsplit("/", 1)[-1], archive_sha256,
+                               memo_dir=self.cache_dir)
         self._archive = archive
         extract_zip(archive, dest)
         found = _find_file(dest, required)
@@ -164,7 +167,21 @@ class FileSource:
         dest = self.cache_dir / "raw" / folder / filename
         if dest.is_file():
             return dest
-        return download(url, dest, sha256, memo_dir=self.cache_dir)
+        with self._searched_first():
+            return download(url, dest, sha256, memo_dir=self.cache_dir)
+
+    @contextmanager
+    def _searched_first(self):
+        """A failed download after a local folder was searched in vain also says where and for what it looked."""
+        try:
+            yield
+        except RecForgeError as exc:
+            searched = getattr(self, "_searched", None)
+            if searched is None:
+                raise
+            folders, required = searched
+            raise RecForgeError(f"paths.data_dir={self.data_dir} (RECFORGE_DATA_DIR) has no {required} in "
+                                f"{' or '.join(map(str, folders))}, so RecForge tried to download it: {exc}") from None
 
 
 def _find_file(root: Path, name: str) -> Path | None:
