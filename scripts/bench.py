@@ -31,6 +31,7 @@ from pathlib import Path
 
 import recforge  # noqa: F401  (first: it tunes OpenBLAS before numpy loads, see recforge/__init__.py)
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
@@ -89,30 +90,42 @@ def bare_loop_epoch(exp, device: torch.device, batch_size: int, limit_batches: i
 RECBOLE_MODELS = {"bpr": "BPR", "lightgcn": "LightGCN", "neumf": "NeuMF", "ease": "EASE", "itemknn": "ItemKNN"}
 
 
-def export_atomic(datamodule, folder: Path, name: str) -> None:
-    """The data module's train/val/test split as RecBole atomic files (``benchmark_filename``), same indices."""
+ATOMIC_FIELDS = {"user": "user_id:token", "item": "item_id:token", "timestamp": "timestamp:float",
+                 "history": "item_id_list:token_seq"}  # frame column -> RecBole atomic field
+
+
+def export_atomic(parts: dict[str, pd.DataFrame], folder: Path, name: str) -> None:
+    """RecBole atomic benchmark files ``<name>.<part>.inter`` (``benchmark_filename``), one per frame of ``parts``
+    (train, valid, test), with the frame's columns among user, item, timestamp and history (a sequential model's
+    input items, space-separated)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for part, frame in (("train", datamodule.split.train), ("valid", datamodule.split.val),
-                        ("test", datamodule.split.test)):
-        lines = ["user_id:token\titem_id:token"]
-        lines += [f"{u}\t{i}" for u, i in zip(frame["user"].to_numpy(), frame["item"].to_numpy())]
-        (folder / f"{name}.{part}.inter").write_text("\n".join(lines) + "\n")
+    for part, frame in parts.items():
+        columns = [c for c in ATOMIC_FIELDS if c in frame]
+        frame[columns].to_csv(folder / f"{name}.{part}.inter", sep="\t", index=False,
+                              header=[ATOMIC_FIELDS[c] for c in columns])
+
+
+def recbole_json(python: str, script: str, args: list[str], cwd: Path) -> dict:
+    """Run ``scripts/<script>`` under RecBole's interpreter ``python`` in ``cwd`` (RecBole writes logs and
+    checkpoints there) and return the JSON object its last output line holds."""
+    import subprocess
+
+    done = subprocess.run([python, str(Path(__file__).with_name(script)), *args], capture_output=True, text=True,
+                          cwd=cwd)
+    if done.returncode != 0:
+        raise RuntimeError(f"RecBole run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run_recbole(python: str, datamodule, data: str, model: str, batch_size: int, epochs: int, device: str,
                 tmp: Path) -> dict:
     """RecBole 1.2.1 on the same split, in its own interpreter (scripts/bench_recbole.py)."""
-    import subprocess
-
     name = "rf_" + "".join(c if c.isalnum() else "_" for c in Path(data.removeprefix("file:")).stem)
-    export_atomic(datamodule, tmp / "recbole" / name, name)
-    cmd = [python, str(Path(__file__).with_name("bench_recbole.py")), "--data-path", str(tmp / "recbole"),
-           "--dataset", name, "--model", RECBOLE_MODELS.get(model, model), "--batch-size", str(batch_size),
-           "--epochs", str(epochs), "--device", device]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)  # RecBole writes logs into its cwd
-    if done.returncode != 0:
-        raise SystemExit(f"RecBole run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    split = datamodule.split
+    export_atomic({"train": split.train, "valid": split.val, "test": split.test}, tmp / "recbole" / name, name)
+    return recbole_json(python, "bench_recbole.py", [
+        "--data-path", str(tmp / "recbole"), "--dataset", name, "--model", RECBOLE_MODELS.get(model, model),
+        "--batch-size", str(batch_size), "--epochs", str(epochs), "--device", device], tmp)
 
 
 def data_overrides(data: str) -> list[str]:

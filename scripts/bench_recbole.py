@@ -6,9 +6,12 @@ Runs under a Python that has RecBole 1.2.1 (keep it out of RecForge's environmen
     python3 -m venv /tmp/rbvenv && /tmp/rbvenv/bin/pip install torch==2.13.0 recbole==1.2.1 'numpy<2'
     python scripts/bench.py --data gowalla --recbole /tmp/rbvenv/bin/python
 
-RecBole 1.2.1 on current libraries needs three shims, kept here and not in the package: NumPy's removed scalar
-aliases (``np.float`` ...), ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (its checkpoints hold pickled configs), and
-``scipy.sparse.dok_matrix._update`` (gone from SciPy, used by LightGCN's adjacency).
+RecBole 1.2.1 on current libraries needs four shims, kept here and not in the package: NumPy's removed scalar
+aliases (``np.float``, ``np.long`` ...), ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (its checkpoints hold pickled
+configs), ``scipy.sparse.dok_matrix._update`` (gone from SciPy, used by LightGCN's adjacency) and pandas 3's
+``Series.agg(len)`` (now the Series' length, where RecBole wants each token sequence's). Importing this module
+applies them (``scripts/recbole_fit.py`` does). Empty token sequences still fail on pandas 3 (RecBole's chained
+``fillna(inplace=True)`` no longer writes through), so exported files have none.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 import numpy as np  # noqa: E402
 
 for alias, target in (("float", float), ("int", int), ("bool", bool), ("object", object), ("str", str),
-                      ("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+                      ("long", int), ("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
     if not hasattr(np, alias):
         setattr(np, alias, target)
 
@@ -35,6 +38,15 @@ if not hasattr(sp.dok_matrix, "_update"):
         for key, value in dict(data).items():
             self[key] = value
     sp.dok_matrix._update = _update
+
+import pandas as pd  # noqa: E402
+
+if not isinstance(pd.Series([[0]]).agg(len), pd.Series):  # pandas 3 applies agg(len) to the whole Series
+    _series_agg = pd.Series.agg
+
+    def _agg(self, func=None, *args, **kwargs):  # RecBole's agg(len) means each row's length (token sequences)
+        return self.map(len) if func is len else _series_agg(self, func, *args, **kwargs)
+    pd.Series.agg = pd.Series.aggregate = _agg
 
 
 def main() -> None:

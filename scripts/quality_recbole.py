@@ -1,0 +1,318 @@
+"""Quality side by side with RecBole 1.2.1: each side's defaults on the identical split, test metrics and their ratio.
+
+Per (dataset, split, model): RecForge trains with the model's defaults (``recforge.train.train`` with
+``data=<d> split=<s> model=<m> tracking=none export.recommendations=true`` plus ``--override``), the split it
+exported (raw ids) is written as RecBole atomic benchmark files, and RecBole trains its counterpart with ITS
+defaults (300 epochs, early stopping after 10 validations without a better NDCG@10) through
+``scripts/recbole_fit.py`` under RecBole's own interpreter. RecBole is told only the data, the protocol (full
+ranking per user, Recall and NDCG at 10 and 20, early stopping on NDCG@10), device, seed (RecForge's) and what a
+model family needs: sequential models get each target's input items (the latest 50, RecForge's time order) and
+train with their CE loss without negatives; context models (FM, DeepFM) get the data's user and item features
+(as tokens, RecBole's convention) and one uniform negative per positive for their labels. ``--recbole-override``
+changes RecBole's settings (YAML values, e.g. ``epochs=50``).
+
+Both sides' test numbers come from RecForge's metric code on each model's own full ranking: recall is plain
+recall (hits / relevant items), NDCG binary, training items masked at validation, training and validation items
+at test. RecBole's own evaluator's numbers are kept as ``recbole.reported`` (equal for general models; its
+sequential evaluation masks nothing). One JSON line per row; ``--json-out FILE`` adds each finished row to FILE
+and skips the rows FILE already has; a Markdown table ends the output.
+
+    RECFORGE_DATA_DIR=/work/shared/datasets python scripts/quality_recbole.py --data ml-100k --split random \\
+        --models bpr lightgcn --json-out results_quality.jsonl
+    python scripts/quality_recbole.py --data lastfm-hetrec --split leave_one_out --models sasrec \\
+        --override trainer.max_epochs=50 --recbole-override epochs=50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from bench import export_atomic, recbole_json
+from reproduce import run as train_recforge
+
+GENERAL, SEQUENTIAL, CONTEXT = "general", "sequential", "context"
+RECBOLE = {  # RecForge model -> (RecBole model, family, what the mapping itself sets); None: RecBole lacks it
+    "pop": ("Pop", GENERAL, {}),
+    "bpr": ("BPR", GENERAL, {}),
+    "neumf": ("NeuMF", GENERAL, {}),
+    "gmf": ("NeuMF", GENERAL, {"mlp_train": False}),  # NeuMF's GMF half alone
+    "mlp": ("NeuMF", GENERAL, {"mf_train": False}),  # its MLP half alone
+    "convncf": ("ConvNCF", GENERAL, {}),
+    "lightgcn": ("LightGCN", GENERAL, {}),
+    "ngcf": ("NGCF", GENERAL, {}),
+    "multvae": ("MultiVAE", GENERAL, {}),
+    "multdae": ("MultiDAE", GENERAL, {}),
+    "cdae": ("CDAE", GENERAL, {}),
+    "itemknn": ("ItemKNN", GENERAL, {}),
+    "ease": ("EASE", GENERAL, {}),
+    "ials": None,
+    "fm": ("FM", CONTEXT, {}),
+    "deepfm": ("DeepFM", CONTEXT, {}),
+    "sasrec": ("SASRec", SEQUENTIAL, {}),
+    "gru4rec": ("GRU4Rec", SEQUENTIAL, {}),
+    "bert4rec": ("BERT4Rec", SEQUENTIAL, {}),
+    "caser": ("Caser", SEQUENTIAL, {}),
+}
+MODELS = ["bpr", "neumf", "gmf", "mlp", "lightgcn", "ngcf", "multvae", "multdae", "cdae", "itemknn", "ease", "ials",
+          "fm", "deepfm", "sasrec", "gru4rec", "bert4rec", "caser"]  # the issue's list
+METRICS = ("recall_at_10", "ndcg_at_10", "recall_at_20", "ndcg_at_20")
+RECBOLE_MAX_LEN = 50  # RecBole's MAX_ITEM_LIST_LENGTH default
+TARGET = 0.98  # the issue's: RecForge's test NDCG@10 at least 0.98x RecBole's
+
+
+def recbole_config(family: str, data_path: Path, seed: int, features: dict[str, list[str]]) -> dict:
+    """What RecBole is told besides its defaults: data, protocol, device, seed and what the family needs."""
+    config = {
+        "data_path": str(data_path), "benchmark_filename": ["train", "valid", "test"],
+        "load_col": {"inter": ["user_id", "item_id"]},
+        "eval_args": {"group_by": "user", "order": "RO", "mode": "full"},
+        "topk": [10, 20], "metrics": ["Recall", "NDCG"], "valid_metric": "NDCG@10",
+        "device": "cpu", "use_gpu": False, "seed": seed, "worker": 0, "show_progress": False, "state": "WARNING",
+        "checkpoint_dir": str(data_path / "saved"),
+    }
+    if family == SEQUENTIAL:  # pre-built input lists in RecForge's time order, ids shared with item_id
+        config.update({"load_col": {"inter": ["user_id", "item_id", "item_id_list", "timestamp"]},
+                       "alias_of_item_id": ["item_id_list"], "train_neg_sample_args": None,  # CE: no negatives
+                       "eval_args": {"group_by": "user", "order": "TO", "mode": "full"}})
+    if family == CONTEXT:  # implicit data has no labels: RecBole's label from one uniform negative per positive
+        config["load_col"].update(features)
+        config["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}
+    return config
+
+
+def coded_split(out: Path) -> tuple[dict[str, pd.DataFrame], pd.Index, pd.Index]:
+    """RecForge's exported split (raw ids) with users and items as codes (tokens without separators), and the
+    raw ids in code order."""
+    frames = {part: pd.read_parquet(out / f"{name}.parquet")
+              for part, name in (("train", "train"), ("valid", "val"), ("test", "test"))}
+    users = pd.Index(pd.unique(pd.concat([f["user"] for f in frames.values()])))
+    items = pd.Index(pd.unique(pd.concat([f["item"] for f in frames.values()])))
+    coded = {part: frame.assign(user=users.get_indexer(frame["user"]), item=items.get_indexer(frame["item"]))
+             for part, frame in frames.items()}
+    return coded, users, items
+
+
+def chronological(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``parts`` grouped by user, in time order within a user, ties in row order (RecForge's
+    ``RecDataModule._chronological``)."""
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.iloc[np.lexsort((frame["timestamp"].to_numpy(np.int64), frame["user"].to_numpy(np.int64)))]
+
+
+def with_histories(parts: dict[str, pd.DataFrame], max_len: int) -> dict[str, pd.DataFrame]:
+    """Sequential benchmark files: each training interaction but a user's first, with the user's earlier training
+    items; each validation target with the training items; each test target with the training and validation
+    items (but test pairs): RecForge's ``histories``, the latest ``max_len`` items, space-separated."""
+    train, valid, test = parts["train"], parts["valid"], parts["test"]
+
+    def text(items: list[int]) -> str:
+        return " ".join(map(str, items[-max_len:]))
+
+    def latest(known: pd.DataFrame) -> dict[int, str]:
+        return {int(u): text(g.tolist()) for u, g in chronological([known]).groupby("user", sort=False)["item"]}
+
+    ordered = chronological([train])
+    prefixes = [text(items[:i]) for _, group in ordered.groupby("user", sort=False)["item"]
+                for items in [group.tolist()] for i in range(1, len(items))]
+    out = {"train": ordered[ordered["user"].duplicated()].assign(history=prefixes)}
+    test_keys = set(zip(test["user"], test["item"]))
+    known_at_test = valid[[key not in test_keys for key in zip(valid["user"], valid["item"])]]
+    for part, frame, known in (("valid", valid, latest(train)),
+                               ("test", test, latest(pd.concat([train, known_at_test])))):
+        out[part] = frame.assign(history=[known.get(int(u), "") for u in frame["user"]])
+    return out
+
+
+def atomic_features(frame: pd.DataFrame, kind: str, max_categories: int = 64) -> pd.DataFrame:
+    """The feature columns RecForge's models read (``recforge.data.datamodule.features_tensor``) as RecBole fields:
+    0/1 flags as one ``<kind>_flags`` token sequence of the set flags' names, other numbers and text of at most
+    ``max_categories`` values as tokens (RecBole's convention for ML-100K's age, gender, occupation and genres)."""
+    def clean(value) -> str:  # a token: no separators; 24.0 (a number in a column with gaps) as 24
+        value = int(value) if isinstance(value, float) and value.is_integer() else value
+        return "".join(c if c.isalnum() else "_" for c in str(value))
+
+    fields, flags = {}, []
+    for column in frame.columns:
+        values = frame[column]
+        numeric = pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values)
+        if numeric and values.dropna().isin([0, 1]).all():
+            flags.append(column)
+        elif numeric or values.nunique(dropna=True) <= max_categories:
+            fields[f"{clean(column)}:token"] = values.map(lambda v: "" if pd.isna(v) else clean(v))
+    if flags:  # "none" for no flag: RecBole 1.2.1 on pandas 3 cannot read an empty sequence
+        on = frame[flags].fillna(0).to_numpy() == 1
+        fields[f"{kind}_flags:token_seq"] = [" ".join(clean(c) for c, o in zip(flags, row) if o) or "none"
+                                             for row in on]
+    return pd.DataFrame(fields, index=frame.index)
+
+
+def export_features(config_yaml: Path, ids: dict[str, pd.Index], folder: Path, name: str) -> dict[str, list[str]]:
+    """The data's user and item features as RecBole ``<name>.user`` / ``<name>.item`` files keyed by the codes of
+    ``ids``; returns their ``load_col`` entries (none without features)."""
+    from omegaconf import OmegaConf
+
+    from recforge.config import build
+
+    raw = build(OmegaConf.load(config_yaml), "data").load()
+    load_col = {}
+    for kind, frame in (("user", raw.user_features), ("item", raw.item_features)):
+        table = None if frame is None else atomic_features(frame, kind)
+        if table is None or table.columns.empty:
+            continue
+        codes = pd.Index(ids[kind].astype(str)).get_indexer(frame.index.astype(str))
+        table = table[codes >= 0]
+        table.insert(0, f"{kind}_id:token", codes[codes >= 0])
+        table.to_csv(folder / f"{name}.{kind}", sep="\t", index=False)
+        load_col[kind] = [column.split(":")[0] for column in table.columns]
+    return load_col
+
+
+def recforge_side(data: str, split: str, model: str, overrides: list[str], workdir: Path) -> dict:
+    """Train RecForge's defaults; its test metrics, epochs (trained, best; 0 and None in closed form), wall time."""
+    import contextlib
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # train prints its metrics; stdout carries the JSON rows
+        metrics = train_recforge([f"data={data}", f"split={split}", f"model={model}", "export.recommendations=true",
+                                  *overrides], workdir)
+    best = workdir / "out" / "checkpoints" / "best.ckpt"
+    epochs = round(metrics["time/fit_s"] / metrics["time/s_per_epoch"]) if metrics["time/s_per_epoch"] else 0
+    return {**{k: metrics[f"test/{k}"] for k in METRICS}, "epochs": epochs,
+            "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
+            if epochs and best.is_file() else None,
+            "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: dict, workdir: Path) -> dict:
+    """RecForge's exported split (``workdir/out``) as atomic files; RecBole's ``model`` trained on them."""
+    out, data_path = workdir / "out", workdir / "recbole"
+    name = "rf_split"  # not a name RecBole ships (it would read its own ml-100k copy)
+    parts, users, items = coded_split(out)
+    if family == SEQUENTIAL:
+        parts = with_histories(parts, overrides.get("MAX_ITEM_LIST_LENGTH", RECBOLE_MAX_LEN))
+    export_atomic(parts, data_path / name, name)
+    features = export_features(out / "config.yaml", {"user": users, "item": items}, data_path / name, name) \
+        if family == CONTEXT else {}
+    seed = yaml.safe_load((out / "config.yaml").read_text())["seed"]
+    config = {**recbole_config(family, data_path, seed, features), **fixed, **overrides}
+    spec = workdir / "recbole_spec.json"
+    spec.write_text(json.dumps({"data_path": str(data_path), "dataset": name, "model": model, "config": config}))
+    started = time.perf_counter()
+    result = recbole_json(python, "recbole_fit.py", [str(spec)], workdir)
+    return {**{k: result["metrics"][k] for k in METRICS}, "epochs": result["epochs"],
+            "best_epoch": result["best_epoch"], "wall_s": round(time.perf_counter() - started, 1),
+            "reported": result["reported"]}
+
+
+def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole_overrides: dict) -> dict:
+    """One row: both sides' test metrics, epochs and wall seconds, and the NDCG@10 ratio RecForge / RecBole."""
+    row = {"dataset": data, "split": split, "model": model}
+    if RECBOLE.get(model) is None:
+        return {**row, "recbole_model": None, "note": f"RecBole 1.2.1 has no {model}"}
+    name, family, fixed = RECBOLE[model]
+    row["recbole_model"] = name
+    if family == SEQUENTIAL and split != "leave_one_out":
+        return {**row, "note": "sequential models are compared on split=leave_one_out only (RecBole ranks one "
+                               "target per input sequence)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        row["recforge"] = recforge_side(data, split, model, args.override, Path(tmp))
+        try:
+            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, Path(tmp))
+        except RuntimeError as exc:  # reported, not stored: a rerun with --json-out tries it again
+            return {**row, "note": str(exc).strip().splitlines()[-1], "failed": True}
+    row["ratio_ndcg_at_10"] = row["recforge"]["ndcg_at_10"] / row["recbole"]["ndcg_at_10"] \
+        if row["recbole"]["ndcg_at_10"] else None
+    return {**row, "overrides": args.override, "recbole_overrides": recbole_overrides}
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a Markdown table; rows without numbers say why."""
+    lines = ["| data | split | model | RecBole | NDCG@10 RF / RB | ratio | Recall@10 RF / RB | NDCG@20 RF / RB | "
+             "Recall@20 RF / RB | epochs RF (best) / RB (best) | wall s RF / RB |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        head = f"| {row['dataset']} | {row['split']} | {row['model']} | {row.get('recbole_model') or '-'} |"
+        if "note" in row:
+            lines.append(f"{head} {row['note']} |||||||")
+            continue
+        rf, rb = row["recforge"], row["recbole"]
+        pair = lambda key: f"{rf[key]:.4f} / {rb[key]:.4f}"  # noqa: E731
+        ratio = row["ratio_ndcg_at_10"]
+        lines.append(f"{head} {pair('ndcg_at_10')} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{pair('recall_at_10')} | {pair('ndcg_at_20')} | {pair('recall_at_20')} | "
+                     f"{rf['epochs']} ({rf['best_epoch'] or '-'}) / {rb['epochs']} ({rb['best_epoch']}) | "
+                     f"{rf['wall_s']:.0f} / {rb['wall_s']:.0f} |")
+    below = [f"{r['dataset']}/{r['split']}/{r['model']} {r['ratio_ndcg_at_10']:.2f}" for r in rows
+             if r.get("ratio_ndcg_at_10") is not None and r["ratio_ndcg_at_10"] < TARGET]
+    lines.append(f"\nNDCG@10 ratio below the target {TARGET}: {', '.join(below) or 'none'}")
+    return "\n".join(lines)
+
+
+def parse_overrides(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
+    """``key=value`` pairs with YAML values (``epochs=50``, ``eval_step=5``, ``train_neg_sample_args=null``)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"--recbole-override {pair!r}: expected key=value, e.g. epochs=50")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["ml-100k", "lastfm-hetrec"], help="data configs")
+    parser.add_argument("--split", nargs="+", default=["random", "leave_one_out"], help="split configs")
+    parser.add_argument("--models", nargs="+", default=MODELS, help=f"RecForge models (known: {', '.join(RECBOLE)})")
+    parser.add_argument("--recbole", default="/tmp/rbvenv/bin/python", help="a Python with RecBole 1.2.1")
+    parser.add_argument("--override", nargs="*", default=[], help="RecForge train config overrides")
+    parser.add_argument("--recbole-override", nargs="*", default=[], help="RecBole settings, key=value (YAML)")
+    parser.add_argument("--json-out", type=Path, help="add each finished row to this file; skip rows it has")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.models) - set(RECBOLE))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(RECBOLE)}")
+    if not Path(args.recbole).is_file():
+        parser.error(f"--recbole {args.recbole}: not found; create it with: python3 -m venv /tmp/rbvenv && "
+                     "/tmp/rbvenv/bin/pip install torch==2.13.0 recbole==1.2.1 'numpy<2'")
+    recbole_overrides = parse_overrides(args.recbole_override, parser)
+    import logging
+
+    from recforge.train import quiet_warnings
+    from recforge.utils.io import atomic_write_text
+
+    logging.disable(logging.WARNING)
+    quiet_warnings()
+    done = {}
+    if args.json_out and args.json_out.is_file():
+        for line in args.json_out.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["dataset"], row["split"], row["model"])] = row
+    rows = []
+    for data in args.data:
+        for split in args.split:
+            for model in args.models:
+                row = done.get((data, split, model))
+                if row is None:
+                    row = compare(data, split, model, args, recbole_overrides)
+                    if args.json_out and not row.get("failed"):
+                        previous = args.json_out.read_text() if args.json_out.is_file() else ""
+                        atomic_write_text(args.json_out, previous + json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

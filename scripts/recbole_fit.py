@@ -1,0 +1,127 @@
+"""RecBole's side of ``scripts/quality_recbole.py``: train one RecBole 1.2.1 model with its own defaults on atomic
+benchmark files (train/valid/test) exported from RecForge's split, early-stopped on validation as RecBole does, and
+print one JSON line with its test metrics.
+
+    /tmp/rbvenv/bin/python scripts/recbole_fit.py SPEC.json
+
+``SPEC.json`` holds ``data_path``, ``dataset``, ``model`` (RecBole's name) and ``config`` (what overrides RecBole's
+defaults: data path, files, evaluation protocol, device, seed, what the model family needs). Runs under RecBole's
+own interpreter (the shims of ``scripts/bench_recbole.py`` make 1.2.1 import on current libraries).
+
+Two sets of test metrics come back: ``reported``, RecBole's own evaluator on its best checkpoint, and ``metrics``,
+the same model's scores ranked by RecForge's metric code (``src/recforge/metrics/ranking.py``, loaded by path) with
+RecForge's mask: training items at validation, training and validation items at test. For general models the two
+agree (RecBole masks the same items); RecBole's sequential evaluation masks nothing, so there only ``metrics``
+follows RecForge's protocol.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import bench_recbole  # noqa: F401  (its shims first: RecBole 1.2.1 imports removed NumPy aliases)
+
+RANKING = Path(__file__).resolve().parents[1] / "src" / "recforge" / "metrics" / "ranking.py"
+
+
+def load_ranking():
+    """RecForge's ranking metrics module, without importing the package (this interpreter does not have it)."""
+    spec = importlib.util.spec_from_file_location("recforge_ranking", RANKING)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def seen_items(dataset, data_path: Path, name: str) -> dict[int, list[int]]:
+    """RecBole user id -> RecBole item ids a test user must not be recommended: training and validation pairs
+    except those that are test targets (RecForge's test mask)."""
+    import pandas as pd
+
+    read = lambda part: pd.read_csv(data_path / name / f"{name}.{part}.inter", sep="\t", dtype=str,  # noqa: E731
+                                    usecols=["user_id:token", "item_id:token"])
+    known = pd.concat([read("train"), read("valid")]).drop_duplicates()
+    test = read("test")
+    known = known.merge(test, how="left", indicator=True)
+    known = known[known["_merge"] == "left_only"]
+    users = dataset.token2id(dataset.uid_field, known["user_id:token"].to_numpy())
+    items = dataset.token2id(dataset.iid_field, known["item_id:token"].to_numpy())
+    out: dict[int, list[int]] = {}
+    for user, item in zip(users.tolist(), items.tolist()):
+        out.setdefault(user, []).append(item)
+    return out
+
+
+def masked_metrics(trainer, test_data, seen: dict[int, list[int]], ks: list[int]) -> dict[str, float]:
+    """Mean test Recall/NDCG over users of ``trainer.model``'s full ranking, computed by RecForge's code."""
+    import torch
+
+    ranking = load_ranking()
+    uid_field = test_data._dataset.uid_field
+    totals: dict[str, list] = {}
+    trainer.model.eval()
+    with torch.no_grad():
+        for batch in test_data:
+            interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+            users = interaction[uid_field].tolist()
+            rows = [torch.full((len(seen.get(u, [])),), r, dtype=torch.long) for r, u in enumerate(users)]
+            cols = [torch.as_tensor(seen.get(u, []), dtype=torch.long) for u in users]
+            scores = ranking.mask_scores_(scores.float(), torch.cat(rows), torch.cat(cols))
+            values, top = ranking.topk_items(scores, max(ks))
+            hits, n_rel, ideal = ranking.relevance_matrix(len(users), top, positive_u, positive_i,
+                                                          valid=torch.isfinite(values))
+            for key, value in ranking.ranking_metrics(hits, n_rel, ks).items():
+                if key.startswith(("recall_at_", "ndcg_at_")):
+                    totals.setdefault(key, []).append(value)
+    return {k: float(torch.cat(v).nanmean()) for k, v in totals.items()}
+
+
+def pad_item_lists(config, loaders) -> None:
+    """Pad sequential models' input lists to ``MAX_ITEM_LIST_LENGTH`` columns, as RecBole's own augmentation does;
+    benchmark files are padded only to their longest list, too short for Caser (a kernel that tall)."""
+    import torch
+
+    field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
+    for loader in loaders:
+        feat = loader._dataset.inter_feat
+        lists = feat[field]
+        feat.interaction[field] = torch.nn.functional.pad(lists, (0, config["MAX_ITEM_LIST_LENGTH"] - lists.shape[1]))
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import ModelType, get_model, get_trainer, init_seed
+
+    started = time.perf_counter()
+    config = Config(model=spec["model"], dataset=spec["dataset"], config_dict=spec["config"])
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        pad_item_lists(config, (train_data, valid_data, test_data))
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])  # as RecBole's run_recbole does
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    scores: dict[int, float] = {}  # epoch (from 1) -> validation score, at each validation
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False,
+                callback_fn=lambda epoch, score: scores.update({epoch + 1: float(score)}))
+    reported = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    data_path = Path(spec["data_path"])
+    metrics = masked_metrics(trainer, test_data, seen_items(dataset, data_path, spec["dataset"]), config["topk"])
+    best = max(scores.values())
+    print(json.dumps({
+        "model": spec["model"], "metrics": metrics,
+        "reported": {k.replace("@", "_at_"): float(v) for k, v in reported.items()},
+        "epochs": max(scores), "best_epoch": max(e for e, v in scores.items() if v == best),  # RecBole keeps the latest
+        "best_valid": best, "wall_s": round(time.perf_counter() - started, 1),
+        "n_users": dataset.user_num - 1, "n_items": dataset.item_num - 1, "n_train": len(train_data._dataset),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``scripts/quality_recbole.py``: RecForge's side on tiny synthetic data and the RecBole atomic files it writes,
+read back: the same split, and for sequential models the same input histories RecForge's models read. RecBole's
+side runs (marked slow) only where its interpreter exists (/tmp/rbvenv; CI has no RecBole)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from recforge.pipeline import build_datamodule
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+RECBOLE_PYTHON = Path("/tmp/rbvenv/bin/python")
+TINY = ["data.n_users=120", "data.n_items=60", "data.mean_interactions=12", "trainer.max_epochs=2",
+        "datamodule.batch_size=256"]
+
+
+@pytest.fixture
+def quality(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script imports bench and reproduce beside it
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("quality_recbole", SCRIPTS / "quality_recbole.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    logging.disable(logging.NOTSET)  # main() quiets logging for its run
+
+
+def read_back(folder: Path, part: str, users: pd.Index, items: pd.Index) -> pd.DataFrame:
+    frame = pd.read_csv(folder / f"rf.{part}.inter", sep="\t", dtype=str, keep_default_na=False)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    frame["user"] = users[frame["user_id"].astype(int)]
+    frame["item"] = items[frame["item_id"].astype(int)]
+    if "item_id_list" in frame:
+        frame["history"] = [list(items[[int(i) for i in h.split()]]) for h in frame["item_id_list"]]
+    return frame
+
+
+def test_atomic_files_round_trip_to_recforges_split_and_histories(quality, tmp_path):
+    side = quality.recforge_side("synthetic", "leave_one_out", "bpr", TINY, tmp_path)
+    assert side["epochs"] == 2 and side["best_epoch"] in (1, 2) and 0 < side["ndcg_at_10"] <= side["recall_at_10"]
+    out = tmp_path / "out"
+    parts, users, items = quality.coded_split(out)
+    shuffled = {part: frame.sample(frac=1.0, random_state=0) for part, frame in parts.items()}  # time orders them
+    quality.export_atomic(quality.with_histories(shuffled, max_len=5), tmp_path / "rb", "rf")
+    dm = build_datamodule(OmegaConf.load(out / "config.yaml"), "implicit")  # the run's split, from its cache
+    raw_user, raw_item = dm.id_maps.users, dm.id_maps.items
+    back = {part: read_back(tmp_path / "rb", part, users, items) for part in ("train", "valid", "test")}
+    for part, split in (("valid", dm.split.val), ("test", dm.split.test)):
+        assert sorted(zip(back[part]["user"], back[part]["item"])) == sorted(
+            zip(raw_user[split["user"]], raw_item[split["item"]]))
+        indptr, inputs = dm.histories("val" if part == "valid" else "test")
+        expected = {raw_user[u]: list(raw_item[inputs[indptr[u]:indptr[u + 1]].numpy()][-5:])
+                    for u in np.unique(split["user"])}
+        assert {u: h for u, h in zip(back[part]["user"], back[part]["history"])} == expected
+    # training rows: every training pair but each user's first in time order, after its (latest 5) predecessors
+    train = dm.split.train
+    firsts = pd.DataFrame({"u": raw_user[train["user"]], "i": raw_item[train["item"]]}).iloc[
+        np.lexsort((train["timestamp"].to_numpy(), train["user"].to_numpy()))].drop_duplicates("u")
+    assert len(back["train"]) == len(train) - len(firsts)
+    assert not set(zip(back["train"]["user"], back["train"]["item"])) & set(zip(firsts["u"], firsts["i"]))
+    sequences = dm.train_sequences().numpy()
+    for user, group in back["train"].groupby("user", sort=False):
+        sequence = list(raw_item[sequences[1][raw_user[sequences[0]] == user]])
+        assert list(group["item"]) == sequence[1:]
+        assert [h for h in group["history"]] == [sequence[max(0, i - 5):i] for i in range(1, len(sequence))]
+
+
+def test_features_become_recbole_tokens_and_one_flag_sequence(quality):
+    frame = pd.DataFrame({"age": [24, 53, np.nan], "gender": ["M", "F", "M"], "title": ["a", "b", "c"],
+                          "genre_Action": [1, 0, 0], "genre_Film-Noir": [1, 1, 0]}, index=[7, 8, 9])
+    fields = quality.atomic_features(frame, "item", max_categories=2)
+    assert list(fields.columns) == ["age:token", "gender:token", "item_flags:token_seq"]  # title: 3 values > 2
+    assert fields["age:token"].tolist() == ["24", "53", ""]
+    assert fields["item_flags:token_seq"].tolist() == ["genre_Action genre_Film_Noir", "genre_Film_Noir", "none"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RECBOLE_PYTHON.is_file(), reason="RecBole 1.2.1's interpreter /tmp/rbvenv/bin/python is "
+                                                         "absent (CI has no RecBole): RecBole's side not run")
+def test_both_sides_rows_json_out_and_resume(quality, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "rows.jsonl"
+    argv = ["--data", "synthetic", "--split", "random", "--models", "bpr", "ials", "--recbole", str(RECBOLE_PYTHON),
+            "--override", *TINY, "--recbole-override", "epochs=2", "--json-out", str(out)]
+    assert quality.main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    bpr, ials = (json.loads(line) for line in printed[:2])
+    assert ials == {"dataset": "synthetic", "split": "random", "model": "ials", "recbole_model": None,
+                    "note": "RecBole 1.2.1 has no ials"}
+    rb = bpr["recbole"]
+    assert rb["epochs"] == 2 and rb["best_epoch"] in (1, 2)
+    for key in quality.METRICS:  # RecForge's metric code on RecBole's ranking == RecBole's evaluator (4 decimals)
+        assert rb[key] == pytest.approx(rb["reported"][key], abs=6e-5)
+    assert bpr["ratio_ndcg_at_10"] == pytest.approx(bpr["recforge"]["ndcg_at_10"] / rb["ndcg_at_10"])
+    assert printed[-3].startswith("| synthetic | random | ials | - | RecBole 1.2.1 has no ials |")
+    below = bpr["ratio_ndcg_at_10"] < 0.98
+    assert printed[-1] == "NDCG@10 ratio below the target 0.98: " + (
+        f"synthetic/random/bpr {bpr['ratio_ndcg_at_10']:.2f}" if below else "none")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [bpr, ials]
+    monkeypatch.setattr(quality, "compare", lambda *args: pytest.fail("a row in --json-out ran again"))
+    assert quality.main(argv) == 0  # resumed: both rows come from the file
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()[:2]] == [bpr, ials]
+    assert len(out.read_text().splitlines()) == 2
