@@ -65,10 +65,11 @@ def test_a_users_config_folder_joins_the_listing_and_the_matching(tmp_path, monk
 
 def test_a_runs_params_lead_back_to_its_option_file():
     bpr = {"model._target_": "recforge.models.mf.MatrixFactorization", "model.embedding_dim": "64",
-           "model.use_bias": "False", "model.init_std": "0.1", "model.l2_reg": "0.0", "model.similarity": "dot"}
+           "model.use_bias": "False", "model.init_std": "0.01", "model.l2_reg": "0.0", "model.similarity": "dot"}
     assert matching_option("model", bpr) == "bpr"
     assert matching_option("model", {**bpr, "model.embedding_dim": "16"}) == "bpr"  # an override keeps it bpr
-    assert matching_option("model", {**bpr, "model.use_bias": "True", "model.init_std": "0.01"}) == "mf"
+    mf = {k: v for k, v in bpr.items() if k != "model.similarity"}   # mf.yaml sets no similarity
+    assert matching_option("model", {**mf, "model.use_bias": "True"}) == "mf"
     assert matching_option("model", {"model._target_": "mypkg.MyModel"}) is None
     assert matching_option("model", {}) is None
     split = {"split._target_": "recforge.data.split.LeaveOneOutSplit", "split.min_interactions": "3",

@@ -162,5 +162,5 @@ def test_resume_accepts_a_checkpoint_from_before_fused_adam_but_not_another_rate
     torch.save({"recforge_config": OmegaConf.to_yaml(stored), "recforge_split_fingerprint": "f", "epoch": 2}, path)
     assert check_resumable(str(path), cfg, "f") == 3
     assert check_resumable(str(path), tiny_cfg("+optimizer.foreach=false"), "f") == 3
-    with pytest.raises(RecForgeError, match=r"optimizer.lr \(0.005 -> 0.01\)"):
+    with pytest.raises(RecForgeError, match=r"optimizer.lr \(0.001 -> 0.01\)"):
         check_resumable(str(path), tiny_cfg("optimizer.lr=0.01"), "f")
