@@ -1,0 +1,158 @@
+"""What an explanation is, and the plumbing the methods share.
+
+An explainer answers, for one user and the items recommended to them, which *reasons* drive each item's score:
+history items (item-item, embedding, graph, sequential and autoencoder models) or features (feature models).
+Every method is chosen by what the model is (:func:`recforge.explain.explainer_for`) and named in its output.
+Explainers never change the model they explain: what-if scores come from :func:`with_histories`, a shallow copy
+that reads other histories, so a served model can be explained while it answers other requests.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from recforge.models.base import Recommender, RowInputRecommender, SequentialRecommender
+
+HISTORY_ITEM, FEATURE = "history_item", "feature"  # what a reason id is
+SCORE_CHUNK = 1 << 22  # scores (16 MB of float32) a method holds at once when it scores many rows
+
+
+@dataclass
+class Explanations:
+    """Why each of one user's recommended ``items`` (``(k,)`` item indices) was recommended, by one ``method``.
+
+    ``reasons[j]`` holds the ids of item ``items[j]``'s strongest reasons, best first, and ``weights[j]`` their
+    weights (``(k, n)``, ``n`` at most the number asked for): history item indices when ``reason`` is
+    ``history_item``, variable indices into ``features`` when it is ``feature``. ``candidates`` are every id the
+    method weighed (the history it read, or the user's and items' non-zero variables): what a random baseline
+    removes instead. ``exact``: the weights of all candidates (not only the listed ones) plus ``rest`` add up to
+    ``scores``; ``rest`` is the part no candidate carries (biases, the user's own vector). ``positions`` (sequential
+    methods) count each reason's place back from the latest item (1 = the latest). ``note`` says in a sentence
+    how the weights were computed."""
+
+    method: str
+    reason: str
+    exact: bool
+    note: str
+    items: torch.Tensor
+    scores: torch.Tensor
+    reasons: torch.Tensor
+    weights: torch.Tensor
+    candidates: torch.Tensor
+    rest: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    features: Sequence[str] | None = None
+
+
+class Explainer:
+    """Explains one user's recommended items; subclasses set ``method``, ``exact`` and ``note``."""
+
+    method: str
+    exact: bool = False
+    reason: str = HISTORY_ITEM
+    note: str = ""
+
+    def __init__(self, model: Recommender) -> None:
+        self.model = model
+
+    def explain(self, user: int, items: torch.Tensor, top: int) -> Explanations:  # pragma: no cover - abstract
+        """At most ``top`` reasons for each of ``items`` (item indices) recommended to ``user`` (a user index)."""
+        raise NotImplementedError
+
+    def result(self, items: torch.Tensor, scores: torch.Tensor, weights: torch.Tensor, candidates: torch.Tensor,
+               top: int, **extra) -> Explanations:
+        """The :class:`Explanations` of ``weights`` (``(k, m)``: each item's weight for each of the ``m``
+        ``candidates``), keeping each item's ``top`` heaviest; everything on the CPU."""
+        reasons, kept, order = strongest(weights, candidates, top)
+        if extra.get("positions") is not None:
+            extra["positions"] = extra["positions"].gather(1, order)
+        extra = {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value
+                 for key, value in extra.items()}
+        return Explanations(self.method, self.reason, self.exact, self.note, items.detach().cpu(),
+                            scores.detach().float().cpu(), reasons.cpu(), kept.detach().float().cpu(),
+                            candidates.detach().cpu(), **extra)
+
+
+def strongest(weights: torch.Tensor, ids: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, weights, columns)`` of each row's ``top`` largest weights (``(k, min(top, m))``), largest first;
+    ties go to the earlier column."""
+    n = min(top, weights.shape[1])
+    if n == 0:
+        empty = torch.empty(weights.shape[0], 0, dtype=torch.long, device=weights.device)
+        return empty, weights[:, :0], empty
+    columns = torch.sort(weights, dim=1, descending=True, stable=True).indices[:, :n]
+    return ids[columns], weights.gather(1, columns), columns
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's tensors live (its first buffer or parameter; the CPU for an empty module)."""
+    for tensor in model.buffers():
+        return tensor.device
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def user_scores(model: Recommender, user: int, items: torch.Tensor) -> torch.Tensor:
+    """The model's scores of ``items`` for ``user``."""
+    device = model_device(model)
+    return model.score_all(torch.tensor([user], device=device))[0, items.to(device)]
+
+
+def shallow_copy(model: Recommender) -> Recommender:
+    """A copy of ``model`` that shares its parameters, submodules and buffers but has a buffer table of its own:
+    a buffer assigned on the copy (other histories, another graph) leaves the model as it was."""
+    view = copy.copy(model)
+    view._buffers = dict(model._buffers)
+    return view
+
+
+def with_histories(model: Recommender, indptr: torch.Tensor, items: torch.Tensor) -> Recommender:
+    """A :func:`shallow_copy` of a history-reading ``model`` that scores from these histories (CSR over users)."""
+    view = shallow_copy(model)
+    view.set_histories(indptr, items)
+    return view
+
+
+def csr_row(indptr: torch.Tensor, indices: torch.Tensor, row: int) -> torch.Tensor:
+    """The entries of one CSR row (empty for a row past the matrix)."""
+    if row + 1 >= len(indptr):
+        return indices[:0]
+    return indices[int(indptr[row]):int(indptr[row + 1])]
+
+
+def own_history(model: Recommender, user: int) -> torch.Tensor:
+    """The items a history-reading model scores ``user`` from (its own rows or sequence, in stored order)."""
+    if isinstance(model, SequentialRecommender):
+        return csr_row(model.history_indptr, model.history_items, user)
+    if isinstance(model, RowInputRecommender):
+        return csr_row(model.history_indptr, model.history_indices, user)
+    raise TypeError(f"{type(model).__name__} does not read histories")
+
+
+class Histories:
+    """Users' histories as CSR ``(indptr, items)`` (e.g. every known interaction of a served model), for models
+    that do not read histories themselves."""
+
+    def __init__(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
+        self.indptr, self.items = indptr.long(), items.long()
+
+    @classmethod
+    def from_csr(cls, matrix) -> "Histories":
+        """From a scipy sparse user x item matrix (a bundle's seen items)."""
+        matrix = matrix.tocsr()
+        return cls(torch.from_numpy(matrix.indptr.astype("int64")), torch.from_numpy(matrix.indices.astype("int64")))
+
+
+def history_of(model: Recommender, user: int, histories: Histories | None) -> torch.Tensor:
+    """``user``'s distinct history items on the model's device: the model's own when it reads histories (what it
+    scores from), else the row of ``histories``."""
+    if model.reads_histories or histories is None:
+        row = own_history(model, user)
+    else:
+        row = csr_row(histories.indptr, histories.items, user)
+    return torch.unique(row).to(model_device(model))

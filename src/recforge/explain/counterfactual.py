@@ -1,0 +1,164 @@
+"""What-if scores: a user's scores with some of their history items (or, for feature models, variables)
+removed, by the model's own computation where it has one. They measure how faithful explanations are
+(:mod:`recforge.explain.faithfulness`): removing an item's top reasons should lower it more than removing
+random ones.
+
+==========================================  =======================  ==============================================
+model                                       counterfactual           how
+==========================================  =======================  ==============================================
+reads histories (item-item, sequential,     ``history_removal``      the model scores the shortened history (exact)
+autoencoders, SimpleX)
+graph models (LightGCN, NGCF)               ``edge_removal``         the graph without the user's edges to the
+                                                                     items, propagated again (exact, no retraining)
+iALS                                        ``ials_fold_in``         iALS's own user update on the shortened
+                                                                     history (exact)
+FM, DeepFM                                  ``feature_removal``      the variables set to zero (exact)
+other embedding models (MF, BPR, NeuMF)     ``least_squares_fold_in``  a surrogate: the user vector re-fitted to the
+                                                                     shortened history by iALS's least squares over
+                                                                     the model's item space, the items fixed
+==========================================  =======================  ==============================================
+"""
+
+from __future__ import annotations
+
+import torch
+
+from recforge.explain.base import Histories, history_of, model_device, shallow_copy, with_histories
+from recforge.explain.features import fm_of, logits_of, side_variables
+from recforge.explain.ials import user_system
+from recforge.explain.similarity import item_space
+from recforge.models.base import Recommender, SequentialRecommender
+from recforge.models.deepfm import DeepFM
+from recforge.models.fm import FactorizationMachine
+from recforge.models.ials import IALS
+from recforge.models.lightgcn import GraphRecommender, normalized_adjacency
+
+
+class Counterfactual:
+    """``scores(user, item, removed)``: the user's scores of every item with ``removed`` taken away (history item
+    indices, or variable indices for feature models, where only ``item``'s own variables change)."""
+
+    name: str
+    exact: bool = True
+
+    def __init__(self, model: Recommender) -> None:
+        self.model = model
+
+    def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class HistoryRemoval(Counterfactual):
+    """For models that read histories: the user's own history (rows or sequence) without the removed items."""
+
+    name = "history_removal"
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__(model)
+        self.indptr = model.history_indptr
+        self.entries = model.history_items if isinstance(model, SequentialRecommender) else model.history_indices
+
+    @torch.no_grad()
+    def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
+        start, stop = int(self.indptr[user]), int(self.indptr[user + 1])
+        row = self.entries[start:stop]
+        kept = row[~torch.isin(row, removed.to(row.device))]
+        indptr = self.indptr.clone()
+        indptr[user + 1:] -= len(row) - len(kept)
+        entries = torch.cat([self.entries[:start], kept, self.entries[stop:]])
+        view = with_histories(self.model, indptr, entries)
+        return view.score_all(torch.tensor([user], device=indptr.device))[0]
+
+
+class EdgeRemoval(Counterfactual):
+    """For graph models: the normalised adjacency rebuilt without the user's edges to the removed items and the
+    embeddings propagated through it (the model's weights as they are, not retrained)."""
+
+    name = "edge_removal"
+
+    def __init__(self, model: GraphRecommender) -> None:
+        super().__init__(model)
+        adjacency = model.adjacency
+        rows = torch.repeat_interleave(torch.arange(adjacency.shape[0], device=adjacency.device),
+                                       torch.diff(adjacency.crow_indices()))
+        users = rows < model.n_users
+        self.pairs = torch.stack([rows[users], adjacency.col_indices()[users] - model.n_users]).cpu()
+
+    @torch.no_grad()
+    def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        cut = (self.pairs[0] == user) & torch.isin(self.pairs[1], removed.cpu())
+        adjacency = normalized_adjacency(self.pairs[:, ~cut], model.n_users, model.n_items).to_sparse_csr()
+        view = shallow_copy(model)
+        view.adjacency = adjacency.to(model.adjacency.device)
+        users, items = view.propagate()
+        return items @ users[user]
+
+
+class FoldIn(Counterfactual):
+    """The user vector solved from the shortened history with iALS's update ``A_u x = b_u`` over item vectors
+    ``y``, scores ``y x``. For iALS it is the model's own update (exact); for other embedding models a surrogate
+    (``exact`` false) over their item space, whose base ranking may differ from the model's."""
+
+    def __init__(self, model: Recommender, histories: Histories, vectors: torch.Tensor, alpha: float, reg: float,
+                 name: str, exact: bool) -> None:
+        super().__init__(model)
+        self.histories, self.vectors, self.alpha, self.reg = histories, vectors, alpha, reg
+        self.name, self.exact = name, exact
+
+    @torch.no_grad()
+    def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
+        history = history_of(self.model, user, self.histories).to(self.vectors.device)
+        history = history[~torch.isin(history, removed.to(history.device))]
+        matrix, target = user_system(self.vectors, history, self.alpha, self.reg)
+        return self.vectors @ torch.linalg.solve(matrix, target)
+
+
+class FeatureRemoval(Counterfactual):
+    """For FM and DeepFM: the removed variables set to zero (user variables for every item, item variables for
+    ``item`` only)."""
+
+    name = "feature_removal"
+
+    def __init__(self, model: FactorizationMachine | DeepFM) -> None:
+        super().__init__(model)
+        self.fm = fm_of(model)
+        self.n_user_variables = 1 + (self.fm.user_side.features.shape[1] if self.fm.user_side.has_features else 0)
+
+    @torch.no_grad()
+    def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
+        device = model_device(self.model)
+        user_vars = side_variables(self.fm.user_side, torch.tensor(user, device=device))
+        item_vars = side_variables(self.fm.item_side, torch.arange(self.fm.n_items, device=device))
+        user_scales = torch.ones_like(user_vars.values)
+        item_scales = torch.ones_like(item_vars.values)
+        removed = removed.to(device)
+        user_scales[removed[removed < self.n_user_variables]] = 0
+        item_scales[item, removed[removed >= self.n_user_variables] - self.n_user_variables] = 0
+        return logits_of(self.model, user_vars.terms(user_scales), item_vars.terms(item_scales))
+
+
+# the surrogate fold-in's confidence and ridge (relative to the item vectors' mean squared norm)
+SURROGATE_ALPHA, SURROGATE_REG = 10.0, 1.0
+
+
+def counterfactual_for(model: Recommender, histories: Histories | None = None,
+                       n_users: int | None = None) -> Counterfactual:
+    """The counterfactual that fits ``model`` (see the module's table)."""
+    model.eval()
+    if isinstance(model, (FactorizationMachine, DeepFM)):
+        return FeatureRemoval(model)
+    if model.reads_histories:
+        return HistoryRemoval(model)
+    if isinstance(model, GraphRecommender):
+        return EdgeRemoval(model)
+    if histories is None:
+        raise ValueError(f"{type(model).__name__} does not read histories: give the users' histories")
+    if isinstance(model, IALS):
+        return FoldIn(model, histories, model.item_factors, model.alpha, model.reg, "ials_fold_in", True)
+    with torch.no_grad():
+        vectors = model.item_vectors()
+        vectors = item_space(model, n_users or model.n_users)[1] if vectors is None else vectors.detach().float()
+    reg = SURROGATE_REG * float(vectors.pow(2).sum(1).mean())
+    return FoldIn(model, histories, vectors, SURROGATE_ALPHA, reg, "least_squares_fold_in", False)
+

@@ -1,0 +1,176 @@
+"""Feature models (FM, DeepFM): attributions to the model's input variables, exact for FM.
+
+The input of RecForge's FM is ``[one-hot user, one-hot item, user features, item features]``. Each side (user,
+item) has variables ``j`` with a value ``x_j`` (1 for the id, the feature's value otherwise), a vector ``v_j`` and
+a first-order weight ``w_j``; the score is ``w0 + sum_j w_j x_j + sum_{j<l} <v_j, v_l> x_j x_l``. Variables are
+numbered user id, user features, item id, item features, and named by :func:`variable_names`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from recforge.explain.base import FEATURE, Explainer, Explanations, model_device
+from recforge.models.deepfm import DeepFM
+from recforge.models.fm import FactorizationMachine, FeatureSide, SideTerms
+
+
+class Variables(NamedTuple):
+    """One side's variables for a batch of ids: ``(..., m)`` values, ``(..., m, d)`` vectors, ``(..., m)`` weights;
+    variable 0 is the id, 1.. the features."""
+
+    values: torch.Tensor
+    vectors: torch.Tensor
+    weights: torch.Tensor
+
+    def terms(self, scales: torch.Tensor | None = None) -> SideTerms:
+        """The side's :class:`SideTerms` (what :class:`FeatureSide` computes) with each value multiplied by
+        ``scales`` (``(..., m)``; ``None``: as they are)."""
+        values = self.values if scales is None else self.values * scales
+        scaled = values.unsqueeze(-1) * self.vectors
+        own = scaled[..., 0, :]
+        fields = (own,) if self.values.shape[-1] == 1 else (own, scaled[..., 1:, :].sum(-2))
+        total = scaled.sum(-2)
+        within = 0.5 * (total.pow(2).sum(-1) - scaled.pow(2).sum((-2, -1)))
+        return SideTerms(fields, (values * self.weights).sum(-1), within)
+
+
+def side_variables(side: FeatureSide, ids: torch.Tensor) -> Variables:
+    """The variables of ``ids`` on one side."""
+    values = torch.ones(*ids.shape, 1, device=ids.device)
+    vectors = side.embedding(ids).unsqueeze(-2)
+    weights = side.bias(ids)
+    if side.has_features:
+        features = side.features[ids]
+        values = torch.cat([values, features], -1)
+        vectors = torch.cat([vectors, side.feature_embedding.expand(*ids.shape, -1, -1)], -2)
+        weights = torch.cat([weights, side.feature_bias.expand(*ids.shape, -1)], -1)
+    return Variables(values, vectors, weights)
+
+
+def variable_names(model: FactorizationMachine, user_features: Sequence[str] | None = None,
+                   item_features: Sequence[str] | None = None) -> list[str]:
+    """Names of the variables in order: ``user_id``, the user features, ``item_id``, the item features (given
+    names, else ``user_feature[3]`` style)."""
+    names = []
+    for side, given, prefix in ((model.user_side, user_features, "user"), (model.item_side, item_features, "item")):
+        width = side.features.shape[1] if side.has_features else 0
+        if given is not None and len(given) != width:
+            raise ValueError(f"{len(given)} {prefix} feature names for {width} {prefix} features")
+        names += [f"{prefix}_id", *(given if given is not None else [f"{prefix}_feature[{f}]" for f in range(width)])]
+    return names
+
+
+def fm_of(model: FactorizationMachine | DeepFM) -> FactorizationMachine:
+    return model.fm if isinstance(model, DeepFM) else model
+
+
+def logits_of(model: FactorizationMachine | DeepFM, user: SideTerms, item: SideTerms) -> torch.Tensor:
+    """The model's logits of (broadcastable) user and item terms: FM's, plus DeepFM's deep part."""
+    fm = fm_of(model).combine(user, item)
+    return fm + model.deep(user, item) if isinstance(model, DeepFM) else fm
+
+
+class FeatureExplainer(Explainer):
+    """Shared by the feature methods: the user's and the items' variables, the non-zero ones as candidates."""
+
+    reason = FEATURE
+
+    def __init__(self, model: FactorizationMachine | DeepFM, names: Sequence[str] | None = None) -> None:
+        super().__init__(model)
+        self.fm = fm_of(model)
+        self.features = list(names) if names is not None else variable_names(self.fm)
+
+    def variables(self, user: int, items: torch.Tensor) -> tuple[Variables, Variables]:
+        """``(user's, items')`` variables: the user's ``(m_u,)``, the items' ``(k, m_i)``."""
+        return (side_variables(self.fm.user_side, torch.tensor(user, device=items.device)),
+                side_variables(self.fm.item_side, items))
+
+    def finish(self, items: torch.Tensor, scores: torch.Tensor, attributions: torch.Tensor, values: torch.Tensor,
+               top: int, rest: torch.Tensor) -> Explanations:
+        """Keep the variables that are non-zero for the user or any of the items."""
+        active = (values != 0).any(0).nonzero()[:, 0]
+        return self.result(items, scores, attributions[:, active], active, top, rest=rest, features=self.features)
+
+
+class FMTerms(FeatureExplainer):
+    """Exact: variable ``j`` gets its first-order term ``w_j x_j`` and half of each pairwise term
+    ``<v_j, v_l> x_j x_l`` it is part of (the Shapley value of a product of two players), so the attributions of
+    all variables add up to the score minus the global bias ``w0`` (``rest``)."""
+
+    method = "fm_terms"
+    exact = True
+    note = "each variable's first-order term plus half of every pairwise FM term it is part of"
+
+    @torch.no_grad()
+    def explain(self, user: int, items: torch.Tensor, top: int) -> Explanations:
+        items = items.to(model_device(self.model))
+        user_vars, item_vars = self.variables(user, items)
+        values = torch.cat([user_vars.values.expand(len(items), -1), item_vars.values], 1)  # (k, m)
+        vectors = torch.cat([user_vars.vectors.expand(len(items), -1, -1), item_vars.vectors], 1)
+        weights = torch.cat([user_vars.weights.expand(len(items), -1), item_vars.weights], 1)
+        scaled = values.unsqueeze(-1) * vectors
+        others = scaled.sum(1, keepdim=True) - scaled
+        attributions = values * weights + 0.5 * (scaled * others).sum(-1)
+        scores = self.model(torch.full_like(items, user), items)
+        return self.finish(items, scores, attributions, values, top, self.fm.global_bias.expand(len(items)))
+
+
+class IntegratedGradients(FeatureExplainer):
+    """Integrated gradients (Sundararajan, Taly and Yan. 2017. ICML) of the logit along the straight path from
+    all variables at 0 to their values, ``steps`` midpoints: attributions add up to the score minus the score of
+    the all-zero input (``rest``), up to the integration error. For DeepFM, whose deep part is not a sum of terms."""
+
+    method = "integrated_gradients"
+    exact = False
+
+    def __init__(self, model: DeepFM, names: Sequence[str] | None = None, steps: int = 32) -> None:
+        super().__init__(model, names)
+        self.steps = steps
+        self.note = f"integrated gradients of the logit from all variables at zero ({steps} steps)"
+
+    def logits(self, user_vars: Variables, item_vars: Variables, user_scales: torch.Tensor,
+               item_scales: torch.Tensor) -> torch.Tensor:
+        """The logits with the variables' values scaled (user scales broadcast against the items')."""
+        return logits_of(self.model, user_vars.terms(user_scales), item_vars.terms(item_scales))
+
+    def explain(self, user: int, items: torch.Tensor, top: int) -> Explanations:
+        items = items.to(model_device(self.model))
+        user_vars, item_vars = self.variables(user, items)
+        user_vars = Variables(*(t.detach() for t in user_vars))
+        item_vars = Variables(*(t.detach() for t in item_vars))
+        k, m_user, m_item = len(items), user_vars.values.shape[-1], item_vars.values.shape[-1]
+        alphas = (torch.arange(self.steps, device=items.device) + 0.5) / self.steps
+        with torch.enable_grad():
+            user_scales = alphas.view(-1, 1, 1).expand(-1, k, m_user).clone().requires_grad_()
+            item_scales = alphas.view(-1, 1, 1).expand(-1, k, m_item).clone().requires_grad_()
+            expanded = Variables(*(t.unsqueeze(0) for t in item_vars))
+            path = self.logits(user_vars, expanded, user_scales, item_scales)  # (steps, k)
+            user_grad, item_grad = torch.autograd.grad(path.sum(), (user_scales, item_scales))
+        attributions = torch.cat([user_grad.mean(0), item_grad.mean(0)], 1)
+        with torch.no_grad():
+            ones = lambda n: torch.ones(k, n, device=items.device)  # noqa: E731
+            scores = self.logits(user_vars, item_vars, ones(m_user), ones(m_item))
+            rest = self.logits(user_vars, item_vars, 0 * ones(m_user), 0 * ones(m_item))
+        values = torch.cat([user_vars.values.expand(k, -1), item_vars.values], 1)
+        return self.finish(items, scores, attributions, values, top, rest)
+
+
+def frame_feature_names(frame) -> list[str]:
+    """Names of the columns :func:`recforge.data.datamodule.features_tensor` makes of a feature frame, in its
+    order: a numeric column's name, ``column=value`` for each value of a one-hot text column."""
+    import pandas as pd
+
+    from recforge.data.datamodule import features_tensor
+
+    names: list[str] = []
+    for column in frame.columns if frame is not None else ():
+        block = features_tensor(frame[[column]])
+        if block is None:
+            continue
+        values = frame[column]
+        numeric = pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values)
+        names += [str(column)] if numeric else [f"{column}={value}" for value in pd.get_dummies(values).columns]
+    return names
