@@ -55,15 +55,22 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
     model = service.model  # this request's model, even if a reload swaps the service's model meanwhile
     info["user"], info["k"] = body.user, body.k
     try:
+        if body.explain:
+            model.check_reasons(body.n_reasons)
         items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
                                                   body.deny_items)
+        explanation = model.explain(body.user, items, body.n_reasons) if body.explain else None
     except InvalidRequest as exc:
         info["error"] = str(exc)
         return exc.status, dumps({"detail": str(exc)})
     info.update(items=items, fallback=fallback, model_id=model.ref.model_id)
     service.metrics.served(fallback)
-    return 200, dumps({"user": body.user, "items": items, "scores": scores, "fallback": fallback,
-                        "model_id": model.ref.model_id, "run_id": model.ref.run_id, "model_version": model.ref.version})
+    answer = {"user": body.user, "items": items, "scores": scores, "fallback": fallback,
+              "model_id": model.ref.model_id, "run_id": model.ref.run_id, "model_version": model.ref.version}
+    if explanation is not None:
+        info["explained"] = explanation["method"]
+        answer["explanation"] = explanation
+    return 200, dumps(answer)
 
 
 def dumps(payload: Any) -> bytes:

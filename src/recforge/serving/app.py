@@ -164,7 +164,8 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         "schema": RecommendRequest.model_json_schema()}}}}
 
     @app.post("/recommend", openapi_extra=recommend_body, response_model=RecommendResponse, responses=error_responses(
-        _400="k out of range, an unknown id in allow_items/deny_items, or a list longer than --max-list-items",
+        _400="k or n_reasons out of range, an unknown id in allow_items/deny_items, or a list longer than "
+             "--max-list-items",
         _422="not JSON, a wrong type, a missing user, an unknown field, or an id over 256 characters"))
     async def recommend(request: Request) -> Response:
         """Top-k items for one user. The body is read as JSON whatever its content type (``curl -d`` works).

@@ -21,8 +21,9 @@ import torch
 from recforge.serving.registry import ModelRef
 from recforge.tracking.bundle import Bundle
 
-# similar items from score-matrix columns: above this many scores, compute in user chunks of this size
+# the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
+MAX_REASONS = 100  # reasons per explained item a request may ask for
 
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -94,6 +95,8 @@ class ServedModel:
         self._popularity = bundle.popularity.astype(np.float32)
         self._vectors: np.ndarray | None = None
         self._vectors_lock = threading.Lock()
+        self._explainer = None  # built on the first request that asks for explanations
+        self._explainer_lock = threading.Lock()
         self.similar_source = "item_vectors" if self._raw_item_vectors() is not None else "score_columns"
         self._score_cache = self._all_scores() if 0 < 4 * self.n_users * self.n_items <= score_cache_bytes else None
         self.loaded_at = time.time()
@@ -157,6 +160,36 @@ class ServedModel:
         top, values = topk_row(scores, k)
         return [self.item_ids[i] for i in top.tolist()], values.tolist(), row is None
 
+    def check_reasons(self, n_reasons: int) -> None:
+        if not 1 <= n_reasons <= MAX_REASONS:
+            raise InvalidRequest(f"n_reasons={n_reasons} is out of range; use 1 <= n_reasons <= {MAX_REASONS}")
+
+    def explain(self, user: Any, items: Sequence[Any], n_reasons: int = 5) -> dict[str, Any]:
+        """Why each of ``items`` (raw ids, as :meth:`recommend` answered) was recommended to ``user``: the JSON
+        form of :func:`recforge.explain.records`, by the method that fits the model. An unknown user's
+        popularity fallback gets no reasons and says so. Off the request path unless asked for: the explainer
+        is built on first use."""
+        self.check_reasons(n_reasons)
+        row = self.user_row(user)
+        if row is None:
+            return {"method": "popularity_fallback", "exact": False,
+                    "note": "unknown user: the most popular items, with no personal reasons",
+                    "items": [{"item": item, "reasons": []} for item in items]}
+        from recforge.explain import records
+
+        columns = torch.as_tensor(self.item_columns(items, "items"))
+        return records(self.explainer().explain(row, columns, n_reasons), self.item_ids)
+
+    def explainer(self):
+        """The model's explainer (:func:`recforge.explain.explainer_for`), histories from the seen items."""
+        if self._explainer is None:
+            with self._explainer_lock:
+                if self._explainer is None:
+                    from recforge.explain import Histories, explainer_for
+
+                    self._explainer = explainer_for(self.model, Histories.from_csr(self.bundle.seen), self.n_users)
+        return self._explainer
+
     def similar_items(self, item: Any, k: int = 10) -> tuple[list[Any], list[float]]:
         """The ``k`` items with the highest cosine similarity to ``item`` (itself excluded); see
         :meth:`item_vectors` for the vectors compared."""
@@ -185,13 +218,9 @@ class ServedModel:
         if self._vectors is None:
             with self._vectors_lock:
                 if self._vectors is None:
-                    raw = self._raw_item_vectors()
-                    if raw is None:
-                        step = max(1, _SCORE_CHUNK // max(self.n_items, 1))
-                        users = torch.arange(self.n_users)
-                        raw = torch.cat([self.model.score_all(chunk).float() for chunk in users.split(step)]).T
-                    raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
-                    self._vectors = torch.nn.functional.normalize(raw, dim=1).numpy().copy()
+                    from recforge.explain.similarity import item_space
+
+                    self._vectors = item_space(self.model, self.n_users)[1].numpy().copy()
         return self._vectors
 
     def warm_up(self) -> None:

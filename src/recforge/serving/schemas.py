@@ -39,6 +39,8 @@ class RecommendRequest(BaseModel):
                                                                  "--max-list-items ids, 400 otherwise)")
     deny_items: Optional[list[RawId]] = Field(None, description="never recommend these item ids (at most "
                                                                 "--max-list-items ids, 400 otherwise)")
+    explain: StrictBool = Field(False, description="also say why each item was recommended (slower: off by default)")
+    n_reasons: Int64 = Field(5, description="with explain: the most reasons per item, 1..100 (400 otherwise)")
 
 
 class ReloadRequest(BaseModel):
@@ -48,6 +50,30 @@ class ReloadRequest(BaseModel):
                                        description="models:/<name>@<alias>, models:/<name>/<v> or runs:/<id>/model")
     run_id: Optional[StrictStr] = Field(None, max_length=MAX_ID_CHARS)
     bundle: Optional[StrictStr] = Field(None, max_length=MAX_PATH_CHARS, description="a bundle directory")
+
+
+class Reason(BaseModel):
+    item: Optional[AnyId] = Field(None, description="a history item (raw id), for methods whose reasons are items")
+    feature: Optional[str] = Field(None, description="a variable (user_id, item_id or a feature), for feature "
+                                                     "methods")
+    weight: float = Field(description="the reason's weight: its term of the score for exact methods")
+    position: Optional[int] = Field(None, description="sequential methods: the item's place back from the user's "
+                                                      "latest item (1 = the latest)")
+
+
+class ItemExplanation(BaseModel):
+    item: AnyId
+    reasons: list[Reason] = Field(description="the strongest reasons, best first (none for a fallback item)")
+    rest: Optional[float] = Field(None, description="exact methods: the score's part no reason carries (biases, "
+                                                    "the user's own vector)")
+
+
+class Explanation(BaseModel):
+    method: str = Field(description="how the reasons were found, e.g. item_weights, item_similarity, "
+                                    "attention_rollout, fm_terms; popularity_fallback for an unknown user")
+    exact: bool = Field(description="the weights of all reasons plus rest add up to the score")
+    note: str = Field(description="one sentence: what the weights are, or why there are none")
+    items: list[ItemExplanation] = Field(description="one per recommended item, in the same order")
 
 
 class RecommendResponse(BaseModel):
@@ -60,6 +86,7 @@ class RecommendResponse(BaseModel):
     model_id: str
     run_id: Optional[str]
     model_version: Optional[str]
+    explanation: Optional[Explanation] = Field(None, description="only with explain: true")
 
 
 class SimilarItemsResponse(BaseModel):
