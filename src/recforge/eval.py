@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import tempfile
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recforge.cli import command, run_cli
 from recforge.config import CONFIG_DIR
@@ -31,6 +32,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False)
         metrics = finite(trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0])
+        report = OmegaConf.to_container(cfg.report) if cfg.get("report") else {}
+        if report.get("users"):
+            from recforge.explain.report import write_report
+
+            unknown = sorted(set(report) - (set(inspect.signature(write_report).parameters) - {"exp", "path"}))
+            if unknown:
+                raise RecForgeError(f"report.{unknown[0]} is not a key of report; valid keys: users, k, reasons, "
+                                    "format, seed")
+            fmt = report.get("format", "html")
+            path = write_report(exp, Path(cfg.paths.output_dir) / f"explanations.{fmt}", **report)
+            print(f"explanations of {report['users']} test users: {path}")
     if cfg.run_id and not cfg.ckpt_path:
         print(against_logged(metrics, logged_metrics(cfg.run_id, cfg.tracking_uri, cfg.paths.log_dir), cfg.run_id))
     else:
