@@ -25,26 +25,27 @@ from recforge.explain.report import explained_run, sample_test_users
 from recforge.utils.io import atomic_write_text
 
 HEADER = ("| model | method | counterfactual | pairs | rank drop: top reasons | rank drop: random | reasons win "
-          "| score drop ratio | base agrees | explain ms |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| score drop ratio | base agrees | explain ms | score ms |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def row(path: str, args: argparse.Namespace) -> str:
+def row(path: str, label: str | None, args: argparse.Namespace) -> str:
     exp = load_checkpoint(path, args.data_dir)
     run = explained_run(exp)
     counterfactual = counterfactual_for(run.model, run.histories, exp.datamodule.n_users)
     result = measure(run.model, run.explainer, counterfactual, sample_test_users(exp, args.users, args.seed),
                      run.histories, args.k, args.remove, args.draws, args.seed)
-    name = f"{type(run.model).__name__} ({args.label.pop(0)})" if args.label else type(run.model).__name__
+    name = f"{type(run.model).__name__} ({label})" if label else type(run.model).__name__
     surrogate = "" if counterfactual.exact else " (surrogate)"
     return (f"| {name} | {result.method} | {result.counterfactual}{surrogate} | {result.pairs} | "
             f"{result.rank_drop_reasons:.1f} | {result.rank_drop_random:.1f} | {100 * result.wins:.0f}% | "
-            f"{result.score_drop_ratio:.2f} | {100 * result.base_overlap:.0f}% | {result.explain_ms:.0f} |")
+            f"{result.score_drop_ratio:.2f} | {100 * result.base_overlap:.0f}% | {result.explain_ms:.0f} | "
+            f"{result.score_ms:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", action="append", required=True, help="a run's checkpoint (repeat for more runs)")
-    parser.add_argument("--label", action="append", help="a label shown beside each --ckpt's model, in order")
+    parser.add_argument("--label", action="append", help="a label shown beside each --ckpt's model (one per --ckpt)")
     parser.add_argument("--data-dir", help="where the raw data is now (default: the checkpoint's own)")
     parser.add_argument("--users", type=int, default=200, help="test users sampled (default 200)")
     parser.add_argument("--k", type=int, default=10, help="recommended items explained per user (default 10)")
@@ -57,10 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     lines = [HEADER]
-    print(HEADER, flush=True)
     try:
-        for path in args.ckpt:
-            lines.append(row(path, args))
+        if args.label and len(args.label) != len(args.ckpt):
+            raise RecForgeError(f"{len(args.label)} --label for {len(args.ckpt)} --ckpt; give one label per checkpoint")
+        print(HEADER, flush=True)
+        for path, label in zip(args.ckpt, args.label or [None] * len(args.ckpt)):
+            lines.append(row(path, label, args))
             print(lines[-1], flush=True)
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

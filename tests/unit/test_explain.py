@@ -135,6 +135,7 @@ def feature_model(cls, **kwargs):
     return model.eval()
 
 
+@torch.no_grad()
 def test_fm_pairwise_terms_add_up_to_the_score_minus_the_bias_terms():
     model = feature_model(FactorizationMachine)
     explained = everything(explainer_for(model), 1, torch.tensor([0, 4]))
@@ -151,12 +152,11 @@ def test_fm_pairwise_terms_add_up_to_the_score_minus_the_bias_terms():
         pairwise = sum(x[j] * x[m] * v[j] @ v[m] for j in range(len(x)) for m in range(j + 1, len(x)))
         linear = x * w
         attribution = dict(zip(explained.reasons[row].tolist(), explained.weights[row].tolist()))
-        active = x != 0
-        assert set(active.nonzero()[:, 0].tolist()) <= set(attribution)  # the variables of every item explained
-        assert all(attribution[j] == 0 for j in set(attribution) - set(active.nonzero()[:, 0].tolist()))
-        shares = torch.tensor([attribution[j] for j in active.nonzero()[:, 0].tolist()]) - linear[active]
-        assert float(shares.sum()) == pytest.approx(float(explained.scores[row] - model.global_bias - linear.sum()),
-                                                    abs=1e-5)
+        active = (x != 0).nonzero()[:, 0].tolist()
+        assert sorted(set(attribution) - {-1}) == active  # the user's and this item's non-zero variables only
+        shares = torch.tensor([attribution[j] for j in active]) - linear[active]
+        bias_terms = model.global_bias + linear.sum()
+        assert float(shares.sum()) == pytest.approx(float(explained.scores[row] - bias_terms), abs=1e-5)
         assert float(shares.sum()) == pytest.approx(float(pairwise), abs=1e-5)
 
 

@@ -88,7 +88,8 @@ def explainer_for(model: Recommender, histories: Histories | None = None, n_user
 
 
 def _number(value: float) -> float:
-    return round(float(value), 6) if np.isfinite(value) else 0.0
+    """A JSON-safe weight: 6 decimals, no -0.0, 0 for a non-finite value."""
+    return round(float(value), 6) + 0.0 if np.isfinite(value) else 0.0
 
 
 def records(explanations: Explanations, item_ids: Sequence[Any]) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def records(explanations: Explanations, item_ids: Sequence[Any]) -> dict[str, An
     for j, item in enumerate(explanations.items.tolist()):
         reasons = []
         for n, (reason, weight) in enumerate(zip(explanations.reasons[j].tolist(), explanations.weights[j].tolist())):
+            if reason < 0:  # padding: this item has fewer reasons
+                continue
             entry = ({"feature": explanations.features[reason]} if explanations.reason == FEATURE
                      else {"item": item_ids[reason]})
             entry["weight"] = _number(weight)

@@ -26,10 +26,11 @@ class Explanations:
     """Why each of one user's recommended ``items`` (``(k,)`` item indices) was recommended, by one ``method``.
 
     ``reasons[j]`` holds the ids of item ``items[j]``'s strongest reasons, best first, and ``weights[j]`` their
-    weights (``(k, n)``, ``n`` at most the number asked for): history item indices when ``reason`` is
-    ``history_item``, variable indices into ``features`` when it is ``feature``. ``candidates`` are every id the
-    method weighed (the history it read, or the user's and items' non-zero variables): what a random baseline
-    removes instead. ``exact``: the weights of all candidates (not only the listed ones) plus ``rest`` add up to
+    weights (``(k, n)``, ``n`` at most the number asked for; -1 and 0 pad a row with fewer): history item indices
+    when ``reason`` is ``history_item``, variable indices into ``features`` when it is ``feature``. ``candidates``
+    are every id the method weighed (the history it read, or the user's and items' non-zero variables): what a
+    random baseline removes instead; ``eligible`` (``(k, m)``, feature methods) says which of them apply to each
+    item (the user's variables and the item's own non-zero ones), ``None`` all. ``exact``: the weights of all candidates (not only the listed ones) plus ``rest`` add up to
     ``scores``; ``rest`` is the part no candidate carries (biases, the user's own vector). ``positions`` (sequential
     methods) count each reason's place back from the latest item (1 = the latest). ``note`` says in a sentence
     how the weights were computed."""
@@ -46,6 +47,7 @@ class Explanations:
     rest: torch.Tensor | None = None
     positions: torch.Tensor | None = None
     features: Sequence[str] | None = None
+    eligible: torch.Tensor | None = None
 
 
 class Explainer:
@@ -67,7 +69,7 @@ class Explainer:
                top: int, **extra) -> Explanations:
         """The :class:`Explanations` of ``weights`` (``(k, m)``: each item's weight for each of the ``m``
         ``candidates``), keeping each item's ``top`` heaviest; everything on the CPU."""
-        reasons, kept, order = strongest(weights, candidates, top)
+        reasons, kept, order = strongest(weights, candidates, top, extra.get("eligible"))
         if extra.get("positions") is not None:
             extra["positions"] = extra["positions"].gather(1, order)
         extra = {key: value.detach().cpu() if isinstance(value, torch.Tensor) else value
@@ -77,15 +79,21 @@ class Explainer:
                             candidates.detach().cpu(), **extra)
 
 
-def strongest(weights: torch.Tensor, ids: torch.Tensor, top: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def strongest(weights: torch.Tensor, ids: torch.Tensor, top: int,
+              eligible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(ids, weights, columns)`` of each row's ``top`` largest weights (``(k, min(top, m))``), largest first;
-    ties go to the earlier column."""
+    ties go to the earlier column. Where ``eligible`` (``(k, m)``) leaves a row fewer, -1 ids and 0 weights pad."""
     n = min(top, weights.shape[1])
     if n == 0:
         empty = torch.empty(weights.shape[0], 0, dtype=torch.long, device=weights.device)
         return empty, weights[:, :0], empty
-    columns = torch.sort(weights, dim=1, descending=True, stable=True).indices[:, :n]
-    return ids[columns], weights.gather(1, columns), columns
+    key = weights if eligible is None else weights.masked_fill(~eligible, -torch.inf)
+    columns = torch.sort(key, dim=1, descending=True, stable=True).indices[:, :n]
+    reasons, kept = ids[columns], weights.gather(1, columns)
+    if eligible is not None:
+        valid = eligible.gather(1, columns)
+        reasons, kept = reasons.masked_fill(~valid, -1), kept.masked_fill(~valid, 0.0)
+    return reasons, kept, columns
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

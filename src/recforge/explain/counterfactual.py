@@ -139,7 +139,7 @@ class FeatureRemoval(Counterfactual):
 
 
 # the surrogate fold-in's confidence and ridge (relative to the item vectors' mean squared norm)
-SURROGATE_ALPHA, SURROGATE_REG = 10.0, 1.0
+SURROGATE_ALPHA, SURROGATE_REG = 10.0, 100.0
 
 
 def counterfactual_for(model: Recommender, histories: Histories | None = None,

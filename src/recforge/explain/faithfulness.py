@@ -32,6 +32,7 @@ class Faithfulness:
     score_drop_ratio: float  # mean score drop of the top reasons over that of the random draws
     base_overlap: float  # share of the model's top-k that the counterfactual with nothing removed ranks top-k
     explain_ms: float  # median time of one explain() call (k items), a rough figure
+    score_ms: float  # median time of the user's score_all beside it, for scale
     per_pair: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
@@ -48,11 +49,14 @@ def measure(model, explainer: Explainer, counterfactual: Counterfactual, users: 
     """Measure ``explainer``'s faithfulness on ``users`` (indices) with ``counterfactual``; see the module."""
     generator = torch.Generator().manual_seed(seed)
     device = model_device(model)
-    before, after_reasons, after_random, drop_reasons, drop_random, overlap, seconds = [], [], [], [], [], [], []
+    before, after_reasons, after_random, drop_reasons, drop_random, overlap = [], [], [], [], [], []
+    seconds, scoring = [], []
     for user in users:
         excluded = history_of(model, user, histories)
+        started = time.perf_counter()
         with torch.no_grad():
             scores = model.score_all(torch.tensor([user], device=device))[0].float()
+        scoring.append(time.perf_counter() - started)
         scores[excluded] = -torch.inf
         items = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
         started = time.perf_counter()
@@ -62,12 +66,12 @@ def measure(model, explainer: Explainer, counterfactual: Counterfactual, users: 
         base_top = base.clone()
         base_top[excluded] = -torch.inf
         overlap.append(len(np.intersect1d(torch.topk(base_top, len(items)).indices.cpu(), items.cpu())) / len(items))
-        candidates = explanation.candidates
-        if len(candidates) < 2 * remove:  # too few to draw random ones distinct from the reasons' number
-            continue
         for j, item in enumerate(explanation.items.tolist()):
-            reasons = explanation.reasons[j]
-            if len(reasons) < remove:
+            reasons = explanation.reasons[j][explanation.reasons[j] >= 0]
+            candidates = explanation.candidates
+            if explanation.eligible is not None:
+                candidates = candidates[explanation.eligible[j]]
+            if len(reasons) < remove or len(candidates) < 2 * remove:  # too few for random ones to differ
                 continue
             rank = rank_in(base, item, excluded)
             removed = counterfactual.scores(user, item, reasons).float()
@@ -93,4 +97,5 @@ def measure(model, explainer: Explainer, counterfactual: Counterfactual, users: 
         else float("nan"),
         base_overlap=float(np.mean(overlap)) if overlap else float("nan"),
         explain_ms=1000 * float(np.median(seconds)) if seconds else float("nan"),
+        score_ms=1000 * float(np.median(scoring)) if scoring else float("nan"),
         per_pair={"rank": before_, "rank_reasons": reasons_, "rank_random": random_})

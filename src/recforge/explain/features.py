@@ -90,9 +90,12 @@ class FeatureExplainer(Explainer):
 
     def finish(self, items: torch.Tensor, scores: torch.Tensor, attributions: torch.Tensor, values: torch.Tensor,
                top: int, rest: torch.Tensor) -> Explanations:
-        """Keep the variables that are non-zero for the user or any of the items."""
-        active = (values != 0).any(0).nonzero()[:, 0]
-        return self.result(items, scores, attributions[:, active], active, top, rest=rest, features=self.features)
+        """The variables non-zero for the user or any of the items are the candidates; each item's own (and the
+        user's) are eligible for it."""
+        nonzero = values != 0
+        active = nonzero.any(0).nonzero()[:, 0]
+        return self.result(items, scores, attributions[:, active], active, top, rest=rest, features=self.features,
+                           eligible=nonzero[:, active])
 
 
 class FMTerms(FeatureExplainer):
