@@ -11,6 +11,7 @@ histories. Prints a Markdown table (and writes it to ``--output`` when given).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -36,10 +37,10 @@ def row(path: str, label: str | None, args: argparse.Namespace) -> str:
                      run.histories, args.k, args.remove, args.draws, args.seed)
     name = f"{type(run.model).__name__} ({label})" if label else type(run.model).__name__
     surrogate = "" if counterfactual.exact else " (surrogate)"
+    ratio = "n/a" if math.isnan(result.score_drop_ratio) else f"{result.score_drop_ratio:.2f}"
     return (f"| {name} | {result.method} | {result.counterfactual}{surrogate} | {result.pairs} | "
-            f"{result.rank_drop_reasons:.1f} | {result.rank_drop_random:.1f} | {100 * result.wins:.0f}% | "
-            f"{result.score_drop_ratio:.2f} | {100 * result.base_overlap:.0f}% | {result.explain_ms:.0f} | "
-            f"{result.score_ms:.0f} |")
+            f"{result.rank_drop_reasons:.1f} | {result.rank_drop_random:.1f} | {100 * result.wins:.0f}% | {ratio} | "
+            f"{100 * result.base_overlap:.0f}% | {result.explain_ms:.0f} | {result.score_ms:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -358,3 +358,34 @@ def test_removing_the_top_reasons_lowers_items_more_than_random_ones():
     assert result.pairs > 100 and result.base_overlap == 1.0
     assert result.rank_drop_reasons > result.rank_drop_random + 1 and result.wins > 0.5
     assert result.score_drop_ratio > 1.5
+
+
+@pytest.mark.parametrize("cls,kwargs", [(FactorizationMachine, {}), (DeepFM, {"mlp_layers": (4,), "dropout": 0.0})])
+def test_removing_features_zeroes_the_users_for_every_item_and_the_items_for_that_item(cls, kwargs):
+    model = feature_model(cls, **kwargs)
+    removal = counterfactual_for(model)
+    # variables: 0 user_id, 1-2 user features, 3 item_id, 4-6 item features; remove user feature 0, item feature 0
+    scores = removal.scores(1, 4, torch.tensor([1, 4]))
+    user_x = model.fm.user_side.features.clone() if cls is DeepFM else model.user_side.features.clone()
+    item_x = (model.fm if cls is DeepFM else model).item_side.features.clone()
+    user_x[1, 0] = 0
+    item_x[4, 0] = 0
+    edited = cls(N_USERS, N_ITEMS, embedding_dim=3, user_features=user_x, item_features=item_x, **kwargs)
+    edited.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(scores, edited.eval().score_all(torch.tensor([1]))[0])
+
+
+def test_ials_fold_in_is_the_models_own_user_update_and_other_embeddings_get_a_surrogate():
+    torch.manual_seed(0)
+    model = IALS(N_USERS, N_ITEMS, factors=3, iterations=4)
+    model.fit(PAIRS[0], PAIRS[1], torch.ones(PAIRS.shape[1]))
+    fold_in = counterfactual_for(model, HISTORIES)
+    assert (fold_in.name, fold_in.exact) == ("ials_fold_in", True)
+    y = model.item_factors
+    kept = y[[1, 3]]  # user 1 read 1, 2, 3; item 2 removed
+    solved = torch.linalg.solve(y.T @ y + model.alpha * kept.T @ kept + model.reg * torch.eye(3),
+                                (1 + model.alpha) * kept.sum(0))
+    torch.testing.assert_close(fold_in.scores(1, 0, torch.tensor([2])), y @ solved, atol=1e-5, rtol=1e-4)
+    surrogate = counterfactual_for(MatrixFactorization(N_USERS, N_ITEMS, embedding_dim=2), HISTORIES)
+    assert (surrogate.name, surrogate.exact) == ("least_squares_fold_in", False)

@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 
 from recforge.explain.base import Histories, history_of, model_device, shallow_copy, with_histories
-from recforge.explain.features import fm_of, logits_of, side_variables
+from recforge.explain.features import Variables, fm_of, logits_of, side_variables
 from recforge.explain.ials import user_system
 from recforge.explain.similarity import item_space
 from recforge.models.base import Recommender, SequentialRecommender
 from recforge.models.deepfm import DeepFM
-from recforge.models.fm import FactorizationMachine
+from recforge.models.fm import FactorizationMachine, SideTerms
 from recforge.models.ials import IALS
 from recforge.models.lightgcn import GraphRecommender, normalized_adjacency
 
@@ -100,18 +100,20 @@ class FoldIn(Counterfactual):
     ``y``, scores ``y x``. For iALS it is the model's own update (exact); for other embedding models a surrogate
     (``exact`` false) over their item space, whose base ranking may differ from the model's."""
 
+    @torch.no_grad()
     def __init__(self, model: Recommender, histories: Histories, vectors: torch.Tensor, alpha: float, reg: float,
                  name: str, exact: bool) -> None:
         super().__init__(model)
         self.histories, self.vectors, self.alpha, self.reg = histories, vectors, alpha, reg
+        self.gram = vectors.T @ vectors
         self.name, self.exact = name, exact
 
     @torch.no_grad()
     def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
         history = history_of(self.model, user, self.histories).to(self.vectors.device)
         history = history[~torch.isin(history, removed.to(history.device))]
-        matrix, target = user_system(self.vectors, history, self.alpha, self.reg)
-        return self.vectors @ torch.linalg.solve(matrix, target)
+        matrix, target = user_system(self.vectors, self.gram, history, self.alpha, self.reg)
+        return self.vectors @ torch.cholesky_solve(target.unsqueeze(1), torch.linalg.cholesky(matrix))[:, 0]  # SPD
 
 
 class FeatureRemoval(Counterfactual):
@@ -120,22 +122,31 @@ class FeatureRemoval(Counterfactual):
 
     name = "feature_removal"
 
+    @torch.no_grad()
     def __init__(self, model: FactorizationMachine | DeepFM) -> None:
         super().__init__(model)
         self.fm = fm_of(model)
         self.n_user_variables = 1 + (self.fm.user_side.features.shape[1] if self.fm.user_side.has_features else 0)
+        self.items = side_variables(self.fm.item_side, torch.arange(self.fm.n_items, device=model_device(model)))
+        self.item_terms = self.items.terms()  # every item as it is; a call changes one item's
 
     @torch.no_grad()
     def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
-        device = model_device(self.model)
-        user_vars = side_variables(self.fm.user_side, torch.tensor(user, device=device))
-        item_vars = side_variables(self.fm.item_side, torch.arange(self.fm.n_items, device=device))
+        removed = removed.to(self.items.values.device)
+        user_vars = side_variables(self.fm.user_side, torch.tensor(user, device=removed.device))
         user_scales = torch.ones_like(user_vars.values)
-        item_scales = torch.ones_like(item_vars.values)
-        removed = removed.to(device)
         user_scales[removed[removed < self.n_user_variables]] = 0
-        item_scales[item, removed[removed >= self.n_user_variables] - self.n_user_variables] = 0
-        return logits_of(self.model, user_vars.terms(user_scales), item_vars.terms(item_scales))
+        items = self.item_terms
+        own = removed[removed >= self.n_user_variables] - self.n_user_variables
+        if item >= 0 and len(own):
+            scales = torch.ones_like(self.items.values[item])
+            scales[own] = 0
+            changed = Variables(*(t[item] for t in self.items)).terms(scales)
+            at = (torch.tensor([item], device=removed.device),)
+            items = SideTerms(tuple(f.index_put(at, g.unsqueeze(0)) for f, g in zip(items.fields, changed.fields)),
+                              items.linear.index_put(at, changed.linear.view(1)),
+                              items.within.index_put(at, changed.within.view(1)))
+        return logits_of(self.model, user_vars.terms(user_scales), items)
 
 
 # the surrogate fold-in's confidence and ridge (relative to the item vectors' mean squared norm)

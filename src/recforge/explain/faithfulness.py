@@ -29,7 +29,7 @@ class Faithfulness:
     rank_drop_reasons: float  # mean rank drop when the top reasons are removed
     rank_drop_random: float  # mean rank drop when as many random candidates are removed (mean over the draws)
     wins: float  # share of pairs whose top reasons lowered the rank more than the random draws did on average
-    score_drop_ratio: float  # mean score drop of the top reasons over that of the random draws
+    score_drop_ratio: float  # mean score drop of the top reasons over that of the random draws (nan unless > 0)
     base_overlap: float  # share of the model's top-k that the counterfactual with nothing removed ranks top-k
     explain_ms: float  # median time of one explain() call (k items), a rough figure
     score_ms: float  # median time of the user's score_all beside it, for scale
@@ -93,7 +93,7 @@ def measure(model, explainer: Explainer, counterfactual: Counterfactual, users: 
         rank_drop_reasons=float(np.mean(reasons_ - before_)) if len(before) else float("nan"),
         rank_drop_random=float(np.mean(random_ - before_)) if len(before) else float("nan"),
         wins=float(np.mean(reasons_ - before_ > random_ - before_)) if len(before) else float("nan"),
-        score_drop_ratio=float(np.mean(drop_reasons)) / random_score_drop if drop_random and random_score_drop
+        score_drop_ratio=float(np.mean(drop_reasons)) / random_score_drop if drop_random and random_score_drop > 0
         else float("nan"),
         base_overlap=float(np.mean(overlap)) if overlap else float("nan"),
         explain_ms=1000 * float(np.median(seconds)) if seconds else float("nan"),

@@ -13,11 +13,12 @@ from recforge.explain.base import Explainer, Explanations, Histories, history_of
 from recforge.models.ials import IALS
 
 
-def user_system(y: torch.Tensor, history: torch.Tensor, alpha: float, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A_u, b_u)`` of iALS's user update ``A_u x_u = b_u`` for this history, given item factors ``y``:
-    ``A_u = Y^T Y + alpha sum_h y_h y_h^T + reg I``, ``b_u = (1 + alpha) sum_h y_h``."""
+def user_system(y: torch.Tensor, gram: torch.Tensor, history: torch.Tensor, alpha: float,
+                reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A_u, b_u)`` of iALS's user update ``A_u x_u = b_u`` for this history, given item factors ``y`` and their
+    ``gram = Y^T Y``: ``A_u = Y^T Y + alpha sum_h y_h y_h^T + reg I``, ``b_u = (1 + alpha) sum_h y_h``."""
     observed = y[history]
-    matrix = y.T @ y + alpha * observed.T @ observed
+    matrix = gram + alpha * observed.T @ observed
     matrix.diagonal().add_(reg)
     return matrix, (1 + alpha) * observed.sum(0)
 
@@ -32,16 +33,18 @@ class IALSHistoryWeights(Explainer):
     note = "each history item's term (1 + alpha) y_i^T W_u y_h of the score iALS solves from the history " \
            "(Hu et al. 2008)"
 
+    @torch.no_grad()
     def __init__(self, model: IALS, histories: Histories) -> None:
         super().__init__(model)
         self.histories = histories
+        self.gram = model.item_factors.T @ model.item_factors
 
     @torch.no_grad()
     def explain(self, user: int, items: torch.Tensor, top: int) -> Explanations:
         history = history_of(self.model, user, self.histories)
         items = items.to(history.device)
         y = self.model.item_factors
-        matrix, _ = user_system(y, history, self.model.alpha, self.model.reg)
+        matrix, _ = user_system(y, self.gram, history, self.model.alpha, self.model.reg)
         weights = (1 + self.model.alpha) * y[items] @ torch.linalg.solve(matrix, y[history].T)
         scores = user_scores(self.model, user, items)
         return self.result(items, scores, weights, history, top, rest=scores - weights.sum(1))
