@@ -238,7 +238,7 @@ def test_embedding_models_weigh_history_items_by_cosine_similarity():
     model = MatrixFactorization(N_USERS, N_ITEMS, embedding_dim=3, use_bias=False)
     explainer = explainer_for(model, HISTORIES)
     explained = everything(explainer, 1)
-    vectors = torch.nn.functional.normalize(model.item_embedding.weight, dim=1)
+    vectors = torch.nn.functional.normalize(model.item_embedding.weight.detach(), dim=1)
     for row, item in enumerate(ITEMS.tolist()):
         weights = dict(zip(explained.reasons[row].tolist(), explained.weights[row].tolist()))
         assert weights == pytest.approx({h: float(vectors[item] @ vectors[h]) for h in (1, 2, 3)})
