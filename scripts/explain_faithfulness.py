@@ -40,7 +40,12 @@ def row(path: str, label: str | None, args: argparse.Namespace) -> str:
     ratio = "n/a" if math.isnan(result.score_drop_ratio) else f"{result.score_drop_ratio:.2f}"
     return (f"| {name} | {result.method} | {result.counterfactual}{surrogate} | {result.pairs} | "
             f"{result.rank_drop_reasons:.1f} | {result.rank_drop_random:.1f} | {100 * result.wins:.0f}% | {ratio} | "
-            f"{100 * result.base_overlap:.0f}% | {result.explain_ms:.0f} | {result.score_ms:.0f} |")
+            f"{100 * result.base_overlap:.0f}% | {ms(result.explain_ms)} | {ms(result.score_ms)} |")
+
+
+def ms(value: float) -> str:
+    """Milliseconds to two significant figures or whole (0.35, 2.7, 14, 230)."""
+    return f"{value:.2g}" if value < 10 else f"{value:.0f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                                     "format, seed")
             fmt = report.get("format", "html")
             path = write_report(exp, Path(cfg.paths.output_dir) / f"explanations.{fmt}", **report)
-            print(f"explanations of {report['users']} test users: {path}")
+            print(f"explanations of {report['users']} test user{'s' if report['users'] != 1 else ''}: {path}")
     if cfg.run_id and not cfg.ckpt_path:
         print(against_logged(metrics, logged_metrics(cfg.run_id, cfg.tracking_uri, cfg.paths.log_dir), cfg.run_id))
     else:

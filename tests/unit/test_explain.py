@@ -14,6 +14,7 @@ from recforge.explain.base import with_histories
 from recforge.explain.counterfactual import counterfactual_for
 from recforge.explain.faithfulness import measure
 from recforge.explain.features import variable_names
+from recforge.explain.report import ExplainedRun, Section, _html, _markdown
 from recforge.models.bert4rec import BERT4Rec
 from recforge.models.caser import Caser
 from recforge.models.cdae import CDAE
@@ -389,3 +390,30 @@ def test_ials_fold_in_is_the_models_own_user_update_and_other_embeddings_get_a_s
     torch.testing.assert_close(fold_in.scores(1, 0, torch.tensor([2])), y @ solved, atol=1e-5, rtol=1e-4)
     surrogate = counterfactual_for(MatrixFactorization(N_USERS, N_ITEMS, embedding_dim=2), HISTORIES)
     assert (surrogate.name, surrogate.exact) == ("least_squares_fold_in", False)
+
+
+# ------------------------------------------------------------------------------------------------ the report
+@pytest.mark.parametrize("render", [_markdown, _html])
+def test_report_lists_reasons_every_item_shares_once_and_labels_items_by_title_and_id(render):
+    torch.manual_seed(0)
+    model = SASRec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=4).eval()
+    explained = explainer_for(model).explain(0, ITEMS, 3)  # user 0: 3 -> 1 -> 4; the same reasons for every item
+    titles = ["A (1990)", "B & C (1991)", "D (1992)", "E (1993)", ""]  # item 4 has no title
+    run = ExplainedRun(model, explainer_for(model), None, [10, 11, 12, 13, 14], None, titles)
+    header = {"model": "SASRec", "dataset": "toy", "method": explained.method, "exact": False,
+              "note": explained.note, "k": 3}
+    section = Section("u0", 3, {3}, records(explained, list(range(5))), explained.scores.tolist())
+    text = render(header, [section], run)
+    assert "User u0 · 3 history items · test items in the top 3: 1 of 1" in text
+    assert "The same reasons for every item" in text and "reasons |" not in text and "<th>reasons" not in text
+    assert text.count("item 14, position 1 (the latest)") == 1
+    e = "E (1993) · #13" if render is _markdown else "E (1993) <span class=\"id\">#13</span>"
+    b = "B & C (1991) · #11" if render is _markdown else "B &amp; C (1991) <span class=\"id\">#11</span>"
+    assert text.count(f"{e}, position 3:") == 1 and text.count(f"{b}, position 2:") == 1
+    assert text.count(e) == 2 and text.count(b) == 2  # a reason once, and a recommended item
+    ease = EASE(N_USERS, N_ITEMS, PAIRS)
+    ease.weights = torch.rand(N_ITEMS, N_ITEMS)
+    other = explainer_for(ease).explain(1, ITEMS, 2)  # each item its own reasons
+    text = render({**header, "exact": True}, [Section("u1", 3, set(), records(other, list(range(5))),
+                                                      other.scores.tolist())], run)
+    assert "The same reasons" not in text and "% of the score)" in text

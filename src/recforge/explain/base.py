@@ -30,10 +30,10 @@ class Explanations:
     when ``reason`` is ``history_item``, variable indices into ``features`` when it is ``feature``. ``candidates``
     are every id the method weighed (the history it read, or the user's and items' non-zero variables): what a
     random baseline removes instead; ``eligible`` (``(k, m)``, feature methods) says which of them apply to each
-    item (the user's variables and the item's own non-zero ones), ``None`` all. ``exact``: the weights of all candidates (not only the listed ones) plus ``rest`` add up to
-    ``scores``; ``rest`` is the part no candidate carries (biases, the user's own vector). ``positions`` (sequential
-    methods) count each reason's place back from the latest item (1 = the latest). ``note`` says in a sentence
-    how the weights were computed."""
+    item (the user's variables and the item's own non-zero ones), ``None`` all. ``exact``: the weights of all
+    candidates (not only the listed ones) plus ``rest`` add up to ``scores``; ``rest`` is the part no candidate
+    carries (biases, the user's own vector). ``positions`` (sequential methods) count each reason's place back from
+    the latest item (1 = the latest). ``note`` says in a sentence how the weights were computed."""
 
     method: str
     reason: str
