@@ -1,0 +1,69 @@
+"""SimpleX: MF whose user vector mixes in the mean of the user's items, scored by cosine similarity.
+
+Mao, Zhu, Wang, Dai, Dong, Xiao and He. 2021. SimpleX: A Simple and Strong Baseline for Collaborative Filtering.
+CIKM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recforge.models.base import RowInputRecommender
+from recforge.utils.linalg import inner_products
+from recforge.utils.sparse import row_entries
+
+
+class SimpleX(RowInputRecommender):
+    """``p_u = gate * e_u + (1 - gate) * V mean_{i in I_u} e_i`` (the mean aggregator; ``V`` a linear map), with
+    ``dropout`` on ``p_u`` while training, and ``score(u, i) = cos(p_u, e_i)``: the history items share the
+    candidates' embedding table. The paper trains it with its cosine contrastive loss (a margin on the negatives'
+    cosines, a negative weight, hundreds of negatives); here any sampled-negatives loss scores the cosines.
+
+    The history is the user's row of the training interactions (deduplicated, the whole row: the reference code
+    pads or cuts it to a fixed length); like the other row models it is replaced by each evaluation stage's
+    inputs, so a user's validation items join its history at test time."""
+
+    feedbacks = ("implicit",)
+
+    def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
+                 embedding_dim: int = 64, gate: float = 0.5, dropout: float = 0.1, init_std: float = 0.1) -> None:
+        if not 0 <= gate <= 1 or not 0 <= dropout < 1:
+            raise ValueError(f"need 0 <= gate <= 1 and 0 <= dropout < 1, got gate={gate}, dropout={dropout}")
+        super().__init__(n_users, n_items, interactions)
+        self.gate = gate
+        self.user_embedding = nn.Embedding(n_users, embedding_dim)
+        self.item_embedding = nn.Embedding(n_items, embedding_dim)
+        nn.init.normal_(self.user_embedding.weight, std=init_std)
+        nn.init.normal_(self.item_embedding.weight, std=init_std)
+        self.history_map = nn.Linear(embedding_dim, embedding_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def history_means(self, users: torch.Tensor) -> torch.Tensor:
+        """``(B, d)``: the mean embedding of each user's history items (an item counts once; zero for none)."""
+        n = self.n_items
+        lengths, positions = row_entries(self.history_indptr, users)
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+        keys = torch.unique(rows * n + self.history_indices[positions])
+        rows, items = torch.div(keys, n, rounding_mode="floor"), keys % n
+        counts = torch.bincount(rows, minlength=len(users)).clamp_min(1).unsqueeze(1)
+        total = self.item_embedding.weight.new_zeros(len(users), self.item_embedding.embedding_dim)
+        return total.index_add(0, rows, self.item_embedding(items)) / counts
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """``p_u``, unit length."""
+        mixed = self.gate * self.user_embedding(users) + (1 - self.gate) * self.history_map(self.history_means(users))
+        return F.normalize(self.dropout(mixed), dim=-1)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        user = self.user_vectors(users)
+        if items.dim() == 2:
+            user = user.unsqueeze(1)
+        return (user * F.normalize(self.item_embedding(items), dim=-1)).sum(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return inner_products(self.user_vectors(users), self.item_vectors())
+
+    def item_vectors(self) -> torch.Tensor:
+        return F.normalize(self.item_embedding.weight, dim=-1)
