@@ -1,0 +1,286 @@
+"""The models of issue #21 against hand computations on tiny examples: RP3beta's walk weights, SLIM's optimality
+conditions, RecVAE's prior, KL weight and alternating phases, UltraGCN's constraint weights and losses, SimpleX's
+history-mixed cosine, and EASE's in-place float32 solve. The shared contract test covers shapes, determinism and
+learning for every ``conf/model`` file."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recforge.errors import RecForgeError
+from recforge.models.ease import EASE, invert_spd_
+from recforge.models.recvae import RecVAE
+from recforge.models.rp3beta import RP3beta
+from recforge.models.simplex import SimpleX
+from recforge.models.slim import SLIMElasticNet
+from recforge.models.ultragcn import UltraGCN
+
+# 4 users x 5 items; user 3 has a duplicated pair, item 4 is never seen
+X = np.array([[1, 1, 0, 0, 0],
+              [1, 0, 1, 0, 0],
+              [0, 1, 1, 1, 0],
+              [1, 1, 1, 0, 0]], dtype=np.float64)
+USERS = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+ITEMS = torch.tensor([0, 1, 0, 2, 1, 2, 3, 0, 1, 2, 2])
+PAIRS = torch.stack([USERS, ITEMS])
+
+
+def fitted(cls, **kwargs):
+    model = cls(n_users=4, n_items=5, interactions=PAIRS, **kwargs)
+    model.fit(USERS, ITEMS, torch.ones(len(USERS)))
+    return model.eval()
+
+
+def random_pairs(n_users: int, n_items: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.randint(0, n_users, (n,), generator=gen)
+    items = (torch.rand(n, generator=gen) ** 2 * n_items).long()  # a popularity skew
+    return users, items
+
+
+# ---------------------------------------------------------------- RP3beta
+def rp3beta_weights(alpha: float, beta: float) -> np.ndarray:
+    """``W[i, j] = sum_u (x_ui / |U_i|)^alpha (x_uj / |I_u|)^alpha |U_j|^-beta``, zero diagonal, dense."""
+    user_degree, item_degree = X.sum(1), X.sum(0)
+    p_ui = np.where(X > 0, 1 / user_degree[:, None], 0.0) ** alpha
+    p_iu = np.where(X.T > 0, 1 / np.maximum(item_degree[:, None], 1), 0.0) ** alpha
+    discount = np.where(item_degree > 0, np.maximum(item_degree, 1) ** -beta, 0.0)
+    weights = p_iu @ p_ui * discount[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
+def test_rp3beta_walk_probability_by_hand():
+    model = fitted(RP3beta, k_neighbors=4, alpha=1.0, beta=0.0)
+    weights = model.similarity().to_dense().T.double().numpy()  # W[i, j]
+    # from item 0 (users 0, 1, 3) to item 1: user 0 (2 items) and user 3 (3 items) hold it
+    assert weights[0, 1] == pytest.approx((1 / 2 + 1 / 3) / 3)
+    # from item 3 (user 2 only, 3 items) to item 1
+    assert weights[3, 1] == pytest.approx(1 / 3)
+    assert np.all(np.diag(weights) == 0) and np.all(weights[:, 4] == 0) and np.all(weights[4] == 0)
+
+
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.7, 0.5), (1.5, 1.2)])
+def test_rp3beta_matches_the_dense_formula_and_scores_histories(alpha, beta):
+    model = fitted(RP3beta, k_neighbors=4, alpha=alpha, beta=beta)
+    expected = rp3beta_weights(alpha, beta)
+    np.testing.assert_allclose(model.similarity().to_dense().T.double().numpy(), expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.score_all(torch.arange(4)).double().numpy(), X @ expected, rtol=1e-5, atol=1e-7)
+
+
+def test_rp3beta_keeps_each_source_items_top_targets():
+    model = fitted(RP3beta, k_neighbors=1, alpha=1.0, beta=0.5)
+    full = rp3beta_weights(1.0, 0.5)
+    kept = model.similarity().to_dense().T.double().numpy()
+    for i in range(4):  # item 4 has no users: nothing kept
+        assert np.count_nonzero(kept[i]) == 1
+        assert kept[i].argmax() == full[i].argmax() and kept[i].max() == pytest.approx(full[i].max())
+    assert not kept[4].any()
+
+
+# ---------------------------------------------------------------- SLIM
+def test_slim_weights_satisfy_the_elastic_net_optimality_conditions():
+    users, items = random_pairs(40, 12, 160, seed=1)
+    l1, l2 = 0.5, 2.0
+    model = SLIMElasticNet(40, 12, l1_reg=l1, l2_reg=l2, k_neighbors=11, max_iter=500, tol=1e-6)
+    model.fit(users, items, torch.ones(len(users)))
+    x = np.zeros((40, 12))
+    x[users.numpy(), items.numpy()] = 1
+    gram = x.T @ x
+    weights = model.similarity().to_dense().T.double().numpy()  # W[i, j], all 11 non-diagonal kept
+    assert np.all(weights >= 0) and np.all(np.diag(weights) == 0) and (weights > 0).sum() > 12
+    # gradient of 1/2 ||x_j - X w||^2 + l2/2 ||w||^2 + l1 sum w in w_ij (i != j): 0 where w_ij > 0, >= 0 at 0
+    grad = gram @ weights - gram + l2 * weights + l1
+    off = ~np.eye(12, dtype=bool)
+    assert np.abs(grad[(weights > 0) & off]).max() < 1e-3
+    assert grad[(weights == 0) & off].min() > -1e-3
+    assert model.sweeps < 500
+
+
+def test_slim_without_penalties_on_independent_columns_is_exact():
+    # items 0 and 1 always together, item 2 alone: w_01 = w_10 = G_01 / (G_00 + l2), the rest 0
+    users, items = torch.tensor([0, 0, 1, 1, 2]), torch.tensor([0, 1, 0, 1, 2])
+    model = SLIMElasticNet(3, 3, l1_reg=0.0, l2_reg=1.0, k_neighbors=2, max_iter=50, tol=0.0)
+    model.fit(users, items, torch.ones(5))
+    weights = model.similarity().to_dense().T.numpy()
+    np.testing.assert_allclose(weights, [[0, 2 / 3, 0], [2 / 3, 0, 0], [0, 0, 0]], atol=1e-6)
+
+
+def test_slim_prunes_each_target_to_its_top_k_and_refuses_large_catalogues():
+    users, items = random_pairs(40, 12, 160, seed=2)
+    full = SLIMElasticNet(40, 12, l1_reg=0.1, l2_reg=1.0, k_neighbors=11)
+    full.fit(users, items, torch.ones(len(users)))
+    pruned = SLIMElasticNet(40, 12, l1_reg=0.1, l2_reg=1.0, k_neighbors=2)
+    pruned.fit(users, items, torch.ones(len(users)))
+    dense, kept = full.similarity().to_dense(), pruned.similarity().to_dense()  # row j: target j's sources
+    assert ((kept > 0).sum(1) <= 2).all()
+    torch.testing.assert_close(kept.topk(2, dim=1).values, dense.topk(2, dim=1).values)
+    with pytest.raises(RecForgeError, match="model.max_items=10"):
+        SLIMElasticNet(40, 12, max_items=10)
+
+
+# ---------------------------------------------------------------- RecVAE
+def small_recvae(**kwargs) -> RecVAE:
+    torch.manual_seed(0)
+    return RecVAE(4, 5, interactions=PAIRS, hidden_dim=8, latent_dim=3, **kwargs)
+
+
+def test_recvae_composite_prior_by_hand():
+    model = small_recvae()
+    with torch.no_grad():  # the previous encoder's posterior: N(1, e^0.5) in every dimension
+        for layer, bias in ((model.prior_encoder.mu, 1.0), (model.prior_encoder.logvar, 0.5)):
+            layer.weight.zero_()
+            layer.bias.fill_(bias)
+    z = torch.tensor([[0.5, -2.0, 3.0]])
+
+    def normal(v, mu, var):
+        return math.exp(-(v - mu) ** 2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+
+    expected = [math.log(3 / 20 * normal(v, 0, 1) + 3 / 4 * normal(v, 1, math.exp(0.5))
+                         + 1 / 10 * normal(v, 0, math.exp(10))) for v in z[0].tolist()]
+    log_prior = model.log_prior(model.user_rows(torch.tensor([0])), z)
+    np.testing.assert_allclose(log_prior[0].numpy(), expected, rtol=1e-5)
+
+
+def test_recvae_kl_weight_is_gamma_times_the_users_item_count():
+    rows = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]])
+    kls = {}
+    for gamma, scale in ((0.01, 1.0), (0.02, 1.0), (0.01, 2.0)):
+        model = small_recvae(gamma=gamma).train()
+        torch.manual_seed(5)  # the same dropout mask and latent sample each time
+        kls[gamma, scale] = float(model.reconstruct(rows * scale)[1].detach())  # the encoder normalises its input row
+    assert kls[0.01, 1.0] != 0
+    assert kls[0.02, 1.0] == pytest.approx(2 * kls[0.01, 1.0], rel=1e-5)
+    assert kls[0.01, 2.0] == pytest.approx(2 * kls[0.01, 1.0], rel=1e-5)  # |I_u| doubled
+
+
+def test_recvae_alternates_encoder_and_decoder_epochs():
+    model = small_recvae(encoder_epochs=2, decoder_epochs=1)
+    assert model.users_per_epoch == 4
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    rows = model.user_rows(torch.arange(4))
+    model.train()
+
+    def step() -> tuple[bool, bool]:
+        """One training step on all users (an epoch); whether the encoder and the decoder moved."""
+        encoder = [p.detach().clone() for p in model.encoder.parameters()]
+        decoder = model.decoder.weight.detach().clone()
+        optimizer.zero_grad()
+        logits, kl = model.reconstruct(rows)
+        (-(torch.log_softmax(logits, 1) * rows).sum(1).mean() + kl).backward()
+        optimizer.step()
+        moved = any(not torch.equal(a, b) for a, b in zip(encoder, model.encoder.parameters()))
+        return moved, not torch.equal(decoder, model.decoder.weight)
+
+    assert [step() for _ in range(6)] == [(True, False), (True, False), (False, True)] * 2
+    assert int(model.users_seen) == 24
+    # the prior's encoder is the encoder as the last decoder phase saw it
+    for old, new in zip(model.prior_encoder.parameters(), model.encoder.parameters()):
+        assert torch.equal(old, new) and not old.requires_grad
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.score_all(torch.arange(4)), model.score_all(torch.arange(4)))
+    assert int(model.users_seen) == 24  # evaluation does not count
+
+
+# ---------------------------------------------------------------- UltraGCN
+def test_ultragcn_constraint_weights_and_item_graph_by_hand():
+    model = UltraGCN(4, 5, PAIRS, embedding_dim=4, item_neighbors=2)
+    user_degree, item_degree = X.sum(1), X.sum(0)
+    np.testing.assert_allclose(model.user_beta.numpy(), np.sqrt(user_degree + 1) / user_degree, rtol=1e-6)
+    np.testing.assert_allclose(model.item_beta.numpy(), 1 / np.sqrt(item_degree + 1), rtol=1e-6)
+    gram = X.T @ X
+    np.fill_diagonal(gram, 0)
+    g = gram.sum(1)  # 5, 5, 6, 2, 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        omega = np.nan_to_num(gram * (np.sqrt(g + 1) / g)[:, None] / np.sqrt(g + 1)[None, :])
+    # item 3 co-occurs with items 1 and 2 once each (user 2): omega_31 = sqrt(3) / 2 / sqrt(6)
+    assert omega[3, 1] == pytest.approx(math.sqrt(3) / 2 / math.sqrt(6))
+    expected = np.sort(omega, axis=1)[:, ::-1][:, :2]
+    np.testing.assert_allclose(model.item_omega.numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.take_along_axis(omega, model.item_neighbours.numpy(), 1), expected, rtol=1e-6)
+
+
+def test_ultragcn_regularization_by_hand():
+    torch.manual_seed(0)
+    model = UltraGCN(4, 5, PAIRS, embedding_dim=3, constraint_weight=0.7, negative_weight=5.0, item_weight=0.3,
+                     item_neighbors=2, l2_reg=0.01, init_std=0.5)
+    users = torch.tensor([0, 2])
+    candidates = torch.tensor([[1, 3, 4], [3, 0, 4]])  # positive first, then two negatives
+    e_u, e_i = model.user_embedding.weight.detach().double(), model.item_embedding.weight.detach().double()
+    beta_u, beta_i = model.user_beta.double(), model.item_beta.double()
+
+    def log_sigmoid(s):
+        return -torch.log1p(torch.exp(-s))
+
+    expected = 0.0
+    for u, (pos, *negs) in zip(users.tolist(), candidates.tolist()):
+        constraint = -beta_u[u] * beta_i[pos] * log_sigmoid(e_u[u] @ e_i[pos])
+        constraint += 5.0 * sum(-beta_u[u] * beta_i[j] * log_sigmoid(-(e_u[u] @ e_i[j])) for j in negs) / len(negs)
+        neighbours = model.item_neighbours[pos].tolist()
+        item_term = -sum(model.item_omega[pos, k].double() * log_sigmoid(e_u[u] @ e_i[j])
+                         for k, j in enumerate(neighbours))
+        expected += (0.7 * constraint + 0.3 * item_term) / 2
+    expected += 0.01 * (e_u.pow(2).sum() + e_i.pow(2).sum()) / 2 / 2
+    assert float(model.regularization(users, candidates).detach()) == pytest.approx(float(expected), rel=1e-5)
+    # scores are plain inner products
+    torch.testing.assert_close(model.score_all(users), (e_u[users] @ e_i.T).float())
+
+
+# ---------------------------------------------------------------- SimpleX
+def test_simplex_mixes_the_history_mean_and_scores_cosines():
+    torch.manual_seed(0)
+    model = SimpleX(4, 5, PAIRS, embedding_dim=3, gate=0.3, dropout=0.5).eval()
+    e_u, e_i = model.user_embedding.weight.detach(), model.item_embedding.weight.detach()
+    v = model.history_map.weight.detach()
+    # user 3's history: items 0, 1, 2 (item 2 twice in the data, once in the mean); user 1: items 0 and 2
+    p3 = 0.3 * e_u[3] + 0.7 * v @ ((e_i[0] + e_i[1] + e_i[2]) / 3)
+    p1 = 0.3 * e_u[1] + 0.7 * v @ ((e_i[0] + e_i[2]) / 2)
+    expected = torch.stack([torch.nn.functional.cosine_similarity(p.unsqueeze(0), e_i) for p in (p3, p1)])
+    with torch.no_grad():
+        scores = model.score_all(torch.tensor([3, 1]))
+        torch.testing.assert_close(scores, expected)
+        torch.testing.assert_close(model(torch.tensor([3, 1]), torch.arange(5).expand(2, -1)), expected)
+        assert scores.abs().max() <= 1 + 1e-6
+        # the next stage's inputs: user 0 read 4 and 4 (counted once) instead of its training items
+        model.set_histories(torch.tensor([0, 2, 2, 2, 2]), torch.tensor([4, 4]))
+        p0 = 0.3 * e_u[0] + 0.7 * v @ e_i[4]
+        torch.testing.assert_close(model.score_all(torch.tensor([0])),
+                                   torch.nn.functional.cosine_similarity(p0.unsqueeze(0), e_i).unsqueeze(0))
+        torch.testing.assert_close(model.score_all(torch.tensor([2]))[0],
+                                   torch.nn.functional.cosine_similarity((0.3 * e_u[2]).unsqueeze(0), e_i))
+
+
+# ---------------------------------------------------------------- EASE in float32
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_invert_spd_in_place(dtype):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(300, 40, generator=gen, dtype=torch.float64)
+    spd = a.T @ a + 0.5 * torch.eye(40, dtype=torch.float64)
+    matrix = spd.to(dtype, copy=True)
+    address = matrix.data_ptr()
+    inverse = invert_spd_(matrix, block=16)  # several mirroring blocks
+    assert inverse is matrix and matrix.data_ptr() == address
+    torch.testing.assert_close(inverse.double(), torch.linalg.inv(spd), rtol=1e-4 if dtype == torch.float32 else 1e-9,
+                               atol=1e-4 if dtype == torch.float32 else 1e-12)
+    with pytest.raises(ValueError, match="not positive definite"):
+        invert_spd_(-torch.eye(3, dtype=dtype))
+
+
+def test_ease_float32_and_float64_give_the_same_top_k():
+    n_users, n_items = 800, 600
+    users, items = random_pairs(n_users, n_items, 16_000, seed=4)
+    models = {}
+    for dtype in ("float32", "float64"):
+        models[dtype] = EASE(n_users, n_items, l2_reg=50.0, dtype=dtype)
+        models[dtype].fit(users, items, torch.ones(len(users)))
+    w32, w64 = models["float32"].weights, models["float64"].weights
+    assert w32.abs().max() > 0.05 and torch.all(w32.diagonal() == 0)
+    torch.testing.assert_close(w32, w64, rtol=0, atol=1e-5)
+    everyone = torch.arange(n_users)
+    s32, s64 = models["float32"].score_all(everyone), models["float64"].score_all(everyone)
+    assert torch.equal(s32.topk(10, dim=1).indices, s64.topk(10, dim=1).indices)
