@@ -18,15 +18,7 @@ from recforge.models.rp3beta import RP3beta
 from recforge.models.simplex import SimpleX
 from recforge.models.slim import SLIMElasticNet
 from recforge.models.ultragcn import UltraGCN
-
-# 4 users x 5 items; user 3 has a duplicated pair, item 4 is never seen
-X = np.array([[1, 1, 0, 0, 0],
-              [1, 0, 1, 0, 0],
-              [0, 1, 1, 1, 0],
-              [1, 1, 1, 0, 0]], dtype=np.float64)
-USERS = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
-ITEMS = torch.tensor([0, 1, 0, 2, 1, 2, 3, 0, 1, 2, 2])
-PAIRS = torch.stack([USERS, ITEMS])
+from tests.unit.test_models_zoo import ITEMS, PAIRS, USERS, X  # 4 users x 5 items; item 4 unseen
 
 
 def fitted(cls, **kwargs):
