@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from recforge.errors import RecForgeError
+from recforge.losses import CosineContrastiveLoss
 from recforge.models.ease import EASE, invert_spd_
 from recforge.models.recvae import RecVAE
 from recforge.models.rp3beta import RP3beta
 from recforge.models.simplex import SimpleX
 from recforge.models.slim import SLIMElasticNet
 from recforge.models.ultragcn import UltraGCN
+from recforge.testing import build
 from tests.unit.test_models_zoo import ITEMS, PAIRS, USERS, X  # 4 users x 5 items; item 4 unseen
 
 
@@ -245,6 +247,26 @@ def test_simplex_mixes_the_history_mean_and_scores_cosines():
                                    torch.nn.functional.cosine_similarity(p0.unsqueeze(0), e_i).unsqueeze(0))
         torch.testing.assert_close(model.score_all(torch.tensor([2]))[0],
                                    torch.nn.functional.cosine_similarity((0.3 * e_u[2]).unsqueeze(0), e_i))
+
+
+def test_simplex_scores_candidates_as_score_all_does():
+    """Pairs, a few candidates (their vectors gathered) and many (the whole catalogue's scores picked)."""
+    torch.manual_seed(0)
+    users, items = random_pairs(6, 40, 60, seed=3)
+    model = SimpleX(6, 40, torch.stack([users, items]), embedding_dim=4, dropout=0.0)
+    everyone = torch.arange(6)
+    full = model.score_all(everyone)
+    for n in (2, 30):
+        candidates = torch.randint(0, 40, (6, n))
+        torch.testing.assert_close(model(everyone, candidates), full.gather(1, candidates))
+    torch.testing.assert_close(model(everyone, candidates[:, 0]), full.gather(1, candidates[:, :1]).squeeze(1))
+
+
+def test_simplex_trains_with_the_papers_cosine_contrastive_loss():
+    """model=simplex selects loss=ccl at the reference code's defaults: 1000 negatives, margin 0.9, weight 150."""
+    _, model, loss = build("simplex")
+    assert isinstance(model, SimpleX) and isinstance(loss, CosineContrastiveLoss)
+    assert (loss.num_negatives, loss.margin, loss.negative_weight) == (1000, 0.9, 150.0)
 
 
 # ---------------------------------------------------------------- EASE in float32

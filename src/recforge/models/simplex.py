@@ -19,7 +19,8 @@ class SimpleX(RowInputRecommender):
     """``p_u = gate * e_u + (1 - gate) * V mean_{i in I_u} e_i`` (the mean aggregator; ``V`` a linear map), with
     ``dropout`` on ``p_u`` while training, and ``score(u, i) = cos(p_u, e_i)``: the history items share the
     candidates' embedding table. The paper trains it with its cosine contrastive loss (a margin on the negatives'
-    cosines, a negative weight, hundreds of negatives); here any sampled-negatives loss scores the cosines.
+    cosines, a negative weight, hundreds of negatives: ``loss=ccl``, which ``model=simplex`` selects); any other
+    sampled-negatives loss scores the cosines too.
 
     The history is the user's row of the training interactions (deduplicated, the whole row: the reference code
     pads or cuts it to a fixed length); like the other row models it is replaced by each evaluation stage's
@@ -58,9 +59,13 @@ class SimpleX(RowInputRecommender):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user = self.user_vectors(users)
-        if items.dim() == 2:
-            user = user.unsqueeze(1)
-        return (user * F.normalize(self.item_embedding(items), dim=-1)).sum(-1)
+        if items.dim() == 1:
+            return (user * F.normalize(self.item_embedding(items), dim=-1)).sum(-1)
+        if items.shape[1] * 16 >= self.n_items:
+            # many candidates (the CCL's hundreds): one (B, d) x (d, n_items) product, then pick them, instead of
+            # normalising and multiplying a (B, n, d) gather of their vectors, forward and backward
+            return inner_products(user, self.item_vectors()).gather(1, items)
+        return torch.bmm(F.normalize(self.item_embedding(items), dim=-1), user.unsqueeze(-1)).squeeze(-1)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return inner_products(self.user_vectors(users), self.item_vectors())
