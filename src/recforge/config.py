@@ -76,7 +76,7 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-MAIN_GROUPS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler")
+MAIN_GROUPS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler", "rerank")
 INFRA_TARGETS = ("datamodule", "trainer", "tracking", "callbacks")   # the same class in every run: no param
 
 
