@@ -94,6 +94,9 @@ def option_names(cfg: DictConfig, groups: tuple[str, ...] = MAIN_GROUPS) -> dict
         node = cfg.get(group)
         if node is None:
             continue
+        if OmegaConf.is_dict(node) and not node:  # an option file that is null (rerank=none)
+            out[group] = str(choices.get(group) or "none")
+            continue
         name = choices.get(group) or matching_option(group, flat)
         out[group] = str(name or (node.get("_target_", group).rsplit(".", 1)[-1] if OmegaConf.is_dict(node) else group))
     return out
