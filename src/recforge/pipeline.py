@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from recforge.config import build, build_model, check_target, option_names, resolve_target
 from recforge.data.datamodule import RecDataModule
+from recforge.data.features import category_matrix
 from recforge.data.split import KFoldSplit, RandomSplit
 from recforge.errors import RecForgeError
-from recforge.data.features import category_matrix
-from recforge.metrics.beyond import ITEM_GROUPS, ListContext, popularity_groups, slice_labels, unit_rows, user_slices
+from recforge.metrics.beyond import (ITEM_GROUPS, ListContext, history_distribution, popularity_groups, slice_labels,
+                                     unit_rows, user_slices)
 from recforge.metrics.rating import per_user_error_metrics
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
@@ -243,13 +244,9 @@ def list_context(cfg: DictConfig, datamodule: RecDataModule, model: Recommender 
     if vectors is None and model is not None and model.item_vectors() is not None:
         vectors, source = model.item_vectors(), "model"
     categories = category_matrix(datamodule.item_features)
-    profiles = None
-    if categories is not None:
-        profiles = torch.zeros(datamodule.n_users, categories.shape[1]).index_add_(0, users, categories[items])
-        profiles = profiles / profiles.sum(1, keepdim=True).clamp(min=1e-12)
-    shares = torch.zeros(datamodule.n_users, len(ITEM_GROUPS)).index_put_(
-        (users, groups[items]), torch.ones(len(users)), accumulate=True)
-    shares = shares / shares.sum(1, keepdim=True).clamp(min=1)
+    profiles = None if categories is None else history_distribution(users, categories[items], datamodule.n_users)
+    one_hot = torch.nn.functional.one_hot(groups[items], len(ITEM_GROUPS))
+    shares = history_distribution(users, one_hot, datamodule.n_users)
     return ListContext(popularity, groups, slices, None if vectors is None else unit_rows(vectors), categories,
                        profiles, shares, float(settings["psrecall_gamma"]), float(settings["calibration_alpha"]),
                        source)

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from recforge.metrics.beyond import (ListContext, item_slice_metrics, list_metrics, popularity_groups,
-                                     popularity_positions, slice_aggregates, slice_labels, unit_rows, user_slices)
+from recforge.metrics.beyond import (ListContext, history_distribution, item_slice_metrics, list_metrics,
+                                     popularity_groups, popularity_positions, slice_aggregates, slice_labels,
+                                     unit_rows, user_slices)
 from recforge.metrics.evaluator import RankingEvaluator
 from recforge.metrics.ranking import beyond_accuracy, relevance_matrix
 
@@ -43,6 +44,15 @@ def test_user_slices_by_activity_and_popularity_profile():
     assert slice_labels(context, t([3, 4])) == {"slice_activity": ["heavy", "cold"], "slice_profile": ["diverse", ""]}
     with pytest.raises(ValueError, match="3 increasing cut points"):
         user_slices(users, items, 5, pop, activity_cuts=[1, 2])
+
+
+def test_history_distribution_is_each_users_mean_item_row():
+    # user 0 saw items 0 (genres a, b) and 1 (genre b); user 1 saw item 2 (no genre); user 2 nothing
+    categories = t([[0.5, 0.5], [0.0, 1.0], [0.0, 0.0]])
+    users, items = t([0, 0, 1]), t([0, 1, 2])
+    assert history_distribution(users, categories[items], 3).tolist() == [[0.25, 0.75], [0.0, 0.0], [0.0, 0.0]]
+    one_hot = torch.nn.functional.one_hot(t([0, 2, 2]), 3)  # head/mid/tail shares of the same histories
+    assert history_distribution(users, one_hot, 3).tolist() == [[0.5, 0.0, 0.5], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
 
 
 def _context(**extra) -> ListContext:
@@ -140,10 +150,9 @@ def _problem(seed: int = 0, n_users: int = 30, n_items: int = 40):
     users, items = seen.nonzero(as_tuple=True)
     categories = (torch.rand(n_items, 4, generator=gen) < 0.4).float()
     categories = categories / categories.sum(1, keepdim=True).clamp(min=1)
-    profiles = torch.zeros(n_users, 4).index_add_(0, users, categories[items])
-    profiles = profiles / profiles.sum(1, keepdim=True).clamp(min=1e-12)
     context = ListContext(pop, popularity_groups(pop), user_slices(users, items, n_users, pop),
-                          unit_rows(torch.randn(n_items, 3, generator=gen)), categories, profiles)
+                          unit_rows(torch.randn(n_items, 3, generator=gen)), categories,
+                          history_distribution(users, categories[items], n_users))
     return table, seen, relevant, context
 
 

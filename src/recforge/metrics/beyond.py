@@ -42,8 +42,8 @@ from torch import Tensor
 
 from recforge.metrics.ranking import beyond_accuracy, ranking_metrics, relevance_matrix
 
-__all__ = ["ACTIVITY", "ITEM_GROUPS", "LIST_METRIC_NAMES", "PROFILE", "ListContext", "item_slice_metrics",
-           "list_metrics", "popularity_groups", "popularity_positions", "slice_aggregates", "slice_labels",
+__all__ = ["ACTIVITY", "ITEM_GROUPS", "LIST_METRIC_NAMES", "PROFILE", "ListContext", "history_distribution",
+           "item_slice_metrics", "list_metrics", "popularity_groups", "popularity_positions", "slice_aggregates", "slice_labels",
            "unit_rows", "user_slices"]
 
 ACTIVITY = ("cold", "light", "medium", "heavy")
@@ -97,6 +97,15 @@ def user_slices(history_users: Tensor, history_items: Tensor, n_users: int, item
     profile = torch.bucketize(mean_pop, _quantiles(mean_pop[known], profile_quantiles))
     profile[~known] = -1
     return {"activity": (ACTIVITY, activity), "profile": (PROFILE, profile)}
+
+
+def history_distribution(history_users: Tensor, item_rows: Tensor, n_users: int) -> Tensor:
+    """(n_users, G) the rows of the items in each user's history (one per (user, item) pair) summed and scaled to
+    sum 1: the category distribution ``p(g|u)`` from the items' category rows, or the share of head, mid and tail
+    items from one-hot group rows. A user without history, or whose items have no category, gets a zero row."""
+    totals = torch.zeros(n_users, item_rows.shape[1], dtype=torch.float32, device=item_rows.device)
+    totals.index_add_(0, history_users.long(), item_rows.float())
+    return totals / totals.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def _quantiles(values: Tensor, q: Sequence[float]) -> Tensor:
