@@ -41,6 +41,8 @@ def _save(fig, path: Path) -> Path:
     for ax in fig.axes:
         _untangle_xticks(fig, ax)
     fig.tight_layout()
+    for ax in fig.axes:
+        _hide_overlapping_labels(fig, ax)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")  # legends beside the panels stay in the picture
     plt.close(fig)
@@ -65,6 +67,24 @@ def _untangle_xticks(fig, ax) -> None:
         step += 1
         for i, label in enumerate(labels):
             label.set_visible(i % step == 0)
+
+
+POINT_LABEL = "point_label"  # the gid of a text that labels a point: hidden where it overlaps an earlier one
+
+
+def _hide_overlapping_labels(fig, ax) -> None:
+    """Each point label of ``ax`` that overlaps one drawn before it is hidden (points at nearly the same place)."""
+    labels = [t for t in ax.texts if t.get_gid() == POINT_LABEL]
+    if len(labels) < 2:
+        return
+    fig.canvas.draw()
+    shown = []
+    for label in labels:
+        box = label.get_window_extent()
+        if any(box.overlaps(other) for other in shown):
+            label.set_visible(False)
+        else:
+            shown.append(box)
 
 
 def model_colours(models) -> dict[str, tuple]:
@@ -202,6 +222,10 @@ def _value_ticks(ax, values: np.ndarray) -> None:
         ax.set_xticks(values, [f"{v:g}" for v in values])
 
 
+FAMILY_CAPTIONS = {"activity": "users by history length", "profile": "users by history popularity",
+                   "items": "test items by popularity"}
+
+
 def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Mapping[str, str], metric: str,
                          path: Path, confidence: float = 0.95) -> Path:
     """``metric`` by slice (``summary`` from :func:`recforge.analysis.slices.slice_summary`): a panel per dataset,
@@ -215,7 +239,7 @@ def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Map
     x = np.cumsum([0] + [1 + 0.6 * (a != b) for a, b in zip(families, families[1:])])
     where = dict(zip(slices, x))
     datasets = _datasets(data) or ["(no per-user slices)"]
-    fig, axes = _panels([3.4] * len(datasets), width=max(8.0, 0.75 * len(slices) + 4))
+    fig, axes = _panels([3.4] * len(datasets), width=max(8.0, 0.9 * len(slices) + 4))
     for ax, dataset in zip(axes, datasets):
         part = data[data["dataset"] == dataset]
         run_ids = list(dict.fromkeys(part["run_id"]))
@@ -234,7 +258,12 @@ def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Map
                 ax.errorbar(xs[keep], run["mean"][keep], yerr=err[:, keep], color=colours[model], linestyle=style,
                             marker="o", markersize=4, capsize=2, linewidth=1,
                             label=f"{model}: {labels.get(run_id, run_id[:8])}" if family == families[0] else None)
-        ax.set_xticks(x, [s.replace("_", " ") for s in slices])
+        ax.set_xticks(x, [s.partition("_")[2] for s in slices])  # cold, niche, head: the family says the rest
+        for family in dict.fromkeys(families):
+            centre = np.mean([where[s] for s in slices if family_of[s] == family])
+            ax.annotate(FAMILY_CAPTIONS.get(family, family), (centre, 0), xycoords=("data", "axes fraction"),
+                        xytext=(0, -20), textcoords="offset points", ha="center", va="top", fontsize=8,
+                        color="0.35")
         ax.set_ylabel(metric)
         ax.set_title(dataset, fontsize=10, loc="left")
         if len(part):
@@ -249,7 +278,8 @@ RERANK_MARKERS = {"none": "*", "mmr": "o", "calibrated": "s", "xquad": "^", "fai
 def plot_tradeoff(table: pd.DataFrame, accuracy: str, beyond: str, path: Path) -> Path:
     """Accuracy against a beyond-accuracy metric for re-ranked runs (columns ``rerank`` and ``rerank.trade_off``
     of ``table``): a panel per dataset, a line per (model, re-ranker) through its runs in order of trade-off, from
-    the model's run without re-ranking (a star) when there is exactly one; each point says its trade-off."""
+    the model's run without re-ranking (a star) when there is exactly one; each point says its trade-off (unless
+    that label would cover another point's)."""
     colours = model_colours(table["model"])
     table = table[table[accuracy].notna() & table[beyond].notna()]
     datasets = _datasets(table) or ["(no runs with both metrics)"]
@@ -271,7 +301,7 @@ def plot_tradeoff(table: pd.DataFrame, accuracy: str, beyond: str, path: Path) -
                         if method in RERANK_MARKERS else "-")
                 for _, row in points[points["rerank"] != "none"].iterrows():
                     ax.annotate(f"{row['rerank.trade_off']:g}", (row[beyond], row[accuracy]), xytext=(3, 3),
-                                textcoords="offset points", fontsize=7)
+                                textcoords="offset points", fontsize=7, gid=POINT_LABEL)
         ax.set_xlabel(beyond)
         ax.set_ylabel(accuracy)
         ax.set_title(dataset, fontsize=10, loc="left")
