@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from recforge.analysis.report import key_columns, key_significance, run_labels
+    from recforge.analysis.report import key_columns, key_significance, model_labels, run_labels
 
     _print(key_columns(report.table, args.metric))
     if not report.significance.empty:
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         from recforge.analysis.slices import key_winners
 
         print(f"\n{args.metric} by slice: the best run of each slice (mean, {args.confidence:.0%} CI) and its lead "
-              "over the runner-up:")
-        _print(key_winners(report.winners, run_labels(runs)))
+              "over the runner-up (Wilcoxon p):")
+        _print(key_winners(report.winners, model_labels(runs), {r.info.run_id: r.data.tags.get("dataset", "")
+                                                               for r in runs}))
     if not report.files:
         print(f"\n(--out DIR writes the full table, {report.table.shape[1]} columns, as CSV and Markdown, "
               "and the plots)")

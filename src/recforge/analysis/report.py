@@ -16,7 +16,8 @@ import pandas as pd
 
 from recforge.analysis.plots import (mean_with_ci, plot_learning_curves, plot_metric_by_slice, plot_metric_ci,
                                      plot_metric_vs_param, plot_tradeoff)
-from recforge.analysis.runs import epoch_history, rerank_option, runs_table, to_markdown, varying_params
+from recforge.analysis.runs import (epoch_history, option_name, rerank_option, runs_table, to_markdown,
+                                   varying_params)
 from recforge.analysis.significance import FINGERPRINT_TAG, fetch_per_user, paired_tests, per_user_values
 from recforge.analysis.slices import slice_summary, slice_tests, slice_values, slice_winners
 from recforge.errors import RecForgeError
@@ -40,6 +41,20 @@ def run_labels(runs: Sequence) -> dict[str, str]:
     """Short unique labels: :func:`unique_labels` of the runs' names (or model tags)."""
     return unique_labels([r.info.run_id for r in runs],
                          [r.info.run_name or r.data.tags.get("model", "run") for r in runs])
+
+
+def model_labels(runs: Sequence) -> dict[str, str]:
+    """Labels that say what each run is in a few characters, for tables that also name the dataset: its model
+    option, with its re-ranker and trade-off (``ease+mmr 0.5``); :func:`unique_labels` tells equal ones on the same
+    dataset apart."""
+    by_dataset: dict[str, dict[str, str]] = {}
+    for run in runs:
+        name = option_name(run, "model") or run.data.tags.get("model", "run")
+        if rerank_option(run.data.params) != "none":
+            name += f"+{rerank_option(run.data.params)} {run.data.params.get('rerank.trade_off', '')}".rstrip()
+        by_dataset.setdefault(run.data.tags.get("dataset", ""), {})[run.info.run_id] = name
+    return {run_id: label for names in by_dataset.values()
+            for run_id, label in unique_labels(list(names), list(names.values())).items()}
 
 
 def unique_labels(run_ids: Sequence[str], names: Sequence[str]) -> dict[str, str]:
@@ -154,15 +169,18 @@ TEST_METRICS = ("test/ndcg_at_10", "test/recall_at_20", "test/rmse", "test/mae",
 
 
 def key_columns(table: pd.DataFrame, metric: str = "test/ndcg_at_10", n_metrics: int = 5) -> pd.DataFrame:
-    """The columns a terminal shows of a runs table: run (:func:`unique_labels`), model, dataset, split, seconds
-    per epoch, the validation metric(s) the runs monitored and test metrics up to ``n_metrics`` metrics in all
-    (``metric`` first, then ``TEST_METRICS`` the runs logged); ``_at_`` is written ``@``. The least important
-    column comes last, the first one a narrow terminal leaves out."""
+    """The columns a terminal shows of a runs table: run (:func:`unique_labels`), model, its re-ranker and trade-off
+    when some run was re-ranked, dataset, split, seconds per epoch, the validation metric(s) the runs monitored and
+    test metrics up to ``n_metrics`` metrics in all (``metric`` first, then ``TEST_METRICS`` the runs logged);
+    ``_at_`` is written ``@``. The least important column comes last, the first one a narrow terminal leaves out."""
     monitored = list(dict.fromkeys(m for m in table["monitor"] if m in table.columns))
     tests = [m for m in dict.fromkeys([metric, *TEST_METRICS]) if m in table.columns and table[m].notna().any()]
     columns = list(dict.fromkeys(["model", "dataset", "split", "s_per_epoch", *monitored, *tests]))[:4 + n_metrics]
     view = table[columns].rename(columns=lambda c: "s/epoch" if c == "s_per_epoch" else c.replace("_at_", "@"))
     view.insert(0, "run", table["run_id"].map(unique_labels(table["run_id"], table["run_name"].fillna(""))))
+    if "rerank" in table and (table["rerank"] != "none").any():  # re-ranked runs: which re-ranker, which setting
+        trade_off = table.get("rerank.trade_off", pd.Series("", index=table.index)).fillna("").astype(str)
+        view.insert(2, "rerank", (table["rerank"] + " " + trade_off.where(table["rerank"] != "none", "")).str.strip())
     if "s/epoch" in view:
         view["s/epoch"] = view["s/epoch"].where(view["s/epoch"] > 0)  # fitted without epochs: shown as "-"
     return view

@@ -101,11 +101,17 @@ def slice_winners(summary: pd.DataFrame, tests: pd.DataFrame, metric: str) -> pd
     return pd.DataFrame(rows).sort_values("slice", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
-def key_winners(winners: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
-    """The winners as a terminal shows them: run labels, the best run's mean and CI, its lead and the lead's CI."""
-    return pd.DataFrame({
-        "slice": winners["slice"], "users": winners["n_users"], "best": winners["best"].map(labels),
-        "mean": winners["mean"], "ci": [f"{lo:.4f}..{hi:.4f}" for lo, hi in zip(winners.ci_low, winners.ci_high)],
+def key_winners(winners: pd.DataFrame, labels: Mapping[str, str], datasets: Mapping[str, str]) -> pd.DataFrame:
+    """The winners as a terminal shows them, a dataset's slices together: the dataset (``datasets``: of each run),
+    run labels, the best run's mean and CI, its lead over the runner-up, the lead's CI and its Wilcoxon p-value
+    (Holm-corrected)."""
+    dataset = winners["best"].map(datasets)
+    order = {name: i for i, name in enumerate(dict.fromkeys(dataset))}
+    table = pd.DataFrame({
+        "dataset": dataset, "slice": winners["slice"], "users": winners["n_users"],
+        "best": winners["best"].map(labels), "mean": winners["mean"],
+        "ci": [f"{lo:.3f}..{hi:.3f}" for lo, hi in zip(winners.ci_low, winners.ci_high)],
         "runner-up": winners["runner_up"].map(labels), "lead": winners["diff"],
-        "lead ci": [f"{lo:+.4f}..{hi:+.4f}" for lo, hi in zip(winners.diff_ci_low, winners.diff_ci_high)],
-        "p Wilcoxon (Holm)": winners["wilcoxon_pvalue_holm"]})
+        "lead ci": [f"{lo:+.3f}..{hi:+.3f}" for lo, hi in zip(winners.diff_ci_low, winners.diff_ci_high)],
+        "p (Holm)": winners["wilcoxon_pvalue_holm"]})
+    return table.sort_values("dataset", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
