@@ -230,9 +230,12 @@ def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Map
                          path: Path, confidence: float = 0.95) -> Path:
     """``metric`` by slice (``summary`` from :func:`recforge.analysis.slices.slice_summary`): a panel per dataset,
     the slices along x in the summary's order (a gap between families: user activity, user popularity profile,
-    item popularity), one line of points with confidence-interval bars per run, coloured by its model."""
+    item popularity), one line of points with confidence-interval bars per run (``labels``: its legend entry),
+    coloured by its model and re-ranker (``ease``, ``ease+mmr``; line styles tell the runs of one colour apart)."""
     data = summary.merge(table[["run_id", "model", "dataset"]], on="run_id")
-    colours = model_colours(table["model"])
+    reranked = table["rerank"].map(lambda r: "" if r == "none" else f"+{r}") if "rerank" in table else ""
+    kind_of = dict(zip(table["run_id"], table["model"] + reranked))
+    colours = model_colours(kind_of.values())
     family_of = dict(zip(summary["slice"], summary["family"]))
     slices = list(family_of)
     families = [family_of[s] for s in slices]
@@ -247,17 +250,17 @@ def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Map
         for i, run_id in enumerate(run_ids):
             run = part[part["run_id"] == run_id].set_index("slice")
             run = run.loc[[s for s in slices if s in run.index]]
-            model = table.loc[table["run_id"] == run_id, "model"].iloc[0]
-            style = LINE_STYLES[seen.get(model, 0) % len(LINE_STYLES)]
-            seen[model] = seen.get(model, 0) + 1
+            kind = kind_of[run_id]
+            style = LINE_STYLES[seen.get(kind, 0) % len(LINE_STYLES)]
+            seen[kind] = seen.get(kind, 0) + 1
             offset = (i - (len(run_ids) - 1) / 2) * min(0.12, 0.6 / max(len(run_ids), 1))
             xs = np.array([where[s] for s in run.index]) + offset
             err = np.vstack([run["mean"] - run["ci_low"], run["ci_high"] - run["mean"]])
             for family in dict.fromkeys(families):  # a line within each family of slices, none across
                 keep = np.array([family_of[s] == family for s in run.index])
-                ax.errorbar(xs[keep], run["mean"][keep], yerr=err[:, keep], color=colours[model], linestyle=style,
+                ax.errorbar(xs[keep], run["mean"][keep], yerr=err[:, keep], color=colours[kind], linestyle=style,
                             marker="o", markersize=4, capsize=2, linewidth=1,
-                            label=f"{model}: {labels.get(run_id, run_id[:8])}" if family == families[0] else None)
+                            label=labels.get(run_id, run_id[:8]) if family == families[0] else None)
         ax.set_xticks(x, [s.partition("_")[2] for s in slices])  # cold, niche, head: the family says the rest
         for family in dict.fromkeys(families):
             centre = np.mean([where[s] for s in slices if family_of[s] == family])

@@ -143,7 +143,7 @@ def compare_report(client, runs: Sequence, out_dir: Path | None, metric: str = "
             report.files.append(plot_metric_vs_param(table, vs_param, metric,
                                                      out_dir / f"{safe}_vs_{vs_param.replace('/', '_')}.png"))
         if not report.slices.empty:
-            report.files.append(plot_metric_by_slice(report.slices, table, labels, metric,
+            report.files.append(plot_metric_by_slice(report.slices, table, model_labels(runs), metric,
                                                      out_dir / f"{safe}_by_slice.png", confidence))
         settings = rerank_settings(runs)
         if tradeoff is None and (settings["rerank"] != "none").any():
