@@ -101,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"\n{args.metric} by slice: the best run of each slice (mean, {args.confidence:.0%} CI) and its lead "
               "over the runner-up (Wilcoxon p):")
-        _print(key_winners(report.winners, model_labels(runs), {r.info.run_id: r.data.tags.get("dataset", "")
-                                                               for r in runs}))
+        winners = key_winners(report.winners, model_labels(runs), {r.info.run_id: r.data.tags.get("dataset", "")
+                                                                   for r in runs})
+        for dataset, part in winners.groupby("dataset", sort=False):
+            print(f"{dataset}:")
+            _print(part.drop(columns="dataset"))
     if not report.files:
         print(f"\n(--out DIR writes the full table, {report.table.shape[1]} columns, as CSV and Markdown, "
               "and the plots)")

@@ -105,6 +105,7 @@ def test_compare_writes_slice_tables_tests_and_tradeoff_plots(store, tmp_path, c
     assert "xquad 0.7" in runs_text and "mmr 0.5" in runs_text  # the re-ranker and its setting of each run
     winners_text = out.split("by slice:")[1].split("saved:")[0]
     assert "ease+xquad 0.7" in winners_text or "bpr+mmr 0.5" in winners_text  # models and re-rankers, not run ids
+    assert winners_text.splitlines()[1] == "synthetic:"  # a table per dataset, under its name
     assert max(map(len, out.splitlines())) <= 120
     summary = pd.read_csv(tmp_path / "slices.csv")
     assert set(summary["slice"]) == {"users_cold", "users_light", "users_medium", "users_heavy", "users_niche",
