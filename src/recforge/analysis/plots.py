@@ -87,6 +87,16 @@ def _hide_overlapping_labels(fig, ax) -> None:
             shown.append(box)
 
 
+def _finish_panel(ax, dataset: str, xlabel: str | None, ylabel: str, has_runs: bool) -> None:
+    """A dataset's panel: axis labels, the dataset as title, the legend beside the panel when it drew runs."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(dataset, fontsize=10, loc="left")
+    if has_runs:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
+
+
 def model_colours(models) -> dict[str, tuple]:
     """One colour per model name, in sorted order (matplotlib's ``tab10``, then ``tab20``)."""
     import matplotlib
@@ -162,11 +172,7 @@ def plot_learning_curves(history: pd.DataFrame, table: pd.DataFrame, labels: Map
                 ax.plot(run["epoch"], run["value"], color=colours[model], linestyle=style, marker="o",
                         markersize=3, label=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_title(dataset, fontsize=10, loc="left")
-        if len(part):
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
+        _finish_panel(ax, dataset, "epoch", metric, len(part) > 0)
     fig.suptitle(f"learning curves: {metric} after each epoch", fontsize=11)
     return _save(fig, path)
 
@@ -267,10 +273,7 @@ def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Map
             ax.annotate(FAMILY_CAPTIONS.get(family, family), (centre, 0), xycoords=("data", "axes fraction"),
                         xytext=(0, -20), textcoords="offset points", ha="center", va="top", fontsize=8,
                         color="0.35")
-        ax.set_ylabel(metric)
-        ax.set_title(dataset, fontsize=10, loc="left")
-        if len(part):
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
+        _finish_panel(ax, dataset, None, metric, len(part) > 0)
     fig.suptitle(f"{metric} by slice: mean over the slice's test users, {confidence:.0%} bootstrap CI", fontsize=11)
     return _save(fig, path)
 
@@ -305,10 +308,6 @@ def plot_tradeoff(table: pd.DataFrame, accuracy: str, beyond: str, path: Path) -
                 for _, row in points[points["rerank"] != "none"].iterrows():
                     ax.annotate(f"{row['rerank.trade_off']:g}", (row[beyond], row[accuracy]), xytext=(3, 3),
                                 textcoords="offset points", fontsize=7, gid=POINT_LABEL)
-        ax.set_xlabel(beyond)
-        ax.set_ylabel(accuracy)
-        ax.set_title(dataset, fontsize=10, loc="left")
-        if len(part):
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
+        _finish_panel(ax, dataset, beyond, accuracy, len(part) > 0)
     fig.suptitle(f"re-ranking: {accuracy} against {beyond} (numbers: trade_off)", fontsize=11)
     return _save(fig, path)

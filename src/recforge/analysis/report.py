@@ -18,7 +18,8 @@ from recforge.analysis.plots import (mean_with_ci, plot_learning_curves, plot_me
                                      plot_metric_vs_param, plot_tradeoff)
 from recforge.analysis.runs import (epoch_history, option_name, rerank_option, runs_table, to_markdown,
                                    varying_params)
-from recforge.analysis.significance import FINGERPRINT_TAG, fetch_per_user, paired_tests, per_user_values
+from recforge.analysis.significance import (FINGERPRINT_TAG, fetch_per_user, paired_tests, per_user_values,
+                                            split_groups)
 from recforge.analysis.slices import slice_summary, slice_tests, slice_values, slice_winners
 from recforge.errors import RecForgeError
 from recforge.utils.io import atomic_path, atomic_write_text
@@ -66,13 +67,8 @@ def unique_labels(run_ids: Sequence[str], names: Sequence[str]) -> dict[str, str
 def significance_by_split(client, runs: Sequence, metric: str, n_bootstrap: int = 10000, confidence: float = 0.95,
                           seed: int = 0, frames: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Paired tests within every group of runs that share a split fingerprint (groups of one are skipped)."""
-    groups: dict[str, list[str]] = {}
-    for run in runs:
-        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
-        if fingerprint:
-            groups.setdefault(fingerprint, []).append(run.info.run_id)
     tables = []
-    for fingerprint, ids in groups.items():
+    for fingerprint, ids in split_groups(runs).items():
         if len(ids) < 2:
             continue
         group_frames = {i: frames[i] for i in ids} if frames is not None else fetch_per_user(client, ids)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from recforge.analysis.plots import mean_with_ci
-from recforge.analysis.significance import FINGERPRINT_TAG, metric_column, paired_tests
+from recforge.analysis.significance import metric_column, paired_tests, split_groups
 from recforge.metrics.beyond import ACTIVITY, ITEM_GROUPS, PROFILE
 from recforge.metrics.names import metric_mode
 
@@ -61,13 +61,8 @@ def slice_summary(values: Mapping[str, Mapping[str, pd.Series]], n_bootstrap: in
 def slice_tests(runs: Sequence, values: Mapping[str, Mapping[str, pd.Series]], metric: str,
                 n_bootstrap: int = 10000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Paired tests between the runs of each split within each slice (Holm over that slice's pairs)."""
-    groups: dict[str, list[str]] = {}
-    for run in runs:
-        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
-        if fingerprint:
-            groups.setdefault(fingerprint, []).append(run.info.run_id)
     tables = []
-    for fingerprint, ids in groups.items():
+    for fingerprint, ids in split_groups(runs).items():
         for name, by_run in values.items():
             present = {i: by_run[i] for i in ids if i in by_run and len(by_run[i])}
             if len(present) >= 2:
