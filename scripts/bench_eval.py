@@ -9,6 +9,11 @@ separately on the same chunks), and peak extra memory: host RSS above the pre-ev
     python scripts/bench_eval.py                      # CPU, default budget 2**24 scores per chunk
     python scripts/bench_eval.py --device cuda --json
     python scripts/bench_eval.py --max-scores-in-memory 4194304 --threads 2
+    python scripts/bench_eval.py --beyond             # + the test stage's list metrics and slices (eval.beyond)
+
+``--beyond`` adds what ``recforge-train``'s test pass computes by default: intra-list diversity (the MF item vectors),
+miscalibration (20 random genres per item: Gowalla has none), long-tail share, popularity-stratified recall,
+serendipity, the item slices in the pass and the user slices when aggregating.
 
 The data folder is ``--data-dir`` or ``$RECFORGE_DATA_DIR/gowalla-lightgcn`` (default
 ``/work/shared/datasets/gowalla-lightgcn``); each line of train.txt/test.txt is ``user item item ...``.
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from recforge.data.batches import chunk_batches
+from recforge.metrics.beyond import ListContext, history_distribution, popularity_groups, unit_rows, user_slices
 from recforge.metrics.evaluator import RankingEvaluator
 from recforge.metrics.ranking import _topk_exact, mask_scores_, ranking_metrics, relevance_matrix, topk_items
 from recforge.models.mf import MatrixFactorization
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--train-steps", type=int, default=0, help="BPR steps before evaluating (0: random)")
     parser.add_argument("--no-profile", action="store_true", help="skip the phase split")
+    parser.add_argument("--beyond", action="store_true", help="also the list metrics and slices of the test stage")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
 
@@ -131,7 +138,16 @@ def main(argv: list[str] | None = None) -> dict:
         model.item_embedding.weight.copy_(item_emb)
     score_fn = model.score_all  # the model's own scoring path (on a CPU: numpy's BLAS, recforge.utils.linalg)
 
-    evaluator = RankingEvaluator(args.k, popularity.to(device), n_users)
+    beyond = None
+    if args.beyond:
+        users_t, items_t = torch.as_tensor(tr_u), torch.as_tensor(tr_i)
+        genres = (torch.rand(n_items, 20, generator=generator) < 0.1).float()
+        genres = genres / genres.sum(1, keepdim=True).clamp(min=1)
+        beyond = ListContext(popularity.float(), popularity_groups(popularity.float()),
+                             user_slices(users_t, items_t, n_users, popularity.float()), unit_rows(item_emb.cpu()),
+                             genres, history_distribution(users_t, genres[items_t], n_users),
+                             vectors_from="model").to(device)
+    evaluator = RankingEvaluator(args.k, popularity.to(device), n_users, beyond=beyond)
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]  # as Lightning hands them over
     sync(device)
 
@@ -153,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         "users_evaluated": sum(len(b["users"]) for b in batches),
         "n_users": n_users, "n_items": n_items, "ks": args.k, "dim": args.dim,
         "max_scores_in_memory": args.max_scores_in_memory, "chunk_users": len(batches[0]["users"]),
-        "n_chunks": len(batches), "load_s": round(load_s, 3),
+        "n_chunks": len(batches), "load_s": round(load_s, 3), "beyond": args.beyond,
         "eval_s_best": round(min(times), 4), "eval_s_all": [round(x, 4) for x in times],
         # CPU seconds of this process (all threads): on a shared machine, wall time ~ cpu_s / threads when idle
         "eval_cpu_s_best": round(min(cpu_times), 4),

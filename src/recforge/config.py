@@ -76,7 +76,7 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-MAIN_GROUPS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler")
+MAIN_GROUPS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler", "rerank")
 INFRA_TARGETS = ("datamodule", "trainer", "tracking", "callbacks")   # the same class in every run: no param
 
 
@@ -93,6 +93,9 @@ def option_names(cfg: DictConfig, groups: tuple[str, ...] = MAIN_GROUPS) -> dict
     for group in groups:
         node = cfg.get(group)
         if node is None:
+            continue
+        if OmegaConf.is_dict(node) and not node:  # an option file that is null (rerank=none)
+            out[group] = str(choices.get(group) or "none")
             continue
         name = choices.get(group) or matching_option(group, flat)
         out[group] = str(name or (node.get("_target_", group).rsplit(".", 1)[-1] if OmegaConf.is_dict(node) else group))

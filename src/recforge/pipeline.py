@@ -17,10 +17,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from recforge.config import build, build_model, check_target, resolve_target
+from recforge.config import build, build_model, check_target, option_names, resolve_target
 from recforge.data.datamodule import RecDataModule
+from recforge.data.features import category_matrix
 from recforge.data.split import KFoldSplit, RandomSplit
 from recforge.errors import RecForgeError
+from recforge.metrics.beyond import (ITEM_GROUPS, ListContext, history_distribution, popularity_groups, slice_labels,
+                                     unit_rows, user_slices)
 from recforge.metrics.rating import per_user_error_metrics
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
@@ -184,6 +187,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     histories = None
     if model.reads_histories:  # each stage's inputs: train (+ fold-in) at val, + val at test
         histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
+    context = list_context(cfg, datamodule, model) if loss.feedback == "implicit" else None
+    reranker = build_reranker(cfg, context, datamodule.raw.name, cfg.model._target_) if context else None
     module = RecommenderModule(
         model=model,
         histories=histories,
@@ -198,9 +203,76 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         item_popularity=data_kwargs["item_popularity"],
         n_train_users=datamodule.n_users,
         rating_inverse=datamodule.inverse_ratings if datamodule.rating_inverse != (1.0, 0.0) else None,
+        beyond=context if cfg.eval.get("beyond") is not None else None,
+        reranker=reranker,
+        item_vectors_from_model=context is not None and context.vectors_from == "model",
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
+
+
+BEYOND_KEYS = {"activity_quantiles": [0.25, 0.5, 0.75], "activity_cuts": None, "profile_quantiles": [0.2, 0.8],
+               "item_shares": [0.2, 0.8], "psrecall_gamma": 0.5, "calibration_alpha": 0.01}
+
+
+def list_context(cfg: DictConfig, datamodule: RecDataModule, model: Recommender | None = None) -> ListContext:
+    """The slices and list-metric data of the split (:class:`~recforge.metrics.beyond.ListContext`) from
+    ``eval.beyond`` (its defaults when null: a re-ranker needs the item groups too). Item vectors come from the
+    item features when the data has them, else from ``model.item_vectors()`` (refreshed after training),
+    else there are none; categories from ``genre_*`` item features."""
+    node = cfg.eval.get("beyond")
+    settings = dict(BEYOND_KEYS)
+    if node is not None:
+        unknown = sorted(set(node) - set(BEYOND_KEYS))
+        if unknown:
+            raise RecForgeError(f"eval.beyond.{unknown[0]} is not a key of eval.beyond; valid keys: "
+                                f"{', '.join(BEYOND_KEYS)}")
+        settings.update(OmegaConf.to_container(node, resolve=True))
+    history = datamodule.train_matrix if datamodule.fold_in_matrix is None else \
+        datamodule.train_matrix + datamodule.fold_in_matrix
+    history = history.tocoo()
+    users, items = torch.as_tensor(history.row, dtype=torch.long), torch.as_tensor(history.col, dtype=torch.long)
+    popularity = datamodule.model_kwargs(())["item_popularity"].float()
+    try:
+        groups = popularity_groups(popularity, settings["item_shares"])
+        slices = user_slices(users, items, datamodule.n_users, popularity, settings["activity_quantiles"],
+                             settings["activity_cuts"], settings["profile_quantiles"])
+    except ValueError as exc:
+        raise RecForgeError(f"eval.beyond: {exc}; e.g. eval.beyond.activity_cuts=[30,60,120]") from None
+    features = datamodule.feature_tensors().get("item_features")
+    vectors, source = (features, "item_features") if features is not None else (None, "none")
+    if vectors is None and model is not None and model.item_vectors() is not None:
+        vectors, source = model.item_vectors(), "model"
+    categories = category_matrix(datamodule.item_features)
+    profiles = None if categories is None else history_distribution(users, categories[items], datamodule.n_users)
+    one_hot = torch.nn.functional.one_hot(groups[items], len(ITEM_GROUPS))
+    shares = history_distribution(users, one_hot, datamodule.n_users)
+    return ListContext(popularity, groups, slices, None if vectors is None else unit_rows(vectors), categories,
+                       profiles, shares, float(settings["psrecall_gamma"]), float(settings["calibration_alpha"]),
+                       source)
+
+
+def build_reranker(cfg: DictConfig, context: ListContext, data_name: str, model_target: str):
+    """The re-ranker ``cfg.rerank`` names (None for ``rerank=none``), given the data its constructor asks for:
+    ``item_vectors``, ``item_categories`` and ``user_categories``, ``item_groups`` and ``user_group_shares``,
+    ``protected`` (the tail items)."""
+    if not cfg.get("rerank"):
+        return None
+    data = {"item_vectors": context.item_vectors, "item_categories": context.item_categories,
+            "user_categories": context.user_categories, "item_groups": context.item_groups,
+            "user_group_shares": context.user_group_shares, "protected": context.item_groups == len(ITEM_GROUPS) - 1}
+    check_target(cfg, "rerank", fixed=tuple(data))
+    params = inspect.signature(resolve_target(cfg.rerank._target_)).parameters
+    missing = [k for k in params if k in data and data[k] is None]
+    if missing:
+        model = model_target.rsplit(".", 1)[-1]
+        need = {"item_vectors": f"item vectors: data {data_name} has no item features and model {model} no item "
+                                "vectors; use a model with item vectors (e.g. model=bpr, ials, lightgcn)",
+                "item_categories": f"genres: data {data_name} has no genre_* item features"}
+        reason = need.get(missing[0], need["item_categories"])
+        raise RecForgeError(f"rerank={option_names(cfg, ('rerank',)).get('rerank', 'rerank')} needs {reason}; or "
+                            "pick another re-ranker (rerank=xquad or rerank=fair need only the training data)")
+    return build(cfg, "rerank", **{k: v for k, v in data.items() if k in params})
 
 
 def build_sampler(cfg: DictConfig, loss: torch.nn.Module, datamodule: RecDataModule, item_counts: torch.Tensor):
@@ -271,15 +343,18 @@ def per_user_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.D
         present = (stats["n"] > 0).numpy()
         return pd.DataFrame({"user": datamodule.id_maps.users[present], "rmse": stats["rmse"].numpy()[present],
                              "mae": stats["mae"].numpy()[present], "n_test": stats["n"].numpy()[present]})
-    return ranking_results_frame(results, datamodule.id_maps.users)
+    return ranking_results_frame(results, datamodule.id_maps.users, module.test_evaluator.beyond)
 
 
-def ranking_results_frame(results: dict, user_ids: np.ndarray) -> pd.DataFrame:
-    """Per-user ranking metrics (an evaluator's aggregated per-user results) with raw user ids."""
+def ranking_results_frame(results: dict, user_ids: np.ndarray, context: ListContext | None = None) -> pd.DataFrame:
+    """Per-user ranking metrics (an evaluator's aggregated per-user results) with raw user ids, and with a
+    ``context`` each user's slices (``slice_activity``, ``slice_profile``; see
+    :func:`recforge.metrics.beyond.slice_labels`)."""
     from recforge.metrics.evaluator import NON_METRIC_KEYS
 
     columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS}
-    return pd.DataFrame({"user": user_ids[results["users"].cpu().numpy()], **columns})
+    labels = slice_labels(context, results["users"]) if context is not None else {}
+    return pd.DataFrame({"user": user_ids[results["users"].cpu().numpy()], **labels, **columns})
 
 
 def recommendations_frame(module: RecommenderModule, datamodule: RecDataModule) -> pd.DataFrame:

@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 tracker.start(flatten(cfg), {"dataset": dm.raw.name, "split_fingerprint": dm.fingerprint,
                                              "feedback": exp.feedback, "git_commit": git_commit(),
                                              "model": cfg.model._target_.rsplit(".", 1)[-1],
+                                             **list_tags(module),
                                              **({"recforge.resumed_from": resumed_from} if resumed_from else {})},
                               config_yaml)
                 log_data(tracker, cfg, dm, names, warm)
@@ -130,7 +131,8 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
     bundle = output_dir / "model"
     with atomic_dir(bundle) as folder:
         save_bundle(folder, exp.model, target, kwargs, dm.id_maps.users, dm.id_maps.items, dm.seen_matrix(),
-                    {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback})
+                    {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback},
+                    reranker=module.reranker)
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     if tracker:
         tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/", "val_best/epoch"))})
@@ -166,6 +168,16 @@ def sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def list_tags(module) -> dict[str, str]:
+    """Where the test's list metrics found their item vectors and categories (``beyond.item_vectors``:
+    item_features, model or none; ``beyond.categories``: genres or none), when it computes them."""
+    context = module.test_evaluator.beyond
+    if context is None:
+        return {}
+    return {"beyond.item_vectors": context.vectors_from,
+            "beyond.categories": "genres" if context.item_categories is not None else "none"}
 
 
 def resume_path(cfg: DictConfig) -> str | None:

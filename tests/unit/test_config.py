@@ -16,7 +16,12 @@ from tests.conftest import compose_train
 
 CONF = Path(CONFIG_DIR)
 GROUPS = ["data", "split", "model", "loss", "sampler", "optimizer", "scheduler", "trainer", "tracking", "callbacks",
-          "paths", "experiment", "debug", "hparams_search"]
+          "paths", "experiment", "debug", "hparams_search", "rerank"]
+
+
+RERANK_DATA = {"item_vectors": torch.eye(6), "item_categories": torch.eye(6)[:, :3],
+               "user_categories": torch.full((5, 3), 1 / 3), "item_groups": torch.tensor([0, 1, 2, 2, 1, 0]),
+               "user_group_shares": torch.full((5, 3), 1 / 3), "protected": torch.tensor([0, 0, 1, 1, 0, 1]).bool()}
 
 
 def options(group: str) -> list[str]:
@@ -76,6 +81,13 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     assert isinstance(model, torch.nn.Module)
     if cfg.get("tracking"):
         instantiate(cfg.tracking)
+    if cfg.get("rerank"):  # the data arguments a re-ranker may take, each a valid value for 5 users x 6 items
+        check_target(cfg, "rerank", fixed=tuple(RERANK_DATA))
+        params = inspect.signature(resolve_target(cfg.rerank._target_)).parameters
+        reranker = instantiate(cfg.rerank, **{k: v for k, v in RERANK_DATA.items() if k in params})
+        items, scores = reranker(torch.tensor([0, 1]), torch.tensor([[5, 4, 3], [0, 1, 2]]),
+                                 torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, float("-inf")]]), 2)
+        assert items.shape == (2, 2) and torch.isfinite(scores).all()
     for name in cfg.callbacks or {}:
         instantiate(cfg.callbacks[name])
     accelerator = cfg.trainer.accelerator

@@ -12,7 +12,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # lowest first; a module belongs to the first floor with a prefix of its name (longest prefix wins)
 FLOORS = [
     ("base", ["recforge", "recforge.errors", "recforge.utils"]),
-    ("core", ["recforge.metrics", "recforge.losses", "recforge.samplers", "recforge.models", "recforge.data"]),
+    ("core", ["recforge.metrics", "recforge.losses", "recforge.samplers", "recforge.models", "recforge.data",
+              "recforge.rerank"]),
     ("training", ["recforge.training"]),
     ("experiment", ["recforge.config", "recforge.pipeline", "recforge.restore", "recforge.testing"]),
     ("tracking", ["recforge.tracking"]),
@@ -21,11 +22,17 @@ FLOORS = [
     ("entry points", ["recforge.cli", "recforge.train", "recforge.eval", "recforge.retrain", "recforge.compare",
                       "recforge.data_cli", "recforge.catalog", "recforge.ensemble.cli"]),
 ]
-# within the core floor: models, losses, samplers and metrics know nothing of data, and data nothing of them
-CORE_APART = {"recforge.data": ("recforge.models", "recforge.losses", "recforge.samplers", "recforge.metrics"),
-              "recforge.models": ("recforge.data",), "recforge.losses": ("recforge.data", "recforge.models"),
-              "recforge.metrics": ("recforge.data", "recforge.models", "recforge.losses", "recforge.samplers"),
-              "recforge.samplers": ("recforge.data", "recforge.models")}
+# within the core floor: models, losses, samplers and metrics know nothing of data, and data nothing of them; the
+# re-rankers stand alone (the evaluator takes one as a callable)
+CORE_APART = {"recforge.data": ("recforge.models", "recforge.losses", "recforge.samplers", "recforge.metrics",
+                                "recforge.rerank"),
+              "recforge.models": ("recforge.data", "recforge.rerank"),
+              "recforge.losses": ("recforge.data", "recforge.models"),
+              "recforge.metrics": ("recforge.data", "recforge.models", "recforge.losses", "recforge.samplers",
+                                   "recforge.rerank"),
+              "recforge.samplers": ("recforge.data", "recforge.models"),
+              "recforge.rerank": ("recforge.data", "recforge.models", "recforge.losses", "recforge.samplers",
+                                  "recforge.metrics")}
 
 
 def modules() -> dict[str, Path]:

@@ -41,6 +41,8 @@ def _save(fig, path: Path) -> Path:
     for ax in fig.axes:
         _untangle_xticks(fig, ax)
     fig.tight_layout()
+    for ax in fig.axes:
+        _hide_overlapping_labels(fig, ax)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")  # legends beside the panels stay in the picture
     plt.close(fig)
@@ -65,6 +67,34 @@ def _untangle_xticks(fig, ax) -> None:
         step += 1
         for i, label in enumerate(labels):
             label.set_visible(i % step == 0)
+
+
+POINT_LABEL = "point_label"  # the gid of a text that labels a point: hidden where it overlaps an earlier one
+
+
+def _hide_overlapping_labels(fig, ax) -> None:
+    """Each point label of ``ax`` that overlaps one drawn before it is hidden (points at nearly the same place)."""
+    labels = [t for t in ax.texts if t.get_gid() == POINT_LABEL]
+    if len(labels) < 2:
+        return
+    fig.canvas.draw()
+    shown = []
+    for label in labels:
+        box = label.get_window_extent()
+        if any(box.overlaps(other) for other in shown):
+            label.set_visible(False)
+        else:
+            shown.append(box)
+
+
+def _finish_panel(ax, dataset: str, xlabel: str | None, ylabel: str, has_runs: bool) -> None:
+    """A dataset's panel: axis labels, the dataset as title, the legend beside the panel when it drew runs."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(dataset, fontsize=10, loc="left")
+    if has_runs:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
 
 
 def model_colours(models) -> dict[str, tuple]:
@@ -142,11 +172,7 @@ def plot_learning_curves(history: pd.DataFrame, table: pd.DataFrame, labels: Map
                 ax.plot(run["epoch"], run["value"], color=colours[model], linestyle=style, marker="o",
                         markersize=3, label=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_title(dataset, fontsize=10, loc="left")
-        if len(part):
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), handlelength=3.5)
+        _finish_panel(ax, dataset, "epoch", metric, len(part) > 0)
     fig.suptitle(f"learning curves: {metric} after each epoch", fontsize=11)
     return _save(fig, path)
 
@@ -200,3 +226,88 @@ def _value_ticks(ax, values: np.ndarray) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(values, [f"{v:g}" for v in values])
+
+
+FAMILY_CAPTIONS = {"activity": "users by history length", "profile": "users by history popularity",
+                   "items": "test items by popularity"}
+
+
+def plot_metric_by_slice(summary: pd.DataFrame, table: pd.DataFrame, labels: Mapping[str, str], metric: str,
+                         path: Path, confidence: float = 0.95) -> Path:
+    """``metric`` by slice (``summary`` from :func:`recforge.analysis.slices.slice_summary`): a panel per dataset,
+    the slices along x in the summary's order (a gap between families: user activity, user popularity profile,
+    item popularity), one line of points with confidence-interval bars per run (``labels``: its legend entry),
+    coloured by its model and re-ranker (``ease``, ``ease+mmr``; line styles tell the runs of one colour apart)."""
+    data = summary.merge(table[["run_id", "model", "dataset"]], on="run_id")
+    reranked = table["rerank"].map(lambda r: "" if r == "none" else f"+{r}") if "rerank" in table else ""
+    kind_of = dict(zip(table["run_id"], table["model"] + reranked))
+    colours = model_colours(kind_of.values())
+    family_of = dict(zip(summary["slice"], summary["family"]))
+    slices = list(family_of)
+    families = [family_of[s] for s in slices]
+    x = np.cumsum([0] + [1 + 0.6 * (a != b) for a, b in zip(families, families[1:])])
+    where = dict(zip(slices, x))
+    datasets = _datasets(data) or ["(no per-user slices)"]
+    fig, axes = _panels([3.4] * len(datasets), width=max(8.0, 0.9 * len(slices) + 4))
+    for ax, dataset in zip(axes, datasets):
+        part = data[data["dataset"] == dataset]
+        run_ids = list(dict.fromkeys(part["run_id"]))
+        seen: dict[str, int] = {}
+        for i, run_id in enumerate(run_ids):
+            run = part[part["run_id"] == run_id].set_index("slice")
+            run = run.loc[[s for s in slices if s in run.index]]
+            kind = kind_of[run_id]
+            style = LINE_STYLES[seen.get(kind, 0) % len(LINE_STYLES)]
+            seen[kind] = seen.get(kind, 0) + 1
+            offset = (i - (len(run_ids) - 1) / 2) * min(0.12, 0.6 / max(len(run_ids), 1))
+            xs = np.array([where[s] for s in run.index]) + offset
+            err = np.vstack([run["mean"] - run["ci_low"], run["ci_high"] - run["mean"]])
+            for family in dict.fromkeys(families):  # a line within each family of slices, none across
+                keep = np.array([family_of[s] == family for s in run.index])
+                ax.errorbar(xs[keep], run["mean"][keep], yerr=err[:, keep], color=colours[kind], linestyle=style,
+                            marker="o", markersize=4, capsize=2, linewidth=1,
+                            label=labels.get(run_id, run_id[:8]) if family == families[0] else None)
+        ax.set_xticks(x, [s.partition("_")[2] for s in slices])  # cold, niche, head: the family says the rest
+        for family in dict.fromkeys(families):
+            centre = np.mean([where[s] for s in slices if family_of[s] == family])
+            ax.annotate(FAMILY_CAPTIONS.get(family, family), (centre, 0), xycoords=("data", "axes fraction"),
+                        xytext=(0, -20), textcoords="offset points", ha="center", va="top", fontsize=8,
+                        color="0.35")
+        _finish_panel(ax, dataset, None, metric, len(part) > 0)
+    fig.suptitle(f"{metric} by slice: mean over the slice's test users, {confidence:.0%} bootstrap CI", fontsize=11)
+    return _save(fig, path)
+
+
+RERANK_MARKERS = {"none": "*", "mmr": "o", "calibrated": "s", "xquad": "^", "fair": "D"}
+
+
+def plot_tradeoff(table: pd.DataFrame, accuracy: str, beyond: str, path: Path) -> Path:
+    """Accuracy against a beyond-accuracy metric for re-ranked runs (columns ``rerank`` and ``rerank.trade_off``
+    of ``table``): a panel per dataset, a line per (model, re-ranker) through its runs in order of trade-off, from
+    the model's run without re-ranking (a star) when there is exactly one; each point says its trade-off (unless
+    that label would cover another point's)."""
+    colours = model_colours(table["model"])
+    table = table[table[accuracy].notna() & table[beyond].notna()]
+    datasets = _datasets(table) or ["(no runs with both metrics)"]
+    fig, axes = _panels([3.6] * len(datasets))
+    for ax, dataset in zip(axes, datasets):
+        part = table[table["dataset"] == dataset]
+        for model, runs in part.groupby("model", sort=True):
+            start = runs[runs["rerank"] == "none"]
+            if len(start):
+                ax.plot(start[beyond], start[accuracy], linestyle="none", marker="*", markersize=11,
+                        color=colours[model], label=f"{model}: no re-ranking")
+            for method, points in runs[runs["rerank"] != "none"].groupby("rerank", sort=True):
+                points = points.sort_values("rerank.trade_off", kind="stable")
+                if len(start) == 1:
+                    points = pd.concat([start, points])
+                ax.plot(points[beyond], points[accuracy], color=colours[model], linewidth=1,
+                        marker=RERANK_MARKERS.get(method, "o"), markersize=5, label=f"{model} + {method}",
+                        linestyle=LINE_STYLES[list(RERANK_MARKERS).index(method) % len(LINE_STYLES)]
+                        if method in RERANK_MARKERS else "-")
+                for _, row in points[points["rerank"] != "none"].iterrows():
+                    ax.annotate(f"{row['rerank.trade_off']:g}", (row[beyond], row[accuracy]), xytext=(3, 3),
+                                textcoords="offset points", fontsize=7, gid=POINT_LABEL)
+        _finish_panel(ax, dataset, beyond, accuracy, len(part) > 0)
+    fig.suptitle(f"re-ranking: {accuracy} against {beyond} (numbers: trade_off)", fontsize=11)
+    return _save(fig, path)

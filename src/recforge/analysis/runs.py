@@ -21,12 +21,12 @@ from recforge.utils.options import matching_option
 log = logging.getLogger("recforge")
 
 # "monitor" is an id column, so HIDDEN_PARAM_PREFIXES keeps the param of that name out of the param columns
-ID_COLUMNS = ["run_id", "run_name", "model", "model_class", "dataset", "split", "split_fingerprint", "monitor",
-              "status"]
+ID_COLUMNS = ["run_id", "run_name", "model", "model_class", "dataset", "split", "split_fingerprint", "rerank",
+              "monitor", "status"]
 COST_COLUMNS = {"time/s_per_epoch": "s_per_epoch", "params/n_parameters": "n_parameters"}
 HIDDEN_PARAM_PREFIXES = ("paths.", "tracking.", "hydra", "datamodule.cache", "callbacks.", "trainer.enable",
                          "trainer.default_root_dir", "task_name", "optimized_metric", "monitor", "data_report.")
-OPTION_PARAMS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler")   # shown by option_name
+OPTION_PARAMS = ("model", "data", "split", "loss", "sampler", "optimizer", "scheduler", "rerank")  # option_name
 
 
 def parse_tags(tags: Sequence[str]) -> dict[str, str]:
@@ -95,16 +95,24 @@ def option_name(run, group: str) -> str:
         or params.get(f"{group}._target_", "").rsplit(".", 1)[-1]
 
 
+def rerank_option(params: dict[str, str]) -> str:
+    """The re-ranker a run's lists were re-ranked by (its ``rerank`` option), ``none`` without one."""
+    option = params.get("rerank", "none")
+    return "none" if option in ("None", "") else option
+
+
 def varying_params(runs: Sequence) -> list[str]:
     """The "key params" of a comparison: every ``model.*`` hyperparameter, and any other parameter that takes
-    two or more values among the runs that have it (output folders and tracking settings left out)."""
+    two or more values among the runs that have it (output folders and tracking settings left out, and the
+    option names and classes the id columns show: ``model``, ``split``, ``rerank``)."""
     keys = sorted({k for r in runs for k in r.data.params
                    if not k.startswith(HIDDEN_PARAM_PREFIXES) and k not in OPTION_PARAMS})
 
     def differs(key: str) -> bool:
         return len({r.data.params[key] for r in runs if key in r.data.params}) > 1
 
-    chosen = [k for k in keys if k != "model._target_" and (k.startswith("model.") or differs(k))]
+    classes = ("model._target_", "rerank._target_")
+    chosen = [k for k in keys if k not in classes and (k.startswith("model.") or differs(k))]
     return sorted(chosen, key=lambda k: (not k.startswith("model."), k))
 
 
@@ -113,13 +121,14 @@ def runs_table(runs: Sequence, metrics: Sequence[str] | None = None,
     """One row per run: ids, model (the config option, e.g. ``bpr``, and its class), dataset, split (option and
     fingerprint), the monitored metric, the chosen (default: varying) params, val/test metrics and costs.
 
-    ``metrics`` defaults to every ``val/*`` and ``test/*`` metric the runs logged; missing values are NaN.
+    ``metrics`` defaults to every ``val/*`` and ``test/*`` metric the runs logged except the per-slice ones
+    (``test/ndcg_at_10/users_cold``: the slice report has those); missing values are NaN.
     """
     if not runs:
         raise RecForgeError("no runs selected: check the experiment name, run ids, filter or tags")
     params = list(params) if params is not None else varying_params(runs)
     if metrics is None:
-        found = {k for r in runs for k in r.data.metrics if k.startswith(("val/", "test/"))}
+        found = {k for r in runs for k in r.data.metrics if k.startswith(("val/", "test/")) and k.count("/") == 1}
         metrics = sorted(found, key=lambda k: (not k.startswith("val/"), k))
     rows = []
     for run in runs:
@@ -128,6 +137,7 @@ def runs_table(runs: Sequence, metrics: Sequence[str] | None = None,
                "model": option_name(run, "model") or tags.get("model", ""),
                "model_class": tags.get("model", ""), "dataset": tags.get("dataset", ""),
                "split": option_name(run, "split"), "split_fingerprint": tags.get("split_fingerprint", ""),
+               "rerank": rerank_option(run.data.params),
                "monitor": run.data.params.get("monitor", ""), "status": run.info.status}
         row.update({p: run.data.params.get(p) for p in params})
         row.update({m: values.get(m, math.nan) for m in metrics})

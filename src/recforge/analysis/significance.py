@@ -31,6 +31,17 @@ COLUMNS = ["metric", "run_a", "run_b", "n_users", "mean_a", "mean_b", "mean_diff
            "t_stat", "t_pvalue", "t_pvalue_holm", "wilcoxon_stat", "wilcoxon_pvalue", "wilcoxon_pvalue_holm"]
 
 
+def split_groups(runs: Sequence) -> dict[str, list[str]]:
+    """``{split fingerprint: [run ids]}``: the runs that can be paired user by user (runs without a fingerprint in
+    none)."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+        if fingerprint:
+            groups.setdefault(fingerprint, []).append(run.info.run_id)
+    return groups
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN."""
     p = np.asarray(pvalues, dtype=float)

@@ -41,3 +41,16 @@ def features_tensor(frame: pd.DataFrame | None, max_categories: int = 64) -> tor
     if not blocks:
         return None
     return torch.as_tensor(np.nan_to_num(np.concatenate(blocks, axis=1)))
+
+
+def category_matrix(frame: pd.DataFrame | None, prefix: str = "genre_") -> torch.Tensor | None:
+    """Each row's category distribution from the 0/1 columns named ``<prefix>*`` (MovieLens genres): a float32
+    ``(n, G)`` matrix whose rows are the flags divided by their count (rows without a flag, or of ids without
+    features, are zero). None when the frame has no such column."""
+    if frame is None:
+        return None
+    columns = [c for c in frame.columns if str(c).startswith(prefix)]
+    if not columns:
+        return None
+    flags = torch.as_tensor(np.nan_to_num(frame[columns].to_numpy(np.float32, na_value=0.0)) > 0).float()
+    return flags / flags.sum(1, keepdim=True).clamp(min=1)

@@ -17,7 +17,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from recforge.config import CONFIG_DIR, build, to_yaml
+from recforge.config import CONFIG_DIR, build, option_names, to_yaml
 from recforge.errors import RecForgeError
 from recforge.cli import command, quiet_warnings, run_cli
 
@@ -29,7 +29,7 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
     from recforge.ensemble.members import load_members
     from recforge.ensemble.runner import FusionEvaluator, tune_and_test, write_outputs
     from recforge.metrics.evaluator import RankingEvaluator
-    from recforge.pipeline import git_commit, sampled_kwargs
+    from recforge.pipeline import build_reranker, git_commit, list_context, sampled_kwargs
 
     try:
         check_method(cfg.method, cfg.normalization)
@@ -45,14 +45,21 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
     ks = list(cfg.ks) if cfg.ks else list(first.eval.ks)
     kwargs = dm.model_kwargs()
     evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_users, **sampled_kwargs(first))
+    # the test lists: the first member's eval.beyond settings (item vectors from item features only) and cfg.rerank
+    context = list_context(first, dm)
+    reranker = build_reranker(cfg, context, dm.raw.name, "Ensemble")
+    beyond = context if first.eval.get("beyond") is not None else None
+    test_evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_users, **sampled_kwargs(first),
+                                      beyond=beyond, reranker=reranker)
     batches = {"val": list(dm.val_dataloader()), "test": list(dm.test_dataloader())}
     fusion = FusionEvaluator([m.model for m in members], batches, evaluator, cfg.method, cfg.normalization,
                              cfg.rrf_k, cfg.vote_depth, cfg.max_cache_mb,
-                             histories={stage: dm.histories(stage) for stage in ("val", "test")})
+                             histories={stage: dm.histories(stage) for stage in ("val", "test")},
+                             test_evaluator=test_evaluator)
     outcome = tune_and_test(fusion, members, cfg.metric, cfg.search, cfg.n_trials, cfg.grid_step, cfg.weights,
                             cfg.seed, dm.id_maps.users, cfg.n_bootstrap)
     output_dir = Path(cfg.paths.output_dir)
-    paths = write_outputs(outcome, output_dir, dm.id_maps.users)
+    paths = write_outputs(outcome, output_dir, dm.id_maps.users, beyond)
     sig = outcome.significance.iloc[0]
     best = members[outcome.best_member]
     name = cfg.metric.partition("/")[2]
@@ -61,7 +68,7 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
                "ensemble/test_diff_vs_best": float(sig["mean_diff"]), "ensemble/t_pvalue": float(sig["t_pvalue"]),
                "ensemble/wilcoxon_pvalue": float(sig["wilcoxon_pvalue"])}
     metrics: dict = {**outcome.val, **outcome.test, **summary}
-    bundle = save_ensemble_bundle(output_dir / "model", members, outcome.weights, cfg, dm)
+    bundle = save_ensemble_bundle(output_dir / "model", members, outcome.weights, cfg, dm, reranker)
     if tracker:
         status = "FAILED"
         try:
@@ -70,6 +77,9 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
                       "grid_step": cfg.grid_step, "metric": cfg.metric, "seed": cfg.seed}
             params.update({f"weight.{i}.{m.name}": round(w, 6) for i, (m, w) in enumerate(zip(members, outcome.weights))})
             params.update({f"member.{i}": m.run_id for i, m in enumerate(members)})
+            if cfg.get("rerank"):
+                params.update({"rerank": option_names(cfg, ("rerank",)).get("rerank", ""),
+                               **{f"rerank.{k}": v for k, v in cfg.rerank.items() if k != "_target_"}})
             tracker.start({k: str(v) for k, v in params.items()},
                           {"model": "Ensemble", "dataset": dm.raw.name, "split_fingerprint": dm.fingerprint,
                            "feedback": "implicit", "git_commit": git_commit(), "ensemble.members": ",".join(runs),
@@ -101,8 +111,8 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def save_ensemble_bundle(directory: Path, members, weights, cfg: DictConfig, dm) -> Path:
-    """The servable bundle: an EnsembleRecommender holding every member's weights."""
+def save_ensemble_bundle(directory: Path, members, weights, cfg: DictConfig, dm, reranker=None) -> Path:
+    """The servable bundle: an EnsembleRecommender holding every member's weights (and the test's re-ranker)."""
     import torch
 
     from recforge.models.ensemble import EnsembleRecommender
@@ -121,7 +131,8 @@ def save_ensemble_bundle(directory: Path, members, weights, cfg: DictConfig, dm)
     with atomic_dir(directory) as folder:   # readers see no bundle or a whole one
         save_bundle(folder, model, "recforge.models.ensemble.EnsembleRecommender", kwargs, dm.id_maps.users,
                     dm.id_maps.items, seen, {"dataset": dm.raw.name, "fingerprint": dm.fingerprint,
-                                             "feedback": "implicit", "members": [m.run_id for m in members]})
+                                             "feedback": "implicit", "members": [m.run_id for m in members]},
+                    reranker=reranker)
     return directory
 
 

@@ -6,7 +6,8 @@ of those values plus the evaluator's top-K: a trial costs a fraction of a member
 the validation chunks are kept in memory when they fit in ``max_cache_mb``, else recomputed per trial.
 
 The members' own metrics come out of the same pass, so they equal their training runs' logged metrics, and
-the best member is chosen on validation, like the weights.
+the best member is chosen on validation, like the weights. The test stage may have its own evaluator (list
+metrics, slices, a re-ranker), used for the ensemble and every member alike.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from recforge.metrics.names import metric_mode
 from recforge.models.fusion import fuse, normalize_weights, simplex_grid, transform
 from recforge.ensemble.members import Member
 from recforge.errors import RecForgeError
+from recforge.metrics.beyond import ListContext
 from recforge.metrics.evaluator import RankingEvaluator
 from recforge.metrics.ranking import mask_scores_
 
@@ -44,8 +46,10 @@ class FusionEvaluator:
 
     def __init__(self, models: Sequence[torch.nn.Module], batches: dict[str, list], evaluator: RankingEvaluator,
                  method: str, normalization: str, rrf_k: float, vote_depth: int, max_cache_mb: float = 2048,
-                 histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+                 histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 test_evaluator: RankingEvaluator | None = None) -> None:
         self.models, self.batches, self.evaluator = list(models), batches, evaluator
+        self.evaluators = {"val": evaluator, "test": test_evaluator or evaluator}
         self.histories = histories  # each stage's inputs for members that read them, as training evaluated them
         self.options = {"method": method, "normalization": normalization, "rrf_k": rrf_k, "vote_depth": vote_depth}
         self.max_cache_mb = max_cache_mb
@@ -64,14 +68,14 @@ class FusionEvaluator:
                 scores = model.score_all(batch["users"]).float()
                 mask_scores_(scores, batch["exclude_rows"], batch["exclude_cols"])
                 if stage not in self.member_results:
-                    outputs[m].append(self.evaluator.evaluate_scores(scores.clone(), batch))
+                    outputs[m].append(self.evaluators[stage].evaluate_scores(scores.clone(), batch))
                 values.append(transform(scores, **self.options))
             yield batch, torch.stack(values)
         if stage not in self.member_results:
-            self.member_results[stage] = [StageResult(*self._aggregate(out)) for out in outputs]
+            self.member_results[stage] = [StageResult(*self._aggregate(out, stage)) for out in outputs]
 
-    def _aggregate(self, outputs: list[dict]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        metrics, per_user = self.evaluator.aggregate(outputs)
+    def _aggregate(self, outputs: list[dict], stage: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        metrics, per_user = self.evaluators[stage].aggregate(outputs)
         return {k: float(v) for k, v in metrics.items()}, per_user
 
     def stage(self, stage: str) -> list | Iterator[tuple[dict, torch.Tensor]]:
@@ -89,8 +93,9 @@ class FusionEvaluator:
         return self._compute(stage)
 
     def evaluate(self, weights: Sequence[float], stage: str) -> StageResult:
-        outputs = [self.evaluator.evaluate_scores(fuse(values, weights), batch) for batch, values in self.stage(stage)]
-        return StageResult(*self._aggregate(outputs))
+        outputs = [self.evaluators[stage].evaluate_scores(fuse(values, weights), batch)
+                   for batch, values in self.stage(stage)]
+        return StageResult(*self._aggregate(outputs, stage))
 
     def members(self, stage: str) -> list[StageResult]:
         if stage not in self.member_results:
@@ -189,12 +194,13 @@ def tune_and_test(fusion: FusionEvaluator, members: Sequence[Member], metric: st
                            significance, best_member)
 
 
-def write_outputs(outcome: EnsembleOutcome, output_dir: Path, user_ids: np.ndarray) -> dict[str, Path]:
+def write_outputs(outcome: EnsembleOutcome, output_dir: Path, user_ids: np.ndarray,
+                  context: ListContext | None = None) -> dict[str, Path]:
     from recforge.pipeline import ranking_results_frame, write_parquet
     from recforge.utils.io import atomic_path, atomic_write_text
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"per_user": write_parquet(ranking_results_frame(outcome.per_user, user_ids),
+    paths = {"per_user": write_parquet(ranking_results_frame(outcome.per_user, user_ids, context),
                                        output_dir / "per_user_test_metrics.parquet")}
     for name in ("members", "trials", "significance"):
         with atomic_path(output_dir / f"{name}.csv") as tmp:

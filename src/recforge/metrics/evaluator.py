@@ -15,8 +15,15 @@ per-user ranking metric from that one top-K pass: precision, recall, truncated r
 graded), HR, MRR, MAP and F1 at every K. With a sampled protocol configured it also ranks each user's relevant
 items against fixed sampled negatives (:mod:`recforge.metrics.sampled`) using the same scores.
 :meth:`RankingEvaluator.aggregate` concatenates the per-user results of all chunks and averages them over
-users with at least one relevant item, and adds the beyond-accuracy metrics (coverage, Gini, novelty,
-average popularity) computed from all top-K lists at once.
+users with at least one relevant item, and adds the beyond-accuracy metrics (coverage, Gini, exposure Gini,
+novelty, average popularity) computed from all top-K lists at once.
+
+With a :class:`~recforge.metrics.beyond.ListContext` (``beyond``; the test stage's evaluator) the same pass adds
+the per-user list metrics (intra-list diversity, miscalibration, long-tail share, popularity-stratified recall,
+serendipity) and the ranking metrics of each item slice (``ndcg_at_10/items_tail``), and :meth:`aggregate` every
+metric of each user slice (``ndcg_at_10/users_cold``); :mod:`recforge.metrics.beyond` defines them. With a
+``reranker`` the top-K lists are the re-ranker's reorderings of each user's top-``n_candidates`` items (the
+scores of the listed items stay the model's), and every metric is of those lists.
 
 Every per-user value depends only on that user's row of scores, exclusions and relevant items, and the
 average is taken once over the concatenated per-user vector, so results do not depend on the chunk size,
@@ -33,6 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from recforge.metrics.beyond import ListContext, item_slice_metrics, list_metrics, slice_aggregates
 from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metrics, relevance_matrix, topk_items
 from recforge.metrics.rating import rating_errors
 from recforge.metrics.sampled import STRATEGIES, protocol_prefix, sample_negatives
@@ -41,7 +49,7 @@ __all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "
            "rating_batch_errors"]
 
 RANKING_METRIC_NAMES = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
-BEYOND_ACCURACY_NAMES = ("coverage", "gini", "novelty", "avgpop")
+BEYOND_ACCURACY_NAMES = ("coverage", "gini", "expgini", "novelty", "avgpop")
 NON_METRIC_KEYS = ("users", "topk", "scores", "valid")  # per-user result keys that are not metrics
 
 
@@ -75,6 +83,9 @@ class RankingEvaluator:
         sampled_negatives: N for a sampled protocol (e.g. 99), or None (full ranking only, the default).
         sampled_strategy: ``uniform`` or ``popularity``.
         sampled_seed: fixes the negatives; keep it the same across the models you compare.
+        beyond: adds the list metrics and the slices (see the module docstring); needs ``item_popularity``.
+        reranker: reorders each user's top-``reranker.n_candidates`` items: ``reranker(users, items, scores, k)``
+            returns the (B, k) items and their scores (:class:`recforge.rerank.Reranker`).
     """
 
     def __init__(
@@ -85,6 +96,8 @@ class RankingEvaluator:
         sampled_negatives: int | None = None,
         sampled_strategy: str = "uniform",
         sampled_seed: int = 0,
+        beyond: ListContext | None = None,
+        reranker: Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         ks = sorted(set(int(k) for k in ks))
         if not ks or ks[0] < 1:
@@ -97,6 +110,8 @@ class RankingEvaluator:
             raise ValueError("the popularity sampling strategy needs item_popularity")
         if item_popularity is not None and bool((item_popularity < 0).any()):
             raise ValueError("item_popularity must be non-negative")
+        if beyond is not None and item_popularity is None:
+            raise ValueError("the list metrics and slices (beyond) need item_popularity")
         self.ks = ks
         self.item_popularity = None if item_popularity is None else item_popularity.detach().float()
         self.n_train_users = n_train_users
@@ -105,6 +120,7 @@ class RankingEvaluator:
         self.sampled_seed = int(sampled_seed)
         self.prefix = (protocol_prefix(self.sampled_negatives, sampled_strategy)
                        if self.sampled_negatives is not None else None)
+        self.beyond, self.reranker = beyond, reranker
 
     # ------------------------------------------------------------------ names
     def metric_names(self) -> list[str]:
@@ -112,6 +128,8 @@ class RankingEvaluator:
         names = [f"{m}_at_{k}" for m in RANKING_METRIC_NAMES for k in self.ks]
         if self.item_popularity is not None:
             names += [f"{m}_at_{k}" for m in BEYOND_ACCURACY_NAMES for k in self.ks]
+        if self.beyond is not None:
+            names += self.beyond.metric_names(self.ks)
         if self.prefix is not None:
             names += [f"{self.prefix}_{m}_at_{k}" for m in RANKING_METRIC_NAMES for k in self.ks]
         return names
@@ -150,11 +168,22 @@ class RankingEvaluator:
         ex_cols = batch["exclude_cols"].to(device, torch.long)
 
         mask_scores_(scores, ex_rows, ex_cols)
-        values, topk = topk_items(scores, max(self.ks))
+        kmax = max(self.ks)
+        if self.reranker is None:
+            values, topk = topk_items(scores, kmax)
+        else:
+            values, topk = topk_items(scores, max(kmax, self.reranker.n_candidates))
+            topk, values = self.reranker(users.to(device), topk, values, kmax)
         valid = torch.isfinite(values)
         hits, n_relevant, ideal = relevance_matrix(n_rows, topk, rel_rows, rel_cols, gains, valid)
         out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid}
         out.update(ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal))
+        if self.beyond is not None:
+            if self.beyond.item_groups.device != device:
+                self.beyond = self.beyond.to(device)
+            out.update(list_metrics(self.beyond, out["users"], topk, valid, hits, rel_rows, rel_cols, ex_rows,
+                                    ex_cols, self.ks))
+            out.update(item_slice_metrics(self.beyond, n_rows, topk, valid, rel_rows, rel_cols, gains, self.ks))
         if self.prefix is not None:
             sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains)
             out.update({f"{self.prefix}_{k}": v for k, v in sampled.items()})
@@ -208,6 +237,10 @@ class RankingEvaluator:
             extra = beyond_accuracy(results["topk"], results["valid"], self.item_popularity,
                                     self.n_train_users or 1, self.ks)
             metrics.update({k: torch.tensor(float(v)) for k, v in extra.items()})
+        if self.beyond is not None:
+            per_user = [k for k in metrics if "/" not in k and k in results]
+            extra = slice_aggregates(self.beyond, results, per_user, self.ks, self.n_train_users or 1)
+            metrics.update({k: torch.tensor(v) for k, v in extra.items()})
         return metrics, results
 
     def run(self, score_fn: Callable[[Tensor], Tensor], batches: Iterable[dict[str, Tensor]],

@@ -288,6 +288,8 @@ def beyond_accuracy(
         ``coverage_at_k``: fraction of the catalogue recommended to at least one user.
         ``gini_at_k``: Gini index of the recommendation counts over the whole catalogue
             (``sum_i (2i - n - 1) x_(i) / (n * sum x)`` with counts sorted ascending; 0 = equal, (n-1)/n = one item).
+        ``expgini_at_k``: the same Gini index of the items' exposure, each listing at rank r exposing its item by
+            ``1 / log2(r + 1)`` (the NDCG discount as a browsing model: Singh & Joachims 2018).
         ``novelty_at_k``: mean of ``-log2(pop_i / n_train_users)`` over recommended items (pop 0 counts as 1).
         ``avgpop_at_k``: mean training popularity of recommended items.
     ``item_popularity`` is (n_items,): the number of training users of each item. With no valid
@@ -297,13 +299,21 @@ def beyond_accuracy(
     pop = item_popularity.to(topk_indices.device, torch.float64)
     info = -torch.log2(pop.clamp(min=1) / n_train_users)
     position = torch.arange(1, n_items + 1, device=pop.device, dtype=torch.float64)
+    discount = 1.0 / torch.log2(torch.arange(2, topk_indices.shape[1] + 2, device=pop.device, dtype=torch.float64))
+
+    def gini(x: Tensor) -> float:
+        return float(((2 * position - n_items - 1) * x.sort().values).sum() / (n_items * x.sum()))
+
     out: dict[str, float] = {}
     for k in ks:
-        items = topk_indices[:, :k][valid[:, :k].to(torch.bool)]
+        keep = valid[:, :k].to(torch.bool)
+        items = topk_indices[:, :k][keep]
         counts = torch.bincount(items, minlength=n_items).to(torch.float64)
         total = counts.sum()
+        exposure = torch.bincount(items, weights=discount[:k].expand(keep.shape)[keep], minlength=n_items)
         out[f"coverage_at_{k}"] = float((counts > 0).sum()) / n_items
-        out[f"gini_at_{k}"] = float(((2 * position - n_items - 1) * counts.sort().values).sum() / (n_items * total))
+        out[f"gini_at_{k}"] = gini(counts)
+        out[f"expgini_at_{k}"] = gini(exposure)
         out[f"novelty_at_{k}"] = float((counts * info).sum() / total)
         out[f"avgpop_at_{k}"] = float((counts * pop).sum() / total)
     return out

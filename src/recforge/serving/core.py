@@ -93,6 +93,7 @@ class ServedModel:
         self._seen_indptr = seen.indptr.astype(np.int64)
         self._seen_indices = seen.indices.astype(np.int64)
         self._popularity = bundle.popularity.astype(np.float32)
+        self.reranker = bundle.reranker  # the run's re-ranker: known users' lists are re-ranked as they were tested
         self._vectors: np.ndarray | None = None
         self._vectors_lock = threading.Lock()
         self._explainer = None  # built on the first request that asks for explanations
@@ -157,7 +158,11 @@ class ServedModel:
             scores = kept
         if deny is not None:
             scores[deny] = -np.inf
-        top, values = topk_row(scores, k)
+        rerank = self.reranker is not None and row is not None
+        top, values = topk_row(scores, max(k, self.reranker.n_candidates) if rerank else k)
+        if rerank and len(top):
+            top, values = (t[0].numpy() for t in self.reranker(self._rows[row:row + 1], torch.from_numpy(top)[None],
+                                                               torch.from_numpy(values)[None], k))
         return [self.item_ids[i] for i in top.tolist()], values.tolist(), row is None
 
     def check_reasons(self, n_reasons: int) -> None:
@@ -233,4 +238,5 @@ class ServedModel:
     def info(self) -> dict[str, Any]:
         return {**self.ref.to_dict(), "n_users": self.n_users, "n_items": self.n_items,
                 "similar_items_from": self.similar_source, "score_cache": self._score_cache is not None,
+                "rerank": type(self.reranker).__name__ if self.reranker is not None else None,
                 "loaded_at": self.loaded_at}

@@ -112,6 +112,7 @@ class ModelInfo(ModelSource):
     n_items: int
     similar_items_from: Literal["item_vectors", "score_columns"]
     score_cache: bool
+    rerank: Optional[str] = Field(None, description="the re-ranker applied to known users' lists (the run's), or null")
     loaded_at: float
 
 

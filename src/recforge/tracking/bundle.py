@@ -1,4 +1,5 @@
-"""A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity.
+"""A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity, and the
+re-ranker the run was tested with (``rerank.pt``, when it had one).
 
 Everything needed to answer "top-K items for raw user id u" without the training data or the config.
 Loading uses ``torch.load(weights_only=True)``, so no pickled code runs, and the model class ``spec.pt`` names must be
@@ -23,15 +24,25 @@ from recforge.errors import RecForgeError
 from recforge.metrics.ranking import mask_scores_, topk_items
 from recforge.models.files import load_model, read_bundle_file
 from recforge.utils.sparse import row_pointers
+from recforge.utils.trust import import_trusted
+
+RERANK_FILE = "rerank.pt"
 
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
-                user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any]) -> Path:
+                user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any],
+                reranker: Any = None) -> Path:
     """Write the bundle's files into ``directory``. Tensors are serialised in memory first: torch reports a failed
-    file write (a full disk) without its cause, a failed in-memory one cannot happen that way."""
+    file write (a full disk) without its cause, a failed in-memory one cannot happen that way. A ``reranker``
+    (:class:`recforge.rerank.Reranker`) is stored as its class and constructor arguments."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name, obj in (("spec.pt", {"target": target, "kwargs": kwargs}),
-                      ("model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})):
+    files = [("spec.pt", {"target": target, "kwargs": kwargs}),
+             ("model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})]
+    if reranker is not None:
+        arguments = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in reranker.arguments().items()}
+        files.append((RERANK_FILE, {"target": f"{type(reranker).__module__}.{type(reranker).__qualname__}",
+                                    "kwargs": arguments}))
+    for name, obj in files:
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         (directory / name).write_bytes(buffer.getbuffer())
@@ -50,6 +61,7 @@ class Bundle:
     seen: sp.csr_matrix
     popularity: np.ndarray
     meta: dict[str, Any]
+    reranker: Any = None  # the run's re-ranker (recforge.rerank), applied to every known user's list
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
@@ -65,7 +77,7 @@ class Bundle:
         if seen.shape != (len(users), len(items)):
             raise RecForgeError(f"{directory}: seen.npz is {seen.shape[0]} x {seen.shape[1]} but the bundle has "
                                 f"{len(users)} users and {len(items)} items; the folder mixes files of two runs")
-        return cls(model, users, items, seen, popularity, meta)
+        return cls(model, users, items, seen, popularity, meta, load_reranker(directory / RERANK_FILE))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, data_dir: str | None = None, device: str = "cpu") -> "Bundle":
@@ -80,10 +92,11 @@ class Bundle:
             users, items = dm.known_sequences()
             exp.model.set_histories(row_pointers(users, dm.n_users), items)
         seen = dm.seen_matrix()
+        exp.module.read_item_vectors()  # a re-ranker on the model's item vectors reads the trained ones
         return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
                    np.asarray(seen.astype(bool).sum(axis=0)).ravel(),
                    {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback,
-                    "checkpoint": str(path)})
+                    "checkpoint": str(path)}, exp.module.reranker)
 
     def user_index(self, users: np.ndarray) -> np.ndarray:
         """Row of each raw user id, -1 for unknown ones (``"12"`` finds the integer id 12 and vice versa)."""
@@ -112,7 +125,11 @@ class Bundle:
                 sub = self.seen[index[known]].tocoo()
                 mask_scores_(s, torch.as_tensor(sub.row, device=device, dtype=torch.long),
                              torch.as_tensor(sub.col, device=device, dtype=torch.long))
-            values, top = topk_items(s, k)
+            if self.reranker is None:
+                values, top = topk_items(s, k)
+            else:
+                values, top = topk_items(s, max(k, self.reranker.n_candidates))
+                top, values = self.reranker(rows, top, values, k)
             items[known], scores[known] = top.cpu().numpy(), values.cpu().numpy()
         if (~known).any():
             order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))[:k]
@@ -124,6 +141,20 @@ class Bundle:
             "score": scores.ravel(),
             "fallback": np.repeat(~known, k),
         }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
+
+
+def load_reranker(path: Path) -> Any:
+    """The re-ranker a bundle's ``rerank.pt`` describes (its class checked against the allow-list first), or
+    None when the bundle has none."""
+    if not path.is_file():
+        return None
+    spec = read_bundle_file(path, lambda p: torch.load(p, weights_only=True))
+    if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
+        raise RecForgeError(f"{path}: not a RecForge re-ranker spec (no target and kwargs)")
+    try:
+        return import_trusted(spec.get("target"), str(path))(**spec["kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise RecForgeError(f"{path}: cannot build {spec['target']} from its stored arguments ({exc})") from None
 
 
 def _index_of(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from recforge.errors import RecForgeError
+from recforge.metrics.beyond import ListContext, unit_rows
 from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NAMES, RankingEvaluator,
                                         rating_batch_errors)
 from recforge.metrics.rating import error_metrics
@@ -49,6 +50,12 @@ class RecommenderModule(pl.LightningModule):
     original scale: ``rating_inverse`` (e.g. undoing a rating normalisation) is applied to predictions and
     targets, then predictions are clipped to ``rating_range`` if ``clip_predictions``. Per-user test results
     stay in :attr:`test_results` for export.
+
+    The test stage has its own evaluator (:attr:`test_evaluator`): with ``beyond`` it adds the list metrics and the
+    user and item slices, with ``reranker`` it evaluates the re-ranked lists. Validation (early stopping, the best
+    checkpoint, sweeps) stays on the model's own top-K, so runs that differ only in the re-ranker train alike.
+    With ``item_vectors_from_model`` the list metrics' and the re-ranker's item vectors are the model's, read again
+    when the test starts (the trained model's).
     """
 
     def __init__(
@@ -69,6 +76,9 @@ class RecommenderModule(pl.LightningModule):
         histories: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
         scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_monitor: str | None = None,
+        beyond: ListContext | None = None,
+        reranker: Callable | None = None,
+        item_vectors_from_model: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
@@ -90,6 +100,11 @@ class RecommenderModule(pl.LightningModule):
             raise RecForgeError("eval.sampled.strategy=popularity needs the training item popularity")
         self.evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
                                           sampled_strategy, sampled_seed)
+        self.beyond, self.reranker, self.item_vectors_from_model = beyond, reranker, item_vectors_from_model
+        self.test_evaluator = self.evaluator
+        if beyond is not None or reranker is not None:
+            self.test_evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
+                                                   sampled_strategy, sampled_seed, beyond, reranker)
         self.rating_inverse = rating_inverse
         self.histories = histories
         self.view = train_view(model, loss)
@@ -197,15 +212,16 @@ class RecommenderModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate_batch(self, batch) -> dict[str, torch.Tensor]:
-        """Per-user (ranking) or per-interaction (rating) results of one evaluation batch."""
+    def evaluate_batch(self, batch, stage: str = "val") -> dict[str, torch.Tensor]:
+        """Per-user (ranking) or per-interaction (rating) results of one evaluation batch of ``stage``."""
         if self.feedback == "explicit":
             users, items, ratings = batch
             errors = rating_batch_errors(self.model(users, items), ratings, self.clip, self.rating_inverse)
             return {"users": users, "errors": errors}
-        if self.item_popularity is not None and self.evaluator.item_popularity is not self.item_popularity:
-            self.evaluator.item_popularity = self.item_popularity  # follow the buffer to the module's device
-        return self.evaluator.evaluate(self.model.score_all, batch)
+        evaluator = self.test_evaluator if stage == "test" else self.evaluator
+        if self.item_popularity is not None and evaluator.item_popularity is not self.item_popularity:
+            evaluator.item_popularity = self.item_popularity  # follow the buffer to the module's device
+        return evaluator.evaluate(self.model.score_all, batch)
 
     def _use_histories(self, stage: str) -> None:
         """Sequential models take each stage's input sequences (validation: training; test: + validation)."""
@@ -217,6 +233,17 @@ class RecommenderModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._use_histories("test")
+        self.read_item_vectors()
+
+    def read_item_vectors(self) -> None:
+        """With ``item_vectors_from_model``: give the list metrics and the re-ranker the model's current item
+        vectors (after training, the trained ones)."""
+        if self.item_vectors_from_model:
+            vectors = unit_rows(self.model.item_vectors())
+            if self.test_evaluator.beyond is not None:
+                self.test_evaluator.beyond.item_vectors = vectors
+            if hasattr(self.reranker, "item_vectors"):
+                self.reranker.item_vectors = vectors
 
     def on_train_epoch_start(self) -> None:
         self._use_histories("val")  # the training sequences (a test pass may have come before)
@@ -228,14 +255,14 @@ class RecommenderModule(pl.LightningModule):
         if hasattr(dataset, "set_epoch"):  # the epoch's permutation follows the trainer's epoch, also when resumed
             dataset.set_epoch(self.current_epoch)
 
-    def _eval_step(self, batch) -> None:
-        self._outputs.append({k: v.detach() for k, v in self.evaluate_batch(batch).items()})
+    def _eval_step(self, batch, stage: str = "val") -> None:
+        self._outputs.append({k: v.detach() for k, v in self.evaluate_batch(batch, stage).items()})
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch)
+        self._eval_step(batch, "test")
 
     def _gather(self, outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         """Every process's evaluation results, in the order of the whole stage's batches (under DDP each process
@@ -257,7 +284,7 @@ class RecommenderModule(pl.LightningModule):
             results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
             metrics = error_metrics(results["errors"].double())
         else:
-            metrics, results = self.evaluator.aggregate(outputs)
+            metrics, results = (self.test_evaluator if stage == "test" else self.evaluator).aggregate(outputs)
         metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
         if stage == "test":
             self.test_results = {k: v.cpu() for k, v in results.items()}
