@@ -9,10 +9,13 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
+from recforge.data.datamodule import csr
 from recforge.data.interactions import prepare
 from recforge.data.preprocess import (Deduplicate, DropMissing, KCore, NormalizeRatings, RatingThreshold,
                                       TimestampFeatures)
+from recforge.data.sorting import isin, sort_keys
 from recforge.data.sources.base import RawData
 from recforge.data.split import (KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit, PerUserTemporalSplit,
                                  PredefinedSplit, RandomSplit, StrongGeneralizationSplit, TemporalSplit, check_split)
@@ -115,3 +118,27 @@ def test_every_split_gives_the_recorded_parts(prepared, name):
     got = (split.fingerprint(n_users, n_items),
            digest(*checked.parts().values(), extra=(sorted(report.items()), sorted(split.meta.items()))))
     assert got == SPLIT_DIGESTS[name]
+
+
+@pytest.mark.parametrize("high", [50, 2**40, 2**62])   # packed with positions in one word; too wide: lexsort
+def test_sort_keys_is_sort_and_stable_order(high):
+    rng = np.random.default_rng(high % 97)
+    keys = rng.integers(0, high, 10_000)
+    keys[::7] = keys[0]   # repeats, whose file order must survive
+    sorted_keys, order = sort_keys(keys)
+    assert np.array_equal(order, np.argsort(keys, kind="stable")) and np.array_equal(sorted_keys, np.sort(keys))
+    values = np.concatenate([keys, -keys[:50]]).astype(np.int32 if high == 50 else np.int64)
+    assert np.array_equal(isin(values, keys[::3]), np.isin(values, keys[::3]))
+
+
+@pytest.mark.parametrize("repeats", [False, True])   # distinct pairs: one sort; repeated ones: SciPy sums them
+def test_csr_is_scipys_canonical_matrix(repeats):
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 300, 5_000), rng.integers(0, 200, 5_000)
+    if not repeats:
+        rows, cols = np.divmod(np.unique(rows * 200 + cols), 200)
+        rows, cols = rows[::-1].copy(), cols[::-1].copy()
+    values = rng.random(len(rows)).astype(np.float32)
+    got, want = csr(rows, cols, values, (300, 200)), sp.csr_matrix((values, (rows, cols)), shape=(300, 200))
+    want.sum_duplicates()
+    assert got.has_canonical_format and got.nnz == want.nnz and (got != want).nnz == 0

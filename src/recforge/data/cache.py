@@ -66,7 +66,9 @@ def read_entry(folder: Path) -> tuple[dict[str, pd.DataFrame], dict] | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        frames = {p.stem: feather.read_table(p, memory_map=True).to_pandas() for p in folder.glob("*.arrow")}
+        # mapped, not copied: each column stays one read-only array (pandas' own to_numpy() is read-only too)
+        frames = {p.stem: feather.read_table(p, memory_map=True).to_pandas(split_blocks=True)
+                  for p in folder.glob("*.arrow")}
     except (OSError, ValueError, pa.ArrowException):
         return None
     return frames, meta

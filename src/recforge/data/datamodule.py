@@ -18,7 +18,7 @@ from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
 from recforge.data.features import align_features, features_tensor
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
-from recforge.data.sorting import isin, lexsort
+from recforge.data.sorting import isin, lexsort, sort_keys
 from recforge.data.split import Split, check_split
 from recforge.errors import RecForgeError
 from recforge.utils.distributed import process_rank
@@ -36,15 +36,13 @@ def _tensor(values: np.ndarray, dtype) -> torch.Tensor:
 def csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
     """``sp.csr_matrix((values, (rows, cols)), shape)`` in canonical form, built by one sort of the (row, col) keys
     rather than SciPy's per-row sorts; SciPy's own path sums the values of repeated pairs."""
-    keys = rows * shape[1] + cols
-    order = lexsort([keys])
-    sorted_keys = keys[order]
-    if len(keys) and (sorted_keys[1:] == sorted_keys[:-1]).any():
+    sorted_keys, order = sort_keys(rows * shape[1] + cols)
+    if len(sorted_keys) and (sorted_keys[1:] == sorted_keys[:-1]).any():
         return sp.csr_matrix((values, (rows, cols)), shape=shape)
-    index = np.int32 if max(shape[1], len(keys)) < np.iinfo(np.int32).max else np.int64
+    index = np.int32 if max(shape[1], len(sorted_keys)) < np.iinfo(np.int32).max else np.int64
     indptr = np.zeros(shape[0] + 1, index)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
-    matrix = sp.csr_matrix((values[order], cols[order].astype(index), indptr), shape=shape)
+    matrix = sp.csr_matrix((values[order], (sorted_keys % shape[1]).astype(index), indptr), shape=shape)
     matrix.has_sorted_indices = True
     return matrix
 

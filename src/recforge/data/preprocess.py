@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from recforge.data.sorting import dense_codes, lexsort
+from recforge.data.sorting import dense_codes, lexsort, sort_keys
 from recforge.errors import RecForgeError
 
 
@@ -134,8 +134,7 @@ class Deduplicate(Step):
         if len(frame) == 0:
             return frame
         keys = pair_keys(frame)
-        by_key = lexsort([keys])  # equal keys together, in file order
-        sorted_keys = keys[by_key]
+        sorted_keys, by_key = sort_keys(keys)  # equal keys together, in file order
         repeated = np.zeros(len(keys), bool)
         repeated[1:] = sorted_keys[1:] == sorted_keys[:-1]
         repeated[:-1] |= repeated[1:]

@@ -64,6 +64,19 @@ def lexsort(keys: Sequence[np.ndarray]) -> np.ndarray:
     return order
 
 
+def sort_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(np.sort(keys), lexsort([keys]))`` for non-negative int64 keys: the sorted keys and the stable order, from
+    one sort of words that carry both when they fit in 64 bits (no gather of the keys by the order)."""
+    position_bits = max(int(len(keys) - 1).bit_length(), 1)
+    if len(keys) == 0 or int(keys.max()).bit_length() + position_bits > 64 or keys.min() < 0:
+        order = lexsort([keys])
+        return keys[order], order
+    word = (keys.astype(np.uint64) << np.uint64(position_bits)) | np.arange(len(keys), dtype=np.uint64)
+    word.sort()
+    order = (word & np.uint64((1 << position_bits) - 1)).astype(np.int64)
+    return (word >> np.uint64(position_bits)).astype(np.int64), order
+
+
 def _bits(parts: list[tuple[np.ndarray, int]], start: int, width: int) -> np.ndarray:
     """Bits ``start .. start + width`` of the concatenation of ``parts`` (the first part lowest)."""
     out = np.zeros(len(parts[0][0]), np.uint64)
@@ -82,9 +95,9 @@ def isin(values: np.ndarray, members: np.ndarray) -> np.ndarray:
     search is fast for sorted queries; NumPy 2.4's hash-based ``isin`` can be far slower on large int64 keys)."""
     if len(members) == 0 or len(values) == 0:
         return np.zeros(len(values), bool)
-    order = lexsort([values])
+    sorted_values, order = sort_keys(values) if values.dtype.kind == "i" else (None, lexsort([values]))
     out = np.empty(len(values), bool)
-    out[order] = _found(np.sort(members), values[order])
+    out[order] = _found(np.sort(members), values[order] if sorted_values is None else sorted_values)
     return out
 
 
