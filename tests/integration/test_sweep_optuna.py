@@ -25,7 +25,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 import sqlalchemy.exc  # noqa: E402
 
 from recforge.config import CONFIG_DIR  # noqa: E402
-from recforge.tuning.study import open_storage  # noqa: E402
+from recforge.tuning.study import SURPLUS, open_storage  # noqa: E402
 
 TINY = ["data.n_users=200", "data.n_items=100", "data.mean_interactions=15", "trainer.max_epochs=3",
         "tracking.log_model=false", "callbacks.early_stopping.patience=50"]
@@ -221,6 +221,28 @@ def test_storage_strings(tmp_path, monkeypatch):
         resolve_directions(["val/ndcg_at_10", "val/coverage_at_10"], "maximize")
 
 
+def test_a_trial_asked_past_n_trials_is_surplus():
+    """Two workers that see the last free slot at once both ask: the later trial finds n_trials before it and is
+    surplus; a trial whose worker died (FAIL, no fail_reason) leaves its slot to its retry."""
+    from optuna.trial import TrialState
+
+    from recforge.tuning.study import FAIL_REASON, count_trials, is_surplus
+
+    study = optuna.create_study()
+    done, failed_as_data, died, running = (study.ask() for _ in range(4))
+    study.tell(done, 1.0)
+    failed_as_data.set_user_attr(FAIL_REASON, "ValueError: objective is not finite")
+    study.tell(failed_as_data, state=TrialState.FAIL)
+    study.tell(died, state=TrialState.FAIL)
+    first, second = study.ask(), study.ask()   # the last slot of n_trials=4, asked twice at the same instant
+    assert not is_surplus(study, first, 4) and is_surplus(study, second, 4)
+    second.set_user_attr(SURPLUS, True)
+    study.tell(second, state=TrialState.FAIL)
+    counts = count_trials(study)
+    assert (counts.done, counts.running, counts.failed, counts.surplus) == (2, 2, 2, 1)
+    assert not is_surplus(study, first, 4)   # the surplus trial after it changes nothing
+
+
 def test_every_model_with_parameters_has_a_search_space():
     conf = Path(CONFIG_DIR)
     models = {p.stem for p in (conf / "model").glob("*.yaml")} - {"pop"}   # pop has nothing to tune
@@ -323,12 +345,14 @@ def test_two_workers_share_one_study(tmp_path, kind, request):
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     study = optuna.load_study(study_name="shared", storage=open_storage(storage))
     trials = study.get_trials()
-    # one study, each trial run by exactly one worker, n_trials in total (a simultaneous ask may add one)
-    assert 6 <= len(trials) <= 7 and all(t.state.name == "COMPLETE" for t in trials)
-    workers = {t.user_attrs["worker"] for t in trials}
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    # one study, each trial run by exactly one worker, exactly n_trials: a trial asked at the same instant as the
+    # last one is surplus, told FAIL and never run
+    assert len(complete) == 6 and all(t.state.name == "COMPLETE" or SURPLUS in t.user_attrs for t in trials)
+    workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) == 2
     dirs = [p.name for i in range(2) for p in (tmp_path / f"w{i}").glob("trial_*")]
-    assert len(dirs) == len(set(dirs)) == len(trials)
+    assert sorted(dirs) == sorted(f"trial_{t.number}" for t in complete)
 
 
 @pytest.mark.slow

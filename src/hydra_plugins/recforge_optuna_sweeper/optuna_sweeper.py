@@ -287,9 +287,10 @@ class OptunaSweeper(Sweeper):
                         break
                     time.sleep(self.poll_interval)   # other workers run the last trials, or died: wait
                     continue
-                batch = self._ask(study, min(self.n_jobs, free), space)
-                if not batch:
-                    break
+                batch = self._ask(study, min(self.n_jobs, free), space, n_trials)
+                if not batch:   # another worker took the last slot: wait, as when its trials run
+                    time.sleep(self.poll_interval)
+                    continue
                 launched += self._run_batch(study, storage, storage_url, study_name, batch, space, texts, fixed,
                                             metrics, report, runs, first=launched == 0)
         except BaseException:
@@ -298,8 +299,12 @@ class OptunaSweeper(Sweeper):
             raise
         return self._finish(study, metrics, runs)
 
-    def _ask(self, study: Any, n: int, space: Dict[str, Any]) -> List[Any]:
-        from recforge.tuning.study import WORKER
+    def _ask(self, study: Any, n: int, space: Dict[str, Any], n_trials: int) -> List[Any]:
+        """Up to ``n`` new trials; one that another worker's simultaneous ask made surplus is told FAIL (marked
+        ``recforge.surplus``, never run) and not returned."""
+        from optuna.trial import TrialState
+
+        from recforge.tuning.study import SURPLUS, WORKER, is_surplus
 
         trials = []
         for _ in range(n):
@@ -307,6 +312,11 @@ class OptunaSweeper(Sweeper):
                 warnings.simplefilter("ignore")
                 trial = study.ask()
             trial.set_user_attr("worker", WORKER)
+            if is_surplus(study, trial, n_trials):
+                trial.set_user_attr(SURPLUS, True)
+                study.tell(trial, state=TrialState.FAIL)
+                log.info("trial %d not run: %d trials are already under way", trial.number, n_trials)
+                continue
             for name, distribution in space.items():
                 suggest(trial, name, distribution)
             trials.append(trial)
