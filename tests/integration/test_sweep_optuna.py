@@ -243,6 +243,25 @@ def test_a_trial_asked_past_n_trials_is_surplus():
     assert not is_surplus(study, first, 4)   # the surplus trial after it changes nothing
 
 
+def test_workers_open_a_new_sqlite_tracking_store_one_at_a_time(tmp_path):
+    """Sweep workers that start together share one new MLflow SQLite store: each opens it under the lock file beside
+    it, so one creates the tables while the others wait (racing, the loser failed in MLflow's migrations)."""
+    import fcntl
+    import threading
+
+    from recforge.tracking.tracker import mlflow_client, sqlite_store_uri
+
+    clients = []
+    with open(tmp_path / "mlflow.db.lock", "w") as lock:   # another worker is creating the store
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        opener = threading.Thread(target=lambda: clients.append(mlflow_client(sqlite_store_uri(tmp_path))))
+        opener.start()
+        opener.join(timeout=3)
+        assert opener.is_alive() and not (tmp_path / "mlflow.db").exists()
+    opener.join(timeout=120)
+    assert [e.name for e in clients[0].search_experiments()] == ["Default"]
+
+
 def test_every_model_with_parameters_has_a_search_space():
     conf = Path(CONFIG_DIR)
     models = {p.stem for p in (conf / "model").glob("*.yaml")} - {"pop"}   # pop has nothing to tune

@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from recforge.errors import RecForgeError
 from recforge.utils.process import ProcessId
@@ -40,6 +40,7 @@ FAIL_REASON = "fail_reason"
 SURPLUS = "recforge.surplus"   # a trial asked when n_trials others were already under way: never run
 
 _memory_storage = None
+T = TypeVar("T")
 
 
 def is_journal(storage: str) -> bool:
@@ -99,21 +100,32 @@ def open_storage(storage: str | None, heartbeat_interval: int | None = None, gra
                 kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=max_retry)
             else:
                 kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+
+    def rdb_storage():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
+
+    try:
+        return despite_racers(rdb_storage)
+    except ImportError as exc:
+        raise RecForgeError(f"hydra.sweeper.storage={display_storage(storage)}: {exc}; install the database "
+                            "driver (e.g. pip install psycopg2-binary for PostgreSQL)") from None
+
+
+def despite_racers(create: Callable[[], T], attempts: int = 8) -> T:
+    """``create()`` (a store on a database: Optuna's, MLflow's), tried again a little later when it fails with a
+    database or migration error: workers starting together race to create the schema, and the loser finds it made."""
+    from alembic.util.exc import CommandError
     from sqlalchemy.exc import DBAPIError
 
-    for attempt in range(5):
+    for attempt in range(attempts - 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
-        except ImportError as exc:
-            raise RecForgeError(f"hydra.sweeper.storage={display_storage(storage)}: {exc}; install the database "
-                                "driver (e.g. pip install psycopg2-binary for PostgreSQL)") from None
-        except DBAPIError:   # workers starting together race to create the schema: the loser finds it made
-            if attempt == 4:
-                raise
+            return create()
+        except (DBAPIError, CommandError):
             time.sleep(0.5 * (attempt + 1))
+    return create()
 
 
 def heartbeat_enabled(storage) -> bool:
