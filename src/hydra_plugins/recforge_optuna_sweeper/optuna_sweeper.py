@@ -36,6 +36,7 @@ log = logging.getLogger("recforge.tuning")
 NOT_IN_EXPERIMENT = ("hydra", "hparams_search", "optuna_trial", "tracking.run_id", "paths")
 MAIN_GROUPS = ("data", "split", "model", "loss", "optimizer", "trainer")
 EXTRA_METRICS = ("time/fit_s", "time/s_per_epoch", "params/n_parameters")
+PARENT_WAIT_S = 120   # how long a worker waits for the study's creator to start the MLflow parent run
 
 
 def distribution_from_override(override: Override) -> Tuple[Any, Dict[Any, str]]:
@@ -229,8 +230,12 @@ class OptunaSweeper(Sweeper):
         storage = st.open_storage(storage_url, self.heartbeat_interval, self.grace_period, self.max_retry)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
-                                        load_if_exists=True)
+            try:   # one worker creates the study (the storage makes sure), and with it the MLflow parent run
+                study = optuna.create_study(storage=storage, study_name=study_name, directions=directions)
+                created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.load_study(study_name=study_name, storage=storage)
+                created = False
         existing = [d.name.lower() for d in study.directions]
         if existing != directions:
             raise RecForgeError(f"study {study_name} in {st.display_storage(storage_url)} optimizes {existing}, "
@@ -266,7 +271,8 @@ class OptunaSweeper(Sweeper):
                                       "sampler": target, "pruner": (pruner_spec or {}).get("_target_", "none"),
                                       "n_trials": n_trials, "optimized_metric": ",".join(metrics),
                                       "directions": ",".join(directions), "fixed_overrides": " ".join(fixed),
-                                      **{f"space.{k}": repr(v) for k, v in space.items()}})
+                                      **{f"space.{k}": repr(v) for k, v in space.items()}},
+                               wait=0 if created else PARENT_WAIT_S)
         log.info("study %s in %s: %s %s, sampler %s, pruner %s, %d trials", study_name,
                  st.display_storage(storage_url), "/".join(directions), ",".join(metrics), cls,
                  (pruner_spec or {}).get("_target_", "none").rsplit(".", 1)[-1], n_trials)
@@ -287,9 +293,10 @@ class OptunaSweeper(Sweeper):
                         break
                     time.sleep(self.poll_interval)   # other workers run the last trials, or died: wait
                     continue
-                batch = self._ask(study, min(self.n_jobs, free), space)
-                if not batch:
-                    break
+                batch = self._ask(study, min(self.n_jobs, free), space, n_trials)
+                if not batch:   # another worker took the last slot: wait, as when its trials run
+                    time.sleep(self.poll_interval)
+                    continue
                 launched += self._run_batch(study, storage, storage_url, study_name, batch, space, texts, fixed,
                                             metrics, report, runs, first=launched == 0)
         except BaseException:
@@ -298,8 +305,12 @@ class OptunaSweeper(Sweeper):
             raise
         return self._finish(study, metrics, runs)
 
-    def _ask(self, study: Any, n: int, space: Dict[str, Any]) -> List[Any]:
-        from recforge.tuning.study import WORKER
+    def _ask(self, study: Any, n: int, space: Dict[str, Any], n_trials: int) -> List[Any]:
+        """Up to ``n`` new trials; one that another worker's simultaneous ask made surplus is told FAIL (marked
+        ``recforge.surplus``, never run) and not returned."""
+        from optuna.trial import TrialState
+
+        from recforge.tuning.study import SURPLUS, WORKER, is_surplus
 
         trials = []
         for _ in range(n):
@@ -307,6 +318,11 @@ class OptunaSweeper(Sweeper):
                 warnings.simplefilter("ignore")
                 trial = study.ask()
             trial.set_user_attr("worker", WORKER)
+            if is_surplus(study, trial, n_trials):
+                trial.set_user_attr(SURPLUS, True)
+                study.tell(trial, state=TrialState.FAIL)
+                log.info("trial %d not run: %d trials are already under way", trial.number, n_trials)
+                continue
             for name, distribution in space.items():
                 suggest(trial, name, distribution)
             trials.append(trial)

@@ -1,4 +1,7 @@
-"""A cache of prepared data (preprocessed, encoded and split) as Parquet files.
+"""A cache of prepared data (preprocessed, encoded and split) as uncompressed Arrow IPC (Feather) files.
+
+Uncompressed Arrow files are read by mapping them into memory, without decoding: a 20M-interaction split reads in
+a fraction of a second, where Parquet took seconds to decompress (the files are about three times larger).
 
 An entry is a folder ``<cache_dir>/prepared/<dataset>-<key>/`` keyed by a hash of the raw files' checksums,
 the source's settings, the preprocessing steps, the feedback kind and the split (plus the cold-start
@@ -17,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from pyarrow import feather
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: Arrow IPC files instead of Parquet
 PARTS = ("train", "val", "test", "fold_in")
 
 
@@ -33,7 +38,7 @@ def entry_dir(cache_dir: str | Path, name: str, key: str) -> Path:
 
 
 def write_entry(folder: Path, frames: dict[str, pd.DataFrame | None], meta: dict) -> None:
-    """Write ``frames`` (``<name>.parquet``) and ``meta.json`` atomically as the folder ``folder``."""
+    """Write ``frames`` (``<name>.arrow``) and ``meta.json`` atomically as the folder ``folder``."""
     if folder.is_dir():
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +47,8 @@ def write_entry(folder: Path, frames: dict[str, pd.DataFrame | None], meta: dict
         tmp.mkdir()
         for name, frame in frames.items():
             if frame is not None:
-                frame.to_parquet(tmp / f"{name}.parquet", index=False)
+                feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), tmp / f"{name}.arrow",
+                                      compression="uncompressed")
         (tmp / "meta.json").write_text(json.dumps(meta, default=_json_default, indent=1))
         try:
             os.rename(tmp, folder)
@@ -60,8 +66,10 @@ def read_entry(folder: Path) -> tuple[dict[str, pd.DataFrame], dict] | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        frames = {p.stem: pd.read_parquet(p) for p in folder.glob("*.parquet")}
-    except (OSError, ValueError):
+        # mapped, not copied: each column stays one read-only array (pandas' own to_numpy() is read-only too)
+        frames = {p.stem: feather.read_table(p, memory_map=True).to_pandas(split_blocks=True)
+                  for p in folder.glob("*.arrow")}
+    except (OSError, ValueError, pa.ArrowException):
         return None
     return frames, meta
 

@@ -18,7 +18,8 @@ from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
 from recforge.data.features import align_features, features_tensor
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
-from recforge.data.split import Split, check_split, isin
+from recforge.data.sorting import isin, lexsort, sort_keys
+from recforge.data.split import Split, check_split
 from recforge.errors import RecForgeError
 from recforge.utils.distributed import process_rank
 from recforge.utils.sparse import row_pointers
@@ -32,6 +33,20 @@ def _tensor(values: np.ndarray, dtype) -> torch.Tensor:
     return torch.from_numpy(values if values.flags.writeable else values.copy())
 
 
+def csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """``sp.csr_matrix((values, (rows, cols)), shape)`` in canonical form, built by one sort of the (row, col) keys
+    rather than SciPy's per-row sorts; SciPy's own path sums the values of repeated pairs."""
+    sorted_keys, order = sort_keys(rows * shape[1] + cols)
+    if len(sorted_keys) and (sorted_keys[1:] == sorted_keys[:-1]).any():
+        return sp.csr_matrix((values, (rows, cols)), shape=shape)
+    index = np.int32 if max(shape[1], len(sorted_keys)) < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(shape[0] + 1, index)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    matrix = sp.csr_matrix((values[order], (sorted_keys % shape[1]).astype(index), indptr), shape=shape)
+    matrix.has_sorted_indices = True
+    return matrix
+
+
 class RecDataModule(pl.LightningDataModule):
     """Loads a source, preprocesses it, splits it, checks the split and serves tensors.
 
@@ -39,7 +54,7 @@ class RecDataModule(pl.LightningDataModule):
     ids and deduplicate keeping the latest); ``implicit_threshold`` appends a rating threshold for the
     implicit view. ``cold_users`` / ``cold_items`` (``keep`` or ``drop``) say what happens to validation and
     test interactions of users/items unseen in training. With ``cache`` and a ``cache_dir``, the prepared
-    data is cached as Parquet keyed by the raw files' checksums and the whole data config.
+    data is cached as Arrow files keyed by the raw files' checksums and the whole data config.
 
     Training batches are ``(users, items, ratings)`` index slices. Ranking evaluation batches are chunks
     of users sized so that ``chunk * n_items <= max_scores_in_memory``, each carrying the chunk's items
@@ -138,6 +153,8 @@ class RecDataModule(pl.LightningDataModule):
         timings["data/load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         frame, id_maps, state = prepare(raw, self.feedback, self.implicit_threshold, self.preprocess)
+        # the raw table is not kept (bounded memory; a cache hit never reads it): ``raw`` keeps name, range, digests
+        raw.interactions = raw.interactions.iloc[:0]
         timings["data/preprocess_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         n_users, n_items = len(id_maps.users), len(id_maps.items)
@@ -148,8 +165,7 @@ class RecDataModule(pl.LightningDataModule):
                  for name, part in split.parts().items()}
         split = Split(parts["train"], parts["val"], parts["test"], parts.get("fold_in"), split.meta)
         timings["data/split_s"] = time.perf_counter() - t0
-        # the raw table is not kept (bounded memory; a cache hit never reads it): ``raw`` keeps name, range, digests
-        self.raw = RawData(raw.name, raw.interactions.iloc[:0], raw.rating_range, raw.checksums)
+        self.raw = RawData(raw.name, raw.interactions, raw.rating_range, raw.checksums)
         self.id_maps, self.split = id_maps, split
         self.n_users, self.n_items = n_users, n_items
         self.rating_scale, self.rating_offset, self.rating_range = state.rating_scale, state.rating_offset, \
@@ -228,8 +244,8 @@ class RecDataModule(pl.LightningDataModule):
     def _matrix(self, part: pd.DataFrame) -> sp.csr_matrix:
         values = part["rating"].to_numpy(np.float32)
         values = np.where(values == 0, np.float32(1e-6), values)  # keep explicit zeros as stored entries
-        return sp.csr_matrix((values, (part["user"].to_numpy(), part["item"].to_numpy())),
-                             shape=(self.n_users, self.n_items))
+        return csr(part["user"].to_numpy(np.int64), part["item"].to_numpy(np.int64), values,
+                   (self.n_users, self.n_items))
 
     def _eval_batches_for(self, part: pd.DataFrame, exclude: sp.csr_matrix) -> list:
         if self.feedback == "explicit":
@@ -258,7 +274,7 @@ class RecDataModule(pl.LightningDataModule):
         users = np.concatenate([p["user"].to_numpy(np.int64) for p in parts])
         items = np.concatenate([p["item"].to_numpy(np.int64) for p in parts])
         times = np.concatenate([p["timestamp"].to_numpy(np.int64) for p in parts])
-        order = np.lexsort((times, users))
+        order = lexsort((times, users))
         return users[order], items[order]
 
     def _keys(self, part: pd.DataFrame) -> np.ndarray:

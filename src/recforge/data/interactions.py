@@ -9,6 +9,7 @@ import pandas as pd
 
 from recforge.data.preprocess import (Deduplicate, DropMissing, PreprocessState, RatingThreshold, ValidateRatings,
                                       run_steps)
+from recforge.data.sorting import dense_codes
 from recforge.data.sources.base import RawData
 from recforge.errors import RecForgeError
 
@@ -71,11 +72,11 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps
             f"{raw.name}: no interactions left after preprocessing (datamodule.implicit_threshold={implicit_threshold}, "
             "datamodule.preprocess); relax the steps"
         )
-    user_codes, users = pd.factorize(frame["user"], sort=True)
-    item_codes, items = pd.factorize(frame["item"], sort=True)
+    user_codes, users = dense_codes(frame["user"])
+    item_codes, items = dense_codes(frame["item"])
     encoded = pd.DataFrame({
-        "user": user_codes.astype(np.int64),
-        "item": item_codes.astype(np.int64),
+        "user": user_codes,
+        "item": item_codes,
         "rating": frame["rating"].to_numpy(np.float32),
         "timestamp": frame["timestamp"].to_numpy(np.int64),
     })

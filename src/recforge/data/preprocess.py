@@ -1,8 +1,8 @@
 """Preprocessing as ordered, configurable steps (``datamodule.preprocess``, a list of ``_target_`` entries).
 
 Each step is a small class with explicit arguments; calling it with ``(frame, state)`` returns the new frame
-and records what it removed in ``state.report``. All steps are vectorised (sorting, ``bincount``,
-``factorize``); none loops over rows. ``spec()`` describes a step for cache keys.
+and records what it removed in ``state.report``. All steps are vectorised (:func:`recforge.data.sorting.lexsort`,
+``bincount``, ``factorize``); none loops over rows. ``spec()`` describes a step for cache keys.
 
 Rating normalisation records ``state.rating_scale`` / ``state.rating_offset`` so that
 ``original = normalised * scale + offset``; the datamodule exposes that inverse so RMSE is reported on the
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recforge.data.sorting import dense_codes, lexsort, sort_keys
 from recforge.errors import RecForgeError
 
 
@@ -132,31 +133,42 @@ class Deduplicate(Step):
     def __call__(self, frame: pd.DataFrame, state: PreprocessState) -> pd.DataFrame:
         if len(frame) == 0:
             return frame
-        user_codes, users = pd.factorize(frame["user"])
-        item_codes, _ = pd.factorize(frame["item"])
-        keys = user_codes.astype(np.int64) * (int(item_codes.max()) + 1) + item_codes
-        order = np.lexsort((frame["timestamp"].to_numpy(), keys))  # stable: equal times keep file order
+        keys = pair_keys(frame)
+        sorted_keys, by_key = sort_keys(keys)  # equal keys together, in file order
+        repeated = np.zeros(len(keys), bool)
+        repeated[1:] = sorted_keys[1:] == sorted_keys[:-1]
+        repeated[:-1] |= repeated[1:]
+        if not repeated.any():
+            return frame
+        rows = np.sort(by_key[repeated])  # only the rows of repeated pairs need ordering by time
+        order = rows[lexsort((frame["timestamp"].to_numpy()[rows], keys[rows]))]  # equal times keep file order
         sorted_keys = keys[order]
         boundary = np.ones(len(order), bool)
         boundary[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        if boundary.all():
-            return frame
         if self.keep == "first":
-            chosen = order[boundary]
+            chosen_mask = boundary
         else:
-            last = np.ones(len(order), bool)
-            last[:-1] = boundary[1:]
-            chosen = order[last]
-        out = frame.iloc[np.sort(chosen)].reset_index(drop=True)
+            chosen_mask = np.ones(len(order), bool)
+            chosen_mask[:-1] = boundary[1:]
+        keep = np.ones(len(keys), bool)
+        keep[rows] = False
+        keep[order[chosen_mask]] = True
+        out = frame[keep].reset_index(drop=True)
         if self.keep == "mean":
             group = np.cumsum(boundary) - 1
             sums = np.bincount(group, weights=frame["rating"].to_numpy(np.float64)[order])
-            counts = np.bincount(group)
-            means = pd.Series(sums / counts, index=sorted_keys[boundary])
-            out_keys = keys[np.sort(chosen)]
-            out["rating"] = means.reindex(out_keys).to_numpy(np.float32)
+            rating = frame["rating"].to_numpy(np.float64).copy()
+            rating[order[chosen_mask]] = sums / np.bincount(group)
+            out["rating"] = rating[keep].astype(np.float32)
         state.removed(self.key, len(frame), len(out))
         return out
+
+
+def pair_keys(frame: pd.DataFrame) -> np.ndarray:
+    """One int64 per row, equal exactly for rows of the same (user, item) pair."""
+    users, _ = dense_codes(frame["user"])
+    items, item_values = dense_codes(frame["item"])
+    return users * len(item_values) + items
 
 
 class RatingThreshold(Step):
@@ -188,8 +200,8 @@ class KCore(Step):
         self.user_k, self.item_k, self.max_iterations = int(user_k), int(item_k), int(max_iterations)
 
     def __call__(self, frame: pd.DataFrame, state: PreprocessState) -> pd.DataFrame:
-        users, _ = pd.factorize(frame["user"])
-        items, _ = pd.factorize(frame["item"])
+        users, _ = dense_codes(frame["user"])
+        items, _ = dense_codes(frame["item"])
         keep = np.ones(len(frame), bool)
         for _ in range(self.max_iterations):
             u, i = users[keep], items[keep]
@@ -260,8 +272,8 @@ class TimestampFeatures(Step):
         if "day" in self.features:
             new["ts_day"] = ((ts - ts.min(initial=0)) // 86400).astype(np.int32)
         if "user_rank" in self.features:
-            codes, _ = pd.factorize(frame["user"])
-            order = np.lexsort((ts, codes))
+            codes, _ = dense_codes(frame["user"])
+            order = lexsort((ts, codes))
             starts = np.searchsorted(codes[order], codes[order], side="left")
             rank = np.empty(len(ts), np.int32)
             rank[order] = np.arange(len(ts)) - starts

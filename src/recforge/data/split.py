@@ -2,7 +2,7 @@
 
 Every splitter is called with the encoded frame (contiguous ``user``/``item`` indices, ``rating``,
 ``timestamp``, and the dataset's ``part_<name>`` columns) and returns a :class:`Split`. Everything is
-vectorised (permutations, ``lexsort``, ``bincount``); nothing loops over users. :func:`check_split` runs
+vectorised (permutations, :func:`recforge.data.sorting.lexsort`, ``bincount``); nothing loops over users. :func:`check_split` runs
 after every split: it stops on leaks and counts (and optionally drops) cold users and items.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recforge.data.sorting import count_in, isin, lexsort  # noqa: F401 (isin: recforge.data.split.isin, as before)
 from recforge.errors import RecForgeError
 
 PART_PREFIX = "part_"
@@ -50,16 +51,6 @@ class Split:
 
 def _take(frame: pd.DataFrame, idx: np.ndarray) -> pd.DataFrame:
     return frame.iloc[np.sort(idx)].reset_index(drop=True)
-
-
-def isin(values: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """``np.isin`` by sorting and binary search (NumPy 2.4's hash-based ``isin``/``unique`` can be far slower
-    on large int64 keys)."""
-    members = np.sort(members, kind="stable")
-    if len(members) == 0:
-        return np.zeros(len(values), bool)
-    pos = np.minimum(np.searchsorted(members, values), len(members) - 1)
-    return members[pos] == values
 
 
 def n_distinct(values: np.ndarray, size: int) -> int:
@@ -109,7 +100,7 @@ def _user_positions(frame: pd.DataFrame, seed: int, by_time: bool) -> tuple[np.n
     users = frame["user"].to_numpy()
     tiebreak = np.random.default_rng(seed).random(len(frame))
     keys = (tiebreak, frame["timestamp"].to_numpy(), users) if by_time else (tiebreak, users)
-    order = np.lexsort(keys)
+    order = lexsort(keys)
     sorted_users = users[order]
     counts = np.bincount(sorted_users) if len(users) else np.zeros(0, np.int64)
     ends = np.cumsum(counts)
@@ -330,14 +321,14 @@ def check_no_leak(split: Split, n_items: int, leaks: dict[str, int] | None = Non
 def count_leaks(split: Split, n_items: int) -> dict[str, int]:
     train_keys = _keys(split.train, n_items)
     test_keys = _keys(split.test, n_items)
-    out = {name: int(isin(_keys(part, n_items), train_keys).sum())
+    out = {name: count_in(_keys(part, n_items), train_keys)
            for name, part in (("train_val", split.val), ("train_test", split.test))}
-    out["val_test"] = int(isin(test_keys, _keys(split.val, n_items)).sum()) if split.meta.get("validation") != "test" \
+    out["val_test"] = count_in(test_keys, _keys(split.val, n_items)) if split.meta.get("validation") != "test" \
         else 0  # a predefined split validated on its test set repeats the test pairs on purpose
     if split.fold_in is not None:
         fold_keys = _keys(split.fold_in, n_items)
-        out["fold_in_test"] = int(isin(test_keys, fold_keys).sum())
-        out["fold_in_val"] = int(isin(_keys(split.val, n_items), fold_keys).sum())
+        out["fold_in_test"] = count_in(test_keys, fold_keys)
+        out["fold_in_val"] = count_in(_keys(split.val, n_items), fold_keys)
     return out
 
 
@@ -379,7 +370,7 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
                             "(held-out interactions older than training ones); this is a bug in the splitter")
     if split.fold_in is not None:
         held_users = np.concatenate([split.val["user"].to_numpy(), split.test["user"].to_numpy()])
-        in_train = int(isin(held_users, split.train["user"].to_numpy()).sum())
+        in_train = count_in(held_users, split.train["user"].to_numpy())
         report["data/heldout_users_in_train"] = float(in_train)
         if in_train:
             raise RecForgeError(f"split leak: {in_train} held-out users also have training interactions")

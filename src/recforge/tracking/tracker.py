@@ -21,6 +21,20 @@ def sqlite_store_uri(log_dir: str | os.PathLike) -> str:
     return f"sqlite:///{Path(log_dir).expanduser().resolve()}/mlflow.db"
 
 
+def mlflow_client(uri: str):
+    """``MlflowClient(uri)``. A SQLite store is opened under a lock file beside it: processes that start together
+    (sweep workers) would otherwise race to create its tables, and the loser fails in MLflow's migrations."""
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    with open(f"{uri[len('sqlite:///'):]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        return MlflowClient(uri)
+
+
 class MLflowTracker:
     """Owns the MLflow run of one training run.
 
@@ -122,10 +136,15 @@ class MLflowTracker:
         schema, and the part sizes as the input's tags."""
         import mlflow
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest)
         tags = [InputTag("mlflow.data.context", "training"), *(InputTag(k, str(v)) for k, v in counts.items())]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=tags)])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=tags)]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException:   # another run (a sweep worker) stored the same dataset at the same instant
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

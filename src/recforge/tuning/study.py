@@ -25,7 +25,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from recforge.errors import RecForgeError
 from recforge.utils.process import ProcessId
@@ -37,8 +37,10 @@ JOURNAL_SUFFIXES = (".log", ".jsonl", ".journal")
 PRUNER_ATTR = "recforge.pruner"
 PARENT_RUN_ATTR = "recforge.mlflow_parent_run_id"
 FAIL_REASON = "fail_reason"
+SURPLUS = "recforge.surplus"   # a trial asked when n_trials others were already under way: never run
 
 _memory_storage = None
+T = TypeVar("T")
 
 
 def is_journal(storage: str) -> bool:
@@ -98,21 +100,32 @@ def open_storage(storage: str | None, heartbeat_interval: int | None = None, gra
                 kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=max_retry)
             else:
                 kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+
+    def rdb_storage():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
+
+    try:
+        return despite_racers(rdb_storage)
+    except ImportError as exc:
+        raise RecForgeError(f"hydra.sweeper.storage={display_storage(storage)}: {exc}; install the database "
+                            "driver (e.g. pip install psycopg2-binary for PostgreSQL)") from None
+
+
+def despite_racers(create: Callable[[], T], attempts: int = 8) -> T:
+    """``create()`` (a store on a database: Optuna's, MLflow's), tried again a little later when it fails with a
+    database or migration error: workers starting together race to create the schema, and the loser finds it made."""
+    from alembic.util.exc import CommandError
     from sqlalchemy.exc import DBAPIError
 
-    for attempt in range(5):
+    for attempt in range(attempts - 1):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                warnings.simplefilter("ignore", FutureWarning)
-                return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
-        except ImportError as exc:
-            raise RecForgeError(f"hydra.sweeper.storage={display_storage(storage)}: {exc}; install the database "
-                                "driver (e.g. pip install psycopg2-binary for PostgreSQL)") from None
-        except DBAPIError:   # workers starting together race to create the schema: the loser finds it made
-            if attempt == 4:
-                raise
+            return create()
+        except (DBAPIError, CommandError):
             time.sleep(0.5 * (attempt + 1))
+    return create()
 
 
 def heartbeat_enabled(storage) -> bool:
@@ -177,10 +190,11 @@ def study_name_for(task_name: str, model: str | None, data: str | None, definiti
 class TrialCounts:
     complete: int = 0
     pruned: int = 0
-    failed: int = 0          # all FAIL trials
+    failed: int = 0          # FAIL trials that ran (or were meant to): failed as data, or their worker died
     failed_data: int = 0     # FAIL trials that ran and failed (NaN, OOM, invalid combination): they count
     running: int = 0
     waiting: int = 0
+    surplus: int = 0         # asked by a worker after n_trials others were under way, and never run
 
     @property
     def done(self) -> int:
@@ -197,6 +211,8 @@ def count_trials(study) -> TrialCounts:
             counts.complete += 1
         elif t.state == TrialState.PRUNED:
             counts.pruned += 1
+        elif t.state == TrialState.FAIL and SURPLUS in t.user_attrs:
+            counts.surplus += 1
         elif t.state == TrialState.FAIL:
             counts.failed += 1
             counts.failed_data += FAIL_REASON in t.user_attrs
@@ -205,6 +221,21 @@ def count_trials(study) -> TrialCounts:
         elif t.state == TrialState.WAITING:
             counts.waiting += 1
     return counts
+
+
+def is_surplus(study, trial, n_trials: int) -> bool:
+    """Whether ``trial``, just asked, would be one too many: ``n_trials`` trials numbered before it already count or
+    may still (complete, pruned, failed as data, running, waiting).
+
+    Two workers that see one free slot at the same instant both ask; the storage numbers their trials in order, so
+    the later one finds the earlier one here and is not run, and the study ends with exactly ``n_trials``.
+    """
+    from optuna.trial import TrialState
+
+    under_way = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    ahead = sum(1 for t in study.get_trials(deepcopy=False) if t.number < trial.number and (
+        t.state in under_way or (t.state == TrialState.FAIL and FAIL_REASON in t.user_attrs)))
+    return ahead >= n_trials
 
 
 def reap_dead_trials(study, max_retry: int | None) -> list:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recforge.tracking.tracker import MLflowTracker
-from recforge.tuning.study import PARENT_RUN_ATTR
+from recforge.tracking.tracker import MLflowTracker, mlflow_client
+from recforge.tuning.study import PARENT_RUN_ATTR, despite_racers
 
 log = logging.getLogger("recforge.tuning")
 
@@ -26,11 +26,9 @@ class StudyRuns:
     """Parent and child MLflow runs of one study, in the same store the training runs use."""
 
     def __init__(self, uri: str | None = None, experiment_name: str = "recforge", log_dir: str = "logs") -> None:
-        from mlflow import MlflowClient
-
         tracker = MLflowTracker(uri=uri, experiment_name=experiment_name, log_dir=log_dir, log_model=False)
         self.uri = tracker.uri
-        self.client = MlflowClient(tracker.uri)
+        self.client = despite_racers(lambda: mlflow_client(tracker.uri))   # workers sharing one new store
         self.experiment_id = self._experiment(experiment_name, tracker.artifact_location)
         self.parent_id: str | None = None
 
@@ -47,11 +45,18 @@ class StudyRuns:
                 time.sleep(0.2)
         raise RuntimeError(f"cannot create MLflow experiment {name!r}")
 
-    def start_parent(self, study, params: dict[str, Any]) -> str:
-        """The study's parent run: reused when the study already has one (resume, other workers)."""
+    def start_parent(self, study, params: dict[str, Any], wait: float = 0.0) -> str:
+        """The study's parent run: reused when the study already has one (resume, other workers).
+
+        Only the worker that created the study creates it; the others (``wait`` > 0) wait up to ``wait`` seconds
+        for it to appear before they make one themselves (its creator died, or ran without MLflow)."""
         from mlflow.entities import Param
 
+        deadline = time.monotonic() + wait
         existing = study.user_attrs.get(PARENT_RUN_ATTR)
+        while existing is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            existing = study.user_attrs.get(PARENT_RUN_ATTR)
         if existing and self._exists(existing):
             self.parent_id = existing
             self.client.update_run(existing, status="RUNNING")

@@ -19,7 +19,7 @@ import pandas as pd
 
 from recforge.data.readers import read_delimited, read_table, standardise
 from recforge.data.sources.base import PART_PREFIX, FileSource, RawData
-from recforge.data.split import isin
+from recforge.data.sorting import isin
 from recforge.errors import RecForgeError
 
 BASE_URL = "https://files.grouplens.org/datasets/movielens"
