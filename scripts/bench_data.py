@@ -1,6 +1,7 @@
 """Benchmark data preparation: load + preprocess + split (+ tensors), uncached then cached, time and peak RSS.
 
     python scripts/bench_data.py --rows 20000000            # synthetic file from gen_interactions.py
+    python scripts/bench_data.py --rows 20000000 --preprocess full --splits all   # every step, every split
     python scripts/bench_data.py --datasets /work/shared/datasets   # the real datasets, one row each
 
 Each measurement runs in a fresh process (so peak RSS is its own); the first run of a configuration fills
@@ -28,22 +29,40 @@ DATASETS = {  # name -> (source factory expression, split expression)
     "gowalla": ("LightGCNData('gowalla', data_dir=D, cache_dir=C)", "PredefinedSplit('lightgcn')"),
     "amazon-2018/All_Beauty": ("Amazon2018('All_Beauty', data_dir=D, cache_dir=C)", "LeaveOneOutSplit()"),
 }
+SPLITS = {  # conf/split name -> expression (the predefined splits need their own files)
+    "random": "RandomSplit()",
+    "leave_one_out": "LeaveOneOutSplit()",
+    "per_user_temporal": "PerUserTemporalSplit()",
+    "per_user_ratio": "PerUserRatioSplit()",
+    "temporal": "TemporalSplit()",
+    "strong_generalization": "StrongGeneralizationSplit()",
+    "kfold": "KFoldSplit()",
+}
+PREPROCESS = {  # --preprocess name -> steps
+    "basic": "[DropMissing(), Deduplicate('last')]",
+    "kcore": "[DropMissing(), Deduplicate('last'), KCore(5, 5)]",
+    "full": "[DropMissing(), ValidateRatings(), Deduplicate('last'), RatingThreshold(3.5, implicit_only=False), "
+            "KCore(5, 5), NormalizeRatings()]",
+}
 
 
 def child(spec: dict) -> None:
     from recforge.data.datamodule import RecDataModule
-    from recforge.data.preprocess import Deduplicate, DropMissing, KCore
+    from recforge.data.preprocess import (  # noqa: F401 - used by the expressions
+        Deduplicate, DropMissing, KCore, NormalizeRatings, RatingThreshold, ValidateRatings)
     from recforge.data.sources.amazon import Amazon2018  # noqa: F401
     from recforge.data.sources.lastfm import LastFMHetRec  # noqa: F401
     from recforge.data.sources.lightgcn import LightGCNData  # noqa: F401
     from recforge.data.sources.movielens import MovieLens, MovieLens100K  # noqa: F401
     from recforge.data.sources.tabular import TabularSource  # noqa: F401
-    from recforge.data.split import LeaveOneOutSplit, PredefinedSplit, RandomSplit  # noqa: F401
+    from recforge.data.split import (  # noqa: F401
+        KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit, PerUserTemporalSplit, PredefinedSplit, RandomSplit,
+        StrongGeneralizationSplit, TemporalSplit)
 
     D, C = spec["data_dir"], spec["cache_dir"]  # noqa: N806 - used by the expressions
     started = time.perf_counter()
     source = eval(spec["source"])  # noqa: S307 - expressions from this file
-    steps = [DropMissing(), Deduplicate("last")] + ([KCore(5, 5)] if spec.get("kcore") else [])
+    steps = eval(PREPROCESS[spec.get("preprocess", "basic")])  # noqa: S307
     dm = RecDataModule(source, eval(spec["split"]), preprocess=steps, cache_dir=C)  # noqa: S307
     dm.setup()
     total = time.perf_counter() - started
@@ -76,7 +95,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=0, help="benchmark a synthetic file of this many rows")
     parser.add_argument("--file", type=Path, default=None, help="the synthetic file (generated when missing)")
-    parser.add_argument("--kcore", action="store_true", help="add a 5-core step")
+    parser.add_argument("--preprocess", choices=sorted(PREPROCESS), default="basic",
+                        help="basic: drop missing, dedup; kcore: + 5-core; full: + rating checks, a threshold "
+                             "of 3.5, 5-core and normalisation")
+    parser.add_argument("--splits", nargs="+", default=["random"], metavar="SPLIT",
+                        help=f"for --rows: any of {', '.join(SPLITS)}, or all")
     parser.add_argument("--datasets", type=Path, default=None, help="benchmark the real datasets in this folder")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -98,10 +121,16 @@ def main() -> None:
                             "--out", str(path)], check=True)
         source = f"TabularSource({str(path)!r}, {{'user': 'user', 'item': 'item', 'rating': 'rating', " \
                  f"'timestamp': 'timestamp'}}, name='synthetic-{args.rows}', cache_dir=C)"
-        spec = {"source": source, "split": "RandomSplit()", "data_dir": "", "cache_dir": str(cache),
-                "kcore": args.kcore}
-        cold, warm = measure(spec), measure(spec)
-        print(row(f"synthetic {args.rows:,} rows{' + 5-core' if args.kcore else ''}", cold, warm), flush=True)
+        names = list(SPLITS) if args.splits == ["all"] else args.splits
+        for name in names:
+            if name not in SPLITS:
+                raise SystemExit(f"--splits: unknown split {name!r}; choose from {', '.join(SPLITS)} or all")
+            spec = {"source": source, "split": SPLITS[name], "data_dir": "", "cache_dir": str(cache),
+                    "preprocess": args.preprocess}
+            shutil.rmtree(cache, ignore_errors=True)  # each split's first run reads the raw file again
+            cold, warm = measure(spec), measure(spec)
+            steps = "" if args.preprocess == "basic" else f", {args.preprocess} preprocessing"
+            print(row(f"synthetic {args.rows:,} rows, {name}{steps}", cold, warm), flush=True)
     if args.cache_dir is None:
         shutil.rmtree(cache, ignore_errors=True)
 
