@@ -355,6 +355,8 @@ def test_served_history_models_read_every_known_interaction(tiny_cfg, model):
 
 
 ALL_MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
+SMALL_DATA = {  # the tiny data has 60 items: fewer negatives than SimpleX's 1,000 and UltraGCN's 200
+    "simplex": ["loss.num_negatives=20"], "ultragcn": ["loss.num_negatives=20"]}
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)
@@ -363,7 +365,7 @@ def test_every_model_trains_one_epoch_end_to_end_and_ships(tiny_cfg, model):
     the run tests, and its bundle reloads and recommends."""
     from recforge.tracking.bundle import Bundle
 
-    cfg = tiny_cfg(f"model={model}", "trainer.max_epochs=1")
+    cfg = tiny_cfg(f"model={model}", "trainer.max_epochs=1", *SMALL_DATA.get(model, []))
     metrics = train(cfg)
     assert np.isfinite(metrics[cfg.monitor]) and np.isfinite(metrics[cfg.monitor.replace("val/", "test/")])
     bundle = Bundle.load(Path(cfg.paths.output_dir) / "model")
