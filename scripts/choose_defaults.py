@@ -1,7 +1,8 @@
 """Choose a model's defaults by a documented, reproducible procedure (docs/defaults.md): every candidate setting of a
 grid is trained on every (dataset, split) with early stopping, scored on VALIDATION (never test), ranked within each
 (dataset, split), and the candidate with the best mean rank wins; a candidate that is best on one dataset but poor on
-another loses to one that is good everywhere.
+another loses to one that is good everywhere. Equal mean ranks are told apart by the mean share of the best
+validation value each candidate reaches per (dataset, split): a narrow loss counts less than a wide one.
 
     RECFORGE_DATA_DIR=../shared/datasets python scripts/choose_defaults.py --model bpr \\
         --grid optimizer.lr=0.001,0.005 model.init_std=0.01,0.1 \\
@@ -56,19 +57,23 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
             "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1)}
 
 
-def mean_ranks(rows: list[dict]) -> list[tuple[float, tuple[str, ...], dict]]:
-    """``(mean rank, candidate, {setting: val})`` best first; ranks are 1 = best validation within a setting."""
+def mean_ranks(rows: list[dict]) -> list[tuple[float, float, tuple[str, ...], dict]]:
+    """``(mean rank, mean share of the best, candidate, {setting: val})`` best first. Ranks are 1 = best validation
+    within a setting; the share is val / the setting's best val, averaged, and breaks ties in mean rank."""
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
-    ranks = {c: [] for c in cands}
+    ranks: dict[tuple[str, ...], list[int]] = {c: [] for c in cands}
+    shares: dict[tuple[str, ...], list[float]] = {c: [] for c in cands}
     for setting in settings:
         scored = sorted((c for c in cands if (*setting, c) in by), key=lambda c: -by[(*setting, c)])
+        best = by[(*setting, scored[0])]
         for rank, c in enumerate(scored, 1):
             ranks[c].append(rank)
-    out = [(sum(r) / len(r), c, {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
+            shares[c].append(by[(*setting, c)] / best if best else 1.0)
+    out = [(sum(r) / len(r), sum(shares[c]) / len(r), c, {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
            for c, r in ranks.items() if len(r) == len(settings)]
-    return sorted(out, key=lambda t: t[0])
+    return sorted(out, key=lambda t: (t[0], -t[1]))
 
 
 def main() -> None:
@@ -101,13 +106,13 @@ def main() -> None:
     table = mean_ranks(rows)
     if not table:
         return
-    settings = list(table[0][2])
+    settings = list(table[0][3])
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
           f"({rows[0]['monitor']})\n")
-    print("| mean rank | candidate | " + " | ".join(settings) + " |")
-    print("|---:|---|" + "---:|" * len(settings))
-    for rank, cand, vals in table:
-        print(f"| {rank:.2f} | `{' '.join(cand) or '(defaults)'}` | "
+    print("| mean rank | share of best | candidate | " + " | ".join(settings) + " |")
+    print("|---:|---:|---|" + "---:|" * len(settings))
+    for rank, share, cand, vals in table:
+        print(f"| {rank:.2f} | {share:.3f} | `{' '.join(cand) or '(defaults)'}` | "
               + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values()) + " |")
 
 

@@ -1,0 +1,39 @@
+"""``scripts/choose_defaults.py`` ranks candidates on validation within each (dataset, split), by mean rank, and
+breaks a tie in mean rank by the mean share of each setting's best validation value."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "choose_defaults.py"
+_spec = importlib.util.spec_from_file_location("choose_defaults", SCRIPT)
+choose_defaults = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(choose_defaults)
+
+
+def rows(table: dict[str, dict[str, float]]) -> list[dict]:
+    """{candidate: {"data/split": val}} -> the script's JSON-lines rows."""
+    return [{"data": setting.split("/")[0], "split": setting.split("/")[1], "candidate": cand.split(), "val": val,
+             "test_ndcg_at_10": 1.0}  # test values play no part
+            for cand, vals in table.items() for setting, val in vals.items()]
+
+
+def test_mean_rank_prefers_good_everywhere_over_best_once():
+    table = choose_defaults.mean_ranks(rows({
+        "lr=a": {"d1/s": 0.30, "d2/s": 0.10, "d3/s": 0.10},   # ranks 1, 3, 3: mean 2.33
+        "lr=b": {"d1/s": 0.29, "d2/s": 0.20, "d3/s": 0.20},   # ranks 2, 1, 1: mean 1.33
+        "lr=c": {"d1/s": 0.10, "d2/s": 0.15, "d3/s": 0.15},   # ranks 3, 2, 2: mean 2.33
+    }))
+    # the tie between a and c: a reaches (1 + 0.5 + 0.5) / 3 = 0.667 of the best, c (1/3 + 0.75 + 0.75) / 3 = 0.611
+    assert [c for _, _, c, _ in table] == [("lr=b",), ("lr=a",), ("lr=c",)]
+    assert [round(r, 2) for r, _, _, _ in table] == [1.33, 2.33, 2.33]
+    assert table[1][1] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert table[2][1] == pytest.approx((0.10 / 0.30 + 0.75 + 0.75) / 3)
+
+
+def test_a_candidate_missing_a_setting_is_left_out():
+    table = choose_defaults.mean_ranks(rows({"x=1": {"d1/s": 0.2, "d2/s": 0.2}, "x=2": {"d1/s": 0.3}}))
+    assert [c for _, _, c, _ in table] == [("x=1",)]
