@@ -61,6 +61,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "ials128": [*_GOWALLA, "model=ials", "model.factors=128"],  # tried after 64 (no validation set here)
     "ials256": [*_GOWALLA, "model=ials", "model.factors=256"],
     "ials512": [*_GOWALLA, "model=ials", "model.factors=512"],
+    "ease": [*_GOWALLA, "model=ease"],  # closed form at the default l2_reg (500), nothing chosen; ~14 GB float32
+    "rp3beta": [*_GOWALLA, "model=rp3beta"],  # closed form at its defaults, nothing chosen
     "bpr": ["experiment=gowalla_bpr"],  # early stopping on a validation part carved from the training file
     "lightgcn": ["experiment=gowalla_lightgcn"],  # the paper's protocol, 1,000 epochs: a GPU run
     "lightgcn_large_batch": ["experiment=gowalla_lightgcn_large_batch"],  # batch 16,384, lr 0.008 cosine, 600 epochs: ~75 min on 2 cores

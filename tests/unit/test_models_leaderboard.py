@@ -298,3 +298,27 @@ def test_ease_float32_and_float64_give_the_same_top_k():
     everyone = torch.arange(n_users)
     s32, s64 = models["float32"].score_all(everyone), models["float64"].score_all(everyone)
     assert torch.equal(s32.topk(10, dim=1).indices, s64.topk(10, dim=1).indices)
+
+
+def test_ease_auto_dtype_follows_the_catalogue_not_the_machine(monkeypatch):
+    from recforge.models import ease as ease_module
+
+    assert EASE(10, 600).dtype == "float64"
+    monkeypatch.setattr(ease_module, "AUTO_FLOAT32_ITEMS", 600)  # the threshold, without a 20k x 20k buffer
+    assert EASE(10, 599).dtype == "float64" and EASE(10, 600).dtype == "float32"
+    assert EASE(10, 600, dtype="float64").dtype == "float64"
+    with pytest.raises(ValueError, match="auto, float32 or float64"):
+        EASE(10, 600, dtype="half")
+
+
+def test_ease_says_which_setting_to_change_before_a_solve_that_does_not_fit(monkeypatch):
+    from recforge.models import ease as ease_module
+
+    users, items = random_pairs(50, 600, 2_000, seed=5)
+    model = EASE(50, 600, dtype="float64")
+    monkeypatch.setattr(ease_module, "available_memory", lambda: 1 << 20)  # 1 MB free
+    with pytest.raises(MemoryError, match=r"float64 solve at 600 items needs .* set model.dtype=float32"):
+        model.fit(users, items, torch.ones(len(users)))
+    monkeypatch.setattr(ease_module, "available_memory", lambda: None)  # no /proc/meminfo: no check
+    model.fit(users, items, torch.ones(len(users)))
+    assert torch.all(model.weights.diagonal() == 0) and model.weights.abs().max() > 0

@@ -15,6 +15,19 @@ from recforge.models.base import RowInputRecommender
 from recforge.utils.sparse import csr_indices
 
 CHUNK_ELEMENTS = 1 << 26  # 256 MB of float32: the dense column block a chunked sparse product holds at once
+AUTO_FLOAT32_ITEMS = 20_000  # dtype="auto" solves in float32 from this many items (float64: 12 n^2 bytes = 4.8 GB)
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can use (``MemAvailable``), or None where it does not say."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def interaction_matrix(users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int,
@@ -94,8 +107,11 @@ class EASE(HistoryRecommender):
 
     * ``float32`` solves in the weights' own buffer: one ``n x n`` float32 matrix (4 n^2 bytes), plus the column
       blocks of the Gram product (at most 2 x 256 MB) and of the mirroring (``n x 1024``).
-    * ``float64`` (the default, as before) solves in a float64 matrix that is then copied into the weights:
-      12 n^2 bytes.
+    * ``float64`` solves in a float64 matrix that is then copied into the weights: 12 n^2 bytes.
+    * ``auto`` (the default): float64 below 20,000 items (ML-100K, Last.fm: results as before), float32 from
+      there (Gowalla). The choice depends on the catalogue only, never on the machine, so a run is the same
+      everywhere; a solve that would not fit in the memory the kernel reports available stops with an error
+      naming ``model.dtype`` before it allocates (LAPACK killed by the kernel, or crashing, says nothing).
 
     Peak memory above the model before ``fit``, measured at 4,000 items (6,000 users, 300k interactions, 16 MB
     column blocks; the matrix is 61 MB): float32 108 MB, float64 218 MB (the previous float64 fit, two float64
@@ -106,17 +122,25 @@ class EASE(HistoryRecommender):
     test_models_leaderboard.py``)."""
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
-                 l2_reg: float = 500.0, dtype: str = "float64") -> None:
+                 l2_reg: float = 500.0, dtype: str = "auto") -> None:
         super().__init__(n_users, n_items, interactions)
         if l2_reg <= 0:
             raise ValueError("l2_reg must be positive")
-        if dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        if dtype not in ("auto", "float32", "float64"):
+            raise ValueError(f"dtype must be auto, float32 or float64, got {dtype!r}")
+        if dtype == "auto":
+            dtype = "float32" if n_items >= AUTO_FLOAT32_ITEMS else "float64"
         self.l2_reg, self.dtype = l2_reg, dtype
         self.register_buffer("weights", torch.zeros(n_items, n_items))
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         device = self.weights.device
+        need = (8 if self.dtype == "float64" else 0) * self.n_items**2 + 2 * CHUNK_ELEMENTS * 4
+        free = available_memory() if device.type == "cpu" else None
+        if free is not None and need > free:
+            raise MemoryError(f"EASE's {self.dtype} solve at {self.n_items:,} items needs {need / 2**30:.1f} GB more "
+                              f"and {free / 2**30:.1f} GB is available; set model.dtype=float32 (4 n^2 bytes) "
+                              "or run on a machine with more memory")
         x = self.set_history(users, items, device)
         solve = self.weights if self.dtype == "float32" else torch.empty(self.n_items, self.n_items,
                                                                          dtype=torch.float64, device=device)
