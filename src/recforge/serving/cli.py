@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request body in KiB; a larger one gets a 413 (default 1024)")
     parser.add_argument("--max-list-items", type=int, default=10_000,
                         help="most ids in allow_items/deny_items; more get a 400 (default 10000)")
+    parser.add_argument("--max-history-items", type=int, default=1_000,
+                        help="most item ids in a session request's history; more get a 400 (default 1000)")
     parser.add_argument("--poll-seconds", type=float, default=0.0,
                         help="re-resolve a models:/ alias every N seconds and reload when it moves (0: off)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
@@ -56,7 +58,8 @@ def _check_args(args: argparse.Namespace) -> None:
             ("--score-cache-mb", args.score_cache_mb, 0, " (0 turns the cache off)"),
             ("--log-backups", args.log_backups, 0, " (0 keeps no rotated log)"),
             ("--log-max-mb", args.log_max_mb, 0.01, ""),
-            ("--max-body-kb", args.max_body_kb, 1, ""), ("--max-list-items", args.max_list_items, 1, "")):
+            ("--max-body-kb", args.max_body_kb, 1, ""), ("--max-list-items", args.max_list_items, 1, ""),
+            ("--max-history-items", args.max_history_items, 1, "")):
         if value < low:
             raise RecForgeError(f"{flag} {value} must be >= {low}{hint}")
 
@@ -87,7 +90,7 @@ def build_service(args: argparse.Namespace) -> tuple[Service, str | None]:
     log.info("serving %s (%d users, %d items) on http://%s:%d; request log: %s; admin: %s", model.ref.model_id,
              model.n_users, model.n_items, args.host, args.port, log_path or "off", "on" if token else "off")
     return Service(model, tracking_uri, request_log, args.poll_seconds, args.score_cache_mb, args.max_body_kb << 10,
-                   args.max_list_items), token
+                   args.max_list_items, args.max_history_items), token
 
 
 def run(app, args: argparse.Namespace, http=None) -> None:

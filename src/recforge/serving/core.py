@@ -24,6 +24,8 @@ from recforge.tracking.bundle import Bundle
 # the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
 MAX_REASONS = 100  # reasons per explained item a request may ask for
+HISTORY_MODELS = ("sequential: SASRec, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
+                  "autoencoders: Mult-VAE, RecVAE")
 
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -71,6 +73,17 @@ def topk_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     top, values = candidates[order], values[order]
     finite = np.isfinite(values)
     return (top, values) if finite.all() else (top[finite], values[finite])
+
+
+def _filtered(scores: np.ndarray, allow: np.ndarray | None, deny: np.ndarray | None) -> np.ndarray:
+    """``scores`` with every column outside ``allow`` (when given) and in ``deny`` set to ``-inf``."""
+    if allow is not None:
+        kept = np.full_like(scores, -np.inf)
+        kept[allow] = scores[allow]
+        scores = kept
+    if deny is not None:
+        scores[deny] = -np.inf
+    return scores
 
 
 class ServedModel:
@@ -152,18 +165,42 @@ class ServedModel:
                 scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
             if exclude_seen:
                 scores[self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]]] = -np.inf
-        if allow is not None:
-            kept = np.full_like(scores, -np.inf)
-            kept[allow] = scores[allow]
-            scores = kept
-        if deny is not None:
-            scores[deny] = -np.inf
+        scores = _filtered(scores, allow, deny)
         rerank = self.reranker is not None and row is not None
         top, values = topk_row(scores, max(k, self.reranker.n_candidates) if rerank else k)
         if rerank and len(top):
             top, values = (t[0].numpy() for t in self.reranker(self._rows[row:row + 1], torch.from_numpy(top)[None],
                                                                torch.from_numpy(values)[None], k))
         return [self.item_ids[i] for i in top.tolist()], values.tolist(), row is None
+
+    @torch.inference_mode()
+    def recommend_history(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True,
+                          allow_items: Sequence[Any] | None = None, deny_items: Sequence[Any] | None = None
+                          ) -> tuple[list[Any], list[float], bool, int]:
+        """Top-``k`` ``(items, scores, fallback, unknown)`` for an anonymous user known by ``history`` (raw item ids,
+        oldest first): the model's :meth:`score_histories` of the known items, with ``exclude_seen`` leaving the
+        history's items out. Unknown ids are dropped and their number is ``unknown``; a history with no known item
+        gets the most popular items with ``fallback`` true, as an unknown user does. The run's re-ranker is not
+        applied (it reads known users). A model that cannot score a history is a 400 naming the models that can."""
+        if not getattr(self.model, "answers_histories", False):
+            raise InvalidRequest(f"history: {type(self.model).__name__} cannot score a history without a user; send "
+                                 f"a user id, or serve a model that can ({HISTORY_MODELS})")
+        self.check_k(k)
+        allow = self.item_columns(allow_items, "allow_items") if allow_items is not None else None
+        deny = self.item_columns(deny_items, "deny_items") if deny_items else None
+        columns = [_find(self._items, self._int_items, raw) for raw in history]
+        known = np.asarray([c for c in columns if c is not None], dtype=np.int64)
+        if not len(known):
+            scores = self._popularity.copy()
+        else:
+            indptr = torch.tensor([0, len(known)])
+            scores = self.model.score_histories(indptr, torch.from_numpy(known))[0]
+            scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
+            if exclude_seen:
+                scores[known] = -np.inf
+        scores = _filtered(scores, allow, deny)
+        top, values = topk_row(scores, k)
+        return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), len(columns) - len(known)
 
     def check_reasons(self, n_reasons: int) -> None:
         if not 1 <= n_reasons <= MAX_REASONS:
@@ -234,6 +271,8 @@ class ServedModel:
         self.recommend(user.item() if hasattr(user, "item") else user, k=min(10, self.n_items))
         if self.n_items > 1:
             self.similar_items(self.item_ids[0], k=1)
+        if getattr(self.model, "answers_histories", False) and self.n_items:
+            self.recommend_history(self.item_ids[:1], k=1)
 
     def info(self) -> dict[str, Any]:
         return {**self.ref.to_dict(), "n_users": self.n_users, "n_items": self.n_items,

@@ -33,12 +33,13 @@ class Service:
 
     def __init__(self, model: ServedModel, tracking_uri: str | None = None, log: RequestLog | None = None,
                  poll_seconds: float = 0.0, score_cache_mb: float = 0.0, max_body_bytes: int = 1 << 20,
-                 max_list_items: int = 10_000) -> None:
+                 max_list_items: int = 10_000, max_history_items: int = 1_000) -> None:
         self.model = model
         self.score_cache_mb = score_cache_mb
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
         self.max_body_bytes, self.max_list_items = max_body_bytes, max_list_items
+        self.max_history_items = max_history_items
         self.metrics = Metrics()
         self.metrics.set_model(model)
         self.log = log or RequestLog(None)
