@@ -22,6 +22,10 @@
   each row in time order), ``(B, n_items)``: a session request to the service. Models that can (sequential models
   from their sequence encoder, item-item models from the history row times their item-item weights, row
   autoencoders from the history row) set ``answers_histories = True``; the others raise.
+* ``retrieval_items()`` / ``retrieval_queries(users)``: dot-product models (MF/BPR-MF, UltraGCN, SVD++, LightGCN,
+  NGCF, SimpleX, iALS, the sequential models' last state) return ``(n_items, d)`` item and ``(B, d)`` user vectors
+  whose inner products are ``score_all``'s scores (biases ride in extra dimensions), which an ANN index (:mod:`recforge.retrieval.ann`) searches. ``None`` (the default): the model
+  is not a dot product and has no index.
 * ``regularization(users, items)`` is a penalty added to the loss of each interaction batch (``items`` are the
   batch's candidates, positives first); the default is none.
 """
@@ -57,6 +61,15 @@ class Recommender(nn.Module):
     def item_vectors(self) -> torch.Tensor | None:
         """``(n_items, d)`` item representations (e.g. embeddings), or ``None`` when the model has none."""
         return None
+
+    def retrieval_items(self) -> torch.Tensor | None:
+        """``(n_items, d)`` item vectors such that ``retrieval_queries(users) @ retrieval_items().T`` equals
+        ``score_all(users)``; ``None`` when the model's scores are no such dot product."""
+        return None
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` query vectors of ``users`` for :meth:`retrieval_items` (dot-product models only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no retrieval vectors")
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
@@ -196,7 +209,21 @@ class SequentialRecommender(WholeRowRecommender):
     def score_recent(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
         """``(B, n_items)`` from ``(B, context_length)`` latest items (left-padded); ``users`` is ``None`` for
         anonymous histories (:meth:`score_histories`), which only models with user embeddings read."""
-        return self.item_logits(self.encode(recent, users)[:, -1])
+        return self.item_logits(self.last_state(recent, users))
+
+    def last_state(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """``(B, d)``: the hidden state that :meth:`item_logits` scores against the items."""
+        return self.encode(recent, users)[:, -1]
+
+    def retrieval_items(self) -> torch.Tensor:
+        """The output item vectors, with the item bias as one more dimension where :meth:`item_logits` adds one."""
+        bias = getattr(self, "output_bias", None)
+        weights = self.output_embeddings()
+        return weights if bias is None else torch.cat([weights, bias.unsqueeze(1)], dim=1)
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        state = self.last_state(self.recent_items(users, self.context_length), users)
+        return state if getattr(self, "output_bias", None) is None else with_ones(state)
 
     def score_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The latest ``context_length`` items of each history, encoded as a known user's sequence is."""
@@ -206,6 +233,11 @@ class SequentialRecommender(WholeRowRecommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self.output_embeddings()
+
+
+def with_ones(vectors: torch.Tensor) -> torch.Tensor:
+    """``vectors`` with a last column of ones: the query side of an item bias carried as an extra dimension."""
+    return torch.cat([vectors, vectors.new_ones(len(vectors), 1)], dim=1)
 
 
 def latest_items(indptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor, length: int,

@@ -71,8 +71,9 @@ class BERT4Rec(SequentialRecommender):
     def context_length(self) -> int:
         return self.max_len - 1  # the [mask] token takes the last position
 
-    def score_recent(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+    def last_state(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """The state of a ``[mask]`` appended after the latest items."""
         recent = recent.to(self.output_bias.device)
         inputs = torch.cat([recent, torch.full((len(recent), 1), self.mask_idx, dtype=torch.long,
                                                device=recent.device)], dim=1)
-        return self.item_logits(self.encode(inputs, users)[:, -1])
+        return self.encode(inputs, users)[:, -1]
