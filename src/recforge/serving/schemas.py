@@ -129,6 +129,8 @@ class ModelInfo(ModelSource):
     n_items: int
     similar_items_from: Literal["item_vectors", "score_columns"]
     score_cache: bool
+    retrieval: str = Field(description="how known users are ranked: exact, or ann:<kind> through the bundle's ANN "
+                                       "index (catalogues of at least --ann-min-items items)")
     rerank: Optional[str] = Field(None, description="the re-ranker applied to known users' lists (the run's), or null")
     loaded_at: float
 
