@@ -125,8 +125,8 @@ def test_the_index_round_trips_through_files_and_refuses_a_mismatch(tmp_path):
 
 
 def eval_batch(n_users: int) -> dict[str, torch.Tensor]:
-    return {"users": torch.arange(n_users), "relevant_rows": torch.tensor([0, 1]), "relevant_cols": torch.tensor([2, 0]),
-            "exclude_rows": torch.tensor([0]), "exclude_cols": torch.tensor([1])}
+    return {"users": torch.arange(n_users), "relevant_rows": torch.tensor([0, 1]),
+            "relevant_cols": torch.tensor([2, 0]), "exclude_rows": torch.tensor([0]), "exclude_cols": torch.tensor([1])}
 
 
 def test_the_evaluator_ranks_the_retrieved_candidates_and_reports_ann_recall():

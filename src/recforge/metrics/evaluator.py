@@ -219,8 +219,8 @@ class RankingEvaluator:
         place = torch.full((n_rows, n_items + 1), width, dtype=torch.int32, device=scores.device)
         exact_valid = torch.isfinite(exact_values)
         top_rows = torch.arange(n_rows, device=scores.device).unsqueeze(1).expand_as(exact_top)
-        place[top_rows[exact_valid], exact_top[exact_valid]] = torch.arange(width, device=scores.device,
-                                                                            dtype=torch.int32).expand_as(exact_top)[exact_valid]
+        ranks = torch.arange(width, device=scores.device, dtype=torch.int32).expand_as(exact_top)
+        place[top_rows[exact_valid], exact_top[exact_valid]] = ranks[exact_valid]
         places = place.gather(1, torch.where(torch.isfinite(ann_values), ann_top, n_items))
         recall = {}
         for k in self.ks:

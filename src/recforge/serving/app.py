@@ -170,7 +170,8 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         _422="not JSON, a wrong type, neither or both of user and history, an unknown field, or an id over 256 "
              "characters"))
     async def recommend(request: Request) -> Response:
-        """Top-k items for one user, or for a session (``history``: item ids, oldest first). The body is read as JSON whatever its content type (``curl -d`` works).
+        """Top-k items for one user, or for a session (``history``: item ids, oldest first). The body is read as
+        JSON whatever its content type (``curl -d`` works).
         (:class:`ServiceMiddleware` answers this path before routing; this route documents it in OpenAPI and
         answers identically without the middleware.)"""
         status, payload = answer_recommend(service, await request.body(), request.scope.setdefault("recforge", {}))
