@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from recforge.cli import command, run_cli
 from recforge.config import CONFIG_DIR
 from recforge.errors import RecForgeError
-from recforge.pipeline import finite
+from recforge.pipeline import build_ann, finite
 from recforge.restore import load_checkpoint
 from recforge.tracking.client import fetch_checkpoint, logged_metrics
 
@@ -29,6 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         path = Path(cfg.ckpt_path) if cfg.ckpt_path else fetch_checkpoint(cfg.run_id, cfg.tracking_uri,
                                                                            cfg.paths.log_dir, Path(tmp))
         exp = load_checkpoint(path, cfg.data_dir, cfg.max_scores_in_memory)
+        exp.module.use_ann(build_ann(cfg))
         trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_progress_bar=False,
                              enable_model_summary=False)
         metrics = finite(trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0])

@@ -179,6 +179,11 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     check_data_config(cfg, datamodule, loss.feedback)
     data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
+    if cfg.get("export") is not None and cfg.export.get("ann_index") and \
+            type(model).retrieval_items is Recommender.retrieval_items:
+        from recforge.retrieval.ann import retrieval_items
+
+        retrieval_items(model)  # not a dot-product model: the one-line refusal, before training
     datamodule.train_view = train_view(model, loss)
     check_sparse_optimizer(cfg, model)
     sampler = None
@@ -206,6 +211,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         beyond=context if cfg.eval.get("beyond") is not None else None,
         reranker=reranker,
         item_vectors_from_model=context is not None and context.vectors_from == "model",
+        ann=build_ann(cfg),
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
@@ -250,6 +256,18 @@ def list_context(cfg: DictConfig, datamodule: RecDataModule, model: Recommender 
     return ListContext(popularity, groups, slices, None if vectors is None else unit_rows(vectors), categories,
                        profiles, shares, float(settings["psrecall_gamma"]), float(settings["calibration_alpha"]),
                        source)
+
+
+def build_ann(cfg: DictConfig):
+    """The ANN index (``ann``, not yet built) when ``eval.retrieval=ann``, else ``None`` (exact ranking)."""
+    retrieval = cfg.eval.get("retrieval", "exact")
+    if retrieval not in ("exact", "ann"):
+        raise RecForgeError(f"eval.retrieval={retrieval} is not a retrieval; use exact or ann (with ann=hnsw|ivf|flat)")
+    if retrieval == "exact":
+        return None
+    if cfg.get("ann") is None:
+        raise RecForgeError("eval.retrieval=ann needs an index: add ann=hnsw (or ivf, flat)")
+    return build(cfg, "ann")
 
 
 def build_reranker(cfg: DictConfig, context: ListContext, data_name: str, model_target: str):

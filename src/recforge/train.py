@@ -133,6 +133,13 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
         save_bundle(folder, exp.model, target, kwargs, dm.id_maps.users, dm.id_maps.items, dm.seen_matrix(),
                     {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback},
                     reranker=module.reranker)
+        if cfg.export.get("ann_index"):  # the model is a dot-product model: build_experiment checked
+            import torch
+
+            from recforge.retrieval.ann import retrieval_items
+
+            with torch.no_grad():
+                build(cfg, "ann").build(retrieval_items(exp.model)).save(folder)
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     if tracker:
         tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/", "val_best/epoch"))})

@@ -256,7 +256,7 @@ def test_allow_and_deny_lists_filter_the_ranking(runs, service):
     ({"user": 1, "deny_items": ["zz"]}, 400, "deny_items: unknown item id(s) 'zz'"),
     ({"user": 1, "allow_items": 3}, 422, "allow_items: Input should be a valid array"),
     ({"user": [1]}, 422, "user"),
-    ({"k": 3}, 422, "user: Field required"),
+    ({"k": 3}, 422, "give exactly one of user (a user id) or history (a list of item ids); got neither"),
     ({"user": 1, "kk": 3}, 422, "kk: Extra inputs are not permitted"),
 ])
 def test_bad_requests_get_a_4xx_with_a_clear_message(service, payload, status, message):

@@ -16,7 +16,7 @@ from tests.conftest import compose_train
 
 CONF = Path(CONFIG_DIR)
 GROUPS = ["data", "split", "model", "loss", "sampler", "optimizer", "scheduler", "trainer", "tracking", "callbacks",
-          "paths", "experiment", "debug", "hparams_search", "rerank"]
+          "paths", "experiment", "debug", "hparams_search", "rerank", "ann"]
 
 
 RERANK_DATA = {"item_vectors": torch.eye(6), "item_categories": torch.eye(6)[:, :3],
@@ -81,6 +81,9 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     assert isinstance(model, torch.nn.Module)
     if cfg.get("tracking"):
         instantiate(cfg.tracking)
+    if cfg.get("ann"):
+        check_target(cfg, "ann")
+        assert instantiate(cfg.ann).arguments()["kind"] == cfg.ann.kind
     if cfg.get("rerank"):  # the data arguments a re-ranker may take, each a valid value for 5 users x 6 items
         check_target(cfg, "rerank", fixed=tuple(RERANK_DATA))
         params = inspect.signature(resolve_target(cfg.rerank._target_)).parameters

@@ -223,7 +223,7 @@ def test_polling_keeps_the_old_model_and_logs_a_failure_once(bundles, monkeypatc
     def resolve(uri, tracking_uri=None):
         return ModelRef(uri, run_id=f"run{versions['current']}", name="m", version=versions["current"])
 
-    def load_model(uri, tracking_uri=None, score_cache_mb=0.0):
+    def load_model(uri, tracking_uri=None, score_cache_mb=0.0, ann_min_items=0):
         loads.append(versions["current"])
         if versions["current"] == "2":
             raise RecForgeError(f"{uri}: cannot load the model (truncated model.pt)")

@@ -37,3 +37,22 @@ def test_eval_says_whether_each_metric_matches_the_logged_run():
     assert lines[2].split() == ["test/new", "1.000000", "-", "not", "logged", "by", "the", "run"]
     assert lines[3].split() == ["test/recall_at_20", "0.310100", "0.310000", "differs", "by", "+0.0001"]
     assert lines[4] == "1 of 3 test metrics match those logged by run abc123"
+
+
+def test_compare_shows_exact_and_ann_runs_side_by_side():
+    """Runs ranked through an ANN index (eval.retrieval=ann log test/ann_recall_at_K) get a retrieval column and
+    their ANN recall right after the metric; a table of exact runs only has neither."""
+    from recforge.analysis.report import key_columns
+
+    table = pd.DataFrame({"run_id": ["a" * 32, "b" * 32], "run_name": ["bpr", "bpr"], "model": ["bpr", "bpr"],
+                          "dataset": ["d", "d"], "split": ["s", "s"], "s_per_epoch": [1.0, 1.0],
+                          "monitor": ["val/ndcg_at_10"] * 2, "val/ndcg_at_10": [0.2, 0.2],
+                          "test/ndcg_at_10": [0.30, 0.29], "test/ann_recall_at_10": [float("nan"), 0.97],
+                          "test/ann_recall_at_20": [float("nan"), 0.95]})
+    view = key_columns(table, "test/ndcg_at_10")
+    assert view["retrieval"].tolist() == ["exact", "ann"]
+    columns = list(view.columns)
+    assert columns[columns.index("test/ndcg@10") + 1] == "test/ann_recall@10"
+    assert view["test/ann_recall@10"].tolist()[1] == 0.97
+    exact_only = key_columns(table.drop(columns=["test/ann_recall_at_10", "test/ann_recall_at_20"]), "test/ndcg_at_10")
+    assert "retrieval" not in exact_only and "test/ann_recall@10" not in exact_only

@@ -167,7 +167,8 @@ TEST_METRICS = ("test/ndcg_at_10", "test/recall_at_20", "test/rmse", "test/mae",
 def key_columns(table: pd.DataFrame, metric: str = "test/ndcg_at_10", n_metrics: int = 5) -> pd.DataFrame:
     """The columns a terminal shows of a runs table: run (:func:`unique_labels`), model, its re-ranker and trade-off
     when some run was re-ranked, dataset, split, seconds per epoch, the validation metric(s) the runs monitored and
-    test metrics up to ``n_metrics`` metrics in all (``metric`` first, then ``TEST_METRICS`` the runs logged);
+    test metrics up to ``n_metrics`` metrics in all (``metric`` first, then ``TEST_METRICS`` the runs logged); when
+    some run was ranked through an ANN index, its retrieval (exact or ann) and ``ann_recall`` at ``metric``'s K;
     ``_at_`` is written ``@``. The least important column comes last, the first one a narrow terminal leaves out."""
     monitored = list(dict.fromkeys(m for m in table["monitor"] if m in table.columns))
     tests = [m for m in dict.fromkeys([metric, *TEST_METRICS]) if m in table.columns and table[m].notna().any()]
@@ -179,6 +180,12 @@ def key_columns(table: pd.DataFrame, metric: str = "test/ndcg_at_10", n_metrics:
         view.insert(2, "rerank", (table["rerank"] + " " + trade_off.where(table["rerank"] != "none", "")).str.strip())
     if "s/epoch" in view:
         view["s/epoch"] = view["s/epoch"].where(view["s/epoch"] > 0)  # fitted without epochs: shown as "-"
+    recall = f"{metric.split('/')[0]}/ann_recall_at_{metric.rsplit('_at_', 1)[1]}" if "_at_" in metric else None
+    if recall in table and table[recall].notna().any():  # runs ranked through an ANN index (eval.retrieval=ann)
+        view.insert(2, "retrieval", table[recall].notna().map({True: "ann", False: "exact"}))
+        shown = metric.replace("_at_", "@")
+        view.insert(view.columns.get_loc(shown) + 1 if shown in view else len(view.columns),
+                    recall.replace("_at_", "@"), table[recall])
     return view
 
 

@@ -86,6 +86,11 @@ class RankingEvaluator:
         beyond: adds the list metrics and the slices (see the module docstring); needs ``item_popularity``.
         reranker: reorders each user's top-``reranker.n_candidates`` items: ``reranker(users, items, scores, k)``
             returns the (B, k) items and their scores (:class:`recforge.rerank.Reranker`).
+        retriever: rank through approximate retrieval: ``retriever(users, n)`` returns (B, n) ``(scores, items)``
+            candidates (item -1 for an unfilled slot; :class:`recforge.retrieval.ann.ModelRetriever`). Each user's
+            list is then its candidates only (``max(ks)`` plus the user's excluded items are asked for, so masking
+            leaves ``max(ks)``), ordered by the model's own scores, and ``ann_recall_at_K`` is the share of the
+            exact top-K (over all unmasked items) that the candidates' top-K holds.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class RankingEvaluator:
         sampled_seed: int = 0,
         beyond: ListContext | None = None,
         reranker: Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
+        retriever: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         ks = sorted(set(int(k) for k in ks))
         if not ks or ks[0] < 1:
@@ -120,7 +126,7 @@ class RankingEvaluator:
         self.sampled_seed = int(sampled_seed)
         self.prefix = (protocol_prefix(self.sampled_negatives, sampled_strategy)
                        if self.sampled_negatives is not None else None)
-        self.beyond, self.reranker = beyond, reranker
+        self.beyond, self.reranker, self.retriever = beyond, reranker, retriever
 
     # ------------------------------------------------------------------ names
     def metric_names(self) -> list[str]:
@@ -132,6 +138,8 @@ class RankingEvaluator:
             names += self.beyond.metric_names(self.ks)
         if self.prefix is not None:
             names += [f"{self.prefix}_{m}_at_{k}" for m in RANKING_METRIC_NAMES for k in self.ks]
+        if self.retriever is not None:
+            names += [f"ann_recall_at_{k}" for k in self.ks]
         return names
 
     # ------------------------------------------------------------------ one chunk
@@ -169,6 +177,9 @@ class RankingEvaluator:
 
         mask_scores_(scores, ex_rows, ex_cols)
         kmax = max(self.ks)
+        ann_recall = None
+        if self.retriever is not None:
+            scores, ann_recall = self._retrieve(scores, users, ex_rows, kmax)
         if self.reranker is None:
             values, topk = topk_items(scores, kmax)
         else:
@@ -187,7 +198,37 @@ class RankingEvaluator:
         if self.prefix is not None:
             sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains)
             out.update({f"{self.prefix}_{k}": v for k, v in sampled.items()})
+        if ann_recall is not None:
+            out.update(ann_recall)
         return out
+
+    def _retrieve(self, scores: Tensor, users: Tensor, ex_rows: Tensor, kmax: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(the masked scores kept at the retrieved candidates only, -inf elsewhere; per-user ann_recall_at_K)``."""
+        n_rows, n_items = scores.shape
+        excluded = int(torch.bincount(ex_rows, minlength=n_rows).max()) if len(ex_rows) else 0
+        _, candidates = self.retriever(users, min(n_items, kmax + excluded))
+        candidates = candidates.to(scores.device, torch.long)
+        rows = torch.arange(n_rows, device=scores.device).unsqueeze(1).expand_as(candidates)
+        found = candidates >= 0
+        kept = torch.full_like(scores, float("-inf"))
+        kept[rows[found], candidates[found]] = scores[rows[found], candidates[found]]
+        exact_values, exact_top = topk_items(scores, kmax)
+        ann_values, ann_top = topk_items(kept, kmax)
+        width = exact_top.shape[1]
+        # each item's place in the exact top list (width for items outside it; column n_items: an unfilled slot)
+        place = torch.full((n_rows, n_items + 1), width, dtype=torch.int32, device=scores.device)
+        exact_valid = torch.isfinite(exact_values)
+        top_rows = torch.arange(n_rows, device=scores.device).unsqueeze(1).expand_as(exact_top)
+        ranks = torch.arange(width, device=scores.device, dtype=torch.int32).expand_as(exact_top)
+        place[top_rows[exact_valid], exact_top[exact_valid]] = ranks[exact_valid]
+        places = place.gather(1, torch.where(torch.isfinite(ann_values), ann_top, n_items))
+        recall = {}
+        for k in self.ks:
+            denominator = exact_valid[:, :k].sum(1).float()
+            hits = (places[:, :k] < k).sum(1).float()
+            recall[f"ann_recall_at_{k}"] = torch.where(denominator > 0, hits / denominator.clamp_min(1),
+                                                       torch.full_like(denominator, float("nan")))
+        return kept, recall
 
     def _sampled(self, scores: Tensor, users: Tensor, ex_rows: Tensor, ex_cols: Tensor, rel_rows: Tensor,
                  rel_cols: Tensor, gains: Tensor | None) -> dict[str, Tensor]:

@@ -18,6 +18,14 @@
 * ``reads_histories``: the model scores from users' histories, which the training module replaces before each
   evaluation (``set_histories``: validation reads the training interactions, test also validation), and a
   served copy is built with every known interaction.
+* ``score_histories(indptr, items)`` scores users known only by a history of item indices (CSR over the batch,
+  each row in time order), ``(B, n_items)``: a session request to the service. Models that can (sequential models
+  from their sequence encoder, item-item models from the history row times their item-item weights, row
+  autoencoders from the history row) set ``answers_histories = True``; the others raise.
+* ``retrieval_items()`` / ``retrieval_queries(users)``: dot-product models (MF/BPR-MF, UltraGCN, SVD++, LightGCN,
+  NGCF, SimpleX, iALS, the sequential models' last state) return ``(n_items, d)`` item and ``(B, d)`` user vectors
+  whose inner products are ``score_all``'s scores (biases ride in extra dimensions), which an ANN index
+  (:mod:`recforge.retrieval.ann`) searches. ``None`` (the default): the model is not a dot product, no index.
 * ``regularization(users, items)`` is a penalty added to the loss of each interaction batch (``items`` are the
   batch's candidates, positives first); the default is none.
 """
@@ -36,6 +44,7 @@ class Recommender(nn.Module):
     feedbacks: tuple[str, ...] = ("explicit", "implicit")  # which losses' feedback the model can learn
     train_view: str | None = None
     reads_histories: bool = False
+    answers_histories: bool = False  # score_histories works: the model can score a user from a history alone
     n_items: int
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover
@@ -53,8 +62,22 @@ class Recommender(nn.Module):
         """``(n_items, d)`` item representations (e.g. embeddings), or ``None`` when the model has none."""
         return None
 
+    def retrieval_items(self) -> torch.Tensor | None:
+        """``(n_items, d)`` item vectors such that ``retrieval_queries(users) @ retrieval_items().T`` equals
+        ``score_all(users)``; ``None`` when the model's scores are no such dot product."""
+        return None
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` query vectors of ``users`` for :meth:`retrieval_items` (dot-product models only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no retrieval vectors")
+
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
+
+    def score_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, n_items)`` scores of ``B`` anonymous users given only their histories: ``items[indptr[b]:indptr[b +
+        1]]`` are user ``b``'s item indices, oldest first. Only models with ``answers_histories``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score a user from a history alone")
 
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """A penalty added to the loss of an interaction batch, or ``None`` (the default) for none."""
@@ -99,6 +122,16 @@ class RowInputRecommender(WholeRowRecommender):
         """Dense ``(B, n_items)`` rows of ``users`` (training rows until :meth:`set_histories`)."""
         return dense_rows(self.history_indptr, self.history_indices, users, self.n_items)
 
+    def score_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(B, n_items)`` scores of dense 0/1 interaction rows; models whose scores depend on the row alone
+        define it (and set ``answers_histories``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score a row without its user")
+
+    def score_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The histories as dense 0/1 rows (a repeated item counts once), scored by :meth:`score_rows`."""
+        rows = torch.arange(len(indptr) - 1, device=indptr.device)
+        return self.score_rows(dense_rows(indptr.long(), items.long(), rows, self.n_items))
+
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """Expand ``(B,)`` users to ``items``' shape ``(B,)`` or ``(B, n)``."""
@@ -124,6 +157,7 @@ class SequentialRecommender(WholeRowRecommender):
     train_view = "sequences"
     feedbacks = ("implicit",)
     reads_histories = True
+    answers_histories = True
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50) -> None:
         super().__init__()
@@ -146,18 +180,7 @@ class SequentialRecommender(WholeRowRecommender):
 
     def recent_items(self, users: torch.Tensor, length: int) -> torch.Tensor:
         """``(B, length)``: each user's latest ``length`` items in time order, left-padded with ``padding_idx``."""
-        users = users.to(self.history_indptr.device).long()
-        n_stored = len(self.history_indptr) - 1
-        safe = users.clamp(0, max(n_stored - 1, 0))
-        inside = (users >= 0) & (users < n_stored)
-        starts = torch.where(inside, self.history_indptr[safe], 0)
-        ends = torch.where(inside, self.history_indptr[safe + 1], 0)
-        index = ends.unsqueeze(1) - length + torch.arange(length, device=users.device)
-        valid = index >= starts.unsqueeze(1)
-        if not len(self.history_items):
-            return torch.full(index.shape, self.padding_idx, dtype=torch.long, device=users.device)
-        return torch.where(valid, self.history_items[index.clamp(min=0, max=len(self.history_items) - 1)],
-                           self.padding_idx)
+        return latest_items(self.history_indptr, self.history_items, users, length, self.padding_idx)
 
     def training_sequences(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)``, both ``(B, max_len)``: the latest ``max_len + 1`` items shifted by one, so
@@ -181,7 +204,54 @@ class SequentialRecommender(WholeRowRecommender):
         return (hidden.unsqueeze(1) * weights[items]).sum(-1)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.item_logits(self.encode(self.recent_items(users, self.context_length), users)[:, -1])
+        return self.score_recent(self.recent_items(users, self.context_length), users)
+
+    def score_recent(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """``(B, n_items)`` from ``(B, context_length)`` latest items (left-padded); ``users`` is ``None`` for
+        anonymous histories (:meth:`score_histories`), which only models with user embeddings read."""
+        return self.item_logits(self.last_state(recent, users))
+
+    def last_state(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """``(B, d)``: the hidden state that :meth:`item_logits` scores against the items."""
+        return self.encode(recent, users)[:, -1]
+
+    def retrieval_items(self) -> torch.Tensor:
+        """The output item vectors, with the item bias as one more dimension where :meth:`item_logits` adds one."""
+        bias = getattr(self, "output_bias", None)
+        weights = self.output_embeddings()
+        return weights if bias is None else torch.cat([weights, bias.unsqueeze(1)], dim=1)
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        state = self.last_state(self.recent_items(users, self.context_length), users)
+        return state if getattr(self, "output_bias", None) is None else with_ones(state)
+
+    def score_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The latest ``context_length`` items of each history, encoded as a known user's sequence is."""
+        rows = torch.arange(len(indptr) - 1, device=indptr.device)
+        return self.score_recent(latest_items(indptr.long(), items.long(), rows, self.context_length,
+                                              self.padding_idx), None)
 
     def item_vectors(self) -> torch.Tensor:
         return self.output_embeddings()
+
+
+def with_ones(vectors: torch.Tensor) -> torch.Tensor:
+    """``vectors`` with a last column of ones: the query side of an item bias carried as an extra dimension."""
+    return torch.cat([vectors, vectors.new_ones(len(vectors), 1)], dim=1)
+
+
+def latest_items(indptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor, length: int,
+                 padding: int) -> torch.Tensor:
+    """``(len(rows), length)``: the last ``length`` entries of each selected CSR row, in order, left-padded with
+    ``padding``; rows past the matrix are all padding."""
+    rows = rows.to(indptr.device).long()
+    n_stored = len(indptr) - 1
+    safe = rows.clamp(0, max(n_stored - 1, 0))
+    inside = (rows >= 0) & (rows < n_stored)
+    starts = torch.where(inside, indptr[safe], 0)
+    ends = torch.where(inside, indptr[safe + 1], 0)
+    index = ends.unsqueeze(1) - length + torch.arange(length, device=rows.device)
+    valid = index >= starts.unsqueeze(1)
+    if not len(items):
+        return torch.full(index.shape, padding, dtype=torch.long, device=rows.device)
+    return torch.where(valid, items[index.clamp(min=0, max=len(items) - 1)], padding)

@@ -67,8 +67,13 @@ class BERT4Rec(SequentialRecommender):
         logits = super().item_logits(hidden, items)
         return logits + (self.output_bias if items is None else self.output_bias[items])
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        recent = self.recent_items(users, self.max_len - 1) if self.max_len > 1 else \
-            torch.empty(len(users), 0, dtype=torch.long, device=self.output_bias.device)
-        inputs = torch.cat([recent, torch.full_like(users.view(-1, 1), self.mask_idx).to(recent.device)], dim=1)
-        return self.item_logits(self.encode(inputs, users)[:, -1])
+    @property
+    def context_length(self) -> int:
+        return self.max_len - 1  # the [mask] token takes the last position
+
+    def last_state(self, recent: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """The state of a ``[mask]`` appended after the latest items."""
+        recent = recent.to(self.output_bias.device)
+        inputs = torch.cat([recent, torch.full((len(recent), 1), self.mask_idx, dtype=torch.long,
+                                               device=recent.device)], dim=1)
+        return self.encode(inputs, users)[:, -1]

@@ -46,7 +46,9 @@ class Caser(SequentialRecommender):
     def context_length(self) -> int:
         return self.window
 
-    def encode(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    def encode(self, inputs: torch.Tensor, users: torch.Tensor | None) -> torch.Tensor:
+        """``(B, L, 2d)``; an anonymous history (``users`` None) takes the mean user embedding as its general
+        taste."""
         batch, length = inputs.shape
         # the window ending at every position: (B, L, window), left-padded
         padded = F.pad(inputs, (self.window - 1, 0), value=self.padding_idx)
@@ -55,7 +57,8 @@ class Caser(SequentialRecommender):
         vertical = self.vertical(image).flatten(1)
         horizontal = [F.relu(conv(image)).squeeze(3).amax(dim=2) for conv in self.horizontal]
         z = F.relu(self.hidden(self.dropout(torch.cat([vertical, *horizontal], dim=1))))
-        user = self.user_embedding(users).unsqueeze(1).expand(batch, length, -1)
+        user = (self.user_embedding.weight.mean(0).expand(batch, -1) if users is None
+                else self.user_embedding(users)).unsqueeze(1).expand(batch, length, -1)
         return torch.cat([z.view(batch, length, -1), user], dim=-1)
 
     def output_embeddings(self) -> torch.Tensor:

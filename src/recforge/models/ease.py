@@ -77,6 +77,7 @@ class HistoryRecommender(RowInputRecommender):
 
     requires_training = False
     feedbacks = ("implicit",)
+    answers_histories = True  # a history is a row of X
 
     def set_history(self, users: torch.Tensor, items: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Keep the training rows for scoring; returns them as a sparse COO matrix for fitting."""
@@ -142,4 +143,7 @@ class EASE(HistoryRecommender):
             self.weights.copy_(p)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_rows(users) @ self.weights
+        return self.score_rows(self.user_rows(users))
+
+    def score_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows @ self.weights

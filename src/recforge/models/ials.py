@@ -94,3 +94,9 @@ class IALS(Recommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_factors
+
+    def retrieval_items(self) -> torch.Tensor:
+        return self.item_factors
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_factors[users]

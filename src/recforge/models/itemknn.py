@@ -80,10 +80,17 @@ class ItemNeighbourhood(HistoryRecommender):
                                        (self.n_items, self.n_items), check_invariants=False).coalesce()
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self._scatter(self.history_indptr, self.history_indices, users)
+
+    def score_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self._scatter(indptr.long(), items.long(), torch.arange(len(indptr) - 1))
+
+    def _scatter(self, indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """``X_u W`` for the rows ``users`` of the CSR history ``(indptr, indices)``."""
         device, n = self.inverse_sims.device, self.n_items
-        lengths, positions = row_entries(self.history_indptr, users.to(device).long())
+        lengths, positions = row_entries(indptr.to(device), users.to(device).long())
         rows = torch.repeat_interleave(torch.arange(len(users), device=device), lengths)
-        keys = torch.unique(rows * n + self.history_indices[positions])  # an item counts once, as in X_u
+        keys = torch.unique(rows * n + indices.to(device)[positions])  # an item counts once, as in X_u
         rows, items = torch.div(keys, n, rounding_mode="floor"), keys % n
         fan_out, entries = row_entries(self.inverse_indptr, items)
         scores = torch.zeros(len(users), n, device=device, dtype=self.inverse_sims.dtype)

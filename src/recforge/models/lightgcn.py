@@ -111,6 +111,12 @@ class GraphRecommender(Recommender):
     def item_vectors(self) -> torch.Tensor:
         return self.embeddings()[1]
 
+    def retrieval_items(self) -> torch.Tensor:
+        return self.embeddings()[1]
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        return self.embeddings()[0][users]
+
 
 class LightGCN(GraphRecommender):
     """``E^(k+1) = D^-1/2 A D^-1/2 E^(k)`` for ``n_layers`` layers from the ego embeddings ``E^(0)``; the

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender, broadcast_users
+from recforge.models.base import Recommender, broadcast_users, with_ones
 from recforge.utils.linalg import inner_products
 
 
@@ -87,3 +87,15 @@ class MatrixFactorization(Recommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self._unit(self.item_embedding.weight)
+
+    def retrieval_items(self) -> torch.Tensor:
+        """``q_i``; with biases ``[q_i, b_i, 1]`` against queries ``[p_u, 1, mu + b_u]``, so that the inner product
+        is the score itself."""
+        items = self.item_vectors()
+        return with_ones(torch.cat([items, self.item_bias.weight], dim=1)) if self.use_bias else items
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        queries = self._unit(self.user_vectors(users))
+        if not self.use_bias:
+            return queries
+        return torch.cat([with_ones(queries), self.global_bias + self.user_bias(users)], dim=1)

@@ -25,6 +25,7 @@ class MultVAE(RowInputRecommender):
     generalisation; a user's held-out items are never part of its input)."""
 
     feedbacks = ("implicit",)
+    answers_histories = True  # a history is an input row
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  hidden_dims: Sequence[int] = (600,), latent_dim: int = 200, dropout: float = 0.5,
@@ -64,4 +65,7 @@ class MultVAE(RowInputRecommender):
         return z, kl
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.reconstruct(self.user_rows(users))[0]
+        return self.score_rows(self.user_rows(users))
+
+    def score_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(rows)[0]

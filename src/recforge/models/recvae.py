@@ -70,6 +70,7 @@ class RecVAE(RowInputRecommender):
     0.005, Adam lr 5e-4, 500 users a batch, 3 encoder epochs per decoder epoch."""
 
     feedbacks = ("implicit",)
+    answers_histories = True  # a history is an input row
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  hidden_dim: int = 600, latent_dim: int = 200, dropout: float = 0.5, gamma: float = 0.005,
@@ -123,4 +124,7 @@ class RecVAE(RowInputRecommender):
         return logits, (kl * self.gamma * x.sum(dim=1)).mean()
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.reconstruct(self.user_rows(users))[0]
+        return self.score_rows(self.user_rows(users))
+
+    def score_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(rows)[0]

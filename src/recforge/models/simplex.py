@@ -72,3 +72,9 @@ class SimpleX(RowInputRecommender):
 
     def item_vectors(self) -> torch.Tensor:
         return F.normalize(self.item_embedding.weight, dim=-1)
+
+    def retrieval_items(self) -> torch.Tensor:
+        return self.item_vectors()
+
+    def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user_vectors(users)

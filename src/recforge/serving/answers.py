@@ -37,8 +37,9 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
     """``POST /recommend`` from the raw body to ``(status, JSON bytes)``; client mistakes become 4xx here.
 
     The body is parsed as JSON whatever its content type (``curl -d`` works) and validated against
-    :class:`RecommendRequest` (strict types, unknown fields rejected, ids of at most 256 characters); an
-    allow/deny list may hold at most ``service.max_list_items`` ids."""
+    :class:`RecommendRequest` (strict types, unknown fields rejected, ids of at most 256 characters, exactly one
+    of ``user`` and ``history``); an allow/deny list may hold at most ``service.max_list_items`` ids and a history
+    ``service.max_history_items``."""
     from pydantic import ValidationError
 
     try:
@@ -52,13 +53,29 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
             info["error"] = (f"{field}: {len(ids)} ids, more than the {service.max_list_items} allowed; send fewer "
                              f"(recforge-serve --max-list-items)")
             return 400, dumps({"detail": info["error"]})
+    if body.history is not None and len(body.history) > service.max_history_items:
+        info["error"] = (f"history: {len(body.history)} ids, more than the {service.max_history_items} allowed; send "
+                         f"the latest ones (recforge-serve --max-history-items)")
+        return 400, dumps({"detail": info["error"]})
     model = service.model  # this request's model, even if a reload swaps the service's model meanwhile
-    info["user"], info["k"] = body.user, body.k
+    if body.history is None:
+        info["user"] = body.user
+    else:  # the log keeps the length, not the ids
+        info["history_length"] = len(body.history)
+    info["k"] = body.k
+    unknown = None
     try:
         if body.explain:
+            if body.history is not None:
+                raise InvalidRequest("explain: explanations need a user id (a known user's history); leave explain "
+                                     "out of history requests")
             model.check_reasons(body.n_reasons)
-        items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
-                                                  body.deny_items)
+        if body.history is None:
+            items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
+                                                      body.deny_items)
+        else:
+            items, scores, fallback, unknown = model.recommend_history(body.history, body.k, body.exclude_seen,
+                                                                       body.allow_items, body.deny_items)
         explanation = model.explain(body.user, items, body.n_reasons) if body.explain else None
     except InvalidRequest as exc:
         info["error"] = str(exc)
@@ -67,6 +84,8 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
     service.metrics.served(fallback)
     answer = {"user": body.user, "items": items, "scores": scores, "fallback": fallback,
               "model_id": model.ref.model_id, "run_id": model.ref.run_id, "model_version": model.ref.version}
+    if unknown is not None:
+        info["unknown_history_items"] = answer["unknown_history_items"] = unknown
     if explanation is not None:
         info["explained"] = explanation["method"]
         answer["explanation"] = explanation

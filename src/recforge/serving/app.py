@@ -164,11 +164,14 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         "schema": RecommendRequest.model_json_schema()}}}}
 
     @app.post("/recommend", openapi_extra=recommend_body, response_model=RecommendResponse, responses=error_responses(
-        _400="k or n_reasons out of range, an unknown id in allow_items/deny_items, or a list longer than "
-             "--max-list-items",
-        _422="not JSON, a wrong type, a missing user, an unknown field, or an id over 256 characters"))
+        _400="k or n_reasons out of range, an unknown id in allow_items/deny_items, a list longer than "
+             "--max-list-items, a history longer than --max-history-items, a history for a model that cannot "
+             "score one, or explain with a history",
+        _422="not JSON, a wrong type, neither or both of user and history, an unknown field, or an id over 256 "
+             "characters"))
     async def recommend(request: Request) -> Response:
-        """Top-k items for one user. The body is read as JSON whatever its content type (``curl -d`` works).
+        """Top-k items for one user, or for a session (``history``: item ids, oldest first). The body is read as
+        JSON whatever its content type (``curl -d`` works).
         (:class:`ServiceMiddleware` answers this path before routing; this route documents it in OpenAPI and
         answers identically without the middleware.)"""
         status, payload = answer_recommend(service, await request.body(), request.scope.setdefault("recforge", {}))

@@ -23,7 +23,10 @@ from recforge.tracking.bundle import Bundle
 
 # the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
+ANN_MIN_ITEMS = 100_000  # below this many items a bundle's ANN index is not used: exact ranking costs < ~1 ms
 MAX_REASONS = 100  # reasons per explained item a request may ask for
+HISTORY_MODELS = ("sequential: SASRec, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
+                  "autoencoders: Mult-VAE, RecVAE")
 
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
@@ -73,14 +76,30 @@ def topk_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return (top, values) if finite.all() else (top[finite], values[finite])
 
 
+def _filtered(scores: np.ndarray, allow: np.ndarray | None, deny: np.ndarray | None) -> np.ndarray:
+    """``scores`` with every column outside ``allow`` (when given) and in ``deny`` set to ``-inf``."""
+    if allow is not None:
+        kept = np.full_like(scores, -np.inf)
+        kept[allow] = scores[allow]
+        scores = kept
+    if deny is not None:
+        scores[deny] = -np.inf
+    return scores
+
+
 class ServedModel:
     """A loaded bundle prepared for single-user requests (immutable once built; swapped whole on reload)."""
 
-    def __init__(self, bundle: Bundle, ref: ModelRef, score_cache_bytes: int = 0) -> None:
+    def __init__(self, bundle: Bundle, ref: ModelRef, score_cache_bytes: int = 0,
+                 ann_min_items: int = ANN_MIN_ITEMS) -> None:
         """``score_cache_bytes``: when the full known-user x item score matrix (float32) fits in this many
         bytes, it is computed once here (``score_all`` in chunks) and a request copies its user's row instead
         of calling ``score_all`` (~5 us instead of ~60-100 us of torch per-call overhead on a small model);
-        0 turns the cache off."""
+        0 turns the cache off.
+
+        ``ann_min_items``: a bundle with an ANN index (``bundle.ann``) answers known users through it when the
+        catalogue has at least this many items (then there is no score cache); smaller catalogues are ranked
+        exactly. Requests with ``allow_items`` score the allowed items exactly either way."""
         self.bundle, self.ref = bundle, ref
         self.model = bundle.model
         self.n_items = len(bundle.item_ids)
@@ -99,7 +118,10 @@ class ServedModel:
         self._explainer = None  # built on the first request that asks for explanations
         self._explainer_lock = threading.Lock()
         self.similar_source = "item_vectors" if self._raw_item_vectors() is not None else "score_columns"
-        self._score_cache = self._all_scores() if 0 < 4 * self.n_users * self.n_items <= score_cache_bytes else None
+        self.ann = bundle.ann if bundle.ann is not None and self.n_items >= ann_min_items else None
+        self._score_cache = None
+        if self.ann is None and 0 < 4 * self.n_users * self.n_items <= score_cache_bytes:
+            self._score_cache = self._all_scores()
         self.loaded_at = time.time()
 
     @torch.inference_mode()
@@ -142,6 +164,8 @@ class ServedModel:
         allow = self.item_columns(allow_items, "allow_items") if allow_items is not None else None
         deny = self.item_columns(deny_items, "deny_items") if deny_items else None
         row = self.user_row(user)
+        if row is not None and self.ann is not None and allow is None:
+            return self._recommend_ann(row, k, exclude_seen, deny) + (False,)
         if row is None:
             scores = self._popularity.copy()
         else:
@@ -152,18 +176,63 @@ class ServedModel:
                 scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
             if exclude_seen:
                 scores[self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]]] = -np.inf
-        if allow is not None:
-            kept = np.full_like(scores, -np.inf)
-            kept[allow] = scores[allow]
-            scores = kept
-        if deny is not None:
-            scores[deny] = -np.inf
+        scores = _filtered(scores, allow, deny)
         rerank = self.reranker is not None and row is not None
         top, values = topk_row(scores, max(k, self.reranker.n_candidates) if rerank else k)
         if rerank and len(top):
             top, values = (t[0].numpy() for t in self.reranker(self._rows[row:row + 1], torch.from_numpy(top)[None],
                                                                torch.from_numpy(values)[None], k))
         return [self.item_ids[i] for i in top.tolist()], values.tolist(), row is None
+
+    def _recommend_ann(self, row: int, k: int, exclude_seen: bool, deny: np.ndarray | None
+                       ) -> tuple[list[Any], list[float]]:
+        """Top-``k`` of a known user through the ANN index: ``k`` plus the user's seen and denied items are
+        searched, those are dropped, and the index's inner products (the model's scores) come back."""
+        drop = self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]] if exclude_seen else \
+            np.empty(0, dtype=np.int64)
+        if deny is not None:
+            drop = np.concatenate([drop, deny])
+        want = max(k, self.reranker.n_candidates) if self.reranker is not None else k
+        query = self.model.retrieval_queries(self._rows[row:row + 1])
+        scores, items = self.ann.search(query, want + len(drop))
+        scores, items = scores[0], items[0]
+        keep = items >= 0
+        if len(drop):
+            keep &= ~np.isin(items, drop)
+        items, scores = items[keep][:want], scores[keep][:want]
+        if self.reranker is not None and len(items):
+            items, scores = (t[0].numpy() for t in self.reranker(self._rows[row:row + 1], torch.from_numpy(items)[None],
+                                                                 torch.from_numpy(scores)[None], k))
+        return [self.item_ids[i] for i in items.tolist()], scores.tolist()
+
+    @torch.inference_mode()
+    def recommend_history(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True,
+                          allow_items: Sequence[Any] | None = None, deny_items: Sequence[Any] | None = None
+                          ) -> tuple[list[Any], list[float], bool, int]:
+        """Top-``k`` ``(items, scores, fallback, unknown)`` for an anonymous user known by ``history`` (raw item ids,
+        oldest first): the model's :meth:`score_histories` of the known items, with ``exclude_seen`` leaving the
+        history's items out. Unknown ids are dropped and their number is ``unknown``; a history with no known item
+        gets the most popular items with ``fallback`` true, as an unknown user does. The run's re-ranker is not
+        applied (it reads known users). A model that cannot score a history is a 400 naming the models that can."""
+        if not getattr(self.model, "answers_histories", False):
+            raise InvalidRequest(f"history: {type(self.model).__name__} cannot score a history without a user; send "
+                                 f"a user id, or serve a model that can ({HISTORY_MODELS})")
+        self.check_k(k)
+        allow = self.item_columns(allow_items, "allow_items") if allow_items is not None else None
+        deny = self.item_columns(deny_items, "deny_items") if deny_items else None
+        columns = [_find(self._items, self._int_items, raw) for raw in history]
+        known = np.asarray([c for c in columns if c is not None], dtype=np.int64)
+        if not len(known):
+            scores = self._popularity.copy()
+        else:
+            indptr = torch.tensor([0, len(known)])
+            scores = self.model.score_histories(indptr, torch.from_numpy(known))[0]
+            scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
+            if exclude_seen:
+                scores[known] = -np.inf
+        scores = _filtered(scores, allow, deny)
+        top, values = topk_row(scores, k)
+        return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), len(columns) - len(known)
 
     def check_reasons(self, n_reasons: int) -> None:
         if not 1 <= n_reasons <= MAX_REASONS:
@@ -234,9 +303,12 @@ class ServedModel:
         self.recommend(user.item() if hasattr(user, "item") else user, k=min(10, self.n_items))
         if self.n_items > 1:
             self.similar_items(self.item_ids[0], k=1)
+        if getattr(self.model, "answers_histories", False) and self.n_items:
+            self.recommend_history(self.item_ids[:1], k=1)
 
     def info(self) -> dict[str, Any]:
         return {**self.ref.to_dict(), "n_users": self.n_users, "n_items": self.n_items,
                 "similar_items_from": self.similar_source, "score_cache": self._score_cache is not None,
+                "retrieval": "exact" if self.ann is None else f"ann:{self.ann.kind}",
                 "rerank": type(self.reranker).__name__ if self.reranker is not None else None,
                 "loaded_at": self.loaded_at}

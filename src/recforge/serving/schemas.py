@@ -7,7 +7,8 @@ No ``from __future__ import annotations`` here: pydantic resolves these annotati
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema,
+                      model_validator)
 
 MAX_ID_CHARS = 256  # a longer string id is a 422: ids are echoed in answers and written to the request log
 MAX_PATH_CHARS = 4096
@@ -30,9 +31,16 @@ AnyId = Union[int, str]  # ids in answers: the catalogue's own
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # exactly one of user and history (the validator below; the schema says it with oneOf)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["user"]},
+                                                                           {"required": ["history"]}]})
 
-    user: RawId = Field(description="raw user id (integer or string); unknown users get popular items")
+    user: Optional[RawId] = Field(None, description="raw user id (integer or string); unknown users get popular "
+                                                    "items. Give user or history, not both")
+    history: Optional[list[RawId]] = Field(None, description="a session instead of a user: raw item ids, oldest "
+                                           "first (at most --max-history-items, 400 otherwise); unknown ids are "
+                                           "dropped and counted, no known id gets popular items. Sequential, "
+                                           "item-item and autoencoder models answer it (400 for others)")
     k: Int64 = Field(10, description="number of items, 1..n_items (400 otherwise)")
     exclude_seen: StrictBool = Field(True, description="leave out items the user interacted with in training")
     allow_items: Optional[list[RawId]] = Field(None, description="recommend only among these item ids (at most "
@@ -41,6 +49,13 @@ class RecommendRequest(BaseModel):
                                                                 "--max-list-items ids, 400 otherwise)")
     explain: StrictBool = Field(False, description="also say why each item was recommended (slower: off by default)")
     n_reasons: Int64 = Field(5, description="with explain: the most reasons per item, 1..100 (400 otherwise)")
+
+    @model_validator(mode="after")
+    def _user_or_history(self) -> "RecommendRequest":
+        if (self.user is None) == (self.history is None):
+            given = "both" if self.user is not None else "neither"
+            raise ValueError(f"give exactly one of user (a user id) or history (a list of item ids); got {given}")
+        return self
 
 
 class ReloadRequest(BaseModel):
@@ -77,12 +92,14 @@ class Explanation(BaseModel):
 
 
 class RecommendResponse(BaseModel):
-    user: AnyId
+    user: Optional[AnyId] = Field(description="the request's user; null for a history request")
     items: list[AnyId]
     scores: list[float] = Field(description="the model's scores, highest first; with fallback true, the items' "
                                             "training interaction counts (another scale)")
-    fallback: bool = Field(description="true for an unknown user: the most popular items, scored by their training "
-                                       "interaction counts, not by the model")
+    fallback: bool = Field(description="true for an unknown user or a history with no known item: the most popular "
+                                       "items, scored by their training interaction counts, not by the model")
+    unknown_history_items: Optional[int] = Field(None, description="history requests only: how many of the "
+                                                 "history's ids are not in the catalogue (dropped)")
     model_id: str
     run_id: Optional[str]
     model_version: Optional[str]
@@ -112,6 +129,8 @@ class ModelInfo(ModelSource):
     n_items: int
     similar_items_from: Literal["item_vectors", "score_columns"]
     score_cache: bool
+    retrieval: str = Field(description="how known users are ranked: exact, or ann:<kind> through the bundle's ANN "
+                                       "index (catalogues of at least --ann-min-items items)")
     rerank: Optional[str] = Field(None, description="the re-ranker applied to known users' lists (the run's), or null")
     loaded_at: float
 

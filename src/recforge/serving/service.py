@@ -8,7 +8,7 @@ import logging
 import threading
 
 from recforge.errors import RecForgeError
-from recforge.serving.core import InvalidRequest, ServedModel
+from recforge.serving.core import ANN_MIN_ITEMS, InvalidRequest, ServedModel
 from recforge.serving.observability import Metrics, RequestLog
 from recforge.serving.registry import load, loading, one_line
 
@@ -17,12 +17,13 @@ log = logging.getLogger("recforge.serving")
 BUSY = "a reload is already running; try again when it finishes"
 
 
-def load_model(uri: str, tracking_uri: str | None = None, score_cache_mb: float = 0.0) -> ServedModel:
+def load_model(uri: str, tracking_uri: str | None = None, score_cache_mb: float = 0.0,
+               ann_min_items: int = ANN_MIN_ITEMS) -> ServedModel:
     """Resolve, load and warm up the model at ``uri`` (slow: run it off the event loop). Every failure is a
     RecForgeError naming ``uri`` (:func:`recforge.serving.registry.loading`)."""
     with loading(uri):
         bundle, ref = load(uri, tracking_uri)
-        served = ServedModel(bundle, ref, score_cache_bytes=int(score_cache_mb * 2 ** 20))
+        served = ServedModel(bundle, ref, score_cache_bytes=int(score_cache_mb * 2 ** 20), ann_min_items=ann_min_items)
         served.warm_up()
     return served
 
@@ -33,12 +34,14 @@ class Service:
 
     def __init__(self, model: ServedModel, tracking_uri: str | None = None, log: RequestLog | None = None,
                  poll_seconds: float = 0.0, score_cache_mb: float = 0.0, max_body_bytes: int = 1 << 20,
-                 max_list_items: int = 10_000) -> None:
+                 max_list_items: int = 10_000, max_history_items: int = 1_000,
+                 ann_min_items: int = ANN_MIN_ITEMS) -> None:
         self.model = model
         self.score_cache_mb = score_cache_mb
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
         self.max_body_bytes, self.max_list_items = max_body_bytes, max_list_items
+        self.max_history_items, self.ann_min_items = max_history_items, ann_min_items
         self.metrics = Metrics()
         self.metrics.set_model(model)
         self.log = log or RequestLog(None)
@@ -61,7 +64,7 @@ class Service:
         self.reloading = True
         try:
             new = await asyncio.to_thread(load_model, uri or self.model.ref.uri, self.tracking_uri,
-                                          self.score_cache_mb)
+                                          self.score_cache_mb, self.ann_min_items)
         except RecForgeError as exc:  # load_model turns every failure into one
             self.metrics.reloads.labels("failed").inc()
             self.last_reload_error = f"{exc} (still serving {self.model.ref.model_id})"

@@ -9,6 +9,7 @@ on RecForge's allow-list (:mod:`recforge.utils.trust`), so a bundle cannot name 
 from __future__ import annotations
 
 import io
+import logging
 import json
 import re
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Bundle:
     popularity: np.ndarray
     meta: dict[str, Any]
     reranker: Any = None  # the run's re-ranker (recforge.rerank), applied to every known user's list
+    ann: Any = None  # the ANN index of the model's item vectors (recforge.retrieval.ann.AnnIndex), when it has one
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
@@ -77,7 +79,8 @@ class Bundle:
         if seen.shape != (len(users), len(items)):
             raise RecForgeError(f"{directory}: seen.npz is {seen.shape[0]} x {seen.shape[1]} but the bundle has "
                                 f"{len(users)} users and {len(items)} items; the folder mixes files of two runs")
-        return cls(model, users, items, seen, popularity, meta, load_reranker(directory / RERANK_FILE))
+        return cls(model, users, items, seen, popularity, meta, load_reranker(directory / RERANK_FILE),
+                   load_ann(directory, len(items)))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, data_dir: str | None = None, device: str = "cpu") -> "Bundle":
@@ -141,6 +144,26 @@ class Bundle:
             "score": scores.ravel(),
             "fallback": np.repeat(~known, k),
         }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
+
+
+def load_ann(directory: Path, n_items: int) -> Any:
+    """The bundle's ANN index (``ann.faiss``), or ``None`` without one, or when FAISS is not installed (then the
+    model is served exactly, with a warning)."""
+    import importlib.util
+
+    from recforge.retrieval.ann import INDEX_FILE, AnnIndex
+
+    if not (directory / INDEX_FILE).exists():
+        return None
+    if importlib.util.find_spec("faiss") is None:
+        logging.getLogger("recforge").warning("%s: FAISS is not installed, so the ANN index is not used (exact "
+                                              "ranking); pip install 'recforge[ann]'", directory / INDEX_FILE)
+        return None
+    ann = AnnIndex.load(directory)
+    if ann.n_items != n_items:
+        raise RecForgeError(f"{directory / INDEX_FILE}: indexes {ann.n_items} items but the bundle has {n_items}; "
+                            f"rebuild it: python -m recforge.serving.index --bundle {directory}")
+    return ann
 
 
 def load_reranker(path: Path) -> Any:

@@ -14,6 +14,7 @@ from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NA
 from recforge.metrics.rating import error_metrics
 from recforge.metrics.sampled import check_protocol, protocol_prefix
 from recforge.models.base import Recommender
+from recforge.retrieval.ann import AnnIndex, ModelRetriever, retrieval_items
 from recforge.utils.distributed import process_rank
 
 RANKING_METRICS = RANKING_METRIC_NAMES
@@ -79,6 +80,7 @@ class RecommenderModule(pl.LightningModule):
         beyond: ListContext | None = None,
         reranker: Callable | None = None,
         item_vectors_from_model: bool = False,
+        ann: AnnIndex | None = None,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
@@ -105,6 +107,8 @@ class RecommenderModule(pl.LightningModule):
         if beyond is not None or reranker is not None:
             self.test_evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
                                                    sampled_strategy, sampled_seed, beyond, reranker)
+        self.ann: AnnIndex | None = None
+        self.use_ann(ann)
         self.rating_inverse = rating_inverse
         self.histories = histories
         self.view = train_view(model, loss)
@@ -234,6 +238,24 @@ class RecommenderModule(pl.LightningModule):
     def on_test_epoch_start(self) -> None:
         self._use_histories("test")
         self.read_item_vectors()
+        if self.ann is not None:  # index the model's item vectors as they are now (after training)
+            self.test_evaluator.retriever = ModelRetriever(self.model, self.ann)
+
+    def use_ann(self, ann: AnnIndex | None) -> None:
+        """Rank the test users through ``ann`` (built from the model when the test starts; ``eval.retrieval=ann``):
+        the test metrics come from the index's candidates and ``test/ann_recall_at_K`` compares them with the exact
+        top-K. Validation stays exact. A model that is not a dot product is refused here, in one line."""
+        self.ann = ann
+        if ann is None:
+            return
+        if self.feedback == "explicit":
+            raise RecForgeError("eval.retrieval=ann ranks items: use it with an implicit-feedback loss")
+        if type(self.model).retrieval_items is Recommender.retrieval_items:
+            retrieval_items(self.model)  # not a dot-product model: raises the one-line refusal
+        if self.test_evaluator is self.evaluator:
+            import copy
+
+            self.test_evaluator = copy.copy(self.evaluator)
 
     def read_item_vectors(self) -> None:
         """With ``item_vectors_from_model``: give the list metrics and the re-ranker the model's current item

@@ -1,0 +1,202 @@
+"""An ANN index of a dot-product model's item vectors (FAISS, ``pip install 'recforge[ann]'``).
+
+A model whose scores are a dot product of a user and an item vector declares the two sides
+(:meth:`~recforge.models.base.Recommender.retrieval_items` and ``retrieval_queries``); :class:`AnnIndex` indexes
+the item side for maximum inner product search:
+
+* ``flat``: exact search (``IndexFlatIP``): the reference, and the right choice for small catalogues;
+* ``ivf``: ``nlist`` k-means cells, ``nprobe`` of them searched per query (``IndexIVFFlat``);
+* ``hnsw``: a navigable small-world graph with ``m`` links per node, built with ``ef_construction`` and searched
+  with ``ef_search`` candidates (``IndexHNSWFlat``); the search looks at ``max(ef_search, k)`` candidates.
+
+``metric="cosine"`` normalises item and query vectors first (for models trained on cosine scores; for a dot-product
+model it changes the ranking). The index lives in a model bundle as ``ann.faiss`` plus ``ann.json`` (its
+arguments), written atomically; the service searches it when present.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recforge.errors import RecForgeError
+
+KINDS = ("flat", "ivf", "hnsw")
+METRICS = ("ip", "cosine")
+INDEX_FILE, SPEC_FILE = "ann.faiss", "ann.json"
+DOT_PRODUCT_MODELS = ("MF/BPR-MF, SVD++, UltraGCN, LightGCN, NGCF, SimpleX, iALS, SASRec, GRU4Rec, BERT4Rec, "
+                      "Caser")
+
+
+def import_faiss():
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines on every first import
+    try:
+        import faiss
+    except ImportError:
+        raise RecForgeError("the ANN index needs FAISS: pip install 'recforge[ann]' (faiss-cpu), or use exact "
+                            "retrieval (eval.retrieval=exact)") from None
+    return faiss
+
+
+def retrieval_items(model: torch.nn.Module) -> torch.Tensor:
+    """The model's item side for an index; a model that is not a dot product is refused in one line."""
+    method = getattr(model, "retrieval_items", None)
+    items = method() if method is not None else None
+    if items is None:
+        raise RecForgeError(f"{type(model).__name__} does not score by a dot product of user and item vectors, so it "
+                            f"has no ANN index; use exact retrieval (eval.retrieval=exact), or a model that does "
+                            f"({DOT_PRODUCT_MODELS})")
+    return items
+
+
+class AnnIndex:
+    """A FAISS index over ``(n_items, d)`` item vectors, searched with ``(B, d)`` query vectors.
+
+    Args:
+        kind: ``flat`` (exact), ``ivf`` or ``hnsw``.
+        metric: ``ip`` (inner product: the model's own ranking) or ``cosine``.
+        nlist: ``ivf``: k-means cells (at most the number of items; ~sqrt(n_items) to 4 sqrt(n_items)).
+        nprobe: ``ivf``: cells searched per query (more: higher recall, slower).
+        m: ``hnsw``: graph links per node.
+        ef_construction: ``hnsw``: candidate list size while building.
+        ef_search: ``hnsw``: candidate list size while searching (more: higher recall, slower).
+        seed: ``ivf``: the k-means seed.
+    """
+
+    def __init__(self, kind: str = "hnsw", metric: str = "ip", nlist: int = 1024, nprobe: int = 16, m: int = 32,
+                 ef_construction: int = 200, ef_search: int = 128, seed: int = 0) -> None:
+        if kind not in KINDS:
+            raise RecForgeError(f"ann.kind={kind!r} is not an index kind; use one of {', '.join(KINDS)}")
+        if metric not in METRICS:
+            raise RecForgeError(f"ann.metric={metric!r} is not a metric; use ip or cosine")
+        for name, value in (("nlist", nlist), ("nprobe", nprobe), ("m", m), ("ef_construction", ef_construction),
+                            ("ef_search", ef_search)):
+            if int(value) < 1:
+                raise RecForgeError(f"ann.{name}={value} must be >= 1")
+        self.kind, self.metric = kind, metric
+        self.nlist, self.nprobe, self.m = int(nlist), int(nprobe), int(m)
+        self.ef_construction, self.ef_search, self.seed = int(ef_construction), int(ef_search), int(seed)
+        self.index: Any = None
+        self.n_items = self.dim = 0
+
+    def arguments(self) -> dict[str, Any]:
+        return {"kind": self.kind, "metric": self.metric, "nlist": self.nlist, "nprobe": self.nprobe, "m": self.m,
+                "ef_construction": self.ef_construction, "ef_search": self.ef_search, "seed": self.seed}
+
+    def _prepare(self, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
+        if isinstance(vectors, torch.Tensor):
+            vectors = vectors.detach().float().cpu().numpy()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.metric == "cosine":
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def build(self, items: torch.Tensor | np.ndarray) -> "AnnIndex":
+        """Index ``items`` (replacing any earlier index); returns ``self``."""
+        faiss = import_faiss()
+        x = self._prepare(items)
+        self.n_items, self.dim = x.shape
+        if self.kind == "flat":
+            index = faiss.IndexFlatIP(self.dim)
+        elif self.kind == "ivf":
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, min(self.nlist, max(self.n_items, 1)),
+                                       faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = self.seed
+            index.cp.min_points_per_centroid = 1  # small catalogues: no warning per build
+            index.train(x)
+        else:
+            index = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.ef_construction
+        index.add(x)
+        self.index = index
+        self._set_search_parameters()
+        return self
+
+    def _set_search_parameters(self) -> None:
+        if self.kind == "ivf":
+            self.index.nprobe = self.nprobe
+        elif self.kind == "hnsw":
+            self.index.hnsw.efSearch = self.ef_search
+
+    def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, items)``, both ``(B, min(k, n_items))``, best first; slots the index could not fill have item
+        -1 and score ``-inf``."""
+        if self.index is None:
+            raise RecForgeError("the ANN index is empty; build() it from the model's item vectors first")
+        q = self._prepare(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise RecForgeError(f"ANN queries have {q.shape[-1]} dimensions but the index has {self.dim}; the index "
+                                f"belongs to another model: rebuild it")
+        scores, items = self.index.search(q, min(int(k), self.n_items))
+        scores[items < 0] = -np.inf
+        return scores, items
+
+    def memory_bytes(self) -> int:
+        """The index's size as FAISS serialises it (vectors, graph or lists): about its memory."""
+        return 0 if self.index is None else int(import_faiss().serialize_index(self.index).nbytes)
+
+    # files -----------------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``ann.faiss`` and ``ann.json`` into ``directory``, each atomically (temporary file, rename)."""
+        faiss = import_faiss()
+        directory = Path(directory)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ann-", suffix=".tmp")
+        os.close(fd)
+        try:
+            faiss.write_index(self.index, tmp)
+            os.replace(tmp, directory / INDEX_FILE)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        spec = {**self.arguments(), "n_items": self.n_items, "dim": self.dim}
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ann-", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(spec, handle, indent=2)
+        os.replace(tmp, directory / SPEC_FILE)
+        return directory / INDEX_FILE
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "AnnIndex | None":
+        """The index saved in ``directory``, or ``None`` when it has none."""
+        directory = Path(directory)
+        if not (directory / INDEX_FILE).exists():
+            return None
+        faiss = import_faiss()
+        try:
+            spec = json.loads((directory / SPEC_FILE).read_text())
+            n_items, dim = spec.pop("n_items"), spec.pop("dim")
+            ann = cls(**spec)
+            ann.index = faiss.read_index(str(directory / INDEX_FILE))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise RecForgeError(f"{directory / INDEX_FILE}: cannot read the ANN index ({str(exc).splitlines()[0]}); "
+                                f"rebuild it: python -m recforge.serving.index --bundle {directory}") from None
+        if ann.index.ntotal != n_items or ann.index.d != dim:
+            raise RecForgeError(f"{directory / INDEX_FILE}: holds {ann.index.ntotal} vectors of {ann.index.d} "
+                                f"dimensions, {SPEC_FILE} says {n_items} of {dim}; rebuild it")
+        ann.n_items, ann.dim = n_items, dim
+        ann._set_search_parameters()
+        return ann
+
+
+class ModelRetriever:
+    """Top-``k`` candidates of a model's users from an index of its item vectors: ``(users, k) -> (scores,
+    items)`` tensors, ``(B, k)``, item -1 and score ``-inf`` for unfilled slots (the evaluator's ``retriever``)."""
+
+    def __init__(self, model: torch.nn.Module, index: AnnIndex) -> None:
+        self.model = model
+        with torch.no_grad():
+            self.index = index.build(retrieval_items(model))
+
+    @torch.no_grad()
+    def __call__(self, users: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, items = self.index.search(self.model.retrieval_queries(users), k)
+        device = users.device
+        return torch.from_numpy(scores).to(device), torch.from_numpy(items).to(device)
