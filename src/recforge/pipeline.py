@@ -153,6 +153,21 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
+def pointwise_settings(cfg: DictConfig) -> dict | None:
+    """``eval.pointwise*``: the labelled pairs of the point-wise metrics (``negatives``, ``seed``, ``threshold``),
+    or None when ``eval.pointwise`` is false (the default)."""
+    node = cfg.eval
+    if not node.get("pointwise", False):
+        return None
+    if node.get("pointwise") is not True:
+        raise RecForgeError(f"eval.pointwise={node.get('pointwise')!r} must be true or false")
+    threshold = node.get("pointwise_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise RecForgeError(f"eval.pointwise_threshold={threshold!r} must be a number (e.g. 4) or null")
+    return {"negatives": node.get("pointwise_negatives", 1), "seed": config_integer(cfg, "eval.pointwise_seed", 0) or 0,
+            "threshold": threshold}
+
+
 def build_datamodule(cfg: DictConfig, feedback: str) -> RecDataModule:
     """The data of ``cfg`` (source, preprocessing, split), set up for ``feedback`` (``explicit``/``implicit``)."""
     datamodule = build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"), feedback=feedback)
@@ -171,12 +186,16 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"pick a matching loss (e.g. loss={'bpr' if 'implicit' in model_cls.feedbacks else 'mse'})"
         )
     sampled = sampled_kwargs(cfg)
-    valid = metric_names(loss.feedback, cfg.eval.ks, "val", sampled["sampled_negatives"], sampled["sampled_strategy"])
+    pointwise = pointwise_settings(cfg)
+    valid = metric_names(loss.feedback, cfg.eval.ks, "val", sampled["sampled_negatives"], sampled["sampled_strategy"],
+                         pointwise is not None, loss.logits)
     if cfg.monitor not in valid:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
     datamodule = build_datamodule(cfg, loss.feedback)
     check_data_config(cfg, datamodule, loss.feedback)
+    if pointwise is not None:
+        datamodule.add_pointwise_pairs(**pointwise)
     data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
     datamodule.train_view = train_view(model, loss)
@@ -206,6 +225,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         beyond=context if cfg.eval.get("beyond") is not None else None,
         reranker=reranker,
         item_vectors_from_model=context is not None and context.vectors_from == "model",
+        logits=loss.logits,
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
@@ -350,9 +370,9 @@ def ranking_results_frame(results: dict, user_ids: np.ndarray, context: ListCont
     """Per-user ranking metrics (an evaluator's aggregated per-user results) with raw user ids, and with a
     ``context`` each user's slices (``slice_activity``, ``slice_profile``; see
     :func:`recforge.metrics.beyond.slice_labels`)."""
-    from recforge.metrics.evaluator import NON_METRIC_KEYS
+    from recforge.metrics.evaluator import NON_METRIC_KEYS, PAIR_KEYS
 
-    columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS}
+    columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS + PAIR_KEYS}
     labels = slice_labels(context, results["users"]) if context is not None else {}
     return pd.DataFrame({"user": user_ids[results["users"].cpu().numpy()], **labels, **columns})
 

@@ -17,6 +17,7 @@ from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
 from recforge.data.features import align_features, features_tensor
 from recforge.data.interactions import IdMaps, default_steps, prepare
+from recforge.data.pairs import labelled_pairs
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
 from recforge.data.sorting import isin, lexsort, sort_keys
 from recforge.data.split import Split, check_split
@@ -118,6 +119,7 @@ class RecDataModule(pl.LightningDataModule):
         self.rating_range: tuple[float, float] | None = None
         self._report: dict[str, float] = {}
         self._feature_tensors: dict | None = None
+        self.candidates: dict[str, torch.Tensor] = {}  # per stage, the ranked items when the split restricts them
 
     # ---------------------------------------------------------------- preparation
     def cache_spec(self, checksums: dict[str, str]) -> dict:
@@ -238,6 +240,15 @@ class RecDataModule(pl.LightningDataModule):
             "val": self._eval_batches_for(self.split.val, exclude=seen),
             "test": self._eval_batches_for(self.split.test, exclude=seen_val),
         }
+        self.candidates = {}
+        if self.split.meta.get("rank_among") == "held_out" and self.feedback == "implicit":
+            # the cold-item protocol ranks each stage's held-out items only (split.rank_among=held_out)
+            for stage, part in (("val", val), ("test", test)):
+                mask = torch.zeros(self.n_items, dtype=torch.bool)
+                mask[torch.as_tensor(part["item"].to_numpy(np.int64))] = True
+                self.candidates[stage] = mask
+                for batch in self._eval_batches[stage]:
+                    batch["candidate_items"] = mask
         self._report["data/tensors_s"] = time.perf_counter() - t0
         self._report["data/setup_s"] = time.perf_counter() - started
 
@@ -256,6 +267,34 @@ class RecDataModule(pl.LightningDataModule):
         relevant = self._matrix(part)
         return chunk_batches(exclude.indptr, exclude.indices, relevant.indptr, relevant.indices, relevant.data,
                              self.n_items, self.max_scores_in_memory)
+
+    def add_pointwise_pairs(self, negatives: int = 1, seed: int = 0, threshold: float | None = None) -> None:
+        """Attach labelled pairs (:func:`recforge.data.pairs.labelled_pairs`) to every validation and test
+        batch, for the point-wise metrics: each part's pairs are its positives and ``negatives`` sampled items per
+        positive that the user never interacted with in any part (within the ranked candidates when the split
+        restricts them), drawn under ``seed``; or, with ``threshold``, the part's rated pairs labelled
+        ``rating >= threshold``. Counts go to the data report (``data/pointwise_pairs_test``, ...)."""
+        if self.feedback == "explicit":
+            raise RecForgeError("eval.pointwise=true scores ranking models (implicit feedback); a rating model is "
+                                "scored by RMSE/MAE: drop eval.pointwise or train with an implicit loss (loss=bce)")
+        split = self.split
+        parts = [split.train, split.val, split.test] + ([split.fold_in] if split.fold_in is not None else [])
+        blocked = np.concatenate([self._keys(p) for p in parts])
+        for stage, part in (("val", split.val), ("test", split.test)):
+            mask = self.candidates.get(stage)
+            users, items, labels, short = labelled_pairs(
+                part["user"].to_numpy(), part["item"].to_numpy(), part["rating"].to_numpy(), self.n_items, blocked,
+                negatives, seed, threshold, None if mask is None else mask.numpy())
+            self._report[f"data/pointwise_pairs_{stage}"] = float(len(users))
+            self._report[f"data/pointwise_positives_{stage}"] = float(labels.sum())
+            self._report[f"data/pointwise_short_{stage}"] = float(short)
+            users_t = torch.as_tensor(users)
+            for batch in self._eval_batches[stage]:
+                lo, hi = (int(torch.searchsorted(users_t, batch["users"][i], right=right))
+                          for i, right in ((0, False), (-1, True)))
+                batch["pair_rows"] = torch.searchsorted(batch["users"], users_t[lo:hi])
+                batch["pair_cols"] = torch.as_tensor(items[lo:hi])
+                batch["pair_labels"] = torch.as_tensor(labels[lo:hi])
 
     # ---------------------------------------------------------------- ratings on the original scale
     @property

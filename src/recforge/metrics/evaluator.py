@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from recforge.metrics.beyond import ListContext, item_slice_metrics, list_metrics, slice_aggregates
+from recforge.metrics.pointwise import pointwise_metrics
 from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metrics, relevance_matrix, topk_items
 from recforge.metrics.rating import rating_errors
 from recforge.metrics.sampled import STRATEGIES, protocol_prefix, sample_negatives
@@ -51,6 +52,7 @@ __all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "
 RANKING_METRIC_NAMES = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
 BEYOND_ACCURACY_NAMES = ("coverage", "gini", "expgini", "novelty", "avgpop")
 NON_METRIC_KEYS = ("users", "topk", "scores", "valid")  # per-user result keys that are not metrics
+PAIR_KEYS = ("pair_users", "pair_scores", "pair_labels")  # per-pair results (point-wise metrics), not per user
 
 
 def rating_batch_errors(
@@ -86,6 +88,13 @@ class RankingEvaluator:
         beyond: adds the list metrics and the slices (see the module docstring); needs ``item_popularity``.
         reranker: reorders each user's top-``reranker.n_candidates`` items: ``reranker(users, items, scores, k)``
             returns the (B, k) items and their scores (:class:`recforge.rerank.Reranker`).
+        logits: the model's scores are logits (trained with a point-wise log loss): the point-wise metrics
+            include ``logloss``.
+
+    Batches may carry labelled pairs (``pair_rows``, ``pair_cols``, ``pair_labels``; see
+    :mod:`recforge.metrics.pointwise`): their scores are read before any masking and :meth:`aggregate` adds
+    ``auc``, ``gauc``, ``gauc_skipped_users`` (and ``logloss``). A ``candidate_items`` (n_items,) bool mask
+    restricts the ranking to those items (the cold-item protocol ranks the held-out items only).
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class RankingEvaluator:
         sampled_seed: int = 0,
         beyond: ListContext | None = None,
         reranker: Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
+        logits: bool = False,
     ) -> None:
         ks = sorted(set(int(k) for k in ks))
         if not ks or ks[0] < 1:
@@ -121,6 +131,7 @@ class RankingEvaluator:
         self.prefix = (protocol_prefix(self.sampled_negatives, sampled_strategy)
                        if self.sampled_negatives is not None else None)
         self.beyond, self.reranker = beyond, reranker
+        self.logits = bool(logits)
 
     # ------------------------------------------------------------------ names
     def metric_names(self) -> list[str]:
@@ -167,7 +178,15 @@ class RankingEvaluator:
         ex_rows = batch["exclude_rows"].to(device, torch.long)
         ex_cols = batch["exclude_cols"].to(device, torch.long)
 
+        pairs = {}
+        if "pair_rows" in batch:  # point-wise pairs: their scores before any masking
+            pair_rows = batch["pair_rows"].to(device, torch.long)
+            pairs = {"pair_users": users.to(device)[pair_rows],
+                     "pair_scores": scores[pair_rows, batch["pair_cols"].to(device, torch.long)],
+                     "pair_labels": batch["pair_labels"].to(device, torch.float32)}
         mask_scores_(scores, ex_rows, ex_cols)
+        if "candidate_items" in batch:
+            scores[:, ~batch["candidate_items"].to(device)] = float("-inf")
         kmax = max(self.ks)
         if self.reranker is None:
             values, topk = topk_items(scores, kmax)
@@ -176,7 +195,7 @@ class RankingEvaluator:
             topk, values = self.reranker(users.to(device), topk, values, kmax)
         valid = torch.isfinite(values)
         hits, n_relevant, ideal = relevance_matrix(n_rows, topk, rel_rows, rel_cols, gains, valid)
-        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid}
+        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid, **pairs}
         out.update(ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal))
         if self.beyond is not None:
             if self.beyond.item_groups.device != device:
@@ -231,8 +250,12 @@ class RankingEvaluator:
         results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
         metrics: dict[str, Tensor] = {}
         for key, value in results.items():
-            if key not in NON_METRIC_KEYS:
+            if key not in NON_METRIC_KEYS + PAIR_KEYS:
                 metrics[key] = value.double().nanmean().float()
+        if "pair_scores" in results:
+            extra = pointwise_metrics(results["pair_scores"], results["pair_labels"], results["pair_users"],
+                                      self.logits)
+            metrics.update({k: v.float() for k, v in extra.items()})
         if self.item_popularity is not None:
             extra = beyond_accuracy(results["topk"], results["valid"], self.item_popularity,
                                     self.n_train_users or 1, self.ks)

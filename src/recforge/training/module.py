@@ -11,6 +11,7 @@ from recforge.errors import RecForgeError
 from recforge.metrics.beyond import ListContext, unit_rows
 from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NAMES, RankingEvaluator,
                                         rating_batch_errors)
+from recforge.metrics.pointwise import POINTWISE_NAMES
 from recforge.metrics.rating import error_metrics
 from recforge.metrics.sampled import check_protocol, protocol_prefix
 from recforge.models.base import Recommender
@@ -22,11 +23,14 @@ RATING_METRICS = ("rmse", "mae")
 
 
 def metric_names(feedback: str, ks: Sequence[int], stage: str = "val", sampled_negatives: int | None = None,
-                 sampled_strategy: str = "uniform") -> list[str]:
-    """Every metric a validation or test pass logs, e.g. ``val/ndcg_at_10`` or ``test/sampled99_hr_at_10``."""
+                 sampled_strategy: str = "uniform", pointwise: bool = False, logits: bool = False) -> list[str]:
+    """Every metric a validation or test pass logs, e.g. ``val/ndcg_at_10`` or ``test/sampled99_hr_at_10``;
+    with ``pointwise`` also ``val/auc``, ``val/gauc`` and (``logits``: scores are logits) ``val/logloss``."""
     if feedback == "explicit":
         return [f"{stage}/{m}" for m in RATING_METRICS]
     names = [f"{stage}/{m}_at_{k}" for m in RANKING_METRICS + BEYOND_ACCURACY for k in ks]
+    if pointwise:
+        names += [f"{stage}/{m}" for m in POINTWISE_NAMES + (("logloss",) if logits else ())]
     check_protocol(sampled_negatives, sampled_strategy)
     if sampled_negatives is not None:
         prefix = protocol_prefix(sampled_negatives, sampled_strategy)
@@ -79,6 +83,7 @@ class RecommenderModule(pl.LightningModule):
         beyond: ListContext | None = None,
         reranker: Callable | None = None,
         item_vectors_from_model: bool = False,
+        logits: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
@@ -99,12 +104,12 @@ class RecommenderModule(pl.LightningModule):
         if sampled_negatives is not None and sampled_strategy == "popularity" and item_popularity is None:
             raise RecForgeError("eval.sampled.strategy=popularity needs the training item popularity")
         self.evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
-                                          sampled_strategy, sampled_seed)
+                                          sampled_strategy, sampled_seed, logits=logits)
         self.beyond, self.reranker, self.item_vectors_from_model = beyond, reranker, item_vectors_from_model
         self.test_evaluator = self.evaluator
         if beyond is not None or reranker is not None:
             self.test_evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
-                                                   sampled_strategy, sampled_seed, beyond, reranker)
+                                                   sampled_strategy, sampled_seed, beyond, reranker, logits=logits)
         self.rating_inverse = rating_inverse
         self.histories = histories
         self.view = train_view(model, loss)
