@@ -153,6 +153,24 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
+def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:
+    """A cold-start split (``split=cold_items`` / ``cold_users``) evaluates ids never seen in training: refuse, before
+    training, a model that scores them by their ids alone."""
+    kind = datamodule.split.meta.get("kind")
+    if kind not in ("cold_items", "cold_users"):
+        return
+    side = "items" if kind == "cold_items" else "users"
+    if model.scores_unseen(side):
+        return
+    name = option_names(cfg, ("model",)).get("model", type(model).__name__)
+    features = datamodule.feature_tensors().get(f"{side[:-1]}_features")
+    data = (f"data {datamodule.raw.name} has no {side[:-1]} features, so only model=pop (the reference) runs"
+            if features is None else f"use model=fm or model=deepfm (with model.use_features=true), which score "
+                                     f"them from their {side[:-1]} features, or model=pop (the reference)")
+    raise RecForgeError(f"split={kind}: model={name} scores {side} by their ids only and cannot score {side} it "
+                        f"never trained on; {data} (docs/features.md)")
+
+
 def pointwise_settings(cfg: DictConfig) -> dict | None:
     """``eval.pointwise*``: the labelled pairs of the point-wise metrics (``negatives``, ``seed``, ``threshold``),
     or None when ``eval.pointwise`` is false (the default)."""
@@ -198,11 +216,14 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         datamodule.add_pointwise_pairs(**pointwise)
     data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
+    check_cold_start(cfg, datamodule, model)
     datamodule.train_view = train_view(model, loss)
     check_sparse_optimizer(cfg, model)
     sampler = None
     if loss.feedback == "implicit" and model.requires_training:
         sampler = build_sampler(cfg, loss, datamodule, data_kwargs["item_popularity"])
+        if datamodule.split.meta.get("kind") == "cold_items" and hasattr(sampler, "restrict_to"):
+            sampler.restrict_to(torch.nonzero(data_kwargs["item_popularity"] > 0).squeeze(1))
     histories = None
     if model.reads_histories:  # each stage's inputs: train (+ fold-in) at val, + val at test
         histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
