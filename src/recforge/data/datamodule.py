@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
-from recforge.data.features import align_features, features_tensor
+from recforge.data.features import FeatureEncoder, align_features, encode_frame
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.pairs import labelled_pairs
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
@@ -119,6 +119,7 @@ class RecDataModule(pl.LightningDataModule):
         self.rating_range: tuple[float, float] | None = None
         self._report: dict[str, float] = {}
         self._feature_tensors: dict | None = None
+        self._feature_names: dict[str, list[str]] = {}
         self.candidates: dict[str, torch.Tensor] = {}  # per stage, the ranked items when the split restricts them
 
     # ---------------------------------------------------------------- preparation
@@ -345,12 +346,34 @@ class RecDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- what models are built from
     def feature_tensors(self) -> dict[str, torch.Tensor]:
-        """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices."""
+        """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices, fitted on the
+        training part only: the vocabularies, ranges and means come from the users (items) with a training
+        interaction, so nothing of a validation or test id shapes the encoding. Features the source declares
+        (``data.user_columns`` / ``item_columns``) are encoded as declared (:class:`FeatureEncoder`), any other
+        feature frame by :func:`recforge.data.features.encode_frame`."""
         if self._feature_tensors is None:
-            self._feature_tensors = {k: v for k, v in (("user_features", features_tensor(self.user_features)),
-                                                        ("item_features", features_tensor(self.item_features)))
-                                     if v is not None}
+            self._feature_tensors, self._feature_names = {}, {}
+            declared = getattr(self.source, "feature_columns", None) or {}
+            for side, frame, n in (("user", self.user_features, self.n_users), ("item", self.item_features,
+                                                                              self.n_items)):
+                if frame is None:
+                    continue
+                rows = np.bincount(self.split.train[side].to_numpy(np.int64), minlength=n) > 0
+                if declared.get(side):
+                    matrix, names = FeatureEncoder(declared[side]).fit(frame, rows).transform(frame)
+                    tensor = torch.from_numpy(matrix) if matrix.shape[1] else None
+                else:
+                    tensor, names = encode_frame(frame, fit_rows=rows)
+                if tensor is not None:
+                    self._feature_tensors[f"{side}_features"] = tensor
+                    self._feature_names[f"{side}_features"] = names
+                    self._report[f"data/n_{side}_features"] = float(tensor.shape[1])
         return self._feature_tensors
+
+    def feature_names(self) -> dict[str, list[str]]:
+        """The names of :meth:`feature_tensors`' columns (``occupation=writer``, ``genres=Comedy``, ``year``)."""
+        self.feature_tensors()
+        return self._feature_names
 
     def train_sequences(self) -> torch.Tensor:
         """``(2, n_train)`` user/item pairs of the training (and fold-in) interactions, grouped by user and in time
