@@ -210,9 +210,12 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     if cfg.monitor not in valid:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
+    if pointwise is not None and loss.feedback == "explicit" and pointwise["threshold"] is None:
+        raise RecForgeError("eval.pointwise=true with a rating model labels its rated pairs by a threshold: set "
+                            "eval.pointwise_threshold (ratings >= it are positives, on the original scale), e.g. 4")
     datamodule = build_datamodule(cfg, loss.feedback)
     check_data_config(cfg, datamodule, loss.feedback)
-    if pointwise is not None:
+    if pointwise is not None and loss.feedback == "implicit":
         datamodule.add_pointwise_pairs(**pointwise)
     data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
@@ -247,6 +250,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         reranker=reranker,
         item_vectors_from_model=context is not None and context.vectors_from == "model",
         logits=loss.logits,
+        rating_threshold=pointwise["threshold"] if pointwise is not None and loss.feedback == "explicit" else None,
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)

@@ -85,3 +85,30 @@ def test_metrics_do_not_depend_on_how_users_are_chunked(tiny_cfg):
     split, _ = exp.module.test_evaluator.aggregate([exp.module.evaluate_batch(p, "test") for p in pieces])
     for name in ("auc", "gauc", "logloss", "ndcg_at_10"):
         assert float(split[name]) == pytest.approx(float(whole[name]), abs=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")   # the module's aggregation driven by hand
+def test_rating_models_get_auc_of_their_predictions_against_binarised_ratings(tiny_cfg):
+    with pytest.raises(RecForgeError, match="set eval.pointwise_threshold"):
+        build_experiment(tiny_cfg("model=mf", *POINTWISE))
+    exp = build_experiment(tiny_cfg("model=mf", "eval.pointwise_threshold=4", "monitor=val/gauc", *POINTWISE))
+    test = exp.datamodule.split.test
+    users, items = torch.as_tensor(test["user"].to_numpy()), torch.as_tensor(test["item"].to_numpy())
+    labels = torch.as_tensor(test["rating"].to_numpy() >= 4).float()
+    assert 0 < labels.mean() < 1
+    outputs = [exp.module.evaluate_batch(b, "test") for b in exp.datamodule.test_dataloader()]
+    exp.module._outputs = outputs
+    metrics = exp.module._aggregate("test")
+    with torch.no_grad():
+        direct = pointwise_metrics(exp.model(users, items), labels, users, logits=False)
+    assert "test/logloss" not in metrics
+    for name in ("auc", "gauc", "gauc_skipped_users"):
+        assert float(metrics[f"test/{name}"]) == pytest.approx(float(direct[name]), abs=1e-6)
+
+
+def test_implicit_threshold_labels_the_test_pairs_without_sampling(tiny_cfg):
+    exp = build_experiment(tiny_cfg("model=bpr", "eval.pointwise_threshold=4", *POINTWISE))
+    dm = exp.datamodule
+    labels = torch.cat([b["pair_labels"] for b in dm._eval_batches["test"]])
+    assert len(labels) == len(dm.split.test)
+    assert int(labels.sum()) == int((dm.split.test["rating"] >= 4).sum())

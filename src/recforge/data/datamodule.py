@@ -274,17 +274,20 @@ class RecDataModule(pl.LightningDataModule):
         batch, for the point-wise metrics: each part's pairs are its positives and ``negatives`` sampled items per
         positive that the user never interacted with in any part (within the ranked candidates when the split
         restricts them), drawn under ``seed``; or, with ``threshold``, the part's rated pairs labelled
-        ``rating >= threshold``. Counts go to the data report (``data/pointwise_pairs_test``, ...)."""
+        ``rating >= threshold`` (on the original rating scale). Counts go to the data report
+        (``data/pointwise_pairs_test``, ...). Rating models' evaluation batches are already their labelled pairs."""
         if self.feedback == "explicit":
-            raise RecForgeError("eval.pointwise=true scores ranking models (implicit feedback); a rating model is "
-                                "scored by RMSE/MAE: drop eval.pointwise or train with an implicit loss (loss=bce)")
+            raise RecForgeError("add_pointwise_pairs is for ranking evaluation; a rating model's evaluation pairs are "
+                                "its rated pairs (RecommenderModule.rating_threshold labels them)")
+        scale, offset = self.rating_inverse
         split = self.split
         parts = [split.train, split.val, split.test] + ([split.fold_in] if split.fold_in is not None else [])
         blocked = np.concatenate([self._keys(p) for p in parts])
         for stage, part in (("val", split.val), ("test", split.test)):
             mask = self.candidates.get(stage)
             users, items, labels, short = labelled_pairs(
-                part["user"].to_numpy(), part["item"].to_numpy(), part["rating"].to_numpy(), self.n_items, blocked,
+                part["user"].to_numpy(), part["item"].to_numpy(), part["rating"].to_numpy(np.float64) * scale + offset,
+                self.n_items, blocked,
                 negatives, seed, threshold, None if mask is None else mask.numpy())
             self._report[f"data/pointwise_pairs_{stage}"] = float(len(users))
             self._report[f"data/pointwise_positives_{stage}"] = float(labels.sum())
