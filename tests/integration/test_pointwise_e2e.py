@@ -4,7 +4,10 @@ log loss."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -30,6 +33,8 @@ def test_run_logs_auc_gauc_logloss(tiny_cfg, tmp_path):
     assert run.data.metrics["test/gauc"] == pytest.approx(metrics["test/gauc"], rel=1e-6)
     assert run.data.metrics["test/logloss"] == pytest.approx(metrics["test/logloss"], rel=1e-6)
     assert int(run.data.params["data_report.pointwise_pairs_test"]) == 2 * int(run.data.params["data_report.n_test"])
+    per_user = pd.read_parquet(Path(cfg.paths.output_dir) / "per_user_test_metrics.parquet")
+    assert per_user["user_auc"].notna().all() and per_user["user_auc"].between(0, 1).all()   # every user has both
 
 
 def test_pairs_balanced_unseen_and_metrics_equal_a_direct_computation(tiny_cfg):
@@ -54,9 +59,13 @@ def test_pairs_balanced_unseen_and_metrics_equal_a_direct_computation(tiny_cfg):
     with torch.no_grad():
         direct = pointwise_metrics(model(users, items), labels, users, logits=True)
     outputs = [exp.module.evaluate_batch(b, "test") for b in dm._eval_batches["test"]]
-    metrics, _ = exp.module.test_evaluator.aggregate(outputs)
+    metrics, results = exp.module.test_evaluator.aggregate(outputs)
     for name in ("auc", "gauc", "logloss"):
         assert float(metrics[name]) == pytest.approx(float(direct[name]), abs=1e-6)
+    # each user's own AUC is a per-user column; weighted by the user's pairs it averages to GAUC
+    pairs_per_user = torch.bincount(users, minlength=dm.n_users)[results["users"]].double()
+    weighted = (results["user_auc"].double() * pairs_per_user).sum() / pairs_per_user.sum()
+    assert float(weighted) == pytest.approx(float(metrics["gauc"]), abs=1e-6)
     # the same seed gives the same pairs in another experiment (another model)
     again = build_experiment(tiny_cfg("model=pop", *POINTWISE)).datamodule._eval_batches["test"][0]
     assert torch.equal(again["pair_cols"], dm._eval_batches["test"][0]["pair_cols"])

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from recforge.metrics.beyond import ListContext, item_slice_metrics, list_metrics, slice_aggregates
-from recforge.metrics.pointwise import pointwise_metrics
+from recforge.metrics.pointwise import group_auc, pointwise_metrics
 from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metrics, relevance_matrix, topk_items
 from recforge.metrics.rating import rating_errors
 from recforge.metrics.sampled import STRATEGIES, protocol_prefix, sample_negatives
@@ -93,7 +93,8 @@ class RankingEvaluator:
 
     Batches may carry labelled pairs (``pair_rows``, ``pair_cols``, ``pair_labels``; see
     :mod:`recforge.metrics.pointwise`): their scores are read before any masking and :meth:`aggregate` adds
-    ``auc``, ``gauc``, ``gauc_skipped_users`` (and ``logloss``). A ``candidate_items`` (n_items,) bool mask
+    ``auc``, ``gauc``, ``gauc_skipped_users`` (and ``logloss``), and the per-user results each user's own AUC
+    (``user_auc``, a column of the per-user test metrics). A ``candidate_items`` (n_items,) bool mask
     restricts the ranking to those items (the cold-item protocol ranks the held-out items only).
     """
 
@@ -256,6 +257,13 @@ class RankingEvaluator:
             extra = pointwise_metrics(results["pair_scores"], results["pair_labels"], results["pair_users"],
                                       self.logits)
             metrics.update({k: v.float() for k, v in extra.items()})
+            # each evaluated user's own AUC (NaN: no pairs, or one class), a per-user column beside the others
+            _, per_user, _ = group_auc(results["pair_scores"], results["pair_labels"], results["pair_users"])
+            ids = torch.unique(results["pair_users"])
+            at = torch.searchsorted(ids, results["users"]).clamp(max=max(len(ids) - 1, 0))
+            found = ids[at] == results["users"] if len(ids) else torch.zeros_like(results["users"], dtype=torch.bool)
+            results["user_auc"] = torch.where(found, per_user[at].float(), torch.full_like(at, float("nan"),
+                                                                                          dtype=torch.float32))
         if self.item_popularity is not None:
             extra = beyond_accuracy(results["topk"], results["valid"], self.item_popularity,
                                     self.n_train_users or 1, self.ks)

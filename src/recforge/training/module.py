@@ -60,6 +60,10 @@ class RecommenderModule(pl.LightningModule):
     checkpoint, sweeps) stays on the model's own top-K, so runs that differ only in the re-ranker train alike.
     With ``item_vectors_from_model`` the list metrics' and the re-ranker's item vectors are the model's, read again
     when the test starts (the trained model's).
+
+    Evaluation batches that carry labelled pairs (``RecDataModule.add_pointwise_pairs``) add the point-wise metrics
+    (:mod:`recforge.metrics.pointwise`), with ``logloss`` when ``logits`` (the loss makes scores logits); a rating
+    model's rated pairs are labelled ``rating >= rating_threshold`` (original scale) when that is set.
     """
 
     def __init__(
