@@ -165,8 +165,8 @@ def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommen
     name = option_names(cfg, ("model",)).get("model", type(model).__name__)
     features = datamodule.feature_tensors().get(f"{side[:-1]}_features")
     data = (f"data {datamodule.raw.name} has no {side[:-1]} features, so only model=pop (the reference) runs"
-            if features is None else f"use model=fm or model=deepfm (with model.use_features=true), which score "
-                                     f"them from their {side[:-1]} features, or model=pop (the reference)")
+            if features is None else f"use model=fm, model=deepfm or model=dcnv2 (with model.use_features=true), "
+                                     f"which score them from their {side[:-1]} features, or model=pop (the reference)")
     raise RecForgeError(f"split={kind}: model={name} scores {side} by their ids only and cannot score {side} it "
                         f"never trained on; {data} (docs/features.md)")
 
