@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from recforge.data.features import FeatureEncoder, check_columns, encode_frame, parse_columns
+from recforge.data.declared import FeatureEncoder, check_columns, parse_columns
+from recforge.data.features import encode_frame
 from recforge.errors import RecForgeError
 from recforge.pipeline import build_experiment
 from tests.conftest import compose_train

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
-from recforge.data.features import FeatureEncoder, align_features, encode_frame
+from recforge.data.declared import FeatureEncoder
+from recforge.data.features import align_features, encode_frame
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.pairs import labelled_pairs
 from recforge.data.sources.base import PART_PREFIX, RawData, Source

@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from recforge.data.features import FeatureColumn, check_columns, parse_columns
+from recforge.data.declared import FeatureColumn, check_columns, parse_columns
 from recforge.data.readers import read_delimited, read_table, standardise
 from recforge.data.sources.base import PART_PREFIX, FileSource, RawData
 from recforge.data.sorting import isin
@@ -92,7 +92,7 @@ class MovieLens(FileSource):
     (use ``split=predefined split.name=u1``).
 
     ``user_columns`` / ``item_columns`` declare which raw columns are features and of which kind
-    (:func:`recforge.data.features.parse_columns`; the data configs declare ml-100k's and ml-latest-small's);
+    (:func:`recforge.data.declared.parse_columns`; the data configs declare ml-100k's and ml-latest-small's);
     undeclared, every feature column is encoded by :func:`recforge.data.features.encode_frame`.
     """
 

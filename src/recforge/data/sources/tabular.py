@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import pyarrow as pa
 
-from recforge.data.features import FeatureColumn, check_columns, parse_columns
+from recforge.data.declared import FeatureColumn, check_columns, parse_columns
 from recforge.data.readers import infer_format, integer_ids, read_table, standardise
 from recforge.data.sources.base import FileSource, RawData
 from recforge.errors import RecForgeError
@@ -24,7 +24,7 @@ class TabularSource(FileSource):
     header whose ``user_features_id`` / ``item_features_id`` column holds the raw id; the other columns
     become features (numbers as they are, text one-hot encoded by the datamodule when few distinct values),
     unless ``user_columns`` / ``item_columns`` declare which columns are features and of which kind
-    (:func:`recforge.data.features.parse_columns`, e.g. ``{genres: {kind: multi, sep: '|'}, year: numeric}``).
+    (:func:`recforge.data.declared.parse_columns`, e.g. ``{genres: {kind: multi, sep: '|'}, year: numeric}``).
     """
 
     def __init__(
