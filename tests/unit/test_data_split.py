@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.data.split import (ColdItemSplit, ColdUserSplit, KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit, PerUserTemporalSplit, PredefinedSplit,
+from recforge.data.split import (ColdItemSplit, ColdUserSplit, KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit,
+                                 PerUserTemporalSplit, PredefinedSplit,
                                  RandomSplit, Split, StrongGeneralizationSplit, TemporalSplit, check_split, count_leaks)
 from recforge.errors import RecForgeError
 

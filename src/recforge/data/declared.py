@@ -112,9 +112,9 @@ def check_columns(columns: list[FeatureColumn], frame: pd.DataFrame, path: str, 
             missing = np.isnan(_raw_numbers(column, frame))
             if missing.any():
                 first = frame.index[np.flatnonzero(missing)[0]]
-                raise RecForgeError(f"{path}: column {column.source!r} (feature {column.name}) has {int(missing.sum())} "
-                                    f"missing or non-numeric values (first: {side} {first!r}); fix the file or set "
-                                    f"{key}.fill=mean")
+                raise RecForgeError(f"{path}: column {column.source!r} (feature {column.name}) has "
+                                    f"{int(missing.sum())} missing or non-numeric values (first: {side} {first!r}); "
+                                    f"fix the file or set {key}.fill=mean")
 
 
 @dataclass

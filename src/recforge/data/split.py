@@ -446,9 +446,9 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
         in_both = count_in(split.test[key].to_numpy(), split.val[key].to_numpy())
         report[f"data/heldout_{key}s_in_train"] = float(in_train)
         if in_train or in_both:
-            raise RecForgeError(f"split leak: {in_train} validation/test interactions whose {key} was seen in training and "
-                                f"{in_both} test interactions whose {key} is a validation {key}; split={meta['kind']} must hold out "
-                                f"whole {key}s (a bug in the splitter)")
+            raise RecForgeError(f"split leak: {in_train} validation/test interactions whose {key} was seen in "
+                                f"training and {in_both} test interactions whose {key} is a validation {key}; "
+                                f"split={meta['kind']} must hold out whole {key}s (a bug in the splitter)")
     if split.fold_in is not None:
         held_users = np.concatenate([split.val["user"].to_numpy(), split.test["user"].to_numpy()])
         in_train = count_in(held_users, split.train["user"].to_numpy())
