@@ -24,7 +24,9 @@ class Loss(nn.Module):
       user rows);
     * ``full``: scores every item (a softmax over the catalogue) instead of sampled negatives;
     * ``num_negatives``: sampled negatives per positive (0: none);
-    * ``logq_correction``: sampled scores arrive minus the log-probability of drawing each item.
+    * ``logq_correction``: sampled scores arrive minus the log-probability of drawing each item;
+    * ``logits``: the loss is a point-wise log loss, so the trained model's scores are logits of a probability
+      (``sigmoid(score)``); the point-wise evaluation then also logs ``logloss``.
     """
 
     feedback: str = "implicit"
@@ -32,6 +34,7 @@ class Loss(nn.Module):
     full: bool = False
     num_negatives: int = 0
     logq_correction: bool = False
+    logits: bool = False
 
 
 class MSELoss(Loss):
@@ -56,6 +59,8 @@ class SampledNegativesLoss(Loss):
 
 class BCELoss(SampledNegativesLoss):
     """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017)."""
+
+    logits = True
 
     def __init__(self, num_negatives: int = 4) -> None:
         super().__init__(num_negatives)
@@ -165,6 +170,7 @@ class RowBCELoss(Loss):
     """
 
     view = "users"
+    logits = True
 
     def __init__(self, negative_ratio: float | None = None) -> None:
         super().__init__()

@@ -153,6 +153,39 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
+def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:
+    """A cold-start split (``split=cold_items`` / ``cold_users``) evaluates ids never seen in training: refuse, before
+    training, a model that scores them by their ids alone."""
+    kind = datamodule.split.meta.get("kind")
+    if kind not in ("cold_items", "cold_users"):
+        return
+    side = "items" if kind == "cold_items" else "users"
+    if model.scores_unseen(side):
+        return
+    name = option_names(cfg, ("model",)).get("model", type(model).__name__)
+    features = datamodule.feature_tensors().get(f"{side[:-1]}_features")
+    data = (f"data {datamodule.raw.name} has no {side[:-1]} features, so only model=pop (the reference) runs"
+            if features is None else f"use model=fm, model=deepfm or model=dcnv2 (with model.use_features=true), "
+                                     f"which score them from their {side[:-1]} features, or model=pop (the reference)")
+    raise RecForgeError(f"split={kind}: model={name} scores {side} by their ids only and cannot score {side} it "
+                        f"never trained on; {data} (docs/features.md)")
+
+
+def pointwise_settings(cfg: DictConfig) -> dict | None:
+    """``eval.pointwise*``: the labelled pairs of the point-wise metrics (``negatives``, ``seed``, ``threshold``),
+    or None when ``eval.pointwise`` is false (the default)."""
+    node = cfg.eval
+    if not node.get("pointwise", False):
+        return None
+    if node.get("pointwise") is not True:
+        raise RecForgeError(f"eval.pointwise={node.get('pointwise')!r} must be true or false")
+    threshold = node.get("pointwise_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise RecForgeError(f"eval.pointwise_threshold={threshold!r} must be a number (e.g. 4) or null")
+    return {"negatives": node.get("pointwise_negatives", 1), "seed": config_integer(cfg, "eval.pointwise_seed", 0) or 0,
+            "threshold": threshold}
+
+
 def build_datamodule(cfg: DictConfig, feedback: str) -> RecDataModule:
     """The data of ``cfg`` (source, preprocessing, split), set up for ``feedback`` (``explicit``/``implicit``)."""
     datamodule = build(cfg, "datamodule", source=build(cfg, "data"), splitter=build(cfg, "split"), feedback=feedback)
@@ -171,12 +204,19 @@ def build_experiment(cfg: DictConfig) -> Experiment:
             f"pick a matching loss (e.g. loss={'bpr' if 'implicit' in model_cls.feedbacks else 'mse'})"
         )
     sampled = sampled_kwargs(cfg)
-    valid = metric_names(loss.feedback, cfg.eval.ks, "val", sampled["sampled_negatives"], sampled["sampled_strategy"])
+    pointwise = pointwise_settings(cfg)
+    valid = metric_names(loss.feedback, cfg.eval.ks, "val", sampled["sampled_negatives"], sampled["sampled_strategy"],
+                         pointwise is not None, loss.logits)
     if cfg.monitor not in valid:
         raise RecForgeError(f"monitor={cfg.monitor} is not logged with loss={cfg.loss._target_.rsplit('.', 1)[-1]}; "
                             f"valid names: {', '.join(valid)}")
+    if pointwise is not None and loss.feedback == "explicit" and pointwise["threshold"] is None:
+        raise RecForgeError("eval.pointwise=true with a rating model labels its rated pairs by a threshold: set "
+                            "eval.pointwise_threshold (ratings >= it are positives, on the original scale), e.g. 4")
     datamodule = build_datamodule(cfg, loss.feedback)
     check_data_config(cfg, datamodule, loss.feedback)
+    if pointwise is not None and loss.feedback == "implicit":
+        datamodule.add_pointwise_pairs(**pointwise)
     data_kwargs = datamodule.model_kwargs(inspect.signature(model_cls).parameters)
     model = build_model(cfg, data_kwargs)
     if cfg.get("export") is not None and cfg.export.get("ann_index") and \
@@ -184,11 +224,14 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         from recforge.retrieval.ann import retrieval_items
 
         retrieval_items(model)  # not a dot-product model: the one-line refusal, before training
+    check_cold_start(cfg, datamodule, model)
     datamodule.train_view = train_view(model, loss)
     check_sparse_optimizer(cfg, model)
     sampler = None
     if loss.feedback == "implicit" and model.requires_training:
         sampler = build_sampler(cfg, loss, datamodule, data_kwargs["item_popularity"])
+        if datamodule.split.meta.get("kind") == "cold_items" and hasattr(sampler, "restrict_to"):
+            sampler.restrict_to(torch.nonzero(data_kwargs["item_popularity"] > 0).squeeze(1))
     histories = None
     if model.reads_histories:  # each stage's inputs: train (+ fold-in) at val, + val at test
         histories = {stage: datamodule.histories(stage) for stage in ("val", "test")}
@@ -212,6 +255,8 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         reranker=reranker,
         item_vectors_from_model=context is not None and context.vectors_from == "model",
         ann=build_ann(cfg),
+        logits=loss.logits,
+        rating_threshold=pointwise["threshold"] if pointwise is not None and loss.feedback == "explicit" else None,
         **sampled,
     )
     return Experiment(datamodule, model, module, loss.feedback)
@@ -368,9 +413,9 @@ def ranking_results_frame(results: dict, user_ids: np.ndarray, context: ListCont
     """Per-user ranking metrics (an evaluator's aggregated per-user results) with raw user ids, and with a
     ``context`` each user's slices (``slice_activity``, ``slice_profile``; see
     :func:`recforge.metrics.beyond.slice_labels`)."""
-    from recforge.metrics.evaluator import NON_METRIC_KEYS
+    from recforge.metrics.evaluator import NON_METRIC_KEYS, PAIR_KEYS
 
-    columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS}
+    columns = {k: v.cpu().numpy() for k, v in results.items() if k not in NON_METRIC_KEYS + PAIR_KEYS}
     labels = slice_labels(context, results["users"]) if context is not None else {}
     return pd.DataFrame({"user": user_ids[results["users"].cpu().numpy()], **labels, **columns})
 

@@ -56,6 +56,16 @@ class NegativeSampler(nn.Module):
         # log of each item's share of the training positives: the probability that an in-batch negative is it
         self.register_buffer("log_item_share", (counts / counts.sum().clamp(min=1)).log(), persistent=False)
         self._bloom: tuple[tuple[int, int, int], torch.Tensor, int] | None = None  # (keys' identity, bits, shift)
+        self.register_buffer("drawable", None, persistent=False)  # see restrict_to
+
+    def restrict_to(self, items: torch.Tensor) -> None:
+        """Draw uniform negatives from ``items`` only: the cold-start splits keep their held-out items out of
+        training altogether, also as negatives (a model would otherwise learn that they are never positive).
+        Samplers that draw by popularity (alpha > 0) or from the batch never draw an item without training
+        interactions anyway."""
+        if len(items) == 0:
+            raise RecForgeError("no item has a training interaction to draw negatives from")
+        self.drawable = items.to(self.log_item_share.device, torch.long)
 
     def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``(B, ...)`` items -> whether ``(users[b], item)`` is a training positive."""
@@ -87,12 +97,16 @@ class NegativeSampler(nn.Module):
         return self._bloom[1], self._bloom[2]
 
     def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        """Items drawn independently from the proposal distribution (here uniform)."""
+        """Items drawn independently from the proposal distribution (here uniform, over :meth:`restrict_to`'s
+        items when set)."""
+        if self.drawable is not None:
+            return self.drawable[torch.randint(len(self.drawable), shape, device=device)]
         return torch.randint(self.n_items, shape, device=device)
 
     def log_prob(self, items: torch.Tensor) -> torch.Tensor:
         """Log-probability that a draw is each of ``items`` (the log-Q of sampled-softmax corrections)."""
-        return torch.full(items.shape, -math.log(self.n_items), device=items.device)
+        n = self.n_items if self.drawable is None else len(self.drawable)
+        return torch.full(items.shape, -math.log(n), device=items.device)
 
     def forward(self, users: torch.Tensor, num_negatives: int, positives: torch.Tensor | None = None,
                 scorer: Scorer | None = None) -> torch.Tensor:

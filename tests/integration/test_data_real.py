@@ -94,3 +94,31 @@ def test_amazon_all_beauty(tmp_path):
     assert inter.rating.value_counts().sort_index().tolist() == [115, 64, 109, 332, 4649]
     encoded, _, _ = prepare(raw, "explicit", None, [DropMissing(), Deduplicate("last")])
     assert len(encoded) == 4_092
+
+
+def test_ml100k_declared_features_fitted_on_training_users_and_items(tmp_path):
+    """data=ml-100k's declared features: age, gender, occupation, zip prefix; genres and release year; the one
+    movie without a release date gets the training mean; a missing column stops with the file's name."""
+    from tests.conftest import compose_train
+    from recforge.pipeline import build_datamodule
+
+    cfg = compose_train(["data=ml-100k", f"paths.data_dir={DATA}", "tracking=none"], tmp_path)
+    dm = build_datamodule(cfg, "implicit")
+    names = dm.feature_names()
+    users, items = dm.feature_tensors()["user_features"], dm.feature_tensors()["item_features"]
+    assert users.shape == (943, len(names["user_features"])) and items.shape == (1682, 20)
+    assert names["user_features"][:3] == ["age", "gender=F", "gender=M"]
+    assert sum(n.startswith("occupation=") for n in names["user_features"]) == 21
+    assert "zip_prefix=0" in names["user_features"] and names["item_features"][-1] == "year"
+    assert items[:, :19].sum(1).max() == pytest.approx(1.0)   # a movie's genres share one unit
+    raw = dm.item_features
+    years = raw["release_date"].str.extract(r"(\d{4})", expand=False).astype(float).to_numpy()
+    no_date = np.flatnonzero(np.isnan(years))
+    assert len(no_date) == 1   # movie 267, "unknown"
+    trained = np.bincount(dm.split.train["item"], minlength=dm.n_items) > 0
+    lo, hi = np.nanmin(years[trained]), np.nanmax(years[trained])
+    expected = (np.nanmean(years[trained]) - lo) / (hi - lo)
+    assert float(items[no_date[0], -1]) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(RecForgeError, match=r"u.user: no column 'postcode' for feature zip_prefix"):
+        MovieLens100K(str(DATA), str(tmp_path), user_columns={"zip_prefix": {"kind": "categorical",
+                                                                            "column": "postcode"}}).load()

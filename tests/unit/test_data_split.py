@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.data.split import (KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit, PerUserTemporalSplit, PredefinedSplit,
+from recforge.data.split import (ColdItemSplit, ColdUserSplit, KFoldSplit, LeaveOneOutSplit, PerUserRatioSplit,
+                                 PerUserTemporalSplit, PredefinedSplit,
                                  RandomSplit, Split, StrongGeneralizationSplit, TemporalSplit, check_split, count_leaks)
 from recforge.errors import RecForgeError
 
@@ -28,7 +29,8 @@ def pairs(part):
 
 SPLITTERS = [RandomSplit(0.1, 0.2, seed=1), PerUserRatioSplit(0.1, 0.2, "random", seed=1),
              PerUserRatioSplit(0.1, 0.2, "time", seed=1), TemporalSplit(0.1, 0.2), PerUserTemporalSplit(2, 2, 5),
-             LeaveOneOutSplit(), StrongGeneralizationSplit(n_val_users=5, n_test_users=8, seed=1), KFoldSplit(5, 2)]
+             LeaveOneOutSplit(), StrongGeneralizationSplit(n_val_users=5, n_test_users=8, seed=1), KFoldSplit(5, 2),
+             ColdItemSplit(0.1, 0.2, seed=1), ColdUserSplit(0.1, 0.2, seed=1)]
 
 
 @pytest.mark.parametrize("splitter", SPLITTERS, ids=lambda s: type(s).__name__ + str(getattr(s, "order", "")))
@@ -127,3 +129,33 @@ def test_cold_users_and_items_are_counted_and_dropped_when_asked():
     assert len(kept.test) == 3
     dropped, report = check_split(split, 3, 3, cold_users="drop", cold_items="drop")
     assert pairs(dropped.test) == {(1, 1)} and report["data/n_cold_dropped_test"] == 2
+
+
+@pytest.mark.parametrize("kind, key", [(ColdItemSplit, "item"), (ColdUserSplit, "user")])
+def test_cold_splits_hold_out_whole_ids(table, kind, key):
+    split = kind(0.1, 0.2, seed=3)(table)
+    train, val, test = (set(p[key]) for p in (split.train, split.val, split.test))
+    n = table[key].nunique()
+    assert len(test) == round(0.2 * n) and len(val) == round(0.1 * n)
+    assert not (train & test) and not (train & val) and not (val & test)
+    assert set(split.test[key]) | set(split.val[key]) | train == set(table[key])
+    # every interaction of a held-out id is in its part
+    assert len(split.test) == table[key].isin(test).sum()
+    _, report = check_split(split, N_USERS, N_ITEMS)
+    assert report[f"data/heldout_{key}s_in_train"] == 0
+    assert report[f"data/n_cold_{key}s_test"] == len(test)
+    assert set(kind(0.1, 0.2, seed=4)(table).test[key]) != test
+
+
+def test_cold_split_check_stops_an_id_in_train_and_a_drop_setting(table):
+    split = ColdItemSplit(0.1, 0.2, seed=3)(table)
+    leaked = Split(pd.concat([split.train, split.test.head(1)]), split.val, split.test.iloc[1:], meta=split.meta)
+    with pytest.raises(RecForgeError, match=r"split leak: \d+ validation/test interactions whose item was seen in "
+                                            r"training and 0 test"):
+        check_split(leaked, N_USERS, N_ITEMS)
+    with pytest.raises(RecForgeError, match="datamodule.cold_items=drop"):
+        check_split(split, N_USERS, N_ITEMS, cold_items="drop")
+    with pytest.raises(RecForgeError, match="split.rank_among"):
+        ColdItemSplit(rank_among="some")
+    with pytest.raises(RecForgeError, match="leaves none for training"):
+        ColdUserSplit(0.5, 0.49)(table.head(3))

@@ -94,13 +94,17 @@ def split_eval_batch(batch, parts: int) -> list:
             continue
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         piece = {"users": batch["users"][lo:hi]}
-        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",))):
+        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",)), ("pair", ("pair_labels",))):
+            if f"{prefix}_rows" not in batch:
+                continue
             inside = (batch[f"{prefix}_rows"] >= lo) & (batch[f"{prefix}_rows"] < hi)
             piece[f"{prefix}_rows"] = batch[f"{prefix}_rows"][inside] - lo
             piece[f"{prefix}_cols"] = batch[f"{prefix}_cols"][inside]
             for key in extra:
                 if key in batch:
                     piece[key] = batch[key][inside]
+        if "candidate_items" in batch:
+            piece["candidate_items"] = batch["candidate_items"]
         out.append(piece)
     return out
 

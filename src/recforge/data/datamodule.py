@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader
 
 from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
-from recforge.data.features import align_features, features_tensor
+from recforge.data.declared import FeatureEncoder
+from recforge.data.features import align_features, encode_frame
 from recforge.data.interactions import IdMaps, default_steps, prepare
+from recforge.data.pairs import labelled_pairs
 from recforge.data.sources.base import PART_PREFIX, RawData, Source
 from recforge.data.sorting import isin, lexsort, sort_keys
 from recforge.data.split import Split, check_split
@@ -118,6 +120,8 @@ class RecDataModule(pl.LightningDataModule):
         self.rating_range: tuple[float, float] | None = None
         self._report: dict[str, float] = {}
         self._feature_tensors: dict | None = None
+        self._feature_names: dict[str, list[str]] = {}
+        self.candidates: dict[str, torch.Tensor] = {}  # per stage, the ranked items when the split restricts them
 
     # ---------------------------------------------------------------- preparation
     def cache_spec(self, checksums: dict[str, str]) -> dict:
@@ -238,6 +242,15 @@ class RecDataModule(pl.LightningDataModule):
             "val": self._eval_batches_for(self.split.val, exclude=seen),
             "test": self._eval_batches_for(self.split.test, exclude=seen_val),
         }
+        self.candidates = {}
+        if self.split.meta.get("rank_among") == "held_out" and self.feedback == "implicit":
+            # the cold-item protocol ranks each stage's held-out items only (split.rank_among=held_out)
+            for stage, part in (("val", val), ("test", test)):
+                mask = torch.zeros(self.n_items, dtype=torch.bool)
+                mask[torch.as_tensor(part["item"].to_numpy(np.int64))] = True
+                self.candidates[stage] = mask
+                for batch in self._eval_batches[stage]:
+                    batch["candidate_items"] = mask
         self._report["data/tensors_s"] = time.perf_counter() - t0
         self._report["data/setup_s"] = time.perf_counter() - started
 
@@ -256,6 +269,37 @@ class RecDataModule(pl.LightningDataModule):
         relevant = self._matrix(part)
         return chunk_batches(exclude.indptr, exclude.indices, relevant.indptr, relevant.indices, relevant.data,
                              self.n_items, self.max_scores_in_memory)
+
+    def add_pointwise_pairs(self, negatives: int = 1, seed: int = 0, threshold: float | None = None) -> None:
+        """Attach labelled pairs (:func:`recforge.data.pairs.labelled_pairs`) to every validation and test
+        batch, for the point-wise metrics: each part's pairs are its positives and ``negatives`` sampled items per
+        positive that the user never interacted with in any part (within the ranked candidates when the split
+        restricts them), drawn under ``seed``; or, with ``threshold``, the part's rated pairs labelled
+        ``rating >= threshold`` (on the original rating scale). Counts go to the data report
+        (``data/pointwise_pairs_test``, ...). Rating models' evaluation batches are already their labelled pairs."""
+        if self.feedback == "explicit":
+            raise RecForgeError("add_pointwise_pairs is for ranking evaluation; a rating model's evaluation pairs are "
+                                "its rated pairs (RecommenderModule.rating_threshold labels them)")
+        scale, offset = self.rating_inverse
+        split = self.split
+        parts = [split.train, split.val, split.test] + ([split.fold_in] if split.fold_in is not None else [])
+        blocked = np.concatenate([self._keys(p) for p in parts])
+        for stage, part in (("val", split.val), ("test", split.test)):
+            mask = self.candidates.get(stage)
+            users, items, labels, short = labelled_pairs(
+                part["user"].to_numpy(), part["item"].to_numpy(), part["rating"].to_numpy(np.float64) * scale + offset,
+                self.n_items, blocked,
+                negatives, seed, threshold, None if mask is None else mask.numpy())
+            self._report[f"data/pointwise_pairs_{stage}"] = float(len(users))
+            self._report[f"data/pointwise_positives_{stage}"] = float(labels.sum())
+            self._report[f"data/pointwise_short_{stage}"] = float(short)
+            users_t = torch.as_tensor(users)
+            for batch in self._eval_batches[stage]:
+                lo, hi = (int(torch.searchsorted(users_t, batch["users"][i], right=right))
+                          for i, right in ((0, False), (-1, True)))
+                batch["pair_rows"] = torch.searchsorted(batch["users"], users_t[lo:hi])
+                batch["pair_cols"] = torch.as_tensor(items[lo:hi])
+                batch["pair_labels"] = torch.as_tensor(labels[lo:hi])
 
     # ---------------------------------------------------------------- ratings on the original scale
     @property
@@ -306,12 +350,34 @@ class RecDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- what models are built from
     def feature_tensors(self) -> dict[str, torch.Tensor]:
-        """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices."""
+        """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices, fitted on the
+        training part only: the vocabularies, ranges and means come from the users (items) with a training
+        interaction, so nothing of a validation or test id shapes the encoding. Features the source declares
+        (``data.user_columns`` / ``item_columns``) are encoded as declared (:class:`FeatureEncoder`), any other
+        feature frame by :func:`recforge.data.features.encode_frame`."""
         if self._feature_tensors is None:
-            self._feature_tensors = {k: v for k, v in (("user_features", features_tensor(self.user_features)),
-                                                        ("item_features", features_tensor(self.item_features)))
-                                     if v is not None}
+            self._feature_tensors, self._feature_names = {}, {}
+            declared = getattr(self.source, "feature_columns", None) or {}
+            for side, frame, n in (("user", self.user_features, self.n_users), ("item", self.item_features,
+                                                                              self.n_items)):
+                if frame is None:
+                    continue
+                rows = np.bincount(self.split.train[side].to_numpy(np.int64), minlength=n) > 0
+                if declared.get(side):
+                    matrix, names = FeatureEncoder(declared[side]).fit(frame, rows).transform(frame)
+                    tensor = torch.from_numpy(matrix) if matrix.shape[1] else None
+                else:
+                    tensor, names = encode_frame(frame, fit_rows=rows)
+                if tensor is not None:
+                    self._feature_tensors[f"{side}_features"] = tensor
+                    self._feature_names[f"{side}_features"] = names
+                    self._report[f"data/n_{side}_features"] = float(tensor.shape[1])
         return self._feature_tensors
+
+    def feature_names(self) -> dict[str, list[str]]:
+        """The names of :meth:`feature_tensors`' columns (``occupation=writer``, ``genres=Comedy``, ``year``)."""
+        self.feature_tensors()
+        return self._feature_names
 
     def train_sequences(self) -> torch.Tensor:
         """``(2, n_train)`` user/item pairs of the training (and fold-in) interactions, grouped by user and in time

@@ -308,6 +308,74 @@ class KFoldSplit(Splitter):
                      meta={"kind": "kfold", "fold": self.fold})
 
 
+class _HeldOutIds(Splitter):
+    """Whole users or items held out: ``val_ratio`` / ``test_ratio`` of the ids (those with interactions; rounded,
+    at least one test id) drawn under ``seed``, with every interaction of theirs, go to validation / test."""
+
+    key = "item"
+    kind = "cold_items"
+
+    def __init__(self, val_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 42) -> None:
+        _check_ratios(val_ratio, test_ratio)
+        self.val_ratio, self.test_ratio, self.seed = val_ratio, test_ratio, seed
+
+    def roles(self, frame: pd.DataFrame) -> np.ndarray:
+        """Each row's part: 0 train, 1 validation, 2 test."""
+        ids = frame[self.key].to_numpy()
+        present = np.flatnonzero(np.bincount(ids)) if len(ids) else np.zeros(0, np.int64)
+        order = np.random.default_rng(self.seed).permutation(present)
+        n_test = max(1, int(round(len(present) * self.test_ratio)))
+        n_val = int(round(len(present) * self.val_ratio))
+        if n_test + n_val >= len(present):
+            raise RecForgeError(f"split={self.kind}: holding out {n_val} validation and {n_test} test {self.key}s of "
+                                f"{len(present)} leaves none for training; lower split.val_ratio / split.test_ratio")
+        role = np.zeros(int(ids.max()) + 1 if len(ids) else 0, np.int8)
+        role[order[:n_test]] = 2
+        role[order[n_test:n_test + n_val]] = 1
+        return role[ids]
+
+    def __call__(self, frame: pd.DataFrame) -> Split:
+        role = self.roles(frame)
+        return Split(*(_take(frame, np.flatnonzero(role == r)) for r in (0, 1, 2)), meta=self.meta())
+
+    def meta(self) -> dict:
+        return {"kind": self.kind}
+
+
+class ColdItemSplit(_HeldOutIds):
+    """Item cold start: ``val_ratio`` / ``test_ratio`` of the items are held out whole (every interaction with
+    them is validation / test; none is in training, which the split check verifies), drawn under ``seed``.
+
+    ``rank_among``: ``held_out`` (default) ranks each user's held-out items among the part's held-out items only,
+    as item cold-start studies evaluate (DropoutNet, Volkovs et al. 2017; LightFM's cold-start experiments, Kula
+    2015, score only the test items): ranking them among all items would mostly measure that a model puts
+    items it never trained on below the warm ones. ``all`` ranks them among every item the user has not seen.
+    Only models that score unseen items from their features can be evaluated (FM and DeepFM with item
+    features; popularity as the chance-level reference); the others are refused before training."""
+
+    key, kind = "item", "cold_items"
+
+    def __init__(self, val_ratio: float = 0.1, test_ratio: float = 0.1, rank_among: str = "held_out",
+                 seed: int = 42) -> None:
+        super().__init__(val_ratio, test_ratio, seed)
+        if rank_among not in ("held_out", "all"):
+            raise RecForgeError(f"split.rank_among must be 'held_out' or 'all', got {rank_among!r}")
+        self.rank_among = rank_among
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "rank_among": self.rank_among}
+
+
+class ColdUserSplit(_HeldOutIds):
+    """User cold start: ``val_ratio`` / ``test_ratio`` of the users are held out whole (all their interactions
+    are validation / test targets, with no history to fold in; none is in training, which the split check
+    verifies), drawn under ``seed``. Their items are ranked among every item (they have seen none). Only models
+    that score unseen users from their features can be evaluated (FM and DeepFM with user features; popularity,
+    which recommends the same popular items to everyone, as the reference)."""
+
+    key, kind = "user", "cold_users"
+
+
 # ------------------------------------------------------------------------------------------------ checks
 def check_no_leak(split: Split, n_items: int, leaks: dict[str, int] | None = None) -> None:
     """Stop when a (user, item) pair is in train and in validation or test (or in validation and test)."""
@@ -368,6 +436,19 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
     if violations:
         raise RecForgeError(f"split leak: {violations} interactions are on the wrong side of the split's time cut "
                             "(held-out interactions older than training ones); this is a bug in the splitter")
+    if meta.get("kind") in ("cold_items", "cold_users"):
+        key = "item" if meta["kind"] == "cold_items" else "user"
+        if (cold_items if key == "item" else cold_users) == "drop":
+            raise RecForgeError(f"split={meta['kind']} holds out whole {key}s, which datamodule.cold_{key}s=drop would "
+                                f"remove from validation and test; keep datamodule.cold_{key}s=keep")
+        held = np.concatenate([split.val[key].to_numpy(), split.test[key].to_numpy()])
+        in_train = count_in(held, split.train[key].to_numpy())
+        in_both = count_in(split.test[key].to_numpy(), split.val[key].to_numpy())
+        report[f"data/heldout_{key}s_in_train"] = float(in_train)
+        if in_train or in_both:
+            raise RecForgeError(f"split leak: {in_train} validation/test interactions whose {key} was seen in "
+                                f"training and {in_both} test interactions whose {key} is a validation {key}; "
+                                f"split={meta['kind']} must hold out whole {key}s (a bug in the splitter)")
     if split.fold_in is not None:
         held_users = np.concatenate([split.val["user"].to_numpy(), split.test["user"].to_numpy()])
         in_train = count_in(held_users, split.train["user"].to_numpy())

@@ -159,21 +159,3 @@ class IntegratedGradients(FeatureExplainer):
             rest = self.logits(user_vars, item_vars, 0 * ones(m_user), 0 * ones(m_item))
         values = torch.cat([user_vars.values.expand(k, -1), item_vars.values], 1)
         return self.finish(items, scores, attributions, values, top, rest)
-
-
-def frame_feature_names(frame) -> list[str]:
-    """Names of the columns :func:`recforge.data.datamodule.features_tensor` makes of a feature frame, in its
-    order: a numeric column's name, ``column=value`` for each value of a one-hot text column."""
-    import pandas as pd
-
-    from recforge.data.datamodule import features_tensor
-
-    names: list[str] = []
-    for column in frame.columns if frame is not None else ():
-        block = features_tensor(frame[[column]])
-        if block is None:
-            continue
-        values = frame[column]
-        numeric = pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values)
-        names += [str(column)] if numeric else [f"{column}={value}" for value in pd.get_dummies(values).columns]
-    return names

@@ -18,7 +18,7 @@ import torch
 from recforge.errors import RecForgeError
 from recforge.explain import explainer_for, records
 from recforge.explain.base import Explainer, Histories, history_of, model_device
-from recforge.explain.features import frame_feature_names, variable_names
+from recforge.explain.features import variable_names
 from recforge.models.deepfm import DeepFM
 from recforge.models.fm import FactorizationMachine
 from recforge.utils.io import atomic_write_text
@@ -48,8 +48,9 @@ def explained_run(exp) -> ExplainedRun:
     names = None
     if isinstance(model, (FactorizationMachine, DeepFM)):
         fm = model.fm if isinstance(model, DeepFM) else model
-        user = frame_feature_names(dm.user_features) if fm.user_side.has_features else []
-        item = frame_feature_names(dm.item_features) if fm.item_side.has_features else []
+        feature_names = dm.feature_names()  # the columns the model was built with, in their order
+        user = feature_names.get("user_features", []) if fm.user_side.has_features else []
+        item = feature_names.get("item_features", []) if fm.item_side.has_features else []
         names = variable_names(fm, user, item)
     features = dm.item_features
     titles = None

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from recforge.metrics.beyond import ListContext, item_slice_metrics, list_metrics, slice_aggregates
+from recforge.metrics.pointwise import group_auc, pointwise_metrics
 from recforge.metrics.ranking import beyond_accuracy, mask_scores_, ranking_metrics, relevance_matrix, topk_items
 from recforge.metrics.rating import rating_errors
 from recforge.metrics.sampled import STRATEGIES, protocol_prefix, sample_negatives
@@ -51,6 +52,7 @@ __all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "
 RANKING_METRIC_NAMES = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
 BEYOND_ACCURACY_NAMES = ("coverage", "gini", "expgini", "novelty", "avgpop")
 NON_METRIC_KEYS = ("users", "topk", "scores", "valid")  # per-user result keys that are not metrics
+PAIR_KEYS = ("pair_users", "pair_scores", "pair_labels")  # per-pair results (point-wise metrics), not per user
 
 
 def rating_batch_errors(
@@ -91,6 +93,14 @@ class RankingEvaluator:
             list is then its candidates only (``max(ks)`` plus the user's excluded items are asked for, so masking
             leaves ``max(ks)``), ordered by the model's own scores, and ``ann_recall_at_K`` is the share of the
             exact top-K (over all unmasked items) that the candidates' top-K holds.
+        logits: the model's scores are logits (trained with a point-wise log loss): the point-wise metrics
+            include ``logloss``.
+
+    Batches may carry labelled pairs (``pair_rows``, ``pair_cols``, ``pair_labels``; see
+    :mod:`recforge.metrics.pointwise`): their scores are read before any masking and :meth:`aggregate` adds
+    ``auc``, ``gauc``, ``gauc_skipped_users`` (and ``logloss``), and the per-user results each user's own AUC
+    (``user_auc``, a column of the per-user test metrics). A ``candidate_items`` (n_items,) bool mask
+    restricts the ranking to those items (the cold-item protocol ranks the held-out items only).
     """
 
     def __init__(
@@ -104,6 +114,7 @@ class RankingEvaluator:
         beyond: ListContext | None = None,
         reranker: Callable[[Tensor, Tensor, Tensor, int], tuple[Tensor, Tensor]] | None = None,
         retriever: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
+        logits: bool = False,
     ) -> None:
         ks = sorted(set(int(k) for k in ks))
         if not ks or ks[0] < 1:
@@ -127,6 +138,7 @@ class RankingEvaluator:
         self.prefix = (protocol_prefix(self.sampled_negatives, sampled_strategy)
                        if self.sampled_negatives is not None else None)
         self.beyond, self.reranker, self.retriever = beyond, reranker, retriever
+        self.logits = bool(logits)
 
     # ------------------------------------------------------------------ names
     def metric_names(self) -> list[str]:
@@ -175,7 +187,15 @@ class RankingEvaluator:
         ex_rows = batch["exclude_rows"].to(device, torch.long)
         ex_cols = batch["exclude_cols"].to(device, torch.long)
 
+        pairs = {}
+        if "pair_rows" in batch:  # point-wise pairs: their scores before any masking
+            pair_rows = batch["pair_rows"].to(device, torch.long)
+            pairs = {"pair_users": users.to(device)[pair_rows],
+                     "pair_scores": scores[pair_rows, batch["pair_cols"].to(device, torch.long)],
+                     "pair_labels": batch["pair_labels"].to(device, torch.float32)}
         mask_scores_(scores, ex_rows, ex_cols)
+        if "candidate_items" in batch:
+            scores[:, ~batch["candidate_items"].to(device)] = float("-inf")
         kmax = max(self.ks)
         ann_recall = None
         if self.retriever is not None:
@@ -187,7 +207,7 @@ class RankingEvaluator:
             topk, values = self.reranker(users.to(device), topk, values, kmax)
         valid = torch.isfinite(values)
         hits, n_relevant, ideal = relevance_matrix(n_rows, topk, rel_rows, rel_cols, gains, valid)
-        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid}
+        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid, **pairs}
         out.update(ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal))
         if self.beyond is not None:
             if self.beyond.item_groups.device != device:
@@ -272,8 +292,19 @@ class RankingEvaluator:
         results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
         metrics: dict[str, Tensor] = {}
         for key, value in results.items():
-            if key not in NON_METRIC_KEYS:
+            if key not in NON_METRIC_KEYS + PAIR_KEYS:
                 metrics[key] = value.double().nanmean().float()
+        if "pair_scores" in results:
+            extra = pointwise_metrics(results["pair_scores"], results["pair_labels"], results["pair_users"],
+                                      self.logits)
+            metrics.update({k: v.float() for k, v in extra.items()})
+            # each evaluated user's own AUC (NaN: no pairs, or one class), a per-user column beside the others
+            _, per_user, _ = group_auc(results["pair_scores"], results["pair_labels"], results["pair_users"])
+            ids = torch.unique(results["pair_users"])
+            at = torch.searchsorted(ids, results["users"]).clamp(max=max(len(ids) - 1, 0))
+            found = ids[at] == results["users"] if len(ids) else torch.zeros_like(results["users"], dtype=torch.bool)
+            results["user_auc"] = torch.where(found, per_user[at].float(), torch.full_like(at, float("nan"),
+                                                                                          dtype=torch.float32))
         if self.item_popularity is not None:
             extra = beyond_accuracy(results["topk"], results["valid"], self.item_popularity,
                                     self.n_train_users or 1, self.ks)

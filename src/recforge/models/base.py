@@ -28,6 +28,9 @@
   (:mod:`recforge.retrieval.ann`) searches. ``None`` (the default): the model is not a dot product, no index.
 * ``regularization(users, items)`` is a penalty added to the loss of each interaction batch (``items`` are the
   batch's candidates, positives first); the default is none.
+* ``scores_unseen(side)`` says whether the model scores ``"users"`` / ``"items"`` that had no training interaction
+  from something besides their ids (their features); the cold-start splits refuse models that cannot. The
+  default is no: an id-only model's score for an id it never trained on is its initialisation.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class Recommender(nn.Module):
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """A penalty added to the loss of an interaction batch, or ``None`` (the default) for none."""
         return None
+
+    def scores_unseen(self, side: str) -> bool:
+        """Whether unseen ``side`` ids (``"users"`` or ``"items"``) get a meaningful score (from features)."""
+        return False
 
     def set_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
         """Score from these histories (CSR over users) from now on; only models that ``reads_histories``."""

@@ -81,3 +81,6 @@ class DeepFM(Recommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self.fm.item_vectors()
+
+    def scores_unseen(self, side: str) -> bool:
+        return self.fm.scores_unseen(side)

@@ -131,3 +131,8 @@ class FactorizationMachine(Recommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_side(self.item_side.all_ids(self.global_bias.device)).vector
+
+    def scores_unseen(self, side: str) -> bool:
+        """Unseen users (items) score through their features' embeddings when the model reads user (item)
+        features; their own id embeddings keep their small initial values."""
+        return (self.item_side if side == "items" else self.user_side).has_features

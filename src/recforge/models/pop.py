@@ -27,3 +27,9 @@ class Popularity(Recommender):
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.counts.expand(len(users), -1).clone()
+
+    def scores_unseen(self, side: str) -> bool:
+        """The cold-start reference: an unseen user gets the popular items like everyone (a real baseline); unseen
+        items all count 0, so among held-out items the ranking is the evaluator's tie order (lower item index
+        first), i.e. chance level, and among all items they come last."""
+        return True

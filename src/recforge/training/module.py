@@ -11,6 +11,7 @@ from recforge.errors import RecForgeError
 from recforge.metrics.beyond import ListContext, unit_rows
 from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NAMES, RankingEvaluator,
                                         rating_batch_errors)
+from recforge.metrics.pointwise import POINTWISE_NAMES, pointwise_metrics
 from recforge.metrics.rating import error_metrics
 from recforge.metrics.sampled import check_protocol, protocol_prefix
 from recforge.models.base import Recommender
@@ -23,11 +24,14 @@ RATING_METRICS = ("rmse", "mae")
 
 
 def metric_names(feedback: str, ks: Sequence[int], stage: str = "val", sampled_negatives: int | None = None,
-                 sampled_strategy: str = "uniform") -> list[str]:
-    """Every metric a validation or test pass logs, e.g. ``val/ndcg_at_10`` or ``test/sampled99_hr_at_10``."""
+                 sampled_strategy: str = "uniform", pointwise: bool = False, logits: bool = False) -> list[str]:
+    """Every metric a validation or test pass logs, e.g. ``val/ndcg_at_10`` or ``test/sampled99_hr_at_10``;
+    with ``pointwise`` also ``val/auc``, ``val/gauc`` and (``logits``: scores are logits) ``val/logloss``."""
     if feedback == "explicit":
-        return [f"{stage}/{m}" for m in RATING_METRICS]
+        return [f"{stage}/{m}" for m in RATING_METRICS + (POINTWISE_NAMES if pointwise else ())]
     names = [f"{stage}/{m}_at_{k}" for m in RANKING_METRICS + BEYOND_ACCURACY for k in ks]
+    if pointwise:
+        names += [f"{stage}/{m}" for m in POINTWISE_NAMES + (("logloss",) if logits else ())]
     check_protocol(sampled_negatives, sampled_strategy)
     if sampled_negatives is not None:
         prefix = protocol_prefix(sampled_negatives, sampled_strategy)
@@ -57,6 +61,10 @@ class RecommenderModule(pl.LightningModule):
     checkpoint, sweeps) stays on the model's own top-K, so runs that differ only in the re-ranker train alike.
     With ``item_vectors_from_model`` the list metrics' and the re-ranker's item vectors are the model's, read again
     when the test starts (the trained model's).
+
+    Evaluation batches that carry labelled pairs (``RecDataModule.add_pointwise_pairs``) add the point-wise metrics
+    (:mod:`recforge.metrics.pointwise`), with ``logloss`` when ``logits`` (the loss makes scores logits); a rating
+    model's rated pairs are labelled ``rating >= rating_threshold`` (original scale) when that is set.
     """
 
     def __init__(
@@ -81,6 +89,8 @@ class RecommenderModule(pl.LightningModule):
         reranker: Callable | None = None,
         item_vectors_from_model: bool = False,
         ann: AnnIndex | None = None,
+        logits: bool = False,
+        rating_threshold: float | None = None,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.optimizer_factory, self.sampler = model, loss, optimizer, sampler
@@ -101,15 +111,16 @@ class RecommenderModule(pl.LightningModule):
         if sampled_negatives is not None and sampled_strategy == "popularity" and item_popularity is None:
             raise RecForgeError("eval.sampled.strategy=popularity needs the training item popularity")
         self.evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
-                                          sampled_strategy, sampled_seed)
+                                          sampled_strategy, sampled_seed, logits=logits)
         self.beyond, self.reranker, self.item_vectors_from_model = beyond, reranker, item_vectors_from_model
         self.test_evaluator = self.evaluator
         if beyond is not None or reranker is not None:
             self.test_evaluator = RankingEvaluator(self.ks, item_popularity, n_train_users, sampled_negatives,
-                                                   sampled_strategy, sampled_seed, beyond, reranker)
+                                                   sampled_strategy, sampled_seed, beyond, reranker, logits=logits)
         self.ann: AnnIndex | None = None
         self.use_ann(ann)
         self.rating_inverse = rating_inverse
+        self.rating_threshold = rating_threshold  # rating models: AUC/GAUC of predictions vs ratings >= threshold
         self.histories = histories
         self.view = train_view(model, loss)
         self._outputs: list[dict[str, torch.Tensor]] = []
@@ -220,8 +231,14 @@ class RecommenderModule(pl.LightningModule):
         """Per-user (ranking) or per-interaction (rating) results of one evaluation batch of ``stage``."""
         if self.feedback == "explicit":
             users, items, ratings = batch
-            errors = rating_batch_errors(self.model(users, items), ratings, self.clip, self.rating_inverse)
-            return {"users": users, "errors": errors}
+            predictions = self.model(users, items)
+            errors = rating_batch_errors(predictions, ratings, self.clip, self.rating_inverse)
+            out = {"users": users, "errors": errors}
+            if self.rating_threshold is not None:  # point-wise: the rated pairs, labelled on the original scale
+                original = self.rating_inverse(ratings) if self.rating_inverse is not None else ratings
+                out.update(pair_users=users, pair_scores=predictions.float(),
+                           pair_labels=(original >= self.rating_threshold).float())
+            return out
         evaluator = self.test_evaluator if stage == "test" else self.evaluator
         if self.item_popularity is not None and evaluator.item_popularity is not self.item_popularity:
             evaluator.item_popularity = self.item_popularity  # follow the buffer to the module's device
@@ -305,6 +322,9 @@ class RecommenderModule(pl.LightningModule):
         if self.feedback == "explicit":
             results = {key: torch.cat([o[key] for o in outputs]) for key in outputs[0]}
             metrics = error_metrics(results["errors"].double())
+            if "pair_scores" in results:
+                extra = pointwise_metrics(results["pair_scores"], results["pair_labels"], results["pair_users"], False)
+                metrics.update({k: v.float() for k, v in extra.items()})
         else:
             metrics, results = (self.test_evaluator if stage == "test" else self.evaluator).aggregate(outputs)
         metrics = {f"{stage}/{k}": v for k, v in metrics.items()}

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
+from recforge.data.declared import FeatureColumn, check_columns, parse_columns
 from recforge.data.readers import read_delimited, read_table, standardise
 from recforge.data.sources.base import PART_PREFIX, FileSource, RawData
 from recforge.data.sorting import isin
@@ -88,10 +90,15 @@ class MovieLens(FileSource):
     ``users.dat`` (gender, age, occupation) and ``movies.dat``; the others' movie files (title, genres as
     multi-hot columns ``genre_<name>``). ml-100k also carries its official splits ``u1``-``u5``, ``ua``, ``ub``
     (use ``split=predefined split.name=u1``).
+
+    ``user_columns`` / ``item_columns`` declare which raw columns are features and of which kind
+    (:func:`recforge.data.declared.parse_columns`; the data configs declare ml-100k's and ml-latest-small's);
+    undeclared, every feature column is encoded by :func:`recforge.data.features.encode_frame`.
     """
 
     def __init__(self, variant: str = "ml-100k", data_dir: str | None = None, cache_dir: str = "data_cache",
-                 url: str | None = None, verify: bool = True, features: bool = True) -> None:
+                 url: str | None = None, verify: bool = True, features: bool = True,
+                 user_columns: Mapping | None = None, item_columns: Mapping | None = None) -> None:
         super().__init__(data_dir, cache_dir, verify)
         if variant not in RELEASES:
             raise RecForgeError(f"data.variant={variant!r} is not a MovieLens release; pick one of {sorted(RELEASES)}")
@@ -102,6 +109,14 @@ class MovieLens(FileSource):
         self.release = RELEASES[variant]
         self.known_checksums = dict(self.release.known)
         self._folder: Path | None = None
+        self.user_columns = dict(user_columns) if user_columns else None
+        self.item_columns = dict(item_columns) if item_columns else None
+        self._declared = {"user": parse_columns(user_columns, "user"), "item": parse_columns(item_columns, "item")}
+
+    @property
+    def feature_columns(self) -> dict[str, list[FeatureColumn]]:
+        """The declared user and item features (empty lists: none declared)."""
+        return self._declared if self.features else {}
 
     def spec(self) -> dict:
         spec = super().spec()
@@ -148,6 +163,12 @@ class MovieLens(FileSource):
         users = items = None
         if self.features:
             users, items = self._features(files)
+            for side, table in (("user", users), ("item", items)):
+                if self._declared[side]:
+                    if table is None:
+                        raise RecForgeError(f"data.{side}_columns: {self.variant} has no {side} features; drop the key")
+                    name = release.users if side == "user" else release.movies
+                    check_columns(self._declared[side], table, str(files[name]), side)
         return RawData(self.name, frame, rating_range=release.rating_range, checksums=checksums,
                        user_features=users, item_features=items, origin=str(files[release.ratings]))
 
@@ -189,7 +210,7 @@ class MovieLens(FileSource):
             else:
                 items = read_delimited(path, "::", ["item", "title", "genres"], numeric=["item"], encoding=enc)
         if users is not None:
-            users = users.drop(columns=["zip"]).astype({"user": np.int64}).set_index("user")
+            users = users.astype({"user": np.int64}).set_index("user")
         if items is not None:
             if "genres" in items:
                 multi_hot = items["genres"].str.get_dummies(sep="|").add_prefix("genre_")
@@ -211,5 +232,6 @@ class MovieLens100K(MovieLens):
     """MovieLens 100K: 100,000 ratings 1-5 from 943 users on 1,682 movies (see :class:`MovieLens`)."""
 
     def __init__(self, data_dir: str | None = None, cache_dir: str = "data_cache", url: str = ML100K_URL,
-                 verify: bool = True, features: bool = True) -> None:
-        super().__init__("ml-100k", data_dir, cache_dir, url, verify, features)
+                 verify: bool = True, features: bool = True, user_columns: Mapping | None = None,
+                 item_columns: Mapping | None = None) -> None:
+        super().__init__("ml-100k", data_dir, cache_dir, url, verify, features, user_columns, item_columns)

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 import pyarrow as pa
 
+from recforge.data.declared import FeatureColumn, check_columns, parse_columns
 from recforge.data.readers import infer_format, integer_ids, read_table, standardise
 from recforge.data.sources.base import FileSource, RawData
 from recforge.errors import RecForgeError
@@ -21,7 +22,9 @@ class TabularSource(FileSource):
     delimiter (any string, e.g. ``'::'``); files without a header give their field ``names`` in order with
     ``header: false``. ``user_features`` / ``item_features`` are optional CSV/TSV/Parquet files with a
     header whose ``user_features_id`` / ``item_features_id`` column holds the raw id; the other columns
-    become features (numbers as they are, text one-hot encoded by the datamodule when few distinct values).
+    become features (numbers as they are, text one-hot encoded by the datamodule when few distinct values),
+    unless ``user_columns`` / ``item_columns`` declare which columns are features and of which kind
+    (:func:`recforge.data.declared.parse_columns`, e.g. ``{genres: {kind: multi, sep: '|'}, year: numeric}``).
     """
 
     def __init__(
@@ -39,6 +42,8 @@ class TabularSource(FileSource):
         user_features_id: str = "user",
         item_features: str | None = None,
         item_features_id: str = "item",
+        user_columns: Mapping | None = None,
+        item_columns: Mapping | None = None,
         verify: bool = True,
         cache_dir: str = "data_cache",
     ) -> None:
@@ -59,6 +64,17 @@ class TabularSource(FileSource):
         self.rating_range = tuple(float(v) for v in rating_range) if rating_range is not None else None
         self.user_features, self.user_features_id = user_features, user_features_id
         self.item_features, self.item_features_id = item_features, item_features_id
+        self.user_columns = dict(user_columns) if user_columns else None
+        self.item_columns = dict(item_columns) if item_columns else None
+        self._declared = {"user": parse_columns(user_columns, "user"), "item": parse_columns(item_columns, "item")}
+        for side in ("user", "item"):
+            if self._declared[side] and not (user_features if side == "user" else item_features):
+                raise RecForgeError(f"data.{side}_columns declares features but data.{side}_features names no file; "
+                                    f"set data.{side}_features=<file>")
+
+    @property
+    def feature_columns(self) -> dict[str, list[FeatureColumn]]:
+        return self._declared
 
     def spec(self) -> dict:
         return {k: v for k, v in super().spec().items() if k not in ("path", "user_features", "item_features")}
@@ -107,4 +123,6 @@ class TabularSource(FileSource):
         if frame[id_column].duplicated().any():
             dup = frame.loc[frame[id_column].duplicated(), id_column].iloc[0]
             raise RecForgeError(f"{path}: {kind} id {dup!r} appears more than once in column {id_column!r}")
-        return frame.set_index(id_column)
+        frame = frame.set_index(id_column)
+        check_columns(self._declared[kind], frame, str(path), kind)
+        return frame

@@ -1,0 +1,190 @@
+"""Declared user and item features: which raw columns are features, of which kind, checked against their files and
+encoded with vocabularies, ranges and means fitted on the training rows only (numpy and pandas; no torch, so that
+the sources that check their files stay light to import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from recforge.errors import RecForgeError
+
+KINDS = ("categorical", "multi", "numeric", "bucket")
+COLUMN_KEYS = ("kind", "column", "sep", "prefix", "chars", "pattern", "buckets", "fill", "min_count")
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    """One declared feature of a side (``data.user_columns.<name>`` / ``data.item_columns.<name>``).
+
+    ``kind``: ``categorical`` (one-hot over the training vocabulary; ``chars`` keeps the first characters, e.g. a
+    zip prefix), ``multi`` (multi-valued: the values of one text ``column`` split at ``sep``, or the 0/1 flag
+    columns named ``prefix*`` such as MovieLens' genres; multi-hot over the training vocabulary, each row divided
+    by its number of known values), ``numeric`` (min-max scaled to [0, 1] by the training rows' range, clipped;
+    ``pattern``: a regular expression whose first group is the number, e.g. a year in a date or a title; ``fill:
+    mean`` puts the training mean where a value is missing, else a missing value stops the run) or ``bucket`` (a
+    number one-hot by the ``buckets`` edges). ``column`` is the raw column (default: the feature's name).
+    ``min_count``: categorical and multi values seen in fewer training rows are unknown. Unknown values (never
+    seen in the training rows) encode as zeros.
+    """
+
+    name: str
+    kind: str
+    column: str | None = None
+    sep: str | None = None
+    prefix: str | None = None
+    chars: int | None = None
+    pattern: str | None = None
+    buckets: tuple[float, ...] | None = None
+    fill: str | None = None
+    min_count: int = 1
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+def parse_columns(columns: Mapping | None, side: str) -> list[FeatureColumn]:
+    """The declared features of ``data.<side>_columns`` (a mapping of feature name to its settings, or to just its
+    kind), checked; one-line errors name the key."""
+    if not columns:
+        return []
+    out = []
+    for name, settings in dict(columns).items():
+        key = f"data.{side}_columns.{name}"
+        settings = {"kind": settings} if isinstance(settings, str) else dict(settings or {})
+        unknown = sorted(set(settings) - set(COLUMN_KEYS))
+        if unknown:
+            raise RecForgeError(f"{key}.{unknown[0]} is not a feature setting; valid: {', '.join(COLUMN_KEYS)}")
+        kind = settings.get("kind")
+        if kind not in KINDS:
+            raise RecForgeError(f"{key}.kind={kind!r} must be one of {', '.join(KINDS)}")
+        if kind == "multi" and bool(settings.get("sep")) == bool(settings.get("prefix")):
+            raise RecForgeError(f"{key}: a multi feature needs either sep (values in one text column) or prefix "
+                                "(0/1 flag columns named prefix*), e.g. sep='|'")
+        if kind == "bucket" and not settings.get("buckets"):
+            raise RecForgeError(f"{key}: a bucket feature needs buckets (increasing edges), e.g. buckets=[18,25,35]")
+        if settings.get("fill") not in (None, "mean"):
+            raise RecForgeError(f"{key}.fill={settings['fill']!r} must be mean or null (a missing value stops the run)")
+        if settings.get("buckets") is not None:
+            settings["buckets"] = tuple(float(b) for b in settings["buckets"])
+            if list(settings["buckets"]) != sorted(set(settings["buckets"])):
+                raise RecForgeError(f"{key}.buckets must be strictly increasing, got {list(settings['buckets'])}")
+        out.append(FeatureColumn(str(name), **settings))
+    return out
+
+
+def _raw_numbers(column: FeatureColumn, frame: pd.DataFrame) -> np.ndarray:
+    values = frame[column.source]
+    if column.pattern:
+        values = values.astype("string").str.extract(column.pattern, expand=False)
+    return pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+
+
+def _flag_columns(column: FeatureColumn, frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if str(c).startswith(column.prefix)]
+
+
+def _categories(column: FeatureColumn, frame: pd.DataFrame) -> pd.Series:
+    values = frame[column.source].astype("string").str.strip()
+    if column.chars:
+        values = values.str[: column.chars]
+    return values.replace("", pd.NA)
+
+
+def check_columns(columns: list[FeatureColumn], frame: pd.DataFrame, path: str, side: str) -> None:
+    """A raw feature file against its declared features: a missing column or (without ``fill``) a missing or
+    non-numeric value of a numeric feature stops with one line naming the file and the column."""
+    for column in columns:
+        key = f"data.{side}_columns.{column.name}"
+        if column.kind == "multi" and column.prefix:
+            if not _flag_columns(column, frame):
+                raise RecForgeError(f"{path}: no column named {column.prefix}* for feature {column.name} ({key}); "
+                                    f"the file has {list(map(str, frame.columns))[:12]}")
+            continue
+        if column.source not in frame:
+            raise RecForgeError(f"{path}: no column {column.source!r} for feature {column.name} ({key}); the file has "
+                                f"{list(map(str, frame.columns))[:12]}; fix {key}.column or the file")
+        if column.kind in ("numeric", "bucket") and column.fill is None:
+            missing = np.isnan(_raw_numbers(column, frame))
+            if missing.any():
+                first = frame.index[np.flatnonzero(missing)[0]]
+                raise RecForgeError(f"{path}: column {column.source!r} (feature {column.name}) has "
+                                    f"{int(missing.sum())} missing or non-numeric values (first: {side} {first!r}); "
+                                    f"fix the file or set {key}.fill=mean")
+
+
+@dataclass
+class FeatureEncoder:
+    """Declared features fitted on the training rows only (vocabularies, ranges, means), then applied to every row.
+    ``fit`` never reads a row outside ``train_rows``: what a validation or test id carries cannot change the
+    encoding (nor, so, any training input)."""
+
+    columns: list[FeatureColumn]
+    state: dict = field(default_factory=dict)
+
+    def fit(self, frame: pd.DataFrame, train_rows: np.ndarray) -> "FeatureEncoder":
+        train = frame.iloc[np.flatnonzero(train_rows)]
+        for column in self.columns:
+            if column.kind == "numeric":
+                values = _raw_numbers(column, train)
+                known = values[~np.isnan(values)]
+                lo, hi = (float(known.min()), float(known.max())) if len(known) else (0.0, 1.0)
+                self.state[column.name] = (lo, hi, float(known.mean()) if len(known) else 0.0)
+            elif column.kind == "categorical":
+                counts = _categories(column, train).value_counts(dropna=True)
+                self.state[column.name] = sorted(counts.index[counts >= column.min_count].tolist())
+            elif column.kind == "multi":
+                counts = self._multi(column, train).sum(0)
+                self.state[column.name] = sorted(counts.index[counts >= column.min_count].tolist())
+        return self
+
+    @staticmethod
+    def _multi(column: FeatureColumn, frame: pd.DataFrame) -> pd.DataFrame:
+        """0/1 indicators of each row's values, one column per value (named by the value)."""
+        if column.prefix:
+            flags = frame[_flag_columns(column, frame)].fillna(0).astype(np.float64) > 0
+            return flags.rename(columns=lambda c: str(c)[len(column.prefix):]).astype(np.float32)
+        values = frame[column.source].astype("string").fillna("")
+        dummies = values.str.get_dummies(sep=column.sep)
+        dummies.columns = dummies.columns.str.strip()
+        dummies = dummies.loc[:, dummies.columns != ""]   # an empty field is no value
+        if dummies.columns.duplicated().any():  # "A| A": A once
+            dummies = dummies.T.groupby(level=0).max().T
+        return dummies.astype(np.float32)
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+        """The float32 ``(n, d)`` encoding of every row and the names of its ``d`` columns (``feature=value`` for
+        one-hot and multi-hot values, the feature's name for a number)."""
+        blocks, names = [], []
+        n = len(frame)
+        for column in self.columns:
+            if column.kind == "numeric":
+                lo, hi, mean = self.state[column.name]
+                values = _raw_numbers(column, frame)
+                values = np.where(np.isnan(values), mean, values)
+                scaled = np.clip((values - lo) / max(hi - lo, np.finfo(np.float32).tiny), 0.0, 1.0)
+                blocks.append(scaled[:, None])
+                names.append(column.name)
+            elif column.kind == "bucket":
+                values = _raw_numbers(column, frame)
+                codes = np.digitize(values, column.buckets)
+                codes = np.where(np.isnan(values), -1, codes)
+                blocks.append((codes[:, None] == np.arange(len(column.buckets) + 1)).astype(np.float32))
+                edges = ("-inf",) + tuple(f"{b:g}" for b in column.buckets) + ("inf",)
+                names += [f"{column.name}=[{a},{b})" for a, b in zip(edges[:-1], edges[1:])]
+            else:
+                vocab = self.state[column.name]
+                if column.kind == "categorical":
+                    codes = pd.Categorical(_categories(column, frame), categories=vocab).codes
+                    block = (codes[:, None] == np.arange(len(vocab))).astype(np.float32)
+                else:
+                    block = self._multi(column, frame).reindex(columns=vocab, fill_value=0).to_numpy(np.float32)
+                    block = block / np.maximum(block.sum(1, keepdims=True), 1)
+                blocks.append(block.reshape(n, len(vocab)))
+                names += [f"{column.name}={v}" for v in vocab]
+        matrix = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
+        return np.nan_to_num(matrix.astype(np.float32)), names
