@@ -322,3 +322,16 @@ def test_ease_says_which_setting_to_change_before_a_solve_that_does_not_fit(monk
     monkeypatch.setattr(ease_module, "available_memory", lambda: None)  # no /proc/meminfo: no check
     model.fit(users, items, torch.ones(len(users)))
     assert torch.all(model.weights.diagonal() == 0) and model.weights.abs().max() > 0
+
+
+def test_ease_scores_a_user_as_the_sum_of_the_history_items_rows():
+    """score_all (sparse history rows times B) equals the dense product and the explicit sum of B's rows."""
+    users, items = random_pairs(60, 80, 900, seed=6)
+    model = EASE(60, 80, l2_reg=5.0)
+    model.fit(users, items, torch.ones(len(users)))
+    everyone = torch.arange(60)
+    scores = model.score_all(everyone)
+    torch.testing.assert_close(scores, model.score_rows(model.user_rows(everyone)))
+    history = items[users == 7].unique()
+    torch.testing.assert_close(scores[7], model.weights[history].sum(0))
+    torch.testing.assert_close(model.score_all(torch.tensor([7, 7, 3])), scores[[7, 7, 3]])

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from recforge.models.base import RowInputRecommender
-from recforge.utils.sparse import csr_indices
+from recforge.utils.sparse import csr_indices, sparse_rows
 
 CHUNK_ELEMENTS = 1 << 26  # 256 MB of float32: the dense column block a chunked sparse product holds at once
 AUTO_FLOAT32_ITEMS = 20_000  # dtype="auto" solves in float32 from this many items (float64: 12 n^2 bytes = 4.8 GB)
@@ -143,7 +143,10 @@ class EASE(HistoryRecommender):
             self.weights.copy_(p)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        return self.score_rows(self.user_rows(users))
+        # the sum of the history items' rows of B: sparse rows times B costs (history entries) x n_items, not
+        # len(users) x n_items^2 (Gowalla: about 1,500 times less than dense rows)
+        rows = sparse_rows(self.history_indptr, self.history_indices, users, self.n_items)
+        return torch.sparse.mm(rows, self.weights)
 
     def score_rows(self, rows: torch.Tensor) -> torch.Tensor:
         return rows @ self.weights

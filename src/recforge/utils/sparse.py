@@ -36,6 +36,18 @@ def dense_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, 
     return out
 
 
+def sparse_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """The selected rows as a sparse COO ``(len(rows), n_cols)`` tensor of ones (each row's entries in stored
+    order): ``torch.sparse.mm(sparse_rows(...), dense)`` costs (stored entries) x ``dense.shape[1]``, where the
+    dense rows' product costs ``len(rows) x n_cols`` times that width."""
+    rows = rows.to(indptr.device).long()
+    lengths, positions = row_entries(indptr, rows)
+    local = torch.repeat_interleave(torch.arange(len(rows), device=indptr.device), lengths)
+    index = torch.stack([local, indices[positions].long()])
+    return torch.sparse_coo_tensor(index, torch.ones(len(positions), device=indptr.device), (len(rows), n_cols),
+                                   check_invariants=False)
+
+
 def row_entries(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lengths, positions)``: each selected CSR row's number of entries (0 for rows past the matrix) and the
     positions of their entries in ``indices``, row after row."""
