@@ -241,19 +241,20 @@ def is_surplus(study, trial, n_trials: int) -> bool:
 def reap_dead_trials(study, max_retry: int | None) -> list:
     """Mark trials left RUNNING by dead workers as FAIL and enqueue their retry; return those trials.
 
-    RDB storages with heartbeats use Optuna's ``fail_stale_trials`` (any host); otherwise a RUNNING trial
-    whose worker was on this host and whose process is gone is failed here.
+    RDB storages with heartbeats use Optuna's ``fail_stale_trials`` (any host). A RUNNING trial whose worker was on
+    this host and whose process is gone is failed here, with heartbeats too: a worker killed after asking for a
+    trial and before its first heartbeat leaves a trial that no heartbeat check ever finds stale.
     """
     import optuna
     from optuna.trial import TrialState
 
+    reaped = []
     if heartbeat_enabled(study._storage):
         before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)
-        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
-    reaped = []
+        reaped = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number not in before]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(t.user_attrs.get("worker", ""))
         w_host, _, pid = worker.rpartition(":")
