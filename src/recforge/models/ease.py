@@ -106,7 +106,8 @@ class EASE(HistoryRecommender):
     column blocks; the matrix is 61 MB): float32 108 MB, float64 218 MB (the previous float64 fit, two float64
     matrices and a dense ``X``: 294 MB). Extrapolated to Gowalla's 40,981 items (29,858 users): float32 6.7 GB
     plus under 1 GB of blocks, which fits the 24 GB machine; float64 about 21 GB, which does not leave room for
-    the rest (the previous fit: about 38 GB). Use ``dtype: float32`` beyond about 25,000 items on 24 GB.
+    the rest (the previous fit: about 38 GB), hence ``auto``. Measured on Gowalla with ``auto`` (float32): 14 GB
+    peak for the whole run, the shipped bundle's copy of the weights included.
     On a 600-item example both precisions give the same top-10 for every user (``tests/unit/
     test_models_leaderboard.py``)."""
 
