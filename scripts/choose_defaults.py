@@ -26,14 +26,27 @@ import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy load
 BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]   # RecBole's epochs and patience
 
 
+def split_values(values: str) -> list[str]:
+    """``v1,v2,...`` split at the commas outside brackets: ``[64,32],[128,64]`` is two lists."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(values):
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(values[start:i])
+            start = i + 1
+    return parts + [values[start:]]
+
+
 def candidates(grid: list[str]) -> list[tuple[str, ...]]:
-    """The Cartesian product of ``key=v1,v2`` grid entries, as tuples of ``key=value`` overrides."""
+    """The Cartesian product of ``key=v1,v2`` grid entries (a value may be a list: ``key=[64,32],[128,64]``), as
+    tuples of ``key=value`` overrides."""
     axes = []
     for entry in grid:
         key, sep, values = entry.partition("=")
         if not sep or not values:
             sys.exit(f"error: --grid {entry!r}: write key=v1,v2,...")
-        axes.append([f"{key}={v}" for v in values.split(",")])
+        axes.append([f"{key}={v}" for v in split_values(values)])
     return list(itertools.product(*axes)) or [()]
 
 

@@ -37,3 +37,10 @@ def test_mean_rank_prefers_good_everywhere_over_best_once():
 def test_a_candidate_missing_a_setting_is_left_out():
     table = choose_defaults.mean_ranks(rows({"x=1": {"d1/s": 0.2, "d2/s": 0.2}, "x=2": {"d1/s": 0.3}}))
     assert [c for _, _, c, _ in table] == [("x=1",)]
+
+
+def test_grid_values_may_be_lists():
+    assert choose_defaults.candidates(["model.mlp_layers=[64,32,16,8],[128,128,64]", "model.gmf_dim=8,64"]) == [
+        ("model.mlp_layers=[64,32,16,8]", "model.gmf_dim=8"), ("model.mlp_layers=[64,32,16,8]", "model.gmf_dim=64"),
+        ("model.mlp_layers=[128,128,64]", "model.gmf_dim=8"), ("model.mlp_layers=[128,128,64]", "model.gmf_dim=64")]
+    assert choose_defaults.candidates(["optimizer.lr=0.001"]) == [("optimizer.lr=0.001",)]
