@@ -258,6 +258,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def row_key(data: str, split: str, model: str, overrides: list[str], recbole_overrides: dict) -> tuple:
+    """What makes two rows the same comparison: the pair, the model and both sides' overrides."""
+    return data, split, model, tuple(overrides), json.dumps(recbole_overrides, sort_keys=True)
+
+
 def parse_overrides(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
     """``key=value`` pairs with YAML values (``epochs=50``, ``eval_step=5``, ``train_neg_sample_args=null``)."""
     out = {}
@@ -277,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recbole", default="/tmp/rbvenv/bin/python", help="a Python with RecBole 1.2.1")
     parser.add_argument("--override", nargs="*", default=[], help="RecForge train config overrides")
     parser.add_argument("--recbole-override", nargs="*", default=[], help="RecBole settings, key=value (YAML)")
-    parser.add_argument("--json-out", type=Path, help="add each finished row to this file; skip rows it has")
+    parser.add_argument("--json-out", type=Path, help="add each finished row to this file; skip rows it has (the "
+                        "same data, split, model and overrides)")
+    parser.add_argument("--rerun", action="store_true", help="run rows --json-out has again (after a default "
+                        "changed), adding new rows")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(RECBOLE))
     if unknown:
@@ -297,12 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out and args.json_out.is_file():
         for line in args.json_out.read_text().splitlines():
             row = json.loads(line)
-            done[(row["dataset"], row["split"], row["model"])] = row
+            if "recforge" in row:
+                done[row_key(row["dataset"], row["split"], row["model"], row.get("overrides", []),
+                             row.get("recbole_overrides", {}))] = row
+            else:  # a pair RecBole cannot compare, whatever the overrides
+                done[row["dataset"], row["split"], row["model"]] = row
     rows = []
     for data in args.data:
         for split in args.split:
             for model in args.models:
-                row = done.get((data, split, model))
+                row = None if args.rerun else done.get(row_key(data, split, model, args.override, recbole_overrides),
+                                                       done.get((data, split, model)))
                 if row is None:
                     row = compare(data, split, model, args, recbole_overrides)
                     if args.json_out and not row.get("failed"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,33 @@ def test_both_sides_rows_json_out_and_resume(quality, tmp_path, capsys, monkeypa
     assert quality.main(argv) == 0  # resumed: both rows come from the file
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()[:2]] == [bpr, ials]
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_json_out_keys_rows_by_their_overrides_and_rerun_runs_them_again(quality, tmp_path, capsys, monkeypatch):
+    """A row is skipped only when --json-out has the same comparison (pair, model, both sides' overrides); a pair
+    RecBole cannot compare is skipped whatever the overrides; --rerun runs every row again."""
+    out = tmp_path / "rows.jsonl"
+    calls = []
+
+    def compare(data, split, model, args, recbole_overrides):
+        calls.append((model, tuple(args.override)))
+        if model == "ials":
+            return {"dataset": data, "split": split, "model": model, "recbole_model": None, "note": "no ials"}
+        metrics = dict.fromkeys(quality.METRICS, 0.1)
+        return {"dataset": data, "split": split, "model": model, "recbole_model": "BPR",
+                "recforge": {**metrics, "epochs": 1, "best_epoch": 1, "wall_s": 0.0},
+                "recbole": {**metrics, "epochs": 1, "best_epoch": 1, "wall_s": 0.0}, "ratio_ndcg_at_10": 1.0,
+                "overrides": args.override, "recbole_overrides": recbole_overrides}
+
+    monkeypatch.setattr(quality, "compare", compare)
+    argv = ["--data", "synthetic", "--split", "random", "--models", "bpr", "ials", "--recbole", sys.executable,
+            "--json-out", str(out)]
+    assert quality.main(argv) == 0
+    assert quality.main(argv) == 0
+    assert calls == [("bpr", ()), ("ials", ())]
+    assert quality.main([*argv, "--override", "seed=7"]) == 0
+    assert calls[2:] == [("bpr", ("seed=7",))]
+    assert quality.main([*argv, "--rerun"]) == 0
+    assert calls[3:] == [("bpr", ()), ("ials", ())]
+    assert len(out.read_text().splitlines()) == 5
+    capsys.readouterr()
