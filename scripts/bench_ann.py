@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[100, 128, 256, 512])
+    parser.add_argument("--kinds", nargs="+", choices=["ivf", "hnsw"], default=["ivf", "hnsw"],
+                        help="index kinds to sweep (exact flat search is always the reference)")
     parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (the service uses 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows here")
@@ -78,6 +80,8 @@ def main() -> None:
     rows = []
     for kind, setting, values in (("flat", None, [None]), ("ivf", "nprobe", args.nprobe),
                                   ("hnsw", "ef_search", args.ef_search)):
+        if kind != "flat" and kind not in args.kinds:
+            continue
         started = time.perf_counter()
         index = AnnIndex(kind=kind, nlist=args.nlist, m=args.m, ef_construction=args.ef_construction,
                          seed=args.seed).build(items)
