@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from recforge.serving.registry import ModelRef
-from recforge.tracking.bundle import Bundle
+from recforge.tracking.bundle import ANN_MIN_ITEMS, Bundle
 
 # the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
-ANN_MIN_ITEMS = 100_000  # below this many items a bundle's ANN index is not used: exact ranking costs < ~1 ms
 MAX_REASONS = 100  # reasons per explained item a request may ask for
 HISTORY_MODELS = ("sequential: SASRec, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
                   "autoencoders: Mult-VAE, RecVAE")
@@ -118,7 +117,7 @@ class ServedModel:
         self._explainer = None  # built on the first request that asks for explanations
         self._explainer_lock = threading.Lock()
         self.similar_source = "item_vectors" if self._raw_item_vectors() is not None else "score_columns"
-        self.ann = bundle.ann if bundle.ann is not None and self.n_items >= ann_min_items else None
+        self.ann = bundle.retrieval_index(ann_min_items)
         self._score_cache = None
         if self.ann is None and 0 < 4 * self.n_users * self.n_items <= score_cache_bytes:
             self._score_cache = self._all_scores()
@@ -190,20 +189,23 @@ class ServedModel:
         searched, those are dropped, and the index's inner products (the model's scores) come back."""
         drop = self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]] if exclude_seen else \
             np.empty(0, dtype=np.int64)
-        if deny is not None:
-            drop = np.concatenate([drop, deny])
         want = max(k, self.reranker.n_candidates) if self.reranker is not None else k
-        query = self.model.retrieval_queries(self._rows[row:row + 1])
-        scores, items = self.ann.search(query, want + len(drop))
-        scores, items = scores[0], items[0]
-        keep = items >= 0
-        if len(drop):
-            keep &= ~np.isin(items, drop)
-        items, scores = items[keep][:want], scores[keep][:want]
+        items, scores = self._search(self.model.retrieval_queries(self._rows[row:row + 1]), want, drop, deny)
         if self.reranker is not None and len(items):
             items, scores = (t[0].numpy() for t in self.reranker(self._rows[row:row + 1], torch.from_numpy(items)[None],
                                                                  torch.from_numpy(scores)[None], k))
         return [self.item_ids[i] for i in items.tolist()], scores.tolist()
+
+    def _search(self, query: torch.Tensor, k: int, drop: np.ndarray, deny: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(items, scores)`` of one query through the index without ``drop`` and ``deny`` (fewer than ``k`` when
+        the index fills fewer slots); :meth:`AnnIndex.search_excluding` sizes the search as ``recforge-recommend``
+        does, so the two answer a user alike."""
+        if deny is not None:
+            drop = np.concatenate([drop, deny])
+        scores, items = self.ann.search_excluding(query, k, np.array([0, len(drop)]), drop)
+        keep = items[0] >= 0
+        return items[0][keep], scores[0][keep]
 
     @torch.inference_mode()
     def recommend_history(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True,
