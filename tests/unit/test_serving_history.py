@@ -184,3 +184,42 @@ def test_the_openapi_schema_documents_history(tmp_path):
     assert body["oneOf"] == [{"required": ["user"]}, {"required": ["history"]}]
     assert body["properties"]["history"]["anyOf"][0]["type"] == "array"
     assert "unknown_history_items" in doc["components"]["schemas"]["RecommendResponse"]["properties"]
+
+
+@pytest.mark.parametrize("cls", [SASRec, GRU4Rec, BERT4Rec, Caser])
+def test_sequential_histories_through_a_flat_index_equal_the_exact_answers(cls, tmp_path, monkeypatch):
+    """With the service ranking through the bundle's ANN index, a session request is answered from the history's
+    query vector (its last hidden state): with a flat index, the exact path's items and scores."""
+    pytest.importorskip("faiss")
+    from recforge.retrieval.ann import AnnIndex
+    from recforge.serving.index import build_for_bundle
+
+    torch.manual_seed(0)
+    users = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 5, 6, 7, 8, 8])
+    items = torch.tensor([1, 4, 2, 3, 3, 9, 8, 7, 6, 5, 0, 11, 12, 13, 10, 2])
+    kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "sequences": torch.stack([users, items]), "max_len": 4}
+    model = cls(**kwargs).eval()
+    if cls in (Caser, BERT4Rec):
+        with torch.no_grad():
+            model.output_bias.normal_()  # the bias rides in the query's extra dimension
+    _, seen = interactions()
+    exact = served_model(tmp_path, model, f"{cls.__module__}.{cls.__name__}", kwargs, seen)
+    build_for_bundle(tmp_path / "model", AnnIndex(kind="flat"))
+    ann = ServedModel(Bundle.load(tmp_path / "model"), ModelRef("x"), ann_min_items=0)
+    assert ann.info()["retrieval"] == "ann:flat" and exact.info()["retrieval"] == "exact"
+    with torch.no_grad():
+        indptr, history = torch.tensor([0, 3]), torch.tensor([5, 1, 7])
+        assert torch.allclose(ann.model.history_queries(indptr, history) @ ann.model.retrieval_items().T,
+                              ann.model.score_histories(indptr, history), atol=1e-5)
+    monkeypatch.setattr(ann.model, "score_histories", None)  # the index path never scores the whole catalogue
+    for history, kwargs in [([105, 101, 107], {"k": 5}), ([113, 100, 100, 102, 108, 104, 109], {"k": 6}),
+                            ([103, "nope", 103], {"k": 4, "exclude_seen": False}),
+                            ([110, 111], {"k": 3, "deny_items": [100, 101, 102, 103]}),
+                            ([112], {"k": N_ITEMS})]:
+        want_items, want_scores, want_fallback, want_unknown = exact.recommend_history(history, **kwargs)
+        items, scores, fallback, unknown = ann.recommend_history(history, **kwargs)
+        assert items == want_items and np.allclose(scores, want_scores, atol=1e-5), (history, kwargs)
+        assert (fallback, unknown) == (want_fallback, want_unknown) == (False, history.count("nope"))
+    assert ann.recommend_history(["nope"], k=3) == exact.recommend_history(["nope"], k=3)  # popularity either way
+    with pytest.raises(TypeError):  # allow_items is scored exactly (here: the patched-out exact path)
+        ann.recommend_history([105], k=2, allow_items=[101, 102])

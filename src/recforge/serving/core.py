@@ -98,7 +98,9 @@ class ServedModel:
 
         ``ann_min_items``: a bundle with an ANN index (``bundle.ann``) answers known users through it when the
         catalogue has at least this many items (then there is no score cache); smaller catalogues are ranked
-        exactly. Requests with ``allow_items`` score the allowed items exactly either way."""
+        exactly. Requests with ``allow_items`` score the allowed items exactly either way. Session requests
+        (``history``) go through the index too when the model turns a history into a query vector
+        (``history_queries``: the sequential models)."""
         self.bundle, self.ref = bundle, ref
         self.model = bundle.model
         self.n_items = len(bundle.item_ids)
@@ -215,7 +217,10 @@ class ServedModel:
         oldest first): the model's :meth:`score_histories` of the known items, with ``exclude_seen`` leaving the
         history's items out. Unknown ids are dropped and their number is ``unknown``; a history with no known item
         gets the most popular items with ``fallback`` true, as an unknown user does. The run's re-ranker is not
-        applied (it reads known users). A model that cannot score a history is a 400 naming the models that can."""
+        applied (it reads known users). A model that cannot score a history is a 400 naming the models that can.
+        With an ANN index in use and a model that encodes a history as a query vector (``history_queries``: the
+        sequential models), the history is answered through the index (unless ``allow_items`` is given): ``k`` plus
+        the history's and denied items are searched and those dropped, as for a known user."""
         if not getattr(self.model, "answers_histories", False):
             raise InvalidRequest(f"history: {type(self.model).__name__} cannot score a history without a user; send "
                                  f"a user id, or serve a model that can ({HISTORY_MODELS})")
@@ -224,17 +229,24 @@ class ServedModel:
         deny = self.item_columns(deny_items, "deny_items") if deny_items else None
         columns = [_find(self._items, self._int_items, raw) for raw in history]
         known = np.asarray([c for c in columns if c is not None], dtype=np.int64)
+        unknown = len(columns) - len(known)
+        indptr = torch.tensor([0, len(known)])
+        if len(known) and self.ann is not None and allow is None:
+            query = self.model.history_queries(indptr, torch.from_numpy(known))
+            if query is not None:
+                drop = np.unique(known) if exclude_seen else np.empty(0, dtype=np.int64)
+                items, values = self._search(query, k, drop, deny)
+                return [self.item_ids[i] for i in items.tolist()], values.tolist(), False, unknown
         if not len(known):
             scores = self._popularity.copy()
         else:
-            indptr = torch.tensor([0, len(known)])
             scores = self.model.score_histories(indptr, torch.from_numpy(known))[0]
             scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
             if exclude_seen:
                 scores[known] = -np.inf
         scores = _filtered(scores, allow, deny)
         top, values = topk_row(scores, k)
-        return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), len(columns) - len(known)
+        return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), unknown
 
     def check_reasons(self, n_reasons: int) -> None:
         if not 1 <= n_reasons <= MAX_REASONS:
