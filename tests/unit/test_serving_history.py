@@ -223,3 +223,43 @@ def test_sequential_histories_through_a_flat_index_equal_the_exact_answers(cls, 
     assert ann.recommend_history(["nope"], k=3) == exact.recommend_history(["nope"], k=3)  # popularity either way
     with pytest.raises(TypeError):  # allow_items is scored exactly (here: the patched-out exact path)
         ann.recommend_history([105], k=2, allow_items=[101, 102])
+
+
+def test_bad_requests_to_a_service_ranking_through_an_index_are_4xx_with_one_line(tmp_path):
+    """The service's default limits, a SASRec bundle answered through its ANN index: an over-long history, ids of a
+    wrong type and ``k`` beyond the catalogue (which the index holds whole) are 4xx naming the field; ``k`` equal to
+    the catalogue is answered."""
+    pytest.importorskip("faiss")
+    from recforge.retrieval.ann import AnnIndex
+    from recforge.serving.index import build_for_bundle
+
+    pairs, seen = interactions()
+    kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "sequences": pairs, "max_len": 4}
+    served_model(tmp_path, SASRec(**kwargs).eval(), "recforge.models.sasrec.SASRec", kwargs, seen)
+    build_for_bundle(tmp_path / "model", AnnIndex(kind="hnsw"))
+    service = Service(ServedModel(Bundle.load(tmp_path / "model"), ModelRef("x"), ann_min_items=0))
+    assert service.model.info()["retrieval"] == "ann:hnsw" and service.model.ann.n_items == N_ITEMS
+    long_history = [100 + i % N_ITEMS for i in range(10_000)]
+    for body, code, message in [
+            ({"history": long_history}, 400, "history: 10000 ids, more than the 1000 allowed; send the latest ones "
+                                             "(recforge-serve --max-history-items)"),
+            ({"user": {"id": 3}}, 422, "user: an id is an integer or a string (got {'id': 3})"),
+            ({"user": 3.0}, 422, "user: an id is an integer or a string (got 3.0)"),
+            ({"user": True}, 422, "user: an id is an integer or a string (got True)"),
+            ({"user": [3]}, 422, "user: an id is an integer or a string (got [3])"),
+            ({"history": [101, 2.5]}, 422, "history.1: an id is an integer or a string (got 2.5)"),
+            ({"history": [{"item": 101}]}, 422, "history.0: an id is an integer or a string (got {'item': 101})"),
+            ({"history": {"item": 101}}, 422, "history: Input should be a valid array"),
+            ({"user": 3, "deny_items": [1.5]}, 422, "deny_items.0: an id is an integer or a string (got 1.5)"),
+            ({"user": 3, "k": 2.0}, 422, "k: Input should be a valid integer (got 2.0)"),
+            ({"user": 3, "k": N_ITEMS + 1}, 400, f"k={N_ITEMS + 1} is out of range; use 1 <= k <= {N_ITEMS} (the "
+                                                 f"catalogue size)"),
+            ({"history": [101], "k": 10 ** 6}, 400, f"k=1000000 is out of range; use 1 <= k <= {N_ITEMS}"),
+            ({"user": 3, "k": 2 ** 64}, 422, "k: Input should be less than or equal to 9223372036854775807")]:
+        status, answer, info = post(service, body)
+        assert status == code and answer["detail"].startswith(message), (body, answer)
+        assert "\n" not in answer["detail"] and info["error"] == answer["detail"]
+    status, answer, _ = post(service, {"user": 3, "k": N_ITEMS, "exclude_seen": False})
+    assert status == 200 and sorted(answer["items"]) == list(ITEM_IDS)  # the whole catalogue, through the index
+    status, answer, _ = post(service, {"history": long_history[:1000], "k": N_ITEMS})
+    assert status == 200 and answer["items"] == []  # the history holds every item: nothing left to recommend
