@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from recforge.errors import RecForgeError

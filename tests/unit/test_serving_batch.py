@@ -113,7 +113,8 @@ def test_a_manifest_of_another_job_is_a_one_line_error_and_overwrite_replaces_it
             recommend_main([*changed, *base])
         error = capsys.readouterr().err
         assert stopped.value.code == 2 and error.count("\n") == 1, error
-        assert error.startswith(f"error: {out / MANIFEST}: {out} holds recommendations of another run (") and named in error
+        assert error.startswith(f"error: {out / MANIFEST}: {out} holds recommendations of another run (")
+        assert named in error
         assert error.rstrip().endswith("use a new --output to keep them, or --overwrite to replace them")
     pd.testing.assert_frame_equal(read_parts(out), first)  # refused runs left the parts alone
     recommend_main(["--bundle", str(other), "--k", "5", "--chunk-size", "8", "--overwrite", *base])

@@ -172,7 +172,8 @@ class AnnIndex:
             keep = items >= 0
             lengths = counts[rows]
             if lengths.any():  # the dropped items of these rows, as (local row, item) codes
-                offsets = np.repeat(drop_indptr[rows] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+                starts = drop_indptr[rows] - np.cumsum(lengths) + lengths  # each row's start minus its output offset
+                offsets = np.repeat(starts, lengths) + np.arange(lengths.sum())
                 dropped = np.repeat(np.arange(len(rows)), lengths) * stride + drop_indices[offsets] + 1
                 codes = np.arange(len(rows))[:, None] * stride + items + 1
                 keep &= ~np.isin(codes, dropped)

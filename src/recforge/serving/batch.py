@@ -283,8 +283,8 @@ def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: 
     n_parts = -(-len(users) // chunk_size)
     manifest = {"format": MANIFEST_FORMAT, **(model or {}), "model_sha256": bundle_sha256(bundle),
                 "retrieval": "exact" if ann is None else {"ann": ann.arguments()}, "k": k, "exclude_seen": exclude_seen,
-                "explain": explain, "chunk_size": chunk_size, "n_users": len(users), "users_sha256": users_sha256(users),
-                "n_parts": n_parts, "complete": False}
+                "explain": explain, "chunk_size": chunk_size, "n_users": len(users),
+                "users_sha256": users_sha256(users), "n_parts": n_parts, "complete": False}
     if overwrite:
         _remove_own_files(output)
         if explained is not None:
