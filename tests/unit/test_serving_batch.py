@@ -79,6 +79,7 @@ def test_a_killed_run_resumes_to_exactly_the_rows_of_an_uninterrupted_run(tmp_pa
     assert manifest["chunk_size"] == 200 and manifest["n_users"] == 60_000
     mtimes = {p.name: p.stat().st_mtime_ns for p in parts(out)}
     (out / ".part-999999.parquet.0123456789ab.tmp").write_bytes(b"half a part")  # as a kill mid-write leaves
+    (out / f".{MANIFEST}.0123456789ab.tmp").write_bytes(b"{")
 
     resumed = subprocess.run(command(*args, "--output", str(out)), env=ENV, capture_output=True, text=True,
                              timeout=600)

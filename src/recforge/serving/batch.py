@@ -105,7 +105,7 @@ def part_name(number: int) -> str:
 def explanations_path(output: str | os.PathLike) -> Path:
     """Where ``--explain`` writes: ``recs.parquet`` -> ``recs.explanations.parquet``; a folder ``recs`` ->
     ``recs.explanations`` (the same part files)."""
-    output = Path(output)
+    output = Path(output) if Path(output).name else Path(output).absolute()  # "." has no name to extend
     if is_folder_output(output):
         return output.with_name(f"{output.name}.explanations")
     return output.with_name(f"{output.stem}.explanations.parquet")
@@ -298,7 +298,7 @@ def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: 
     output.mkdir(parents=True, exist_ok=True)
     for folder in (output, explained):  # temporary files of a killed run
         if folder is not None and folder.is_dir():
-            for stale in folder.glob(".part-*.tmp"):
+            for stale in [*folder.glob(".part-*.tmp"), *folder.glob(f".{MANIFEST}.*.tmp")]:
                 stale.unlink()
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     lists = pa.schema([("user", pa.int64() if users.dtype.kind in "iu" else pa.string()),
