@@ -255,7 +255,11 @@ def test_allow_and_deny_lists_filter_the_ranking(runs, service):
     ({"user": 1, "allow_items": [1, 12345]}, 400, "allow_items: unknown item id(s) 12345"),
     ({"user": 1, "deny_items": ["zz"]}, 400, "deny_items: unknown item id(s) 'zz'"),
     ({"user": 1, "allow_items": 3}, 422, "allow_items: Input should be a valid array"),
-    ({"user": [1]}, 422, "user"),
+    ({"user": [1]}, 422, "user: an id is an integer or a string (got [1])"),
+    ({"user": {"id": 1}}, 422, "user: an id is an integer or a string (got {'id': 1})"),
+    ({"user": 1.5}, 422, "user: an id is an integer or a string (got 1.5)"),
+    ({"history": [1, 2.5]}, 422, "history.1: an id is an integer or a string (got 2.5)"),
+    ({"history": list(range(10_000))}, 400, "history: 10000 ids, more than the 1000 allowed; send the latest ones"),
     ({"k": 3}, 422, "give exactly one of user (a user id) or history (a list of item ids); got neither"),
     ({"user": 1, "kk": 3}, 422, "kk: Extra inputs are not permitted"),
 ])

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from recforge.errors import RecForgeError
@@ -176,17 +175,10 @@ def test_the_service_ranks_known_users_through_a_bundles_index(tmp_path):
     from recforge.serving.core import ServedModel
     from recforge.serving.index import build_for_bundle
     from recforge.serving.registry import ModelRef
-    from recforge.tracking.bundle import Bundle, save_bundle
+    from recforge.tracking.bundle import Bundle
+    from tests.unit.test_serving_batch import mf_bundle
 
-    torch.manual_seed(0)
-    kwargs = {"n_users": 20, "n_items": 60, "embedding_dim": 4, "use_bias": True}
-    model = MatrixFactorization(**kwargs)
-    with torch.no_grad():
-        model.item_bias.weight.normal_()
-        model.user_bias.weight.normal_()
-    seen = sp.random(20, 60, density=0.2, random_state=0, format="csr")
-    save_bundle(tmp_path / "model", model, "recforge.models.mf.MatrixFactorization", kwargs, np.arange(20),
-                np.arange(1000, 1060), seen, {})
+    mf_bundle(tmp_path / "model", n_users=20, n_items=60, density=0.2, dim=4)
     build_for_bundle(tmp_path / "model", AnnIndex(kind="flat"))
     assert json.loads((tmp_path / "model" / "ann.json").read_text())["n_items"] == 60
     bundle = Bundle.load(tmp_path / "model")
@@ -236,3 +228,56 @@ def test_eval_retrieval_ann_and_an_index_export_refuse_other_models_before_train
             train(tiny_cfg("model=ease", "loss=bpr", *overrides))
     with pytest.raises(RecForgeError, match="eval.retrieval=annoy is not a retrieval; use exact or ann"):
         train(tiny_cfg("eval.retrieval=annoy"))
+
+
+def test_search_excluding_drops_each_querys_items_and_sizes_searches_by_powers_of_two():
+    from recforge.retrieval.ann import search_size
+
+    assert search_size(np.array([1, 2, 3, 10, 16, 17, 500]), 300).tolist() == [1, 2, 4, 16, 16, 32, 300]
+    rng = np.random.default_rng(2)
+    items = rng.standard_normal((50, 6)).astype(np.float32)
+    queries = rng.standard_normal((7, 6)).astype(np.float32)
+    drops = [[], [3], list(range(0, 50, 2)), [49, 48, 47], [], list(range(45)), list(range(48))]
+    indptr = np.cumsum([0] + [len(d) for d in drops])
+    index = AnnIndex(kind="flat").build(items)
+    asked = []
+    search = index.search
+    index.search = lambda q, k: asked.append((len(q), k)) or search(q, k)
+    scores, found = index.search_excluding(queries, 4, indptr, np.concatenate([np.asarray(d, int) for d in drops]))
+    # one call per search size: 4 + |drop| (4, 5, 29, 7, 4, 49, 52) rounded up to a power of two, at most 50
+    assert sorted(asked) == [(1, 32), (2, 4), (2, 8), (2, 50)]
+    exact = queries @ items.T
+    for row, drop in enumerate(drops):
+        allowed = np.setdiff1d(np.arange(50), drop)
+        want = allowed[np.argsort(-exact[row, allowed], kind="stable")][:4]
+        assert found[row, :len(want)].tolist() == want.tolist()
+        assert np.allclose(scores[row, :len(want)], exact[row, want], atol=1e-5)
+        assert (found[row, len(want):] == -1).all() and np.isneginf(scores[row, len(want):]).all()  # 2 items left
+
+
+def test_bundle_recommend_through_a_flat_index_equals_exact_also_with_a_reranker(tmp_path):
+    from recforge.rerank.mmr import MMR
+    from recforge.serving.core import ServedModel
+    from recforge.serving.registry import ModelRef
+    from recforge.tracking.bundle import Bundle
+    from tests.unit.test_serving_batch import mf_bundle
+
+    users = np.concatenate([np.arange(30), [77]])  # and an unknown user
+    lists = []
+    for reranker in (None, MMR(trade_off=0.4, n_candidates=20, item_vectors=torch.randn(60, 3))):
+        directory = tmp_path / ("plain" if reranker is None else "mmr")
+        bundle = Bundle.load(mf_bundle(directory, n_users=30, n_items=60, seed=1, density=0.3, dim=4,
+                                       reranker=reranker))
+        flat = AnnIndex(kind="flat").build(retrieval_items(bundle.model))
+        exact, ann = bundle.recommend(users, k=8), bundle.recommend(users, k=8, ann=flat)
+        assert exact[["user", "item", "rank", "fallback"]].equals(ann[["user", "item", "rank", "fallback"]])
+        assert np.allclose(exact["score"], ann["score"], atol=1e-5)
+        assert bundle.recommend(users, k=8, exclude_seen=False, ann=flat)["item"].equals(
+            bundle.recommend(users, k=8, exclude_seen=False)["item"])
+        bundle.ann = flat
+        served = ServedModel(bundle, ModelRef("x"), ann_min_items=0)
+        assert served.info()["retrieval"] == "ann:flat"
+        for user in range(30):
+            assert served.recommend(user, 8)[0] == ann.loc[ann["user"] == user, "item"].tolist()
+        lists.append(ann["item"])
+    assert not lists[0].equals(lists[1])  # the re-ranker changed the lists, through the index as exactly

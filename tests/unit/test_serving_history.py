@@ -184,3 +184,82 @@ def test_the_openapi_schema_documents_history(tmp_path):
     assert body["oneOf"] == [{"required": ["user"]}, {"required": ["history"]}]
     assert body["properties"]["history"]["anyOf"][0]["type"] == "array"
     assert "unknown_history_items" in doc["components"]["schemas"]["RecommendResponse"]["properties"]
+
+
+@pytest.mark.parametrize("cls", [SASRec, GRU4Rec, BERT4Rec, Caser])
+def test_sequential_histories_through_a_flat_index_equal_the_exact_answers(cls, tmp_path, monkeypatch):
+    """With the service ranking through the bundle's ANN index, a session request is answered from the history's
+    query vector (its last hidden state): with a flat index, the exact path's items and scores."""
+    pytest.importorskip("faiss")
+    from recforge.retrieval.ann import AnnIndex
+    from recforge.serving.index import build_for_bundle
+
+    torch.manual_seed(0)
+    users = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 5, 6, 7, 8, 8])
+    items = torch.tensor([1, 4, 2, 3, 3, 9, 8, 7, 6, 5, 0, 11, 12, 13, 10, 2])
+    kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "sequences": torch.stack([users, items]), "max_len": 4}
+    model = cls(**kwargs).eval()
+    if cls in (Caser, BERT4Rec):
+        with torch.no_grad():
+            model.output_bias.normal_()  # the bias rides in the query's extra dimension
+    _, seen = interactions()
+    exact = served_model(tmp_path, model, f"{cls.__module__}.{cls.__name__}", kwargs, seen)
+    build_for_bundle(tmp_path / "model", AnnIndex(kind="flat"))
+    ann = ServedModel(Bundle.load(tmp_path / "model"), ModelRef("x"), ann_min_items=0)
+    assert ann.info()["retrieval"] == "ann:flat" and exact.info()["retrieval"] == "exact"
+    with torch.no_grad():
+        indptr, history = torch.tensor([0, 3]), torch.tensor([5, 1, 7])
+        assert torch.allclose(ann.model.history_queries(indptr, history) @ ann.model.retrieval_items().T,
+                              ann.model.score_histories(indptr, history), atol=1e-5)
+    monkeypatch.setattr(ann.model, "score_histories", None)  # the index path never scores the whole catalogue
+    for history, kwargs in [([105, 101, 107], {"k": 5}), ([113, 100, 100, 102, 108, 104, 109], {"k": 6}),
+                            ([103, "nope", 103], {"k": 4, "exclude_seen": False}),
+                            ([110, 111], {"k": 3, "deny_items": [100, 101, 102, 103]}),
+                            ([112], {"k": N_ITEMS})]:
+        want_items, want_scores, want_fallback, want_unknown = exact.recommend_history(history, **kwargs)
+        items, scores, fallback, unknown = ann.recommend_history(history, **kwargs)
+        assert items == want_items and np.allclose(scores, want_scores, atol=1e-5), (history, kwargs)
+        assert (fallback, unknown) == (want_fallback, want_unknown) == (False, history.count("nope"))
+    assert ann.recommend_history(["nope"], k=3) == exact.recommend_history(["nope"], k=3)  # popularity either way
+    with pytest.raises(TypeError):  # allow_items is scored exactly (here: the patched-out exact path)
+        ann.recommend_history([105], k=2, allow_items=[101, 102])
+
+
+def test_bad_requests_to_a_service_ranking_through_an_index_are_4xx_with_one_line(tmp_path):
+    """The service's default limits, a SASRec bundle answered through its ANN index: an over-long history, ids of a
+    wrong type and ``k`` beyond the catalogue (which the index holds whole) are 4xx naming the field; ``k`` equal to
+    the catalogue is answered."""
+    pytest.importorskip("faiss")
+    from recforge.retrieval.ann import AnnIndex
+    from recforge.serving.index import build_for_bundle
+
+    pairs, seen = interactions()
+    kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "sequences": pairs, "max_len": 4}
+    served_model(tmp_path, SASRec(**kwargs).eval(), "recforge.models.sasrec.SASRec", kwargs, seen)
+    build_for_bundle(tmp_path / "model", AnnIndex(kind="hnsw"))
+    service = Service(ServedModel(Bundle.load(tmp_path / "model"), ModelRef("x"), ann_min_items=0))
+    assert service.model.info()["retrieval"] == "ann:hnsw" and service.model.ann.n_items == N_ITEMS
+    long_history = [100 + i % N_ITEMS for i in range(10_000)]
+    for body, code, message in [
+            ({"history": long_history}, 400, "history: 10000 ids, more than the 1000 allowed; send the latest ones "
+                                             "(recforge-serve --max-history-items)"),
+            ({"user": {"id": 3}}, 422, "user: an id is an integer or a string (got {'id': 3})"),
+            ({"user": 3.0}, 422, "user: an id is an integer or a string (got 3.0)"),
+            ({"user": True}, 422, "user: an id is an integer or a string (got True)"),
+            ({"user": [3]}, 422, "user: an id is an integer or a string (got [3])"),
+            ({"history": [101, 2.5]}, 422, "history.1: an id is an integer or a string (got 2.5)"),
+            ({"history": [{"item": 101}]}, 422, "history.0: an id is an integer or a string (got {'item': 101})"),
+            ({"history": {"item": 101}}, 422, "history: Input should be a valid array"),
+            ({"user": 3, "deny_items": [1.5]}, 422, "deny_items.0: an id is an integer or a string (got 1.5)"),
+            ({"user": 3, "k": 2.0}, 422, "k: Input should be a valid integer (got 2.0)"),
+            ({"user": 3, "k": N_ITEMS + 1}, 400, f"k={N_ITEMS + 1} is out of range; use 1 <= k <= {N_ITEMS} (the "
+                                                 f"catalogue size)"),
+            ({"history": [101], "k": 10 ** 6}, 400, f"k=1000000 is out of range; use 1 <= k <= {N_ITEMS}"),
+            ({"user": 3, "k": 2 ** 64}, 422, "k: Input should be less than or equal to 9223372036854775807")]:
+        status, answer, info = post(service, body)
+        assert status == code and answer["detail"].startswith(message), (body, answer)
+        assert "\n" not in answer["detail"] and info["error"] == answer["detail"]
+    status, answer, _ = post(service, {"user": 3, "k": N_ITEMS, "exclude_seen": False})
+    assert status == 200 and sorted(answer["items"]) == list(ITEM_IDS)  # the whole catalogue, through the index
+    status, answer, _ = post(service, {"history": long_history[:1000], "k": N_ITEMS})
+    assert status == 200 and answer["items"] == []  # the history holds every item: nothing left to recommend

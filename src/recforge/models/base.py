@@ -74,6 +74,12 @@ class Recommender(nn.Module):
         """``(B, d)`` query vectors of ``users`` for :meth:`retrieval_items` (dot-product models only)."""
         raise NotImplementedError(f"{type(self).__name__} has no retrieval vectors")
 
+    def history_queries(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """``(B, d)`` query vectors for :meth:`retrieval_items` of anonymous histories (CSR, as
+        :meth:`score_histories` takes them), such that ``history_queries(...) @ retrieval_items().T`` equals
+        ``score_histories(...)``; ``None`` (the default) when the model has none."""
+        return None
+
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fit()")
 
@@ -232,11 +238,18 @@ class SequentialRecommender(WholeRowRecommender):
         state = self.last_state(self.recent_items(users, self.context_length), users)
         return state if getattr(self, "output_bias", None) is None else with_ones(state)
 
+    def history_queries(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The last hidden state of each anonymous history (:meth:`score_histories`' input) as a query vector."""
+        state = self.last_state(self._latest(indptr, items), None)
+        return state if getattr(self, "output_bias", None) is None else with_ones(state)
+
     def score_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The latest ``context_length`` items of each history, encoded as a known user's sequence is."""
+        return self.score_recent(self._latest(indptr, items), None)
+
+    def _latest(self, indptr: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(len(indptr) - 1, device=indptr.device)
-        return self.score_recent(latest_items(indptr.long(), items.long(), rows, self.context_length,
-                                              self.padding_idx), None)
+        return latest_items(indptr.long(), items.long(), rows, self.context_length, self.padding_idx)
 
     def item_vectors(self) -> torch.Tensor:
         return self.output_embeddings()

@@ -57,6 +57,15 @@ def retrieval_items(model: torch.nn.Module) -> torch.Tensor:
     return items
 
 
+def search_size(needed: np.ndarray | int, n_items: int) -> np.ndarray:
+    """How many neighbours to ask the index for when ``needed`` must survive filtering: the next power of two, at
+    most the catalogue. Rounding up lets a chunk of users with different numbers of seen items share a few search
+    calls, and a user's search size (hence an HNSW search's candidate list, ``max(ef_search, size)``) never depends
+    on who else is in the call."""
+    needed = np.maximum(np.asarray(needed, dtype=np.int64), 1)
+    return np.minimum(1 << np.ceil(np.log2(needed)).astype(np.int64), n_items)
+
+
 class AnnIndex:
     """A FAISS index over ``(n_items, d)`` item vectors, searched with ``(B, d)`` query vectors.
 
@@ -138,6 +147,42 @@ class AnnIndex:
         scores, items = self.index.search(q, min(int(k), self.n_items))
         scores[items < 0] = -np.inf
         return scores, items
+
+    def search_excluding(self, queries: torch.Tensor | np.ndarray, k: int, drop_indptr: np.ndarray,
+                         drop_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, items)``, both ``(B, k)``, of each query without the items it must not get: query
+        ``b`` drops ``drop_indices[drop_indptr[b]:drop_indptr[b + 1]]`` (its seen or denied items, a CSR row).
+
+        Each query asks the index for :func:`search_size` of ``k`` plus its number of dropped items, so that every
+        caller (the service with one query, ``recforge-recommend`` with a chunk) searches a given user with the same
+        size and gets the same list; queries of equal size are searched together. Unfilled slots have item -1
+        and score ``-inf``. Memory: ``B x search_size`` scores and ids at most."""
+        q = self._prepare(queries)
+        n_rows = len(q)
+        drop_indptr = np.asarray(drop_indptr, dtype=np.int64)
+        drop_indices = np.asarray(drop_indices, dtype=np.int64)
+        counts = np.diff(drop_indptr)
+        sizes = search_size(k + counts, self.n_items)
+        out_scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+        out_items = np.full((n_rows, k), -1, dtype=np.int64)
+        stride = self.n_items + 1  # (row, item + 1) as one code; item -1 (unfilled) is code row * stride
+        for size in np.unique(sizes):
+            rows = np.flatnonzero(sizes == size)
+            scores, items = self.search(q[rows], int(size))
+            keep = items >= 0
+            lengths = counts[rows]
+            if lengths.any():  # the dropped items of these rows, as (local row, item) codes
+                starts = drop_indptr[rows] - np.cumsum(lengths) + lengths  # each row's start minus its output offset
+                offsets = np.repeat(starts, lengths) + np.arange(lengths.sum())
+                dropped = np.repeat(np.arange(len(rows)), lengths) * stride + drop_indices[offsets] + 1
+                codes = np.arange(len(rows))[:, None] * stride + items + 1
+                keep &= ~np.isin(codes, dropped)
+            position = np.cumsum(keep, axis=1) - 1  # each kept item's place in its row's answer
+            keep &= position < k
+            local, column = np.nonzero(keep)
+            out_scores[rows[local], position[local, column]] = scores[local, column]
+            out_items[rows[local], position[local, column]] = items[local, column]
+        return out_scores, out_items
 
     def memory_bytes(self) -> int:
         """The index's size as FAISS serialises it (vectors, graph or lists): about its memory."""

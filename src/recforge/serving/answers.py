@@ -24,13 +24,27 @@ def shown(value: Any, limit: int = 64) -> str:
 def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     """The 422 body for pydantic ``errors``: ``{"detail": one line, "errors": [{loc, msg, type}]}``. Inputs are
     echoed only in ``detail`` and cut short (:func:`shown`): an id of megabytes is never sent back or logged."""
-    parts = []
-    for error in errors[:3]:
+    parts: list[str] = []
+    for error in _ids_as_one(errors)[:3]:
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         value = f" (got {shown(error['input'])})" if "input" in error and error.get("type") != "missing" else ""
         parts.append(f"{where}: {error.get('msg', 'invalid')}{value}")
     return {"detail": "; ".join(parts), "errors": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
                                                      "type": str(e.get("type", ""))} for e in errors]}
+
+
+def _ids_as_one(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An id that is neither an integer nor a string fails both members of its union (``user.int``, ``user.str``):
+    one error for the message, ``user: an id is an integer or a string``."""
+    merged: list[dict[str, Any]] = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if (loc[-1:] == ("str",) and merged and tuple(merged[-1].get("loc", ())) == (*loc[:-1], "int")
+                and error.get("type") == "string_type" and merged[-1].get("type") == "int_type"):
+            merged[-1] = {**error, "loc": loc[:-1], "msg": "an id is an integer or a string"}
+        else:
+            merged.append(error)
+    return merged
 
 
 def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tuple[int, bytes]:

@@ -1,23 +1,39 @@
-"""``recforge-recommend``: top-K for every user (or a given list) into one Parquet file.
+"""``recforge-recommend``: top-K for every user (or a given list), into a folder of Parquet parts (resumable) or
+one Parquet file.
 
-    recforge-recommend --model models:/recforge@champion --output recs.parquet --k 20
-    recforge-recommend --bundle logs/runs/<time>/model --users 1,2,3 --output recs.parquet
+    recforge-recommend --model models:/recforge@champion --output recs/ --k 20          # recs/part-000000.parquet ...
+    recforge-recommend --bundle logs/runs/<time>/model --users 1,2,3 --output recs.parquet   # one file
 
-Users are scored in chunks (``Bundle.recommend``: one ``score_all`` per chunk, seen items masked, exact
-top-K with ties to the lower item index, the same ranking as the service), each chunk is one Parquet row
-group, and the file appears only when complete (written to a temporary file, then renamed). Columns:
-user, item, rank (1-based), score, fallback (unknown users get the most popular items).
+Users are scored in chunks of ``--chunk-size``. With a folder (any ``--output`` not ending in ``.parquet``), each
+chunk is its own part file ``part-000000.parquet``, ``part-000001.parquet``, ... written atomically (temporary
+file, then rename), and ``_manifest.json`` (also atomic) records the model (id, run, a SHA-256 of its weights, seen
+items and ids), ``k``, the chunk size, the user list's SHA-256 and the number of parts. Running the same command
+again (after a kill, say) checks the manifest and writes only the missing parts; a manifest that does not match is
+a one-line error (use a new ``--output`` or ``--overwrite``). ``pandas.read_parquet("recs/")`` reads all parts in
+order (the manifest's leading underscore keeps it out). With a ``.parquet`` file, chunks are row groups of one
+file that appears when complete (not resumable).
+
+Ranking is :meth:`Bundle.recommend`'s, the service's: exact (one ``score_all`` per block of users, seen items
+masked, top-K with ties to the lower item index), or through the bundle's ANN index when it has one and the
+catalogue has at least ``--ann-min-items`` items (the same rule and flag as ``recforge-serve``). Memory per chunk:
+the chunk's lists (``chunk-size x k`` rows) plus, exact, a score block of at most ``2**22`` floats (16 MiB) or,
+through the index, ``chunk-size x search size`` ids and scores (search size: ``k`` plus the user's seen items,
+rounded up to a power of two). Nothing accumulates across chunks. Columns: user, item, rank (1-based), score,
+fallback (unknown users get the most popular items).
 
 ``--explain`` also writes why each item was recommended (:mod:`recforge.explain`, the method that fits the model)
-beside the lists, ``<output>.explanations.parquet`` (``recs.parquet`` -> ``recs.explanations.parquet``): one row
-per reason with user, item, rank, method, reason_rank, reason (a history item's raw id, or a feature's name for
-feature methods), weight and, for sequential methods, position (1 = the user's latest item). An unknown user's
-fallback items get one row each with method ``popularity_fallback`` and no reason.
+beside the lists, ``<output>.explanations.parquet`` (``recs.parquet`` -> ``recs.explanations.parquet``; a folder
+``recs/`` -> ``recs.explanations/`` with the same parts): one row per reason with user, item, rank, method,
+reason_rank, reason (a history item's raw id, or a feature's name for feature methods), weight and, for sequential
+methods, position (1 = the user's latest item). An unknown user's fallback items get one row each with method
+``popularity_fallback`` and no reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 from contextlib import nullcontext
@@ -28,13 +44,25 @@ import pandas as pd
 
 from recforge.errors import RecForgeError
 from recforge.serving.registry import add_model_source_args
+from recforge.tracking.bundle import ANN_MIN_ITEMS
+
+MANIFEST = "_manifest.json"
+MANIFEST_FORMAT = "recforge-recommend/1"
+SCORE_BLOCK = 1 << 22  # exact ranking scores at most this many (user, item) pairs at once
+# what a resumed run must share with the run that wrote the parts (the rest of the manifest is information)
+MANIFEST_CHECKED = ("format", "model_sha256", "retrieval", "k", "exclude_seen", "explain", "chunk_size", "n_users",
+                    "users_sha256", "n_parts")
 
 
 def read_users(spec: str) -> np.ndarray:
     """``--users``: a file (``.parquet``/``.csv`` with a ``user`` column, or text with one id per line) or a
     comma-separated list. Ids that look like integers become integers."""
     path = Path(spec)
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a long comma-separated list is no file name ("File name too long")
+        is_file = False
+    if is_file:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
         elif path.suffix in (".csv", ".tsv"):
@@ -65,10 +93,22 @@ def match_id_type(users: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.asarray([str(u) for u in users], dtype=object)
 
 
+def is_folder_output(output: str | os.PathLike) -> bool:
+    """``--output`` names a folder of parts unless it ends in ``.parquet`` (and is not an existing folder)."""
+    return Path(output).is_dir() or not str(output).endswith(".parquet")
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:06d}.parquet"
+
+
 def explanations_path(output: str | os.PathLike) -> Path:
-    """Where ``--explain`` writes: ``recs.parquet`` -> ``recs.explanations.parquet``."""
-    output = Path(output)
-    return output.with_name(f"{output.stem if output.suffix == '.parquet' else output.name}.explanations.parquet")
+    """Where ``--explain`` writes: ``recs.parquet`` -> ``recs.explanations.parquet``; a folder ``recs`` ->
+    ``recs.explanations`` (the same part files)."""
+    output = Path(output) if Path(output).name else Path(output).absolute()  # "." has no name to extend
+    if is_folder_output(output):
+        return output.with_name(f"{output.name}.explanations")
+    return output.with_name(f"{output.stem}.explanations.parquet")
 
 
 EXPLANATION_COLUMNS = ["user", "item", "rank", "method", "reason_rank", "reason", "weight", "position"]
@@ -97,10 +137,35 @@ def explanation_frame(bundle, explainer, frame: pd.DataFrame, n_reasons: int) ->
     return out.astype({"reason_rank": "Int64", "weight": "float64", "position": "Int64"})
 
 
+def explanation_schema(lists, explainer):
+    """The explanations' Arrow schema: types no chunk may infer (all-null columns), ids as the lists have them."""
+    import pyarrow as pa
+
+    from recforge.explain import FEATURE
+
+    reason = pa.string() if explainer.reason == FEATURE else lists.field("item").type
+    return pa.schema([lists.field("user"), lists.field("item"), ("rank", pa.int64()), ("method", pa.string()),
+                      ("reason_rank", pa.int64()), ("reason", reason), ("weight", pa.float64()),
+                      ("position", pa.int64())])
+
+
+def rank_chunk(bundle, users: np.ndarray, k: int, exclude_seen: bool = True, ann=None) -> pd.DataFrame:
+    """:meth:`Bundle.recommend` of ``users``: through ``ann`` when given, else exactly, scoring blocks of at most
+    :data:`SCORE_BLOCK` (user, item) pairs (a few users at a time for a catalogue of millions)."""
+    if ann is not None:
+        return bundle.recommend(users, k=k, exclude_seen=exclude_seen, ann=ann)
+    step = max(1, SCORE_BLOCK // max(len(bundle.item_ids), 1))
+    if len(users) <= step:
+        return bundle.recommend(users, k=k, exclude_seen=exclude_seen)
+    return pd.concat([bundle.recommend(users[start:start + step], k=k, exclude_seen=exclude_seen)
+                      for start in range(0, len(users), step)], ignore_index=True)
+
+
 def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k: int = 10, exclude_seen: bool = True,
-                         chunk_size: int = 1024, progress: bool = True, explain: int = 0) -> int:
-    """Write ``bundle``'s top-``k`` for ``users`` to ``output`` atomically; returns the number of rows. With
-    ``explain`` (reasons per item), also each item's reasons to :func:`explanations_path`."""
+                         chunk_size: int = 1024, progress: bool = True, explain: int = 0, ann=None) -> int:
+    """Write ``bundle``'s top-``k`` for ``users`` to the file ``output`` atomically; returns the number of rows.
+    With ``explain`` (reasons per item), also each item's reasons to :func:`explanations_path`. ``ann``: rank
+    through this index (:func:`rank_chunk`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -109,7 +174,7 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
 
     explainer = None
     if explain:
-        from recforge.explain import FEATURE, Histories, explainer_for
+        from recforge.explain import Histories, explainer_for
 
         explainer = explainer_for(bundle.model, Histories.from_csr(bundle.seen), len(bundle.user_ids))
     rows = 0
@@ -120,12 +185,8 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
 
         def write(path: Path, frame: pd.DataFrame) -> None:
             schema = writers[path].schema if path in writers else None
-            if schema is None and path != tmp:  # explanations: fix the types no chunk may infer (all-null columns)
-                ids = writers[tmp].schema  # the lists' own, written first
-                reason = pa.string() if explainer.reason == FEATURE else ids.field("item").type
-                schema = pa.schema([ids.field("user"), ids.field("item"), ("rank", pa.int64()), ("method", pa.string()),
-                                    ("reason_rank", pa.int64()), ("reason", reason), ("weight", pa.float64()),
-                                    ("position", pa.int64())])
+            if schema is None and path != tmp:  # explanations: the lists' id types (written first)
+                schema = explanation_schema(writers[tmp].schema, explainer)
             table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
             if path not in writers:
                 writers[path] = pq.ParquetWriter(path, table.schema)
@@ -133,7 +194,7 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
 
         try:
             for start in tqdm(starts, desc="recommend", unit="chunk", disable=not progress, file=sys.stderr):
-                frame = bundle.recommend(users[start:start + chunk_size], k=k, exclude_seen=exclude_seen)
+                frame = rank_chunk(bundle, users[start:start + chunk_size], k, exclude_seen, ann)
                 write(tmp, frame)
                 if explainer is not None:
                     write(tmp_explained, explanation_frame(bundle, explainer, frame, explain))
@@ -148,10 +209,137 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
     return rows
 
 
+def users_sha256(users: np.ndarray) -> str:
+    """A digest of the user list, in order (integers by value, anything else by its text)."""
+    digest = hashlib.sha256(b"int\0" if users.dtype.kind in "iu" else b"str\0")
+    if users.dtype.kind in "iu":
+        digest.update(np.ascontiguousarray(users, dtype=np.int64).data)
+    else:
+        digest.update("\x1f".join(map(str, users)).encode())
+    return digest.hexdigest()
+
+
+def bundle_sha256(bundle) -> str:
+    """A digest of everything a bundle's lists depend on: the model's parameters and buffers (also the histories
+    sequential models read), the seen items and the id maps."""
+    import torch
+
+    digest = hashlib.sha256()
+    tensors = {**dict(bundle.model.named_buffers()), **bundle.model.state_dict()}
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    seen = bundle.seen.tocsr()
+    for array in (seen.indptr, seen.indices):
+        digest.update(np.ascontiguousarray(array, dtype=np.int64).data)
+    digest.update(users_sha256(bundle.user_ids).encode() + users_sha256(bundle.item_ids).encode())
+    return digest.hexdigest()
+
+
+def _remove_own_files(folder: Path) -> None:
+    """Delete what this job writes in ``folder`` (parts, manifest, temporary files of a killed run), nothing else."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            name = path.name
+            if path.is_file() and (name == MANIFEST or (name.startswith("part-") and name.endswith(".parquet"))
+                                   or (name.startswith((".part-", f".{MANIFEST}.")) and name.endswith(".tmp"))):
+                path.unlink()
+
+
+def _check_manifest(path: Path, want: dict) -> None:
+    try:
+        found = json.loads(path.read_text())
+        if not isinstance(found, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise RecForgeError(f"{path}: unreadable manifest ({exc}); use a new --output or --overwrite") from None
+    differ = [key for key in MANIFEST_CHECKED if found.get(key) != want[key]]
+    if differ:
+        shown = "; ".join(f"{key} {str(found.get(key))[:24]} there, {str(want[key])[:24]} now" for key in differ[:3])
+        raise RecForgeError(f"{path}: {path.parent} holds recommendations of another run ({shown}); use a new --output "
+                            f"to keep them, or --overwrite to replace them")
+
+
+def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: int = 10, exclude_seen: bool = True,
+                       chunk_size: int = 1024, progress: bool = True, explain: int = 0, ann=None,
+                       model: dict | None = None, overwrite: bool = False) -> tuple[int, int, int]:
+    """Write ``bundle``'s top-``k`` for ``users`` into the folder ``output``, one part file per chunk of
+    ``chunk_size`` users, resuming where an earlier run of the same job stopped (see the module docstring).
+    ``model``: what the manifest records of the source (model id, run id, uri). Returns ``(rows, parts written,
+    parts already there)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from recforge.utils.io import atomic_path, atomic_write_text
+
+    output = Path(output)
+    explained = explanations_path(output) if explain else None
+    for folder in (output, explained):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise RecForgeError(f"--output {output}: {folder} is a file; give a new folder name, or a name ending in "
+                                f".parquet for one file")
+    n_parts = -(-len(users) // chunk_size)
+    manifest = {"format": MANIFEST_FORMAT, **(model or {}), "model_sha256": bundle_sha256(bundle),
+                "retrieval": "exact" if ann is None else {"ann": ann.arguments()}, "k": k, "exclude_seen": exclude_seen,
+                "explain": explain, "chunk_size": chunk_size, "n_users": len(users),
+                "users_sha256": users_sha256(users), "n_parts": n_parts, "complete": False}
+    if overwrite:
+        _remove_own_files(output)
+        if explained is not None:
+            _remove_own_files(explained)
+    manifest_path = output / MANIFEST
+    if manifest_path.exists():
+        _check_manifest(manifest_path, manifest)
+    elif output.is_dir() and any(not p.name.startswith(".") for p in output.iterdir()):
+        raise RecForgeError(f"--output {output}: the folder has files but no {MANIFEST}, so it is not a "
+                            f"recforge-recommend output; give a new or empty folder")
+    output.mkdir(parents=True, exist_ok=True)
+    for folder in (output, explained):  # temporary files of a killed run
+        if folder is not None and folder.is_dir():
+            for stale in [*folder.glob(".part-*.tmp"), *folder.glob(f".{MANIFEST}.*.tmp")]:
+                stale.unlink()
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    lists = pa.schema([("user", pa.int64() if users.dtype.kind in "iu" else pa.string()),
+                       ("item", pa.int64() if bundle.item_ids.dtype.kind in "iu" else pa.string()),
+                       ("rank", pa.int64()), ("score", pa.float32()), ("fallback", pa.bool_())])
+    explainer = reasons = None
+    if explain:
+        from recforge.explain import Histories, explainer_for
+
+        explainer = explainer_for(bundle.model, Histories.from_csr(bundle.seen), len(bundle.user_ids))
+        reasons = explanation_schema(lists, explainer)
+        explained.mkdir(parents=True, exist_ok=True)
+
+    def write(path: Path, frame: pd.DataFrame, schema) -> None:
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), tmp)
+
+    rows = written = 0
+    for number in tqdm(range(n_parts), desc="recommend", unit="part", disable=not progress, file=sys.stderr):
+        path = output / part_name(number)
+        if path.exists():  # renamed into place only when complete
+            rows += pq.ParquetFile(path).metadata.num_rows
+            continue
+        frame = rank_chunk(bundle, users[number * chunk_size:(number + 1) * chunk_size], k, exclude_seen, ann)
+        if explainer is not None:  # before the part: a part on disk means both are complete
+            write(explained / part_name(number), explanation_frame(bundle, explainer, frame, explain), reasons)
+        write(path, frame, lists)
+        rows += len(frame)
+        written += 1
+    atomic_write_text(manifest_path, json.dumps({**manifest, "complete": True, "rows": rows}, indent=2))
+    return rows, written, n_parts - written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="recforge-recommend", description="Write top-K recommendations to Parquet.")
     add_model_source_args(parser)
-    parser.add_argument("--output", "-o", required=True, help="Parquet file to write")
+    parser.add_argument("--output", "-o", required=True,
+                        help="a folder of Parquet parts, resumable (recs/), or one Parquet file (a name ending in "
+                             ".parquet)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="folder output: replace the parts of another run there instead of refusing")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--users", help="file of user ids or a comma-separated list (default: every training user)")
     parser.add_argument("--include-seen", action="store_true", help="do not mask items seen in training")
@@ -159,6 +347,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write each item's reasons to <output>.explanations.parquet (slower)")
     parser.add_argument("--n-reasons", type=int, default=5, help="with --explain: reasons per item (default 5)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="users scored per chunk (default 1024)")
+    parser.add_argument("--ann-min-items", type=int, default=ANN_MIN_ITEMS,
+                        help="rank through the bundle's ANN index (when it has one) if the catalogue has at least this "
+                             f"many items, as recforge-serve does (default {ANN_MIN_ITEMS}; 0: always)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -180,13 +371,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.k > len(bundle.item_ids):
             raise RecForgeError(f"--k {args.k} exceeds the catalogue ({len(bundle.item_ids)} items)")
         users = match_id_type(read_users(args.users), bundle.user_ids) if args.users else bundle.user_ids
-        rows = recommend_to_parquet(bundle, users, args.output, args.k, not args.include_seen, args.chunk_size,
-                                    progress=not args.no_progress, explain=args.n_reasons if args.explain else 0)
+        ann = bundle.retrieval_index(args.ann_min_items)
+        explain = args.n_reasons if args.explain else 0
+        resumed = ""
+        if is_folder_output(args.output):
+            rows, written, kept = recommend_to_parts(
+                bundle, users, args.output, args.k, not args.include_seen, args.chunk_size, not args.no_progress,
+                explain, ann, {"model_id": ref.model_id, "run_id": ref.run_id, "uri": ref.uri}, args.overwrite)
+            resumed = f", {kept} of {written + kept} parts already there" if kept else ""
+        else:
+            rows = recommend_to_parquet(bundle, users, args.output, args.k, not args.include_seen, args.chunk_size,
+                                        progress=not args.no_progress, explain=explain, ann=ann)
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {rows} rows ({len(users)} users, k={args.k}) from {ref.model_id} to {args.output}"
-          + (f" and their reasons to {explanations_path(args.output)}" if args.explain else ""))
+    retrieval = "exact" if ann is None else f"ann:{ann.kind}"
+    print(f"wrote {rows} rows ({len(users)} users, k={args.k}, {retrieval}{resumed}) from {ref.model_id} to "
+          f"{args.output}" + (f" and their reasons to {explanations_path(args.output)}" if args.explain else ""))
 
 
 if __name__ == "__main__":

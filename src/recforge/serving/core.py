@@ -19,11 +19,10 @@ import numpy as np
 import torch
 
 from recforge.serving.registry import ModelRef
-from recforge.tracking.bundle import Bundle
+from recforge.tracking.bundle import ANN_MIN_ITEMS, Bundle
 
 # the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
-ANN_MIN_ITEMS = 100_000  # below this many items a bundle's ANN index is not used: exact ranking costs < ~1 ms
 MAX_REASONS = 100  # reasons per explained item a request may ask for
 HISTORY_MODELS = ("sequential: SASRec, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
                   "autoencoders: Mult-VAE, RecVAE")
@@ -99,7 +98,9 @@ class ServedModel:
 
         ``ann_min_items``: a bundle with an ANN index (``bundle.ann``) answers known users through it when the
         catalogue has at least this many items (then there is no score cache); smaller catalogues are ranked
-        exactly. Requests with ``allow_items`` score the allowed items exactly either way."""
+        exactly. Requests with ``allow_items`` score the allowed items exactly either way. Session requests
+        (``history``) go through the index too when the model turns a history into a query vector
+        (``history_queries``: the sequential models)."""
         self.bundle, self.ref = bundle, ref
         self.model = bundle.model
         self.n_items = len(bundle.item_ids)
@@ -118,7 +119,7 @@ class ServedModel:
         self._explainer = None  # built on the first request that asks for explanations
         self._explainer_lock = threading.Lock()
         self.similar_source = "item_vectors" if self._raw_item_vectors() is not None else "score_columns"
-        self.ann = bundle.ann if bundle.ann is not None and self.n_items >= ann_min_items else None
+        self.ann = bundle.retrieval_index(ann_min_items)
         self._score_cache = None
         if self.ann is None and 0 < 4 * self.n_users * self.n_items <= score_cache_bytes:
             self._score_cache = self._all_scores()
@@ -190,20 +191,23 @@ class ServedModel:
         searched, those are dropped, and the index's inner products (the model's scores) come back."""
         drop = self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]] if exclude_seen else \
             np.empty(0, dtype=np.int64)
-        if deny is not None:
-            drop = np.concatenate([drop, deny])
         want = max(k, self.reranker.n_candidates) if self.reranker is not None else k
-        query = self.model.retrieval_queries(self._rows[row:row + 1])
-        scores, items = self.ann.search(query, want + len(drop))
-        scores, items = scores[0], items[0]
-        keep = items >= 0
-        if len(drop):
-            keep &= ~np.isin(items, drop)
-        items, scores = items[keep][:want], scores[keep][:want]
+        items, scores = self._search(self.model.retrieval_queries(self._rows[row:row + 1]), want, drop, deny)
         if self.reranker is not None and len(items):
             items, scores = (t[0].numpy() for t in self.reranker(self._rows[row:row + 1], torch.from_numpy(items)[None],
                                                                  torch.from_numpy(scores)[None], k))
         return [self.item_ids[i] for i in items.tolist()], scores.tolist()
+
+    def _search(self, query: torch.Tensor, k: int, drop: np.ndarray, deny: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``(items, scores)`` of one query through the index without ``drop`` and ``deny`` (fewer than ``k`` when
+        the index fills fewer slots); :meth:`AnnIndex.search_excluding` sizes the search as ``recforge-recommend``
+        does, so the two answer a user alike."""
+        if deny is not None:
+            drop = np.concatenate([drop, deny])
+        scores, items = self.ann.search_excluding(query, k, np.array([0, len(drop)]), drop)
+        keep = items[0] >= 0
+        return items[0][keep], scores[0][keep]
 
     @torch.inference_mode()
     def recommend_history(self, history: Sequence[Any], k: int = 10, exclude_seen: bool = True,
@@ -213,7 +217,10 @@ class ServedModel:
         oldest first): the model's :meth:`score_histories` of the known items, with ``exclude_seen`` leaving the
         history's items out. Unknown ids are dropped and their number is ``unknown``; a history with no known item
         gets the most popular items with ``fallback`` true, as an unknown user does. The run's re-ranker is not
-        applied (it reads known users). A model that cannot score a history is a 400 naming the models that can."""
+        applied (it reads known users). A model that cannot score a history is a 400 naming the models that can.
+        With an ANN index in use and a model that encodes a history as a query vector (``history_queries``: the
+        sequential models), the history is answered through the index (unless ``allow_items`` is given): ``k`` plus
+        the history's and denied items are searched and those dropped, as for a known user."""
         if not getattr(self.model, "answers_histories", False):
             raise InvalidRequest(f"history: {type(self.model).__name__} cannot score a history without a user; send "
                                  f"a user id, or serve a model that can ({HISTORY_MODELS})")
@@ -222,17 +229,24 @@ class ServedModel:
         deny = self.item_columns(deny_items, "deny_items") if deny_items else None
         columns = [_find(self._items, self._int_items, raw) for raw in history]
         known = np.asarray([c for c in columns if c is not None], dtype=np.int64)
+        unknown = len(columns) - len(known)
+        indptr = torch.tensor([0, len(known)])
+        if len(known) and self.ann is not None and allow is None:
+            query = self.model.history_queries(indptr, torch.from_numpy(known))
+            if query is not None:
+                drop = np.unique(known) if exclude_seen else np.empty(0, dtype=np.int64)
+                items, values = self._search(query, k, drop, deny)
+                return [self.item_ids[i] for i in items.tolist()], values.tolist(), False, unknown
         if not len(known):
             scores = self._popularity.copy()
         else:
-            indptr = torch.tensor([0, len(known)])
             scores = self.model.score_histories(indptr, torch.from_numpy(known))[0]
             scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
             if exclude_seen:
                 scores[known] = -np.inf
         scores = _filtered(scores, allow, deny)
         top, values = topk_row(scores, k)
-        return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), len(columns) - len(known)
+        return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), unknown
 
     def check_reasons(self, n_reasons: int) -> None:
         if not 1 <= n_reasons <= MAX_REASONS:

@@ -13,6 +13,7 @@ import logging
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from recforge.utils.sparse import row_pointers
 from recforge.utils.trust import import_trusted
 
 RERANK_FILE = "rerank.pt"
+ANN_MIN_ITEMS = 100_000  # below this many items a bundle's ANN index is not used: exact ranking costs < ~1 ms
 
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
@@ -101,19 +103,41 @@ class Bundle:
                    {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback,
                     "checkpoint": str(path)}, exp.module.reranker)
 
+    @cached_property
+    def _user_lookup(self) -> pd.Index:  # built once: a batch job looks up every chunk of users in it
+        return pd.Index(self.user_ids)
+
+    @cached_property
+    def _item_lookup(self) -> pd.Index:
+        return pd.Index(self.item_ids)
+
+    @cached_property
+    def _popular(self) -> np.ndarray:
+        """Item columns by training popularity, most popular first, ties to the lower column."""
+        return np.lexsort((np.arange(len(self.popularity)), -self.popularity))
+
     def user_index(self, users: np.ndarray) -> np.ndarray:
         """Row of each raw user id, -1 for unknown ones (``"12"`` finds the integer id 12 and vice versa)."""
-        return _index_of(self.user_ids, np.asarray(users))
+        return _index_of(self._user_lookup, np.asarray(users))
 
     def item_index(self, items: np.ndarray) -> np.ndarray:
         """Column of each raw item id, -1 for unknown ones (same id coercion as :meth:`user_index`)."""
-        return _index_of(self.item_ids, np.asarray(items))
+        return _index_of(self._item_lookup, np.asarray(items))
+
+    def retrieval_index(self, min_items: int = ANN_MIN_ITEMS) -> Any:
+        """The ANN index to rank known users with: the bundle's own when it has one and the catalogue has at least
+        ``min_items`` items, else ``None`` (exact ranking). ``recforge-serve`` and ``recforge-recommend`` share this
+        rule and its flag, ``--ann-min-items``."""
+        return self.ann if self.ann is not None and len(self.item_ids) >= min_items else None
 
     @torch.no_grad()
-    def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+    def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True, ann: Any = None) -> pd.DataFrame:
         """Top-``k`` items per raw user id: columns user, item, rank (1-based), score, fallback.
 
-        Unknown users get the most popular items (``fallback`` is True for them)."""
+        Unknown users get the most popular items (``fallback`` is True for them). With ``ann`` (an
+        :class:`~recforge.retrieval.ann.AnnIndex` of the model's item vectors, e.g. :meth:`retrieval_index`), known
+        users are ranked through it as the service ranks them: each user's query searches ``k`` plus its seen items,
+        those are dropped, and the scores are the index's inner products (the model's scores)."""
         users = np.asarray(users)
         index = self.user_index(users)
         known = index >= 0
@@ -121,7 +145,9 @@ class Bundle:
         device = next(iter(self.model.buffers()), next(iter(self.model.parameters()), torch.empty(0))).device
         items = np.empty((len(users), k), dtype=np.int64)
         scores = np.empty((len(users), k), dtype=np.float32)
-        if known.any():
+        if known.any() and ann is not None:
+            items[known], scores[known] = self._recommend_ann(ann, index[known], k, exclude_seen, device)
+        elif known.any():
             rows = torch.as_tensor(index[known], device=device)
             s = self.model.score_all(rows).float()
             if exclude_seen:
@@ -135,7 +161,7 @@ class Bundle:
                 top, values = self.reranker(rows, top, values, k)
             items[known], scores[known] = top.cpu().numpy(), values.cpu().numpy()
         if (~known).any():
-            order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))[:k]
+            order = self._popular[:k]
             items[~known], scores[~known] = order, self.popularity[order].astype(np.float32)
         return pd.DataFrame({
             "user": np.repeat(users, k),
@@ -144,6 +170,26 @@ class Bundle:
             "score": scores.ravel(),
             "fallback": np.repeat(~known, k),
         }).loc[lambda f: np.isfinite(f["score"])].reset_index(drop=True)
+
+
+    def _recommend_ann(self, ann: Any, rows: np.ndarray, k: int, exclude_seen: bool, device: torch.device
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """``(items, scores)``, ``(len(rows), k)``, of known user rows through ``ann``; unfilled slots: score
+        ``-inf`` (dropped from :meth:`recommend`'s frame)."""
+        want = max(k, self.reranker.n_candidates) if self.reranker is not None else k
+        if exclude_seen:
+            seen = self.seen[rows]
+            indptr, indices = seen.indptr, seen.indices
+        else:
+            indptr, indices = np.zeros(len(rows) + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+        queries = self.model.retrieval_queries(torch.as_tensor(rows, device=device))
+        values, top = ann.search_excluding(queries, want, indptr, indices)
+        top = np.where(top >= 0, top, 0)  # an unfilled slot: any item, at -inf
+        if self.reranker is not None:
+            top, values = (t.cpu().numpy() for t in self.reranker(
+                torch.as_tensor(rows, device=device), torch.from_numpy(top).to(device),
+                torch.from_numpy(values).to(device), k))
+        return top, values
 
 
 def load_ann(directory: Path, n_items: int) -> Any:
@@ -180,21 +226,22 @@ def load_reranker(path: Path) -> Any:
         raise RecForgeError(f"{path}: cannot build {spec['target']} from its stored arguments ({exc})") from None
 
 
-def _index_of(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """``pd.Index(ids).get_indexer(raw)`` after coercing ``raw`` to the kind of ``ids``: strings that spell an
+def _index_of(ids: pd.Index | np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """``ids.get_indexer(raw)`` after coercing ``raw`` to the kind of ``ids``: strings that spell an
     integer (``"12"``, not ``"12.0"``) find integer ids, integers find string ids; booleans, floats and anything
     else are unknown (-1). The service (``recforge.serving.core``) applies the same rule to single ids."""
+    ids = ids if isinstance(ids, pd.Index) else pd.Index(ids)
     int_ids = ids.dtype.kind in "iu"
     if raw.dtype.kind == "b" or raw.dtype.kind == "f":
         return np.full(len(raw), -1, dtype=np.int64)
     if raw.dtype.kind in "iu":
-        return pd.Index(ids).get_indexer(raw if int_ids else raw.astype(str).astype(object))
+        return ids.get_indexer(raw if int_ids else raw.astype(str).astype(object))
     coerced = pd.Series(raw, dtype=object).map(lambda v: _coerce_id(v, int_ids))
     known = coerced.notna().to_numpy(bool)
     out = np.full(len(raw), -1, dtype=np.int64)
     if known.any():
         values = coerced[known].to_numpy(np.int64 if int_ids else object)
-        out[known] = pd.Index(ids).get_indexer(values)
+        out[known] = ids.get_indexer(values)
     return out
 
 
