@@ -153,7 +153,7 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
-FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep")  # model options that score unseen ids from their features
+FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint")  # model options that score unseen ids from their features
 
 
 def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:

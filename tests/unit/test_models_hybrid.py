@@ -136,9 +136,13 @@ def test_fm_features_are_data_not_checkpoint_state():
     torch.testing.assert_close(fresh.eval().score_all(torch.arange(N_USERS)), fm.score_all(torch.arange(N_USERS)))
 
 
-def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: float = 0.01) -> None:
-    """Full-batch BPR steps through the training module, as the contract test's ``train_steps`` does."""
+def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: float = 0.01,
+              warm_negatives: bool = False) -> None:
+    """Full-batch BPR steps through the training module, as the contract test's ``train_steps`` does; with
+    ``warm_negatives`` negatives are drawn from the trained items only, as under ``split=cold_items``."""
     sampler = NegativeSampler(model.n_items, torch.sort(users * model.n_items + items).values)
+    if warm_negatives:
+        sampler.restrict_to(torch.unique(items))
     module = RecommenderModule(model, BPRLoss(), partial(torch.optim.Adam, lr=lr), sampler=sampler, ks=[1])
     optimizer = module.configure_optimizers()
     ratings = torch.ones(len(users))
@@ -150,11 +154,11 @@ def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: f
     model.eval()
 
 
-def genre_scores(cls, seed: int, **kwargs) -> torch.Tensor:
+def genre_scores(cls, seed: int, warm_negatives: bool = False, **kwargs) -> torch.Tensor:
     """Users 0-3 like the items of genre A (0-3), users 4-7 those of genre B (4-7); items 8-10 (genre A) and
     11-13 (genre B) have no interactions (only their id embeddings' random start, and being sampled as
-    negatives). Returns every user's scores after BPR training of ``cls(..., **kwargs)`` (a model that reads
-    ``sequences`` gets the training pairs)."""
+    negatives unless ``warm_negatives``, as the cold-item split does). Returns every user's scores after BPR
+    training of ``cls(..., **kwargs)`` (a model that reads ``sequences`` gets the training pairs)."""
     genre = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1])
     item_features = torch.cat([torch.nn.functional.one_hot(genre, 2).float(),
                                torch.full((14, 1), 0.5)], dim=1)  # and a feature every item shares
@@ -165,7 +169,7 @@ def genre_scores(cls, seed: int, **kwargs) -> torch.Tensor:
     if "sequences" in inspect.signature(cls).parameters:
         extra["sequences"] = torch.stack([users, items])
     model = cls(n_users=8, n_items=14, embedding_dim=8, item_features=item_features, **extra, **kwargs)
-    train_bpr(model, users, items, steps=150)
+    train_bpr(model, users, items, steps=150, warm_negatives=warm_negatives)
     with torch.no_grad():
         return model.score_all(torch.arange(8))
 
