@@ -85,7 +85,7 @@ def check_config(cfg: DictConfig) -> None:
 INTEGER_KEYS = {"seed": 42, "trainer.max_epochs": 15, "datamodule.batch_size": 1024,
                 "datamodule.eval_batch_size": 65536}
 # model arguments that are sizes (besides every ``*_dim`` and lists of layer widths); 0 leaves a model without weights
-MODEL_SIZES = ("factors", "channels", "n_heads", "max_len")
+MODEL_SIZES = ("factors", "channels", "n_heads", "max_len", "max_history")
 
 
 def config_integer(cfg: DictConfig, key: str, example: int) -> int | None:
@@ -153,7 +153,7 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
-FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint")  # model options that score unseen ids from their features
+FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din")  # model options that score unseen ids from their features
 
 
 def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:
