@@ -34,8 +34,9 @@ class WideDeep(FieldRecommender):
     dropout, log loss, which is ``loss=bce`` here (sampled negatives stand in for non-installs); it trains the wide
     part by FTRL with L1 and the deep part by AdaGrad, where here one optimizer (Adam by default) trains both."""
 
-    def __init__(self, n_users: int, n_items: int, embedding_dim: int = 32, mlp_layers: Sequence[int] = (1024, 512, 256),
-                 dropout: float = 0.0, cross_features: bool = True, use_features: bool = True, init_std: float = 0.01,
+    def __init__(self, n_users: int, n_items: int, embedding_dim: int = 32,
+                 mlp_layers: Sequence[int] = (1024, 512, 256), dropout: float = 0.0, cross_features: bool = True,
+                 use_features: bool = True, init_std: float = 0.01,
                  user_features: torch.Tensor | None = None, item_features: torch.Tensor | None = None) -> None:
         mlp_layers = list(mlp_layers)
         if not mlp_layers or min(mlp_layers) < 1:
