@@ -153,7 +153,8 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
-FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din")  # model options that score unseen ids from their features
+# the model options that score unseen ids from their features (the cold-start refusal names them)
+FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din", "twotower")
 
 
 def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:
