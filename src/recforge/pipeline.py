@@ -85,7 +85,7 @@ def check_config(cfg: DictConfig) -> None:
 INTEGER_KEYS = {"seed": 42, "trainer.max_epochs": 15, "datamodule.batch_size": 1024,
                 "datamodule.eval_batch_size": 65536}
 # model arguments that are sizes (besides every ``*_dim`` and lists of layer widths); 0 leaves a model without weights
-MODEL_SIZES = ("factors", "channels", "n_heads", "max_len")
+MODEL_SIZES = ("factors", "channels", "n_heads", "max_len", "max_history")
 
 
 def config_integer(cfg: DictConfig, key: str, example: int) -> int | None:
@@ -153,6 +153,10 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
+# the model options that score unseen ids from their features (the cold-start refusal names them)
+FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din", "twotower")
+
+
 def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:
     """A cold-start split (``split=cold_items`` / ``cold_users``) evaluates ids never seen in training: refuse, before
     training, a model that scores them by their ids alone."""
@@ -165,8 +169,9 @@ def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommen
     name = option_names(cfg, ("model",)).get("model", type(model).__name__)
     features = datamodule.feature_tensors().get(f"{side[:-1]}_features")
     data = (f"data {datamodule.raw.name} has no {side[:-1]} features, so only model=pop (the reference) runs"
-            if features is None else f"use model=fm, model=deepfm or model=dcnv2 (with model.use_features=true), "
-                                     f"which score them from their {side[:-1]} features, or model=pop (the reference)")
+            if features is None else f"use a model that scores them from their {side[:-1]} features (with "
+                                     f"model.use_features=true): model={', '.join(FEATURE_MODELS)}; or model=pop (the "
+                                     f"reference)")
     raise RecForgeError(f"split={kind}: model={name} scores {side} by their ids only and cannot score {side} it "
                         f"never trained on; {data} (docs/features.md)")
 

@@ -23,6 +23,7 @@ from recforge.models.mf import MatrixFactorization
 from recforge.models.ngcf import NGCF
 from recforge.models.sasrec import SASRec
 from recforge.models.simplex import SimpleX
+from recforge.models.twotower import TwoTower
 from recforge.models.ultragcn import UltraGCN
 
 faiss = pytest.importorskip("faiss")
@@ -49,7 +50,7 @@ def dot_product_models() -> list[torch.nn.Module]:
             UltraGCN(5, 6, PAIRS, embedding_dim=3), LightGCN(5, 6, PAIRS, embedding_dim=3),
             NGCF(5, 6, PAIRS, embedding_dim=3), SimpleX(5, 6, PAIRS, embedding_dim=3), IALS(5, 6, factors=3),
             SASRec(5, 6, sequences, max_len=3, embedding_dim=4), GRU4Rec(5, 6, sequences, max_len=3, embedding_dim=4),
-            bert, caser]
+            bert, caser, TwoTower(5, 6, embedding_dim=3, tower_layers=[8, 3], item_features=torch.rand(6, 2))]
 
 
 @pytest.mark.parametrize("model", dot_product_models(), ids=lambda m: type(m).__name__)

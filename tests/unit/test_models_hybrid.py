@@ -4,14 +4,16 @@ shared contract test covers shapes, determinism and learning on the checkerboard
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from recforge.config import build_model
+from recforge.config import CONFIG_DIR, build_model
 from recforge.errors import RecForgeError
 from recforge.losses import BPRLoss
 from recforge.samplers import NegativeSampler
@@ -134,9 +136,13 @@ def test_fm_features_are_data_not_checkpoint_state():
     torch.testing.assert_close(fresh.eval().score_all(torch.arange(N_USERS)), fm.score_all(torch.arange(N_USERS)))
 
 
-def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: float = 0.01) -> None:
-    """Full-batch BPR steps through the training module, as the contract test's ``train_steps`` does."""
+def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: float = 0.01,
+              warm_negatives: bool = False) -> None:
+    """Full-batch BPR steps through the training module, as the contract test's ``train_steps`` does; with
+    ``warm_negatives`` negatives are drawn from the trained items only, as under ``split=cold_items``."""
     sampler = NegativeSampler(model.n_items, torch.sort(users * model.n_items + items).values)
+    if warm_negatives:
+        sampler.restrict_to(torch.unique(items))
     module = RecommenderModule(model, BPRLoss(), partial(torch.optim.Adam, lr=lr), sampler=sampler, ks=[1])
     optimizer = module.configure_optimizers()
     ratings = torch.ones(len(users))
@@ -148,10 +154,11 @@ def train_bpr(model, users: torch.Tensor, items: torch.Tensor, steps: int, lr: f
     model.eval()
 
 
-def genre_scores(cls, seed: int) -> torch.Tensor:
+def genre_scores(cls, seed: int, warm_negatives: bool = False, **kwargs) -> torch.Tensor:
     """Users 0-3 like the items of genre A (0-3), users 4-7 those of genre B (4-7); items 8-10 (genre A) and
     11-13 (genre B) have no interactions (only their id embeddings' random start, and being sampled as
-    negatives). Returns every user's scores after BPR training."""
+    negatives unless ``warm_negatives``, as the cold-item split does). Returns every user's scores after BPR
+    training of ``cls(..., **kwargs)`` (a model that reads ``sequences`` gets the training pairs)."""
     genre = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1])
     item_features = torch.cat([torch.nn.functional.one_hot(genre, 2).float(),
                                torch.full((14, 1), 0.5)], dim=1)  # and a feature every item shares
@@ -159,8 +166,10 @@ def genre_scores(cls, seed: int) -> torch.Tensor:
     items = items + 4 * (users >= 4)
     torch.manual_seed(seed)
     extra = {"mlp_layers": [16, 16], "dropout": 0.0} if cls is DeepFM else {}
-    model = cls(n_users=8, n_items=14, embedding_dim=8, item_features=item_features, **extra)
-    train_bpr(model, users, items, steps=150)
+    if "sequences" in inspect.signature(cls).parameters:
+        extra["sequences"] = torch.stack([users, items])
+    model = cls(n_users=8, n_items=14, embedding_dim=8, item_features=item_features, **extra, **kwargs)
+    train_bpr(model, users, items, steps=150, warm_negatives=warm_negatives)
     with torch.no_grad():
         return model.score_all(torch.arange(8))
 
@@ -324,3 +333,22 @@ def test_fm_config_learns_ratings_from_the_global_mean(tmp_path):
     model = build_model(cfg, {"n_users": 2, "n_items": 3, "global_mean": 3.5})
     assert cfg.loss._target_.endswith("MSELoss") and float(model.global_bias.detach()) == 3.5
     assert "explicit" in FactorizationMachine.feedbacks
+
+
+def test_the_cold_start_refusal_names_exactly_the_models_that_score_unseen_ids(tmp_path):
+    """``pipeline.FEATURE_MODELS`` (the options a refused cold-start run is pointed to) are the model files whose
+    models, given features, score unseen users and items from them."""
+    from recforge.pipeline import FEATURE_MODELS
+    from recforge.testing import N, checkerboard, sequences
+
+    (tu, ti), _ = checkerboard()
+    data = {"n_users": N, "n_items": N, "global_mean": 1.0, "interactions": torch.stack([tu, ti]),
+            "sequences": sequences(), "item_popularity": torch.bincount(ti, minlength=N),
+            "user_features": torch.rand(N, 2), "item_features": torch.rand(N, 3),
+            "user_time_features": torch.rand(N, 3), "item_time_features": torch.rand(N, 3)}
+    scoring = set()
+    for path in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")):
+        model = build_model(compose_train([f"model={path.stem}"], tmp_path), data)
+        if model.scores_unseen("items") and model.scores_unseen("users"):
+            scoring.add(path.stem)
+    assert scoring == {*FEATURE_MODELS, "pop"}  # the message names pop apart, as the reference

@@ -350,8 +350,9 @@ class ColdItemSplit(_HeldOutIds):
     as item cold-start studies evaluate (DropoutNet, Volkovs et al. 2017; LightFM's cold-start experiments, Kula
     2015, score only the test items): ranking them among all items would mostly measure that a model puts
     items it never trained on below the warm ones. ``all`` ranks them among every item the user has not seen.
-    Only models that score unseen items from their features can be evaluated (FM and DeepFM with item
-    features; popularity as the chance-level reference); the others are refused before training."""
+    Only models that score unseen items from their features can be evaluated (the feature models, FM to the
+    two-tower model, with item features; popularity as the chance-level reference); the others are refused before
+    training."""
 
     key, kind = "item", "cold_items"
 
@@ -370,7 +371,7 @@ class ColdUserSplit(_HeldOutIds):
     """User cold start: ``val_ratio`` / ``test_ratio`` of the users are held out whole (all their interactions
     are validation / test targets, with no history to fold in; none is in training, which the split check
     verifies), drawn under ``seed``. Their items are ranked among every item (they have seen none). Only models
-    that score unseen users from their features can be evaluated (FM and DeepFM with user features; popularity,
+    that score unseen users from their features can be evaluated (the feature models with user features; popularity,
     which recommends the same popular items to everyone, as the reference)."""
 
     key, kind = "user", "cold_users"

@@ -23,9 +23,9 @@
   from their sequence encoder, item-item models from the history row times their item-item weights, row
   autoencoders from the history row) set ``answers_histories = True``; the others raise.
 * ``retrieval_items()`` / ``retrieval_queries(users)``: dot-product models (MF/BPR-MF, UltraGCN, SVD++, LightGCN,
-  NGCF, SimpleX, iALS, the sequential models' last state) return ``(n_items, d)`` item and ``(B, d)`` user vectors
-  whose inner products are ``score_all``'s scores (biases ride in extra dimensions), which an ANN index
-  (:mod:`recforge.retrieval.ann`) searches. ``None`` (the default): the model is not a dot product, no index.
+  NGCF, SimpleX, iALS, the sequential models' last state, the two-tower model) return ``(n_items, d)`` item and
+  ``(B, d)`` user vectors whose inner products are ``score_all``'s scores (biases ride in extra dimensions), which an
+  ANN index (:mod:`recforge.retrieval.ann`) searches. ``None`` (the default): the model is not a dot product, no index.
 * ``regularization(users, items)`` is a penalty added to the loss of each interaction batch (``items`` are the
   batch's candidates, positives first); the default is none.
 * ``scores_unseen(side)`` says whether the model scores ``"users"`` / ``"items"`` that had no training interaction

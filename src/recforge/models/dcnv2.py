@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender
-from recforge.models.fm import FeatureSide, SideTerms
+from recforge.models.fields import FieldRecommender, field_embeddings
+from recforge.models.fm import SideTerms
 from recforge.models.mlp import mlp_tower, xavier_init_
 
 
@@ -29,7 +29,7 @@ class CrossLayer(nn.Module):
         return x0 * self.project(x) + x
 
 
-class DCNv2(Recommender):
+class DCNv2(FieldRecommender):
     """DCN-V2 over the fields user id, item id and, when the data has them, user features and item features (each
     feature field the value-weighted sum of its features' embeddings, as in :class:`~recforge.models.fm.FeatureSide`,
     so an id without training interactions is scored from its features). ``x_0`` is the concatenated field
@@ -40,29 +40,23 @@ class DCNv2(Recommender):
     The paper's setting on Criteo: embedding 39 fields of dimension 16 (here 2-4 fields), cross layers 2-4, a
     2-layer deep network, Adam, log loss, which is ``loss=bce`` here (sampled negatives stand in for non-clicks)."""
 
-    max_activations = 1 << 25  # score_all: activations per user chunk (128 MiB of float32 per layer)
-
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 16, cross_layers: int = 3,
                  mlp_layers: Sequence[int] = (256, 128), dropout: float = 0.1, structure: str = "parallel",
                  rank: int | None = None, use_features: bool = True, init_std: float = 0.01,
                  user_features: torch.Tensor | None = None, item_features: torch.Tensor | None = None) -> None:
-        super().__init__()
         mlp_layers = list(mlp_layers)
         if structure not in ("parallel", "stacked"):
             raise ValueError(f"structure must be 'parallel' or 'stacked', got {structure!r}")
         if not mlp_layers or min(mlp_layers) < 1 or cross_layers < 0 or (rank is not None and rank < 1):
             raise ValueError(f"need mlp_layers of positive widths, cross_layers >= 0 and rank >= 1 or None; got "
                              f"{mlp_layers}, {cross_layers}, {rank}")
-        self.n_users, self.n_items, self.structure = n_users, n_items, structure
-        self.user_side = FeatureSide(n_users, embedding_dim, user_features if use_features else None, init_std,
-                                     "user_features")
-        self.item_side = FeatureSide(n_items, embedding_dim, item_features if use_features else None, init_std,
-                                     "item_features")
-        dim = (self.user_side.n_fields + self.item_side.n_fields) * embedding_dim
+        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features)
+        self.structure = structure
+        dim = self.n_fields * embedding_dim
         self.cross = nn.ModuleList(CrossLayer(dim, rank) for _ in range(cross_layers))
         self.deep = mlp_tower([dim, *mlp_layers], dropout)
         self.out = nn.Linear(mlp_layers[-1] + (dim if structure == "parallel" else 0), 1)
-        self.widest = max(dim, *mlp_layers) * 2
+        self.pair_width = max(dim, *mlp_layers) * 2
         xavier_init_(self.deep)
         for layer in self.cross.modules():
             if isinstance(layer, nn.Linear):
@@ -72,32 +66,11 @@ class DCNv2(Recommender):
         nn.init.xavier_uniform_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def logits(self, user: SideTerms, item: SideTerms) -> torch.Tensor:
-        """The logit of each (user, item) pair of the terms (broadcast, users over items)."""
-        shape = torch.broadcast_shapes(user.linear.shape, item.linear.shape)
-        x0 = torch.cat([f.expand(*shape, -1) for f in user.fields + item.fields], dim=-1)
+    def logits(self, user: SideTerms, item: SideTerms, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        x0 = field_embeddings(user, item).flatten(-2)
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
         if self.structure == "stacked":
             return self.out(self.deep(x)).squeeze(-1)
         return self.out(torch.cat([x, self.deep(x0)], dim=-1)).squeeze(-1)
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        user = self.user_side(users)
-        return self.logits(user.per_item() if items.dim() == 2 else user, self.item_side(items))
-
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """The item fields once, then users in chunks of at most ``max_activations`` activations."""
-        if not len(users):
-            return torch.empty(0, self.n_items, device=users.device, dtype=self.out.weight.dtype)
-        item = self.item_side(self.item_side.all_ids(users.device))
-        item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0), item.within.unsqueeze(0))
-        step = max(1, self.max_activations // (self.n_items * self.widest))
-        return torch.cat([self.logits(self.user_side(chunk).per_item(), item) for chunk in users.split(step)])
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.item_side(self.item_side.all_ids(self.out.weight.device)).vector
-
-    def scores_unseen(self, side: str) -> bool:
-        return (self.item_side if side == "items" else self.user_side).has_features

@@ -31,7 +31,7 @@ KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("ip", "cosine")
 INDEX_FILE, SPEC_FILE = "ann.faiss", "ann.json"
 DOT_PRODUCT_MODELS = ("MF/BPR-MF, SVD++, UltraGCN, LightGCN, NGCF, SimpleX, iALS, SASRec, GRU4Rec, BERT4Rec, "
-                      "Caser")
+                      "Caser, the two-tower model")
 
 
 def import_faiss():

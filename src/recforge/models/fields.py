@@ -1,0 +1,74 @@
+"""What the feature-aware networks share (DCN-V2, Wide & Deep, AutoInt, DIN): a user side and an item side of FM
+variables (:class:`~recforge.models.fm.FeatureSide`: ids, and features when the data has them), a network that
+reads their field embeddings pair by pair, and :meth:`FieldRecommender.score_all` in user chunks bounded by the
+network's activations. Not a model itself; each model file subclasses it and cites its paper."""
+
+from __future__ import annotations
+
+import torch
+
+from recforge.models.base import Recommender
+from recforge.models.fm import FeatureSide, SideTerms
+
+
+def field_embeddings(user: SideTerms, item: SideTerms) -> torch.Tensor:
+    """``(..., n_fields, k)``: the user's field embeddings then the item's, broadcast to the pairs' shape."""
+    shape = torch.broadcast_shapes(user.linear.shape, item.linear.shape)
+    return torch.stack([f.expand(*shape, -1) for f in user.fields + item.fields], dim=-2)
+
+
+class FieldRecommender(Recommender):
+    """A network over the fields user id, item id and, when the data has them, user features and item features
+    (each feature field the value-weighted sum of its features' embeddings), so that an id without training
+    interactions is scored from its features (:meth:`scores_unseen`).
+
+    Subclasses define :meth:`logits` and set ``pair_width``, the activations one pair needs in the widest layer:
+    :meth:`score_all` computes the item terms once and scores users in chunks of at most ``max_activations``
+    activations (128 MiB of float32 per layer by default)."""
+
+    max_activations = 1 << 25
+    pair_width = 1
+
+    def __init__(self, n_users: int, n_items: int, embedding_dim: int, use_features: bool, init_std: float,
+                 user_features: torch.Tensor | None, item_features: torch.Tensor | None) -> None:
+        super().__init__()
+        self.n_users, self.n_items, self.embedding_dim = n_users, n_items, embedding_dim
+        self.user_side = FeatureSide(n_users, embedding_dim, user_features if use_features else None, init_std,
+                                     "user_features")
+        self.item_side = FeatureSide(n_items, embedding_dim, item_features if use_features else None, init_std,
+                                     "item_features")
+
+    @property
+    def n_fields(self) -> int:
+        return self.user_side.n_fields + self.item_side.n_fields
+
+    def logits(self, user: SideTerms, item: SideTerms, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The logit of each (user, item) pair: ``user`` / ``item`` terms and ``users`` / ``items`` ids broadcast
+        against each other (``(B, 1)`` users over ``(B, n)`` or ``(1, n_items)`` items, or ``(B,)`` pairs)."""
+        raise NotImplementedError
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        user = self.user_side(users)
+        if items.dim() == 2:
+            user, users = user.per_item(), users.unsqueeze(-1)
+        return self.logits(user, self.item_side(items), users, items)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """The item terms once, then users in chunks of at most ``max_activations`` activations."""
+        weight = self.item_side.embedding.weight
+        if not len(users):
+            return torch.empty(0, self.n_items, device=users.device, dtype=weight.dtype)
+        items = self.item_side.all_ids(users.device)
+        item = self.item_side(items)
+        item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0), item.within.unsqueeze(0))
+        step = max(1, self.max_activations // (self.n_items * self.pair_width))
+        return torch.cat([self.logits(self.user_side(chunk).per_item(), item, chunk.unsqueeze(-1), items.unsqueeze(0))
+                          for chunk in users.split(step)])
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_side(self.item_side.all_ids(self.item_side.embedding.weight.device)).vector
+
+    def scores_unseen(self, side: str) -> bool:
+        """Unseen users (items) score through their features' embeddings when the model reads user (item)
+        features; their own id embeddings keep their small initial values."""
+        return (self.item_side if side == "items" else self.user_side).has_features
