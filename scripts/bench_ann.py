@@ -34,6 +34,30 @@ def catalogue(n_items: int, n_queries: int, dim: int, clusters: int, seed: int) 
     return items, queries
 
 
+def save_mf_bundle(directory, rows: np.ndarray, cols: np.ndarray, n_users: int, n_items: int, dim: int,
+                   clusters: int, seed: int, dataset: str) -> np.ndarray:
+    """A synthetic BPR-MF bundle (no biases) in ``directory``: user and item vectors from :func:`catalogue`, the
+    (row, col) pairs as its seen items (duplicates once). Returns the item vectors (for an index)."""
+    import scipy.sparse as sp
+    import torch
+
+    from recforge.models.mf import MatrixFactorization
+    from recforge.tracking.bundle import save_bundle
+
+    seen = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_users, n_items))
+    seen.sum_duplicates()
+    seen.data[:] = 1.0
+    items, users = catalogue(n_items, n_users, dim, clusters, seed)
+    kwargs = {"n_users": n_users, "n_items": n_items, "embedding_dim": dim, "use_bias": False}
+    model = MatrixFactorization(**kwargs)
+    with torch.no_grad():
+        model.user_embedding.weight.copy_(torch.from_numpy(users))
+        model.item_embedding.weight.copy_(torch.from_numpy(items))
+    save_bundle(directory, model, "recforge.models.mf.MatrixFactorization", kwargs, np.arange(n_users),
+                np.arange(n_items), seen, {"dataset": dataset, "feedback": "implicit"})
+    return items
+
+
 def exact_top(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     index = AnnIndex(kind="flat").build(items)
     return index.search(queries, k)[1]

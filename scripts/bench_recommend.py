@@ -40,31 +40,17 @@ def interactions_file(work_dir: Path, rows: int, users: int, items: int, seed: i
 def build_bundle(directory: Path, args: argparse.Namespace) -> None:
     """The synthetic bundle (and its index) into ``directory``, atomically: a killed build leaves nothing."""
     import pandas as pd
-    import scipy.sparse as sp
-    import torch
 
-    from bench_ann import catalogue
-    from recforge.models.mf import MatrixFactorization
+    from bench_ann import save_mf_bundle
     from recforge.retrieval.ann import AnnIndex
-    from recforge.tracking.bundle import save_bundle
     from recforge.utils.io import atomic_dir
 
     pairs = pd.read_parquet(interactions_file(args.work_dir, args.rows, args.users, args.items, args.seed),
                             columns=["user", "item"])
-    seen = sp.csr_matrix((np.ones(len(pairs), dtype=np.float32), (pairs["user"].to_numpy(), pairs["item"].to_numpy())),
-                         shape=(args.users, args.items))
-    seen.sum_duplicates()
-    seen.data[:] = 1.0
-    del pairs
-    items, users = catalogue(args.items, args.users, args.dim, args.clusters, args.seed)
-    kwargs = {"n_users": args.users, "n_items": args.items, "embedding_dim": args.dim, "use_bias": False}
-    model = MatrixFactorization(**kwargs)
-    with torch.no_grad():
-        model.user_embedding.weight.copy_(torch.from_numpy(users))
-        model.item_embedding.weight.copy_(torch.from_numpy(items))
     with atomic_dir(directory) as tmp:
-        save_bundle(tmp, model, "recforge.models.mf.MatrixFactorization", kwargs, np.arange(args.users),
-                    np.arange(args.items), seen, {"dataset": "synthetic bench_recommend"})
+        items = save_mf_bundle(tmp, pairs["user"].to_numpy(), pairs["item"].to_numpy(), args.users, args.items,
+                               args.dim, args.clusters, args.seed, "synthetic bench_recommend")
+        del pairs
         if args.index != "none":
             started = time.perf_counter()
             index = AnnIndex(kind=args.index, nlist=args.nlist, nprobe=args.nprobe, m=args.m,

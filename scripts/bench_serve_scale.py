@@ -34,13 +34,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
-from bench_ann import catalogue
+from bench_ann import save_mf_bundle
 
 HERE = Path(__file__).resolve().parent
-MF = "recforge.models.mf.MatrixFactorization"
 
 
 def cpu_name() -> str:
@@ -51,24 +49,11 @@ def cpu_name() -> str:
 
 
 def build_bundle(directory: Path, n_users: int, n_items: int, dim: int, n_seen: int, seed: int) -> None:
-    from recforge.models.mf import MatrixFactorization
-    from recforge.tracking.bundle import save_bundle
-
-    items, users = catalogue(n_items, n_users, dim, clusters=256, seed=seed)
-    kwargs = {"n_users": n_users, "n_items": n_items, "embedding_dim": dim, "use_bias": False}
-    model = MatrixFactorization(**kwargs)
-    with torch.no_grad():
-        model.user_embedding.weight.copy_(torch.from_numpy(users))
-        model.item_embedding.weight.copy_(torch.from_numpy(items))
     rng = np.random.default_rng(seed + 1)
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
     cols = rng.choice(n_items, size=n_users * n_seen, p=popularity / popularity.sum())
-    seen = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (np.repeat(np.arange(n_users), n_seen), cols)),
-                         shape=(n_users, n_items))
-    seen.sum_duplicates()
-    seen.data[:] = 1.0
-    save_bundle(directory, model, MF, kwargs, np.arange(n_users), np.arange(n_items), seen,
-                {"dataset": f"synthetic {n_users} users x {n_items} items", "feedback": "implicit"})
+    save_mf_bundle(directory, np.repeat(np.arange(n_users), n_seen), cols, n_users, n_items, dim, clusters=256,
+                   seed=seed, dataset=f"synthetic {n_users} users x {n_items} items")
 
 
 def free_port() -> int:
