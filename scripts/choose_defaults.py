@@ -38,16 +38,20 @@ def split_values(values: str) -> list[str]:
     return parts + [values[start:]]
 
 
-def candidates(grid: list[str]) -> list[tuple[str, ...]]:
-    """The Cartesian product of ``key=v1,v2`` grid entries (a value may be a list: ``key=[64,32],[128,64]``), as
+def candidates(grid: list[str], explicit: list[str] = ()) -> list[tuple[str, ...]]:
+    """The Cartesian product of ``key=v1,v2`` grid entries (a value may be a list: ``key=[64,32],[128,64]``), then
+    each ``explicit`` candidate (``"k1=v k2=w"``, when settings change together rather than as a product), as
     tuples of ``key=value`` overrides."""
+    extra = [tuple(c.split()) for c in explicit]
+    if not grid and extra:
+        return extra
     axes = []
     for entry in grid:
         key, sep, values = entry.partition("=")
         if not sep or not values:
             sys.exit(f"error: --grid {entry!r}: write key=v1,v2,...")
         axes.append([f"{key}={v}" for v in split_values(values)])
-    return list(itertools.product(*axes)) or [()]
+    return (list(itertools.product(*axes)) or [()]) + extra
 
 
 def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra: list[str], tmp: Path) -> dict:
@@ -93,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--grid", nargs="+", default=[], help="key=v1,v2,... (the candidates: their product)")
+    parser.add_argument("--candidate", action="append", default=[],
+                        help='one more candidate, its overrides in one argument: "k1=v k2=w" (repeatable)')
     parser.add_argument("--data", nargs="+", default=["ml-100k", "lastfm-hetrec"])
     parser.add_argument("--split", nargs="+", default=["random", "leave_one_out"])
     parser.add_argument("--override", nargs="*", default=[], help="fixed overrides for every run")
@@ -106,7 +112,7 @@ def main() -> None:
         done = [json.loads(line) for line in args.json_out.read_text().splitlines() if line.strip()]
     seen = {(r["data"], r["split"], tuple(r["candidate"]), tuple(r["extra"])) for r in done}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    for data, split, candidate in itertools.product(args.data, args.split, candidates(args.grid)):
+    for data, split, candidate in itertools.product(args.data, args.split, candidates(args.grid, args.candidate)):
         if (data, split, candidate, tuple(args.override)) in seen:
             continue
         with tempfile.TemporaryDirectory() as tmp:

@@ -44,3 +44,12 @@ def test_grid_values_may_be_lists():
         ("model.mlp_layers=[64,32,16,8]", "model.gmf_dim=8"), ("model.mlp_layers=[64,32,16,8]", "model.gmf_dim=64"),
         ("model.mlp_layers=[128,128,64]", "model.gmf_dim=8"), ("model.mlp_layers=[128,128,64]", "model.gmf_dim=64")]
     assert choose_defaults.candidates(["optimizer.lr=0.001"]) == [("optimizer.lr=0.001",)]
+
+
+def test_explicit_candidates_follow_the_grid_and_stand_alone_without_one():
+    both = "model.gmf_dim=64 model.mlp_layers=[128,128,64] model.dropout=0.1"
+    assert choose_defaults.candidates(["model.gmf_dim=8"], [both]) == [
+        ("model.gmf_dim=8",), ("model.gmf_dim=64", "model.mlp_layers=[128,128,64]", "model.dropout=0.1")]
+    assert choose_defaults.candidates([], [both, "model.gmf_dim=8"]) == [
+        ("model.gmf_dim=64", "model.mlp_layers=[128,128,64]", "model.dropout=0.1"), ("model.gmf_dim=8",)]
+    assert choose_defaults.candidates([]) == [()]
