@@ -3,6 +3,8 @@ index parameters: IVF ``nprobe`` and HNSW ``ef_search`` (and exact flat search a
 
     python scripts/bench_ann.py                                   # 100k items, 64 dims, 1,000 queries, k=100
     python scripts/bench_ann.py --items 1000000 --queries 2000 --nlist 4096 --m 32 [--json out.json]
+    python scripts/bench_ann.py --kinds hnsw hnsw-l2              # HNSW without and with the inner-product-to-L2
+                                                                  # reduction (ip_to_l2)
 
 The catalogue imitates trained embeddings rather than isotropic noise (on which no index does well): item vectors
 are drawn around ``--clusters`` centres, with norms that vary like popularity, and each query is a mix of a few
@@ -87,8 +89,9 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[100, 128, 256, 512])
-    parser.add_argument("--kinds", nargs="+", choices=["ivf", "hnsw"], default=["ivf", "hnsw"],
-                        help="index kinds to sweep (exact flat search is always the reference)")
+    parser.add_argument("--kinds", nargs="+", choices=["ivf", "hnsw", "hnsw-l2"], default=["ivf", "hnsw"],
+                        help="index kinds to sweep (exact flat search is always the reference); hnsw-l2: HNSW after "
+                             "the inner-product-to-L2 reduction (ip_to_l2=true)")
     parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (the service uses 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows here")
@@ -103,22 +106,22 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f} at start")
     rows = []
     for kind, setting, values in (("flat", None, [None]), ("ivf", "nprobe", args.nprobe),
-                                  ("hnsw", "ef_search", args.ef_search)):
+                                  ("hnsw", "ef_search", args.ef_search), ("hnsw-l2", "ef_search", args.ef_search)):
         if kind != "flat" and kind not in args.kinds:
             continue
         started = time.perf_counter()
-        index = AnnIndex(kind=kind, nlist=args.nlist, m=args.m, ef_construction=args.ef_construction,
-                         seed=args.seed).build(items)
+        index = AnnIndex(kind=kind.removesuffix("-l2"), nlist=args.nlist, m=args.m,
+                         ef_construction=args.ef_construction, seed=args.seed,
+                         ip_to_l2=kind.endswith("-l2")).build(items)
         build_s = time.perf_counter() - started
         size_mb = index.memory_bytes() / 2 ** 20
         for value in values:
             if setting is not None:
-                setattr(index, setting, value)
-                index._set_search_parameters()
+                index.set_search(**{setting: value})
             row = {"kind": kind, "setting": f"{setting}={value}" if setting else "exact", "build_s": build_s,
                    "size_mb": size_mb, **measure(index, queries, args.k, truth)}
             rows.append(row)
-            print(f"{kind:<5} {row['setting']:<14} recall {row['recall']:.4f}  p50 {row['p50_ms']:7.3f} ms  "
+            print(f"{kind:<7} {row['setting']:<14} recall {row['recall']:.4f}  p50 {row['p50_ms']:7.3f} ms  "
                   f"p99 {row['p99_ms']:7.3f} ms  build {build_s:6.1f} s  index {size_mb:8.1f} MiB", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if args.json:

@@ -133,8 +133,7 @@ def main() -> None:
     build = {"nprobe", "ef_search"}  # search parameters: changing them needs no new index
     if index is not None and {k: v for k, v in index.arguments().items() if k not in build} == \
             {k: v for k, v in wanted.arguments().items() if k not in build}:
-        index.nprobe, index.ef_search = args.nprobe, args.ef_search
-        index._set_search_parameters()
+        index.set_search(nprobe=args.nprobe, ef_search=args.ef_search)
         index.save(directory)
         build_s = None
     else:

@@ -10,8 +10,19 @@ the item side for maximum inner product search:
   with ``ef_search`` candidates (``IndexHNSWFlat``); the search looks at ``max(ef_search, k)`` candidates.
 
 ``metric="cosine"`` normalises item and query vectors first (for models trained on cosine scores; for a dot-product
-model it changes the ranking). The index lives in a model bundle as ``ann.faiss`` plus ``ann.json`` (its
-arguments), written atomically; the service searches it when present.
+model it changes the ranking).
+
+``ip_to_l2=True`` reduces inner product to L2 distance (Bachrach et al., "Speeding up the Xbox recommender system
+using a Euclidean transformation for inner-product spaces", RecSys 2014): each item vector ``x`` gets one more
+coordinate ``sqrt(M^2 - |x|^2)``, ``M`` the largest item norm, each query a 0; then ``|q - x'|^2 = |q|^2 + M^2 -
+2 q.x``, so the nearest items in L2 are exactly the top inner products, and the index is built and searched in L2.
+Searches still return inner products (the model's scores), recovered from the distances. It is off by default: it is
+exact, but it lowers HNSW's recall on item vectors of varying norm (a graph of L2 neighbours among the reduced items
+leads the greedy search badly towards a query that lies far from all of them; Morozov and Babenko, NeurIPS 2018,
+found the same), e.g. recall@100 0.46 against 0.96 without it (docs/serving.md).
+
+The index lives in a model bundle as ``ann.faiss`` plus ``ann.json`` (its arguments, and ``max_norm_sq`` with
+``ip_to_l2``), written atomically; the service searches it when present.
 """
 
 from __future__ import annotations
@@ -57,6 +68,12 @@ def retrieval_items(model: torch.nn.Module) -> torch.Tensor:
     return items
 
 
+def check_positive(name: str, value: int) -> int:
+    if int(value) < 1:
+        raise RecForgeError(f"ann.{name}={value} must be >= 1")
+    return int(value)
+
+
 def search_size(needed: np.ndarray | int, n_items: int) -> np.ndarray:
     """How many neighbours to ask the index for when ``needed`` must survive filtering: the next power of two, at
     most the catalogue. Rounding up lets a chunk of users with different numbers of seen items share a few search
@@ -78,27 +95,43 @@ class AnnIndex:
         ef_construction: ``hnsw``: candidate list size while building.
         ef_search: ``hnsw``: candidate list size while searching (more: higher recall, slower).
         seed: ``ivf``: the k-means seed.
+        ip_to_l2: index in L2 after the inner-product-to-L2 reduction (see the module; off: it lowers HNSW's recall).
     """
 
     def __init__(self, kind: str = "hnsw", metric: str = "ip", nlist: int = 1024, nprobe: int = 16, m: int = 32,
-                 ef_construction: int = 200, ef_search: int = 128, seed: int = 0) -> None:
+                 ef_construction: int = 200, ef_search: int = 128, seed: int = 0, ip_to_l2: bool = False) -> None:
         if kind not in KINDS:
             raise RecForgeError(f"ann.kind={kind!r} is not an index kind; use one of {', '.join(KINDS)}")
         if metric not in METRICS:
             raise RecForgeError(f"ann.metric={metric!r} is not a metric; use ip or cosine")
-        for name, value in (("nlist", nlist), ("nprobe", nprobe), ("m", m), ("ef_construction", ef_construction),
-                            ("ef_search", ef_search)):
-            if int(value) < 1:
-                raise RecForgeError(f"ann.{name}={value} must be >= 1")
-        self.kind, self.metric = kind, metric
-        self.nlist, self.nprobe, self.m = int(nlist), int(nprobe), int(m)
-        self.ef_construction, self.ef_search, self.seed = int(ef_construction), int(ef_search), int(seed)
+        if not isinstance(ip_to_l2, bool):
+            raise RecForgeError(f"ann.ip_to_l2={ip_to_l2!r} is not a switch; use true or false")
+        for name, value in (("nlist", nlist), ("m", m), ("ef_construction", ef_construction)):
+            check_positive(name, value)
+        self.kind, self.metric, self.ip_to_l2 = kind, metric, ip_to_l2
+        self.nlist, self.m, self.ef_construction, self.seed = int(nlist), int(m), int(ef_construction), int(seed)
         self.index: Any = None
         self.n_items = self.dim = 0
+        self.max_norm_sq = 0.0  # ip_to_l2: M^2, the largest squared item norm of the built index
+        self.set_search(nprobe=nprobe, ef_search=ef_search)
 
     def arguments(self) -> dict[str, Any]:
         return {"kind": self.kind, "metric": self.metric, "nlist": self.nlist, "nprobe": self.nprobe, "m": self.m,
-                "ef_construction": self.ef_construction, "ef_search": self.ef_search, "seed": self.seed}
+                "ef_construction": self.ef_construction, "ef_search": self.ef_search, "seed": self.seed,
+                "ip_to_l2": self.ip_to_l2}
+
+    def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> "AnnIndex":
+        """Change the search parameters (``ivf``: ``nprobe``; ``hnsw``: ``ef_search``; ``None`` keeps one), on the
+        built index too: they need no rebuild. Returns ``self``."""
+        if nprobe is not None:
+            self.nprobe = check_positive("nprobe", nprobe)
+        if ef_search is not None:
+            self.ef_search = check_positive("ef_search", ef_search)
+        if self.kind == "ivf" and self.index is not None:
+            self.index.nprobe = self.nprobe
+        elif self.kind == "hnsw" and self.index is not None:
+            self.index.hnsw.efSearch = self.ef_search
+        return self
 
     def _prepare(self, vectors: torch.Tensor | np.ndarray) -> np.ndarray:
         if isinstance(vectors, torch.Tensor):
@@ -113,27 +146,26 @@ class AnnIndex:
         faiss = import_faiss()
         x = self._prepare(items)
         self.n_items, self.dim = x.shape
+        if self.ip_to_l2:  # one more coordinate, sqrt(M^2 - |x|^2): every item vector gets norm M
+            norms_sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            self.max_norm_sq = float(norms_sq.max(initial=0.0))
+            extra = np.sqrt(np.maximum(self.max_norm_sq - norms_sq, 0.0)).astype(np.float32)
+            x = np.ascontiguousarray(np.hstack([x, extra[:, None]]))
+        d = x.shape[1]
+        metric = faiss.METRIC_L2 if self.ip_to_l2 else faiss.METRIC_INNER_PRODUCT
         if self.kind == "flat":
-            index = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexFlat(d, metric)
         elif self.kind == "ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, min(self.nlist, max(self.n_items, 1)),
-                                       faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, min(self.nlist, max(self.n_items, 1)), metric)
             index.cp.seed = self.seed
             index.cp.min_points_per_centroid = 1  # small catalogues: no warning per build
             index.train(x)
         else:
-            index = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWFlat(d, self.m, metric)
             index.hnsw.efConstruction = self.ef_construction
         index.add(x)
         self.index = index
-        self._set_search_parameters()
-        return self
-
-    def _set_search_parameters(self) -> None:
-        if self.kind == "ivf":
-            self.index.nprobe = self.nprobe
-        elif self.kind == "hnsw":
-            self.index.hnsw.efSearch = self.ef_search
+        return self.set_search()
 
     def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, items)``, both ``(B, min(k, n_items))``, best first; slots the index could not fill have item
@@ -144,7 +176,13 @@ class AnnIndex:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise RecForgeError(f"ANN queries have {q.shape[-1]} dimensions but the index has {self.dim}; the index "
                                 f"belongs to another model: rebuild it")
-        scores, items = self.index.search(q, min(int(k), self.n_items))
+        if not self.ip_to_l2:
+            scores, items = self.index.search(q, min(int(k), self.n_items))
+        else:  # queries get a 0 coordinate; the squared distance |q|^2 + M^2 - 2 q.x gives back the inner product
+            distances, items = self.index.search(np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)]),
+                                                 min(int(k), self.n_items))
+            q_norms_sq = np.einsum("ij,ij->i", q, q, dtype=np.float64)[:, None]
+            scores = ((q_norms_sq + self.max_norm_sq - distances) / 2).astype(np.float32)
         scores[items < 0] = -np.inf
         return scores, items
 
@@ -202,6 +240,8 @@ class AnnIndex:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         spec = {**self.arguments(), "n_items": self.n_items, "dim": self.dim}
+        if self.ip_to_l2:
+            spec["max_norm_sq"] = self.max_norm_sq
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ann-", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             json.dump(spec, handle, indent=2)
@@ -217,18 +257,23 @@ class AnnIndex:
         faiss = import_faiss()
         try:
             spec = json.loads((directory / SPEC_FILE).read_text())
+            spec.setdefault("ip_to_l2", False)  # written before the option existed: built without the reduction
             n_items, dim = spec.pop("n_items"), spec.pop("dim")
+            max_norm_sq = float(spec.pop("max_norm_sq")) if spec["ip_to_l2"] else 0.0
             ann = cls(**spec)
             ann.index = faiss.read_index(str(directory / INDEX_FILE))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise RecForgeError(f"{directory / INDEX_FILE}: cannot read the ANN index ({str(exc).splitlines()[0]}); "
                                 f"rebuild it: python -m recforge.serving.index --bundle {directory}") from None
-        if ann.index.ntotal != n_items or ann.index.d != dim:
-            raise RecForgeError(f"{directory / INDEX_FILE}: holds {ann.index.ntotal} vectors of {ann.index.d} "
-                                f"dimensions, {SPEC_FILE} says {n_items} of {dim}; rebuild it")
-        ann.n_items, ann.dim = n_items, dim
-        ann._set_search_parameters()
-        return ann
+        metric = {faiss.METRIC_L2: "L2", faiss.METRIC_INNER_PRODUCT: "inner product"}
+        found = (ann.index.ntotal, ann.index.d, metric.get(ann.index.metric_type, "another metric"))
+        wanted = (n_items, dim + int(ann.ip_to_l2), "L2" if ann.ip_to_l2 else "inner product")  # +1: the reduction
+        if found != wanted:
+            raise RecForgeError(f"{directory / INDEX_FILE}: holds {found[0]} vectors of {found[1]} dimensions under "
+                                f"{found[2]}, {SPEC_FILE} says {wanted[0]} of {wanted[1]} under {wanted[2]}; "
+                                f"rebuild it")
+        ann.n_items, ann.dim, ann.max_norm_sq = n_items, dim, max_norm_sq
+        return ann.set_search()
 
 
 class ModelRetriever:
