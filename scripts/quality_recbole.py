@@ -15,7 +15,9 @@ Both sides' test numbers come from RecForge's metric code on each model's own fu
 recall (hits / relevant items), NDCG binary, training items masked at validation, training and validation items
 at test. RecBole's own evaluator's numbers are kept as ``recbole.reported`` (equal for general models; its
 sequential evaluation masks nothing). One JSON line per row; ``--json-out FILE`` adds each finished row to FILE
-and skips the rows FILE already has; a Markdown table ends the output.
+and skips the rows FILE already has (``--rerun``: runs them again, e.g. after a default changed; RecBole's side is
+then reused from a row whose RecBole input, the files and settings, is byte for byte the same, marked ``reused``);
+a Markdown table ends the output.
 
     RECFORGE_DATA_DIR=/work/shared/datasets python scripts/quality_recbole.py --data ml-100k --split random \\
         --models bpr lightgcn --json-out results_quality.jsonl
@@ -26,6 +28,7 @@ and skips the rows FILE already has; a Markdown table ends the output.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -193,8 +196,19 @@ def recforge_side(data: str, split: str, model: str, overrides: list[str], workd
             "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: dict, workdir: Path) -> dict:
-    """RecForge's exported split (``workdir/out``) as atomic files; RecBole's ``model`` trained on them."""
+def input_digest(model: str, config: dict, data_path: Path) -> str:
+    """What RecBole is given, as one hash: the model, its settings (but the folder) and the bytes of every file."""
+    digest = hashlib.sha256(json.dumps([model, {k: v for k, v in config.items() if k != "data_path"}],
+                                       sort_keys=True).encode())
+    for path in sorted(p for p in data_path.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: dict, workdir: Path,
+                 known: dict[str, dict] | None = None) -> dict:
+    """RecForge's exported split (``workdir/out``) as atomic files; RecBole's ``model`` trained on them, or, when
+    ``known`` (input digest -> an earlier RecBole side) has a run on the identical input, that run (``reused``)."""
     out, data_path = workdir / "out", workdir / "recbole"
     name = "rf_split"  # not a name RecBole ships (it would read its own ml-100k copy)
     parts, users, items = coded_split(out)
@@ -205,16 +219,20 @@ def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: d
         if family == CONTEXT else {}
     seed = yaml.safe_load((out / "config.yaml").read_text())["seed"]
     config = {**recbole_config(family, data_path, seed, features), **fixed, **overrides}
+    digest = input_digest(model, config, data_path)
+    if known and digest in known:  # RecBole on the same files with the same settings: the same run
+        return {**known[digest], "reused": True}
     spec = workdir / "recbole_spec.json"
     spec.write_text(json.dumps({"data_path": str(data_path), "dataset": name, "model": model, "config": config}))
     started = time.perf_counter()
     result = recbole_json(python, "recbole_fit.py", [str(spec)], workdir)
     return {**{k: result["metrics"][k] for k in METRICS}, "epochs": result["epochs"],
             "best_epoch": result["best_epoch"], "wall_s": round(time.perf_counter() - started, 1),
-            "reported": result["reported"]}
+            "reported": result["reported"], "input": digest}
 
 
-def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole_overrides: dict) -> dict:
+def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole_overrides: dict,
+            known: dict[str, dict] | None = None) -> dict:
     """One row: both sides' test metrics, epochs and wall seconds, and the NDCG@10 ratio RecForge / RecBole."""
     row = {"dataset": data, "split": split, "model": model}
     if RECBOLE.get(model) is None:
@@ -227,7 +245,7 @@ def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole
     with tempfile.TemporaryDirectory() as tmp:
         row["recforge"] = recforge_side(data, split, model, args.override, Path(tmp))
         try:
-            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, Path(tmp))
+            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, Path(tmp), known)
         except RuntimeError as exc:  # reported, not stored: a rerun with --json-out tries it again
             return {**row, "note": str(exc).strip().splitlines()[-1], "failed": True}
     row["ratio_ndcg_at_10"] = row["recforge"]["ndcg_at_10"] / row["recbole"]["ndcg_at_10"] \
@@ -263,6 +281,13 @@ def row_key(data: str, split: str, model: str, overrides: list[str], recbole_ove
     return data, split, model, tuple(overrides), json.dumps(recbole_overrides, sort_keys=True)
 
 
+def remember(known: dict[str, dict], row: dict) -> None:
+    """Keep a row's RecBole side under its input digest, for a later row on the identical input."""
+    side = row.get("recbole", {})
+    if "input" in side:
+        known[side["input"]] = {k: v for k, v in side.items() if k != "reused"}
+
+
 def parse_overrides(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
     """``key=value`` pairs with YAML values (``epochs=50``, ``eval_step=5``, ``train_neg_sample_args=null``)."""
     out = {}
@@ -285,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, help="add each finished row to this file; skip rows it has (the "
                         "same data, split, model and overrides)")
     parser.add_argument("--rerun", action="store_true", help="run rows --json-out has again (after a default "
-                        "changed), adding new rows")
+                        "changed), adding new rows; RecBole's side is reused where its input is byte for byte one "
+                        "it already ran on")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(RECBOLE))
     if unknown:
@@ -301,10 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.disable(logging.WARNING)
     quiet_warnings()
-    done = {}
+    done, known = {}, {}
     if args.json_out and args.json_out.is_file():
         for line in args.json_out.read_text().splitlines():
             row = json.loads(line)
+            remember(known, row)
             if "recforge" in row:
                 done[row_key(row["dataset"], row["split"], row["model"], row.get("overrides", []),
                              row.get("recbole_overrides", {}))] = row
@@ -317,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = None if args.rerun else done.get(row_key(data, split, model, args.override, recbole_overrides),
                                                        done.get((data, split, model)))
                 if row is None:
-                    row = compare(data, split, model, args, recbole_overrides)
+                    row = compare(data, split, model, args, recbole_overrides, known)
+                    remember(known, row)
                     if args.json_out and not row.get("failed"):
                         previous = args.json_out.read_text() if args.json_out.is_file() else ""
                         atomic_write_text(args.json_out, previous + json.dumps(row) + "\n")

@@ -117,7 +117,7 @@ def test_json_out_keys_rows_by_their_overrides_and_rerun_runs_them_again(quality
     out = tmp_path / "rows.jsonl"
     calls = []
 
-    def compare(data, split, model, args, recbole_overrides):
+    def compare(data, split, model, args, recbole_overrides, known=None):
         calls.append((model, tuple(args.override)))
         if model == "ials":
             return {"dataset": data, "split": split, "model": model, "recbole_model": None, "note": "no ials"}
@@ -139,3 +139,29 @@ def test_json_out_keys_rows_by_their_overrides_and_rerun_runs_them_again(quality
     assert calls[3:] == [("bpr", ()), ("ials", ())]
     assert len(out.read_text().splitlines()) == 5
     capsys.readouterr()
+
+
+def test_recbole_side_is_reused_only_on_byte_identical_input(quality, tmp_path, monkeypatch):
+    """A rerun after a RecForge default changed trains RecBole again only if what RecBole is given changed."""
+    calls = []
+
+    def fake_fit(python, script, argv, workdir):
+        calls.append(json.loads(Path(argv[0]).read_text())["config"].get("epochs"))
+        return {"metrics": dict.fromkeys(quality.METRICS, 0.2), "epochs": 3, "best_epoch": 2, "reported": {}}
+
+    monkeypatch.setattr(quality, "recbole_json", fake_fit)
+    quality.recforge_side("synthetic", "random", "bpr", TINY, tmp_path)
+    known = {}
+    first = quality.recbole_side(sys.executable, quality.GENERAL, "BPR", {}, {"epochs": 3}, tmp_path, known)
+    assert calls == [3] and "reused" not in first and len(first["input"]) == 20
+    quality.remember(known, {"recbole": first})
+    again = quality.recbole_side(sys.executable, quality.GENERAL, "BPR", {}, {"epochs": 3}, tmp_path, known)
+    assert calls == [3] and again == {**first, "reused": True}
+    other = quality.recbole_side(sys.executable, quality.GENERAL, "BPR", {}, {"epochs": 4}, tmp_path, known)
+    assert calls == [3, 4] and other["input"] != first["input"]
+    folder = tmp_path / "recbole"  # the files RecBole read: one changed byte is a new input
+    inter = sorted(folder.rglob("*.train.inter"))[0]
+    digest = quality.input_digest("BPR", {"epochs": 3}, folder)
+    lines = inter.read_text().splitlines(keepends=True)
+    inter.write_text("".join([lines[0], lines[2], lines[1], *lines[3:]]))  # two rows swapped
+    assert quality.input_digest("BPR", {"epochs": 3}, folder) != digest
