@@ -276,6 +276,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[dict]) -> str:
+    """Each model's NDCG@10 ratio per (data, split), from its latest row with both sides' defaults (no overrides)
+    as a Markdown matrix; below-target ratios in bold, pairs RecBole cannot compare marked n/a."""
+    latest: dict[tuple[str, str, str], str] = {}
+    for row in rows:
+        key = row["model"], row["dataset"], row["split"]
+        if "note" in row and "recforge" not in row:
+            latest[key] = "n/a"
+        elif not row.get("overrides") and not row.get("recbole_overrides") and row.get("ratio_ndcg_at_10"):
+            ratio = row["ratio_ndcg_at_10"]
+            latest[key] = f"**{ratio:.2f}**" if ratio < TARGET else f"{ratio:.2f}"
+    pairs = sorted({(d, s) for _, d, s in latest})
+    models = [m for m in RECBOLE if any(key[0] == m for key in latest)]
+    lines = ["| model | " + " | ".join(f"{d} {s}" for d, s in pairs) + " |", "|---|" + "---:|" * len(pairs)]
+    lines += [f"| {m} | " + " | ".join(latest.get((m, d, s), "") for d, s in pairs) + " |" for m in models]
+    return "\n".join(lines)
+
+
 def row_key(data: str, split: str, model: str, overrides: list[str], recbole_overrides: dict) -> tuple:
     """What makes two rows the same comparison: the pair, the model and both sides' overrides."""
     return data, split, model, tuple(overrides), json.dumps(recbole_overrides, sort_keys=True)
@@ -309,10 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recbole-override", nargs="*", default=[], help="RecBole settings, key=value (YAML)")
     parser.add_argument("--json-out", type=Path, help="add each finished row to this file; skip rows it has (the "
                         "same data, split, model and overrides)")
+    parser.add_argument("--summary", type=Path, help="print the ratio matrix of this rows file (each model's latest "
+                        "row with no overrides) and exit")
     parser.add_argument("--rerun", action="store_true", help="run rows --json-out has again (after a default "
                         "changed), adding new rows; RecBole's side is reused where its input is byte for byte one "
                         "it already ran on")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()]))
+        return 0
     unknown = sorted(set(args.models) - set(RECBOLE))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(RECBOLE)}")

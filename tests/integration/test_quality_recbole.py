@@ -165,3 +165,15 @@ def test_recbole_side_is_reused_only_on_byte_identical_input(quality, tmp_path, 
     lines = inter.read_text().splitlines(keepends=True)
     inter.write_text("".join([lines[0], lines[2], lines[1], *lines[3:]]))  # two rows swapped
     assert quality.input_digest("BPR", {"epochs": 3}, folder) != digest
+
+
+def test_summary_is_each_models_latest_default_ratio_per_pair(quality):
+    def row(model, split, ratio, overrides=()):
+        return {"dataset": "d", "split": split, "model": model, "recforge": {}, "recbole": {},
+                "ratio_ndcg_at_10": ratio, "overrides": list(overrides), "recbole_overrides": {}}
+
+    rows = [row("bpr", "random", 0.87), row("bpr", "random", 1.013), row("bpr", "random", 0.5, ["seed=1"]),
+            row("neumf", "loo", 0.951), {"dataset": "d", "split": "random", "model": "sasrec", "note": "loo only"}]
+    assert quality.summary(rows).splitlines() == [
+        "| model | d loo | d random |", "|---|---:|---:|", "| bpr |  | 1.01 |", "| neumf | **0.95** |  |",
+        "| sasrec |  | n/a |"]
