@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from recforge.config import build, build_model, check_target, option_names, resolve_target
 from recforge.data.datamodule import RecDataModule
 from recforge.data.features import category_matrix
-from recforge.data.split import KFoldSplit, RandomSplit
+from recforge.data.split import ColdItemSplit, KFoldSplit, RandomSplit
 from recforge.errors import RecForgeError
 from recforge.metrics.beyond import (ITEM_GROUPS, ListContext, history_distribution, popularity_groups, slice_labels,
                                      unit_rows, user_slices)
@@ -118,10 +118,11 @@ def check_model_sizes(cfg: DictConfig) -> None:
 
 
 def warn_random_split_of_histories(cfg: DictConfig) -> None:
-    """A sequential model learns to predict a user's next item; a random split tests it on items from anywhere in
-    the history, some before items it trained on. A warning, not an error: it runs, and some studies do this."""
+    """A sequential model learns to predict a user's next item; a random split (and an item cold-start split, whose
+    held-out items a user met anywhere in time) tests it on items from anywhere in the history, some before items it
+    trained on. A warning, not an error: it runs, and some studies do this."""
     model_cls, split_cls = resolve_target(cfg.model._target_), resolve_target(cfg.split._target_)
-    random_split = inspect.isclass(split_cls) and issubclass(split_cls, (RandomSplit, KFoldSplit))
+    random_split = inspect.isclass(split_cls) and issubclass(split_cls, (RandomSplit, KFoldSplit, ColdItemSplit))
     if getattr(model_cls, "train_view", None) == "sequences" and random_split:
         log.warning("model %s learns each user's history in time order, but split %s holds out interactions from "
                     "anywhere in a history (it tests on items from before those it trained on); use "
@@ -153,8 +154,10 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
             "sampled_seed": node.get("seed", 0)}
 
 
-# the model options that score unseen ids from their features (the cold-start refusal names them)
+# the model options that score unseen ids from their features (the cold-start refusal names them): unseen users and
+# items, and unseen items only (a sequential model's user is its history)
 FEATURE_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din", "twotower")
+ITEM_FEATURE_MODELS = ("sasrecf",)
 
 
 def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommender) -> None:
@@ -168,9 +171,10 @@ def check_cold_start(cfg: DictConfig, datamodule: RecDataModule, model: Recommen
         return
     name = option_names(cfg, ("model",)).get("model", type(model).__name__)
     features = datamodule.feature_tensors().get(f"{side[:-1]}_features")
+    models = FEATURE_MODELS + (ITEM_FEATURE_MODELS if side == "items" else ())
     data = (f"data {datamodule.raw.name} has no {side[:-1]} features, so only model=pop (the reference) runs"
             if features is None else f"use a model that scores them from their {side[:-1]} features (with "
-                                     f"model.use_features=true): model={', '.join(FEATURE_MODELS)}; or model=pop (the "
+                                     f"model.use_features=true): model={', '.join(models)}; or model=pop (the "
                                      f"reference)")
     raise RecForgeError(f"split={kind}: model={name} scores {side} by their ids only and cannot score {side} it "
                         f"never trained on; {data} (docs/features.md)")

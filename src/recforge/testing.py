@@ -10,7 +10,8 @@ and a user's, for a model added from their own repository (docs/extending.md):
 
 Each check builds the model from its config option (``model=<name>``) on a tiny "checkerboard" dataset, where
 user ``u`` likes item ``i`` when ``u + i`` is even and the liked item ``(u + 2) % 16`` is held out (the check
-``implicit``'s recommender_base_test runs), and asserts one part of the contract:
+``implicit``'s recommender_base_test runs; each item has one feature, its parity), and asserts one part of the
+contract:
 
 * :func:`check_shapes`: ``forward`` gives ``(B,)`` and ``(B, n)`` scores, ``score_all`` ``(B, n_items)``, and
   both agree;
@@ -73,7 +74,9 @@ def build(name: str, config_dirs: Sequence[str | Path] = ()):
                    "sequences": sequences(), "item_popularity": torch.bincount(ti, minlength=N),
                    "user_time_features": torch.stack([times.new_zeros(N), times.new_full((N,), 0.5),
                                                       times.new_ones(N)], 1),
-                   "item_time_features": times.unsqueeze(1).expand(N, 3).contiguous()}
+                   "item_time_features": times.unsqueeze(1).expand(N, 3).contiguous(),
+                   # each item's parity, one-hot: the feature models read it (SASRecF refuses data without one)
+                   "item_features": torch.nn.functional.one_hot(torch.arange(N) % 2, 2).float()}
     torch.manual_seed(0)
     return cfg, build_model(cfg, data_kwargs), instantiate(cfg.loss)
 

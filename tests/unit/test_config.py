@@ -77,7 +77,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         assert isinstance(instantiate(cfg.scheduler)(optimizer), torch.optim.lr_scheduler.LRScheduler)
     interactions = torch.tensor([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
     model = build_model(cfg, {"n_users": 5, "n_items": 6, "global_mean": 3.5, "interactions": interactions,
-                              "item_popularity": torch.ones(6)})
+                              "item_popularity": torch.ones(6), "item_features": torch.eye(6)[:, :2]})
     assert isinstance(model, torch.nn.Module)
     if cfg.get("tracking"):
         instantiate(cfg.tracking)

@@ -337,8 +337,9 @@ def test_fm_config_learns_ratings_from_the_global_mean(tmp_path):
 
 def test_the_cold_start_refusal_names_exactly_the_models_that_score_unseen_ids(tmp_path):
     """``pipeline.FEATURE_MODELS`` (the options a refused cold-start run is pointed to) are the model files whose
-    models, given features, score unseen users and items from them."""
-    from recforge.pipeline import FEATURE_MODELS
+    models, given features, score unseen users and items from them, and ``ITEM_FEATURE_MODELS`` those that score
+    only unseen items from them."""
+    from recforge.pipeline import FEATURE_MODELS, ITEM_FEATURE_MODELS
     from recforge.testing import N, checkerboard, sequences
 
     (tu, ti), _ = checkerboard()
@@ -346,9 +347,11 @@ def test_the_cold_start_refusal_names_exactly_the_models_that_score_unseen_ids(t
             "sequences": sequences(), "item_popularity": torch.bincount(ti, minlength=N),
             "user_features": torch.rand(N, 2), "item_features": torch.rand(N, 3),
             "user_time_features": torch.rand(N, 3), "item_time_features": torch.rand(N, 3)}
-    scoring = set()
+    scoring = {"items": set(), "users": set()}
     for path in sorted((Path(CONFIG_DIR) / "model").glob("*.yaml")):
         model = build_model(compose_train([f"model={path.stem}"], tmp_path), data)
-        if model.scores_unseen("items") and model.scores_unseen("users"):
-            scoring.add(path.stem)
-    assert scoring == {*FEATURE_MODELS, "pop"}  # the message names pop apart, as the reference
+        for side, names in scoring.items():
+            if model.scores_unseen(side):
+                names.add(path.stem)
+    assert scoring["users"] == {*FEATURE_MODELS, "pop"}  # the message names pop apart, as the reference
+    assert scoring["items"] == {*FEATURE_MODELS, *ITEM_FEATURE_MODELS, "pop"}

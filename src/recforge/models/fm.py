@@ -33,6 +33,17 @@ class SideTerms(NamedTuple):
                          self.within.unsqueeze(-1))
 
 
+def feature_matrix(features: torch.Tensor | None, n: int, name: str = "features") -> torch.Tensor | None:
+    """``features`` as a float32 ``(n, d)`` matrix, or ``None`` when there are none (``None``, or no columns); a
+    ValueError naming ``name`` when it does not have one row per index."""
+    if features is None:
+        return None
+    features = torch.as_tensor(features, dtype=torch.float32)
+    if features.dim() != 2 or features.shape[0] != n:
+        raise ValueError(f"{name} must be a ({n}, d) matrix with one row per index, got shape {tuple(features.shape)}")
+    return features if features.shape[1] else None
+
+
 class FeatureSide(nn.Module):
     """The FM variables of one side: a one-hot id (an embedding and a bias per row) and, given an ``(n, d)``
     ``features`` matrix, ``d`` real-valued feature variables (an embedding and a weight per column). The
@@ -46,13 +57,7 @@ class FeatureSide(nn.Module):
         self.bias = nn.Embedding(n, 1)
         nn.init.normal_(self.embedding.weight, std=init_std)
         nn.init.zeros_(self.bias.weight)
-        if features is not None:
-            features = torch.as_tensor(features, dtype=torch.float32)
-            if features.dim() != 2 or features.shape[0] != n:
-                raise ValueError(f"{name} must be a ({n}, d) matrix with one row per index, got shape "
-                                 f"{tuple(features.shape)}")
-            if features.shape[1] == 0:
-                features = None
+        features = feature_matrix(features, n, name)
         self.has_features = features is not None
         if features is not None:
             self.register_buffer("features", features.clone(), persistent=False)

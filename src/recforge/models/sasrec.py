@@ -41,11 +41,15 @@ class SASRec(SequentialRecommender):
         with torch.no_grad():
             self.item_embedding.weight[self.padding_idx].zero_()
 
+    def input_embeddings(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d)`` vectors of the input items (``padding_idx`` included; its row is zero here)."""
+        return self.item_embedding(inputs)
+
     def encode(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         length = inputs.shape[1]
         keep = (inputs != self.padding_idx).unsqueeze(-1).to(self.item_embedding.weight.dtype)
         positions = torch.arange(self.max_len - length, self.max_len, device=inputs.device)  # right-aligned
-        h = self.item_embedding(inputs) * math.sqrt(self.embedding_dim) + self.position_embedding(positions)
+        h = self.input_embeddings(inputs) * math.sqrt(self.embedding_dim) + self.position_embedding(positions)
         h = self.dropout(h) * keep
         # a position attends to itself and to earlier non-padding positions (the authors' key masking); padding
         # queries see only themselves, so no attention row is empty, and their outputs are zeroed anyway
