@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
-from recforge.data.declared import FeatureEncoder
+from recforge.data.declared import FeatureEncoder, read_encoders
 from recforge.data.features import align_features, encode_frame
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.pairs import labelled_pairs
@@ -73,6 +73,9 @@ class RecDataModule(pl.LightningDataModule):
     batches without a host-to-device copy per batch (a copy from pageable memory may wait for the device, and then
     the host's per-step work no longer overlaps the device's); the permutations then come from the device's
     generator. Without it, batches bound for a GPU are pinned (page-locked) first.
+
+    ``feature_encoders`` (a model bundle's ``features.json``) encodes the declared features with that model's fitted
+    encoders instead of fitting them on this training part (``recforge-retrain`` gives the champion's).
     """
 
     train_view: str = "interactions"
@@ -94,6 +97,7 @@ class RecDataModule(pl.LightningDataModule):
         seed: int = 0,
         sample_users_uniformly: bool = False,
         train_on_device: bool = True,
+        feature_encoders: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -111,6 +115,7 @@ class RecDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_scores_in_memory, self.seed = max_scores_in_memory, seed
         self.sample_users_uniformly, self.train_on_device = sample_users_uniformly, train_on_device
+        self.feature_encoders_path = feature_encoders
         self.raw: RawData | None = None
         self.split: Split | None = None
         self.id_maps: IdMaps | None = None
@@ -121,6 +126,7 @@ class RecDataModule(pl.LightningDataModule):
         self._report: dict[str, float] = {}
         self._feature_tensors: dict | None = None
         self._feature_names: dict[str, list[str]] = {}
+        self._feature_encoders: dict[str, FeatureEncoder] = {}
         self.candidates: dict[str, torch.Tensor] = {}  # per stage, the ranked items when the split restricts them
 
     # ---------------------------------------------------------------- preparation
@@ -354,17 +360,26 @@ class RecDataModule(pl.LightningDataModule):
         training part only: the vocabularies, ranges and means come from the users (items) with a training
         interaction, so nothing of a validation or test id shapes the encoding. Features the source declares
         (``data.user_columns`` / ``item_columns``) are encoded as declared (:class:`FeatureEncoder`), any other
-        feature frame by :func:`recforge.data.features.encode_frame`."""
+        feature frame by :func:`recforge.data.features.encode_frame`. With ``feature_encoders`` (a model bundle's
+        ``features.json``) the declared features are encoded by its fitted encoders instead of fitting new ones."""
         if self._feature_tensors is None:
             self._feature_tensors, self._feature_names = {}, {}
             declared = getattr(self.source, "feature_columns", None) or {}
+            given = read_encoders(self.feature_encoders_path) if self.feature_encoders_path else {}
             for side, frame, n in (("user", self.user_features, self.n_users), ("item", self.item_features,
                                                                               self.n_items)):
                 if frame is None:
                     continue
                 rows = np.bincount(self.split.train[side].to_numpy(np.int64), minlength=n) > 0
                 if declared.get(side):
-                    matrix, names = FeatureEncoder(declared[side]).fit(frame, rows).transform(frame)
+                    encoder = given.get(side) or FeatureEncoder(declared[side]).fit(frame, rows)
+                    if encoder.columns != declared[side]:
+                        raise RecForgeError(f"datamodule.feature_encoders={self.feature_encoders_path}: its {side} "
+                                            f"features ({', '.join(c.name for c in encoder.columns)}) are not those "
+                                            f"data.{side}_columns declares; give the encoders of a model trained on "
+                                            f"this declaration, or none")
+                    self._feature_encoders[side] = encoder
+                    matrix, names = encoder.transform(frame)
                     tensor = torch.from_numpy(matrix) if matrix.shape[1] else None
                 else:
                     tensor, names = encode_frame(frame, fit_rows=rows)
@@ -373,6 +388,12 @@ class RecDataModule(pl.LightningDataModule):
                     self._feature_names[f"{side}_features"] = names
                     self._report[f"data/n_{side}_features"] = float(tensor.shape[1])
         return self._feature_tensors
+
+    def feature_encoders(self) -> dict[str, FeatureEncoder]:
+        """The fitted encoders of the declared features (``user``, ``item``; none for automatically encoded ones):
+        what a model bundle keeps to encode a new item's raw features as these were encoded."""
+        self.feature_tensors()
+        return self._feature_encoders
 
     def feature_names(self) -> dict[str, list[str]]:
         """The names of :meth:`feature_tensors`' columns (``occupation=writer``, ``genres=Comedy``, ``year``)."""

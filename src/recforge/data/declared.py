@@ -4,8 +4,10 @@ the sources that check their files stay light to import)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -188,3 +190,107 @@ class FeatureEncoder:
                 names += [f"{column.name}={v}" for v in vocab]
         matrix = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
         return np.nan_to_num(matrix.astype(np.float32)), names
+
+    # new rows, from a request instead of a file ---------------------------------------------------------------------
+    def raw_columns(self) -> list[str]:
+        """The raw columns the declared features read (``prefix*`` for flag columns), as a feature file holds them."""
+        return [f"{c.prefix}*" if c.kind == "multi" and c.prefix else c.source for c in self.columns]
+
+    def encode_records(self, records: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> np.ndarray:
+        """The float32 encoding of raw records (raw column -> value, as a row of the feature file holds them, e.g.
+        ``{"genre_Comedy": 1, "release_date": "01-Jan-1995"}``) by the fitted vocabularies, ranges and means: the
+        rows :meth:`transform` gives the same values in a file. A ``multi`` feature with ``sep`` also takes a list of
+        values; absent ``prefix*`` flags are 0. Each record is checked first, and a RecForgeError names its label and
+        the column: a key no declared feature reads, a declared column it lacks, a value of the wrong type, or a
+        number that is missing (without ``fill``) or not a number."""
+        rows = [self._checked(dict(record), label) for record, label in zip(records, labels)]
+        return self.transform(pd.DataFrame.from_records(rows, columns=sorted({k for row in rows for k in row})))[0]
+
+    def _checked(self, record: dict[str, Any], label: str) -> dict[str, Any]:
+        """``record`` checked against the declared features (see :meth:`encode_records`), lists joined by ``sep``."""
+        read: set[str] = set()
+        for column in self.columns:
+            if column.kind == "multi" and column.prefix:
+                flags = [key for key in record if key.startswith(column.prefix)]
+                if not flags:
+                    example = f"{column.prefix}{(self.state[column.name] or ['x'])[0]}"
+                    raise RecForgeError(f"{label}: no column {column.prefix}* for feature {column.name} (0/1 flags, "
+                                        f"e.g. {example}: 1)")
+                for key in flags:
+                    if record[key] is not None and not _is_number(record[key], flag=True):
+                        raise RecForgeError(f"{_where(label, key, column)} needs a 0/1 flag (got {_kind(record[key])})")
+                read.update(flags)
+            elif column.source not in record:
+                raise RecForgeError(f"{label}: no column {column.source!r} for feature {column.name}; give every "
+                                    f"declared column: {', '.join(self.raw_columns())}")
+            else:
+                read.add(column.source)
+                value = record[column.source]
+                if column.kind == "multi" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+                    record[column.source] = column.sep.join(value)
+                else:
+                    _check_value(column, value, label)
+        unknown = sorted(set(record) - read)
+        if unknown:
+            raise RecForgeError(f"{label}: column {unknown[0][:64]!r} is read by no declared feature; the declared "
+                                f"columns are {', '.join(self.raw_columns())}")
+        return record
+
+    # files --------------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The declaration and the fitted state, as JSON types (a model bundle's ``features.json``)."""
+        return {"columns": [{k: v for k, v in asdict(c).items() if v is not None} for c in self.columns],
+                "state": {name: list(value) for name, value in self.state.items()}}
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> "FeatureEncoder":
+        columns = [FeatureColumn(**{**c, "buckets": tuple(c["buckets"]) if c.get("buckets") else None})
+                   for c in spec["columns"]]
+        return cls(columns, {name: list(value) for name, value in spec["state"].items()})
+
+
+def _where(label: str, key: str, column: FeatureColumn) -> str:
+    return f"{label}: column {key!r} (feature {column.name}, {column.kind})"
+
+
+def _check_value(column: FeatureColumn, value: Any, label: str) -> None:
+    """One raw value of a one-column feature: a text or a number (or null); for a number feature, one that parses
+    (``pattern`` applied), and null only with ``fill``."""
+    if value is not None and not (isinstance(value, str) or _is_number(value)):
+        wanted = "a text or a list of texts" if column.kind == "multi" else "a text or a number"
+        raise RecForgeError(f"{_where(label, column.source, column)} needs {wanted} (got {_kind(value)})")
+    if column.kind not in ("numeric", "bucket"):
+        return
+    if value is None and column.fill is None:
+        raise RecForgeError(f"{_where(label, column.source, column)} is null and the feature has no fill; give a "
+                            f"number")
+    if value is not None and np.isnan(_raw_numbers(column, pd.DataFrame({column.source: [value]}, dtype=object))[0]):
+        pattern = f" (matching {column.pattern!r})" if column.pattern else ""
+        raise RecForgeError(f"{_where(label, column.source, column)} needs a number{pattern} (got {_kind(value)})")
+
+
+def _is_number(value: Any, flag: bool = False) -> bool:
+    """An int or a float (a bool only as a 0/1 ``flag``)."""
+    return isinstance(value, (int, float)) and (flag or not isinstance(value, bool))
+
+
+def _kind(value: Any) -> str:
+    """What a value is, in a message (the value itself is never echoed: it may be long)."""
+    return {bool: "a boolean", list: "a list", dict: "an object", str: "a text"}.get(type(value), type(value).__name__)
+
+
+def read_encoders(path: str | Path) -> dict[str, FeatureEncoder]:
+    """The fitted encoders (``user``, ``item``) of a ``features.json`` (:func:`encoders_json`); a missing or
+    malformed file is a RecForgeError naming it."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {side: FeatureEncoder.from_dict(spec[side]) for side in ("user", "item") if side in spec}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise RecForgeError(f"{path}: cannot read the fitted feature encoders ({type(exc).__name__}: {reason}); the "
+                            f"file is corrupt or incomplete: copy it again from the model bundle") from None
+
+
+def encoders_json(encoders: Mapping[str, FeatureEncoder]) -> str:
+    """``features.json``: the declaration and fitted state of each side's encoder."""
+    return json.dumps({side: encoder.to_dict() for side, encoder in encoders.items()}, indent=2)

@@ -31,6 +31,9 @@
 * ``scores_unseen(side)`` says whether the model scores ``"users"`` / ``"items"`` that had no training interaction
   from something besides their ids (their features); the cold-start splits refuse models that cannot. The
   default is no: an id-only model's score for an id it never trained on is its initialisation.
+* ``add_items(item_features)`` appends items that are their features alone (an id part of zero: no id variable),
+  ``(m, d)`` rows encoded as the training items' were; only models that ``scores_unseen("items")`` (the service's
+  ``POST /admin/items``).
 """
 
 from __future__ import annotations
@@ -99,6 +102,11 @@ class Recommender(nn.Module):
     def set_histories(self, indptr: torch.Tensor, items: torch.Tensor) -> None:
         """Score from these histories (CSR over users) from now on; only models that ``reads_histories``."""
         raise NotImplementedError(f"{type(self).__name__} does not read histories")
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        """Append ``len(item_features)`` items scored from these encoded feature rows alone; only models that
+        ``scores_unseen("items")``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score items it never trained on")
 
 
 class WholeRowRecommender(Recommender):

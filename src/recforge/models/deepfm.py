@@ -84,3 +84,7 @@ class DeepFM(Recommender):
 
     def scores_unseen(self, side: str) -> bool:
         return self.fm.scores_unseen(side)
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        self.fm.add_items(item_features)
+        self.n_items = self.fm.n_items

@@ -107,3 +107,9 @@ class DIN(FieldRecommender):
         fields = torch.cat([fields.flatten(-2), interest], dim=-1)
         logit = self.out(self.deep(fields)).squeeze(-1)
         return logit.squeeze(-1) if pairs else logit
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        """The new items, and the history's padding index moved past them."""
+        padding = self.n_items
+        super().add_items(item_features)
+        self.history = self.history.masked_fill(self.history == padding, self.n_items)

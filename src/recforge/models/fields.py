@@ -72,3 +72,7 @@ class FieldRecommender(Recommender):
         """Unseen users (items) score through their features' embeddings when the model reads user (item)
         features; their own id embeddings keep their small initial values."""
         return (self.item_side if side == "items" else self.user_side).has_features
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        self.item_side.append(item_features)
+        self.n_items = self.item_side.n

@@ -44,6 +44,17 @@ def feature_matrix(features: torch.Tensor | None, n: int, name: str = "features"
     return features if features.shape[1] else None
 
 
+def with_zero_rows(embedding: nn.Embedding, m: int, at: int | None = None) -> nn.Embedding:
+    """A copy of ``embedding`` with ``m`` rows of zeros inserted before row ``at`` (default: appended); a padding row
+    after them moves with them."""
+    weight = embedding.weight.detach()
+    at = len(weight) if at is None else at
+    grown = torch.cat([weight[:at], weight.new_zeros(m, weight.shape[1]), weight[at:]])
+    padding = embedding.padding_idx
+    return nn.Embedding.from_pretrained(grown, freeze=False, padding_idx=None if padding is None else
+                                        padding + m * (padding >= at))
+
+
 class FeatureSide(nn.Module):
     """The FM variables of one side: a one-hot id (an embedding and a bias per row) and, given an ``(n, d)``
     ``features`` matrix, ``d`` real-valued feature variables (an embedding and a weight per column). The
@@ -68,6 +79,19 @@ class FeatureSide(nn.Module):
     @property
     def n_fields(self) -> int:
         return 1 + self.has_features
+
+    def append(self, features: torch.Tensor) -> None:
+        """Append ``len(features)`` ids that are their features alone: their id embedding and bias are zero (the
+        one-hot id variable of an id never trained on is left out), ``features`` are their encoded rows."""
+        if not self.has_features:
+            raise ValueError("ids without training interactions are scored from their features, and this side has none")
+        features = feature_matrix(features, len(features)).to(self.features.device)
+        if features.shape[1] != self.features.shape[1]:
+            raise ValueError(f"new rows have {features.shape[1]} feature columns, the model {self.features.shape[1]}")
+        self.embedding = with_zero_rows(self.embedding, len(features))
+        self.bias = with_zero_rows(self.bias, len(features))
+        self.features = torch.cat([self.features, features])
+        self.n += len(features)
 
     def all_ids(self, device: torch.device) -> torch.Tensor:
         return torch.arange(self.n, device=device)
@@ -136,6 +160,10 @@ class FactorizationMachine(Recommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_side(self.item_side.all_ids(self.global_bias.device)).vector
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        self.item_side.append(item_features)
+        self.n_items = self.item_side.n
 
     def scores_unseen(self, side: str) -> bool:
         """Unseen users (items) score through their features' embeddings when the model reads user (item)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recforge.models.fm import feature_matrix
+from recforge.models.fm import feature_matrix, with_zero_rows
 from recforge.models.sasrec import SASRec
 
 
@@ -68,6 +68,18 @@ class SASRecF(SASRec):
         if not self.use_features:
             return weights
         return self.fuse(torch.arange(self.n_items, device=weights.device), weights)
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        """New items before the padding row: no id part (``m_i`` 0, as for an item without training interactions),
+        their encoded features."""
+        if not self.use_features:
+            super().add_items(item_features)  # SASRec on ids: refused
+        features = feature_matrix(item_features, len(item_features), "item_features").to(self.item_features.device)
+        n, m = self.n_items, len(features)
+        self.item_embedding = with_zero_rows(self.item_embedding, m, at=n)
+        self.item_features = torch.cat([self.item_features[:n], features, self.item_features[n:]])
+        self.id_mask = torch.cat([self.id_mask[:n], self.id_mask.new_zeros(m, 1), self.id_mask[n:]])
+        self.n_items = self.padding_idx = n + m
 
     def scores_unseen(self, side: str) -> bool:
         """Items without training interactions are scored (and read in a history) from their features when the

@@ -101,3 +101,7 @@ class TwoTower(Recommender):
         """Unseen users (items) are scored through their features' embeddings when the towers read user (item)
         features; their own id embeddings keep their small initial values."""
         return (self.item_tower if side == "items" else self.user_tower).side.has_features
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        self.item_tower.side.append(item_features)
+        self.n_items = self.item_tower.side.n

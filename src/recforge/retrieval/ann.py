@@ -167,6 +167,25 @@ class AnnIndex:
         self.index = index
         return self.set_search()
 
+    def extended(self, items: torch.Tensor | np.ndarray) -> "AnnIndex":
+        """A new index of ``items``, whose first ``n_items`` rows are the ones this index holds: a copy of it with the
+        others added (this index is left as it is, so it can be searched meanwhile), or, under ``ip_to_l2`` when an
+        added item is longer than every indexed one (the reduction's ``M``), one built anew."""
+        faiss = import_faiss()
+        x = self._prepare(items)
+        added = x[self.n_items:]
+        if self.ip_to_l2:
+            norms_sq = np.einsum("ij,ij->i", added, added, dtype=np.float64)
+            if norms_sq.max(initial=0.0) > self.max_norm_sq:
+                return AnnIndex(**self.arguments()).build(x)
+            extra = np.sqrt(np.maximum(self.max_norm_sq - norms_sq, 0.0)).astype(np.float32)
+            added = np.hstack([added, extra[:, None]])
+        grown = AnnIndex(**self.arguments())
+        grown.index = faiss.clone_index(self.index)
+        grown.index.add(np.ascontiguousarray(added))
+        grown.n_items, grown.dim, grown.max_norm_sq = len(x), self.dim, self.max_norm_sq
+        return grown.set_search()
+
     def search(self, queries: torch.Tensor | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, items)``, both ``(B, min(k, n_items))``, best first; slots the index could not fill have item
         -1 and score ``-inf``."""

@@ -7,18 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from recforge.serving.core import InvalidRequest
+from recforge.serving.core import InvalidRequest, shown
 from recforge.serving.schemas import ErrorResponse, RecommendRequest, ValidationErrorResponse
 from recforge.serving.service import Service
-
-
-def shown(value: Any, limit: int = 64) -> str:
-    """``repr(value)`` cut to ``limit`` characters: what a message or the request log may echo of an input."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer beyond Python's 4,300-digit str() limit
-        text = "<a very long integer>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:

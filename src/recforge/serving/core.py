@@ -10,25 +10,37 @@ service, the batch job and the MLflow model agree.
 from __future__ import annotations
 
 import re
-
 import threading
 import time
-from typing import Any, Sequence
+from collections import Counter
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from recforge.errors import RecForgeError
 from recforge.serving.registry import ModelRef
-from recforge.tracking.bundle import ANN_MIN_ITEMS, Bundle
+from recforge.tracking.bundle import ANN_MIN_ITEMS, FEATURES_FILE, Bundle
 
 # the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
 MAX_REASONS = 100  # reasons per explained item a request may ask for
 HISTORY_MODELS = ("sequential: SASRec, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
                   "autoencoders: Mult-VAE, RecVAE")
+# the model options that score items from their features (recforge.pipeline's FEATURE_MODELS + ITEM_FEATURE_MODELS)
+ITEM_FEATURE_MODELS = "model=fm, deepfm, dcnv2, widedeep, autoint, din, twotower, sasrecf"
 
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
+
+
+def shown(value: Any, limit: int = 64) -> str:
+    """``repr(value)`` cut to ``limit`` characters: what a message or the request log may echo of an input."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's 4,300-digit str() limit
+        text = "<a very long integer>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class InvalidRequest(ValueError):
@@ -124,6 +136,7 @@ class ServedModel:
         if self.ann is None and 0 < 4 * self.n_users * self.n_items <= score_cache_bytes:
             self._score_cache = self._all_scores()
         self.loaded_at = time.time()
+        self.added_items = 0  # items added while serving (POST /admin/items), not in the loaded bundle
 
     @torch.inference_mode()
     def _all_scores(self) -> np.ndarray:
@@ -248,6 +261,62 @@ class ServedModel:
         top, values = topk_row(scores, k)
         return [self.item_ids[i] for i in top.tolist()], values.tolist(), not len(known), unknown
 
+    # new items -------------------------------------------------------------------------------------------------------
+    def bundle_with_items(self, items: Sequence[tuple[Any, Mapping[str, Any]]]) -> Bundle:
+        """The bundle grown by ``items``, ``(raw id, raw features)`` pairs (:meth:`Bundle.with_items`), their
+        features encoded by the bundle's fitted item encoder as the training items' were. A 409 when this model
+        cannot take new items (it scores items by their ids only, its bundle keeps no item encoder, or it re-ranks
+        with tables of the training items) or an id is in the catalogue already; a 422 for an id given twice or of
+        another kind than the catalogue's, or bad features (naming the item and the column)."""
+        self._check_takes_items()
+        ids = self._new_item_ids([raw for raw, _ in items])
+        try:
+            features = self.bundle.encoders["item"].encode_records([f for _, f in items],
+                                                                   [f"item {shown(i)}" for i in ids])
+        except RecForgeError as exc:
+            raise InvalidRequest(str(exc), status=422) from None
+        try:
+            return self.bundle.with_items(np.asarray(ids, dtype=self.bundle.item_ids.dtype), features)
+        except (ValueError, RecForgeError) as exc:  # a features.json of another run than the model's
+            raise InvalidRequest(f"items: the bundle's {FEATURES_FILE} does not fit its model ({exc}); copy the whole "
+                                 f"model folder of one run", status=409) from None
+
+    def _check_takes_items(self) -> None:
+        name = type(self.model).__name__
+        if not self.model.scores_unseen("items"):
+            raise InvalidRequest(f"items: {name} scores items by their ids only and cannot score items it never "
+                                 f"trained on; serve a model that scores them from their item features "
+                                 f"({ITEM_FEATURE_MODELS}; with model.use_features=true)", status=409)
+        if "item" not in self.bundle.encoders:
+            raise InvalidRequest(f"items: this {name} bundle keeps no fitted encoder of its item features (no "
+                                 f"{FEATURES_FILE}: written before bundles kept it, or its item features were not "
+                                 f"declared with data.item_columns); retrain it with declared item features",
+                                 status=409)
+        if self.reranker is not None:
+            raise InvalidRequest(f"items: the served model re-ranks its lists ({type(self.reranker).__name__}) with "
+                                 f"tables of its training items, which new items are not in; serve a model trained "
+                                 f"with rerank=none", status=409)
+
+    def _new_item_ids(self, raw_ids: Sequence[Any]) -> list[Any]:
+        """``raw_ids`` in the catalogue's kind (integers, or strings), checked to be new and distinct."""
+        ids = []
+        for raw in raw_ids:
+            if self._int_items and isinstance(raw, str):
+                if not _INTEGER.fullmatch(raw):
+                    raise InvalidRequest(f"item_id {shown(raw)}: this catalogue's item ids are integers", status=422)
+                raw = int(raw)
+            ids.append(str(raw) if not self._int_items else raw)
+        repeated = [i for i, count in Counter(ids).items() if count > 1]
+        if repeated:
+            raise InvalidRequest(f"items: item id {shown(repeated[0])} is given more than once; give each new item "
+                                 f"once", status=422)
+        known = [i for i in ids if _find(self._items, self._int_items, i) is not None]
+        if known:
+            raise InvalidRequest(f"items: item id {shown(known[0])} is in the catalogue already "
+                                 f"({len(known)} of the {len(ids)} are); add only new items (an item's features "
+                                 f"change with retraining: recforge-retrain new_items=...)", status=409)
+        return ids
+
     def check_reasons(self, n_reasons: int) -> None:
         if not 1 <= n_reasons <= MAX_REASONS:
             raise InvalidRequest(f"n_reasons={n_reasons} is out of range; use 1 <= n_reasons <= {MAX_REASONS}")
@@ -325,4 +394,4 @@ class ServedModel:
                 "similar_items_from": self.similar_source, "score_cache": self._score_cache is not None,
                 "retrieval": "exact" if self.ann is None else f"ann:{self.ann.kind}",
                 "rerank": type(self.reranker).__name__ if self.reranker is not None else None,
-                "loaded_at": self.loaded_at}
+                "loaded_at": self.loaded_at, "added_items": self.added_items}

@@ -5,7 +5,7 @@ their JSON directly, and ``tests/integration/test_serving_openapi.py`` checks th
 
 No ``from __future__ import annotations`` here: pydantic resolves these annotations eagerly."""
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema,
                       model_validator)
@@ -65,6 +65,22 @@ class ReloadRequest(BaseModel):
                                        description="models:/<name>@<alias>, models:/<name>/<v> or runs:/<id>/model")
     run_id: Optional[StrictStr] = Field(None, max_length=MAX_ID_CHARS)
     bundle: Optional[StrictStr] = Field(None, max_length=MAX_PATH_CHARS, description="a bundle directory")
+
+
+class NewItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: RawId = Field(description="the new item's raw id (integer or string), not in the catalogue yet")
+    features: dict[str, Any] = Field(description="raw column -> raw value, as a row of the training item feature "
+                                     "file holds them: every column the declared item features read (data.item_columns"
+                                     "), and no other")
+
+
+class AddItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[NewItem] = Field(min_length=1, description="the new items (at most --max-list-items, 400 otherwise); "
+                                 "all are added, or none")
 
 
 class Reason(BaseModel):
@@ -133,6 +149,8 @@ class ModelInfo(ModelSource):
                                        "index (catalogues of at least --ann-min-items items)")
     rerank: Optional[str] = Field(None, description="the re-ranker applied to known users' lists (the run's), or null")
     loaded_at: float
+    added_items: int = Field(description="items added with POST /admin/items since the model was loaded (a reload "
+                                         "drops them)")
 
 
 class HealthResponse(BaseModel):
@@ -150,6 +168,14 @@ class ReloadAccepted(BaseModel):
 
 class ReloadDone(BaseModel):
     status: Literal["ok"]
+    serving: ModelSource
+
+
+class ItemsAdded(BaseModel):
+    status: Literal["ok"]
+    items: list[AnyId] = Field(description="the added ids as the catalogue holds them")
+    n_items: int = Field(description="the catalogue's size now")
+    added_items: int = Field(description="all items added since the model was loaded")
     serving: ModelSource
 
 

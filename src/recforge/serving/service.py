@@ -1,11 +1,13 @@
-"""The state of a running service: the model it serves (loaded, warmed up, swapped atomically on a reload), the
-source to reload from, the request limits, metrics and the request log. No HTTP here (that is ``app.py``)."""
+"""The state of a running service: the model it serves (loaded, warmed up, swapped atomically on a reload or when
+items are added), the source to reload from, the request limits, metrics and the request log. No HTTP here (that is
+``app.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+from typing import Any, Mapping, Sequence
 
 from recforge.errors import RecForgeError
 from recforge.serving.core import ANN_MIN_ITEMS, InvalidRequest, ServedModel
@@ -14,7 +16,7 @@ from recforge.serving.registry import load, loading, one_line
 
 log = logging.getLogger("recforge.serving")
 
-BUSY = "a reload is already running; try again when it finishes"
+BUSY = "a reload or an item addition is already running; try again when it finishes"
 
 
 def load_model(uri: str, tracking_uri: str | None = None, score_cache_mb: float = 0.0,
@@ -22,9 +24,13 @@ def load_model(uri: str, tracking_uri: str | None = None, score_cache_mb: float 
     """Resolve, load and warm up the model at ``uri`` (slow: run it off the event loop). Every failure is a
     RecForgeError naming ``uri`` (:func:`recforge.serving.registry.loading`)."""
     with loading(uri):
-        bundle, ref = load(uri, tracking_uri)
-        served = ServedModel(bundle, ref, score_cache_bytes=int(score_cache_mb * 2 ** 20), ann_min_items=ann_min_items)
-        served.warm_up()
+        return prepared(*load(uri, tracking_uri), score_cache_mb, ann_min_items)
+
+
+def prepared(bundle, ref, score_cache_mb: float, ann_min_items: int) -> ServedModel:
+    """``bundle`` served and warmed up (slow: run it off the event loop)."""
+    served = ServedModel(bundle, ref, score_cache_bytes=int(score_cache_mb * 2 ** 20), ann_min_items=ann_min_items)
+    served.warm_up()
     return served
 
 
@@ -75,6 +81,26 @@ class Service:
         self.swap(new)
         self.metrics.reloads.labels("ok").inc()
         self.last_reload_error = None
+        return new
+
+    async def add_items(self, items: Sequence[tuple[Any, Mapping[str, Any]]]) -> ServedModel:
+        """Serve the current model grown by ``items``, ``(raw id, raw features)`` pairs
+        (:meth:`ServedModel.bundle_with_items`): built in a worker thread while the current one keeps answering,
+        then swapped in. One at a time with reloads (409 while either runs); a request the model cannot take is an
+        InvalidRequest, and the current model keeps serving. Items added live until the next reload."""
+        if not self._reload_lock.acquire(blocking=False):
+            raise InvalidRequest(BUSY, status=409)
+        try:
+            new = await asyncio.to_thread(self._grown, self.model, items)
+        finally:
+            self._reload_lock.release()
+        self.swap(new)
+        return new
+
+    def _grown(self, model: ServedModel, items: Sequence[tuple[Any, Mapping[str, Any]]]) -> ServedModel:
+        new = prepared(model.bundle_with_items(items), model.ref, self.score_cache_mb, self.ann_min_items)
+        new.added_items = model.added_items + len(items)
+        log.info("added %d items to %s (%d items now)", len(items), model.ref.model_id, new.n_items)
         return new
 
     def reload_in_background(self, uri: str | None) -> None:

@@ -1,5 +1,6 @@
-"""A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity, and the
-re-ranker the run was tested with (``rerank.pt``, when it had one).
+"""A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity, the
+re-ranker the run was tested with (``rerank.pt``, when it had one) and the fitted encoders of its declared features
+(``features.json``, when it has them: a new item's raw features are encoded by them).
 
 Everything needed to answer "top-K items for raw user id u" without the training data or the config.
 Loading uses ``torch.load(weights_only=True)``, so no pickled code runs, and the model class ``spec.pt`` names must be
@@ -8,11 +9,13 @@ on RecForge's allow-list (:mod:`recforge.utils.trust`), so a bundle cannot name 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import io
 import logging
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from recforge.data.declared import FeatureEncoder, encoders_json, read_encoders
 from recforge.errors import RecForgeError
 from recforge.metrics.ranking import mask_scores_, topk_items
 from recforge.models.files import load_model, read_bundle_file
@@ -29,15 +33,17 @@ from recforge.utils.sparse import row_pointers
 from recforge.utils.trust import import_trusted
 
 RERANK_FILE = "rerank.pt"
+FEATURES_FILE = "features.json"
 ANN_MIN_ITEMS = 100_000  # below this many items a bundle's ANN index is not used: exact ranking costs < ~1 ms
 
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
                 user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any],
-                reranker: Any = None) -> Path:
+                reranker: Any = None, encoders: dict[str, FeatureEncoder] | None = None) -> Path:
     """Write the bundle's files into ``directory``. Tensors are serialised in memory first: torch reports a failed
     file write (a full disk) without its cause, a failed in-memory one cannot happen that way. A ``reranker``
-    (:class:`recforge.rerank.Reranker`) is stored as its class and constructor arguments."""
+    (:class:`recforge.rerank.Reranker`) is stored as its class and constructor arguments; ``encoders`` (the data's
+    fitted :class:`FeatureEncoder` per side, ``RecDataModule.feature_encoders``) as ``features.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     files = [("spec.pt", {"target": target, "kwargs": kwargs}),
              ("model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})]
@@ -53,6 +59,8 @@ def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: di
     pd.DataFrame({"item": item_ids}).to_parquet(directory / "items.parquet")
     sp.save_npz(directory / "seen.npz", seen.tocsr())
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    if encoders:
+        (directory / FEATURES_FILE).write_text(encoders_json(encoders), encoding="utf-8")
     return directory
 
 
@@ -66,6 +74,7 @@ class Bundle:
     meta: dict[str, Any]
     reranker: Any = None  # the run's re-ranker (recforge.rerank), applied to every known user's list
     ann: Any = None  # the ANN index of the model's item vectors (recforge.retrieval.ann.AnnIndex), when it has one
+    encoders: dict[str, FeatureEncoder] = field(default_factory=dict)  # fitted encoders of declared user/item features
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
@@ -81,8 +90,9 @@ class Bundle:
         if seen.shape != (len(users), len(items)):
             raise RecForgeError(f"{directory}: seen.npz is {seen.shape[0]} x {seen.shape[1]} but the bundle has "
                                 f"{len(users)} users and {len(items)} items; the folder mixes files of two runs")
+        encoders = read_encoders(directory / FEATURES_FILE) if (directory / FEATURES_FILE).is_file() else {}
         return cls(model, users, items, seen, popularity, meta, load_reranker(directory / RERANK_FILE),
-                   load_ann(directory, len(items)))
+                   load_ann(directory, len(items)), encoders)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, data_dir: str | None = None, device: str = "cpu") -> "Bundle":
@@ -101,7 +111,29 @@ class Bundle:
         return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
                    np.asarray(seen.astype(bool).sum(axis=0)).ravel(),
                    {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback,
-                    "checkpoint": str(path)}, exp.module.reranker)
+                    "checkpoint": str(path)}, exp.module.reranker, encoders=dm.feature_encoders())
+
+    def with_items(self, item_ids: np.ndarray, features: np.ndarray) -> "Bundle":
+        """A copy with ``item_ids`` appended, which the model scores from their encoded ``features`` alone
+        (:meth:`~recforge.models.base.Recommender.add_items`; only models that ``scores_unseen("items")``): the
+        model (copied: this bundle's is left as it is, so a service answers from it meanwhile), the id map, the
+        seen items and the popularity (no interactions) and the ANN index grow. Not written to disk."""
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            model.add_items(torch.as_tensor(features, dtype=torch.float32))
+        n_users, n_items = self.seen.shape
+        seen = sp.csr_matrix((self.seen.data, self.seen.indices, self.seen.indptr),
+                             shape=(n_users, n_items + len(item_ids)))
+        ann = self.ann
+        if ann is not None:
+            from recforge.retrieval.ann import retrieval_items
+
+            with torch.no_grad():
+                ann = ann.extended(retrieval_items(model))
+        return dataclasses.replace(self, model=model, item_ids=np.concatenate([self.item_ids, item_ids]), seen=seen,
+                                   popularity=np.concatenate([self.popularity, np.zeros(len(item_ids),
+                                                                                        self.popularity.dtype)]),
+                                   ann=ann)
 
     @cached_property
     def _user_lookup(self) -> pd.Index:  # built once: a batch job looks up every chunk of users in it
