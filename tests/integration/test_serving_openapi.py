@@ -1,5 +1,5 @@
 """The service answers what its OpenAPI document says: schemathesis generates requests from ``/openapi.json``
-(valid and invalid bodies, path and query values, for every operation including the admin one) against
+(valid and invalid bodies, path and query values, for every operation including the admin ones) against
 the app in process, and checks each answer: no 5xx, a documented status code, the documented content type
 and a body that validates against the documented schema."""
 
@@ -40,6 +40,7 @@ def api(tmp_path_factory):
 OPERATIONS = [("POST", "/recommend", mode) for mode in GenerationMode] + [
     ("GET", "/similar-items/{item_id}", mode) for mode in GenerationMode] + [
     ("POST", "/admin/reload", mode) for mode in GenerationMode] + [
+    ("POST", "/admin/items", mode) for mode in GenerationMode] + [
     ("GET", "/health", GenerationMode.POSITIVE), ("GET", "/metrics", GenerationMode.POSITIVE)]  # no input to negate
 
 
@@ -58,10 +59,12 @@ def test_every_answer_conforms_to_the_openapi_document(api, method, path, mode):
 
 def test_the_document_covers_every_route_and_status(api):
     doc = api.raw_schema
-    assert set(doc["paths"]) == {"/recommend", "/similar-items/{item_id}", "/health", "/metrics", "/admin/reload"}
+    assert set(doc["paths"]) == {"/recommend", "/similar-items/{item_id}", "/health", "/metrics", "/admin/reload",
+                                 "/admin/items"}
     statuses = {path: set(op["responses"]) for path, ops in doc["paths"].items() for op in ops.values()}
     assert statuses["/recommend"] == {"200", "400", "413", "422"}
     assert statuses["/similar-items/{item_id}"] == {"200", "400", "404", "413", "422"}
     assert statuses["/admin/reload"] == {"200", "202", "400", "401", "403", "409", "413", "415", "422"}
+    assert statuses["/admin/items"] == {"200", "400", "401", "403", "409", "413", "415", "422"}
     assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
