@@ -7,7 +7,10 @@ Steps, each logged in one MLflow run (task ``retrain``) next to the candidates' 
 
 1. Resolve the champion (a registry alias or a run), download its model bundle and its training config.
 2. Read the new interactions (CSV/TSV/Parquet with user, item, timestamp and optionally rating columns; raw
-   ids), merge them into the champion's dataset and write the merged file under the output folder.
+   ids), merge them into the champion's dataset and write the merged file under the output folder, with the
+   dataset's user and item features (``new_items``: a file of new items' raw features, added to them). Declared
+   features are encoded by the champion's fitted encoders (its bundle's ``features.json``), so that fine-tuned
+   feature embeddings keep their columns.
 3. Split the merged data in time so that the newest ``eval_fraction`` of the new interactions is the test set
    and the ``val_fraction`` before it validation: every model is judged on the newest data.
 4. Candidates: ``finetune`` warm-starts from the champion's weights (``init_from``: known users and items keep
@@ -85,16 +88,62 @@ def time_cuts(new_timestamps: np.ndarray, eval_fraction: float, val_fraction: fl
     return val_start, test_start
 
 
+def read_new_items(path: str, id_column: str, declared: list) -> pd.DataFrame:
+    """``new_items``: the new items' raw features (CSV/TSV/Parquet with a header; ``id_column`` holds the raw id),
+    indexed by raw id and checked against the champion's ``declared`` item features."""
+    from recforge.data.sources.tabular import read_features
+
+    if not Path(path).is_file():
+        raise RecForgeError(f"new_items={path}: file not found")
+    return read_features(Path(path), id_column, "item", declared, "new_items")
+
+
+def with_rows(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (indexed by raw id) with ``rows`` added; a row of an id ``frame`` has replaces it."""
+    if frame.index.dtype != rows.index.dtype:
+        try:
+            rows = rows.set_axis(rows.index.astype(frame.index.dtype))
+        except (TypeError, ValueError):
+            frame, rows = frame.set_axis(frame.index.astype(str)), rows.set_axis(rows.index.astype(str))
+    return pd.concat([frame[~frame.index.isin(rows.index)], rows])
+
+
+def feature_settings(champion_data: DictConfig, source, raw, new_items: pd.DataFrame | None, folder: Path) -> dict:
+    """The ``data`` settings that give the candidates the champion's user and item features: each side's frame (with
+    ``new_items`` added to the items') written as Parquet under ``folder``, with the champion's declaration."""
+    from recforge.pipeline import write_parquet
+
+    declared = getattr(source, "feature_columns", None) or {}
+    if new_items is not None and raw.item_features is None:
+        raise RecForgeError(f"new_items: the champion's data ({raw.name}) has no item features to add the new items' "
+                            f"to; its model reads none")
+    settings = {}
+    for side, frame in (("user", raw.user_features), ("item", raw.item_features)):
+        if frame is None:
+            continue
+        if side == "item" and new_items is not None:
+            frame = with_rows(frame, new_items)
+        path = write_parquet(frame.rename_axis(side).reset_index(), folder / f"{side}_features.parquet")
+        columns = champion_data.get(f"{side}_columns") if declared.get(side) else None
+        settings.update({f"{side}_features": str(path), f"{side}_features_id": side,
+                         f"{side}_columns": OmegaConf.to_container(columns, resolve=True) if columns else None})
+    return settings
+
+
 def candidate_config(champion: DictConfig, merged_path: Path, name: str, rating_range, cuts: tuple[int, int],
-                     overrides: list[str], paths: DictConfig, tracking: DictConfig | None) -> DictConfig:
-    """The champion's training config on the merged data, split at ``cuts``, plus the user's ``overrides``."""
+                     overrides: list[str], paths: DictConfig, tracking: DictConfig | None,
+                     features: dict | None = None, encoders: Path | None = None) -> DictConfig:
+    """The champion's training config on the merged data, split at ``cuts``, plus the user's ``overrides``;
+    ``features``: the ``data`` settings of the feature files (:func:`feature_settings`), ``encoders``: the champion's
+    ``features.json``, whose fitted encoders encode the declared features."""
     cfg = champion.copy()
     with open_dict(cfg):
         cfg.data = OmegaConf.create({
             "_target_": "recforge.data.sources.tabular.TabularSource", "path": str(merged_path), "name": name,
             "columns": {"user": "user", "item": "item", "rating": "rating", "timestamp": "timestamp"},
             "format": "parquet", "rating_range": list(rating_range) if rating_range else None, "verify": False,
-            "cache_dir": paths.cache_dir})
+            "cache_dir": paths.cache_dir, **(features or {})})
+        cfg.datamodule.feature_encoders = str(encoders) if encoders is not None and encoders.is_file() else None
         cfg.split = OmegaConf.create({"_target_": "recforge.data.split.TemporalSplit", "val_start": cuts[0],
                                       "test_start": cuts[1]})
         cfg.paths = OmegaConf.create(OmegaConf.to_container(paths, resolve=True))
@@ -172,10 +221,16 @@ def retrain(cfg: DictConfig) -> dict:
     from recforge.pipeline import write_parquet
 
     merged_path = write_parquet(merged, output_dir / "data" / "interactions.parquet")
+    new_items = read_new_items(cfg.new_items, cfg.new_items_id, (getattr(source, "feature_columns", None) or {})
+                               .get("item", [])) if cfg.get("new_items") else None
+    features = feature_settings(champion_cfg.data, source, raw, new_items, output_dir / "data")
     cuts = time_cuts(new["timestamp"].to_numpy(np.int64), cfg.eval_fraction, cfg.val_fraction,
                      int(raw.interactions["timestamp"].max()) if len(raw.interactions) else None)
+    from recforge.tracking.bundle import FEATURES_FILE
+
     base = candidate_config(champion_cfg, merged_path, f"{raw.name}+new", raw.rating_range, cuts,
-                            list(cfg.overrides), cfg.paths, cfg.tracking if tracker else None)
+                            list(cfg.overrides), cfg.paths, cfg.tracking if tracker else None, features,
+                            bundle_dir / FEATURES_FILE)
     metric, monitor = cfg.metric, base.monitor
 
     results = {"champion": evaluate_champion(base, bundle_dir, new["timestamp"].min())}
@@ -213,7 +268,10 @@ def retrain(cfg: DictConfig) -> dict:
                 "champion_run_id": ref.run_id, "metric": metric, "champion_value": champion_value,
                 "candidate_value": candidate_value, "improvement": improvement,
                 "registered": registered.to_dict() if registered else None,
-                "new_interactions": len(new), "val_start": cuts[0], "test_start": cuts[1]}
+                "new_interactions": len(new), "val_start": cuts[0], "test_start": cuts[1],
+                "new_items": 0 if new_items is None else len(new_items),
+                "new_items_without_interactions": [] if new_items is None else
+                new_items.index[~new_items.index.astype(str).isin(merged["item"].astype(str))].tolist()}
     (output_dir / "decision.json").write_text(json.dumps({**decision, "metrics": results}, indent=2, default=str))
     if tracker:
         _log(tracker, cfg, decision, results, runs, base)
@@ -221,6 +279,10 @@ def retrain(cfg: DictConfig) -> dict:
     print(f"{verdict}: {chosen} {metric}={candidate_value:.4f} vs champion {champion_value:.4f} "
           f"(improvement {improvement:+.4f}, tolerance {cfg.tolerance})"
           + (f"; {registered.uri} -> version {registered.version}" if registered else ""))
+    if decision["new_items_without_interactions"]:
+        print(f"{len(decision['new_items_without_interactions'])} new items have no interaction in new_data, so they "
+              f"are not in the retrained catalogue: add them to the served model with POST /admin/items "
+              f"(docs/serving.md), or retrain once they have interactions")
     return {**decision, "metrics": results}
 
 

@@ -104,25 +104,33 @@ class TabularSource(FileSource):
     def _features(self, path: Path | None, id_column: str, kind: str) -> pd.DataFrame | None:
         if path is None:
             return None
-        fmt = infer_format(path, None)
-        if fmt == "parquet":
-            frame = pd.read_parquet(path)
-        else:
-            try:
-                frame = pd.read_csv(path, sep=self.sep if fmt == "csv" and self.sep else ("\t" if fmt == "tsv" else ","),
-                                    encoding=self.encoding, dtype={id_column: str})
-            except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-                raise RecForgeError(f"{path}: cannot read the {kind} features ({exc}); fix the file or "
-                                    f"data.{kind}_features") from None
-        if id_column not in frame:
-            raise RecForgeError(f"{path}: no column {id_column!r}; the file has {list(frame.columns)}; "
-                                f"set data.{kind}_features_id")
-        if fmt != "parquet":  # ids as the interactions file's are read: text unless all are canonical integers
-            ids = integer_ids(pa.array(frame[id_column], pa.string(), from_pandas=True))
-            frame[id_column] = ids.to_pandas(integer_object_nulls=True)
-        if frame[id_column].duplicated().any():
-            dup = frame.loc[frame[id_column].duplicated(), id_column].iloc[0]
-            raise RecForgeError(f"{path}: {kind} id {dup!r} appears more than once in column {id_column!r}")
-        frame = frame.set_index(id_column)
-        check_columns(self._declared[kind], frame, str(path), kind)
-        return frame
+        return read_features(path, id_column, kind, self._declared[kind], f"data.{kind}_features", self.sep,
+                             self.encoding)
+
+
+def read_features(path: Path, id_column: str, kind: str, declared: list[FeatureColumn], key: str,
+                  sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV/TSV/Parquet file of ``kind`` (user or item) features with a header, indexed by its ``id_column`` (ids
+    read as the interactions file's are) and checked against the ``declared`` features; ``key`` is the setting that
+    names the file, in messages."""
+    fmt = infer_format(path, None)
+    if fmt == "parquet":
+        frame = pd.read_parquet(path)
+    else:
+        try:
+            frame = pd.read_csv(path, sep=sep if fmt == "csv" and sep else ("\t" if fmt == "tsv" else ","),
+                                encoding=encoding, dtype={id_column: str})
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise RecForgeError(f"{path}: cannot read the {kind} features ({exc}); fix the file or {key}") from None
+    if id_column not in frame:
+        raise RecForgeError(f"{path}: no column {id_column!r}; the file has {list(frame.columns)}; "
+                            f"set {key}_id")
+    if fmt != "parquet":  # ids as the interactions file's are read: text unless all are canonical integers
+        ids = integer_ids(pa.array(frame[id_column], pa.string(), from_pandas=True))
+        frame[id_column] = ids.to_pandas(integer_object_nulls=True)
+    if frame[id_column].duplicated().any():
+        dup = frame.loc[frame[id_column].duplicated(), id_column].iloc[0]
+        raise RecForgeError(f"{path}: {kind} id {dup!r} appears more than once in column {id_column!r}")
+    frame = frame.set_index(id_column)
+    check_columns(declared, frame, str(path), kind)
+    return frame

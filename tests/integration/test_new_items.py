@@ -50,11 +50,15 @@ def genre_data(tmp_path_factory):
     return folder, user_taste
 
 
+def genre_cfg(folder: Path, tmp_path: Path, *overrides: str, tracking: str = "none"):
+    return compose_train(["data=custom", f"data.path={folder / 'interactions.csv'}",
+                          f"data.item_features={folder / 'items.csv'}", f"data.user_features={folder / 'users.csv'}",
+                          "data.item_columns={genre:categorical,year:numeric}", "data.user_columns={taste:categorical}",
+                          f"tracking={tracking}", "eval.ks=[10]", "datamodule.batch_size=256", *overrides], tmp_path)
+
+
 def trained_bundle(folder: Path, tmp_path: Path, *overrides: str) -> Path:
-    cfg = compose_train(["data=custom", f"data.path={folder / 'interactions.csv'}",
-                         f"data.item_features={folder / 'items.csv'}", f"data.user_features={folder / 'users.csv'}",
-                         "data.item_columns={genre:categorical,year:numeric}", "data.user_columns={taste:categorical}",
-                         "tracking=none", "eval.ks=[10]", "datamodule.batch_size=256", *overrides], tmp_path)
+    cfg = genre_cfg(folder, tmp_path, *overrides)
     train(cfg)
     return Path(cfg.paths.output_dir) / "model"
 
@@ -229,3 +233,51 @@ def test_an_extended_index_answers_as_one_built_over_all_items(ip_to_l2, scale):
     assert grown.n_items == 55 and index.n_items == index.index.ntotal == 50
     np.testing.assert_array_equal(items, want_items)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_retraining_takes_new_items_with_their_features(genre_data, tmp_path):
+    """``recforge-retrain new_items=<file>``: new items with interactions in new_data are in the retrained catalogue,
+    their features encoded by the champion's encoder; one without interactions is reported, not added."""
+    from recforge.retrain import retrain
+    from recforge.serving.registry import register
+
+    folder, taste = genre_data
+    cfg = genre_cfg(folder, tmp_path / "champion", "model=fm", "model.embedding_dim=16", "optimizer.lr=0.05",
+                    "trainer.max_epochs=5", tracking="mlflow")
+    uri = f"sqlite:///{Path(cfg.paths.log_dir).resolve()}/mlflow.db"
+    register(train(cfg)["run_id"], "fm", "champion", uri)
+    champion = Path(cfg.paths.output_dir) / "model"
+    pd.DataFrame({"item": ["n0", "n1", "n2"], "genre": ["g0", "g1", "g2"], "year": [2021, 2022, 2023]}).to_csv(
+        tmp_path / "new_items.csv", index=False)
+    rng = np.random.default_rng(1)
+    rows = []
+    for step, user in enumerate(rng.permutation(N_USERS)):  # one new item of the user's taste (g0, g1), one old one
+        if taste[user] in (0, 1):
+            rows.append((f"u{user}", f"n{taste[user]}", 1.0, 2_000_000 + 2 * step))
+        rows.append((f"u{user}", f"i{rng.choice(np.arange(taste[user], N_ITEMS, N_GENRES))}", 1.0,
+                     2_000_001 + 2 * step))
+    pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).drop_duplicates(["user", "item"]).to_csv(
+        tmp_path / "new.csv", index=False)
+    out = retrain(compose_train(["champion=models:/fm@champion", f"new_data={tmp_path / 'new.csv'}",
+                                f"new_items={tmp_path / 'new_items.csv'}", f"tracking.uri={uri}", "mode=finetune",
+                                "finetune_epochs=2"], tmp_path / "retrain", config_name="retrain"))
+    assert out["new_items"] == 3 and out["new_items_without_interactions"] == ["n2"]
+    candidate = Bundle.load(tmp_path / "retrain" / "out" / "finetune" / "model")
+    assert {"n0", "n1"} <= set(candidate.item_ids) and "n2" not in set(candidate.item_ids)
+    encoder = Bundle.load(champion).encoders["item"]
+    assert candidate.encoders["item"].to_dict() == encoder.to_dict()  # the champion's encoding, kept
+    rows = candidate.item_index(np.array(["n0", "n1"], dtype=object))
+    np.testing.assert_array_equal(candidate.model.item_side.features[torch.as_tensor(rows)].numpy(),
+                                  encoder.encode_records([{"genre": "g0", "year": 2021}, {"genre": "g1", "year": 2022}],
+                                                         ["n0", "n1"]))
+
+
+def test_a_new_items_file_without_a_declared_column_is_one_line(tmp_path):
+    from recforge.errors import RecForgeError
+    from recforge.retrain import read_new_items
+
+    pd.DataFrame({"item": ["n0"], "genre": ["g0"]}).to_csv(tmp_path / "new_items.csv", index=False)
+    with pytest.raises(RecForgeError, match=r"new_items.csv: no column 'year' for feature year"):
+        read_new_items(str(tmp_path / "new_items.csv"), "item", parse_columns(ITEM_COLUMNS, "item"))
+    with pytest.raises(RecForgeError, match=r"new_items=.*none.csv: file not found"):
+        read_new_items(str(tmp_path / "none.csv"), "item", [])
