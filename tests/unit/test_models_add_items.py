@@ -1,7 +1,7 @@
 """``Recommender.add_items``: every model that scores unseen items from their features takes new items whose id part
 is zero. After a few training steps on the checkerboard, the grown model scores exactly as the same class built for
 the grown catalogue (the new items' feature rows appended, their id rows zero) with the trained weights, and the
-old items' scores do not move."""
+old items' scores do not move; a session (SASRecF) may hold new items."""
 
 from __future__ import annotations
 
@@ -53,6 +53,11 @@ def test_new_items_score_as_the_model_built_for_them(name):
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(after[:, :N], before, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(after[:, N], after[:, N + 1])  # the new items differ by their features
+    if model.answers_histories:  # SASRecF: a session holding new items reads them as the reference does
+        indptr, history = torch.tensor([0, 3, 5]), torch.tensor([1, N, N + 2, N + 1, 4])
+        with torch.no_grad():
+            torch.testing.assert_close(model.score_histories(indptr, history),
+                                       reference(cfg, trained).score_histories(indptr, history), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["bpr", "sasrec"])

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /recommend``, ``GET /similar-items/{item_id}``, ``GET /health``, ``GET /metrics``
 (Prometheus) and, only with an admin token (``RECFORGE_ADMIN_TOKEN`` or ``--admin-token-file``),
-``POST /admin/reload``. ``docs/serving.md`` has examples, the limits and the status codes.
+``POST /admin/reload`` and ``POST /admin/items`` (new items scored from their features). ``docs/serving.md`` has
+examples, the limits and the status codes.
 
 Requests are answered in the event loop (one score row per request is ~0.1 ms of tensor work; a thread pool
 hop costs more than that; see the measurements in ``docs/serving.md``); model loading for a reload runs in a
