@@ -21,10 +21,9 @@ from tests.conftest import compose_train
 N_USERS, N_ITEMS, N_GENRES = 120, 160, 4
 
 
-@pytest.fixture(scope="module")
-def genre_data(tmp_path_factory):
-    """Users of taste g interact with 12 items of genre g and 1 random item; files with a header and features."""
-    folder = tmp_path_factory.mktemp("genres")
+def write_genre_data(folder: Path) -> np.ndarray:
+    """Users of taste g interact with 12 items of genre g and 1 random item; files with a header and features in
+    ``folder``. Returns each user's taste."""
     rng = np.random.default_rng(0)
     item_genre = np.arange(N_ITEMS) % N_GENRES
     user_taste = rng.integers(0, N_GENRES, N_USERS)
@@ -39,6 +38,13 @@ def genre_data(tmp_path_factory):
         folder / "items.csv", index=False)
     pd.DataFrame({"user": [f"u{u}" for u in range(N_USERS)], "taste": [f"t{t}" for t in user_taste]}).to_csv(
         folder / "users.csv", index=False)
+    return user_taste
+
+
+@pytest.fixture(scope="module")
+def genre_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("genres")
+    write_genre_data(folder)
     return folder
 
 

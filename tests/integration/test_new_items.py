@@ -23,31 +23,21 @@ from recforge.serving.service import Service, prepared
 from recforge.tracking.bundle import FEATURES_FILE, Bundle, save_bundle
 from recforge.train import train
 from tests.conftest import compose_train
+from tests.integration.test_cold_start import N_GENRES, N_ITEMS, N_USERS, write_genre_data
 from tests.unit.test_serving_app import AUTH, TOKEN, call, running
 
-N_USERS, N_ITEMS, N_GENRES = 120, 160, 4
 ITEM_COLUMNS = {"genre": "categorical", "year": "numeric"}
 
 
 @pytest.fixture(scope="module")
 def genre_data(tmp_path_factory):
-    """Users of taste g interact with 12 items of genre g and 1 random item; items have a genre and a year."""
+    """The cold-start tests' data (users of taste g like items of genre g), the items with a year too."""
     folder = tmp_path_factory.mktemp("genres")
-    rng = np.random.default_rng(0)
-    item_genre = np.arange(N_ITEMS) % N_GENRES
-    user_taste = rng.integers(0, N_GENRES, N_USERS)
-    rows = []
-    for user in range(N_USERS):
-        liked = rng.choice(np.flatnonzero(item_genre == user_taste[user]), 12, replace=False)
-        for item in [*liked, rng.integers(N_ITEMS)]:
-            rows.append((f"u{user}", f"i{item}", 1.0, int(rng.integers(1_000_000))))
-    pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"]).drop_duplicates(["user", "item"]).to_csv(
-        folder / "interactions.csv", index=False)
-    pd.DataFrame({"item": [f"i{i}" for i in range(N_ITEMS)], "genre": [f"g{g}" for g in item_genre],
-                  "year": rng.integers(1980, 2020, N_ITEMS)}).to_csv(folder / "items.csv", index=False)
-    pd.DataFrame({"user": [f"u{u}" for u in range(N_USERS)], "taste": [f"t{t}" for t in user_taste]}).to_csv(
-        folder / "users.csv", index=False)
-    return folder, user_taste
+    taste = write_genre_data(folder)
+    items = pd.read_csv(folder / "items.csv")
+    items.assign(year=np.random.default_rng(0).integers(1980, 2020, len(items))).to_csv(folder / "items.csv",
+                                                                                         index=False)
+    return folder, taste
 
 
 def genre_cfg(folder: Path, tmp_path: Path, *overrides: str, tracking: str = "none"):
@@ -145,7 +135,8 @@ def test_bad_new_items_are_one_line_4xx_and_change_nothing(fm_bundle):
         ([new_item("x", genre="g0")], 422, "item 'x': no column 'year' for feature year"),
         ([new_item("x", genre=["g0"], year=2000)], 422,
          "item 'x': column 'genre' (feature genre, categorical) needs a text or a number (got a list)"),
-        ([new_item("x", genre="g0", year="soon")], 422, "item 'x': column 'year' (feature year, numeric) needs a number"),
+        ([new_item("x", genre="g0", year="soon")], 422,
+         "item 'x': column 'year' (feature year, numeric) needs a number"),
         ([new_item("x", genre="g0", year=None)], 422, "column 'year' (feature year, numeric) is null"),
         ([new_item("ok", genre="g0", year=2000), new_item("y", genre={}, year=2000)], 422, "item 'y': column 'genre'"),
         ([new_item("x", genre="g0", year=2000), new_item("x", genre="g1", year=2000)], 422,
@@ -174,7 +165,8 @@ def test_models_that_cannot_take_new_items_refuse_in_one_line(genre_data, fm_bun
         (bpr, "items: MatrixFactorization scores items by their ids only and cannot score items it never trained on; "
               "serve a model that scores them from their item features (model=fm, deepfm, dcnv2, widedeep, autoint, "
               "din, twotower, sasrecf; with model.use_features=true)"),
-        (old, "items: this FactorizationMachine bundle keeps no fitted encoder of its item features (no features.json")]:
+        (old, "items: this FactorizationMachine bundle keeps no fitted encoder of its item features (no "
+              "features.json")]:
         service = Service(prepared(Bundle.load(bundle), ModelRef(str(bundle)), 0.0, 100_000))
         with running(service, TOKEN) as base:
             status, answer, _ = call(f"{base}/admin/items", body, AUTH)

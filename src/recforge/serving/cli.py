@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_source_args(parser)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
-    parser.add_argument("--admin-token-file", help=f"turn on /admin/reload and /admin/items, guarded by the token in this file (or "
-                                                   f"set ${ADMIN_TOKEN_ENV}); off by default: /admin/* answers 404")
+    parser.add_argument("--admin-token-file", help=f"turn on /admin/reload and /admin/items, guarded by the token in "
+                                                   f"this file (or set ${ADMIN_TOKEN_ENV}); off by default: /admin/* "
+                                                   f"answers 404")
     parser.add_argument("--log-file", default="logs/serve.jsonl",
                         help="JSON-lines request log (default logs/serve.jsonl; 'none' turns it off)")
     parser.add_argument("--log-max-mb", type=float, default=100.0,
