@@ -133,5 +133,5 @@ def add_admin_routes(app: FastAPI, service: Service, token: str) -> None:
         request.scope["recforge"]["new_items"] = len(body.items)
         new = await service.add_items([(item.item_id, item.features) for item in body.items])
         request.scope["recforge"]["model_id"] = new.ref.model_id
-        return JSONResponse({"status": "ok", "items": new.item_ids[new.n_items - len(body.items):], "n_items": new.n_items,
-                             "added_items": new.added_items, "serving": new.ref.to_dict()})
+        return JSONResponse({"status": "ok", "items": new.item_ids[new.n_items - len(body.items):],
+                             "n_items": new.n_items, "added_items": new.added_items, "serving": new.ref.to_dict()})
