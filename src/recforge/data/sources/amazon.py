@@ -94,7 +94,8 @@ class Amazon2018(FileSource):
 def style_tokens(style: pd.Series, path: Path) -> pd.Series:
     """Each review's ``style`` object as ``|``-joined ``key:value`` tokens, keys without their colon and values
     stripped (``{"Size:": " 7.0 oz", "Flavor:": " Classic Ice Blue"}`` -> ``Size:7.0 oz|Flavor:Classic Ice
-    Blue``, in the order of the file's keys; a ``|`` inside a value becomes a space); ``""`` without a style."""
+    Blue``, keys in the order they first appear in the file; a ``|`` inside a value becomes a space); ``""``
+    without a style."""
     kind = style.dtype.pyarrow_dtype
     tokens = pd.Series("", index=style.index, dtype=object)
     if pa.types.is_null(kind):   # no review has a style
