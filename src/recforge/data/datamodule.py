@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
-from recforge.data.declared import FeatureEncoder, read_encoders
+from recforge.data.declared import FeatureEncoder, from_training_interactions, read_encoders
 from recforge.data.features import align_features, encode_frame
 from recforge.data.interactions import IdMaps, default_steps, prepare
 from recforge.data.pairs import labelled_pairs
@@ -359,15 +359,17 @@ class RecDataModule(pl.LightningDataModule):
         """``user_features`` / ``item_features`` as float32 matrices aligned to the contiguous indices, fitted on the
         training part only: the vocabularies, ranges and means come from the users (items) with a training
         interaction, so nothing of a validation or test id shapes the encoding. Features the source declares
-        (``data.user_columns`` / ``item_columns``) are encoded as declared (:class:`FeatureEncoder`), any other
-        feature frame by :func:`recforge.data.features.encode_frame`. With ``feature_encoders`` (a model bundle's
-        ``features.json``) the declared features are encoded by its fitted encoders instead of fitting new ones."""
+        (``data.user_columns`` / ``item_columns``) are encoded as declared (:class:`FeatureEncoder`; those
+        ``from_interactions`` aggregated over the training interactions only), any other feature frame by
+        :func:`recforge.data.features.encode_frame`. With ``feature_encoders`` (a model bundle's ``features.json``)
+        the declared features are encoded by its fitted encoders instead of fitting new ones."""
         if self._feature_tensors is None:
             self._feature_tensors, self._feature_names = {}, {}
             declared = getattr(self.source, "feature_columns", None) or {}
             given = read_encoders(self.feature_encoders_path) if self.feature_encoders_path else {}
             for side, frame, n in (("user", self.user_features, self.n_users), ("item", self.item_features,
                                                                               self.n_items)):
+                frame = from_training_interactions(declared.get(side, []), frame, self.split.train, side, n)
                 if frame is None:
                     continue
                 rows = np.bincount(self.split.train[side].to_numpy(np.int64), minlength=n) > 0

@@ -15,7 +15,8 @@ import pandas as pd
 from recforge.errors import RecForgeError
 
 KINDS = ("categorical", "multi", "numeric", "bucket")
-COLUMN_KEYS = ("kind", "column", "sep", "prefix", "chars", "pattern", "buckets", "fill", "min_count")
+COLUMN_KEYS = ("kind", "column", "sep", "prefix", "chars", "pattern", "buckets", "fill", "min_count",
+               "from_interactions")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ class FeatureColumn:
     mean`` puts the training mean where a value is missing, else a missing value stops the run) or ``bucket`` (a
     number one-hot by the ``buckets`` edges). ``column`` is the raw column (default: the feature's name).
     ``min_count``: categorical and multi values seen in fewer training rows are unknown. Unknown values (never
-    seen in the training rows) encode as zeros.
+    seen in the training rows) encode as zeros. ``from_interactions``: the raw column is a column of the
+    interactions (a tag a user gave a movie, the variant an Amazon review is about), and each id's value is
+    aggregated over its *training* interactions only (:func:`from_training_interactions`).
     """
 
     name: str
@@ -43,6 +46,7 @@ class FeatureColumn:
     buckets: tuple[float, ...] | None = None
     fill: str | None = None
     min_count: int = 1
+    from_interactions: bool = False
 
     @property
     def source(self) -> str:
@@ -69,6 +73,9 @@ def parse_columns(columns: Mapping | None, side: str) -> list[FeatureColumn]:
                                 "(0/1 flag columns named prefix*), e.g. sep='|'")
         if kind == "bucket" and not settings.get("buckets"):
             raise RecForgeError(f"{key}: a bucket feature needs buckets (increasing edges), e.g. buckets=[18,25,35]")
+        if settings.get("from_interactions") and (kind == "categorical" or settings.get("prefix")):
+            raise RecForgeError(f"{key}: a from_interactions feature is multi with sep (the union of the values of "
+                                "the id's training interactions) or numeric/bucket (their mean)")
         if settings.get("fill") not in (None, "mean"):
             raise RecForgeError(f"{key}.fill={settings['fill']!r} must be mean or null (a missing value stops the run)")
         if settings.get("buckets") is not None:
@@ -98,9 +105,12 @@ def _categories(column: FeatureColumn, frame: pd.DataFrame) -> pd.Series:
 
 
 def check_columns(columns: list[FeatureColumn], frame: pd.DataFrame, path: str, side: str) -> None:
-    """A raw feature file against its declared features: a missing column or (without ``fill``) a missing or
-    non-numeric value of a numeric feature stops with one line naming the file and the column."""
+    """A raw feature file against its declared features (those not ``from_interactions``): a missing column or
+    (without ``fill``) a missing or non-numeric value of a numeric feature stops with one line naming the file and
+    the column."""
     for column in columns:
+        if column.from_interactions:
+            continue
         key = f"data.{side}_columns.{column.name}"
         if column.kind == "multi" and column.prefix:
             if not _flag_columns(column, frame):
@@ -117,6 +127,35 @@ def check_columns(columns: list[FeatureColumn], frame: pd.DataFrame, path: str, 
                 raise RecForgeError(f"{path}: column {column.source!r} (feature {column.name}) has "
                                     f"{int(missing.sum())} missing or non-numeric values (first: {side} {first!r}); "
                                     f"fix the file or set {key}.fill=mean")
+
+
+def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame | None, train: pd.DataFrame,
+                               side: str, n: int) -> pd.DataFrame | None:
+    """``frame`` (one row per index ``0..n-1`` of the side, or None) with the raw column of each ``from_interactions``
+    feature computed from the training interactions ``train`` (indices in ``train[side]``): a multi feature's
+    value is the ``sep``-joined values of the id's training rows (their union, once encoded), a numeric or bucket
+    feature's the mean of its training rows' numbers. Validation, test and fold-in interactions are never read,
+    so what they carry (a tag given in a held-out rating) cannot reach the features; an id without training
+    interactions has no value (zeros; a number gets the training mean)."""
+    wanted = [c for c in columns if c.from_interactions]
+    if not wanted:
+        return frame
+    out = frame.copy() if frame is not None else pd.DataFrame(index=pd.RangeIndex(n))
+    ids = train[side].to_numpy(np.int64)
+    for column in wanted:
+        if column.source not in train:
+            extra = [c for c in train.columns if c not in ("user", "item", "rating", "timestamp")]
+            raise RecForgeError(f"data.{side}_columns.{column.name}: the interactions have no column "
+                                f"{column.source!r} (from_interactions); they carry {extra}")
+        values = train[column.source]
+        if column.kind == "multi":
+            values = values.astype("string").fillna("")
+            given = (values != "").to_numpy()
+            joined = values[given].groupby(ids[given]).agg(column.sep.join)
+        else:
+            joined = pd.to_numeric(values, errors="coerce").groupby(ids).mean()
+        out[column.source] = joined.reindex(range(n)).to_numpy()
+    return out
 
 
 @dataclass

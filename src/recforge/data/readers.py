@@ -369,13 +369,18 @@ def read_adjacency_lists(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return user_of_token[~first], values[~first]
 
 
-def read_json_lines(path: Path, fields: Mapping[str, tuple[str, pa.DataType]]) -> pd.DataFrame:
-    """Read ``fields`` (standard name -> (JSON key, type)) from a JSON Lines file, gzip-compressed or not."""
+def read_json_lines(path: Path, fields: Mapping[str, tuple[str, pa.DataType]], inferred: Sequence[str] = ()
+                    ) -> pd.DataFrame:
+    """Read ``fields`` (standard name -> (JSON key, type)) from a JSON Lines file, gzip-compressed or not.
+
+    ``inferred``: further JSON keys read with the types Arrow infers (an object whose keys vary from record to
+    record, such as Amazon's ``style``, becomes a struct), as pandas ``ArrowDtype`` columns of those names, null
+    where a record lacks the key. Inferring parses every key of the file, so it is only done when asked."""
     import pyarrow.json as pj
 
     _check_file(path)
     schema = pa.schema([(key, dtype) for key, dtype in fields.values()])
-    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer" if inferred else "ignore")
     compressed = path.suffix == ".gz"
     try:
         stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
@@ -384,8 +389,12 @@ def read_json_lines(path: Path, fields: Mapping[str, tuple[str, pa.DataType]]) -
         raise _diagnose_json(path, compressed, str(exc)) from None
     if table.num_rows == 0:
         raise RecForgeError(f"{path}: no records")
-    return _to_frame(path, table, {std: key for std, (key, _) in fields.items()},
-                     [s for s, (_, t) in fields.items() if s in ("rating", "timestamp")], "data")
+    frame = _to_frame(path, table, {std: key for std, (key, _) in fields.items()},
+                      [s for s, (_, t) in fields.items() if s in ("rating", "timestamp")], "data")
+    for key in inferred:
+        frame[key] = (table.column(key).to_pandas(types_mapper=pd.ArrowDtype) if key in table.column_names
+                      else pd.Series(pd.NA, index=frame.index, dtype=pd.ArrowDtype(pa.null())))
+    return frame
 
 
 def _diagnose_json(path: Path, compressed: bool, original: str) -> RecForgeError:

@@ -39,6 +39,7 @@ class Release:
     movies: str | None = None
     encoding: str = "utf-8"          # of the metadata files
     known: tuple[tuple[str, str | tuple[str, str]], ...] = ()
+    tags: str | None = None          # userId,movieId,tag,timestamp (CSV with a header)
 
 
 ML100K_SHA256 = {
@@ -72,15 +73,17 @@ RELEASES = {
     )),
     "ml-10m": Release(("ml-10M100K", "ml-10m"), "ratings.dat", "::", False, (0.5, 5.0), None, "movies.dat",
                       "latin-1"),
-    "ml-20m": Release(("ml-20m",), "ratings.csv", ",", True, (0.5, 5.0), None, "movies.csv"),
+    "ml-20m": Release(("ml-20m",), "ratings.csv", ",", True, (0.5, 5.0), None, "movies.csv", tags="tags.csv"),
     "ml-latest-small": Release(("ml-latest-small",), "ratings.csv", ",", True, (0.5, 5.0), None, "movies.csv",
                                "utf-8", (
         ("ratings.csv", "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646"),
         ("movies.csv", "5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07"),
-    )),
+        ("tags.csv", "92a9f8bb7916dceef6151209845788c3643f794dfa79d1feaec7121b5960399d"),
+    ), "tags.csv"),
 }
 CSV_COLUMNS = {"user": "userId", "item": "movieId", "rating": "rating", "timestamp": "timestamp"}
 DAT_NAMES = ["user", "item", "rating", "timestamp"]
+TAG_FIELDS = ("userId", "movieId", "tag")
 
 
 class MovieLens(FileSource):
@@ -89,7 +92,9 @@ class MovieLens(FileSource):
     Features: ml-100k ``u.user`` (age, gender, occupation) and ``u.item`` (title, 19 genre flags); ml-1m
     ``users.dat`` (gender, age, occupation) and ``movies.dat``; the others' movie files (title, genres as
     multi-hot columns ``genre_<name>``). ml-100k also carries its official splits ``u1``-``u5``, ``ua``, ``ub``
-    (use ``split=predefined split.name=u1``).
+    (use ``split=predefined split.name=u1``). ml-latest-small and ml-20m also have ``tags.csv``: when a declared
+    feature reads the interaction column ``tags`` (``from_interactions``), each rating carries the tags its user
+    gave the movie (:func:`read_tags`), and the feature is built from the training ratings' tags only.
 
     ``user_columns`` / ``item_columns`` declare which raw columns are features and of which kind
     (:func:`recforge.data.declared.parse_columns`; the data configs declare ml-100k's and ml-latest-small's);
@@ -112,6 +117,15 @@ class MovieLens(FileSource):
         self.user_columns = dict(user_columns) if user_columns else None
         self.item_columns = dict(item_columns) if item_columns else None
         self._declared = {"user": parse_columns(user_columns, "user"), "item": parse_columns(item_columns, "item")}
+        reading_tags = []   # the keys of the features built from the ratings' tags
+        for side, columns in self._declared.items():
+            for column in (c for c in columns if c.from_interactions):
+                key = f"data.{side}_columns.{column.name}"
+                if column.source != "tags" or self.release.tags is None:
+                    raise RecForgeError(f"{key}: {variant}'s ratings carry no column {column.source!r} "
+                                        "(from_interactions); only ml-latest-small and ml-20m carry 'tags' (tags.csv)")
+                reading_tags.append(key)
+        self._tags_key = reading_tags[0] if features and reading_tags else None
 
     @property
     def feature_columns(self) -> dict[str, list[FeatureColumn]]:
@@ -137,6 +151,8 @@ class MovieLens(FileSource):
         names = [release.ratings]
         if self.features:
             names += [n for n in (release.users, release.movies) if n]
+        if self._tags_key:
+            names.append(release.tags)
         if self.variant == "ml-100k":
             names += [f"{fold}.{part}" for fold in ML100K_FOLDS for part in ("base", "test")]
         missing = [n for n in names if not (folder / n).is_file()]
@@ -160,11 +176,14 @@ class MovieLens(FileSource):
         if self.variant == "ml-100k":
             for fold in ML100K_FOLDS:
                 frame[PART_PREFIX + fold] = self._fold_labels(frame, files[f"{fold}.base"], files[f"{fold}.test"])
+        if self._tags_key:
+            frame = frame.merge(read_tags(files[release.tags], self._tags_key), on=["user", "item"], how="left")
+            frame["tags"] = frame["tags"].fillna("")
         users = items = None
         if self.features:
             users, items = self._features(files)
             for side, table in (("user", users), ("item", items)):
-                if self._declared[side]:
+                if any(not c.from_interactions for c in self._declared[side]):
                     if table is None:
                         raise RecForgeError(f"data.{side}_columns: {self.variant} has no {side} features; drop the key")
                     name = release.users if side == "user" else release.movies
@@ -217,6 +236,27 @@ class MovieLens(FileSource):
                 items = pd.concat([items.drop(columns=["genres"]), multi_hot], axis=1)
             items = items.astype({"item": np.int64}).set_index("item")
         return users, items
+
+
+def read_tags(path: Path, key: str) -> pd.DataFrame:
+    """``user``, ``item``, ``tags``: one row per tagged (user, movie) pair of a MovieLens ``tags.csv``, its distinct
+    tags normalised (lower case, single spaces; a ``|`` inside a tag becomes a space) and ``|``-joined in sorted
+    order. ``key`` is the feature that reads them (named in errors)."""
+    try:
+        fields = [str(f).strip() for f in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise RecForgeError(f"{path}: no readable header line ({exc}); use the release's tags.csv "
+                            "(userId,movieId,tag,timestamp)") from None
+    missing = [f for f in TAG_FIELDS if f not in fields]
+    if missing:
+        raise RecForgeError(f"{path}: no column {missing[0]!r} for the tags ({key}); the file has {fields}; use the "
+                            f"release's tags.csv (userId,movieId,tag,timestamp) or drop {key}")
+    frame = read_delimited(path, ",", fields, numeric=["userId", "movieId"], header=True, allow_empty=True)
+    tags = frame["tag"].str.replace("|", " ", regex=False).str.lower().str.split().str.join(" ")
+    pairs = pd.DataFrame({"user": frame["userId"].astype(np.int64), "item": frame["movieId"].astype(np.int64),
+                          "tags": tags})
+    pairs = pairs[pairs["tags"] != ""].drop_duplicates().sort_values(["user", "item", "tags"])
+    return pairs.groupby(["user", "item"], as_index=False, sort=False)["tags"].agg("|".join)
 
 
 def _ml100k_genres(folder: Path) -> list[str]:
