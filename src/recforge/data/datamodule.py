@@ -380,6 +380,7 @@ class RecDataModule(pl.LightningDataModule):
                                             f"features ({', '.join(c.name for c in encoder.columns)}) are not those "
                                             f"data.{side}_columns declares; give the encoders of a model trained on "
                                             f"this declaration, or none")
+                    encoder.cache_dir = self.cache_dir if self.cache else None   # text features' embeddings
                     self._feature_encoders[side] = encoder
                     matrix, names = encoder.transform(frame)
                     tensor = torch.from_numpy(matrix) if matrix.shape[1] else None

@@ -12,9 +12,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from recforge.data import text
 from recforge.errors import RecForgeError
 
-KINDS = ("categorical", "multi", "numeric", "bucket")
+KINDS = ("categorical", "multi", "numeric", "bucket", "text")
+FILLS = {"text": "zeros"}   # the fill a kind takes (default: mean)
 COLUMN_KEYS = ("kind", "column", "sep", "prefix", "chars", "pattern", "buckets", "fill", "min_count",
                "from_interactions")
 
@@ -29,7 +31,9 @@ class FeatureColumn:
     by its number of known values), ``numeric`` (min-max scaled to [0, 1] by the training rows' range, clipped;
     ``pattern``: a regular expression whose first group is the number, e.g. a year in a date or a title; ``fill:
     mean`` puts the training mean where a value is missing, else a missing value stops the run) or ``bucket`` (a
-    number one-hot by the ``buckets`` edges). ``column`` is the raw column (default: the feature's name).
+    number one-hot by the ``buckets`` edges) or ``text`` (the text embedded by a packaged sentence-embedding model,
+    :mod:`recforge.data.text`: nothing is fitted; a missing or empty text stops the run unless ``fill: zeros``,
+    which gives it a vector of zeros). ``column`` is the raw column (default: the feature's name).
     ``min_count``: categorical and multi values seen in fewer training rows are unknown. Unknown values (never
     seen in the training rows) encode as zeros. ``from_interactions``: the raw column is a column of the
     interactions (a tag a user gave a movie, the variant an Amazon review is about), and each id's value is
@@ -73,11 +77,15 @@ def parse_columns(columns: Mapping | None, side: str) -> list[FeatureColumn]:
                                 "(0/1 flag columns named prefix*), e.g. sep='|'")
         if kind == "bucket" and not settings.get("buckets"):
             raise RecForgeError(f"{key}: a bucket feature needs buckets (increasing edges), e.g. buckets=[18,25,35]")
-        if settings.get("from_interactions") and (kind == "categorical" or settings.get("prefix")):
+        if settings.get("from_interactions") and (kind in ("categorical", "text") or settings.get("prefix")):
             raise RecForgeError(f"{key}: a from_interactions feature is multi with sep (the union of the values of "
                                 "the id's training interactions) or numeric/bucket (their mean)")
-        if settings.get("fill") not in (None, "mean"):
-            raise RecForgeError(f"{key}.fill={settings['fill']!r} must be mean or null (a missing value stops the run)")
+        fill = FILLS.get(kind, "mean")
+        if settings.get("fill") not in (None, fill):
+            raise RecForgeError(f"{key}.fill={settings['fill']!r} must be {fill} or null (a missing value stops the "
+                                "run)")
+        if kind == "text":
+            text.require(key)
         if settings.get("buckets") is not None:
             settings["buckets"] = tuple(float(b) for b in settings["buckets"])
             if list(settings["buckets"]) != sorted(set(settings["buckets"])):
@@ -97,6 +105,11 @@ def _flag_columns(column: FeatureColumn, frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if str(c).startswith(column.prefix)]
 
 
+def _texts(column: FeatureColumn, frame: pd.DataFrame) -> pd.Series:
+    """The texts of a text feature, stripped; a missing or empty one is NA."""
+    return frame[column.source].astype("string").str.strip().replace("", pd.NA)
+
+
 def _categories(column: FeatureColumn, frame: pd.DataFrame) -> pd.Series:
     values = frame[column.source].astype("string").str.strip()
     if column.chars:
@@ -106,8 +119,8 @@ def _categories(column: FeatureColumn, frame: pd.DataFrame) -> pd.Series:
 
 def check_columns(columns: list[FeatureColumn], frame: pd.DataFrame, path: str, side: str) -> None:
     """A raw feature file against its declared features (those not ``from_interactions``): a missing column or
-    (without ``fill``) a missing or non-numeric value of a numeric feature stops with one line naming the file and
-    the column."""
+    (without ``fill``) a missing or non-numeric value of a numeric feature, or a missing or empty text of a text
+    feature, stops with one line naming the file and the column."""
     for column in columns:
         if column.from_interactions:
             continue
@@ -120,13 +133,15 @@ def check_columns(columns: list[FeatureColumn], frame: pd.DataFrame, path: str, 
         if column.source not in frame:
             raise RecForgeError(f"{path}: no column {column.source!r} for feature {column.name} ({key}); the file has "
                                 f"{list(map(str, frame.columns))[:12]}; fix {key}.column or the file")
-        if column.kind in ("numeric", "bucket") and column.fill is None:
-            missing = np.isnan(_raw_numbers(column, frame))
+        if column.kind in ("numeric", "bucket", "text") and column.fill is None:
+            text_kind = column.kind == "text"
+            missing = _texts(column, frame).isna().to_numpy() if text_kind else np.isnan(_raw_numbers(column, frame))
             if missing.any():
-                first = frame.index[np.flatnonzero(missing)[0]]
+                first = frame.index.to_list()[np.flatnonzero(missing)[0]]   # a Python value: 8, not np.int64(8)
+                what = "missing or empty texts" if text_kind else "missing or non-numeric values"
                 raise RecForgeError(f"{path}: column {column.source!r} (feature {column.name}) has "
-                                    f"{int(missing.sum())} missing or non-numeric values (first: {side} {first!r}); "
-                                    f"fix the file or set {key}.fill=mean")
+                                    f"{int(missing.sum())} {what} (first: {side} {first!r}); "
+                                    f"fix the file or set {key}.fill={FILLS.get(column.kind, 'mean')}")
 
 
 def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame | None, train: pd.DataFrame,
@@ -162,10 +177,12 @@ def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame
 class FeatureEncoder:
     """Declared features fitted on the training rows only (vocabularies, ranges, means), then applied to every row.
     ``fit`` never reads a row outside ``train_rows``: what a validation or test id carries cannot change the
-    encoding (nor, so, any training input)."""
+    encoding (nor, so, any training input). A text feature fits nothing: each row's text is embedded on its own by
+    a fixed pretrained model, so a held-out row's text changes no other row's vector."""
 
     columns: list[FeatureColumn]
     state: dict = field(default_factory=dict)
+    cache_dir: str | None = None   # where text features' embeddings are cached (recforge.data.text.embed)
 
     def fit(self, frame: pd.DataFrame, train_rows: np.ndarray) -> "FeatureEncoder":
         train = frame.iloc[np.flatnonzero(train_rows)]
@@ -199,7 +216,7 @@ class FeatureEncoder:
 
     def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         """The float32 ``(n, d)`` encoding of every row and the names of its ``d`` columns (``feature=value`` for
-        one-hot and multi-hot values, the feature's name for a number)."""
+        one-hot and multi-hot values, the feature's name for a number, ``feature_<i>`` for a text's vector)."""
         blocks, names = [], []
         n = len(frame)
         for column in self.columns:
@@ -217,6 +234,14 @@ class FeatureEncoder:
                 blocks.append((codes[:, None] == np.arange(len(column.buckets) + 1)).astype(np.float32))
                 edges = ("-inf",) + tuple(f"{b:g}" for b in column.buckets) + ("inf",)
                 names += [f"{column.name}=[{a},{b})" for a, b in zip(edges[:-1], edges[1:])]
+            elif column.kind == "text":
+                texts = _texts(column, frame)
+                given = texts.notna().to_numpy()   # checked before (check_columns, encode_records): absent = fill
+                block = np.zeros((n, text.DIM), np.float32)
+                if given.any():
+                    block[given] = text.embed(texts[given].tolist(), self.cache_dir, f"feature {column.name}")
+                blocks.append(block)
+                names += [f"{column.name}_{i}" for i in range(text.DIM)]
             else:
                 vocab = self.state[column.name]
                 if column.kind == "categorical":
@@ -294,7 +319,15 @@ def _where(label: str, key: str, column: FeatureColumn) -> str:
 
 def _check_value(column: FeatureColumn, value: Any, label: str) -> None:
     """One raw value of a one-column feature: a text or a number (or null); for a number feature, one that parses
-    (``pattern`` applied), and null only with ``fill``."""
+    (``pattern`` applied), and null only with ``fill``; for a text feature, a text, empty or null only with
+    ``fill``."""
+    if column.kind == "text":
+        if value is not None and not isinstance(value, str):
+            raise RecForgeError(f"{_where(label, column.source, column)} needs a text (got {_kind(value)})")
+        if (value is None or not value.strip()) and column.fill is None:
+            raise RecForgeError(f"{_where(label, column.source, column)} is null or empty and the feature has no "
+                                f"fill; give a text")
+        return
     if value is not None and not (isinstance(value, str) or _is_number(value)):
         wanted = "a text or a list of texts" if column.kind == "multi" else "a text or a number"
         raise RecForgeError(f"{_where(label, column.source, column)} needs {wanted} (got {_kind(value)})")
