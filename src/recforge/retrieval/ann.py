@@ -41,8 +41,8 @@ from recforge.errors import RecForgeError
 KINDS = ("flat", "ivf", "hnsw")
 METRICS = ("ip", "cosine")
 INDEX_FILE, SPEC_FILE = "ann.faiss", "ann.json"
-DOT_PRODUCT_MODELS = ("MF/BPR-MF, SVD++, UltraGCN, LightGCN, NGCF, SimpleX, iALS, SASRec, GRU4Rec, BERT4Rec, "
-                      "Caser, the two-tower model")
+DOT_PRODUCT_MODELS = ("MF/BPR-MF, SVD++, UltraGCN, LightGCN, NGCF, SimpleX, iALS, SASRec, SASRecF, GRU4Rec, "
+                      "BERT4Rec, Caser, the two-tower model")
 
 
 def import_faiss():

@@ -25,7 +25,7 @@ from recforge.tracking.bundle import ANN_MIN_ITEMS, FEATURES_FILE, Bundle
 # the full score matrix for the score cache: above this many scores, compute in user chunks of this size
 _SCORE_CHUNK = 1 << 22
 MAX_REASONS = 100  # reasons per explained item a request may ask for
-HISTORY_MODELS = ("sequential: SASRec, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
+HISTORY_MODELS = ("sequential: SASRec, SASRecF, GRU4Rec, BERT4Rec, Caser; item-item: EASE, ItemKNN, SLIM, RP3beta; "
                   "autoencoders: Mult-VAE, RecVAE")
 # the model options that score items from their features (recforge.pipeline's FEATURE_MODELS + ITEM_FEATURE_MODELS)
 ITEM_FEATURE_MODELS = "model=fm, deepfm, dcnv2, widedeep, autoint, din, twotower, sasrecf"
