@@ -68,7 +68,9 @@ def _model(cache_dir: str | None):
     """The model, loaded (on the CPU) from the package's zip, extracted once to ``<cache_dir>/text/models/`` (to a
     temporary folder without a cache folder)."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar would land in every run's log
     archive = Path(importlib.util.find_spec(MODULE).submodule_search_locations[0]) / "model.zip"
     if cache_dir is None:
         with tempfile.TemporaryDirectory() as tmp:
