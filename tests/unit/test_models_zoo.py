@@ -259,6 +259,20 @@ def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
     assert MatrixFactorization(3, 4, l2_reg=0.0).regularization(users, items) == 0
 
 
+def test_mf_xavier_normal_init_scales_each_table_by_its_size():
+    from recforge.models.mf import MatrixFactorization
+
+    torch.manual_seed(0)
+    model = MatrixFactorization(n_users=400, n_items=4000, embedding_dim=64, use_bias=False, init_std=1.0,
+                                init="xavier_normal")
+    for table, rows in ((model.user_embedding, 400), (model.item_embedding, 4000)):
+        assert table.weight.std().item() == pytest.approx((2 / (rows + 64)) ** 0.5, rel=0.03)
+    normal = MatrixFactorization(400, 4000, init_std=0.5).item_embedding.weight
+    assert normal.std().item() == pytest.approx(0.5, rel=0.03)
+    with pytest.raises(ValueError, match="init must be 'normal' or 'xavier_normal', got 'glorot'"):
+        MatrixFactorization(3, 4, init="glorot")
+
+
 def test_sparse_mm_ignores_its_uninitialised_buffer():
     """The CPU fast path writes into ``torch.empty`` with ``addmm(beta=0)``: whatever the buffer held must not
     leak into the result, which is what beta=0 promises and what this pins (NaN * 0 would be NaN)."""
