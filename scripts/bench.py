@@ -112,8 +112,10 @@ def recbole_json(python: str, script: str, args: list[str], cwd: Path) -> dict:
 
     done = subprocess.run([python, str(Path(__file__).with_name(script)), *args], capture_output=True, text=True,
                           cwd=cwd)
-    if done.returncode != 0:
-        raise RuntimeError(f"RecBole run failed:\n{done.stderr[-3000:]}")
+    if done.returncode != 0:  # the first line says how it ended (a kill leaves no traceback), then stderr's tail
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        last = (done.stderr.strip().splitlines() or ["no output on stderr"])[-1]
+        raise RuntimeError(f"RecBole run failed ({how}): {last}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

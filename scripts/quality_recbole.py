@@ -247,7 +247,7 @@ def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole
         try:
             row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, Path(tmp), known)
         except RuntimeError as exc:  # reported, not stored: a rerun with --json-out tries it again
-            return {**row, "note": str(exc).strip().splitlines()[-1], "failed": True}
+            return {**row, "note": str(exc).splitlines()[0], "failed": True}
     row["ratio_ndcg_at_10"] = row["recforge"]["ndcg_at_10"] / row["recbole"]["ndcg_at_10"] \
         if row["recbole"]["ndcg_at_10"] else None
     return {**row, "overrides": args.override, "recbole_overrides": recbole_overrides}

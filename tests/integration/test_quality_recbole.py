@@ -177,3 +177,13 @@ def test_summary_is_each_models_latest_default_ratio_per_pair(quality):
     assert quality.summary(rows).splitlines() == [
         "| model | d loo | d random |", "|---|---:|---:|", "| bpr |  | 1.01 |", "| neumf | **0.95** |  |",
         "| sasrec |  | n/a |"]
+
+
+def test_a_recbole_run_killed_without_a_traceback_says_so(quality, tmp_path):
+    # a kill (the OOM killer) leaves only warnings on stderr: the row's note must say how the run ended
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'UserWarning: a warning line' >&2\nkill -9 $$\n")
+    python.chmod(0o755)
+    with pytest.raises(RuntimeError) as failed:
+        quality.recbole_json(str(python), "recbole_fit.py", [], tmp_path)
+    assert str(failed.value).splitlines()[0] == "RecBole run failed (killed by signal 9): UserWarning: a warning line"
