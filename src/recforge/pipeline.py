@@ -119,7 +119,7 @@ def check_model_sizes(cfg: DictConfig) -> None:
 
 
 # the model options that read the interaction's context (data.context_columns) on the user's side
-CONTEXT_MODELS = ("fm", "deepfm")
+CONTEXT_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din")
 
 
 def check_context_model(cfg: DictConfig) -> None:
