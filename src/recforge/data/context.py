@@ -13,6 +13,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from recforge.data.declared import declared_settings
 from recforge.errors import RecForgeError
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -58,10 +59,7 @@ def parse_context(columns: Mapping | None) -> list[ContextColumn]:
     out = []
     for name, settings in dict(columns).items():
         key = f"data.context_columns.{name}"
-        settings = {"kind": settings} if isinstance(settings, str) else dict(settings or {})
-        unknown = sorted(set(settings) - set(CONTEXT_KEYS))
-        if unknown:
-            raise RecForgeError(f"{key}.{unknown[0]} is not a context setting; valid: {', '.join(CONTEXT_KEYS)}")
+        settings = declared_settings(settings, key, CONTEXT_KEYS, "context")
         if settings.get("kind") not in KINDS:
             raise RecForgeError(f"{key}.kind={settings.get('kind')!r} must be one of {', '.join(KINDS)} (derived "
                                 f"from a timestamp), e.g. {key}={{kind:hour}}")
