@@ -275,3 +275,45 @@ def test_splitting_an_evaluation_batch_keeps_each_users_and_pairs_context(tmp_pa
     keys = batch["users"][batch["pair_rows"]] * 1000 + batch["pair_cols"]
     assert torch.equal(order, keys)
     assert torch.equal(torch.cat([p["pair_context"] for p in pieces]), batch["pair_context"])
+
+
+def test_a_served_context_model_scores_each_request_at_its_time(tmp_path):
+    import json
+    import time
+    from pathlib import Path
+
+    from recforge.serving.answers import answer_recommend
+    from recforge.serving.core import ServedModel
+    from recforge.serving.registry import ModelRef
+    from recforge.serving.service import Service
+    from recforge.tracking.bundle import Bundle
+
+    cfg = compose_train(TINY + ["model=fm", "loss=bce", "tracking=none", "eval.beyond=null", CONTEXT], tmp_path)
+    train(cfg)
+    bundle = Bundle.load(Path(cfg.paths.output_dir) / "model")
+    assert bundle.reads_context and [c.name for c in bundle.context] == ["hour", "weekday"]
+    served = ServedModel(bundle, ModelRef("x"), score_cache_bytes=1 << 30)
+    assert served._score_cache is None   # the scores follow the request's time
+    monday_9, saturday_23 = 1_699_866_000, 1_700_348_400   # 2023-11-13 09:00 and 2023-11-18 23:00 UTC
+    user, n = bundle.user_ids[0], served.n_items
+    answers = {}
+    for at in (monday_9, saturday_23):
+        items, scores, fallback = served.recommend(user, n, exclude_seen=False, at=at)
+        context = torch.from_numpy(encode_context(bundle.context, {"timestamp": np.array([at])}))
+        with torch.no_grad():
+            direct = bundle.model.score_all(torch.tensor([0]), context=context)[0]
+        columns = served.item_columns(items, "items")
+        assert not fallback and np.allclose(scores, direct.numpy()[columns], atol=1e-6)
+        answers[at] = dict(zip(items, scores))
+    assert not np.allclose([answers[monday_9][i] for i in bundle.item_ids],
+                           [answers[saturday_23][i] for i in bundle.item_ids])
+    # the HTTP answer reads "time"; without one the request is scored now
+    status, payload = answer_recommend(Service(served), json.dumps({"user": int(user), "k": 5, "time": monday_9,
+                                                                   "exclude_seen": False}).encode(), {})
+    assert status == 200 and json.loads(payload)["items"] == served.recommend(user, 5, False, at=monday_9)[0]
+    now = int(time.time())
+    if now // 3600 == (now + 5) // 3600:   # not at the turn of an hour
+        assert served.recommend(user, 5, False)[1] == served.recommend(user, 5, False, at=now)[1]
+        # and the batch job (the bundle's own ranking) scores at the time it runs
+        frame = bundle.recommend(np.array([user]), k=5, exclude_seen=False)
+        assert frame["item"].tolist() == served.recommend(user, 5, False, at=now)[0]

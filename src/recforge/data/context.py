@@ -7,7 +7,9 @@ Nothing is fitted: each row's encoding depends on its own timestamp alone, so no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -117,6 +119,26 @@ def encode_context(columns: list[ContextColumn], times: Mapping[str, np.ndarray]
             codes = (local // 86400 + 3) % 7
         blocks.append(codes[:, None] == np.arange(len(KINDS[column.kind])))
     return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+
+
+def context_at(columns: list[ContextColumn], times: np.ndarray) -> np.ndarray:
+    """The ``(n, d)`` context of ``n`` queries made at ``times`` (Unix seconds): every declared column reads the
+    query's time (a served request's ``time``)."""
+    return encode_context(columns, {c.column: np.asarray(times, np.int64) for c in columns})
+
+
+def context_json(columns: list[ContextColumn]) -> str:
+    """The declaration as JSON (a model bundle's ``context.json``)."""
+    return json.dumps([asdict(c) for c in columns], indent=2)
+
+
+def read_context(path: str | Path) -> list[ContextColumn]:
+    """The declaration a ``context.json`` holds; a missing or malformed file is a RecForgeError naming it."""
+    try:
+        return [ContextColumn(**spec) for spec in json.loads(Path(path).read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError) as exc:
+        raise RecForgeError(f"{path}: cannot read the context declaration ({type(exc).__name__}); the file is "
+                            f"corrupt or incomplete: copy it again from the model bundle") from None
 
 
 def request_times(users: np.ndarray, times: np.ndarray, n_users: int) -> np.ndarray:
