@@ -134,6 +134,8 @@ class RecDataModule(pl.LightningDataModule):
         self._feature_names: dict[str, list[str]] = {}
         self._feature_encoders: dict[str, FeatureEncoder] = {}
         self.candidates: dict[str, torch.Tensor] = {}  # per stage, the ranked items when the split restricts them
+        self.context_columns: list = []   # the declared context features (data.context_columns), set up with the data
+        self.train_context: torch.Tensor | None = None   # (n_train, d): each training interaction's context
 
     # ---------------------------------------------------------------- preparation
     def cache_spec(self, checksums: dict[str, str]) -> dict:

@@ -158,7 +158,7 @@ class RecommenderModule(pl.LightningModule):
         scores = self.sampler.adjust(users, candidates, model(users, candidates), self.loss.logq_correction)
         return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
 
-    def _with_context(self, context: torch.Tensor | None) -> "ContextScorer | Recommender":
+    def _with_context(self, context: torch.Tensor | None) -> ContextScorer | Recommender:
         """The model, scoring in ``context`` (the rows of the batch's users) when it reads context."""
         return ContextScorer(self.model, context) if context is not None and self.model.reads_context else self.model
 
