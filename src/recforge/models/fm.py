@@ -108,6 +108,7 @@ class FeatureSide(nn.Module):
         linear = self.bias(ids).squeeze(-1)
         if not self.has_features:
             return SideTerms((emb,), linear, torch.zeros_like(linear))
+
         def project(x: torch.Tensor) -> torch.Tensor:  # (m, d) feature rows -> (m, k + 2)
             return project_features(x, self.feature_embedding, self.feature_bias)
 
