@@ -317,3 +317,18 @@ def test_a_served_context_model_scores_each_request_at_its_time(tmp_path):
         # and the batch job (the bundle's own ranking) scores at the time it runs
         frame = bundle.recommend(np.array([user]), k=5, exclude_seen=False)
         assert frame["item"].tolist() == served.recommend(user, 5, False, at=now)[0]
+
+
+def test_retraining_candidates_keep_the_context_declaration(tmp_path):
+    from omegaconf import OmegaConf
+
+    from recforge.retrain import candidate_config
+
+    champion = compose_train(TINY + ["model=fm", CONTEXT], tmp_path)
+    cfg = candidate_config(champion, tmp_path / "merged.parquet", "merged", None, (10, 20), [], champion.paths, None)
+    assert OmegaConf.to_container(cfg.data.context_columns) == {"hour": {"kind": "hour"},
+                                                                "weekday": {"kind": "weekday"}}
+    assert instantiate(cfg.data).context_columns == parse_context(cfg.data.context_columns)
+    plain = candidate_config(compose_train(TINY, tmp_path), tmp_path / "merged.parquet", "merged", None, (10, 20), [],
+                             champion.paths, None)
+    assert plain.data.context_columns is None
