@@ -36,8 +36,8 @@ def test_hour_and_weekday_of_known_timestamps_with_a_utc_offset():
     columns = parse_context({"hour": "hour", "weekday": {"kind": "weekday"},
                              "local_hour": {"kind": "hour", "utc_offset_hours": -5},
                              "local_day": {"kind": "weekday", "utc_offset_hours": 5.5}})
-    # 1970-01-01 00:00 UTC, a Thursday (19:00 at UTC-5, 05:30 on Thursday at UTC+5:30); 2023-11-14 22:13:20 UTC, a Tuesday (03:43 on
-    # Wednesday at UTC+5:30); 1969-12-28 23:59:59 UTC, a Sunday before the epoch (negative seconds)
+    # 1970-01-01 00:00 UTC, a Thursday (19:00 at UTC-5, 05:30 on Thursday at UTC+5:30); 2023-11-14 22:13:20 UTC,
+    # a Tuesday (03:43 on Wednesday at UTC+5:30); 1969-12-28 23:59:59 UTC, a Sunday before the epoch (negative seconds)
     times = np.array([0, 1_700_000_000, -259_201])
     matrix = encode_context(columns, {"timestamp": times})
     assert matrix.shape == (3, 24 + 7 + 24 + 7) and matrix.dtype == np.float32
