@@ -19,8 +19,9 @@ class DeepFM(Recommender):
     """``logit = FM(x) + DNN(x)``. The fields are the user id, the item id and, when the data has them, the
     user features, the item features and the interaction's context (each one field whose embedding is the
     value-weighted sum of its features' embeddings; the context on the user's side, as in the FM). The FM
-    component is :class:`~recforge.models.fm.FactorizationMachine` (first-order terms and all pairwise interactions); the DNN reads the concatenated field embeddings of the same shared
-    embedding tables through the ReLU tower ``mlp_layers`` (``dropout`` after each layer) and a linear output.
+    component is :class:`~recforge.models.fm.FactorizationMachine` (first-order terms and all pairwise
+    interactions); the DNN reads the concatenated field embeddings of the same shared embedding tables through the
+    ReLU tower ``mlp_layers`` (``dropout`` after each layer) and a linear output.
 
     The paper's setting (Criteo / Company*): embedding 10, 400-400-400 ReLU, dropout 0.5, Adam, log loss,
     which is ``loss=bce`` here (sampled negatives stand in for non-clicks)."""
