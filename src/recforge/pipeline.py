@@ -78,6 +78,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.trainer.get("max_epochs") is not None and cfg.trainer.max_epochs < 0:
         raise RecForgeError("trainer.max_epochs must be >= 0")
     check_model_sizes(cfg)
+    check_context_model(cfg)
     warn_random_split_of_histories(cfg)
 
 
@@ -115,6 +116,24 @@ def check_model_sizes(cfg: DictConfig) -> None:
             value, example = (f"[{','.join(map(str, v))}]" for v in (value, example))
         raise RecForgeError(f"model.{key}={value} must be {'positive integers' if is_list else 'a positive integer'}: "
                             f"a size of the model (0 trains a model without weights); e.g. model.{key}={example}")
+
+
+# the model options that read the interaction's context (data.context_columns) on the user's side
+CONTEXT_MODELS = ("fm", "deepfm", "dcnv2", "widedeep", "autoint", "din")
+
+
+def check_context_model(cfg: DictConfig) -> None:
+    """``data.context_columns`` with a model that does not read the interaction's context is refused before any
+    data is read (its constructor takes no ``n_context``)."""
+    if not cfg.data.get("context_columns"):
+        return
+    model_cls = resolve_target(cfg.model._target_)
+    if "n_context" in inspect.signature(model_cls).parameters:
+        return
+    name = option_names(cfg, ("model",)).get("model", model_cls.__name__)
+    raise RecForgeError(f"data.context_columns is set, but model={name} does not read the interaction's context; "
+                        f"use model={', '.join(CONTEXT_MODELS)} (with model.use_features=true), or drop it with "
+                        "data.context_columns=null (docs/features.md)")
 
 
 def warn_random_split_of_histories(cfg: DictConfig) -> None:

@@ -137,12 +137,14 @@ def candidate_config(champion: DictConfig, merged_path: Path, name: str, rating_
     ``features``: the ``data`` settings of the feature files (:func:`feature_settings`), ``encoders``: the champion's
     ``features.json``, whose fitted encoders encode the declared features."""
     cfg = champion.copy()
+    context = champion.data.get("context_columns")   # the interactions' context, read from the merged timestamps
     with open_dict(cfg):
         cfg.data = OmegaConf.create({
             "_target_": "recforge.data.sources.tabular.TabularSource", "path": str(merged_path), "name": name,
             "columns": {"user": "user", "item": "item", "rating": "rating", "timestamp": "timestamp"},
             "format": "parquet", "rating_range": list(rating_range) if rating_range else None, "verify": False,
-            "cache_dir": paths.cache_dir, **(features or {})})
+            "cache_dir": paths.cache_dir, **(features or {}),
+            "context_columns": OmegaConf.to_container(context, resolve=True) if context else None})
         cfg.datamodule.feature_encoders = str(encoders) if encoders is not None and encoders.is_file() else None
         cfg.split = OmegaConf.create({"_target_": "recforge.data.split.TemporalSplit", "val_start": cuts[0],
                                       "test_start": cuts[1]})

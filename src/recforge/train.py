@@ -132,7 +132,7 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
     with atomic_dir(bundle) as folder:
         save_bundle(folder, exp.model, target, kwargs, dm.id_maps.users, dm.id_maps.items, dm.seen_matrix(),
                     {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback},
-                    reranker=module.reranker, encoders=dm.feature_encoders())
+                    reranker=module.reranker, encoders=dm.feature_encoders(), context=dm.context_columns)
         if cfg.export.get("ann_index"):  # the model is a dot-product model: build_experiment checked
             import torch
 

@@ -94,7 +94,10 @@ def split_eval_batch(batch, parts: int) -> list:
             continue
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         piece = {"users": batch["users"][lo:hi]}
-        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",)), ("pair", ("pair_labels",))):
+        if "context" in batch:  # the users' query context
+            piece["context"] = batch["context"][lo:hi]
+        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",)), ("pair", ("pair_labels",
+                                                                                           "pair_context"))):
             if f"{prefix}_rows" not in batch:
                 continue
             inside = (batch[f"{prefix}_rows"] >= lo) & (batch[f"{prefix}_rows"] < hi)

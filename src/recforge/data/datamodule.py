@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from recforge.data.batches import ListDataset, ShuffledBatches, UserUniformBatches, chunk_batches, split_eval_batch
 from recforge.data.cache import cache_key, entry_dir, read_entry, write_entry
+from recforge.data.context import checked_times, context_names, encode_context, pair_times, request_times
 from recforge.data.declared import FeatureEncoder, from_training_interactions, read_encoders
 from recforge.data.features import align_features, encode_frame
 from recforge.data.interactions import IdMaps, default_steps, prepare
@@ -74,6 +75,11 @@ class RecDataModule(pl.LightningDataModule):
     the host's per-step work no longer overlaps the device's); the permutations then come from the device's
     generator. Without it, batches bound for a GPU are pinned (page-locked) first.
 
+    A source that declares context features (``data.context_columns``, :mod:`recforge.data.context`) adds each
+    interaction's context to its training batch (``(users, items, ratings, context)``), each ranking batch's users'
+    query context (``"context"``: the earliest held-out interaction of the part), each labelled pair's
+    (``"pair_context"``: a positive's own, shared by its user's negatives) and each rating batch's rows' own.
+
     ``feature_encoders`` (a model bundle's ``features.json``) encodes the declared features with that model's fitted
     encoders instead of fitting them on this training part (``recforge-retrain`` gives the champion's).
     """
@@ -128,6 +134,8 @@ class RecDataModule(pl.LightningDataModule):
         self._feature_names: dict[str, list[str]] = {}
         self._feature_encoders: dict[str, FeatureEncoder] = {}
         self.candidates: dict[str, torch.Tensor] = {}  # per stage, the ranked items when the split restricts them
+        self.context_columns: list = []   # the declared context features (data.context_columns), set up with the data
+        self.train_context: torch.Tensor | None = None   # (n_train, d): each training interaction's context
 
     # ---------------------------------------------------------------- preparation
     def cache_spec(self, checksums: dict[str, str]) -> dict:
@@ -257,6 +265,8 @@ class RecDataModule(pl.LightningDataModule):
                 self.candidates[stage] = mask
                 for batch in self._eval_batches[stage]:
                     batch["candidate_items"] = mask
+        self.context_columns = list(getattr(self.source, "context_columns", None) or [])
+        self.train_context = self._set_context() if self.context_columns else None
         self._report["data/tensors_s"] = time.perf_counter() - t0
         self._report["data/setup_s"] = time.perf_counter() - started
 
@@ -275,6 +285,29 @@ class RecDataModule(pl.LightningDataModule):
         relevant = self._matrix(part)
         return chunk_batches(exclude.indptr, exclude.indices, relevant.indptr, relevant.indices, relevant.data,
                              self.n_items, self.max_scores_in_memory)
+
+    def _context(self, part: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The declared context's timestamp columns of ``part`` (checked: one-line errors name the key)."""
+        return checked_times(self.context_columns, part, self.raw.name)
+
+    def _set_context(self) -> torch.Tensor:
+        """Attach the context to the evaluation batches (ranking chunks: each user's query context, at the
+        earliest of its interactions in the part; rating batches: each row's own) and return the training
+        interactions' ``(n_train, d)`` context."""
+        columns = self.context_columns
+        for stage, part in (("val", self.split.val), ("test", self.split.test)):
+            times = self._context(part)
+            if self.feedback == "explicit":  # rating batches are slices of the part's rows
+                own = torch.from_numpy(encode_context(columns, times)).split(self.eval_batch_size)
+                self._eval_batches[stage] = [(*batch, c) for batch, c in zip(self._eval_batches[stage], own)]
+                continue
+            users = part["user"].to_numpy(np.int64)
+            queries = torch.from_numpy(encode_context(columns, {c: request_times(users, t, self.n_users)
+                                                                for c, t in times.items()}))
+            for batch in self._eval_batches[stage]:
+                batch["context"] = queries[batch["users"]]
+        self._report["data/n_context"] = float(len(context_names(columns)))
+        return torch.from_numpy(encode_context(columns, self._context(self.split.train)))
 
     def add_pointwise_pairs(self, negatives: int = 1, seed: int = 0, threshold: float | None = None) -> None:
         """Attach labelled pairs (:func:`recforge.data.pairs.labelled_pairs`) to every validation and test
@@ -300,12 +333,19 @@ class RecDataModule(pl.LightningDataModule):
             self._report[f"data/pointwise_positives_{stage}"] = float(labels.sum())
             self._report[f"data/pointwise_short_{stage}"] = float(short)
             users_t = torch.as_tensor(users)
+            context = None
+            if self.context_columns:  # a positive's own time; its user's negatives share its positives' times
+                times = {c: pair_times(users, items, part["user"].to_numpy(), part["item"].to_numpy(), t, self.n_items)
+                         for c, t in self._context(part).items()}
+                context = torch.from_numpy(encode_context(self.context_columns, times))
             for batch in self._eval_batches[stage]:
                 lo, hi = (int(torch.searchsorted(users_t, batch["users"][i], right=right))
                           for i, right in ((0, False), (-1, True)))
                 batch["pair_rows"] = torch.searchsorted(batch["users"], users_t[lo:hi])
                 batch["pair_cols"] = torch.as_tensor(items[lo:hi])
                 batch["pair_labels"] = torch.as_tensor(labels[lo:hi])
+                if context is not None:
+                    batch["pair_context"] = context[lo:hi]
 
     # ---------------------------------------------------------------- ratings on the original scale
     @property
@@ -448,6 +488,7 @@ class RecDataModule(pl.LightningDataModule):
             # the training and fold-in pairs grouped by user in time order (sequential models)
             **({"sequences": self.train_sequences()} if wanted("sequences") else {}),
             **self.feature_tensors(),
+            "n_context": len(context_names(self.context_columns)),   # context columns (data.context_columns)
             **(self.time_features() if wanted("user_time_features") or wanted("item_time_features") else {}),
         }
 
@@ -479,7 +520,8 @@ class RecDataModule(pl.LightningDataModule):
             ids = torch.unique(self.train_tensors[1 if self.train_view == "items" else 0]).to(device)
             dataset = ShuffledBatches((ids, ids, torch.ones(len(ids), device=device)), self.batch_size, self.seed)
         else:
-            tensors = tuple(t.to(device) for t in self.train_tensors)
+            context = () if self.train_context is None else (self.train_context,)
+            tensors = tuple(t.to(device) for t in self.train_tensors + context)
             kind = UserUniformBatches if self.sample_users_uniformly else ShuffledBatches
             dataset = kind(tensors, self.batch_size, self.seed)
         # batches copied from the host to a GPU: from page-locked memory, which Lightning copies without blocking

@@ -57,6 +57,16 @@ class FeatureColumn:
         return self.column or self.name
 
 
+def declared_settings(settings: Any, key: str, valid: Sequence[str], what: str = "feature") -> dict[str, Any]:
+    """One declared feature's settings (a kind alone stands for ``{kind: ...}``); a setting not in ``valid`` stops
+    with one line naming ``key``."""
+    settings = {"kind": settings} if isinstance(settings, str) else dict(settings or {})
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        raise RecForgeError(f"{key}.{unknown[0]} is not a {what} setting; valid: {', '.join(valid)}")
+    return settings
+
+
 def parse_columns(columns: Mapping | None, side: str) -> list[FeatureColumn]:
     """The declared features of ``data.<side>_columns`` (a mapping of feature name to its settings, or to just its
     kind), checked; one-line errors name the key."""
@@ -65,10 +75,7 @@ def parse_columns(columns: Mapping | None, side: str) -> list[FeatureColumn]:
     out = []
     for name, settings in dict(columns).items():
         key = f"data.{side}_columns.{name}"
-        settings = {"kind": settings} if isinstance(settings, str) else dict(settings or {})
-        unknown = sorted(set(settings) - set(COLUMN_KEYS))
-        if unknown:
-            raise RecForgeError(f"{key}.{unknown[0]} is not a feature setting; valid: {', '.join(COLUMN_KEYS)}")
+        settings = declared_settings(settings, key, COLUMN_KEYS)
         kind = settings.get("kind")
         if kind not in KINDS:
             raise RecForgeError(f"{key}.kind={kind!r} must be one of {', '.join(KINDS)}")

@@ -96,7 +96,8 @@ class RankingEvaluator:
         logits: the model's scores are logits (trained with a point-wise log loss): the point-wise metrics
             include ``logloss``.
 
-    Batches may carry labelled pairs (``pair_rows``, ``pair_cols``, ``pair_labels``; see
+    Batches may carry labelled pairs (``pair_rows``, ``pair_cols``, ``pair_labels``, and ``pair_scores`` when the
+    pairs were scored apart from the ranking, each in its own context; see
     :mod:`recforge.metrics.pointwise`): their scores are read before any masking and :meth:`aggregate` adds
     ``auc``, ``gauc``, ``gauc_skipped_users`` (and ``logloss``), and the per-user results each user's own AUC
     (``user_auc``, a column of the per-user test metrics). A ``candidate_items`` (n_items,) bool mask
@@ -188,10 +189,12 @@ class RankingEvaluator:
         ex_cols = batch["exclude_cols"].to(device, torch.long)
 
         pairs = {}
-        if "pair_rows" in batch:  # point-wise pairs: their scores before any masking
-            pair_rows = batch["pair_rows"].to(device, torch.long)
+        if "pair_rows" in batch:  # point-wise pairs: their scores before any masking (or given, when each pair
+            pair_rows = batch["pair_rows"].to(device, torch.long)   # was scored in its own context)
+            given = batch.get("pair_scores")
             pairs = {"pair_users": users.to(device)[pair_rows],
-                     "pair_scores": scores[pair_rows, batch["pair_cols"].to(device, torch.long)],
+                     "pair_scores": scores[pair_rows, batch["pair_cols"].to(device, torch.long)] if given is None
+                     else given.to(device, torch.float32),
                      "pair_labels": batch["pair_labels"].to(device, torch.float32)}
         mask_scores_(scores, ex_rows, ex_cols)
         if "candidate_items" in batch:

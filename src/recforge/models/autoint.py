@@ -49,11 +49,13 @@ class AutoInt(FieldRecommender):
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 16, n_layers: int = 3, n_heads: int = 2,
                  attention_dim: int = 32, residual: bool = True, use_features: bool = True, init_std: float = 0.01,
-                 user_features: torch.Tensor | None = None, item_features: torch.Tensor | None = None) -> None:
+                 user_features: torch.Tensor | None = None,
+                 item_features: torch.Tensor | None = None, n_context: int = 0) -> None:
         if min(n_layers, n_heads, attention_dim) < 1:
             raise ValueError(f"n_layers, n_heads and attention_dim must be positive, got {n_layers}, {n_heads}, "
                              f"{attention_dim}")
-        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features)
+        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features,
+                         n_context)
         width = n_heads * attention_dim
         self.interacting = nn.ModuleList(InteractingLayer(embedding_dim if i == 0 else width, attention_dim, n_heads,
                                                           residual) for i in range(n_layers))

@@ -31,6 +31,9 @@
 * ``scores_unseen(side)`` says whether the model scores ``"users"`` / ``"items"`` that had no training interaction
   from something besides their ids (their features); the cold-start splits refuse models that cannot. The
   default is no: an id-only model's score for an id it never trained on is its initialisation.
+* ``reads_context``: the model reads the interaction's context (``data.context_columns``: the hour and weekday of
+  its time) as part of the user's side; its ``forward`` and ``score_all`` then take a ``context`` keyword, the
+  ``(B, n_context)`` rows of each query (its constructor takes ``n_context``). Other models keep their signatures.
 * ``add_items(item_features)`` appends items that are their features alone (an id part of zero: no id variable),
   ``(m, d)`` rows encoded as the training items' were; only models that ``scores_unseen("items")`` (the service's
   ``POST /admin/items``).
@@ -51,6 +54,7 @@ class Recommender(nn.Module):
     train_view: str | None = None
     reads_histories: bool = False
     answers_histories: bool = False  # score_histories works: the model can score a user from a history alone
+    reads_context: bool = False  # forward/score_all take a ``context`` keyword (the interaction's context rows)
     n_items: int
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover

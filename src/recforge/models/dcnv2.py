@@ -43,14 +43,16 @@ class DCNv2(FieldRecommender):
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 16, cross_layers: int = 3,
                  mlp_layers: Sequence[int] = (256, 128), dropout: float = 0.1, structure: str = "parallel",
                  rank: int | None = None, use_features: bool = True, init_std: float = 0.01,
-                 user_features: torch.Tensor | None = None, item_features: torch.Tensor | None = None) -> None:
+                 user_features: torch.Tensor | None = None,
+                 item_features: torch.Tensor | None = None, n_context: int = 0) -> None:
         mlp_layers = list(mlp_layers)
         if structure not in ("parallel", "stacked"):
             raise ValueError(f"structure must be 'parallel' or 'stacked', got {structure!r}")
         if not mlp_layers or min(mlp_layers) < 1 or cross_layers < 0 or (rank is not None and rank < 1):
             raise ValueError(f"need mlp_layers of positive widths, cross_layers >= 0 and rank >= 1 or None; got "
                              f"{mlp_layers}, {cross_layers}, {rank}")
-        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features)
+        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features,
+                         n_context)
         self.structure = structure
         dim = self.n_fields * embedding_dim
         self.cross = nn.ModuleList(CrossLayer(dim, rank) for _ in range(cross_layers))

@@ -17,10 +17,11 @@ from recforge.models.mlp import mlp_tower, xavier_init_
 
 class DeepFM(Recommender):
     """``logit = FM(x) + DNN(x)``. The fields are the user id, the item id and, when the data has them, the
-    user features and the item features (each one field whose embedding is the value-weighted sum of its
-    features' embeddings). The FM component is :class:`~recforge.models.fm.FactorizationMachine` (first-order
-    terms and all pairwise interactions); the DNN reads the concatenated field embeddings of the same shared
-    embedding tables through the ReLU tower ``mlp_layers`` (``dropout`` after each layer) and a linear output.
+    user features, the item features and the interaction's context (each one field whose embedding is the
+    value-weighted sum of its features' embeddings; the context on the user's side, as in the FM). The FM
+    component is :class:`~recforge.models.fm.FactorizationMachine` (first-order terms and all pairwise
+    interactions); the DNN reads the concatenated field embeddings of the same shared embedding tables through the
+    ReLU tower ``mlp_layers`` (``dropout`` after each layer) and a linear output.
 
     The paper's setting (Criteo / Company*): embedding 10, 400-400-400 ReLU, dropout 0.5, Adam, log loss,
     which is ``loss=bce`` here (sampled negatives stand in for non-clicks)."""
@@ -30,15 +31,16 @@ class DeepFM(Recommender):
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 10,
                  mlp_layers: Sequence[int] = (400, 400, 400), dropout: float = 0.5, use_features: bool = True,
                  init_std: float = 0.01, global_mean: float = 0.0, user_features: torch.Tensor | None = None,
-                 item_features: torch.Tensor | None = None) -> None:
+                 item_features: torch.Tensor | None = None, n_context: int = 0) -> None:
         super().__init__()
         mlp_layers = list(mlp_layers)
         if not mlp_layers or min(mlp_layers) < 1:
             raise ValueError(f"mlp_layers needs at least one positive width, got {mlp_layers}")
         self.n_users, self.n_items = n_users, n_items
         self.fm = FactorizationMachine(n_users, n_items, embedding_dim, use_features, init_std, global_mean,
-                                       user_features, item_features)
-        n_fields = self.fm.user_side.n_fields + self.fm.item_side.n_fields
+                                       user_features, item_features, n_context)
+        self.reads_context = self.fm.reads_context
+        n_fields = self.fm.user_side.n_fields + self.fm.item_side.n_fields + int(self.reads_context)
         self.dnn = mlp_tower([n_fields * embedding_dim, *mlp_layers], dropout)
         self.dnn_out = nn.Linear(mlp_layers[-1], 1)
         self.widest = max(n_fields * embedding_dim, *mlp_layers)
@@ -52,19 +54,20 @@ class DeepFM(Recommender):
         fields = [f.expand(*shape, -1) for f in user.fields + item.fields]
         return self.dnn_out(self.dnn(torch.cat(fields, dim=-1))).squeeze(-1)
 
-    def components(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def components(self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """The FM and the DNN logits of the pairs, each of ``items``' shape."""
-        user = self.fm.user_side(users)
+        user = self.fm.user_terms(users, context)
         if items.dim() == 2:
             user = user.per_item()
         item = self.fm.item_side(items)
         return self.fm.combine(user, item), self.deep(user, item)
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        fm, deep = self.components(users, items)
+    def forward(self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        fm, deep = self.components(users, items, context)
         return fm + deep
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The item terms once, then users in chunks of at most ``max_activations`` DNN activations (pairs times
         the widest layer), so memory is bounded by the tower's width rather than the base's 4M pairs."""
         if not len(users):
@@ -74,8 +77,9 @@ class DeepFM(Recommender):
                          item.within.unsqueeze(0))
         step = max(1, self.max_activations // (self.n_items * self.widest))
         scores = []
-        for chunk in users.split(step):
-            user = self.fm.user_side(chunk).per_item()
+        contexts = context.split(step) if context is not None else [None] * len(users.split(step))
+        for chunk, rows in zip(users.split(step), contexts):
+            user = self.fm.user_terms(chunk, rows).per_item()
             scores.append(self.fm.combine(user, item) + self.deep(user, item))
         return torch.cat(scores)
 

@@ -70,12 +70,13 @@ class DIN(FieldRecommender):
                  embedding_dim: int = 12, attention_layers: Sequence[int] = (36,),
                  mlp_layers: Sequence[int] = (200, 80), dropout: float = 0.0, use_features: bool = True,
                  init_std: float = 0.01, user_features: torch.Tensor | None = None,
-                 item_features: torch.Tensor | None = None) -> None:
+                 item_features: torch.Tensor | None = None, n_context: int = 0) -> None:
         attention_layers, mlp_layers = list(attention_layers), list(mlp_layers)
         if max_history < 1 or not attention_layers or not mlp_layers or min(attention_layers + mlp_layers) < 1:
             raise ValueError(f"need max_history >= 1 and attention_layers and mlp_layers of positive widths; got "
                              f"{max_history}, {attention_layers}, {mlp_layers}")
-        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features)
+        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features,
+                         n_context)
         pairs = sequences if sequences is not None else torch.zeros(2, 0, dtype=torch.long)
         history = latest_items(row_pointers(pairs[0].long(), n_users), pairs[1].long(), torch.arange(n_users),
                                max_history, n_items)

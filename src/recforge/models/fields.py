@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from recforge.models.base import Recommender
-from recforge.models.fm import FeatureSide, SideTerms
+from recforge.models.fm import FeatureSide, SideTerms, context_side
 
 
 def field_embeddings(user: SideTerms, item: SideTerms) -> torch.Tensor:
@@ -18,9 +18,11 @@ def field_embeddings(user: SideTerms, item: SideTerms) -> torch.Tensor:
 
 
 class FieldRecommender(Recommender):
-    """A network over the fields user id, item id and, when the data has them, user features and item features
-    (each feature field the value-weighted sum of its features' embeddings), so that an id without training
-    interactions is scored from its features (:meth:`scores_unseen`).
+    """A network over the fields user id, item id and, when the data has them, user features, item features and the
+    interaction's context (each feature field the value-weighted sum of its features' embeddings; the context,
+    ``n_context`` columns, on the user's side: :class:`~recforge.models.fm.ContextSide`), so that an id without
+    training interactions is scored from its features (:meth:`scores_unseen`). ``use_features=false`` ignores the
+    features and the context.
 
     Subclasses define :meth:`logits` and set ``pair_width``, the activations one pair needs in the widest layer:
     :meth:`score_all` computes the item terms once and scores users in chunks of at most ``max_activations``
@@ -30,30 +32,37 @@ class FieldRecommender(Recommender):
     pair_width = 1
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int, use_features: bool, init_std: float,
-                 user_features: torch.Tensor | None, item_features: torch.Tensor | None) -> None:
+                 user_features: torch.Tensor | None, item_features: torch.Tensor | None, n_context: int = 0) -> None:
         super().__init__()
         self.n_users, self.n_items, self.embedding_dim = n_users, n_items, embedding_dim
         self.user_side = FeatureSide(n_users, embedding_dim, user_features if use_features else None, init_std,
                                      "user_features")
         self.item_side = FeatureSide(n_items, embedding_dim, item_features if use_features else None, init_std,
                                      "item_features")
+        self.context_side = context_side(n_context, embedding_dim, use_features, init_std)
+        self.reads_context = self.context_side is not None
 
     @property
     def n_fields(self) -> int:
-        return self.user_side.n_fields + self.item_side.n_fields
+        return self.user_side.n_fields + self.item_side.n_fields + int(self.reads_context)
+
+    def user_terms(self, users: torch.Tensor, context: torch.Tensor | None = None) -> SideTerms:
+        """The user side's terms of ``(B,)`` users, with their ``(B, n_context)`` context when the model reads it."""
+        user = self.user_side(users)
+        return user if self.context_side is None else self.context_side(user, context)
 
     def logits(self, user: SideTerms, item: SideTerms, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The logit of each (user, item) pair: ``user`` / ``item`` terms and ``users`` / ``items`` ids broadcast
         against each other (``(B, 1)`` users over ``(B, n)`` or ``(1, n_items)`` items, or ``(B,)`` pairs)."""
         raise NotImplementedError
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        user = self.user_side(users)
+    def forward(self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        user = self.user_terms(users, context)
         if items.dim() == 2:
             user, users = user.per_item(), users.unsqueeze(-1)
         return self.logits(user, self.item_side(items), users, items)
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+    def score_all(self, users: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The item terms once, then users in chunks of at most ``max_activations`` activations."""
         weight = self.item_side.embedding.weight
         if not len(users):
@@ -62,8 +71,9 @@ class FieldRecommender(Recommender):
         item = self.item_side(items)
         item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0), item.within.unsqueeze(0))
         step = max(1, self.max_activations // (self.n_items * self.pair_width))
-        return torch.cat([self.logits(self.user_side(chunk).per_item(), item, chunk.unsqueeze(-1), items.unsqueeze(0))
-                          for chunk in users.split(step)])
+        contexts = context.split(step) if context is not None else [None] * len(users.split(step))
+        return torch.cat([self.logits(self.user_terms(chunk, rows).per_item(), item, chunk.unsqueeze(-1),
+                                      items.unsqueeze(0)) for chunk, rows in zip(users.split(step), contexts)])
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_side(self.item_side.all_ids(self.item_side.embedding.weight.device)).vector

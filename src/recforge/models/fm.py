@@ -55,6 +55,13 @@ def with_zero_rows(embedding: nn.Embedding, m: int, at: int | None = None) -> nn
                                         padding + m * (padding >= at))
 
 
+def project_features(x: torch.Tensor, embedding: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``(m, k + 2)`` FM terms of ``(m, d)`` feature rows ``x``: ``sum_f x_f v_f`` (``k``), ``sum_f x_f w_f`` and
+    ``sum_f x_f^2 |v_f|^2`` (the squares the O(kn) identity subtracts)."""
+    weights = torch.cat([embedding, bias.unsqueeze(1)], dim=1)
+    return torch.cat([x @ weights, ((x * x) @ embedding.pow(2).sum(1)).unsqueeze(-1)], dim=-1)
+
+
 class FeatureSide(nn.Module):
     """The FM variables of one side: a one-hot id (an embedding and a bias per row) and, given an ``(n, d)``
     ``features`` matrix, ``d`` real-valued feature variables (an embedding and a weight per column). The
@@ -101,11 +108,9 @@ class FeatureSide(nn.Module):
         linear = self.bias(ids).squeeze(-1)
         if not self.has_features:
             return SideTerms((emb,), linear, torch.zeros_like(linear))
-        weights = torch.cat([self.feature_embedding, self.feature_bias.unsqueeze(1)], dim=1)
-        norms = self.feature_embedding.pow(2).sum(1)
 
         def project(x: torch.Tensor) -> torch.Tensor:  # (m, d) feature rows -> (m, k + 2)
-            return torch.cat([x @ weights, ((x * x) @ norms).unsqueeze(-1)], dim=-1)
+            return project_features(x, self.feature_embedding, self.feature_bias)
 
         # gather the batch's feature rows, or (for batches larger than the table) project every row once and
         # gather the projections: memory stays O(min(batch, n) * d + batch * k)
@@ -114,6 +119,36 @@ class FeatureSide(nn.Module):
         vector = emb + field
         within = 0.5 * (vector.pow(2).sum(-1) - emb.pow(2).sum(-1) - squares.squeeze(-1))
         return SideTerms((emb, field), linear + first.squeeze(-1), within)
+
+
+class ContextSide(nn.Module):
+    """The FM variables of the interaction's context (``n_context`` columns, e.g. the one-hot hour and weekday of
+    its time; :mod:`recforge.data.context`), an embedding and a weight per column, joined to the user's side: the
+    context is the user's side of the query (what this user picks at this moment), so ``s_u = v_u + sum_f x_uf v_f
+    + sum_c x_c v_c`` and the first-order and within-side terms grow by the context's."""
+
+    def __init__(self, n_context: int, embedding_dim: int, init_std: float) -> None:
+        super().__init__()
+        self.n_context, self.embedding_dim = n_context, embedding_dim
+        self.embedding = nn.Parameter(torch.empty(n_context, embedding_dim))
+        self.bias = nn.Parameter(torch.zeros(n_context))
+        nn.init.normal_(self.embedding, std=init_std)
+
+    def forward(self, user: SideTerms, context: torch.Tensor | None) -> SideTerms:
+        """``user``'s terms ``(B,)`` with the ``(B, n_context)`` context's field added (``None``: no context
+        variable is set, as for a caller that knows no time: a zero field)."""
+        if context is None:
+            context = user.linear.new_zeros(*user.linear.shape, self.n_context)
+        field, first, squares = project_features(context.to(user.linear.dtype), self.embedding, self.bias).split(
+            [self.embedding_dim, 1, 1], dim=-1)
+        within = (user.within + (user.vector * field).sum(-1)    # the context with the id and the user features
+                  + 0.5 * (field.pow(2).sum(-1) - squares.squeeze(-1)))   # among the context's own variables
+        return SideTerms(user.fields + (field,), user.linear + first.squeeze(-1), within)
+
+
+def context_side(n_context: int, embedding_dim: int, use_features: bool, init_std: float) -> ContextSide | None:
+    """A model's :class:`ContextSide`, or ``None`` when the data has no context or ``use_features=false``."""
+    return ContextSide(n_context, embedding_dim, init_std) if use_features and n_context else None
 
 
 class FactorizationMachine(Recommender):
@@ -128,32 +163,43 @@ class FactorizationMachine(Recommender):
     first-order terms and ``c`` the interactions within one side (a per-user / per-item constant): an item never
     seen in training still has a representation from its features. :meth:`score_all` is one matrix product.
 
-    ``use_features=false`` ignores ``user_features`` / ``item_features`` (then it is biased MF). With
+    With ``n_context`` context columns (``data.context_columns``: the hour and weekday of the interaction) the
+    context's variables join the user's side (:class:`ContextSide`): ``forward`` and ``score_all`` then take each
+    query's ``context``.
+
+    ``use_features=false`` ignores ``user_features`` / ``item_features`` and the context (then it is biased MF). With
     ``loss=mse`` it learns ratings, the global bias ``w0`` starting at ``global_mean``; with ``loss=bpr`` it
     ranks."""
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 64, use_features: bool = True,
                  init_std: float = 0.01, global_mean: float = 0.0, user_features: torch.Tensor | None = None,
-                 item_features: torch.Tensor | None = None) -> None:
+                 item_features: torch.Tensor | None = None, n_context: int = 0) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
         self.user_side = FeatureSide(n_users, embedding_dim, user_features if use_features else None, init_std,
                                      "user_features")
         self.item_side = FeatureSide(n_items, embedding_dim, item_features if use_features else None, init_std,
                                      "item_features")
+        self.context_side = context_side(n_context, embedding_dim, use_features, init_std)
+        self.reads_context = self.context_side is not None
         self.global_bias = nn.Parameter(torch.tensor(float(global_mean)))
+
+    def user_terms(self, users: torch.Tensor, context: torch.Tensor | None = None) -> SideTerms:
+        """The user side's terms of ``(B,)`` users, with their ``(B, n_context)`` context when the model reads it."""
+        user = self.user_side(users)
+        return user if self.context_side is None else self.context_side(user, context)
 
     def combine(self, user: SideTerms, item: SideTerms) -> torch.Tensor:
         """The FM score of the user and item terms (of the same, or broadcastable, shapes)."""
         return (self.global_bias + user.linear + item.linear + user.within + item.within
                 + (user.vector * item.vector).sum(-1))
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        user = self.user_side(users)
+    def forward(self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        user = self.user_terms(users, context)
         return self.combine(user.per_item() if items.dim() == 2 else user, self.item_side(items))
 
-    def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        user = self.user_side(users)
+    def score_all(self, users: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        user = self.user_terms(users, context)
         item = self.item_side(self.item_side.all_ids(users.device))
         return (inner_products(user.vector, item.vector) + (self.global_bias + user.linear + user.within).unsqueeze(1)
                 + (item.linear + item.within))

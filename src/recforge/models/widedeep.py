@@ -37,11 +37,13 @@ class WideDeep(FieldRecommender):
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 32,
                  mlp_layers: Sequence[int] = (1024, 512, 256), dropout: float = 0.0, cross_features: bool = True,
                  use_features: bool = True, init_std: float = 0.01,
-                 user_features: torch.Tensor | None = None, item_features: torch.Tensor | None = None) -> None:
+                 user_features: torch.Tensor | None = None,
+                 item_features: torch.Tensor | None = None, n_context: int = 0) -> None:
         mlp_layers = list(mlp_layers)
         if not mlp_layers or min(mlp_layers) < 1:
             raise ValueError(f"mlp_layers needs at least one positive width, got {mlp_layers}")
-        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features)
+        super().__init__(n_users, n_items, embedding_dim, use_features, init_std, user_features, item_features,
+                         n_context)
         dim = self.n_fields * embedding_dim
         self.deep = mlp_tower([dim, *mlp_layers], dropout)
         self.deep_out = nn.Linear(mlp_layers[-1], 1)

@@ -77,7 +77,7 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
             model.check_reasons(body.n_reasons)
         if body.history is None:
             items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
-                                                      body.deny_items)
+                                                      body.deny_items, body.time)
         else:
             items, scores, fallback, unknown = model.recommend_history(body.history, body.k, body.exclude_seen,
                                                                        body.allow_items, body.deny_items)

@@ -132,8 +132,8 @@ class ServedModel:
         self._explainer_lock = threading.Lock()
         self.similar_source = "item_vectors" if self._raw_item_vectors() is not None else "score_columns"
         self.ann = bundle.retrieval_index(ann_min_items)
-        self._score_cache = None
-        if self.ann is None and 0 < 4 * self.n_users * self.n_items <= score_cache_bytes:
+        self._score_cache = None   # none for a model that reads context: a request's scores follow its time
+        if self.ann is None and not bundle.reads_context and 0 < 4 * self.n_users * self.n_items <= score_cache_bytes:
             self._score_cache = self._all_scores()
         self.loaded_at = time.time()
         self.added_items = 0  # items added while serving (POST /admin/items), not in the loaded bundle
@@ -169,11 +169,13 @@ class ServedModel:
     # requests --------------------------------------------------------------------------------------------------
     @torch.inference_mode()
     def recommend(self, user: Any, k: int = 10, exclude_seen: bool = True, allow_items: Sequence[Any] | None = None,
-                  deny_items: Sequence[Any] | None = None) -> tuple[list[Any], list[float], bool]:
+                  deny_items: Sequence[Any] | None = None, at: float | None = None
+                  ) -> tuple[list[Any], list[float], bool]:
         """Top-``k`` ``(items, scores, fallback)`` for one raw user id; an unknown user gets the most popular
         items with ``fallback`` true, scored by their number of training interactions: a count, not on the scale
         of the model's scores (the batch job and the MLflow model answer the same). Fewer than ``k`` items come
-        back when filtering leaves fewer candidates."""
+        back when filtering leaves fewer candidates. A model that reads context scores the request at ``at`` (Unix
+        seconds; default: now)."""
         self.check_k(k)
         allow = self.item_columns(allow_items, "allow_items") if allow_items is not None else None
         deny = self.item_columns(deny_items, "deny_items") if deny_items else None
@@ -186,7 +188,7 @@ class ServedModel:
             if self._score_cache is not None:
                 scores = self._score_cache[row].copy()
             else:
-                scores = self.model.score_all(self._rows[row:row + 1])[0]
+                scores = self.model.score_all(self._rows[row:row + 1], **self.bundle.query_context(1, at))[0]
                 scores = (scores if scores.dtype == torch.float32 else scores.float()).numpy().copy()
             if exclude_seen:
                 scores[self._seen_indices[self._seen_indptr[row]:self._seen_indptr[row + 1]]] = -np.inf

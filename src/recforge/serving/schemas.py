@@ -47,6 +47,9 @@ class RecommendRequest(BaseModel):
                                                                  "--max-list-items ids, 400 otherwise)")
     deny_items: Optional[list[RawId]] = Field(None, description="never recommend these item ids (at most "
                                                                 "--max-list-items ids, 400 otherwise)")
+    time: Optional[Int64] = Field(None, description="when the user asks, in Unix seconds (default: now): a model that "
+                                  "reads the interaction's context (data.context_columns) scores the request in the "
+                                  "hour and weekday of this time; other models ignore it")
     explain: StrictBool = Field(False, description="also say why each item was recommended (slower: off by default)")
     n_reasons: Int64 = Field(5, description="with explain: the most reasons per item, 1..100 (400 otherwise)")
 

@@ -1,6 +1,7 @@
 """A self-contained model bundle: weights, how to rebuild the model, id maps, seen items, popularity, the
 re-ranker the run was tested with (``rerank.pt``, when it had one) and the fitted encoders of its declared features
-(``features.json``, when it has them: a new item's raw features are encoded by them).
+(``features.json``, when it has them: a new item's raw features are encoded by them) and its context declaration
+(``context.json``, when the model reads the interaction's context: a request's time is encoded by it).
 
 Everything needed to answer "top-K items for raw user id u" without the training data or the config.
 Loading uses ``torch.load(weights_only=True)``, so no pickled code runs, and the model class ``spec.pt`` names must be
@@ -15,6 +16,7 @@ import io
 import logging
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from recforge.data.context import ContextColumn, context_at, context_json, read_context
 from recforge.data.declared import FeatureEncoder, encoders_json, read_encoders
 from recforge.errors import RecForgeError
 from recforge.metrics.ranking import mask_scores_, topk_items
@@ -34,16 +37,19 @@ from recforge.utils.trust import import_trusted
 
 RERANK_FILE = "rerank.pt"
 FEATURES_FILE = "features.json"
+CONTEXT_FILE = "context.json"
 ANN_MIN_ITEMS = 100_000  # below this many items a bundle's ANN index is not used: exact ranking costs < ~1 ms
 
 
 def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: dict[str, Any],
                 user_ids: np.ndarray, item_ids: np.ndarray, seen: sp.csr_matrix, meta: dict[str, Any],
-                reranker: Any = None, encoders: dict[str, FeatureEncoder] | None = None) -> Path:
+                reranker: Any = None, encoders: dict[str, FeatureEncoder] | None = None,
+                context: list[ContextColumn] | None = None) -> Path:
     """Write the bundle's files into ``directory``. Tensors are serialised in memory first: torch reports a failed
     file write (a full disk) without its cause, a failed in-memory one cannot happen that way. A ``reranker``
     (:class:`recforge.rerank.Reranker`) is stored as its class and constructor arguments; ``encoders`` (the data's
-    fitted :class:`FeatureEncoder` per side, ``RecDataModule.feature_encoders``) as ``features.json``."""
+    fitted :class:`FeatureEncoder` per side, ``RecDataModule.feature_encoders``) as ``features.json``; ``context`` (the
+    declared context features, ``RecDataModule.context_columns``) as ``context.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     files = [("spec.pt", {"target": target, "kwargs": kwargs}),
              ("model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})]
@@ -61,6 +67,8 @@ def save_bundle(directory: Path, model: torch.nn.Module, target: str, kwargs: di
     (directory / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
     if encoders:
         (directory / FEATURES_FILE).write_text(encoders_json(encoders), encoding="utf-8")
+    if context:
+        (directory / CONTEXT_FILE).write_text(context_json(context), encoding="utf-8")
     return directory
 
 
@@ -75,6 +83,7 @@ class Bundle:
     reranker: Any = None  # the run's re-ranker (recforge.rerank), applied to every known user's list
     ann: Any = None  # the ANN index of the model's item vectors (recforge.retrieval.ann.AnnIndex), when it has one
     encoders: dict[str, FeatureEncoder] = field(default_factory=dict)  # fitted encoders of declared user/item features
+    context: list[ContextColumn] = field(default_factory=list)  # the declared context features (data.context_columns)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> "Bundle":
@@ -91,8 +100,9 @@ class Bundle:
             raise RecForgeError(f"{directory}: seen.npz is {seen.shape[0]} x {seen.shape[1]} but the bundle has "
                                 f"{len(users)} users and {len(items)} items; the folder mixes files of two runs")
         encoders = read_encoders(directory / FEATURES_FILE) if (directory / FEATURES_FILE).is_file() else {}
+        context = read_context(directory / CONTEXT_FILE) if (directory / CONTEXT_FILE).is_file() else []
         return cls(model, users, items, seen, popularity, meta, load_reranker(directory / RERANK_FILE),
-                   load_ann(directory, len(items)), encoders)
+                   load_ann(directory, len(items)), encoders, context)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, data_dir: str | None = None, device: str = "cpu") -> "Bundle":
@@ -111,7 +121,8 @@ class Bundle:
         return cls(exp.model.to(device).eval(), dm.id_maps.users, dm.id_maps.items, seen,
                    np.asarray(seen.astype(bool).sum(axis=0)).ravel(),
                    {"dataset": dm.raw.name, "fingerprint": dm.fingerprint, "feedback": exp.feedback,
-                    "checkpoint": str(path)}, exp.module.reranker, encoders=dm.feature_encoders())
+                    "checkpoint": str(path)}, exp.module.reranker, encoders=dm.feature_encoders(),
+                   context=dm.context_columns)
 
     def with_items(self, item_ids: np.ndarray, features: np.ndarray) -> "Bundle":
         """A copy with ``item_ids`` appended, which the model scores from their encoded ``features`` alone
@@ -134,6 +145,19 @@ class Bundle:
                                    popularity=np.concatenate([self.popularity, np.zeros(len(item_ids),
                                                                                         self.popularity.dtype)]),
                                    ann=ann)
+
+    @property
+    def reads_context(self) -> bool:
+        """The model scores a query in its context (the hour and weekday of the request's time)."""
+        return bool(self.context) and getattr(self.model, "reads_context", False)
+
+    def query_context(self, n: int, at: float | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+        """``{"context": (n, d)}``: the keyword of ``score_all`` for ``n`` queries made at ``at`` (Unix seconds;
+        default: now), or ``{}`` for a model that does not read context."""
+        if not self.reads_context:
+            return {}
+        times = np.full(n, int(time.time() if at is None else at), np.int64)
+        return {"context": torch.from_numpy(context_at(self.context, times)).to(device)}
 
     @cached_property
     def _user_lookup(self) -> pd.Index:  # built once: a batch job looks up every chunk of users in it
@@ -181,7 +205,7 @@ class Bundle:
             items[known], scores[known] = self._recommend_ann(ann, index[known], k, exclude_seen, device)
         elif known.any():
             rows = torch.as_tensor(index[known], device=device)
-            s = self.model.score_all(rows).float()
+            s = self.model.score_all(rows, **self.query_context(len(rows), device=device)).float()   # now
             if exclude_seen:
                 sub = self.seen[index[known]].tocoo()
                 mask_scores_(s, torch.as_tensor(sub.row, device=device, dtype=torch.long),

@@ -136,8 +136,11 @@ class RecommenderModule(pl.LightningModule):
     def compute_loss(self, batch) -> torch.Tensor:
         """The training loss of one batch (negatives sampled on the device). The data module's ``train_view``
         decides what the batch holds: ``(users, items, ratings)`` interactions, or ids of users or items whose
-        whole rows (autoencoders) or sequences (sequential models) the model reads itself."""
-        users, items, ratings = batch
+        whole rows (autoencoders) or sequences (sequential models) the model reads itself. Interactions with a
+        context (``data.context_columns``) carry it fourth: a model that reads it scores the positive and the
+        negatives sampled for it in the positive's context."""
+        users, items, ratings, *context = batch
+        model = self._with_context(context[0] if context else None)
         if self.view == "sequences":
             return self.sequence_loss(torch.unique(users))
         if self.view in ("users", "items"):  # whole rows of the batch's users or items (autoencoders)
@@ -146,14 +149,18 @@ class RecommenderModule(pl.LightningModule):
             output, kl = self.model.reconstruct(rows, ids)
             return self.loss(output, rows, kl)
         if self.feedback == "explicit":
-            return self._regularized(self.loss(self.model(users, items), ratings), users, items)
+            return self._regularized(self.loss(model(users, items), ratings), users, items)
         if self.loss.full:  # softmax over the whole catalogue
-            return self.loss(self.model.score_all(users), items)
+            return self.loss(model.score_all(users), items)
         negatives = self.sampler(users, self.loss.num_negatives, positives=items,
-                                 scorer=self.model if self.sampler.needs_scores else None)
+                                 scorer=model if self.sampler.needs_scores else None)
         candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
-        scores = self.sampler.adjust(users, candidates, self.model(users, candidates), self.loss.logq_correction)
+        scores = self.sampler.adjust(users, candidates, model(users, candidates), self.loss.logq_correction)
         return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
+
+    def _with_context(self, context: torch.Tensor | None) -> ContextScorer | Recommender:
+        """The model, scoring in ``context`` (the rows of the batch's users) when it reads context."""
+        return ContextScorer(self.model, context) if context is not None and self.model.reads_context else self.model
 
     def _regularized(self, loss: torch.Tensor, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         penalty = self.model.regularization(users, items)
@@ -230,8 +237,8 @@ class RecommenderModule(pl.LightningModule):
     def evaluate_batch(self, batch, stage: str = "val") -> dict[str, torch.Tensor]:
         """Per-user (ranking) or per-interaction (rating) results of one evaluation batch of ``stage``."""
         if self.feedback == "explicit":
-            users, items, ratings = batch
-            predictions = self.model(users, items)
+            users, items, ratings, *context = batch
+            predictions = self._with_context(context[0] if context else None)(users, items)
             errors = rating_batch_errors(predictions, ratings, self.clip, self.rating_inverse)
             out = {"users": users, "errors": errors}
             if self.rating_threshold is not None:  # point-wise: the rated pairs, labelled on the original scale
@@ -242,7 +249,12 @@ class RecommenderModule(pl.LightningModule):
         evaluator = self.test_evaluator if stage == "test" else self.evaluator
         if self.item_popularity is not None and evaluator.item_popularity is not self.item_popularity:
             evaluator.item_popularity = self.item_popularity  # follow the buffer to the module's device
-        return evaluator.evaluate(self.model.score_all, batch)
+        model = self._with_context(batch.get("context"))
+        if "pair_context" in batch and self.model.reads_context:  # each pair scored in its own context
+            pairs = batch["pair_rows"].to(self.device)
+            batch = {**batch, "pair_scores": ContextScorer(self.model, batch["pair_context"])(
+                batch["users"].to(self.device)[pairs], batch["pair_cols"].to(self.device))}
+        return evaluator.evaluate(model.score_all, batch)
 
     def _use_histories(self, stage: str) -> None:
         """Sequential models take each stage's input sequences (validation: training; test: + validation)."""
@@ -342,3 +354,17 @@ class RecommenderModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._aggregate("test")
+
+
+class ContextScorer:
+    """``model`` with ``context`` bound: ``(users, items)`` and ``score_all(users)`` as every model takes them, the
+    users' ``(B, n_context)`` context rows passed on (what the samplers' scorers and the evaluator call)."""
+
+    def __init__(self, model: Recommender, context: torch.Tensor) -> None:
+        self.model, self.context = model, context
+
+    def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.model(users, items, context=self.context.to(users.device))
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.model.score_all(users, context=self.context.to(users.device))

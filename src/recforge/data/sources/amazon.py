@@ -45,8 +45,8 @@ class Amazon2018(FileSource):
 
     def __init__(self, category: str = "All_Beauty", data_dir: str | None = None, cache_dir: str = "data_cache",
                  url: str = AMAZON_URL, verify: bool = True, user_columns: Mapping | None = None,
-                 item_columns: Mapping | None = None) -> None:
-        super().__init__(data_dir, cache_dir, verify)
+                 item_columns: Mapping | None = None, context_columns: Mapping | None = None) -> None:
+        super().__init__(data_dir, cache_dir, verify, context_columns)
         self.category, self.url = category, url
         self.name = f"amazon-2018-{category}"
         self._path: Path | None = None

@@ -11,10 +11,11 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, Mapping, Protocol
 
 import pandas as pd
 
+from recforge.data.context import DeclaresContext
 from recforge.data.digests import file_digest
 from recforge.errors import RecForgeError
 
@@ -56,18 +57,21 @@ class Source(Protocol):
     def load(self) -> RawData: ...
 
 
-class FileSource:
+class FileSource(DeclaresContext):
     """Shared behaviour of sources backed by raw files: locating, downloading, verifying, digests.
 
     Subclasses set ``name``, implement :meth:`raw_files` (the files whose content determines the data, after
-    locating or downloading them) and :meth:`load`.
+    locating or downloading them) and :meth:`load`. ``context_columns`` (``data.context_columns``) declares
+    context features of the interactions (:mod:`recforge.data.context`).
     """
 
     name = "files"
     # relative file name -> SHA-256 (or ("git-blob", sha1)) of files whose published content is known
     known_checksums: dict[str, str | tuple[str, str]] = {}
 
-    def __init__(self, data_dir: str | None = None, cache_dir: str = "data_cache", verify: bool = True) -> None:
+    def __init__(self, data_dir: str | None = None, cache_dir: str = "data_cache", verify: bool = True,
+                 context_columns: Mapping | None = None) -> None:
+        self.declare_context(context_columns)
         self.data_dir = Path(data_dir).expanduser() if data_dir else None
         self.cache_dir = Path(cache_dir).expanduser()
         self.verify = verify

@@ -9,6 +9,7 @@ The play count (``weight``) is the interaction's rating: a strength of implicit 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -29,8 +30,8 @@ class LastFMHetRec(FileSource):
     known_checksums = LASTFM_SHA256
 
     def __init__(self, data_dir: str | None = None, cache_dir: str = "data_cache", url: str = LASTFM_URL,
-                 verify: bool = True, features: bool = True) -> None:
-        super().__init__(data_dir, cache_dir, verify)
+                 verify: bool = True, features: bool = True, context_columns: Mapping | None = None) -> None:
+        super().__init__(data_dir, cache_dir, verify, context_columns)
         self.url, self.features = url, features
         self._folder: Path | None = None
 

@@ -10,6 +10,7 @@ files have no validation part: the predefined split carves one from train (``spl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,8 @@ class LightGCNData(FileSource):
     """One of the LightGCN benchmark datasets (``dataset``); implicit feedback, no timestamps."""
 
     def __init__(self, dataset: str = "gowalla", data_dir: str | None = None, cache_dir: str = "data_cache",
-                 url: str = LIGHTGCN_URL, verify: bool = True) -> None:
-        super().__init__(data_dir, cache_dir, verify)
+                 url: str = LIGHTGCN_URL, verify: bool = True, context_columns: Mapping | None = None) -> None:
+        super().__init__(data_dir, cache_dir, verify, context_columns)
         if dataset not in DATASETS:
             raise RecForgeError(f"data.dataset={dataset!r} is not a LightGCN dataset; pick one of {DATASETS}")
         self.dataset, self.name, self.url = dataset, dataset, url

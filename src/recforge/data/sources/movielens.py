@@ -103,8 +103,9 @@ class MovieLens(FileSource):
 
     def __init__(self, variant: str = "ml-100k", data_dir: str | None = None, cache_dir: str = "data_cache",
                  url: str | None = None, verify: bool = True, features: bool = True,
-                 user_columns: Mapping | None = None, item_columns: Mapping | None = None) -> None:
-        super().__init__(data_dir, cache_dir, verify)
+                 user_columns: Mapping | None = None, item_columns: Mapping | None = None,
+                 context_columns: Mapping | None = None) -> None:
+        super().__init__(data_dir, cache_dir, verify, context_columns)
         if variant not in RELEASES:
             raise RecForgeError(f"data.variant={variant!r} is not a MovieLens release; pick one of {sorted(RELEASES)}")
         self.variant = variant
@@ -273,5 +274,6 @@ class MovieLens100K(MovieLens):
 
     def __init__(self, data_dir: str | None = None, cache_dir: str = "data_cache", url: str = ML100K_URL,
                  verify: bool = True, features: bool = True, user_columns: Mapping | None = None,
-                 item_columns: Mapping | None = None) -> None:
-        super().__init__("ml-100k", data_dir, cache_dir, url, verify, features, user_columns, item_columns)
+                 item_columns: Mapping | None = None, context_columns: Mapping | None = None) -> None:
+        super().__init__("ml-100k", data_dir, cache_dir, url, verify, features, user_columns, item_columns,
+                         context_columns)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import pandas as pd
 
+from recforge.data.context import DeclaresContext
 from recforge.data.sources.base import RawData
 from recforge.errors import RecForgeError
 
 
-class SyntheticSource:
+class SyntheticSource(DeclaresContext):
     """Interactions drawn from latent user/item factors with a popularity skew.
 
     Each user ``u`` and item ``i`` get Gaussian factors ``p_u, q_i`` (``n_factors`` dims) and each item a
@@ -33,7 +36,9 @@ class SyntheticSource:
         temperature: float = 0.5,
         rating_noise: float = 0.5,
         seed: int = 0,
+        context_columns: Mapping | None = None,
     ) -> None:
+        self.declare_context(context_columns)
         if n_users < 2 or n_items < 2:
             raise RecForgeError("data.n_users and data.n_items must be at least 2")
         if not 0 < min_interactions <= mean_interactions < n_items:

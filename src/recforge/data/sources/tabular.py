@@ -46,8 +46,9 @@ class TabularSource(FileSource):
         item_columns: Mapping | None = None,
         verify: bool = True,
         cache_dir: str = "data_cache",
+        context_columns: Mapping | None = None,
     ) -> None:
-        super().__init__(None, cache_dir, verify)
+        super().__init__(None, cache_dir, verify, context_columns)
         columns = dict(columns)
         for key in ("user", "item"):
             if not columns.get(key):
