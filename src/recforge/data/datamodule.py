@@ -261,7 +261,7 @@ class RecDataModule(pl.LightningDataModule):
             # the cold-item protocol ranks each stage's held-out items only (split.rank_among=held_out)
             for stage, part in (("val", val), ("test", test)):
                 mask = torch.zeros(self.n_items, dtype=torch.bool)
-                mask[torch.as_tensor(part["item"].to_numpy(np.int64))] = True
+                mask[torch.from_numpy(part["item"].to_numpy(np.int64, copy=True))] = True
                 self.candidates[stage] = mask
                 for batch in self._eval_batches[stage]:
                     batch["candidate_items"] = mask
