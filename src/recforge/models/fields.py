@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from recforge.models.base import Recommender
-from recforge.models.fm import FeatureSide, SideTerms, context_side
+from recforge.models.fm import FeatureSide, FeatureSides, SideTerms, context_side
 
 
 def field_embeddings(user: SideTerms, item: SideTerms) -> torch.Tensor:
@@ -17,7 +17,7 @@ def field_embeddings(user: SideTerms, item: SideTerms) -> torch.Tensor:
     return torch.stack([f.expand(*shape, -1) for f in user.fields + item.fields], dim=-2)
 
 
-class FieldRecommender(Recommender):
+class FieldRecommender(FeatureSides, Recommender):
     """A network over the fields user id, item id and, when the data has them, user features, item features and the
     interaction's context (each feature field the value-weighted sum of its features' embeddings; the context,
     ``n_context`` columns, on the user's side: :class:`~recforge.models.fm.ContextSide`), so that an id without
@@ -74,15 +74,3 @@ class FieldRecommender(Recommender):
         contexts = context.split(step) if context is not None else [None] * len(users.split(step))
         return torch.cat([self.logits(self.user_terms(chunk, rows).per_item(), item, chunk.unsqueeze(-1),
                                       items.unsqueeze(0)) for chunk, rows in zip(users.split(step), contexts)])
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.item_side(self.item_side.all_ids(self.item_side.embedding.weight.device)).vector
-
-    def scores_unseen(self, side: str) -> bool:
-        """Unseen users (items) score through their features' embeddings when the model reads user (item)
-        features; their own id embeddings keep their small initial values."""
-        return (self.item_side if side == "items" else self.user_side).has_features
-
-    def add_items(self, item_features: torch.Tensor) -> None:
-        self.item_side.append(item_features)
-        self.n_items = self.item_side.n

@@ -151,7 +151,27 @@ def context_side(n_context: int, embedding_dim: int, use_features: bool, init_st
     return ContextSide(n_context, embedding_dim, init_std) if use_features and n_context else None
 
 
-class FactorizationMachine(Recommender):
+class FeatureSides:
+    """What a model over a ``user_side`` and an ``item_side`` (:class:`FeatureSide`) answers alike: its item
+    vectors, whether it scores unseen ids, and new items appended from their features (FM and the field models)."""
+
+    user_side: FeatureSide
+    item_side: FeatureSide
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_side(self.item_side.all_ids(self.item_side.embedding.weight.device)).vector
+
+    def scores_unseen(self, side: str) -> bool:
+        """Unseen users (items) score through their features' embeddings when the model reads user (item)
+        features; their own id embeddings keep their small initial values."""
+        return (self.item_side if side == "items" else self.user_side).has_features
+
+    def add_items(self, item_features: torch.Tensor) -> None:
+        self.item_side.append(item_features)
+        self.n_items = self.item_side.n
+
+
+class FactorizationMachine(FeatureSides, Recommender):
     """A second-order FM (Rendle 2010) whose input vector is ``[one-hot user, one-hot item, user features,
     item features]``::
 
@@ -203,15 +223,3 @@ class FactorizationMachine(Recommender):
         item = self.item_side(self.item_side.all_ids(users.device))
         return (inner_products(user.vector, item.vector) + (self.global_bias + user.linear + user.within).unsqueeze(1)
                 + (item.linear + item.within))
-
-    def item_vectors(self) -> torch.Tensor:
-        return self.item_side(self.item_side.all_ids(self.global_bias.device)).vector
-
-    def add_items(self, item_features: torch.Tensor) -> None:
-        self.item_side.append(item_features)
-        self.n_items = self.item_side.n
-
-    def scores_unseen(self, side: str) -> bool:
-        """Unseen users (items) score through their features' embeddings when the model reads user (item)
-        features; their own id embeddings keep their small initial values."""
-        return (self.item_side if side == "items" else self.user_side).has_features
