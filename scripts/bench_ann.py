@@ -5,6 +5,7 @@ index parameters: IVF ``nprobe`` and HNSW ``ef_search`` (and exact flat search a
     python scripts/bench_ann.py --items 1000000 --queries 2000 --nlist 4096 --m 32 [--json out.json]
     python scripts/bench_ann.py --kinds hnsw hnsw-l2              # HNSW without and with the inner-product-to-L2
                                                                   # reduction (ip_to_l2)
+    python scripts/bench_ann.py --kinds ivf ivfpq --refine 4      # IVF against IVF with fast-scan PQ codes
 
 The catalogue imitates trained embeddings rather than isotropic noise (on which no index does well): item vectors
 are drawn around ``--clusters`` centres, with norms that vary like popularity, and each query is a mix of a few
@@ -89,7 +90,9 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[100, 128, 256, 512])
-    parser.add_argument("--kinds", nargs="+", choices=["ivf", "hnsw", "hnsw-l2"], default=["ivf", "hnsw"],
+    parser.add_argument("--pq-m", type=int, default=0, help="ivfpq: sub-vectors per item (0: one per dimension)")
+    parser.add_argument("--refine", type=int, default=4, help="ivfpq: candidates re-ranked exactly per neighbour")
+    parser.add_argument("--kinds", nargs="+", choices=["ivf", "hnsw", "hnsw-l2", "ivfpq"], default=["ivf", "hnsw"],
                         help="index kinds to sweep (exact flat search is always the reference); hnsw-l2: HNSW after "
                              "the inner-product-to-L2 reduction (ip_to_l2=true)")
     parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (the service uses 1)")
@@ -106,13 +109,14 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f} at start")
     rows = []
     for kind, setting, values in (("flat", None, [None]), ("ivf", "nprobe", args.nprobe),
-                                  ("hnsw", "ef_search", args.ef_search), ("hnsw-l2", "ef_search", args.ef_search)):
+                                  ("hnsw", "ef_search", args.ef_search), ("hnsw-l2", "ef_search", args.ef_search),
+                                  ("ivfpq", "nprobe", args.nprobe)):
         if kind != "flat" and kind not in args.kinds:
             continue
         started = time.perf_counter()
         index = AnnIndex(kind=kind.removesuffix("-l2"), nlist=args.nlist, m=args.m,
-                         ef_construction=args.ef_construction, seed=args.seed,
-                         ip_to_l2=kind.endswith("-l2")).build(items)
+                         ef_construction=args.ef_construction, seed=args.seed, pq_m=args.pq_m,
+                         refine=args.refine, ip_to_l2=kind.endswith("-l2")).build(items)
         build_s = time.perf_counter() - started
         size_mb = index.memory_bytes() / 2 ** 20
         for value in values:

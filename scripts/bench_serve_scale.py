@@ -14,8 +14,9 @@ server's memory.
    index, seen items dropped) against the exact top-``--k`` over all unseen items (the scores of every item,
    masked): the share of the exact top-k the index's top-k holds, averaged over the users.
 4. **Load**: ``recforge-serve --bundle`` in its own process (its defaults: one process, one torch thread, the index
-   used from 100,000 items), then ``scripts/load_test.py`` (``k=--k``, 10% unknown users) at each concurrency;
-   the server's resident memory after loading and its peak (``VmHWM``) at the end.
+   used from 100,000 items), then ``scripts/load_test.py`` (``k=--k``, 10% unknown users) at each concurrency,
+   closed loop, or open loop at each ``--rate``; the server's resident memory after loading and its peak
+   (``VmHWM``) at the end.
 
 Latency depends on the machine and on whatever else runs on it (the load client shares the cores): the CPU model
 and the load average are printed with the numbers.
@@ -98,15 +99,19 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seen", type=int, default=10, help="seen items per user (excluded from answers)")
-    parser.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="ivf")
+    parser.add_argument("--kind", choices=["flat", "ivf", "hnsw", "ivfpq"], default="ivf")
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=200)
     parser.add_argument("--ef-search", type=int, default=128)
+    parser.add_argument("--pq-m", type=int, default=0, help="ivfpq: sub-vectors per item (0: one per dimension)")
+    parser.add_argument("--refine", type=int, default=4, help="ivfpq: candidates re-ranked exactly per neighbour")
     parser.add_argument("--k", type=int, default=100, help="the requests' k and the recall's k")
     parser.add_argument("--recall-users", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50])
+    parser.add_argument("--rate", type=float, nargs="+",
+                        help="open loop at these offered rates (req/s) per concurrency level (load_test.py --rate)")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/recforge_serve_scale"))
@@ -127,13 +132,14 @@ def main() -> None:
     from recforge.serving.index import build_for_bundle
 
     wanted = AnnIndex(kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, m=args.m,
-                      ef_construction=args.ef_construction, ef_search=args.ef_search, seed=args.seed)
+                      ef_construction=args.ef_construction, ef_search=args.ef_search, seed=args.seed,
+                      pq_m=args.pq_m, refine=args.refine)
     started = time.perf_counter()
     index = AnnIndex.load(directory)
-    build = {"nprobe", "ef_search"}  # search parameters: changing them needs no new index
+    build = {"nprobe", "ef_search", "refine"}  # search parameters: changing them needs no new index
     if index is not None and {k: v for k, v in index.arguments().items() if k not in build} == \
             {k: v for k, v in wanted.arguments().items() if k not in build}:
-        index.set_search(nprobe=args.nprobe, ef_search=args.ef_search)
+        index.set_search(nprobe=args.nprobe, ef_search=args.ef_search, refine=args.refine)
         index.save(directory)
         build_s = None
     else:
@@ -169,7 +175,8 @@ def main() -> None:
         load = subprocess.run([sys.executable, str(HERE / "load_test.py"), "--url", f"http://127.0.0.1:{port}",
                                "--bundle", str(directory), "--concurrency", *map(str, args.concurrency),
                                "--seconds", str(args.seconds), "--requests", str(args.requests), "--warmup", "500",
-                               "-k", str(args.k), "--json"], capture_output=True, text=True, check=True)
+                               "-k", str(args.k), "--json", *(["--rate", *map(str, args.rate)] if args.rate else [])],
+                              capture_output=True, text=True, check=True)
         result["levels"] = [json.loads(line) for line in load.stdout.splitlines() if line.startswith("{")]
         result["server"].update(memory_mb(server.pid))
     finally:

@@ -1,8 +1,15 @@
-"""Load test for ``recforge-serve``: closed-loop clients on raw HTTP/1.1 keep-alive connections (asyncio,
-standard library only), one concurrency level after another.
+"""Load test for ``recforge-serve``: clients on raw HTTP/1.1 keep-alive connections (asyncio, standard library
+only), one level after another; closed loop by default, open loop with ``--rate``.
 
     python scripts/load_test.py --url http://127.0.0.1:8000 --bundle logs/runs/<time>/model \
         --concurrency 1 10 50 --requests 20000 --seconds 20 [--json]
+    python scripts/load_test.py --url ... --bundle ... --concurrency 50 --rate 100 200 400   # open loop
+
+Closed loop (the default) measures capacity: each connection sends its next request as soon as the last is answered,
+so the service is always saturated and latency is about concurrency / throughput. Open loop (``--rate``) measures the
+latency users see at a given load: requests arrive as a Poisson process of that many a second and take the next free
+one of the ``--concurrency`` connections, and a request's latency runs from its arrival (time spent waiting for a
+connection counts, so a saturated service shows as growing latency, not as a lower request rate).
 
 Each level runs until ``--requests`` requests are done or ``--seconds`` have passed (whichever comes first)
 and reports throughput (req/s), p50/p99/max latency (ms, from sending a request to reading its whole
@@ -92,7 +99,11 @@ class Client:
 
 
 async def run_level(host: str, port: int, path: str, concurrency: int, max_requests: int, seconds: float,
-                    users: list, unknown_share: float, k: int, timeout: float, seed: int) -> dict:
+                    users: list, unknown_share: float, k: int, timeout: float, seed: int,
+                    rate: float | None = None) -> dict:
+    """One level: ``concurrency`` connections, closed loop (each sends its next request when its last one is
+    answered) or, with ``rate``, open loop (requests arrive as a Poisson process of ``rate`` a second and take the
+    next free connection; a request's latency runs from its arrival, so time spent waiting for a connection counts)."""
     rng = random.Random(seed)
     latencies: list[float] = []
     errors = 0
@@ -109,34 +120,61 @@ async def run_level(host: str, port: int, path: str, concurrency: int, max_reque
     # requests are prepared up front, so the client spends its CPU on the connection, not on JSON
     bodies = [body_for() for _ in range(min(max_requests, 8192))]
 
-    def next_body() -> bytes:
-        return bodies[issued % len(bodies)]
+    async def send(client: Client, body: bytes, since: float) -> None:
+        nonlocal errors
+        try:
+            status = await client.post(path, body)
+            ok = 200 <= status < 300
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError):
+            ok = False
+            await client.close()
+        latencies.append(time.perf_counter() - since)
+        if not ok:
+            errors += 1
 
-    async def worker() -> None:
-        nonlocal issued, errors
+    async def closed_worker() -> None:
+        nonlocal issued
         client = Client(host, port, timeout)
         try:
             while issued < max_requests and time.perf_counter() < deadline:
                 issued += 1
-                body = next_body()
-                started = time.perf_counter()
-                try:
-                    status = await client.post(path, body)
-                    ok = 200 <= status < 300
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError):
-                    ok = False
-                    await client.close()
-                latencies.append(time.perf_counter() - started)
-                if not ok:
-                    errors += 1
+                await send(client, bodies[issued % len(bodies)], time.perf_counter())
+        finally:
+            await client.close()
+
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def arrivals() -> None:
+        nonlocal issued
+        due = time.perf_counter()
+        while issued < max_requests and due < deadline:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            issued += 1
+            queue.put_nowait((due, bodies[issued % len(bodies)]))
+            due += rng.expovariate(rate)
+        for _ in range(concurrency):
+            queue.put_nowait(None)
+
+    async def open_worker() -> None:
+        client = Client(host, port, timeout)
+        try:
+            while (request := await queue.get()) is not None:
+                due, body = request
+                await send(client, body, due)
         finally:
             await client.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if rate:
+        await asyncio.gather(arrivals(), *(open_worker() for _ in range(concurrency)))
+    else:
+        await asyncio.gather(*(closed_worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
+    return {"concurrency": concurrency, "offered_rps": rate, "requests": len(latencies), "errors": errors,
+            "seconds": round(elapsed, 3),
             "throughput_rps": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
             "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3),
             "max_ms": round(float(ms.max()), 3), "mean_ms": round(float(ms.mean()), 3)}
@@ -147,17 +185,19 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     users = load_users(args.bundle, args.users)
     results = []
-    for i, level in enumerate(args.concurrency):
+    levels = [(c, r) for c in args.concurrency for r in (args.rate or [None])]
+    for i, (level, rate) in enumerate(levels):
         if args.warmup:
             await run_level(host, port, args.path, level, args.warmup, args.seconds, users, args.unknown_share,
                             args.k, args.timeout, args.seed + 1000 + i)
         result = await run_level(host, port, args.path, level, args.requests, args.seconds, users,
-                                 args.unknown_share, args.k, args.timeout, args.seed + i)
+                                 args.unknown_share, args.k, args.timeout, args.seed + i, rate)
         results.append(result)
         if args.json:
             print(json.dumps(result), flush=True)
         else:
-            print(f"concurrency {result['concurrency']:>4}: {result['requests']:>7} requests in "
+            offered = f"offered {rate:g} req/s, " if rate else ""
+            print(f"{offered}concurrency {result['concurrency']:>4}: {result['requests']:>7} requests in "
                   f"{result['seconds']:6.2f} s = {result['throughput_rps']:8.1f} req/s, "
                   f"p50 {result['p50_ms']:7.2f} ms, "
                   f"p99 {result['p99_ms']:7.2f} ms, max {result['max_ms']:7.2f} ms, errors {result['errors']}",
@@ -172,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 10, 50], help="levels (default 1 10 50)")
     parser.add_argument("--requests", type=int, default=20000, help="at most this many requests per level")
     parser.add_argument("--seconds", type=float, default=20.0, help="at most this long per level")
+    parser.add_argument("--rate", type=float, nargs="+",
+                        help="open loop: requests arrive as a Poisson process of this many a second, over the level's "
+                             "connections (each rate a level; latency counts the wait for a free connection); "
+                             "default: closed loop, each connection sends again as soon as it is answered")
     parser.add_argument("--warmup", type=int, default=0, help="unmeasured requests before each level")
     parser.add_argument("--bundle", help="model bundle directory: known users are drawn from its users.parquet")
     parser.add_argument("--users", help="comma-separated known user ids (instead of --bundle)")
@@ -183,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(c < 1 for c in args.concurrency) or args.requests < 1 or args.seconds <= 0:
         parser.error("--concurrency levels and --requests must be >= 1 and --seconds > 0")
+    if args.rate and any(r <= 0 for r in args.rate):
+        parser.error("--rate values must be > 0 (requests a second)")
     if not 0 <= args.unknown_share <= 1:
         parser.error(f"--unknown-share {args.unknown_share} must be in [0, 1]")
     results = asyncio.run(main_async(args))

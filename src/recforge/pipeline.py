@@ -335,7 +335,8 @@ def build_ann(cfg: DictConfig):
     """The ANN index (``ann``, not yet built) when ``eval.retrieval=ann``, else ``None`` (exact ranking)."""
     retrieval = cfg.eval.get("retrieval", "exact")
     if retrieval not in ("exact", "ann"):
-        raise RecForgeError(f"eval.retrieval={retrieval} is not a retrieval; use exact or ann (with ann=hnsw|ivf|flat)")
+        raise RecForgeError(f"eval.retrieval={retrieval} is not a retrieval; use exact or ann "
+                            f"(with ann=hnsw|ivf|ivfpq|flat)")
     if retrieval == "exact":
         return None
     if cfg.get("ann") is None:

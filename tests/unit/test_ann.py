@@ -101,15 +101,60 @@ def test_ivf_and_hnsw_recall_on_random_vectors_and_their_parameters_matter():
 
 
 def test_bad_index_arguments_are_one_line_errors():
-    for kwargs, message in [({"kind": "lsh"}, "ann.kind='lsh' is not an index kind; use one of flat, ivf, hnsw"),
+    for kwargs, message in [({"kind": "lsh"}, "ann.kind='lsh' is not an index kind; use one of flat, ivf, hnsw, ivfpq"),
                             ({"metric": "l2"}, "ann.metric='l2' is not a metric; use ip or cosine"),
                             ({"ef_search": 0}, "ann.ef_search=0 must be >= 1"),
                             ({"ip_to_l2": "yes"}, "ann.ip_to_l2='yes' is not a switch; use true or false"),
-                            ({"ip_to_l2": 1}, "ann.ip_to_l2=1 is not a switch; use true or false")]:
+                            ({"ip_to_l2": 1}, "ann.ip_to_l2=1 is not a switch; use true or false"),
+                            ({"kind": "ivfpq", "pq_m": -1}, "ann.pq_m=-1 must be >= 0"),
+                            ({"kind": "ivfpq", "refine": 0}, "ann.refine=0 must be >= 1")]:
         with pytest.raises(RecForgeError, match=message):
             AnnIndex(**kwargs)
     with pytest.raises(RecForgeError, match="ann.nprobe=0 must be >= 1"):
         AnnIndex(kind="ivf").set_search(nprobe=0)
+    items = np.random.default_rng(0).standard_normal((64, 12)).astype(np.float32)
+    with pytest.raises(RecForgeError, match=r"ann.pq_m=5 does not divide the vectors' 12 dimensions; use a divisor"):
+        AnnIndex(kind="ivfpq", pq_m=5).build(items)
+    with pytest.raises(RecForgeError, match=r"13 dimensions \(the model's plus one for ip_to_l2\)"):
+        AnnIndex(kind="ivfpq", pq_m=4, ip_to_l2=True).build(items)
+    with pytest.raises(RecForgeError, match="ann.kind=ivfpq needs at least 16 items .* has 10; use ann=flat"):
+        AnnIndex(kind="ivfpq").build(items[:10])
+
+
+def test_ivfpq_reranks_exactly_and_its_search_parameters_matter():
+    """Fast-scan PQ codes choose the candidates, the exact vectors rank them: the scores returned are the exact
+    inner products, every cell searched with a generous refine finds (nearly) every top item, and fewer cells or
+    fewer re-ranked candidates find fewer."""
+    items, queries = varying_norms(4000, 16, 200, seed=5)
+    exact_scores = queries @ items.T
+    exact = np.argsort(-exact_scores, axis=1, kind="stable")[:, :20]
+    index = AnnIndex(kind="ivfpq", nlist=32, nprobe=32, pq_m=8, refine=16).build(items)
+    scores, found = index.search(queries, 20)
+    assert np.allclose(scores, np.take_along_axis(exact_scores, found, axis=1), atol=1e-4)  # exact re-ranking
+    assert (np.diff(scores, axis=1) <= 1e-5).all()
+    full = recall(found, exact)
+    assert full >= 0.97
+    assert recall(index.set_search(refine=1).search(queries, 20)[1], exact) < full - 0.05  # PQ order alone
+    assert recall(index.set_search(nprobe=1, refine=16).search(queries, 20)[1], exact) < 0.9
+    assert index.index.k_factor == 16 and index.arguments()["pq_m"] == 8
+    # one sub-vector per dimension by default, and with the reduction too (17 dimensions)
+    assert AnnIndex(kind="ivfpq", nlist=8).build(items).index.base_index.d == 16
+    reduced = AnnIndex(kind="ivfpq", nlist=8, nprobe=8, refine=16, ip_to_l2=True).build(items)
+    scores, found = reduced.search(queries, 10)
+    assert np.allclose(scores, np.take_along_axis(exact_scores, found, axis=1), atol=1e-3)
+
+
+def test_ivfpq_round_trips_with_its_search_parameters_and_grows(tmp_path):
+    items, queries = varying_norms(1000, 8, 50, seed=6)
+    index = AnnIndex(kind="ivfpq", nlist=16, nprobe=4, pq_m=4, refine=8).build(items)
+    index.save(tmp_path)
+    loaded = AnnIndex.load(tmp_path)  # FAISS does not save k_factor: set again on load
+    assert loaded.arguments() == index.arguments() and loaded.index.k_factor == 8
+    assert np.array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    more, _ = varying_norms(1010, 8, 1, seed=7)
+    grown = index.extended(np.vstack([items, more[:10]]))
+    assert grown.n_items == 1010 and grown.index.ntotal == 1010 and index.index.ntotal == 1000
+    assert grown.index.k_factor == 8
 
 
 def varying_norms(n_items: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     defaults = AnnIndex().arguments()
     parser.add_argument("--kind", choices=KINDS, default=defaults["kind"])
     parser.add_argument("--metric", choices=METRICS, default=defaults["metric"])
-    for name in ("nlist", "nprobe", "m", "ef_construction", "ef_search", "seed"):
+    for name in ("nlist", "nprobe", "m", "ef_construction", "ef_search", "seed", "pq_m", "refine"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=defaults[name], dest=name)
     parser.add_argument("--ip-to-l2", action="store_true", help="index after the inner-product-to-L2 reduction")
     args = vars(parser.parse_args(argv))
