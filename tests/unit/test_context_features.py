@@ -332,3 +332,51 @@ def test_retraining_candidates_keep_the_context_declaration(tmp_path):
     plain = candidate_config(compose_train(TINY, tmp_path), tmp_path / "merged.parquet", "merged", None, (10, 20), [],
                              champion.paths, None)
     assert plain.data.context_columns is None
+
+
+def test_the_batch_job_scores_every_user_at_one_time_that_a_resumed_job_keeps(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from recforge.serving import batch
+    from recforge.tracking.bundle import Bundle
+
+    cfg = compose_train(TINY + ["model=fm", "loss=bce", "tracking=none", "eval.beyond=null", CONTEXT], tmp_path)
+    train(cfg)
+    model_dir = Path(cfg.paths.output_dir) / "model"
+    bundle = Bundle.load(model_dir)
+    monday_9, saturday_23 = 1_699_866_000, 1_700_348_400   # 2023-11-13 09:00 and 2023-11-18 23:00 UTC
+    assert batch.parse_time("2023-11-13T10:00:00+01:00") == batch.parse_time("2023-11-13T09:00:00") == monday_9
+    assert batch.parse_time(str(saturday_23)) == saturday_23
+    with pytest.raises(RecForgeError, match=r"--time 'Monday' is neither Unix seconds nor an ISO 8601 time"):
+        batch.parse_time("Monday")
+
+    def run(output: Path, *extra: str) -> pd.DataFrame:
+        batch.main(["--bundle", str(model_dir), "--output", str(output), "--k", "5", "--chunk-size", "7",
+                    "--include-seen", "--no-progress", *extra])
+        return pd.read_parquet(output)
+
+    folder = tmp_path / "recs"
+    got = run(folder, "--time", "2023-11-13T09:00:00Z")
+    assert "at 2023-11-13T09:00:00Z" in capsys.readouterr().out
+    for at, frame in ((monday_9, got), (saturday_23, run(tmp_path / "sat.parquet", "--time", str(saturday_23)))):
+        expected = bundle.recommend(bundle.user_ids, k=5, exclude_seen=False, at=at)
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), expected, check_dtype=False)
+    assert not got["item"].equals(pd.read_parquet(tmp_path / "sat.parquet")["item"])  # the time matters
+    manifest = json.loads((folder / batch.MANIFEST).read_text())
+    assert manifest["time"] == monday_9 and manifest["complete"]
+    (folder / "part-000001.parquet").unlink()   # as if killed: the rerun, without --time, continues at Monday 9:00
+    pd.testing.assert_frame_equal(run(folder), got)
+    assert json.loads((folder / batch.MANIFEST).read_text())["time"] == monday_9
+    with pytest.raises(SystemExit) as exit_:     # another time is another job
+        run(folder, "--time", str(saturday_23))
+    assert exit_.value.code == 2 and "holds recommendations of another run (time 1699866000 there, 1700348400 " \
+                                     "now)" in capsys.readouterr().err
+
+    plain = compose_train(TINY + ["model=bpr", "tracking=none", "eval.beyond=null"], tmp_path / "bpr")
+    train(plain)
+    with pytest.raises(SystemExit) as exit_:
+        batch.main(["--bundle", str(Path(plain.paths.output_dir) / "model"), "--output", str(tmp_path / "b.parquet"),
+                    "--time", str(monday_9), "--no-progress"])
+    assert exit_.value.code == 2 and "does not read context (data.context_columns), so its recommendations do " \
+                                     "not depend on the time; leave --time out" in capsys.readouterr().err

@@ -112,16 +112,16 @@ def test_a_folder_output_writes_the_same_reasons_in_parts(ease_dir, tmp_path):
     bundle = Bundle.load(ease_dir)
     users = np.asarray(["10", "12", "ghost", "13", "14"], dtype=object)
     recommend_to_parquet(bundle, users, tmp_path / "one.parquet", k=3, chunk_size=2, progress=False, explain=2)
-    rows, written, kept = recommend_to_parts(bundle, users, tmp_path / "recs", k=3, chunk_size=2, progress=False,
-                                             explain=2)
+    rows, written, kept, at = recommend_to_parts(bundle, users, tmp_path / "recs", k=3, chunk_size=2,
+                                                 progress=False, explain=2)
     folder = explanations_path(tmp_path / "recs")
-    assert folder == tmp_path / "recs.explanations" and (rows, written, kept) == (15, 3, 0)
+    assert folder == tmp_path / "recs.explanations" and (rows, written, kept, at) == (15, 3, 0, None)
     assert sorted(p.name for p in folder.iterdir()) == [f"part-00000{i}.parquet" for i in range(3)]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "recs"), pd.read_parquet(tmp_path / "one.parquet"))
     pd.testing.assert_frame_equal(pd.read_parquet(folder), pd.read_parquet(explanations_path(tmp_path / "one.parquet")))
     (tmp_path / "recs" / "part-000001.parquet").unlink()  # as if killed before that part: it is written again
     assert recommend_to_parts(bundle, users, tmp_path / "recs", k=3, chunk_size=2, progress=False,
-                              explain=2) == (15, 1, 2)
+                              explain=2) == (15, 1, 2, None)
     pd.testing.assert_frame_equal(pd.read_parquet(folder), pd.read_parquet(explanations_path(tmp_path / "one.parquet")))
 
 

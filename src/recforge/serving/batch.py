@@ -21,6 +21,11 @@ through the index, ``chunk-size x search size`` ids and scores (search size: ``k
 rounded up to a power of two). Nothing accumulates across chunks. Columns: user, item, rank (1-based), score,
 fallback (unknown users get the most popular items).
 
+A model that reads the interaction's context (``data.context_columns``: hour, weekday) scores every user as if they
+asked at one time: ``--time`` (Unix seconds, or ISO 8601 such as ``2026-12-03T18:00:00+01:00``; default: when the
+job starts). A folder's manifest records it, and a resumed run without ``--time`` continues at the recorded time, so
+the parts of one job never mix times.
+
 ``--explain`` also writes why each item was recommended (:mod:`recforge.explain`, the method that fits the model)
 beside the lists, ``<output>.explanations.parquet`` (``recs.parquet`` -> ``recs.explanations.parquet``; a folder
 ``recs/`` -> ``recs.explanations/`` with the same parts): one row per reason with user, item, rank, method,
@@ -36,7 +41,9 @@ import hashlib
 import json
 import os
 import sys
+import time
 from contextlib import nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +58,21 @@ MANIFEST_FORMAT = "recforge-recommend/1"
 SCORE_BLOCK = 1 << 22  # exact ranking scores at most this many (user, item) pairs at once
 # what a resumed run must share with the run that wrote the parts (the rest of the manifest is information)
 MANIFEST_CHECKED = ("format", "model_sha256", "retrieval", "k", "exclude_seen", "explain", "chunk_size", "n_users",
-                    "users_sha256", "n_parts")
+                    "users_sha256", "n_parts", "time")
+
+
+def parse_time(text: str) -> int:
+    """``--time``: Unix seconds, or an ISO 8601 time (with its UTC offset; without one it is UTC)."""
+    try:
+        return int(float(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise RecForgeError(f"--time {text!r} is neither Unix seconds nor an ISO 8601 time (e.g. "
+                            f"2026-12-03T18:00:00+01:00)") from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp())
 
 
 def read_users(spec: str) -> np.ndarray:
@@ -149,23 +170,28 @@ def explanation_schema(lists, explainer):
                       ("position", pa.int64())])
 
 
-def rank_chunk(bundle, users: np.ndarray, k: int, exclude_seen: bool = True, ann=None) -> pd.DataFrame:
-    """:meth:`Bundle.recommend` of ``users``: through ``ann`` when given, else exactly, scoring blocks of at most
-    :data:`SCORE_BLOCK` (user, item) pairs (a few users at a time for a catalogue of millions)."""
+def rank_chunk(bundle, users: np.ndarray, k: int, exclude_seen: bool = True, ann=None,
+               at: float | None = None) -> pd.DataFrame:
+    """:meth:`Bundle.recommend` of ``users`` (asking at ``at``): through ``ann`` when given, else exactly, scoring
+    blocks of at most :data:`SCORE_BLOCK` (user, item) pairs (a few users at a time for a catalogue of millions)."""
     if ann is not None:
-        return bundle.recommend(users, k=k, exclude_seen=exclude_seen, ann=ann)
+        return bundle.recommend(users, k=k, exclude_seen=exclude_seen, ann=ann, at=at)
     step = max(1, SCORE_BLOCK // max(len(bundle.item_ids), 1))
     if len(users) <= step:
-        return bundle.recommend(users, k=k, exclude_seen=exclude_seen)
-    return pd.concat([bundle.recommend(users[start:start + step], k=k, exclude_seen=exclude_seen)
+        return bundle.recommend(users, k=k, exclude_seen=exclude_seen, at=at)
+    return pd.concat([bundle.recommend(users[start:start + step], k=k, exclude_seen=exclude_seen, at=at)
                       for start in range(0, len(users), step)], ignore_index=True)
 
 
 def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k: int = 10, exclude_seen: bool = True,
-                         chunk_size: int = 1024, progress: bool = True, explain: int = 0, ann=None) -> int:
+                         chunk_size: int = 1024, progress: bool = True, explain: int = 0, ann=None,
+                         at: float | None = None) -> int:
     """Write ``bundle``'s top-``k`` for ``users`` to the file ``output`` atomically; returns the number of rows.
     With ``explain`` (reasons per item), also each item's reasons to :func:`explanations_path`. ``ann``: rank
-    through this index (:func:`rank_chunk`)."""
+    through this index (:func:`rank_chunk`). A model that reads context: every user asks at ``at`` (Unix seconds;
+    default: now, taken once for the whole job)."""
+    if bundle.reads_context and at is None:
+        at = int(time.time())
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -194,7 +220,7 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
 
         try:
             for start in tqdm(starts, desc="recommend", unit="chunk", disable=not progress, file=sys.stderr):
-                frame = rank_chunk(bundle, users[start:start + chunk_size], k, exclude_seen, ann)
+                frame = rank_chunk(bundle, users[start:start + chunk_size], k, exclude_seen, ann, at)
                 write(tmp, frame)
                 if explainer is not None:
                     write(tmp_explained, explanation_frame(bundle, explainer, frame, explain))
@@ -247,13 +273,18 @@ def _remove_own_files(folder: Path) -> None:
                 path.unlink()
 
 
-def _check_manifest(path: Path, want: dict) -> None:
+def _read_manifest(path: Path) -> dict:
     try:
         found = json.loads(path.read_text())
         if not isinstance(found, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise RecForgeError(f"{path}: unreadable manifest ({exc}); use a new --output or --overwrite") from None
+    return found
+
+
+def _check_manifest(path: Path, want: dict) -> None:
+    found = _read_manifest(path)
     differ = [key for key in MANIFEST_CHECKED if found.get(key) != want[key]]
     if differ:
         shown = "; ".join(f"{key} {str(found.get(key))[:24]} there, {str(want[key])[:24]} now" for key in differ[:3])
@@ -263,11 +294,13 @@ def _check_manifest(path: Path, want: dict) -> None:
 
 def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: int = 10, exclude_seen: bool = True,
                        chunk_size: int = 1024, progress: bool = True, explain: int = 0, ann=None,
-                       model: dict | None = None, overwrite: bool = False) -> tuple[int, int, int]:
+                       model: dict | None = None, overwrite: bool = False,
+                       at: float | None = None) -> tuple[int, int, int, int | None]:
     """Write ``bundle``'s top-``k`` for ``users`` into the folder ``output``, one part file per chunk of
     ``chunk_size`` users, resuming where an earlier run of the same job stopped (see the module docstring).
-    ``model``: what the manifest records of the source (model id, run id, uri). Returns ``(rows, parts written,
-    parts already there)``."""
+    ``model``: what the manifest records of the source (model id, run id, uri). A model that reads context: every
+    user asks at ``at`` (Unix seconds; default: the time a resumed job's manifest records, else now). Returns
+    ``(rows, parts written, parts already there, the time scored at or None)``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -281,15 +314,19 @@ def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: 
             raise RecForgeError(f"--output {output}: {folder} is a file; give a new folder name, or a name ending in "
                                 f".parquet for one file")
     n_parts = -(-len(users) // chunk_size)
-    manifest = {"format": MANIFEST_FORMAT, **(model or {}), "model_sha256": bundle_sha256(bundle),
-                "retrieval": "exact" if ann is None else {"ann": ann.arguments()}, "k": k, "exclude_seen": exclude_seen,
-                "explain": explain, "chunk_size": chunk_size, "n_users": len(users),
-                "users_sha256": users_sha256(users), "n_parts": n_parts, "complete": False}
     if overwrite:
         _remove_own_files(output)
         if explained is not None:
             _remove_own_files(explained)
     manifest_path = output / MANIFEST
+    if bundle.reads_context and at is None:  # a resumed job continues at its recorded time
+        recorded = _read_manifest(manifest_path).get("time") if manifest_path.exists() else None
+        at = recorded if isinstance(recorded, int) else int(time.time())
+    at = int(at) if bundle.reads_context else None
+    manifest = {"format": MANIFEST_FORMAT, **(model or {}), "model_sha256": bundle_sha256(bundle),
+                "retrieval": "exact" if ann is None else {"ann": ann.arguments()}, "k": k, "exclude_seen": exclude_seen,
+                "explain": explain, "chunk_size": chunk_size, "n_users": len(users),
+                "users_sha256": users_sha256(users), "n_parts": n_parts, "time": at, "complete": False}
     if manifest_path.exists():
         _check_manifest(manifest_path, manifest)
     elif output.is_dir() and any(not p.name.startswith(".") for p in output.iterdir()):
@@ -322,14 +359,14 @@ def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: 
         if path.exists():  # renamed into place only when complete
             rows += pq.ParquetFile(path).metadata.num_rows
             continue
-        frame = rank_chunk(bundle, users[number * chunk_size:(number + 1) * chunk_size], k, exclude_seen, ann)
+        frame = rank_chunk(bundle, users[number * chunk_size:(number + 1) * chunk_size], k, exclude_seen, ann, at)
         if explainer is not None:  # before the part: a part on disk means both are complete
             write(explained / part_name(number), explanation_frame(bundle, explainer, frame, explain), reasons)
         write(path, frame, lists)
         rows += len(frame)
         written += 1
     atomic_write_text(manifest_path, json.dumps({**manifest, "complete": True, "rows": rows}, indent=2))
-    return rows, written, n_parts - written
+    return rows, written, n_parts - written, at
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -350,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ann-min-items", type=int, default=ANN_MIN_ITEMS,
                         help="rank through the bundle's ANN index (when it has one) if the catalogue has at least this "
                              f"many items, as recforge-serve does (default {ANN_MIN_ITEMS}; 0: always)")
+    parser.add_argument("--time", help="a model that reads context (hour, weekday): score every user as if they "
+                                       "asked at this time, Unix seconds or ISO 8601 (default: when the job starts; a "
+                                       "resumed folder job: its recorded time)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -367,7 +407,11 @@ def main(argv: list[str] | None = None) -> None:
             import torch
 
             torch.set_num_threads(args.threads)
+        at = parse_time(args.time) if args.time is not None else None
         bundle, ref = load(uri, args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        if at is not None and not bundle.reads_context:
+            raise RecForgeError(f"--time: {ref.model_id} does not read context (data.context_columns), so its "
+                                f"recommendations do not depend on the time; leave --time out")
         if args.k > len(bundle.item_ids):
             raise RecForgeError(f"--k {args.k} exceeds the catalogue ({len(bundle.item_ids)} items)")
         users = match_id_type(read_users(args.users), bundle.user_ids) if args.users else bundle.user_ids
@@ -375,17 +419,21 @@ def main(argv: list[str] | None = None) -> None:
         explain = args.n_reasons if args.explain else 0
         resumed = ""
         if is_folder_output(args.output):
-            rows, written, kept = recommend_to_parts(
+            rows, written, kept, at = recommend_to_parts(
                 bundle, users, args.output, args.k, not args.include_seen, args.chunk_size, not args.no_progress,
-                explain, ann, {"model_id": ref.model_id, "run_id": ref.run_id, "uri": ref.uri}, args.overwrite)
+                explain, ann, {"model_id": ref.model_id, "run_id": ref.run_id, "uri": ref.uri}, args.overwrite, at)
             resumed = f", {kept} of {written + kept} parts already there" if kept else ""
         else:
+            if bundle.reads_context and at is None:
+                at = int(time.time())
             rows = recommend_to_parquet(bundle, users, args.output, args.k, not args.include_seen, args.chunk_size,
-                                        progress=not args.no_progress, explain=explain, ann=ann)
+                                        progress=not args.no_progress, explain=explain, ann=ann, at=at)
     except RecForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     retrieval = "exact" if ann is None else f"ann:{ann.kind}"
+    if at is not None:
+        retrieval += f", at {datetime.fromtimestamp(at, timezone.utc).isoformat().replace('+00:00', 'Z')}"
     print(f"wrote {rows} rows ({len(users)} users, k={args.k}, {retrieval}{resumed}) from {ref.model_id} to "
           f"{args.output}" + (f" and their reasons to {explanations_path(args.output)}" if args.explain else ""))
 

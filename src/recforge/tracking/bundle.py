@@ -187,8 +187,10 @@ class Bundle:
         return self.ann if self.ann is not None and len(self.item_ids) >= min_items else None
 
     @torch.no_grad()
-    def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True, ann: Any = None) -> pd.DataFrame:
-        """Top-``k`` items per raw user id: columns user, item, rank (1-based), score, fallback.
+    def recommend(self, users: np.ndarray, k: int = 10, exclude_seen: bool = True, ann: Any = None,
+                  at: float | None = None) -> pd.DataFrame:
+        """Top-``k`` items per raw user id: columns user, item, rank (1-based), score, fallback. A model that reads
+        context scores the users as if they asked at ``at`` (Unix seconds; default: now).
 
         Unknown users get the most popular items (``fallback`` is True for them). With ``ann`` (an
         :class:`~recforge.retrieval.ann.AnnIndex` of the model's item vectors, e.g. :meth:`retrieval_index`), known
@@ -205,7 +207,7 @@ class Bundle:
             items[known], scores[known] = self._recommend_ann(ann, index[known], k, exclude_seen, device)
         elif known.any():
             rows = torch.as_tensor(index[known], device=device)
-            s = self.model.score_all(rows, **self.query_context(len(rows), device=device)).float()   # now
+            s = self.model.score_all(rows, **self.query_context(len(rows), at, device)).float()
             if exclude_seen:
                 sub = self.seen[index[known]].tocoo()
                 mask_scores_(s, torch.as_tensor(sub.row, device=device, dtype=torch.long),
