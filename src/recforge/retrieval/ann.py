@@ -95,7 +95,8 @@ class AnnIndex:
     Args:
         kind: ``flat`` (exact), ``ivf``, ``hnsw`` or ``ivfpq``.
         metric: ``ip`` (inner product: the model's own ranking) or ``cosine``.
-        nlist: ``ivf``, ``ivfpq``: k-means cells (at most the number of items; ~sqrt(n_items) to 4 sqrt(n_items)).
+        nlist: ``ivf``, ``ivfpq``: k-means cells (~sqrt(n_items) to 4 sqrt(n_items); at most the number of items,
+            for ``ivfpq`` a sixteenth of it, so that every cell can train its 4-bit codes).
         nprobe: ``ivf``, ``ivfpq``: cells searched per query (more: higher recall, slower).
         m: ``hnsw``: graph links per node.
         ef_construction: ``hnsw``: candidate list size while building.
