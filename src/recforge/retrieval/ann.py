@@ -96,7 +96,7 @@ class AnnIndex:
         kind: ``flat`` (exact), ``ivf``, ``hnsw`` or ``ivfpq``.
         metric: ``ip`` (inner product: the model's own ranking) or ``cosine``.
         nlist: ``ivf``, ``ivfpq``: k-means cells (~sqrt(n_items) to 4 sqrt(n_items); at most the number of items,
-            for ``ivfpq`` a sixteenth of it, so that every cell can train its 4-bit codes).
+            for ``ivfpq`` a sixteenth of it: small catalogues get cells of 16 items or more).
         nprobe: ``ivf``, ``ivfpq``: cells searched per query (more: higher recall, slower).
         m: ``hnsw``: graph links per node.
         ef_construction: ``hnsw``: candidate list size while building.
@@ -192,7 +192,7 @@ class AnnIndex:
             if self.n_items < 16:
                 raise RecForgeError(f"ann.kind=ivfpq needs at least 16 items to train its 4-bit codes, and the "
                                     f"catalogue has {self.n_items}; use ann=flat (exact) for a catalogue this small")
-            nlist = min(self.nlist, self.n_items // 16)  # the 16 codes of a 4-bit sub-quantiser need points
+            nlist = min(self.nlist, self.n_items // 16)
             index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x4fs,RFlat", metric)
             ivf = faiss.extract_index_ivf(index)
             ivf.cp.seed = self.seed
