@@ -147,12 +147,11 @@ class AnnIndex:
             self.refine = check_positive("refine", refine)
         if self.index is None:
             return self
-        if self.kind == "ivf":
-            self.index.nprobe = self.nprobe
+        if self.kind in ("ivf", "ivfpq"):
+            import_faiss().extract_index_ivf(self.index).nprobe = self.nprobe
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = self.ef_search
-        elif self.kind == "ivfpq":  # k_factor is not saved with the index: set on every load
-            import_faiss().extract_index_ivf(self.index).nprobe = self.nprobe
+        if self.kind == "ivfpq":  # k_factor is not saved with the index: set on every load
             self.index.k_factor = float(self.refine)
         return self
 
@@ -180,9 +179,6 @@ class AnnIndex:
             index = faiss.IndexFlat(d, metric)
         elif self.kind == "ivf":
             index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, min(self.nlist, max(self.n_items, 1)), metric)
-            index.cp.seed = self.seed
-            index.cp.min_points_per_centroid = 1  # small catalogues: no warning per build
-            index.train(x)
         elif self.kind == "ivfpq":
             pq_m = self.pq_m or d
             if d % pq_m:
@@ -192,15 +188,15 @@ class AnnIndex:
             if self.n_items < 16:
                 raise RecForgeError(f"ann.kind=ivfpq needs at least 16 items to train its 4-bit codes, and the "
                                     f"catalogue has {self.n_items}; use ann=flat (exact) for a catalogue this small")
-            nlist = min(self.nlist, self.n_items // 16)
-            index = faiss.index_factory(d, f"IVF{nlist},PQ{pq_m}x4fs,RFlat", metric)
-            ivf = faiss.extract_index_ivf(index)
-            ivf.cp.seed = self.seed
-            ivf.cp.min_points_per_centroid = 1
-            index.train(x)
+            index = faiss.index_factory(d, f"IVF{min(self.nlist, self.n_items // 16)},PQ{pq_m}x4fs,RFlat", metric)
         else:
             index = faiss.IndexHNSWFlat(d, self.m, metric)
             index.hnsw.efConstruction = self.ef_construction
+        if self.kind in ("ivf", "ivfpq"):  # the k-means of the cells (ivfpq: inside the re-ranking wrapper)
+            cells = faiss.extract_index_ivf(index)
+            cells.cp.seed = self.seed
+            cells.cp.min_points_per_centroid = 1  # small catalogues: no warning per build
+            index.train(x)
         index.add(x)
         self.index = index
         return self.set_search()
