@@ -108,12 +108,13 @@ def with_rows(frame: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame[~frame.index.isin(rows.index)], rows])
 
 
-def feature_settings(champion_data: DictConfig, source, raw, new_items: pd.DataFrame | None, folder: Path) -> dict:
+def feature_settings(champion_data: DictConfig, declared: dict, raw, new_items: pd.DataFrame | None,
+                     folder: Path) -> dict:
     """The ``data`` settings that give the candidates the champion's user and item features: each side's frame (with
-    ``new_items`` added to the items') written as Parquet under ``folder``, with the champion's declaration."""
+    ``new_items`` added to the items') written as Parquet under ``folder``, with the champion's declaration
+    (``declared``: the source's declared feature columns per side)."""
     from recforge.pipeline import write_parquet
 
-    declared = getattr(source, "feature_columns", None) or {}
     if new_items is not None and raw.item_features is None:
         raise RecForgeError(f"new_items: the champion's data ({raw.name}) has no item features to add the new items' "
                             f"to; its model reads none")
@@ -223,9 +224,10 @@ def retrain(cfg: DictConfig) -> dict:
     from recforge.pipeline import write_parquet
 
     merged_path = write_parquet(merged, output_dir / "data" / "interactions.parquet")
-    new_items = read_new_items(cfg.new_items, cfg.new_items_id, (getattr(source, "feature_columns", None) or {})
-                               .get("item", [])) if cfg.get("new_items") else None
-    features = feature_settings(champion_cfg.data, source, raw, new_items, output_dir / "data")
+    declared = getattr(source, "feature_columns", None) or {}
+    new_items = (read_new_items(cfg.new_items, cfg.new_items_id, declared.get("item", []))
+                 if cfg.get("new_items") else None)
+    features = feature_settings(champion_cfg.data, declared, raw, new_items, output_dir / "data")
     cuts = time_cuts(new["timestamp"].to_numpy(np.int64), cfg.eval_fraction, cfg.val_fraction,
                      int(raw.interactions["timestamp"].max()) if len(raw.interactions) else None)
     from recforge.tracking.bundle import FEATURES_FILE
