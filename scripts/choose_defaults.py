@@ -2,7 +2,9 @@
 grid is trained on every (dataset, split) with early stopping, scored on VALIDATION (never test), ranked within each
 (dataset, split), and the candidate with the best mean rank wins; a candidate that is best on one dataset but poor on
 another loses to one that is good everywhere. Equal mean ranks are told apart by the mean share of the best
-validation value each candidate reaches per (dataset, split): a narrow loss counts less than a wide one.
+validation value each candidate reaches per (dataset, split): a narrow loss counts less than a wide one. A candidate
+that collapses somewhere (below FLOOR, 0.8, of the best validation value of a pair) ranks after every candidate that
+does not, whatever its mean rank: a default must not fail on any of the data it was chosen on.
 
     RECFORGE_DATA_DIR=../shared/datasets python scripts/choose_defaults.py --model bpr \\
         --grid optimizer.lr=0.001,0.005 model.init_std=0.01,0.1 \\
@@ -24,6 +26,7 @@ from pathlib import Path
 import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy loads)
 
 BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]   # RecBole's epochs and patience
+FLOOR = 0.8  # a candidate below this share of a pair's best validation value has collapsed there
 
 
 def split_values(values: str) -> list[str]:
@@ -74,9 +77,10 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
             "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1)}
 
 
-def mean_ranks(rows: list[dict]) -> list[tuple[float, float, tuple[str, ...], dict]]:
-    """``(mean rank, mean share of the best, candidate, {setting: val})`` best first. Ranks are 1 = best validation
-    within a setting; the share is val / the setting's best val, averaged, and breaks ties in mean rank."""
+def mean_ranks(rows: list[dict]) -> list[tuple[float, float, float, tuple[str, ...], dict]]:
+    """``(mean rank, mean share of the best, worst share, candidate, {setting: val})`` best first. Ranks are 1 = best
+    validation within a setting; the share is val / the setting's best val. Candidates whose worst share is below
+    :data:`FLOOR` come last; then the mean rank orders, and the mean share breaks its ties."""
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
@@ -88,9 +92,10 @@ def mean_ranks(rows: list[dict]) -> list[tuple[float, float, tuple[str, ...], di
         for rank, c in enumerate(scored, 1):
             ranks[c].append(rank)
             shares[c].append(by[(*setting, c)] / best if best else 1.0)
-    out = [(sum(r) / len(r), sum(shares[c]) / len(r), c, {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
+    out = [(sum(r) / len(r), sum(shares[c]) / len(r), min(shares[c]), c,
+            {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
            for c, r in ranks.items() if len(r) == len(settings)]
-    return sorted(out, key=lambda t: (t[0], -t[1]))
+    return sorted(out, key=lambda t: (t[2] < FLOOR, t[0], -t[1]))
 
 
 def main() -> None:
@@ -125,13 +130,14 @@ def main() -> None:
     table = mean_ranks(rows)
     if not table:
         return
-    settings = list(table[0][3])
+    settings = list(table[0][4])
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
           f"({rows[0]['monitor']})\n")
-    print("| mean rank | share of best | candidate | " + " | ".join(settings) + " |")
+    print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings) + " |")
     print("|---:|---:|---|" + "---:|" * len(settings))
-    for rank, share, cand, vals in table:
-        print(f"| {rank:.2f} | {share:.3f} | `{' '.join(cand) or '(defaults)'}` | "
+    for rank, share, worst, cand, vals in table:
+        collapsed = f", below {FLOOR}" if worst < FLOOR else ""
+        print(f"| {rank:.2f} | {share:.3f} ({worst:.3f}{collapsed}) | `{' '.join(cand) or '(defaults)'}` | "
               + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values()) + " |")
 
 
