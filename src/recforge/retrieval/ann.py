@@ -45,6 +45,7 @@ import torch
 from recforge.errors import RecForgeError
 
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+IVF_KINDS = ("ivf", "ivfpq")  # the kinds searched through k-means cells: nprobe, nlist and seed apply
 METRICS = ("ip", "cosine")
 INDEX_FILE, SPEC_FILE = "ann.faiss", "ann.json"
 DOT_PRODUCT_MODELS = ("MF/BPR-MF, SVD++, UltraGCN, LightGCN, NGCF, SimpleX, iALS, SASRec, SASRecF, GRU4Rec, "
@@ -147,7 +148,7 @@ class AnnIndex:
             self.refine = check_positive("refine", refine)
         if self.index is None:
             return self
-        if self.kind in ("ivf", "ivfpq"):
+        if self.kind in IVF_KINDS:
             import_faiss().extract_index_ivf(self.index).nprobe = self.nprobe
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = self.ef_search
@@ -192,7 +193,7 @@ class AnnIndex:
         else:
             index = faiss.IndexHNSWFlat(d, self.m, metric)
             index.hnsw.efConstruction = self.ef_construction
-        if self.kind in ("ivf", "ivfpq"):  # the k-means of the cells (ivfpq: inside the re-ranking wrapper)
+        if self.kind in IVF_KINDS:  # the k-means of the cells (ivfpq: inside the re-ranking wrapper)
             cells = faiss.extract_index_ivf(index)
             cells.cp.seed = self.seed
             cells.cp.min_points_per_centroid = 1  # small catalogues: no warning per build
