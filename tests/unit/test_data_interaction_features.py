@@ -130,7 +130,9 @@ def write_amazon(root: Path) -> None:
     folder.mkdir(parents=True)
     with gzip.open(folder / "All_Beauty_5.json.gz", "wt") as fh:
         for user, item, time, verified, style in REVIEWS:
-            record = {"overall": 5.0, "reviewerID": user, "asin": item, "unixReviewTime": time, "reviewText": "ok"}
+            record = {"overall": 5.0, "reviewerID": user, "asin": item, "unixReviewTime": time,
+                      "reviewText": {"A3B1": None, "A2B2": "  "}.get(user + item, f"{user} on {item}")}
+            record = {k: v for k, v in record.items() if v is not None}   # A3's review of B1 has no text
             record |= ({"verified": verified} if verified is not None else {}) | ({"style": style} if style else {})
             fh.write(json.dumps(record) + "\n")
 

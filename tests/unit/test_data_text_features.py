@@ -15,6 +15,7 @@ from recforge.data.declared import FeatureEncoder, check_columns, parse_columns
 from recforge.errors import RecForgeError
 from recforge.pipeline import build_experiment
 from tests.conftest import compose_train
+from tests.unit.test_data_interaction_features import datamodule, write_amazon
 
 DECLARED = {"title_text": {"kind": "text", "column": "title"}, "year": "numeric"}
 
@@ -84,8 +85,8 @@ def test_a_missing_or_empty_text_stops_with_one_line_naming_file_and_column(stub
     assert matrix[0].any() and not matrix[1:].any()
     with pytest.raises(RecForgeError, match=r"title_text.fill='mean' must be zeros or null"):
         parse_columns({"title_text": {"kind": "text", "fill": "mean"}}, "item")
-    with pytest.raises(RecForgeError, match=r"from_interactions feature is multi with sep"):
-        parse_columns({"review": {"kind": "text", "from_interactions": True}}, "item")
+    with pytest.raises(RecForgeError, match=r"from_interactions feature is multi with sep .* or text \(the mean"):
+        parse_columns({"review": {"kind": "categorical", "from_interactions": True}}, "item")
 
 
 def test_new_records_are_checked_and_encoded_as_in_a_file(stub):
@@ -95,8 +96,49 @@ def test_new_records_are_checked_and_encoded_as_in_a_file(stub):
     with pytest.raises(RecForgeError, match=r"^items\[0\]: column 'title' \(feature title_text, text\) is null or "
                                             r"empty and the feature has no fill"):
         encoder.encode_records([{"title": " ", "year": 1995}], ["items[0]"])
-    with pytest.raises(RecForgeError, match=r"needs a text \(got int\)"):
+    with pytest.raises(RecForgeError, match=r"needs a text or a list of texts \(got int\)"):
         encoder.encode_records([{"title": 3, "year": 1995}], ["items[0]"])
+
+
+def test_a_list_of_texts_is_the_mean_of_their_embeddings(stub):
+    """A review-text feature (from_interactions) holds each id's list of texts: its vector is their mean embedding,
+    empty texts skipped, zeros without any; a new record may give a list too, or none yet."""
+    encoder = FeatureEncoder(parse_columns({"reviews": {"kind": "text", "from_interactions": True}}, "item"))
+    rows = pd.DataFrame({"reviews": [["good", " bad "], "fine", [], None, ["", "good"]]})
+    matrix, _ = encoder.fit(rows, np.ones(5, bool)).transform(rows)
+    np.testing.assert_allclose(matrix[0], (stub_vector("good") + stub_vector("bad")) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(matrix[1], stub_vector("fine"))
+    assert not matrix[2:4].any()
+    np.testing.assert_array_equal(matrix[4], stub_vector("good"))
+    new = encoder.encode_records([{"reviews": ["bad", "good"]}, {"reviews": None}], ["items[0]", "items[1]"])
+    np.testing.assert_allclose(new, matrix[[0, 2]], rtol=1e-6)
+    with pytest.raises(RecForgeError, match=r"^items\[0\]: column 'reviews' \(feature reviews, text\) needs a text "
+                                            r"or a list of texts \(got a list\)"):
+        encoder.encode_records([{"reviews": ["good", 3]}], ["items[0]"])
+
+
+def test_amazon_review_texts_from_the_training_reviews_only(stub, tmp_path):
+    """The reviews of tests/unit/test_data_interaction_features.py (train: times < 100): B1's training reviews are
+    by A1 and A2 (A3's has no text), B2's by A1 (A2's is blank), B3's by A1; A3's review of B3 (validation) and
+    A2's (test) are never embedded. Users: A3's only training review has no text, so zeros."""
+    write_amazon(tmp_path)
+    reviews = "{kind:text,column:reviewText,from_interactions:true}"
+    dm = datamodule(tmp_path, "data=amazon-2018", f"+data.user_columns.reviews={reviews}",
+                    f"+data.item_columns.reviews={reviews}")
+    names = dm.feature_names()
+    assert names["user_features"] == ["verified"] + [f"reviews_{i}" for i in range(text.DIM)]
+    assert names["item_features"] == ["style=Size:7.0 oz"] + [f"reviews_{i}" for i in range(text.DIM)]
+    items = dm.feature_tensors()["item_features"].numpy()[:, 1:]
+    assert dm.id_maps.items.tolist() == ["B1", "B2", "B3"] and dm.id_maps.users.tolist() == ["A1", "A2", "A3"]
+    np.testing.assert_allclose(items[0], (stub_vector("A1 on B1") + stub_vector("A2 on B1")) / 2, rtol=1e-6)
+    np.testing.assert_array_equal(items[1:], np.stack([stub_vector("A1 on B2"), stub_vector("A1 on B3")]))
+    users = dm.feature_tensors()["user_features"].numpy()[:, 1:]
+    expected = np.mean([stub_vector(f"A1 on {b}") for b in ("B1", "B2", "B3")], axis=0)
+    np.testing.assert_allclose(users[0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(users[1], stub_vector("A2 on B1"))
+    assert not users[2].any()
+    embedded = {t for batch in stub for t in batch}
+    assert embedded == {"A1 on B1", "A2 on B1", "A1 on B2", "A1 on B3"}
 
 
 def test_without_the_extra_a_one_line_error_says_what_to_install(monkeypatch):

@@ -37,7 +37,8 @@ class FeatureColumn:
     ``min_count``: categorical and multi values seen in fewer training rows are unknown. Unknown values (never
     seen in the training rows) encode as zeros. ``from_interactions``: the raw column is a column of the
     interactions (a tag a user gave a movie, the variant an Amazon review is about), and each id's value is
-    aggregated over its *training* interactions only (:func:`from_training_interactions`).
+    aggregated over its *training* interactions only (:func:`from_training_interactions`); for a text feature (the
+    review text of an Amazon review) that is the mean of the embeddings of its training interactions' texts.
     """
 
     name: str
@@ -84,9 +85,10 @@ def parse_columns(columns: Mapping | None, side: str) -> list[FeatureColumn]:
                                 "(0/1 flag columns named prefix*), e.g. sep='|'")
         if kind == "bucket" and not settings.get("buckets"):
             raise RecForgeError(f"{key}: a bucket feature needs buckets (increasing edges), e.g. buckets=[18,25,35]")
-        if settings.get("from_interactions") and (kind in ("categorical", "text") or settings.get("prefix")):
+        if settings.get("from_interactions") and (kind == "categorical" or settings.get("prefix")):
             raise RecForgeError(f"{key}: a from_interactions feature is multi with sep (the union of the values of "
-                                "the id's training interactions) or numeric/bucket (their mean)")
+                                "the id's training interactions), numeric/bucket (their mean) or text (the mean "
+                                "of their texts' embeddings)")
         fill = FILLS.get(kind, "mean")
         if settings.get("fill") not in (None, fill):
             raise RecForgeError(f"{key}.fill={settings['fill']!r} must be {fill} or null (a missing value stops the "
@@ -156,9 +158,10 @@ def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame
     """``frame`` (one row per index ``0..n-1`` of the side, or None) with the raw column of each ``from_interactions``
     feature computed from the training interactions ``train`` (indices in ``train[side]``): a multi feature's
     value is the ``sep``-joined values of the id's training rows (their union, once encoded), a numeric or bucket
-    feature's the mean of its training rows' numbers. Validation, test and fold-in interactions are never read,
-    so what they carry (a tag given in a held-out rating) cannot reach the features; an id without training
-    interactions has no value (zeros; a number gets the training mean)."""
+    feature's the mean of its training rows' numbers, a text feature's the list of its training rows' non-empty
+    texts (encoded as the mean of their embeddings). Validation, test and fold-in interactions are never read,
+    so what they carry (a tag given in a held-out rating, the text of a held-out review) cannot reach the
+    features; an id without training interactions has no value (zeros; a number gets the training mean)."""
     wanted = [c for c in columns if c.from_interactions]
     if not wanted:
         return frame
@@ -170,10 +173,10 @@ def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame
             raise RecForgeError(f"data.{side}_columns.{column.name}: the interactions have no column "
                                 f"{column.source!r} (from_interactions); they carry {extra}")
         values = train[column.source]
-        if column.kind == "multi":
-            values = values.astype("string").fillna("")
+        if column.kind in ("multi", "text"):
+            values = values.astype("string").str.strip().fillna("")
             given = (values != "").to_numpy()
-            joined = values[given].groupby(ids[given]).agg(column.sep.join)
+            joined = values[given].groupby(ids[given]).agg(column.sep.join if column.kind == "multi" else list)
         else:
             joined = pd.to_numeric(values, errors="coerce").groupby(ids).mean()
         out[column.source] = joined.reindex(range(n)).to_numpy()
@@ -221,6 +224,20 @@ class FeatureEncoder:
             dummies = dummies.T.groupby(level=0).max().T
         return dummies.astype(np.float32)
 
+    def _embedded(self, column: FeatureColumn, frame: pd.DataFrame) -> np.ndarray:
+        """A text feature's ``(n, DIM)`` block: a row's text embedded, or for a list of texts (an id's training
+        reviews, :func:`from_training_interactions`) the mean of their embeddings; zeros without a text (checked
+        before, by check_columns or encode_records: absent = fill)."""
+        values = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v] for v in frame[column.source]]
+        owner = np.repeat(np.arange(len(values)), [len(v) for v in values])
+        texts = pd.Series([t for v in values for t in v], dtype=object).astype("string").str.strip().fillna("")
+        kept = (texts != "").to_numpy(bool)
+        block = np.zeros((len(values), text.DIM), np.float32)
+        if kept.any():
+            np.add.at(block, owner[kept], text.embed(texts[kept].tolist(), self.cache_dir, f"feature {column.name}"))
+            block /= np.maximum(np.bincount(owner[kept], minlength=len(values)), 1)[:, None]
+        return block
+
     def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
         """The float32 ``(n, d)`` encoding of every row and the names of its ``d`` columns (``feature=value`` for
         one-hot and multi-hot values, the feature's name for a number, ``feature_<i>`` for a text's vector)."""
@@ -242,12 +259,7 @@ class FeatureEncoder:
                 edges = ("-inf",) + tuple(f"{b:g}" for b in column.buckets) + ("inf",)
                 names += [f"{column.name}=[{a},{b})" for a, b in zip(edges[:-1], edges[1:])]
             elif column.kind == "text":
-                texts = _texts(column, frame)
-                given = texts.notna().to_numpy()   # checked before (check_columns, encode_records): absent = fill
-                block = np.zeros((n, text.DIM), np.float32)
-                if given.any():
-                    block[given] = text.embed(texts[given].tolist(), self.cache_dir, f"feature {column.name}")
-                blocks.append(block)
+                blocks.append(self._embedded(column, frame))
                 names += [f"{column.name}_{i}" for i in range(text.DIM)]
             else:
                 vocab = self.state[column.name]
@@ -326,12 +338,15 @@ def _where(label: str, key: str, column: FeatureColumn) -> str:
 
 def _check_value(column: FeatureColumn, value: Any, label: str) -> None:
     """One raw value of a one-column feature: a text or a number (or null); for a number feature, one that parses
-    (``pattern`` applied), and null only with ``fill``; for a text feature, a text, empty or null only with
-    ``fill``."""
+    (``pattern`` applied), and null only with ``fill``; for a text feature, a text or a list of texts (embedded and
+    averaged, as an id's training reviews are), empty or null only with ``fill`` or ``from_interactions`` (an id
+    without interactions yet)."""
     if column.kind == "text":
-        if value is not None and not isinstance(value, str):
-            raise RecForgeError(f"{_where(label, column.source, column)} needs a text (got {_kind(value)})")
-        if (value is None or not value.strip()) and column.fill is None:
+        texts = value if isinstance(value, list) else [value]
+        if not all(t is None or isinstance(t, str) for t in texts):
+            raise RecForgeError(f"{_where(label, column.source, column)} needs a text or a list of texts (got "
+                                f"{_kind(value)})")
+        if not any(t and t.strip() for t in texts) and column.fill is None and not column.from_interactions:
             raise RecForgeError(f"{_where(label, column.source, column)} is null or empty and the feature has no "
                                 f"fill; give a text")
         return

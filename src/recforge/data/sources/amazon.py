@@ -6,8 +6,8 @@ once: keep a ``Deduplicate`` step in ``datamodule.preprocess`` (the default does
 
 The 5-core files have no user or item tables; what they carry beside the rating is per review: ``style``, the
 variant reviewed (``{"Size:": " 7.0 oz", "Flavor:": " Classic Ice Blue"}``), and ``verified`` (a verified
-purchase). Declared features read them as interaction columns (``from_interactions``), so each user's and item's
-value comes from its training reviews only.
+purchase), and the review's text (``reviewText``, its headline ``summary``). Declared features read them as
+interaction columns (``from_interactions``), so each user's and item's value comes from its training reviews only.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ AMAZON_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2/categor
 KNOWN = {"All_Beauty_5.json.gz": "4a6b1eb40c4f58328f3f34181a6ef00f8e3423d801128617cc408a83c9bd0027"}
 FIELDS = {"user": ("reviewerID", pa.string()), "item": ("asin", pa.string()), "rating": ("overall", pa.float64()),
           "timestamp": ("unixReviewTime", pa.int64())}
-REVIEW_COLUMNS = ("style", "verified")   # what declared features can read (from_interactions)
+REVIEW_COLUMNS = ("style", "verified", "reviewText", "summary")   # what declared features can read (from_interactions)
+TEXT_COLUMNS = ("reviewText", "summary")
 
 
 class Amazon2018(FileSource):
@@ -36,7 +37,8 @@ class Amazon2018(FileSource):
 
     ``user_columns`` / ``item_columns`` declare features built from the reviews' ``style`` (:func:`style_tokens`:
     ``Size:7.0 oz|Flavor:Classic Ice Blue``; a ``multi`` feature with ``sep: "|"``) and ``verified`` (1.0 or 0.0;
-    a ``numeric`` feature: the share of verified reviews), each with ``from_interactions: true``; only the
+    a ``numeric`` feature: the share of verified reviews) and ``reviewText`` / ``summary`` (a ``text`` feature:
+    the mean embedding of the id's training reviews' texts), each with ``from_interactions: true``; only the
     declared fields are read.
     """
 
@@ -87,6 +89,8 @@ class Amazon2018(FileSource):
             frame["style"] = style_tokens(frame["style"], path)
         if "verified" in frame:
             frame["verified"] = verified_flags(frame["verified"], path)
+        for key in set(TEXT_COLUMNS) & set(frame.columns):
+            frame[key] = review_texts(frame[key], path, key)
         frame = standardise(frame)
         return RawData(self.name, frame, rating_range=(1.0, 5.0), checksums=checksums, origin=str(path))
 
@@ -116,3 +120,11 @@ def verified_flags(verified: pd.Series, path: Path) -> np.ndarray:
     if not (pa.types.is_boolean(kind) or pa.types.is_null(kind)):
         raise RecForgeError(f"{path}: 'verified' holds {kind} values, not true/false; drop the verified feature")
     return verified.astype("float32").to_numpy(np.float32, na_value=np.nan)
+
+
+def review_texts(texts: pd.Series, path: Path, key: str) -> pd.Series:
+    """A review text field (``reviewText``, ``summary``) as Python strings, ``""`` where a review has none."""
+    kind = texts.dtype.pyarrow_dtype
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise RecForgeError(f"{path}: {key!r} holds {kind} values, not texts; drop the feature that reads it")
+    return texts.astype("string").fillna("").astype(object)
