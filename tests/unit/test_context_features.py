@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from recforge.data.context import (checked_times, context_names, encode_context, pair_times, parse_context,
                                    request_times)
 from recforge.errors import RecForgeError
+from recforge.explain.report import explained_run, top_items
 from recforge.metrics.evaluator import rating_batch_errors
 from recforge.models.deepfm import DeepFM
 from recforge.models.fm import FactorizationMachine
@@ -135,6 +136,7 @@ def test_evaluation_queries_and_pairs_carry_their_context(tmp_path):
         for batch in batches:   # full ranking: one query per user, at its earliest held-out interaction of the part
             expected = encode_context(dm.context_columns, {"timestamp": first.loc[batch["users"].numpy()].to_numpy()})
             assert torch.equal(batch["context"], torch.from_numpy(expected))
+            assert torch.equal(dm.query_context(stage)[batch["users"]], batch["context"])
         pairs = pd.DataFrame({"user": torch.cat([b["users"][b["pair_rows"]] for b in batches]).numpy(),
                               "item": torch.cat([b["pair_cols"] for b in batches]).numpy(),
                               "label": torch.cat([b["pair_labels"] for b in batches]).numpy()})
@@ -239,6 +241,21 @@ def test_the_option_composes_for_every_dataset_and_defaults_to_none(tmp_path):
         assert instantiate(default.data).context_columns == []
 
 
+def test_an_explained_run_ranks_and_explains_each_test_user_in_its_query_context(tmp_path):
+    exp = build_experiment(compose_train(custom(tmp_path), tmp_path))
+    run = explained_run(exp)
+    queries = exp.datamodule.query_context("test")
+    assert torch.equal(run.explainer.context, queries)
+    assert [n for n in run.explainer.features if n.startswith(("hour=", "weekday="))] == \
+        context_names(exp.datamodule.context_columns)
+    user = int(exp.datamodule.split.test["user"].iloc[0])
+    items = top_items(run, user, 3)
+    explained = run.explainer.explain(user, items, 3)
+    with torch.no_grad():
+        expected = exp.model(torch.full_like(items, user), items, context=queries[[user] * len(items)])
+    torch.testing.assert_close(explained.scores, expected)
+
+
 @pytest.mark.parametrize("model", ["fm", "deepfm"])
 def test_a_tiny_run_with_context_gives_finite_metrics(tmp_path, model):
     cfg = compose_train(TINY + [f"model={model}", "loss=bce", "tracking=none", "eval.pointwise=true",
@@ -307,6 +324,12 @@ def test_a_served_context_model_scores_each_request_at_its_time(tmp_path):
         answers[at] = dict(zip(items, scores))
     assert not np.allclose([answers[monday_9][i] for i in bundle.item_ids],
                            [answers[saturday_23][i] for i in bundle.item_ids])
+    # explained at the request's time: its hour (column 9 / 23) and weekday (24 + 0 / 24 + 5) are the reasons
+    for at, own, other in ((monday_9, {"context[9]", "context[24]"}, {"context[23]", "context[29]"}),
+                           (saturday_23, {"context[23]", "context[29]"}, {"context[9]", "context[24]"})):
+        explained = served.explain(user, list(bundle.item_ids[:2]), 100, at=at)
+        features = {reason["feature"] for entry in explained["items"] for reason in entry["reasons"]}
+        assert own <= features and not other & features
     # the HTTP answer reads "time"; without one the request is scored now
     status, payload = answer_recommend(Service(served), json.dumps({"user": int(user), "k": 5, "time": monday_9,
                                                                    "exclude_seen": False}).encode(), {})

@@ -18,6 +18,7 @@ from recforge.explain.report import ExplainedRun, Section, _html, _markdown
 from recforge.models.bert4rec import BERT4Rec
 from recforge.models.caser import Caser
 from recforge.models.cdae import CDAE
+from recforge.models.dcnv2 import DCNv2
 from recforge.models.deepfm import DeepFM
 from recforge.models.ease import EASE
 from recforge.models.fm import FactorizationMachine
@@ -181,6 +182,58 @@ def test_deepfm_integrated_gradients_are_complete():
     assert explained.method == "integrated_gradients" and not explained.exact
     torch.testing.assert_close(explained.scores, model(torch.tensor([1, 1]), torch.tensor([0, 4])))
     torch.testing.assert_close(explained.weights.sum(1) + explained.rest, explained.scores, atol=2e-3, rtol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ context
+CONTEXT = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # each user's query
+
+
+@pytest.mark.parametrize("cls,kwargs", [(FactorizationMachine, {}), (DeepFM, {"mlp_layers": (8, 4), "dropout": 0.0})])
+def test_a_model_that_reads_context_is_explained_in_each_users_query_context(cls, kwargs):
+    """The context's variables join the user's (named after the user features), the scores are the model's in the
+    user's context (not a zero one), the attributions add up to them, and removing a context variable scores as
+    the model does without it."""
+    model = feature_model(cls, n_context=3, **kwargs)
+    fm = model.fm if cls is DeepFM else model
+    names = variable_names(fm, ["age", "gender=F"], ["A", "B", "C"], ["hour=0", "hour=1", "weekday=Mon"])
+    assert names == ["user_id", "age", "gender=F", "hour=0", "hour=1", "weekday=Mon", "item_id", "A", "B", "C"]
+    with pytest.raises(ValueError, match="2 context names for 3 context columns"):
+        variable_names(fm, None, None, ["hour=0", "hour=1"])
+    explainer = explainer_for(model, feature_names=names, context=CONTEXT)
+    items = torch.tensor([0, 4])
+    if cls is DeepFM:
+        explainer.steps = 256
+    explained = everything(explainer, 1, items)
+    with torch.no_grad():
+        own = model(torch.tensor([1, 1]), items, context=CONTEXT[[1, 1]])
+        zero = model(torch.tensor([1, 1]), items)
+    torch.testing.assert_close(explained.scores, own)
+    assert (own - zero).abs().min() > 1e-3   # the context moves the scores
+    torch.testing.assert_close(explainer.user_scores(1, items), own)
+    candidates = [names[j] for j in explained.candidates.tolist()]
+    assert "hour=1" in candidates and not {"hour=0", "weekday=Mon"} & set(candidates)   # user 1's context only
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if cls is FactorizationMachine else {"atol": 2e-3, "rtol": 1e-3}
+    torch.testing.assert_close(explained.weights.sum(1) + explained.rest, explained.scores, **tolerance)
+    removal = counterfactual_for(model, context=CONTEXT)
+    with torch.no_grad():
+        torch.testing.assert_close(removal.scores(1, -1, torch.tensor([], dtype=torch.long)),
+                                   model.score_all(torch.tensor([1]), context=CONTEXT[[1]])[0])
+        torch.testing.assert_close(removal.scores(1, -1, torch.tensor([names.index("hour=1")])),
+                                   model.score_all(torch.tensor([1]))[0])   # its only context variable removed
+
+
+@torch.no_grad()
+def test_a_field_model_with_context_scores_the_explained_items_in_each_users_context():
+    torch.manual_seed(0)
+    model = DCNv2(N_USERS, N_ITEMS, embedding_dim=4, mlp_layers=(8,), dropout=0.0, n_context=3).eval()
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    scores = model.score_all(torch.arange(N_USERS), context=CONTEXT)
+    explained = everything(explainer_for(model, HISTORIES, context=CONTEXT), 2)
+    assert explained.method == "item_similarity"
+    torch.testing.assert_close(explained.scores, scores[2, ITEMS])
+    without = everything(explainer_for(model, HISTORIES), 2)   # no context given: a zero one
+    assert (without.scores - explained.scores).abs().max() > 1e-3
 
 
 # ------------------------------------------------------------------------------------------------ sequential

@@ -296,18 +296,26 @@ class RecDataModule(pl.LightningDataModule):
         interactions' ``(n_train, d)`` context."""
         columns = self.context_columns
         for stage, part in (("val", self.split.val), ("test", self.split.test)):
-            times = self._context(part)
             if self.feedback == "explicit":  # rating batches are slices of the part's rows
-                own = torch.from_numpy(encode_context(columns, times)).split(self.eval_batch_size)
+                own = torch.from_numpy(encode_context(columns, self._context(part))).split(self.eval_batch_size)
                 self._eval_batches[stage] = [(*batch, c) for batch, c in zip(self._eval_batches[stage], own)]
                 continue
-            users = part["user"].to_numpy(np.int64)
-            queries = torch.from_numpy(encode_context(columns, {c: request_times(users, t, self.n_users)
-                                                                for c, t in times.items()}))
+            queries = self.query_context(stage)
             for batch in self._eval_batches[stage]:
                 batch["context"] = queries[batch["users"]]
         self._report["data/n_context"] = float(len(context_names(columns)))
         return torch.from_numpy(encode_context(columns, self._context(self.split.train)))
+
+    def query_context(self, stage: str) -> torch.Tensor:
+        """``(n_users, n_context)``: each user's full-ranking query context in the ``val`` or ``test`` part, at
+        the earliest of its interactions there (:func:`recforge.data.context.request_times`; time 0 for a user
+        without any): what the part's ranking, and the explanation of a model that reads context, score in."""
+        if stage not in ("val", "test"):
+            raise RecForgeError(f"query_context(stage={stage!r}): stage must be 'val' or 'test'")
+        part = self.split.val if stage == "val" else self.split.test
+        users = part["user"].to_numpy(np.int64)
+        return torch.from_numpy(encode_context(self.context_columns, {
+            c: request_times(users, t, self.n_users) for c, t in self._context(part).items()}))
 
     def add_pointwise_pairs(self, negatives: int = 1, seed: int = 0, threshold: float | None = None) -> None:
         """Attach labelled pairs (:func:`recforge.data.pairs.labelled_pairs`) to every validation and test

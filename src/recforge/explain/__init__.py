@@ -57,14 +57,16 @@ class NotPersonal(Explainer):
 
 
 def explainer_for(model: Recommender, histories: Histories | None = None, n_users: int | None = None,
-                  feature_names: Sequence[str] | None = None) -> Explainer:
+                  feature_names: Sequence[str] | None = None, context: torch.Tensor | None = None) -> Explainer:
     """The explainer that fits ``model``, by what the model is (its family, not its name), so that a model that
     subclasses one of these families is covered too.
 
     ``histories``: users' interactions (CSR) for models that do not read histories themselves (embedding models,
     iALS); ``n_users``: how many users to score when a model without item vectors is described by its score
     columns (default: the model's ``n_users``); ``feature_names``: names of an FM's variables
-    (:func:`recforge.explain.features.variable_names`)."""
+    (:func:`recforge.explain.features.variable_names`); ``context``: each user's ``(n_users, n_context)`` query
+    context (:meth:`recforge.data.datamodule.RecDataModule.query_context`) for a model that reads context, whose
+    scores and reasons are then those of that context (without it: a zero context, no time the model trained on)."""
     model.eval()
     if isinstance(model, Popularity):
         return NotPersonal(model)
@@ -73,9 +75,9 @@ def explainer_for(model: Recommender, histories: Histories | None = None, n_user
     if isinstance(model, LightGCN):
         return GraphPaths(model)
     if isinstance(model, DeepFM):
-        return IntegratedGradients(model, feature_names)
+        return IntegratedGradients(model, feature_names, context=context)
     if isinstance(model, FactorizationMachine):
-        return FMTerms(model, feature_names)
+        return FMTerms(model, feature_names, context)
     if isinstance(model, SequentialRecommender):
         return AttentionRollout(model) if has_attention(model) else SequenceOcclusion(model)
     if histories is None and not model.reads_histories:
@@ -84,7 +86,7 @@ def explainer_for(model: Recommender, histories: Histories | None = None, n_user
         return IALSHistoryWeights(model, histories)
     if isinstance(model, RowInputRecommender) and model.item_vectors() is None and model.train_view != "items":
         return RowOcclusion(model)
-    return ItemSimilarity(model, histories, n_users if n_users is not None else model.n_users)
+    return ItemSimilarity(model, histories, n_users if n_users is not None else model.n_users, context)
 
 
 def _number(value: float) -> float:

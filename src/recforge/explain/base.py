@@ -58,8 +58,31 @@ class Explainer:
     reason: str = HISTORY_ITEM
     note: str = ""
 
-    def __init__(self, model: Recommender) -> None:
+    def __init__(self, model: Recommender, context: torch.Tensor | None = None) -> None:
         self.model = model
+        # (n_users, n_context) each user's query context, for a model that reads context (else unused: None)
+        self.context = context.to(model_device(model)) if context is not None and model.reads_context else None
+
+    def in_context(self, row: torch.Tensor) -> "Explainer":
+        """A copy of this explainer that explains every user in one ``(n_context,)`` context (a request's time);
+        itself for a model that does not read context."""
+        if not self.model.reads_context:
+            return self
+        view = copy.copy(self)
+        view.context = row.to(model_device(self.model)).expand(self.model.n_users, -1)
+        return view
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """The model's scores of every item for ``users`` (on the model's device), in their query context when the
+        model reads context and the explainer was given it (else the model's own default: a zero context)."""
+        if self.context is None:
+            return self.model.score_all(users)
+        return self.model.score_all(users, context=self.context[users])
+
+    def user_scores(self, user: int, items: torch.Tensor) -> torch.Tensor:
+        """The model's scores of ``items`` for ``user``."""
+        device = model_device(self.model)
+        return self.score_all(torch.tensor([user], device=device))[0, items.to(device)]
 
     def explain(self, user: int, items: torch.Tensor, top: int) -> Explanations:  # pragma: no cover - abstract
         """At most ``top`` reasons for each of ``items`` (item indices) recommended to ``user`` (a user index)."""
@@ -103,12 +126,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
     return torch.device("cpu")
-
-
-def user_scores(model: Recommender, user: int, items: torch.Tensor) -> torch.Tensor:
-    """The model's scores of ``items`` for ``user``."""
-    device = model_device(model)
-    return model.score_all(torch.tensor([user], device=device))[0, items.to(device)]
 
 
 def shallow_copy(model: Recommender) -> Recommender:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from recforge.explain.base import Histories, history_of, model_device, shallow_copy, with_histories
-from recforge.explain.features import Variables, fm_of, logits_of, side_variables
+from recforge.explain.features import fm_of, logits_of, side_variables, user_variables
 from recforge.explain.ials import user_system
 from recforge.explain.similarity import item_space
 from recforge.models.base import Recommender, SequentialRecommender
@@ -123,17 +123,19 @@ class FeatureRemoval(Counterfactual):
     name = "feature_removal"
 
     @torch.no_grad()
-    def __init__(self, model: FactorizationMachine | DeepFM) -> None:
+    def __init__(self, model: FactorizationMachine | DeepFM, context: torch.Tensor | None = None) -> None:
         super().__init__(model)
         self.fm = fm_of(model)
-        self.n_user_variables = 1 + (self.fm.user_side.features.shape[1] if self.fm.user_side.has_features else 0)
+        self.context = context if self.fm.context_side is not None else None   # (n_users, n_context) or None
+        self.n_user_variables = len(user_variables(self.fm, torch.tensor(0, device=model_device(model))).values)
         self.items = side_variables(self.fm.item_side, torch.arange(self.fm.n_items, device=model_device(model)))
         self.item_terms = self.items.terms()  # every item as it is; a call changes one item's
 
     @torch.no_grad()
     def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
         removed = removed.to(self.items.values.device)
-        user_vars = side_variables(self.fm.user_side, torch.tensor(user, device=removed.device))
+        context = self.context[user] if self.context is not None else None
+        user_vars = user_variables(self.fm, torch.tensor(user, device=removed.device), context)
         user_scales = torch.ones_like(user_vars.values)
         user_scales[removed[removed < self.n_user_variables]] = 0
         items = self.item_terms
@@ -141,7 +143,7 @@ class FeatureRemoval(Counterfactual):
         if item >= 0 and len(own):
             scales = torch.ones_like(self.items.values[item])
             scales[own] = 0
-            changed = Variables(*(t[item] for t in self.items)).terms(scales)
+            changed = self.items.at(item).terms(scales)
             at = (torch.tensor([item], device=removed.device),)
             items = SideTerms(tuple(f.index_put(at, g.unsqueeze(0)) for f, g in zip(items.fields, changed.fields)),
                               items.linear.index_put(at, changed.linear.view(1)),
@@ -154,11 +156,12 @@ SURROGATE_ALPHA, SURROGATE_REG = 10.0, 100.0
 
 
 def counterfactual_for(model: Recommender, histories: Histories | None = None,
-                       n_users: int | None = None) -> Counterfactual:
-    """The counterfactual that fits ``model`` (see the module's table)."""
+                       n_users: int | None = None, context: torch.Tensor | None = None) -> Counterfactual:
+    """The counterfactual that fits ``model`` (see the module's table); ``context``: the users' query context of
+    an FM or DeepFM that reads context (:func:`recforge.explain.explainer_for`'s)."""
     model.eval()
     if isinstance(model, (FactorizationMachine, DeepFM)):
-        return FeatureRemoval(model)
+        return FeatureRemoval(model, context)
     if model.reads_histories:
         return HistoryRemoval(model)
     if isinstance(model, GraphRecommender):

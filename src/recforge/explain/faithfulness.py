@@ -55,7 +55,7 @@ def measure(model, explainer: Explainer, counterfactual: Counterfactual, users: 
         excluded = history_of(model, user, histories)
         started = time.perf_counter()
         with torch.no_grad():
-            scores = model.score_all(torch.tensor([user], device=device))[0].float()
+            scores = explainer.score_all(torch.tensor([user], device=device))[0].float()   # in its context
         scoring.append(time.perf_counter() - started)
         scores[excluded] = -torch.inf
         items = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.explain.base import Explainer, Explanations, Histories, history_of, user_scores
+from recforge.explain.base import Explainer, Explanations, Histories, history_of
 from recforge.models.ials import IALS
 
 
@@ -46,5 +46,5 @@ class IALSHistoryWeights(Explainer):
         y = self.model.item_factors
         matrix, _ = user_system(y, self.gram, history, self.model.alpha, self.model.reg)
         weights = (1 + self.model.alpha) * y[items] @ torch.linalg.solve(matrix, y[history].T)
-        scores = user_scores(self.model, user, items)
+        scores = self.user_scores(user, items)
         return self.result(items, scores, weights, history, top, rest=scores - weights.sum(1))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.explain.base import SCORE_CHUNK, Explainer, Explanations, history_of, user_scores, with_histories
+from recforge.explain.base import SCORE_CHUNK, Explainer, Explanations, history_of, with_histories
 from recforge.models.ease import EASE
 
 
@@ -24,7 +24,7 @@ class ItemWeights(Explainer):
     def explain(self, user: int, items: torch.Tensor, top: int) -> Explanations:
         history = history_of(self.model, user, None)
         items = items.to(history.device)
-        scores = user_scores(self.model, user, items)
+        scores = self.user_scores(user, items)
         weights = self.terms(history, items).T.to(scores.dtype)
         return self.result(items, scores, weights, history, top, rest=scores - weights.sum(1))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.explain.base import SCORE_CHUNK, Explainer, Explanations, model_device, user_scores
+from recforge.explain.base import SCORE_CHUNK, Explainer, Explanations, model_device
 from recforge.models.base import RowInputRecommender, SequentialRecommender
 
 
@@ -60,4 +60,4 @@ class RowOcclusion(Explainer):
         logits = torch.cat([model.reconstruct(chunk, torch.full((len(chunk),), user, device=device))[0][:, items]
                             for chunk in rows.split(step)])
         weights = (logits[0] - logits[1:]).T
-        return self.result(items, user_scores(model, user, items), weights, history, top)
+        return self.result(items, self.user_scores(user, items), weights, history, top)

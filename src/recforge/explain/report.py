@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recforge.data.context import context_names
 from recforge.errors import RecForgeError
 from recforge.explain import explainer_for, records
 from recforge.explain.base import Explainer, Histories, history_of, model_device
@@ -46,17 +47,18 @@ def explained_run(exp) -> ExplainedRun:
         model.set_histories(indptr.to(model_device(model)), items.to(model_device(model)))
     histories = Histories(indptr, items)
     names = None
+    context = dm.query_context("test") if model.reads_context else None   # the context the test ranking scores in
     if isinstance(model, (FactorizationMachine, DeepFM)):
         fm = model.fm if isinstance(model, DeepFM) else model
         feature_names = dm.feature_names()  # the columns the model was built with, in their order
         user = feature_names.get("user_features", []) if fm.user_side.has_features else []
         item = feature_names.get("item_features", []) if fm.item_side.has_features else []
-        names = variable_names(fm, user, item)
+        names = variable_names(fm, user, item, context_names(dm.context_columns) if model.reads_context else None)
     features = dm.item_features
     titles = None
     if features is not None and "title" in features:
         titles = features["title"].fillna("").astype(str).tolist()
-    return ExplainedRun(model, explainer_for(model, histories, dm.n_users, names), histories,
+    return ExplainedRun(model, explainer_for(model, histories, dm.n_users, names, context), histories,
                         dm.id_maps.items.tolist(), dm.id_maps.users, titles)
 
 
@@ -71,7 +73,7 @@ def top_items(run: ExplainedRun, user: int, k: int) -> torch.Tensor:
     """The model's top-``k`` for ``user`` outside the history it is explained from."""
     device = model_device(run.model)
     with torch.no_grad():
-        scores = run.model.score_all(torch.tensor([user], device=device))[0].float()
+        scores = run.explainer.score_all(torch.tensor([user], device=device))[0].float()
     scores[history_of(run.model, user, run.histories)] = -torch.inf
     return torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
 

@@ -81,7 +81,7 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
         else:
             items, scores, fallback, unknown = model.recommend_history(body.history, body.k, body.exclude_seen,
                                                                        body.allow_items, body.deny_items)
-        explanation = model.explain(body.user, items, body.n_reasons) if body.explain else None
+        explanation = model.explain(body.user, items, body.n_reasons, body.time) if body.explain else None
     except InvalidRequest as exc:
         info["error"] = str(exc)
         return exc.status, dumps({"detail": str(exc)})

@@ -203,6 +203,8 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
         from recforge.explain import Histories, explainer_for
 
         explainer = explainer_for(bundle.model, Histories.from_csr(bundle.seen), len(bundle.user_ids))
+        if bundle.reads_context:   # explained at the job's one time, as it ranked
+            explainer = explainer.in_context(bundle.query_context(1, at)["context"][0])
     rows = 0
     starts = range(0, len(users), chunk_size)
     explained = atomic_path(explanations_path(output)) if explainer is not None else nullcontext()
@@ -346,6 +348,8 @@ def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: 
         from recforge.explain import Histories, explainer_for
 
         explainer = explainer_for(bundle.model, Histories.from_csr(bundle.seen), len(bundle.user_ids))
+        if bundle.reads_context:   # explained at the job's one time, as it ranked
+            explainer = explainer.in_context(bundle.query_context(1, at)["context"][0])
         reasons = explanation_schema(lists, explainer)
         explained.mkdir(parents=True, exist_ok=True)
 

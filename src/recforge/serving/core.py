@@ -323,11 +323,13 @@ class ServedModel:
         if not 1 <= n_reasons <= MAX_REASONS:
             raise InvalidRequest(f"n_reasons={n_reasons} is out of range; use 1 <= n_reasons <= {MAX_REASONS}")
 
-    def explain(self, user: Any, items: Sequence[Any], n_reasons: int = 5) -> dict[str, Any]:
+    def explain(self, user: Any, items: Sequence[Any], n_reasons: int = 5, at: float | None = None
+                ) -> dict[str, Any]:
         """Why each of ``items`` (raw ids, as :meth:`recommend` answered) was recommended to ``user``: the JSON
-        form of :func:`recforge.explain.records`, by the method that fits the model. An unknown user's
-        popularity fallback gets no reasons and says so. Off the request path unless asked for: the explainer
-        is built on first use."""
+        form of :func:`recforge.explain.records`, by the method that fits the model; a model that reads context
+        is explained in the context of ``at`` (Unix seconds; default: now), as :meth:`recommend` scored. An unknown
+        user's popularity fallback gets no reasons and says so. Off the request path unless asked for: the
+        explainer is built on first use."""
         self.check_reasons(n_reasons)
         row = self.user_row(user)
         if row is None:
@@ -337,7 +339,10 @@ class ServedModel:
         from recforge.explain import records
 
         columns = torch.as_tensor(self.item_columns(items, "items"))
-        return records(self.explainer().explain(row, columns, n_reasons), self.item_ids)
+        explainer = self.explainer()
+        if self.bundle.reads_context:
+            explainer = explainer.in_context(self.bundle.query_context(1, at)["context"][0])
+        return records(explainer.explain(row, columns, n_reasons), self.item_ids)
 
     def explainer(self):
         """The model's explainer (:func:`recforge.explain.explainer_for`), histories from the seen items."""
