@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy loads)
 
@@ -77,10 +78,20 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
             "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1)}
 
 
-def mean_ranks(rows: list[dict]) -> list[tuple[float, float, float, tuple[str, ...], dict]]:
-    """``(mean rank, mean share of the best, worst share, candidate, {setting: val})`` best first. Ranks are 1 = best
-    validation within a setting; the share is val / the setting's best val. Candidates whose worst share is below
-    :data:`FLOOR` come last; then the mean rank orders, and the mean share breaks its ties."""
+class Ranked(NamedTuple):
+    """One candidate's standing over the settings (data/split pairs) it ran on."""
+
+    rank: float            # mean validation rank, 1 = best within a setting
+    share: float           # mean of val / the setting's best val
+    worst: float           # the lowest of those shares
+    candidate: tuple[str, ...]
+    vals: dict[str, float | None]   # "data/split" -> validation value
+
+
+def mean_ranks(rows: list[dict]) -> list[Ranked]:
+    """Each candidate that ran on every setting, best first. Ranks are 1 = best validation within a setting; the
+    share is val / the setting's best val. Candidates whose worst share is below :data:`FLOOR` come last; then the
+    mean rank orders, and the mean share breaks its ties."""
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
@@ -92,10 +103,10 @@ def mean_ranks(rows: list[dict]) -> list[tuple[float, float, float, tuple[str, .
         for rank, c in enumerate(scored, 1):
             ranks[c].append(rank)
             shares[c].append(by[(*setting, c)] / best if best else 1.0)
-    out = [(sum(r) / len(r), sum(shares[c]) / len(r), min(shares[c]), c,
-            {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
+    out = [Ranked(sum(r) / len(r), sum(shares[c]) / len(r), min(shares[c]), c,
+                  {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
            for c, r in ranks.items() if len(r) == len(settings)]
-    return sorted(out, key=lambda t: (t[2] < FLOOR, t[0], -t[1]))
+    return sorted(out, key=lambda t: (t.worst < FLOOR, t.rank, -t.share))
 
 
 def main() -> None:
@@ -130,7 +141,7 @@ def main() -> None:
     table = mean_ranks(rows)
     if not table:
         return
-    settings = list(table[0][4])
+    settings = list(table[0].vals)
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
           f"({rows[0]['monitor']})\n")
     print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings) + " |")

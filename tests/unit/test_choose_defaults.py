@@ -29,16 +29,16 @@ def test_mean_rank_prefers_good_everywhere_over_best_once():
         "lr=c": {"d1/s": 0.10, "d2/s": 0.15, "d3/s": 0.15},   # ranks 3, 2, 2: mean 2.33
     }))
     # the tie between a and c: a reaches (1 + 0.5 + 0.5) / 3 = 0.667 of the best, c (1/3 + 0.75 + 0.75) / 3 = 0.611
-    assert [c for _, _, _, c, _ in table] == [("lr=b",), ("lr=a",), ("lr=c",)]
-    assert [round(r, 2) for r, _, _, _, _ in table] == [1.33, 2.33, 2.33]
-    assert [round(w, 3) for _, _, w, _, _ in table] == [0.967, 0.5, 0.333]
-    assert table[1][1] == pytest.approx((1 + 0.5 + 0.5) / 3)
-    assert table[2][1] == pytest.approx((0.10 / 0.30 + 0.75 + 0.75) / 3)
+    assert [t.candidate for t in table] == [("lr=b",), ("lr=a",), ("lr=c",)]
+    assert [round(t.rank, 2) for t in table] == [1.33, 2.33, 2.33]
+    assert [round(t.worst, 3) for t in table] == [0.967, 0.5, 0.333]
+    assert table[1].share == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert table[2].share == pytest.approx((0.10 / 0.30 + 0.75 + 0.75) / 3)
 
 
 def test_a_candidate_missing_a_setting_is_left_out():
     table = choose_defaults.mean_ranks(rows({"x=1": {"d1/s": 0.2, "d2/s": 0.2}, "x=2": {"d1/s": 0.3}}))
-    assert [c for _, _, _, c, _ in table] == [("x=1",)]
+    assert [t.candidate for t in table] == [("x=1",)]
 
 
 def test_a_candidate_that_collapses_somewhere_ranks_after_the_safe_ones():
@@ -47,13 +47,13 @@ def test_a_candidate_that_collapses_somewhere_ranks_after_the_safe_ones():
         "neg=1": {"d1/s": 0.23, "d2/s": 0.070, "d3/s": 0.116},   # ranks 3, 3, 1: mean 2.33, worst 0.070 / 0.080 = 0.875
         "d=32": {"d1/s": 0.24, "d2/s": 0.079, "d3/s": 0.107},    # ranks 2, 2, 2: mean 2.00, worst 0.922
     }))
-    assert [c for _, _, _, c, _ in table] == [("d=32",), ("neg=1",), ("neg=4",)]
-    assert table[2][2] == pytest.approx(0.059 / 0.116)
-    assert table[1][2] == pytest.approx(0.070 / 0.080)
+    assert [t.candidate for t in table] == [("d=32",), ("neg=1",), ("neg=4",)]
+    assert table[2].worst == pytest.approx(0.059 / 0.116)
+    assert table[1].worst == pytest.approx(0.070 / 0.080)
     # without the collapse the mean rank alone decides: neg=4 first
     table = choose_defaults.mean_ranks(rows({"neg=4": {"d1/s": 0.25, "d2/s": 0.080, "d3/s": 0.100},
                                              "neg=1": {"d1/s": 0.23, "d2/s": 0.070, "d3/s": 0.116}}))
-    assert [c for _, _, _, c, _ in table] == [("neg=4",), ("neg=1",)]
+    assert [t.candidate for t in table] == [("neg=4",), ("neg=1",)]
 
 
 def test_grid_values_may_be_lists():
