@@ -32,7 +32,7 @@ HEADER = ("| model | method | counterfactual | pairs | rank drop: top reasons | 
 def row(path: str, label: str | None, args: argparse.Namespace) -> str:
     exp = load_checkpoint(path, args.data_dir)
     run = explained_run(exp)
-    counterfactual = counterfactual_for(run.model, run.histories, exp.datamodule.n_users)
+    counterfactual = counterfactual_for(run.model, run.histories, exp.datamodule.n_users, run.explainer.context)
     result = measure(run.model, run.explainer, counterfactual, sample_test_users(exp, args.users, args.seed),
                      run.histories, args.k, args.remove, args.draws, args.seed)
     name = f"{type(run.model).__name__} ({label})" if label else type(run.model).__name__

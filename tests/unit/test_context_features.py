@@ -324,9 +324,9 @@ def test_a_served_context_model_scores_each_request_at_its_time(tmp_path):
         answers[at] = dict(zip(items, scores))
     assert not np.allclose([answers[monday_9][i] for i in bundle.item_ids],
                            [answers[saturday_23][i] for i in bundle.item_ids])
-    # explained at the request's time: its hour (column 9 / 23) and weekday (24 + 0 / 24 + 5) are the reasons
-    for at, own, other in ((monday_9, {"context[9]", "context[24]"}, {"context[23]", "context[29]"}),
-                           (saturday_23, {"context[23]", "context[29]"}, {"context[9]", "context[24]"})):
+    # explained at the request's time: its hour and weekday are among the reasons, named by the declaration
+    for at, own, other in ((monday_9, {"hour=9", "weekday=Mon"}, {"hour=23", "weekday=Sat"}),
+                           (saturday_23, {"hour=23", "weekday=Sat"}, {"hour=9", "weekday=Mon"})):
         explained = served.explain(user, list(bundle.item_ids[:2]), 100, at=at)
         features = {reason["feature"] for entry in explained["items"] for reason in entry["reasons"]}
         assert own <= features and not other & features

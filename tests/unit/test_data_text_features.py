@@ -113,7 +113,7 @@ def test_a_list_of_texts_is_the_mean_of_their_embeddings(stub):
     new = encoder.encode_records([{"reviews": ["bad", "good"]}, {"reviews": None}], ["items[0]", "items[1]"])
     np.testing.assert_allclose(new, matrix[[0, 2]], rtol=1e-6)
     with pytest.raises(RecForgeError, match=r"^items\[0\]: column 'reviews' \(feature reviews, text\) needs a text "
-                                            r"or a list of texts \(got a list\)"):
+                                            r"or a list of texts \(got a list holding int\)"):
         encoder.encode_records([{"reviews": ["good", 3]}], ["items[0]"])
 
 

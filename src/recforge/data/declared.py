@@ -158,8 +158,8 @@ def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame
     """``frame`` (one row per index ``0..n-1`` of the side, or None) with the raw column of each ``from_interactions``
     feature computed from the training interactions ``train`` (indices in ``train[side]``): a multi feature's
     value is the ``sep``-joined values of the id's training rows (their union, once encoded), a numeric or bucket
-    feature's the mean of its training rows' numbers, a text feature's the list of its training rows' non-empty
-    texts (encoded as the mean of their embeddings). Validation, test and fold-in interactions are never read,
+    feature's the mean of its training rows' numbers, a text feature's the sequence (a list or an array) of its
+    training rows' non-empty texts (encoded as the mean of their embeddings). Validation, test and fold-in interactions are never read,
     so what they carry (a tag given in a held-out rating, the text of a held-out review) cannot reach the
     features; an id without training interactions has no value (zeros; a number gets the training mean)."""
     wanted = [c for c in columns if c.from_interactions]
@@ -342,10 +342,12 @@ def _check_value(column: FeatureColumn, value: Any, label: str) -> None:
     averaged, as an id's training reviews are), empty or null only with ``fill`` or ``from_interactions`` (an id
     without interactions yet)."""
     if column.kind == "text":
-        texts = value if isinstance(value, list) else [value]
-        if not all(t is None or isinstance(t, str) for t in texts):
-            raise RecForgeError(f"{_where(label, column.source, column)} needs a text or a list of texts (got "
-                                f"{_kind(value)})")
+        many = isinstance(value, (list, tuple, np.ndarray))
+        texts = list(value) if many else [value]
+        wrong = [t for t in texts if not (t is None or isinstance(t, str))]
+        if wrong:
+            got = f"a list holding {_kind(wrong[0])}" if many else _kind(value)
+            raise RecForgeError(f"{_where(label, column.source, column)} needs a text or a list of texts (got {got})")
         if not any(t and t.strip() for t in texts) and column.fill is None and not column.from_interactions:
             raise RecForgeError(f"{_where(label, column.source, column)} is null or empty and the feature has no "
                                 f"fill; give a text")

@@ -41,7 +41,8 @@ from recforge.models.ials import IALS
 from recforge.models.lightgcn import LightGCN
 from recforge.models.pop import Popularity
 
-__all__ = ["FEATURE", "Explainer", "Explanations", "Histories", "NotPersonal", "explainer_for", "records"]
+__all__ = ["FEATURE", "Explainer", "Explanations", "Histories", "NotPersonal", "bundle_explainer", "explainer_for",
+           "records"]
 
 
 class NotPersonal(Explainer):
@@ -87,6 +88,23 @@ def explainer_for(model: Recommender, histories: Histories | None = None, n_user
     if isinstance(model, RowInputRecommender) and model.item_vectors() is None and model.train_view != "items":
         return RowOcclusion(model)
     return ItemSimilarity(model, histories, n_users if n_users is not None else model.n_users, context)
+
+
+def bundle_explainer(bundle, at: float | None = None) -> Explainer:
+    """The explainer of a model bundle (``recforge.tracking.bundle.Bundle``, as served): histories from its seen
+    items; for a model that reads context, in the context of ``at`` (Unix seconds; None: none bound, for a caller
+    that binds each request's with :meth:`Explainer.in_context`), FM's and DeepFM's context variables named by the
+    bundle's declaration (``hour=9``, ``weekday=Mon``; the bundle keeps no feature names: ``user_feature[3]``)."""
+    from recforge.data.context import context_names
+    from recforge.explain.features import fm_of, variable_names
+
+    model, names = bundle.model, None
+    if bundle.reads_context and isinstance(model, (FactorizationMachine, DeepFM)):
+        names = variable_names(fm_of(model), context=context_names(bundle.context))
+    explainer = explainer_for(model, Histories.from_csr(bundle.seen), len(bundle.user_ids), names)
+    if bundle.reads_context and at is not None:
+        explainer = explainer.in_context(bundle.query_context(1, at)["context"][0])
+    return explainer
 
 
 def _number(value: float) -> float:

@@ -65,7 +65,8 @@ class Explainer:
 
     def in_context(self, row: torch.Tensor) -> "Explainer":
         """A copy of this explainer that explains every user in one ``(n_context,)`` context (a request's time);
-        itself for a model that does not read context."""
+        itself for a model that does not read context. What the explainer computed when it was built stays (an
+        ``item_similarity`` item space: every model that reads context has item vectors, which no context moves)."""
         if not self.model.reads_context:
             return self
         view = copy.copy(self)

@@ -186,8 +186,8 @@ class IntegratedGradients(FeatureExplainer):
         with torch.enable_grad():
             user_scales = alphas.view(-1, 1, 1).expand(-1, k, m_user).clone().requires_grad_()
             item_scales = alphas.view(-1, 1, 1).expand(-1, k, m_item).clone().requires_grad_()
-            expanded = item_vars._replace(**{k: getattr(item_vars, k).unsqueeze(0)
-                                             for k in ("values", "vectors", "weights")})
+            expanded = item_vars._replace(**{name: getattr(item_vars, name).unsqueeze(0)
+                                             for name in ("values", "vectors", "weights")})
             path = self.logits(user_vars, expanded, user_scales, item_scales)  # (steps, k)
             user_grad, item_grad = torch.autograd.grad(path.sum(), (user_scales, item_scales))
         attributions = torch.cat([user_grad.mean(0), item_grad.mean(0)], 1)

@@ -5,6 +5,7 @@ middleware that answers ``/recommend`` before routing, so both answer identicall
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from recforge.serving.core import InvalidRequest, shown
@@ -75,13 +76,14 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
                 raise InvalidRequest("explain: explanations need a user id (a known user's history); leave explain "
                                      "out of history requests")
             model.check_reasons(body.n_reasons)
+        at = body.time if body.time is not None or not body.explain else int(time.time())   # ranked, explained at
         if body.history is None:
             items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
-                                                      body.deny_items, body.time)
+                                                      body.deny_items, at)
         else:
             items, scores, fallback, unknown = model.recommend_history(body.history, body.k, body.exclude_seen,
                                                                        body.allow_items, body.deny_items)
-        explanation = model.explain(body.user, items, body.n_reasons, body.time) if body.explain else None
+        explanation = model.explain(body.user, items, body.n_reasons, at) if body.explain else None
     except InvalidRequest as exc:
         info["error"] = str(exc)
         return exc.status, dumps({"detail": str(exc)})

@@ -200,11 +200,9 @@ def recommend_to_parquet(bundle, users: np.ndarray, output: str | os.PathLike, k
 
     explainer = None
     if explain:
-        from recforge.explain import Histories, explainer_for
+        from recforge.explain import bundle_explainer
 
-        explainer = explainer_for(bundle.model, Histories.from_csr(bundle.seen), len(bundle.user_ids))
-        if bundle.reads_context:   # explained at the job's one time, as it ranked
-            explainer = explainer.in_context(bundle.query_context(1, at)["context"][0])
+        explainer = bundle_explainer(bundle, at)   # at the job's one time, as it ranked
     rows = 0
     starts = range(0, len(users), chunk_size)
     explained = atomic_path(explanations_path(output)) if explainer is not None else nullcontext()
@@ -345,11 +343,9 @@ def recommend_to_parts(bundle, users: np.ndarray, output: str | os.PathLike, k: 
                        ("rank", pa.int64()), ("score", pa.float32()), ("fallback", pa.bool_())])
     explainer = reasons = None
     if explain:
-        from recforge.explain import Histories, explainer_for
+        from recforge.explain import bundle_explainer
 
-        explainer = explainer_for(bundle.model, Histories.from_csr(bundle.seen), len(bundle.user_ids))
-        if bundle.reads_context:   # explained at the job's one time, as it ranked
-            explainer = explainer.in_context(bundle.query_context(1, at)["context"][0])
+        explainer = bundle_explainer(bundle, at)   # at the job's one time, as it ranked
         reasons = explanation_schema(lists, explainer)
         explained.mkdir(parents=True, exist_ok=True)
 

@@ -349,9 +349,9 @@ class ServedModel:
         if self._explainer is None:
             with self._explainer_lock:
                 if self._explainer is None:
-                    from recforge.explain import Histories, explainer_for
+                    from recforge.explain import bundle_explainer
 
-                    self._explainer = explainer_for(self.model, Histories.from_csr(self.bundle.seen), self.n_users)
+                    self._explainer = bundle_explainer(self.bundle)   # a request's context bound in explain
         return self._explainer
 
     def similar_items(self, item: Any, k: int = 10) -> tuple[list[Any], list[float]]:
