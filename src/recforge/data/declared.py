@@ -159,9 +159,10 @@ def from_training_interactions(columns: list[FeatureColumn], frame: pd.DataFrame
     feature computed from the training interactions ``train`` (indices in ``train[side]``): a multi feature's
     value is the ``sep``-joined values of the id's training rows (their union, once encoded), a numeric or bucket
     feature's the mean of its training rows' numbers, a text feature's the sequence (a list or an array) of its
-    training rows' non-empty texts (encoded as the mean of their embeddings). Validation, test and fold-in interactions are never read,
-    so what they carry (a tag given in a held-out rating, the text of a held-out review) cannot reach the
-    features; an id without training interactions has no value (zeros; a number gets the training mean)."""
+    training rows' non-empty texts (encoded as the mean of their embeddings). Validation, test and fold-in
+    interactions are never read, so what they carry (a tag given in a held-out rating, the text of a held-out
+    review) cannot reach the features; an id without training interactions has no value (zeros; a number gets the
+    training mean)."""
     wanted = [c for c in columns if c.from_interactions]
     if not wanted:
         return frame

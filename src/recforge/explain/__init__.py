@@ -41,8 +41,8 @@ from recforge.models.ials import IALS
 from recforge.models.lightgcn import LightGCN
 from recforge.models.pop import Popularity
 
-__all__ = ["FEATURE", "Explainer", "Explanations", "Histories", "NotPersonal", "bundle_explainer", "explainer_for",
-           "records"]
+__all__ = ["FEATURE", "Explainer", "Explanations", "Histories", "NotPersonal", "at_time", "bundle_explainer",
+           "explainer_for", "records"]
 
 
 class NotPersonal(Explainer):
@@ -102,9 +102,15 @@ def bundle_explainer(bundle, at: float | None = None) -> Explainer:
     if bundle.reads_context and isinstance(model, (FactorizationMachine, DeepFM)):
         names = variable_names(fm_of(model), context=context_names(bundle.context))
     explainer = explainer_for(model, Histories.from_csr(bundle.seen), len(bundle.user_ids), names)
-    if bundle.reads_context and at is not None:
-        explainer = explainer.in_context(bundle.query_context(1, at)["context"][0])
-    return explainer
+    return explainer if at is None else at_time(explainer, bundle, at)
+
+
+def at_time(explainer: Explainer, bundle, at: float | None) -> Explainer:
+    """``explainer`` (of ``bundle``'s model) bound to the context of a query made at ``at`` (Unix seconds; None:
+    now), as the bundle scores one; itself for a model that does not read context."""
+    if not bundle.reads_context:
+        return explainer
+    return explainer.in_context(bundle.query_context(1, at)["context"][0])
 
 
 def _number(value: float) -> float:

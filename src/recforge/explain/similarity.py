@@ -3,9 +3,9 @@ similar to the recommended one in the model's own item space."""
 
 from __future__ import annotations
 
-import torch
-
 from typing import Callable
+
+import torch
 
 from recforge.explain.base import SCORE_CHUNK, Explainer, Explanations, Histories, history_of, model_device
 from recforge.models.base import Recommender

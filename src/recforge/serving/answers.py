@@ -76,7 +76,7 @@ def answer_recommend(service: Service, raw: bytes, info: dict[str, Any]) -> tupl
                 raise InvalidRequest("explain: explanations need a user id (a known user's history); leave explain "
                                      "out of history requests")
             model.check_reasons(body.n_reasons)
-        at = body.time if body.time is not None or not body.explain else int(time.time())   # ranked, explained at
+        at = body.time if body.time is not None else int(time.time())   # one time: ranked and explained at it
         if body.history is None:
             items, scores, fallback = model.recommend(body.user, body.k, body.exclude_seen, body.allow_items,
                                                       body.deny_items, at)

@@ -336,12 +336,10 @@ class ServedModel:
             return {"method": "popularity_fallback", "exact": False,
                     "note": "unknown user: the most popular items, with no personal reasons",
                     "items": [{"item": item, "reasons": []} for item in items]}
-        from recforge.explain import records
+        from recforge.explain import at_time, records
 
         columns = torch.as_tensor(self.item_columns(items, "items"))
-        explainer = self.explainer()
-        if self.bundle.reads_context:
-            explainer = explainer.in_context(self.bundle.query_context(1, at)["context"][0])
+        explainer = at_time(self.explainer(), self.bundle, at)
         return records(explainer.explain(row, columns, n_reasons), self.item_ids)
 
     def explainer(self):
