@@ -85,7 +85,7 @@ def test_fm_with_features_beats_popularity_on_held_out_ids(genre_data, tmp_path,
     fm = train(cfg_for(genre_data, tmp_path / "fm", *common, "model=fm", "model.embedding_dim=16",
                        "optimizer.lr=0.05", "trainer.max_epochs=15"))
     if split == "cold_items":   # every held-out item has count 0: popularity is at chance level
-        assert pop["test/auc"] == pytest.approx(0.5)
+        assert abs(pop["test/auc"] - 0.5) < 0.15   # a shuffle of ties: chance, one draw
     assert fm["test/auc"] > 0.75 and fm["test/auc"] > pop["test/auc"] + 0.2
     assert fm["test/ndcg_at_10"] > pop["test/ndcg_at_10"]
 
