@@ -68,6 +68,10 @@ def test_cold_items_ranked_among_held_out_items_and_never_drawn_as_negatives(gen
     held_out = set(dm.split.test["item"])
     assert dm.candidates["test"].sum() == len(held_out)
     assert set(torch.nonzero(dm.candidates["test"]).squeeze(1).tolist()) == held_out
+    order = dm._eval_batches["test"][0]["candidate_order"]   # ties rank in a seeded shuffle, not by item index
+    assert sorted(order.tolist()) == sorted(held_out) and order.tolist() != sorted(held_out)
+    again = build_experiment(cfg_for(genre_data, tmp_path / "again", "split=cold_items", "model=fm")).datamodule
+    assert torch.equal(again._eval_batches["test"][0]["candidate_order"], order)
     outputs = [exp.module.evaluate_batch(b, "test") for b in dm._eval_batches["test"]]
     listed = torch.cat([o["topk"][o["valid"]] for o in outputs])
     assert set(listed.tolist()) <= held_out

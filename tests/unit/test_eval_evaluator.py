@@ -57,6 +57,25 @@ def test_hand_computed_chunk():
     assert "coverage_at_2" not in metrics  # needs item popularity
 
 
+def test_candidate_order_ranks_tied_candidates_in_its_order_not_by_item_index():
+    """The cold-item protocol ranks held-out items only, in a shuffled order: a model that scores them all alike
+    (popularity: all count 0) gets that order, not the item index (which follows the raw ids and their signal).
+    Different scores still rank first; the list is padded with no recommendation when the candidates run out."""
+    # 6 items, candidates {1, 3, 4, 5} in the order 5, 1, 4, 3; item 3 scores higher, the rest tie
+    table = torch.tensor([[0.0, 0.0, 0.0, 0.7, 0.0, 0.0], [0.0] * 6])
+    mask = torch.tensor([False, True, False, True, True, True])
+    batch = {**_batch([0, 1], [(1, 5)], [(0, 4), (1, 1)]), "candidate_items": mask,
+             "candidate_order": torch.tensor([5, 1, 4, 3])}
+    ev = RankingEvaluator(ks=[2, 5])
+    out = ev.evaluate(_table_scorer(table), batch)
+    assert out["topk"][0, :4].tolist() == [3, 5, 1, 4] and out["valid"][0].tolist() == [True] * 4 + [False]
+    assert out["topk"][1, :3].tolist() == [1, 4, 3] and out["valid"][1].tolist() == [True] * 3 + [False] * 2
+    assert out["ndcg_at_5"][0].item() == pytest.approx(1 / math.log2(5))   # item 4 fourth
+    assert out["hr_at_2"][1].item() == 1.0 and out["mrr_at_5"][1].item() == 1.0   # item 1 first (5 is seen)
+    indexed = ev.evaluate(_table_scorer(table), {k: v for k, v in batch.items() if k != "candidate_order"})
+    assert indexed["topk"][0, :4].tolist() == [3, 1, 4, 5]   # without an order: lower index first
+
+
 def test_beyond_accuracy_and_graded_gains():
     table = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
     ev = RankingEvaluator(ks=[1, 2], item_popularity=torch.tensor([4.0, 3.0, 2.0, 1.0]), n_train_users=4)

@@ -106,8 +106,9 @@ def split_eval_batch(batch, parts: int) -> list:
             for key in extra:
                 if key in batch:
                     piece[key] = batch[key][inside]
-        if "candidate_items" in batch:
-            piece["candidate_items"] = batch["candidate_items"]
+        for key in ("candidate_items", "candidate_order"):
+            if key in batch:
+                piece[key] = batch[key]
         out.append(piece)
     return out
 

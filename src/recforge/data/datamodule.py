@@ -258,13 +258,17 @@ class RecDataModule(pl.LightningDataModule):
         }
         self.candidates = {}
         if self.split.meta.get("rank_among") == "held_out" and self.feedback == "implicit":
-            # the cold-item protocol ranks each stage's held-out items only (split.rank_among=held_out)
+            # the cold-item protocol ranks each stage's held-out items only (split.rank_among=held_out), in a
+            # shuffled order: tied scores (every held-out item's popularity, items with the same features) are
+            # ranked by it, not by item index, which follows the sorted raw ids and would pass their signal
+            shuffle = np.random.default_rng(self.seed)
             for stage, part in (("val", val), ("test", test)):
                 mask = torch.zeros(self.n_items, dtype=torch.bool)
                 mask[torch.from_numpy(part["item"].to_numpy(np.int64, copy=True))] = True
                 self.candidates[stage] = mask
+                order = torch.from_numpy(shuffle.permutation(np.flatnonzero(mask.numpy())))
                 for batch in self._eval_batches[stage]:
-                    batch["candidate_items"] = mask
+                    batch["candidate_items"], batch["candidate_order"] = mask, order
         self.context_columns = list(getattr(self.source, "context_columns", None) or [])
         self.train_context = self._set_context() if self.context_columns else None
         self._report["data/tensors_s"] = time.perf_counter() - t0

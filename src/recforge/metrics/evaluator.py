@@ -101,8 +101,9 @@ class RankingEvaluator:
     :mod:`recforge.metrics.pointwise`): their scores are read before any masking and :meth:`aggregate` adds
     ``auc``, ``gauc``, ``gauc_skipped_users`` (and ``logloss``), and the per-user results each user's own AUC
     (``user_auc``, a column of the per-user test metrics). A ``candidate_items`` (n_items,) bool mask
-    restricts the ranking to those items (the cold-item protocol ranks the held-out items only).
-    """
+    restricts the ranking to those items (the cold-item protocol ranks the held-out items only); with a
+    ``candidate_order`` (the candidates' item indices, shuffled) tied scores among them rank in that order rather
+    than by item index (exact ranking; the ANN retriever ranks the masked scores as they are)."""
 
     def __init__(
         self,
@@ -203,10 +204,18 @@ class RankingEvaluator:
         ann_recall = None
         if self.retriever is not None:
             scores, ann_recall = self._retrieve(scores, users, ex_rows, kmax)
-        if self.reranker is None:
-            values, topk = topk_items(scores, kmax)
-        else:
-            values, topk = topk_items(scores, max(kmax, self.reranker.n_candidates))
+        width = kmax if self.reranker is None else max(kmax, self.reranker.n_candidates)
+        order = batch.get("candidate_order") if self.retriever is None else None
+        if order is None:
+            values, topk = topk_items(scores, width)
+        else:   # the candidates' columns in their shuffled order: ties fall to it, not to the item index
+            order = order.to(device)
+            values, topk = topk_items(scores[:, order], width)
+            topk, short = order[topk], min(width, n_items) - topk.shape[1]
+            if short > 0:   # fewer candidates than the list: the rest are no recommendation, as a masked item is
+                values = torch.cat([values, values.new_full((n_rows, short), float("-inf"))], 1)
+                topk = torch.cat([topk, topk.new_zeros((n_rows, short))], 1)
+        if self.reranker is not None:
             topk, values = self.reranker(users.to(device), topk, values, kmax)
         valid = torch.isfinite(values)
         hits, n_relevant, ideal = relevance_matrix(n_rows, topk, rel_rows, rel_cols, gains, valid)
