@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from recforge.models.base import by_user_chunks
 from recforge.models.ease import EASE, interaction_matrix
 from recforge.models.gmf import GMF
 from recforge.models.ials import IALS, ials_objective
 from recforge.models.itemknn import ItemKNN
 from recforge.models.lightgcn import LightGCN, normalized_adjacency
 from recforge.models.mlp import MLP
+from recforge.models.neumf import NeuMF
 from recforge.models.ngcf import NGCF
 
 # 4 users x 5 items; user 3 has a duplicated pair, item 4 is never seen
@@ -211,15 +213,35 @@ def test_ials_conjugate_gradient_reaches_the_exact_least_squares_solution():
         assert torch.allclose(x[u], exact, atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [GMF, MLP])
-def test_ncf_score_all_equals_pairwise_forward(cls):
+@pytest.mark.parametrize("cls, kwargs", [
+    (GMF, {}), (MLP, {}), (MLP, {"layers": [8]}), (MLP, {"layers": [16, 8, 4], "dropout": 0.3}),
+    (NeuMF, {}), (NeuMF, {"gmf_dim": 4, "mlp_layers": [8]}), (NeuMF, {"mlp_layers": [32, 32, 16], "dropout": 0.1}),
+])
+def test_ncf_score_all_equals_pairwise_forward(cls, kwargs):
+    """score_all's shortcuts (GMF's product, the tower's first layer split into a user and an item part, no
+    hidden layer at all) give forward's scores; the output bias is made non-zero so that it counts once."""
     torch.manual_seed(0)
-    model = cls(n_users=3, n_items=6).eval()
+    model = cls(n_users=3, n_items=6, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     users = torch.tensor([2, 0])
     with torch.no_grad():
         pairwise = model(users, torch.arange(6).expand(2, -1))
         assert torch.allclose(model.score_all(users), pairwise, atol=1e-6)
         assert torch.allclose(model(users, torch.tensor([5, 1])), pairwise[[0, 1], [5, 1]], atol=1e-6)
+
+
+def test_by_user_chunks_bounds_pairs_per_chunk_and_keeps_user_order():
+    seen = []
+
+    def score(chunk):
+        seen.append(len(chunk))
+        return chunk[:, None].float().expand(-1, 4)
+
+    out = by_user_chunks(score, torch.arange(7), n_items=4, pairs=12)
+    assert seen == [3, 3, 1] and torch.equal(out[:, 0], torch.arange(7).float())
+    assert by_user_chunks(score, torch.arange(0), n_items=4).shape == (0, 4)
 
 
 def test_lightgcn_gradients_match_a_dense_propagation():

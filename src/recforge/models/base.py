@@ -63,10 +63,7 @@ class Recommender(nn.Module):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Default: ``forward`` over every item, in sub-chunks bounded to ~4M pairs."""
         all_items = torch.arange(self.n_items, device=users.device)
-        step = max(1, (1 << 22) // self.n_items)
-        return torch.cat([
-            self(chunk, all_items.expand(len(chunk), -1)) for chunk in users.split(step)
-        ]) if len(users) else torch.empty(0, self.n_items, device=users.device)
+        return by_user_chunks(lambda chunk: self(chunk, all_items.expand(len(chunk), -1)), users, self.n_items)
 
     def item_vectors(self) -> torch.Tensor | None:
         """``(n_items, d)`` item representations (e.g. embeddings), or ``None`` when the model has none."""
@@ -156,6 +153,14 @@ class RowInputRecommender(WholeRowRecommender):
         """The histories as dense 0/1 rows (a repeated item counts once), scored by :meth:`score_rows`."""
         rows = torch.arange(len(indptr) - 1, device=indptr.device)
         return self.score_rows(dense_rows(indptr.long(), items.long(), rows, self.n_items))
+
+
+def by_user_chunks(score, users: torch.Tensor, n_items: int, pairs: int = 1 << 22) -> torch.Tensor:
+    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` of about ``pairs`` (user, item)
+    pairs each, concatenated: bounds the memory of models that build a vector per pair."""
+    if not len(users):
+        return torch.empty(0, n_items, device=users.device)
+    return torch.cat([score(chunk) for chunk in users.split(max(1, pairs // n_items))])
 
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import Recommender, broadcast_users
+from recforge.models.base import Recommender, broadcast_users, by_user_chunks
 
 
 def mlp_tower(widths: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
@@ -27,6 +28,18 @@ def xavier_init_(tower: nn.Sequential) -> None:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+
+def tower_over_all_pairs(tower: nn.Sequential, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``tower`` (from :func:`mlp_tower`) over the concatenation ``[users[b], items[j]]`` of every pair, ``(B, d)``
+    and ``(n, d')`` -> ``(B, n, width)``, as ``tower(cat(...))`` computes it. The first layer is linear in the
+    concatenation, ``W [u; i] + b = W_u u + (W_i i + b)``, so each half is projected once, not once per pair."""
+    if not len(tower):  # no hidden layer: the concatenation itself
+        return torch.cat([users.unsqueeze(1).expand(-1, len(items), -1),
+                          items.unsqueeze(0).expand(len(users), -1, -1)], dim=-1)
+    first, d = tower[0], users.shape[-1]
+    projected = (users @ first.weight[:, :d].T).unsqueeze(1) + F.linear(items, first.weight[:, d:], first.bias)
+    return tower[1:](projected)
 
 
 class MLP(Recommender):
@@ -56,3 +69,9 @@ class MLP(Recommender):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         pair = torch.cat([self.user_embedding(broadcast_users(users, items)), self.item_embedding(items)], dim=-1)
         return self.predict(self.tower(pair)).squeeze(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """``forward`` over every item, the tower's first layer applied once per user and once per item."""
+        items = self.item_embedding.weight
+        return by_user_chunks(lambda chunk: self.predict(tower_over_all_pairs(
+            self.tower, self.user_embedding(chunk), items)).squeeze(-1), users, self.n_items)

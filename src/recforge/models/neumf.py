@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from recforge.errors import RecForgeError
-from recforge.models.base import Recommender, broadcast_users
+from recforge.models.base import Recommender, broadcast_users, by_user_chunks
 from recforge.models.gmf import GMF
-from recforge.models.mlp import MLP, mlp_tower, xavier_init_
+from recforge.models.mlp import MLP, mlp_tower, tower_over_all_pairs, xavier_init_
 from recforge.models.pretrained import pretrained_source
 
 
@@ -94,3 +94,16 @@ class NeuMF(Recommender):
         gmf = self.gmf_user(users) * self.gmf_item(items)
         mlp = self.mlp(torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=-1))
         return self.predict(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """``forward`` over every item: the GMF half's part of the logit is one matrix product, the MLP tower's
+        first layer is applied once per user and once per item (:func:`tower_over_all_pairs`)."""
+        g = self.gmf_item.embedding_dim
+        w_gmf, w_mlp = self.predict.weight[0, :g], self.predict.weight[0, g:]
+
+        def score(chunk: torch.Tensor) -> torch.Tensor:
+            gmf = (self.gmf_user(chunk) * w_gmf) @ self.gmf_item.weight.T
+            mlp = tower_over_all_pairs(self.mlp, self.mlp_user(chunk), self.mlp_item.weight) @ w_mlp
+            return gmf + mlp + self.predict.bias
+
+        return by_user_chunks(score, users, self.n_items)
