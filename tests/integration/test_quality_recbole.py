@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -157,6 +158,10 @@ def test_recbole_side_is_reused_only_on_byte_identical_input(quality, tmp_path, 
     quality.remember(known, {"recbole": first})
     again = quality.recbole_side(sys.executable, quality.GENERAL, "BPR", {}, {"epochs": 3}, tmp_path, known)
     assert calls == [3] and again == {**first, "reused": True}
+    elsewhere = tmp_path / "another_run"  # a later process: the same split exported into another temporary folder
+    shutil.copytree(tmp_path / "out", elsewhere / "out")
+    moved = quality.recbole_side(sys.executable, quality.GENERAL, "BPR", {}, {"epochs": 3}, elsewhere, known)
+    assert calls == [3] and moved == {**first, "reused": True}
     other = quality.recbole_side(sys.executable, quality.GENERAL, "BPR", {}, {"epochs": 4}, tmp_path, known)
     assert calls == [3, 4] and other["input"] != first["input"]
     folder = tmp_path / "recbole"  # the files RecBole read: one changed byte is a new input
