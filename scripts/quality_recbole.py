@@ -199,8 +199,8 @@ def recforge_side(data: str, split: str, model: str, overrides: list[str], workd
 def input_digest(model: str, config: dict, data_path: Path) -> str:
     """What RecBole is given, as one hash: the model, its settings and the bytes of every file, but not where the
     files are (each run writes them to its own temporary folder, and settings such as ``checkpoint_dir`` lie in it)."""
-    settings = json.dumps([model, {k: v for k, v in config.items() if k != "data_path"}], sort_keys=True)
-    digest = hashlib.sha256(settings.replace(str(data_path), "<data_path>").encode())
+    settings = json.dumps([model, config], sort_keys=True).replace(str(data_path), "<data_path>")
+    digest = hashlib.sha256(settings.encode())
     for path in sorted(p for p in data_path.rglob("*") if p.is_file()):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:20]
