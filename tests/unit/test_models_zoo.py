@@ -281,18 +281,24 @@ def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
     assert MatrixFactorization(3, 4, l2_reg=0.0).regularization(users, items) == 0
 
 
-def test_mf_xavier_normal_init_scales_each_table_by_its_size():
+@pytest.mark.parametrize("init", ["xavier_normal", "xavier_uniform"])
+def test_mf_and_lightgcn_glorot_init_scales_each_table_by_its_size(init):
     from recforge.models.mf import MatrixFactorization
 
     torch.manual_seed(0)
-    model = MatrixFactorization(n_users=400, n_items=4000, embedding_dim=64, use_bias=False, init_std=1.0,
-                                init="xavier_normal")
-    for table, rows in ((model.user_embedding, 400), (model.item_embedding, 4000)):
-        assert table.weight.std().item() == pytest.approx((2 / (rows + 64)) ** 0.5, rel=0.03)
+    mf = MatrixFactorization(n_users=400, n_items=4000, embedding_dim=64, use_bias=False, init_std=1.0, init=init)
+    pairs = torch.tensor([[0, 399], [0, 3999]])  # (users, items)
+    gcn = LightGCN(400, 4000, pairs, embedding_dim=64, init_std=1.0, init=init)
+    for model in (mf, gcn):
+        for table, rows in ((model.user_embedding, 400), (model.item_embedding, 4000)):
+            assert table.weight.std().item() == pytest.approx((2 / (rows + 64)) ** 0.5, rel=0.03)
+            if init == "xavier_uniform":  # bounded by sqrt(6 / (rows + dim))
+                assert table.weight.abs().max().item() <= (6 / (rows + 64)) ** 0.5
     normal = MatrixFactorization(400, 4000, init_std=0.5).item_embedding.weight
     assert normal.std().item() == pytest.approx(0.5, rel=0.03)
-    with pytest.raises(ValueError, match="init must be 'normal' or 'xavier_normal', got 'glorot'"):
-        MatrixFactorization(3, 4, init="glorot")
+    for make in (lambda: MatrixFactorization(3, 4, init="glorot"), lambda: LightGCN(3, 4, PAIRS, init="glorot")):
+        with pytest.raises(ValueError, match="init must be one of normal, xavier_normal, xavier_uniform, got 'glo"):
+            make()
 
 
 def test_sparse_mm_ignores_its_uninitialised_buffer():

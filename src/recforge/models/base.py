@@ -155,6 +155,24 @@ class RowInputRecommender(WholeRowRecommender):
         return self.score_rows(dense_rows(indptr.long(), items.long(), rows, self.n_items))
 
 
+EMBEDDING_INITS = ("normal", "xavier_normal", "xavier_uniform")
+
+
+def init_embeddings(tables: list[nn.Embedding], init: str, init_std: float) -> None:
+    """Initialise embedding tables: ``normal`` draws from N(0, ``init_std``); ``xavier_normal`` and
+    ``xavier_uniform`` (Glorot's, as RecBole initialises its embeddings) set each table's scale by its size, std
+    ``sqrt(2 / (rows + dim))``: larger for a small catalogue, smaller for a large one (``init_std`` unused)."""
+    if init not in EMBEDDING_INITS:
+        raise ValueError(f"init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
+    for table in tables:
+        if init == "normal":
+            nn.init.normal_(table.weight, std=init_std)
+        elif init == "xavier_normal":
+            nn.init.xavier_normal_(table.weight)
+        else:
+            nn.init.xavier_uniform_(table.weight)
+
+
 def by_user_chunks(score, users: torch.Tensor, n_items: int, pairs: int = 1 << 22) -> torch.Tensor:
     """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` of about ``pairs`` (user, item)
     pairs each, concatenated: bounds the memory of models that build a vector per pair."""

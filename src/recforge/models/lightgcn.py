@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, init_embeddings
 from recforge.utils.linalg import inner_products
 
 
@@ -122,18 +122,18 @@ class LightGCN(GraphRecommender):
     """``E^(k+1) = D^-1/2 A D^-1/2 E^(k)`` for ``n_layers`` layers from the ego embeddings ``E^(0)``; the
     final representation is the mean of ``E^(0..K)`` and the score an inner product. The paper's setting:
     64-d, 3 layers, BPR, Adam lr 0.001, batch 2048, L2 ``reg_weight`` 1e-4 on the batch's ego embeddings
-    (see :meth:`regularization`)."""
+    (see :meth:`regularization`). ``init`` is ``normal`` (N(0, ``init_std``), the paper's) or Glorot's
+    ``xavier_normal`` / ``xavier_uniform`` (RecBole's), scaled per table by its size."""
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor, embedding_dim: int = 64,
-                 n_layers: int = 3, reg_weight: float = 1e-4, init_std: float = 0.1) -> None:
+                 n_layers: int = 3, reg_weight: float = 1e-4, init_std: float = 0.1, init: str = "normal") -> None:
         super().__init__(n_users, n_items, interactions)
         if n_layers < 0:
             raise ValueError("n_layers must be >= 0")
         self.n_layers, self.reg_weight = n_layers, reg_weight
         self.user_embedding = nn.Embedding(n_users, embedding_dim)
         self.item_embedding = nn.Embedding(n_items, embedding_dim)
-        nn.init.normal_(self.user_embedding.weight, std=init_std)
-        nn.init.normal_(self.item_embedding.weight, std=init_std)
+        init_embeddings([self.user_embedding, self.item_embedding], init, init_std)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         layer = torch.cat([self.user_embedding.weight, self.item_embedding.weight])

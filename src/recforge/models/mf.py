@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender, broadcast_users, with_ones
+from recforge.models.base import Recommender, broadcast_users, init_embeddings, with_ones
 from recforge.utils.linalg import inner_products
 
 
@@ -21,9 +21,9 @@ class MatrixFactorization(Recommender):
     ``similarity="cosine"`` scores by the cosine of the two vectors instead of their dot product (no biases),
     the scores SimpleX's cosine contrastive loss (``loss=ccl``) expects: MF-CCL in Mao et al. 2021.
 
-    ``init="normal"`` draws the factors from N(0, ``init_std``); ``init="xavier_normal"`` from Glorot's normal,
-    whose std ``sqrt(2 / (rows + embedding_dim))`` is set per table by its size (``init_std`` unused), as RecBole
-    initialises its embeddings: larger for a small catalogue, smaller for a large one.
+    ``init="normal"`` draws the factors from N(0, ``init_std``); ``init="xavier_normal"`` or ``"xavier_uniform"``
+    from Glorot's, whose std ``sqrt(2 / (rows + embedding_dim))`` is set per table by its size (``init_std``
+    unused), as RecBole initialises its embeddings: larger for a small catalogue, smaller for a large one.
 
     ``l2_reg`` adds the per-pair L2 penalty of :meth:`regularization` to the loss. ``sparse_grad`` makes the
     embedding gradients sparse (only the rows of a batch's users and items), for
@@ -38,19 +38,13 @@ class MatrixFactorization(Recommender):
             raise ValueError(f"l2_reg must not be negative, got {l2_reg}")
         if similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', got {similarity!r}")
-        if init not in ("normal", "xavier_normal"):
-            raise ValueError(f"init must be 'normal' or 'xavier_normal', got {init!r}")
         if similarity == "cosine" and use_bias:
             raise ValueError("similarity='cosine' scores in [-1, 1] and takes no biases: set use_bias=false")
         self.n_users, self.n_items, self.use_bias, self.l2_reg = n_users, n_items, use_bias, l2_reg
         self.cosine = similarity == "cosine"
         self.user_embedding = nn.Embedding(n_users, embedding_dim, sparse=sparse_grad)
         self.item_embedding = nn.Embedding(n_items, embedding_dim, sparse=sparse_grad)
-        for table in (self.user_embedding, self.item_embedding):
-            if init == "normal":
-                nn.init.normal_(table.weight, std=init_std)
-            else:
-                nn.init.xavier_normal_(table.weight)
+        init_embeddings([self.user_embedding, self.item_embedding], init, init_std)
         if use_bias:
             self.user_bias = nn.Embedding(n_users, 1, sparse=sparse_grad)
             self.item_bias = nn.Embedding(n_items, 1, sparse=sparse_grad)
