@@ -12,6 +12,10 @@ does not, whatever its mean rank: a default must not fail on any of the data it 
 
 Each finished run is appended to --json-out as it ends, and a rerun skips the runs already there, so a long search
 survives being stopped. The test metrics are recorded too, for the report, but play no part in the choice.
+
+Each row also keeps its validation curve (the monitored value after every epoch). Runs are deterministic for a
+seed, so one run with a long patience shows what every shorter patience would have stopped at:
+``--patience 10 30 50`` prints, per row, the best validation value and the epochs each patience gives.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
+import math
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -70,12 +77,51 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
         cfg = compose(config_name="train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp / "out")
-    metrics = train(cfg)
     monitor = cfg.monitor
+    curve = ValidationCurve(monitor)
+    logger = logging.getLogger("recforge")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(curve)
+    try:
+        metrics = train(cfg)
+    finally:
+        logger.removeHandler(curve)
+        logger.setLevel(level)
     return {"model": model, "data": data, "split": split, "candidate": list(candidate), "extra": extra,
             "monitor": monitor, "val": metrics[monitor], "test_ndcg_at_10": metrics.get("test/ndcg_at_10"),
             "test_recall_at_10": metrics.get("test/recall_at_10"), "best_epoch": metrics.get("val_best/epoch"),
-            "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1)}
+            "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1), "val_curve": curve.values}
+
+
+class ValidationCurve(logging.Handler):
+    """The monitored value after each epoch, read from the line :class:`recforge.training.progress.EpochLines`
+    logs (``... val/ndcg_at_10 0.2113 (best ...``), to 4 decimals."""
+
+    def __init__(self, monitor: str) -> None:
+        super().__init__(logging.INFO)
+        self.pattern = re.compile(rf"{re.escape(monitor)} (\S+) \(best")
+        self.values: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self.pattern.search(record.getMessage())
+        if found:
+            self.values.append(float(found.group(1)))
+
+
+def stop_with_patience(curve: list[float], patience: int, mode: str = "max") -> tuple[float, int, int]:
+    """(best value, its 1-based epoch, the epoch training stops at) for early stopping with ``patience`` on a
+    validation ``curve`` checked every epoch, as Lightning's EarlyStopping does with ``min_delta=0``: a value that
+    is not strictly better counts against the patience, and training stops when ``patience`` such values follow
+    the best; a curve that ends first ends at its last epoch (the cap)."""
+    sign = 1.0 if mode == "max" else -1.0
+    best, best_epoch = -math.inf, 0
+    for epoch, value in enumerate(curve, 1):
+        if sign * value > best:
+            best, best_epoch = sign * value, epoch
+        elif epoch - best_epoch >= patience:
+            return sign * best, best_epoch, epoch
+    return sign * best, best_epoch, len(curve)
 
 
 class Ranked(NamedTuple):
@@ -119,6 +165,8 @@ def main() -> None:
     parser.add_argument("--split", nargs="+", default=["random", "leave_one_out"])
     parser.add_argument("--override", nargs="*", default=[], help="fixed overrides for every run")
     parser.add_argument("--json-out", type=Path, required=True)
+    parser.add_argument("--patience", type=int, nargs="+", default=[],
+                        help="also print what each of these patiences stops at, from the rows' validation curves")
     args = parser.parse_args()
     from recforge.cli import quiet_warnings
 
@@ -138,6 +186,8 @@ def main() -> None:
             out.write(json.dumps(row) + "\n")
         done.append(row)
     rows = [r for r in done if r["model"] == args.model and r["extra"] == args.override]
+    if args.patience:
+        print_patience(rows, args.patience)
     table = mean_ranks(rows)
     if not table:
         return
@@ -150,6 +200,18 @@ def main() -> None:
         collapsed = f", below {FLOOR}" if worst < FLOOR else ""
         print(f"| {rank:.2f} | {share:.3f} ({worst:.3f}{collapsed}) | `{' '.join(cand) or '(defaults)'}` | "
               + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values()) + " |")
+
+
+def print_patience(rows: list[dict], patiences: list[int]) -> None:
+    """Per row with a validation curve: the best validation value (its epoch / the epochs run) each patience gives."""
+    print("\n| data/split | candidate | " + " | ".join(f"patience {p}" for p in patiences) + " |")
+    print("|---|---|" + "---:|" * len(patiences))
+    for r in rows:
+        if not r.get("val_curve"):
+            continue
+        stops = [stop_with_patience(r["val_curve"], p) for p in patiences]
+        print(f"| {r['data']}/{r['split']} | `{' '.join(r['candidate']) or '(defaults)'}` | "
+              + " | ".join(f"{best:.4f} ({epoch}/{end})" for best, epoch, end in stops) + " |")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,40 @@ def test_explicit_candidates_follow_the_grid_and_stand_alone_without_one():
     assert choose_defaults.candidates([], [both, "model.gmf_dim=8"]) == [
         ("model.gmf_dim=64", "model.mlp_layers=[128,128,64]", "model.dropout=0.1"), ("model.gmf_dim=8",)]
     assert choose_defaults.candidates([]) == [()]
+
+
+def test_stop_with_patience_replays_lightning_early_stopping_on_a_curve():
+    curve = [0.10, 0.20, 0.20, 0.19, 0.25, 0.24, 0.23, 0.22, 0.30]
+    # a tie (epoch 3) is no gain: with patience 2, epochs 3 and 4 follow the best at 2 and stop the run at 4
+    assert choose_defaults.stop_with_patience(curve, 2) == (0.20, 2, 4)
+    assert choose_defaults.stop_with_patience(curve, 3) == (0.25, 5, 8)
+    assert choose_defaults.stop_with_patience(curve, 4) == (0.30, 9, 9)     # the curve ends first: the cap
+    assert choose_defaults.stop_with_patience([0.5, 0.4, 0.45, 0.3], 1, mode="min") == (0.4, 2, 3)
+
+
+def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
+    import logging
+
+    from recforge.training.progress import EpochLines
+
+    class Module:
+        def epoch_loss(self):
+            return 0.5
+
+    class Trainer:
+        max_epochs, current_epoch, callback_metrics = 3, 0, {}
+
+    curve = choose_defaults.ValidationCurve("val/ndcg_at_10")
+    logger = logging.getLogger("recforge")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(curve)
+    try:
+        lines, trainer = EpochLines("val/ndcg_at_10", "max"), Trainer()
+        for epoch, value in enumerate([0.21134, 0.25, 0.24]):
+            trainer.current_epoch, trainer.callback_metrics = epoch, {"val/ndcg_at_10": value, "val/ndcg_at_100": 0.9}
+            lines.on_train_epoch_end(trainer, Module())
+    finally:
+        logger.removeHandler(curve)
+        logger.setLevel(level)
+    assert curve.values == [0.2113, 0.25, 0.24]
