@@ -33,7 +33,9 @@ from typing import NamedTuple
 
 import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy loads)
 
-BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]   # RecBole's epochs and patience
+# RecBole's epochs and patience, the budget every recorded row ran with (the default patience is 30 since
+# docs/defaults.md#early-stopping-patience; --override callbacks.early_stopping.patience=30 runs rows at it)
+BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]
 FLOOR = 0.8  # a candidate below this share of a pair's best validation value has collapsed there
 
 
