@@ -171,6 +171,7 @@ def main() -> None:
                         help="also print what each of these patiences stops at, from the rows' validation curves")
     args = parser.parse_args()
     from recforge.cli import quiet_warnings
+    from recforge.utils.io import atomic_append_text
 
     quiet_warnings()
     done = []
@@ -184,8 +185,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             row = run_one(args.model, data, split, candidate, args.override, Path(tmp))
         print(json.dumps(row), flush=True)
-        with args.json_out.open("a") as out:
-            out.write(json.dumps(row) + "\n")
+        atomic_append_text(args.json_out, json.dumps(row) + "\n")
         done.append(row)
     rows = [r for r in done if r["model"] == args.model and r["extra"] == args.override]
     if args.patience:

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from recforge.train import quiet_warnings
-    from recforge.utils.io import atomic_write_text
+    from recforge.utils.io import atomic_append_text
 
     logging.disable(logging.WARNING)
     quiet_warnings()
@@ -371,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = compare(data, split, model, args, recbole_overrides, known)
                     remember(known, row)
                     if args.json_out and not row.get("failed"):
-                        previous = args.json_out.read_text() if args.json_out.is_file() else ""
-                        atomic_write_text(args.json_out, previous + json.dumps(row) + "\n")
+                        atomic_append_text(args.json_out, json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(table(rows))

@@ -7,10 +7,11 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
-from recforge.utils.io import atomic_path, atomic_write_text
+from recforge.utils.io import atomic_append_text, atomic_path, atomic_write_text
 from tests.conftest import REPO
 
 
@@ -25,6 +26,20 @@ def test_atomic_writes_get_a_plain_writes_mode(tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == {"runs.md": 0o644, "runs.csv": 0o644, "plain.txt": 0o644}
+
+
+def test_appends_from_processes_at_once_are_all_kept(tmp_path):
+    # four processes add 50 lines each to one file at the same time; a read-then-replace without the lock drops some
+    target = tmp_path / "rows.jsonl"
+    code = ("import sys; from recforge.utils.io import atomic_append_text as add\n"
+            "for i in range(50): add(sys.argv[1], f'{sys.argv[2]} {i}\\n')")
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(target), str(w)]) for w in range(4)]
+    assert [w.wait(timeout=120) for w in workers] == [0] * 4
+    lines = target.read_text().splitlines()
+    assert sorted(lines) == sorted(f"{w} {i}" for w in range(4) for i in range(50))
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]   # no temporary file left behind
+    atomic_append_text(target, "last\n")
+    assert target.read_text().splitlines()[-1] == "last"
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

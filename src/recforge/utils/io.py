@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
@@ -77,6 +78,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_append_text(path: str | os.PathLike, text: str) -> None:
+    """Add ``text`` at the end of ``path`` (created if missing) as one atomic replacement, under an exclusive lock
+    on its folder: processes appending to one file at once each add their text, none lost (a plain read, then
+    ``atomic_write_text``, could drop a text written between the two); a reader sees the file before or after."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        previous = path.read_text(encoding="utf-8") if path.is_file() else ""
+        atomic_write_text(path, previous + text)
+    finally:
+        os.close(folder)   # closing the descriptor releases the lock
 
 
 def _beside(path: Path) -> Path:
