@@ -92,7 +92,8 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
         logger.setLevel(level)
     return {"model": model, "data": data, "split": split, "candidate": list(candidate), "extra": extra,
             "monitor": monitor, "val": metrics[monitor], "test_ndcg_at_10": metrics.get("test/ndcg_at_10"),
-            "test_recall_at_10": metrics.get("test/recall_at_10"), "best_epoch": metrics.get("val_best/epoch"),
+            "test_recall_at_10": metrics.get("test/recall_at_10"), "test_ndcg_at_20": metrics.get("test/ndcg_at_20"),
+            "test_recall_at_20": metrics.get("test/recall_at_20"), "best_epoch": metrics.get("val_best/epoch"),
             "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1), "val_curve": curve.values}
 
 
