@@ -296,7 +296,8 @@ def test_mf_and_lightgcn_glorot_init_scales_each_table_by_its_size(init):
                 assert table.weight.abs().max().item() <= (6 / (rows + 64)) ** 0.5
     normal = MatrixFactorization(400, 4000, init_std=0.5).item_embedding.weight
     assert normal.std().item() == pytest.approx(0.5, rel=0.03)
-    for make in (lambda: MatrixFactorization(3, 4, init="glorot"), lambda: LightGCN(3, 4, PAIRS, init="glorot")):
+    for make in (lambda: MatrixFactorization(3, 4, init="glorot"), lambda: LightGCN(3, 4, PAIRS, init="glorot"),
+                 lambda: LightGCN(3, 4, None, init="glorot")):  # told before any graph is built from the pairs
         with pytest.raises(ValueError, match="init must be one of normal, xavier_normal, xavier_uniform, got 'glo"):
             make()
 

@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender, init_embeddings
+from recforge.models.base import EMBEDDING_INITS, Recommender, init_embeddings
 from recforge.utils.linalg import inner_products
 
 
@@ -127,9 +127,11 @@ class LightGCN(GraphRecommender):
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor, embedding_dim: int = 64,
                  n_layers: int = 3, reg_weight: float = 1e-4, init_std: float = 0.1, init: str = "normal") -> None:
-        super().__init__(n_users, n_items, interactions)
         if n_layers < 0:
             raise ValueError("n_layers must be >= 0")
+        if init not in EMBEDDING_INITS:  # checked before the graph is built, not after
+            raise ValueError(f"init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
+        super().__init__(n_users, n_items, interactions)
         self.n_layers, self.reg_weight = n_layers, reg_weight
         self.user_embedding = nn.Embedding(n_users, embedding_dim)
         self.item_embedding = nn.Embedding(n_items, embedding_dim)
