@@ -4,7 +4,7 @@ process, tracking off), printed as a Markdown table with the command that gives 
     python scripts/reproduce.py ml100k-rating            # biased MF, SVD++, I-AutoRec, mlp_rating, BPMF on the u1-u5 folds
     python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
     python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
-    python scripts/reproduce.py gowalla [--models pop itemknn ials ials64 ials128 ials256 ials512 bpr lightgcn ngcf]   # the LightGCN paper's split
+    python scripts/reproduce.py gowalla [--models pop itemknn ials ials32 ials64 rp3beta rp3beta_tuned ease bpr lightgcn ngcf]   # the LightGCN paper's split
 
 Real data is read from ``RECFORGE_DATA_DIR`` (e.g. ``../shared/datasets``) or downloaded. Results are means
 over the folds with their standard deviation; every run's metrics are printed as it finishes (``--quiet`` off).
@@ -57,7 +57,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "pop": [*_GOWALLA, "model=pop"],
     "itemknn": [*_GOWALLA, "model=itemknn"],
     "itemknn1000": [*_GOWALLA, "model=itemknn", "model.k_neighbors=1000"],  # chosen on a carved validation part (below)
-    "ials": [*_GOWALLA, "model=ials"],
+    "ials": [*_GOWALLA, "model=ials"],  # today's default, 256 factors (docs/defaults.md#ials)
+    "ials32": [*_GOWALLA, "model=ials", "model.factors=32"],  # the default before #20
     "ials64": [*_GOWALLA, "model=ials", "model.factors=64"],  # the other rows' embedding size
     "ials128": [*_GOWALLA, "model=ials", "model.factors=128"],  # tried after 64 (no validation set here)
     "ials256": [*_GOWALLA, "model=ials", "model.factors=256"],
@@ -72,7 +73,7 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "lightgcn_large_batch": ["experiment=gowalla_lightgcn_large_batch"],  # batch 16,384, lr 0.008 cosine, 600 epochs: ~75 min on 2 cores
     "ngcf": ["experiment=gowalla_ngcf"],  # the paper's protocol, 400 epochs: a GPU run
 }
-GOWALLA_DEFAULT = ["pop", "itemknn", "ials", "ials64", "ials256", "bpr"]  # what a 2-core CPU runs in minutes
+GOWALLA_DEFAULT = ["pop", "itemknn", "ials32", "ials64", "ials", "bpr"]  # what a 2-core CPU runs in minutes
 GOWALLA_METRICS = ("test/recall_at_20", "test/ndcg_at_20")
 
 
