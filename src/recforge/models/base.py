@@ -158,12 +158,18 @@ class RowInputRecommender(WholeRowRecommender):
 EMBEDDING_INITS = ("normal", "xavier_normal", "xavier_uniform")
 
 
+def check_init(init: str) -> None:
+    """A clear error for an ``init`` that :func:`init_embeddings` does not know; models that build something costly
+    first (a graph) call it before that."""
+    if init not in EMBEDDING_INITS:
+        raise ValueError(f"init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
+
+
 def init_embeddings(tables: list[nn.Embedding], init: str, init_std: float) -> None:
     """Initialise embedding tables: ``normal`` draws from N(0, ``init_std``); ``xavier_normal`` and
     ``xavier_uniform`` (Glorot's, as RecBole initialises its embeddings) set each table's scale by its size, std
     ``sqrt(2 / (rows + dim))``: larger for a small catalogue, smaller for a large one (``init_std`` unused)."""
-    if init not in EMBEDDING_INITS:
-        raise ValueError(f"init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
+    check_init(init)
     for table in tables:
         if init == "normal":
             nn.init.normal_(table.weight, std=init_std)

@@ -11,7 +11,7 @@ import warnings
 import torch
 from torch import nn
 
-from recforge.models.base import EMBEDDING_INITS, Recommender, init_embeddings
+from recforge.models.base import Recommender, check_init, init_embeddings
 from recforge.utils.linalg import inner_products
 
 
@@ -129,8 +129,7 @@ class LightGCN(GraphRecommender):
                  n_layers: int = 3, reg_weight: float = 1e-4, init_std: float = 0.1, init: str = "normal") -> None:
         if n_layers < 0:
             raise ValueError("n_layers must be >= 0")
-        if init not in EMBEDDING_INITS:  # checked before the graph is built, not after
-            raise ValueError(f"init must be one of {', '.join(EMBEDDING_INITS)}, got {init!r}")
+        check_init(init)  # before the graph is built, not after
         super().__init__(n_users, n_items, interactions)
         self.n_layers, self.reg_weight = n_layers, reg_weight
         self.user_embedding = nn.Embedding(n_users, embedding_dim)
