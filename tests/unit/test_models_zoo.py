@@ -83,6 +83,31 @@ def test_itemknn_cosine_with_shrinkage_matches_hand_computation(shrinkage):
     np.testing.assert_allclose(model.score_all(torch.arange(4)).numpy(), X @ sim, atol=1e-5)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 0.8])
+def test_itemknn_asymmetric_cosine_with_idf_weighting_matches_hand_computation(alpha):
+    model = fitted(ItemKNN, k_neighbors=4, shrinkage=1.0, asymmetric_alpha=alpha, weighting="idf")
+    idf = np.log(6 / (1 + X.sum(1))) + 1  # 5 items; users hold 2, 2, 3 and 3 distinct items
+    weighted = X * idf[:, None]
+    co, counts = weighted.T @ weighted, (weighted ** 2).sum(0)
+    # sim(i -> j): history item i (rows), target j (columns)
+    sim = co / (np.outer(counts ** (1 - alpha), counts ** alpha) + 1.0)
+    np.fill_diagonal(sim, 0.0)
+    w2 = idf[2] ** 2  # items 1 and 3 share user 2 only; item 3 has only user 2, item 1 users 0, 2 and 3
+    assert sim[1, 3] == pytest.approx(w2 / ((idf[[0, 2, 3]] ** 2).sum() ** (1 - alpha) * w2 ** alpha + 1.0))
+    dense = model.similarity().to_dense().numpy().T
+    np.testing.assert_allclose(dense, sim, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.score_all(torch.arange(4)).numpy(), X @ sim, rtol=1e-5, atol=1e-5)
+    if alpha != 0.5:  # asymmetric: the popular item 1 (3 users) as a target weighs less than as a source
+        assert sim[3, 1] < sim[1, 3]
+
+
+@pytest.mark.parametrize("kwargs, key", [({"asymmetric_alpha": 1.5}, "model.asymmetric_alpha"),
+                                         ({"weighting": "bm25"}, "model.weighting")])
+def test_itemknn_rejects_bad_options_naming_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        ItemKNN(n_users=4, n_items=5, **kwargs)
+
+
 def test_itemknn_scatter_scoring_equals_the_sparse_product_on_random_data():
     gen = torch.Generator().manual_seed(3)
     n_users, n_items = 60, 90
