@@ -4,7 +4,7 @@ process, tracking off), printed as a Markdown table with the command that gives 
     python scripts/reproduce.py ml100k-rating            # biased MF, SVD++, I-AutoRec, mlp_rating, BPMF on the u1-u5 folds
     python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
     python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
-    python scripts/reproduce.py gowalla [--models pop itemknn ials ials32 ials64 rp3beta rp3beta_tuned ease bpr lightgcn ngcf]   # the LightGCN paper's split
+    python scripts/reproduce.py gowalla [--models pop itemknn ials rp3beta_tuned gfcf bspm ease bpr ...]
 
 Real data is read from ``RECFORGE_DATA_DIR`` (e.g. ``../shared/datasets``) or downloaded. Results are means
 over the folds with their standard deviation; every run's metrics are printed as it finishes (``--quiet`` off).
@@ -68,6 +68,9 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "rp3beta": [*_GOWALLA, "model=rp3beta"],  # closed form at its defaults, nothing chosen
     # chosen on a validation part carved from the training file (docs/results.md), then fitted on all of it
     "rp3beta_tuned": [*_GOWALLA, "model=rp3beta", "model.alpha=0.8", "model.beta=0.2", "model.k_neighbors=1000"],
+    # the graph filters at their papers' Gowalla settings, which their authors chose on this split's test file
+    "gfcf": [*_GOWALLA, "model=gfcf"],  # 256 factors, ideal weight 0.3
+    "bspm": [*_GOWALLA, "model=bspm"],  # 448 factors, ideal weight 0.2, one rk4 sharpening step over time 2.5
     "bpr": ["experiment=gowalla_bpr"],  # early stopping on a validation part carved from the training file
     "lightgcn": ["experiment=gowalla_lightgcn"],  # the paper's protocol, 1,000 epochs: a GPU run
     "lightgcn_large_batch": ["experiment=gowalla_lightgcn_large_batch"],  # batch 16,384, lr 0.008 cosine, 600 epochs: ~75 min on 2 cores

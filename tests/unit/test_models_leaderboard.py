@@ -1,7 +1,7 @@
 """The models of issue #21 against hand computations on tiny examples: RP3beta's walk weights, SLIM's optimality
 conditions, RecVAE's prior, KL weight and alternating phases, UltraGCN's constraint weights and losses, SimpleX's
-history-mixed cosine, and EASE's in-place float32 solve. The shared contract test covers shapes, determinism and
-learning for every ``conf/model`` file."""
+history-mixed cosine, EASE's in-place float32 solve, and GF-CF's and BSPM's graph filters. The shared contract test
+covers shapes, determinism and learning for every ``conf/model`` file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import torch
 
 from recforge.errors import RecForgeError
 from recforge.losses import CosineContrastiveLoss
-from recforge.models.ease import EASE, invert_spd_
+from recforge.models.bspm import BSPM
+from recforge.models.ease import EASE, interaction_matrix, invert_spd_
+from recforge.models.gfcf import GFCF
 from recforge.models.recvae import RecVAE
 from recforge.models.rp3beta import RP3beta
 from recforge.models.simplex import SimpleX
@@ -335,3 +337,60 @@ def test_ease_scores_a_user_as_the_sum_of_the_history_items_rows():
     history = items[users == 7].unique()
     torch.testing.assert_close(scores[7], model.weights[history].sum(0))
     torch.testing.assert_close(model.score_all(torch.tensor([7, 7, 3])), scores[[7, 7, 3]])
+
+
+# ---------------------------------------------------------------- GF-CF and BSPM
+def graph_filter_reference(x: np.ndarray, factors: int) -> tuple[np.ndarray, np.ndarray]:
+    """``P~`` and the ideal low-pass filter ``D^-1/2 V^T V D^1/2`` of a dense binary matrix, by the papers' formulas."""
+    du, di = x.sum(1), x.sum(0)
+    inv_u = np.where(du > 0, du, 1) ** -0.5 * (du > 0)
+    inv_i = np.where(di > 0, di, 1) ** -0.5 * (di > 0)
+    normalised = inv_u[:, None] * x * inv_i[None, :]
+    vt = np.linalg.svd(normalised)[2][:factors]
+    return normalised.T @ normalised, np.diag(inv_i) @ vt.T @ vt @ np.diag(np.sqrt(di))
+
+
+@pytest.mark.parametrize("factors", [5, 12])  # 30 users: ARPACK at 5 factors, the dense SVD at 12
+def test_gfcf_matches_the_dense_formula(factors):
+    users, items = random_pairs(30, 40, 240, seed=5)
+    x = interaction_matrix(users, items, 30, 40).to_dense().double().numpy()
+    assert (x.sum(0) == 0).any()  # items without training users: their scores must stay finite
+    model = GFCF(30, 40, torch.stack([users, items]), factors=factors, ideal_weight=0.4)
+    model.fit(users, items, torch.ones(len(users)))
+    p, ideal = graph_filter_reference(x, factors)
+    expected = x @ p + 0.4 * x @ ideal
+    scores = model.score_all(torch.arange(30)).double().numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    np.testing.assert_allclose(model.score_rows(torch.from_numpy(x[:7]).float()).double().numpy(), expected[:7],
+                               atol=1e-5)
+    fresh = GFCF(30, 40, torch.stack([users, items]), factors=factors, ideal_weight=0.4)  # V is stored, R~ rebuilt
+    fresh.load_state_dict(model.state_dict())
+    assert torch.allclose(fresh.score_all(torch.arange(30)), model.score_all(torch.arange(30)), atol=1e-6)
+
+
+@pytest.mark.parametrize("solver, steps", [("rk4", 1), ("rk4", 2), ("euler", 3)])
+def test_bspm_sharpens_gfcf_scores_by_the_solvers_step_polynomial(solver, steps):
+    users, items = random_pairs(30, 40, 240, seed=6)
+    x = interaction_matrix(users, items, 30, 40).to_dense().double().numpy()
+    model = BSPM(30, 40, torch.stack([users, items]), factors=6, ideal_weight=0.2, sharpening_time=2.5,
+                 sharpening_steps=steps, solver=solver)
+    model.fit(users, items, torch.ones(len(users)))
+    p, ideal = graph_filter_reference(x, 6)
+    h, eye = 2.5 / steps, np.eye(40)
+    # one step of ds/dt = -s P~: Euler multiplies by I - hP~, classical RK4 by exp(-hP~)'s Taylor polynomial of degree 4
+    step = eye - h * p if solver == "euler" else sum(np.linalg.matrix_power(-h * p, k) / math.factorial(k)
+                                                      for k in range(5))
+    expected = (x @ p + 0.2 * x @ ideal) @ np.linalg.matrix_power(step, steps)
+    np.testing.assert_allclose(model.score_all(torch.arange(30)).double().numpy(), expected, atol=1e-4)
+    model.sharpening_time = 0.0  # no sharpening: GF-CF
+    np.testing.assert_allclose(model.score_all(torch.arange(30)).double().numpy(), x @ p + 0.2 * x @ ideal, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"factors": -1}, "model.factors"),
+                                         ({"ideal_weight": -0.1}, "model.ideal_weight"),
+                                         ({"sharpening_time": -1.0}, "model.sharpening_time"),
+                                         ({"sharpening_steps": 0}, "model.sharpening_steps"),
+                                         ({"solver": "dopri5"}, "model.solver")])
+def test_graph_filters_reject_bad_options_naming_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        BSPM(n_users=4, n_items=5, **kwargs)
