@@ -18,9 +18,10 @@ class BSPM(GFCF):
     ``rk4``), subtracting what the graph smooths in: the early-merge, final-sharpening variant (BSPM-EM) that the
     reference code runs on Gowalla. ``sharpening_time`` 0 is GF-CF.
 
-    The defaults are the reference code's Gowalla setting (448 factors, ideal weight 0.2, rk4, one step over time
-    2.5), which its authors chose on that split's test set (it has no validation set). Each sharpening step costs
-    one (euler) or four (rk4) more products with ``P~``."""
+    The class defaults are the reference code's Gowalla setting (448 factors, ideal weight 0.2, rk4, one step over
+    time 2.5), which its authors chose on that split's test set (it has no validation set); ``conf/model/bspm.yaml``
+    has 128 factors, weight 0.05 and time 1.5, chosen on validation over smaller catalogues
+    (``docs/defaults.md#bspm``). Each sharpening step costs one (euler) or four (rk4) more products with ``P~``."""
 
     SOLVERS = ("euler", "rk4")
 

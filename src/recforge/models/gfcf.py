@@ -21,7 +21,9 @@ class GFCF(HistoryRecommender):
     normalised item-item graph, a user's row ``r`` scores ``r P~ + ideal_weight * r D_I^-1/2 V^T V D_I^1/2``: a
     linear low-pass filter (one step of heat diffusion on the item graph) plus an ideal low-pass filter, the
     projection on the ``factors`` leading right singular vectors ``V`` of ``R~`` (0 for items without training
-    users). GF-CF's Gowalla and Yelp setting, 256 factors and weight 0.3, is the default.
+    users). The class defaults are GF-CF's Gowalla and Yelp setting, 256 factors and weight 0.3;
+    ``conf/model/gfcf.yaml`` has 128 and 0.2, chosen on validation over smaller catalogues
+    (``docs/defaults.md#gf-cf``).
 
     Nothing is learnt but ``V`` (ARPACK through SciPy, float64, seeded; a dense SVD for small matrices), so the
     fit is one truncated SVD. ``R~`` is rebuilt from the training ``interactions`` (or ``fit``'s rows) and not
