@@ -69,8 +69,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     # chosen on a validation part carved from the training file (docs/results.md), then fitted on all of it
     "rp3beta_tuned": [*_GOWALLA, "model=rp3beta", "model.alpha=0.8", "model.beta=0.2", "model.k_neighbors=1000"],
     # the graph filters at their papers' Gowalla settings, which their authors chose on this split's test file
-    "gfcf": [*_GOWALLA, "model=gfcf"],  # 256 factors, ideal weight 0.3
-    "bspm": [*_GOWALLA, "model=bspm"],  # 448 factors, ideal weight 0.2, one rk4 sharpening step over time 2.5
+    "gfcf": [*_GOWALLA, "model=gfcf", "model.factors=256", "model.ideal_weight=0.3"],
+    "bspm": [*_GOWALLA, "model=bspm", "model.factors=448", "model.ideal_weight=0.2", "model.sharpening_time=2.5"],
     "bpr": ["experiment=gowalla_bpr"],  # early stopping on a validation part carved from the training file
     "lightgcn": ["experiment=gowalla_lightgcn"],  # the paper's protocol, 1,000 epochs: a GPU run
     "lightgcn_large_batch": ["experiment=gowalla_lightgcn_large_batch"],  # batch 16,384, lr 0.008 cosine, 600 epochs: ~75 min on 2 cores
