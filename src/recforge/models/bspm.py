@@ -28,13 +28,13 @@ class BSPM(GFCF):
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  factors: int = 448, ideal_weight: float = 0.2, sharpening_time: float = 2.5,
                  sharpening_steps: int = 1, solver: str = "rk4") -> None:
-        super().__init__(n_users, n_items, interactions, factors, ideal_weight)
-        if sharpening_time < 0:
+        if sharpening_time < 0:  # checked before the graph is built
             raise ValueError(f"model.sharpening_time must be >= 0 (0: GF-CF), got {sharpening_time}")
         if sharpening_steps < 1:
             raise ValueError(f"model.sharpening_steps must be >= 1, got {sharpening_steps}")
         if solver not in self.SOLVERS:
             raise ValueError(f"model.solver must be one of {', '.join(self.SOLVERS)}, got {solver!r}")
+        super().__init__(n_users, n_items, interactions, factors, ideal_weight)
         self.sharpening_time, self.sharpening_steps, self.solver = sharpening_time, sharpening_steps, solver
 
     def filtered(self, signal: torch.Tensor) -> torch.Tensor:

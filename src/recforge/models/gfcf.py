@@ -5,6 +5,8 @@ Shen, Wu, Zhang, Shan, Zhang, Letaief and Li. 2021. How Powerful is Graph Convol
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -56,7 +58,9 @@ class GFCF(HistoryRecommender):
         values = (user_degree[row_of] * item_degree[indices]).rsqrt()
         graph = torch.sparse_coo_tensor(torch.stack([row_of, indices]), values, (self.n_users, self.n_items),
                                         is_coalesced=True, check_invariants=False)
-        self.graph, self.graph_t = graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr()
+        with warnings.catch_warnings():  # CSR support is marked beta; CSR @ dense is the fast path (as in LightGCN)
+            warnings.simplefilter("ignore", UserWarning)
+            self.graph, self.graph_t = graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr()
         self.item_sqrt_degree = item_degree.sqrt()
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
