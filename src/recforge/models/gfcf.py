@@ -27,8 +27,8 @@ class GFCF(HistoryRecommender):
     ``conf/model/gfcf.yaml`` has 128 and 0.2, chosen on validation over smaller catalogues
     (``docs/defaults.md#gf-cf``).
 
-    Nothing is learnt but ``V`` (ARPACK through SciPy, float64, seeded; a dense SVD for small matrices), so the
-    fit is one truncated SVD. ``R~`` is rebuilt from the training ``interactions`` (or ``fit``'s rows) and not
+    Nothing is learnt but ``V`` (ARPACK through SciPy, float64, seeded; a dense SVD for small matrices; at most
+    ``min(n_users, n_items) - 1`` factors), so the fit is one truncated SVD. ``R~`` is rebuilt from the training ``interactions`` (or ``fit``'s rows) and not
     stored; scoring multiplies by the sparse ``R~`` and ``R~^T`` instead of holding the dense ``n_items^2``
     ``P~``: ``2 * nnz(R)`` multiply-adds per user and filter step, plus ``2 * factors * n_items`` for the ideal
     filter."""
