@@ -13,7 +13,7 @@ import torch
 from scipy.sparse.linalg import svds
 
 from recforge.models.ease import HistoryRecommender
-from recforge.utils.sparse import csr_indices, dense_rows
+from recforge.utils.sparse import dense_rows
 
 DENSE_SVD_FACTOR = 4  # below factors x this many users (or items), a dense SVD is cheaper than ARPACK's iterations
 
@@ -28,10 +28,10 @@ class GFCF(HistoryRecommender):
     (``docs/defaults.md#gf-cf``).
 
     Nothing is learnt but ``V`` (ARPACK through SciPy, float64, seeded; a dense SVD for small matrices; at most
-    ``min(n_users, n_items) - 1`` factors), so the fit is one truncated SVD. ``R~`` is rebuilt from the training ``interactions`` (or ``fit``'s rows) and not
-    stored; scoring multiplies by the sparse ``R~`` and ``R~^T`` instead of holding the dense ``n_items^2``
-    ``P~``: ``2 * nnz(R)`` multiply-adds per user and filter step, plus ``2 * factors * n_items`` for the ideal
-    filter."""
+    ``min(n_users, n_items) - 1`` factors), so the fit is one truncated SVD. ``R~`` is rebuilt from the training
+    rows (``interactions``, or ``fit``'s) and not stored; scoring multiplies by the sparse ``R~`` and ``R~^T``
+    instead of holding the dense ``n_items^2`` ``P~``: ``2 * nnz(R)`` multiply-adds per user and filter step, plus
+    ``2 * factors * n_items`` for the ideal filter."""
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  factors: int = 256, ideal_weight: float = 0.3) -> None:
@@ -45,13 +45,13 @@ class GFCF(HistoryRecommender):
         self.register_buffer("vectors", torch.zeros(self.factors, n_items))  # V: the right singular vectors
         for name in ("graph", "graph_t", "item_sqrt_degree"):  # rebuilt from the training rows, not stored
             self.register_buffer(name, torch.zeros(0), persistent=False)
-        pairs = interactions if interactions is not None else torch.zeros(2, 0, dtype=torch.long)
-        self._build_graph(pairs[0], pairs[1])
+        self._build_graph()
 
-    def _build_graph(self, users: torch.Tensor, items: torch.Tensor) -> None:
-        """``R~`` and ``R~^T`` as sparse CSR tensors, and the item degrees' square roots."""
-        device = self.vectors.device
-        indptr, indices = csr_indices(users.to(device), items.to(device), self.n_users, self.n_items)
+    def _build_graph(self) -> None:
+        """``R~`` and ``R~^T`` as sparse CSR tensors, and the item degrees' square roots, from the history rows:
+        called while they are the training rows (construction, ``fit``), before evaluation replaces them."""
+        indptr, indices = self.history_indptr, self.history_indices
+        device = indptr.device
         row_of = torch.repeat_interleave(torch.arange(self.n_users, device=device), indptr.diff())
         user_degree = indptr.diff().float()
         item_degree = torch.bincount(indices, minlength=self.n_items).float()
@@ -65,13 +65,14 @@ class GFCF(HistoryRecommender):
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:
         self.set_history(users, items, self.vectors.device)
-        self._build_graph(users, items)
+        self._build_graph()
         if self.factors:
             self.vectors.copy_(torch.from_numpy(np.ascontiguousarray(self._right_singular_vectors())))
 
     def _right_singular_vectors(self) -> np.ndarray:
-        coo = self.graph.to_sparse_coo().cpu()
-        matrix = sp.csr_matrix((coo.values().double().numpy(), coo.indices().numpy()), shape=coo.shape)
+        graph = self.graph.cpu()
+        matrix = sp.csr_matrix((graph.values().double().numpy(), graph.col_indices().numpy(),
+                                graph.crow_indices().numpy()), shape=graph.shape)
         if min(matrix.shape) <= DENSE_SVD_FACTOR * self.factors:
             return np.linalg.svd(matrix.toarray(), full_matrices=False)[2][: self.factors]
         return svds(matrix, k=self.factors, random_state=0)[2]
