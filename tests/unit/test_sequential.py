@@ -27,9 +27,37 @@ def test_recent_items_are_the_latest_in_time_order_left_padded():
 
 def test_training_sequences_predict_the_next_item_where_there_is_an_input():
     model = SASRec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=4)
-    inputs, targets = model.training_sequences(torch.tensor([0, 2]))
+    owners, inputs, targets = model.training_sequences(torch.tensor([0, 2]))
+    assert owners.tolist() == [0, 2]
     assert inputs.tolist() == [[PAD, PAD, 3, 1], [2, 3, 1, 4]]
     assert targets.tolist() == [[-1, -1, 1, 4], [3, 1, 4, 0]]
+
+
+def test_training_on_all_cuts_the_history_into_windows_that_predict_each_item_once():
+    # user 2's six items with max_len 2: windows of three items ending at the latest, two and four items back;
+    # user 0's three fit one window, user 1 has none
+    model = GRU4Rec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=2, train_on="all")
+    owners, inputs, targets = model.training_sequences(torch.tensor([0, 1, 2]))
+    assert owners.tolist() == [0, 1, 2, 2, 2]
+    assert inputs.tolist() == [[3, 1], [PAD, PAD], [1, 4], [2, 3], [PAD, 0]]
+    assert targets.tolist() == [[1, 4], [-1, -1], [4, 0], [3, 1], [-1, 2]]
+    # every item after a user's first is a target exactly once
+    for user, history in ((0, [3, 1, 4]), (2, [0, 2, 3, 1, 4, 0])):
+        predicted = targets[owners == user][targets[owners == user] >= 0]
+        assert sorted(predicted.tolist()) == sorted(history[1:])
+    # the default reads only the latest window, as before
+    latest = GRU4Rec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=2)
+    assert latest.training_sequences(torch.tensor([0, 1, 2]))[0].tolist() == [0, 1, 2]
+    # BERT4Rec masks items of windows that do not overlap
+    bert = BERT4Rec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=4, train_on="all")
+    owners, _, _ = bert.training_sequences(torch.tensor([2]))
+    assert owners.tolist() == [2, 2]
+    assert bert.training_windows(torch.tensor([2]), 4, step=4)[1].tolist() == [[3, 1, 4, 0], [PAD, PAD, 0, 2]]
+
+
+def test_an_unknown_train_on_names_the_choices():
+    with pytest.raises(ValueError, match="train_on must be one of latest, all, got 'every'"):
+        SASRec(n_users=3, n_items=5, sequences=SEQUENCES, train_on="every")
 
 
 def test_set_histories_changes_what_the_model_reads():
@@ -64,7 +92,7 @@ def test_bert4rec_is_bidirectional_and_masks_what_it_predicts():
     b = model.encode(torch.tensor([[3, 1, 4, 2]]), torch.tensor([0]))
     assert not torch.allclose(a[:, 0], b[:, 0])  # the first position sees the last
     torch.manual_seed(1)
-    inputs, targets = model.training_sequences(torch.tensor([0, 2] * 50))
+    _, inputs, targets = model.training_sequences(torch.tensor([0, 2] * 50))
     seq = model.recent_items(torch.tensor([0, 2] * 50), 4)
     masked = targets >= 0
     assert masked.any(dim=1).all()  # every sequence predicts at least one item
@@ -89,7 +117,7 @@ def test_sequence_losses_equal_hand_computation():
     torch.manual_seed(0)
     model = GRU4Rec(n_users=3, n_items=8, sequences=SEQUENCES, max_len=4, dropout=0.0)
     users = torch.tensor([0, 2])
-    inputs, targets = model.training_sequences(users)
+    _, inputs, targets = model.training_sequences(users)
     hidden = model.encode(inputs, users)
     logits = hidden @ model.item_embedding.weight[:8].T
     at = targets >= 0

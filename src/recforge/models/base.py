@@ -192,6 +192,9 @@ def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     return users.view(-1, *([1] * (items.dim() - 1))).expand_as(items)
 
 
+TRAIN_ON = ("latest", "all")
+
+
 class SequentialRecommender(WholeRowRecommender):
     """A model of the order of a user's interactions (SASRec, BERT4Rec, GRU4Rec, Caser).
 
@@ -200,8 +203,11 @@ class SequentialRecommender(WholeRowRecommender):
     each evaluation (validation reads the training sequences, test also the validation items). Items are
     ``0..n_items-1``; ``n_items`` is the padding token.
 
-    * :meth:`training_sequences` says which positions predict which items: by default the last ``max_len``
-      inputs each predict the next item (-1 where there is nothing to predict).
+    * :meth:`training_sequences` says which positions predict which items: by default each input predicts the
+      next item (-1 where there is nothing to predict), over the user's latest ``max_len + 1`` items
+      (``train_on="latest"``, as SASRec's paper trains) or over the whole training history cut into windows of
+      that length, so that every training item is a target once (``train_on="all"``, what RecBole's prefixes
+      amount to; a user with more than ``max_len + 1`` items gives several rows).
     * :meth:`encode` maps ``(B, L)`` inputs to ``(B, L, d)`` hidden states; :meth:`item_logits` scores hidden
       states against all items or given candidates. The training module puts a loss on them (full softmax or
       sampled negatives), so every sequential model trains with every implicit loss.
@@ -213,11 +219,14 @@ class SequentialRecommender(WholeRowRecommender):
     reads_histories = True
     answers_histories = True
 
-    def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50) -> None:
+    def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
+                 train_on: str = "latest") -> None:
         super().__init__()
         if max_len < 1:
             raise ValueError(f"max_len must be positive, got {max_len}")
-        self.n_users, self.n_items, self.max_len = n_users, n_items, max_len
+        if train_on not in TRAIN_ON:
+            raise ValueError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}")
+        self.n_users, self.n_items, self.max_len, self.train_on = n_users, n_items, max_len, train_on
         self.padding_idx = n_items
         pairs = sequences if sequences is not None else torch.zeros(2, 0, dtype=torch.long)
         self.register_buffer("history_indptr", row_pointers(pairs[0], n_users), persistent=False)
@@ -236,12 +245,30 @@ class SequentialRecommender(WholeRowRecommender):
         """``(B, length)``: each user's latest ``length`` items in time order, left-padded with ``padding_idx``."""
         return latest_items(self.history_indptr, self.history_items, users, length, self.padding_idx)
 
-    def training_sequences(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, targets)``, both ``(B, max_len)``: the latest ``max_len + 1`` items shifted by one, so
-        position ``t`` predicts the item after it; targets are -1 where the input is padding."""
-        seq = self.recent_items(users, self.max_len + 1)
+    def training_windows(self, users: torch.Tensor, length: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(owners, windows)``: ``(R,)`` users and ``(R, length)`` items, left-padded. ``train_on="latest"``:
+        each user's latest ``length`` items (``R = B``). ``train_on="all"``: windows of ``length`` ending every
+        ``step`` items back from the latest, as many as cover the history after its first ``length - step``
+        items (the earliest window is left-padded)."""
+        if self.train_on == "latest":
+            return users, self.recent_items(users, length)
+        users = users.to(self.history_indptr.device).long()
+        sizes = self.history_indptr[users + 1] - self.history_indptr[users]
+        head = length - step  # items every window reads before its first new one
+        counts = (sizes - head - 1).clamp(min=0) // step + 1  # ceil((size - head) / step), at least one
+        owners = users.repeat_interleave(counts)
+        first = torch.cumsum(counts, 0) - counts
+        back = torch.arange(len(owners), device=owners.device) - first.repeat_interleave(counts)  # 0 = latest
+        return owners, latest_items(self.history_indptr, self.history_items, owners, length, self.padding_idx,
+                                    skip=back * step)
+
+    def training_sequences(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(owners, inputs, targets)``: ``(R,)`` users and ``(R, max_len)`` inputs and targets from
+        :meth:`training_windows` of ``max_len + 1`` items shifted by one, so position ``t`` predicts the item after
+        it; targets are -1 where the input is padding."""
+        owners, seq = self.training_windows(users, self.max_len + 1, step=self.max_len)
         inputs, targets = seq[:, :-1], seq[:, 1:]
-        return inputs, torch.where(inputs == self.padding_idx, -1, targets)
+        return owners, inputs, torch.where(inputs == self.padding_idx, -1, targets)
 
     def encode(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -302,15 +329,18 @@ def with_ones(vectors: torch.Tensor) -> torch.Tensor:
 
 
 def latest_items(indptr: torch.Tensor, items: torch.Tensor, rows: torch.Tensor, length: int,
-                 padding: int) -> torch.Tensor:
+                 padding: int, skip: torch.Tensor | None = None) -> torch.Tensor:
     """``(len(rows), length)``: the last ``length`` entries of each selected CSR row, in order, left-padded with
-    ``padding``; rows past the matrix are all padding."""
+    ``padding``; rows past the matrix are all padding. ``skip`` (per row) leaves out that many latest entries
+    first."""
     rows = rows.to(indptr.device).long()
     n_stored = len(indptr) - 1
     safe = rows.clamp(0, max(n_stored - 1, 0))
     inside = (rows >= 0) & (rows < n_stored)
     starts = torch.where(inside, indptr[safe], 0)
     ends = torch.where(inside, indptr[safe + 1], 0)
+    if skip is not None:
+        ends = torch.maximum(ends - skip.to(ends.device), starts)
     index = ends.unsqueeze(1) - length + torch.arange(length, device=rows.device)
     valid = index >= starts.unsqueeze(1)
     if not len(items):

@@ -23,8 +23,8 @@ class BERT4Rec(SequentialRecommender):
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
                  embedding_dim: int = 64, n_blocks: int = 2, n_heads: int = 2, dropout: float = 0.1,
-                 mask_prob: float = 0.2) -> None:
-        super().__init__(n_users, n_items, sequences, max_len)
+                 mask_prob: float = 0.2, train_on: str = "latest") -> None:
+        super().__init__(n_users, n_items, sequences, max_len, train_on)
         if embedding_dim % n_heads:
             raise ValueError(f"embedding_dim ({embedding_dim}) must be divisible by n_heads ({n_heads})")
         if not 0 < mask_prob < 1:
@@ -45,14 +45,14 @@ class BERT4Rec(SequentialRecommender):
         with torch.no_grad():
             self.item_embedding.weight[self.padding_idx].zero_()
 
-    def training_sequences(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = self.recent_items(users, self.max_len)
+    def training_sequences(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        owners, seq = self.training_windows(users, self.max_len, step=self.max_len)
         real = seq != self.padding_idx
         masked = (torch.rand(seq.shape, device=seq.device) < self.mask_prob) & real
         # every sequence predicts something: where no item was drawn, mask the latest one
         masked[:, -1] |= ~masked.any(dim=1) & real[:, -1]
         inputs = torch.where(masked, self.mask_idx, seq)
-        return inputs, torch.where(masked, seq, -1)
+        return owners, inputs, torch.where(masked, seq, -1)
 
     def encode(self, inputs: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         length = inputs.shape[1]

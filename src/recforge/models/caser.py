@@ -18,13 +18,15 @@ class Caser(SequentialRecommender):
     ReLU layer to ``d`` units (``dropout`` before it), then joined with the user embedding (general taste) and
     scored against ``2d``-wide output item vectors plus an item bias.
 
-    Training slides the window along the user's latest ``max_len`` items: every position predicts the item after
-    it (the paper predicts the next ``T`` items of each window; one target per window covers the same targets
-    over the sequence). ``loss=bce`` with sampled negatives is the paper's objective (3 negatives per target)."""
+    Training slides the window along the user's latest ``max_len`` items (or all of them, ``train_on=all``): every
+    position predicts the item after it (the paper predicts the next ``T`` items of each window; one target per
+    window covers the same targets over the sequence). ``loss=bce`` with sampled negatives is the paper's
+    objective (3 negatives per target)."""
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
-                 embedding_dim: int = 50, window: int = 5, n_h: int = 16, n_v: int = 4, dropout: float = 0.5) -> None:
-        super().__init__(n_users, n_items, sequences, max_len)
+                 embedding_dim: int = 50, window: int = 5, n_h: int = 16, n_v: int = 4, dropout: float = 0.5,
+                 train_on: str = "latest") -> None:
+        super().__init__(n_users, n_items, sequences, max_len, train_on)
         if window < 1:
             raise ValueError(f"window must be positive, got {window}")
         self.window = window

@@ -16,14 +16,16 @@ from recforge.models.base import SequentialRecommender
 class GRU4Rec(SequentialRecommender):
     """Item embeddings (with ``dropout``) through ``n_layers`` GRU layers of ``hidden_dim`` units; each state is
     projected to ``embedding_dim`` and scored against the item embeddings (tied input/output weights, as in
-    RecBole's version) to predict the next item. A user's sequence is one session: the latest ``max_len + 1``
-    items, left-padded (padding embeds to zero, so a GRU reading leading padding stays near its initial state).
+    RecBole's version) to predict the next item. A user's sequence is one session of up to ``max_len + 1`` items,
+    left-padded (padding embeds to zero, so a GRU reading leading padding stays near its initial state); ``train_on``
+    says whether training reads the latest window or the whole history (:class:`SequentialRecommender`).
     ``loss=softmax`` (cross-entropy over the catalogue) is the default; ``loss=bpr`` or ``loss=sampled_softmax``
     sample negatives instead (the 2018 paper's BPR-max / TOP1-max are not included)."""
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
-                 embedding_dim: int = 64, hidden_dim: int = 128, n_layers: int = 1, dropout: float = 0.25) -> None:
-        super().__init__(n_users, n_items, sequences, max_len)
+                 embedding_dim: int = 64, hidden_dim: int = 128, n_layers: int = 1, dropout: float = 0.25,
+                 train_on: str = "latest") -> None:
+        super().__init__(n_users, n_items, sequences, max_len, train_on)
         self.item_embedding = nn.Embedding(n_items + 1, embedding_dim, padding_idx=self.padding_idx)
         self.dropout = nn.Dropout(dropout)
         self.gru = nn.GRU(embedding_dim, hidden_dim, num_layers=n_layers, batch_first=True)

@@ -23,8 +23,9 @@ class SASRec(SequentialRecommender):
     paper's objective, ``loss=softmax`` the full cross-entropy (usually better: Klenitskiy & Vasilev 2023)."""
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
-                 embedding_dim: int = 64, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2) -> None:
-        super().__init__(n_users, n_items, sequences, max_len)
+                 embedding_dim: int = 64, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2,
+                 train_on: str = "latest") -> None:
+        super().__init__(n_users, n_items, sequences, max_len, train_on)
         if embedding_dim % n_heads:
             raise ValueError(f"embedding_dim ({embedding_dim}) must be divisible by n_heads ({n_heads})")
         self.embedding_dim, self.n_heads = embedding_dim, n_heads

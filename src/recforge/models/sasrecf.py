@@ -33,8 +33,8 @@ class SASRecF(SASRec):
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
                  embedding_dim: int = 64, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2,
                  use_features: bool = True, item_features: torch.Tensor | None = None,
-                 item_popularity: torch.Tensor | None = None) -> None:
-        super().__init__(n_users, n_items, sequences, max_len, embedding_dim, n_blocks, n_heads, dropout)
+                 item_popularity: torch.Tensor | None = None, train_on: str = "latest") -> None:
+        super().__init__(n_users, n_items, sequences, max_len, embedding_dim, n_blocks, n_heads, dropout, train_on)
         self.use_features = use_features
         if not use_features:
             return

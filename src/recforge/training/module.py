@@ -170,7 +170,7 @@ class RecommenderModule(pl.LightningModule):
         """Next-item (or masked-item) prediction at every target position of the users' training sequences:
         the model says which positions predict which items, the loss scores them against the whole catalogue
         (``full`` losses) or against sampled negatives."""
-        inputs, targets = self.model.training_sequences(users)
+        users, inputs, targets = self.model.training_sequences(users)  # a user may give several rows
         hidden = self.model.encode(inputs, users)
         at = targets >= 0
         if not at.any():  # only one-item histories in this batch: nothing to predict (a zero loss, not a NaN)
