@@ -154,6 +154,13 @@ def test_sasrec_ignores_padding_and_softmax_accepts_a_model_files_negatives():
     assert SoftmaxLoss(num_negatives=1).num_negatives == 0
 
 
+def test_gru4rec_reads_leading_padding_as_nothing():
+    torch.manual_seed(0)
+    model = GRU4Rec(n_users=3, n_items=5, sequences=SEQUENCES, max_len=4, n_layers=2).eval()
+    padded = model.encode(torch.tensor([[PAD, PAD, 3, 1]]), torch.tensor([0]))
+    torch.testing.assert_close(padded[:, 2:], model.encode(torch.tensor([[3, 1]]), torch.tensor([0])))
+
+
 def test_a_batch_with_nothing_to_predict_has_a_zero_loss():
     model = GRU4Rec(n_users=3, n_items=5, sequences=torch.tensor([[0, 2], [1, 3]]), max_len=4)
     loss = RecommenderModule(model, SoftmaxLoss()).compute_loss((torch.tensor([0, 2]),) * 2 + (torch.ones(2),))

@@ -17,8 +17,8 @@ class GRU4Rec(SequentialRecommender):
     """Item embeddings (with ``dropout``) through ``n_layers`` GRU layers of ``hidden_dim`` units; each state is
     projected to ``embedding_dim`` and scored against the item embeddings (tied input/output weights, as in
     RecBole's version) to predict the next item. A user's sequence is one session of up to ``max_len + 1`` items,
-    left-padded (padding embeds to zero, so a GRU reading leading padding stays near its initial state); ``train_on``
-    says whether training reads the latest window or the whole history (:class:`SequentialRecommender`).
+    left-padded (padding embeds to zero and the GRU has no biases, so leading padding leaves its state at zero);
+    ``train_on`` says whether training reads the latest window or the whole history (:class:`SequentialRecommender`).
     ``loss=softmax`` (cross-entropy over the catalogue) is the default; ``loss=bpr`` or ``loss=sampled_softmax``
     sample negatives instead (the 2018 paper's BPR-max / TOP1-max are not included)."""
 
@@ -28,9 +28,13 @@ class GRU4Rec(SequentialRecommender):
         super().__init__(n_users, n_items, sequences, max_len, train_on)
         self.item_embedding = nn.Embedding(n_items + 1, embedding_dim, padding_idx=self.padding_idx)
         self.dropout = nn.Dropout(dropout)
-        self.gru = nn.GRU(embedding_dim, hidden_dim, num_layers=n_layers, batch_first=True)
+        # no biases: from a zero state, the zero embeddings of leading padding leave the state exactly zero, so a
+        # left-padded sequence encodes as if it started at its first item (RecBole's GRU has none either)
+        self.gru = nn.GRU(embedding_dim, hidden_dim, num_layers=n_layers, batch_first=True, bias=False)
         self.project = nn.Linear(hidden_dim, embedding_dim)
         nn.init.xavier_uniform_(self.item_embedding.weight)
+        for name, weight in self.gru.named_parameters():  # Glorot's, as RecBole; PyTorch's default is U(+-1/sqrt(h))
+            nn.init.xavier_uniform_(weight)
         with torch.no_grad():
             self.item_embedding.weight[self.padding_idx].zero_()
 
