@@ -46,10 +46,10 @@ RANKING_MODELS = {  # label -> overrides on top of data=<data> split=<split>
     "multvae": ["model=multvae", "trainer.max_epochs=300", "callbacks.early_stopping.patience=30"],
     "multdae": ["model=multdae", "trainer.max_epochs=300", "callbacks.early_stopping.patience=30"],
     "cdae": ["model=cdae", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
-    "sasrec": ["model=sasrec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
-    "gru4rec": ["model=gru4rec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
-    "bert4rec": ["model=bert4rec", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
-    "caser": ["model=caser", "trainer.max_epochs=200", "callbacks.early_stopping.patience=20"],
+    "sasrec": ["model=sasrec"],  # its defaults (docs/defaults.md#sasrec)
+    "gru4rec": ["model=gru4rec"],  # its defaults (docs/defaults.md#gru4rec)
+    "bert4rec": ["model=bert4rec"],  # its defaults (docs/defaults.md#bert4rec)
+    "caser": ["model=caser"],  # its defaults (docs/defaults.md#caser)
 }
 RANKING_METRICS = ("test/recall_at_10", "test/recall_at_20", "test/ndcg_at_10", "test/ndcg_at_20")
 _GOWALLA = ["data=gowalla", "split=lightgcn", "split.validation=test", "eval.ks=[20]", "monitor=val/recall_at_20"]
