@@ -5,15 +5,13 @@ Shen, Wu, Zhang, Shan, Zhang, Letaief and Li. 2021. How Powerful is Graph Convol
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import svds
 
 from recforge.models.ease import HistoryRecommender
-from recforge.utils.sparse import dense_rows
+from recforge.utils.sparse import dense_rows, to_csr
 
 DENSE_SVD_FACTOR = 4  # below factors x this many users (or items), a dense SVD is cheaper than ARPACK's iterations
 
@@ -58,9 +56,7 @@ class GFCF(HistoryRecommender):
         values = (user_degree[row_of] * item_degree[indices]).rsqrt()
         graph = torch.sparse_coo_tensor(torch.stack([row_of, indices]), values, (self.n_users, self.n_items),
                                         is_coalesced=True, check_invariants=False)
-        with warnings.catch_warnings():  # CSR support is marked beta; CSR @ dense is the fast path (as in LightGCN)
-            warnings.simplefilter("ignore", UserWarning)
-            self.graph, self.graph_t = graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr()
+        self.graph, self.graph_t = to_csr(graph), to_csr(graph.t().coalesce())
         self.item_sqrt_degree = item_degree.sqrt()
 
     def fit(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> None:

@@ -6,13 +6,12 @@ for Recommendation. SIGIR.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
 from recforge.models.base import Recommender, check_init, init_embeddings
 from recforge.utils.linalg import inner_products
+from recforge.utils.sparse import to_csr
 
 
 def normalized_adjacency(interactions: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
@@ -71,9 +70,7 @@ class GraphRecommender(Recommender):
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor) -> None:
         super().__init__()
         self.n_users, self.n_items = n_users, n_items
-        with warnings.catch_warnings():  # CSR support is marked beta; CSR @ dense is the fast path on CPU and GPU
-            warnings.simplefilter("ignore", UserWarning)
-            adjacency = normalized_adjacency(interactions, n_users, n_items).to_sparse_csr()
+        adjacency = to_csr(normalized_adjacency(interactions, n_users, n_items))
         self.register_buffer("adjacency", adjacency, persistent=False)
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 

@@ -7,6 +7,8 @@ models and ensembles read rows through these helpers instead.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -59,3 +61,11 @@ def row_entries(indptr: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor,
     positions = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths) + torch.arange(
         int(lengths.sum()), device=rows.device)
     return lengths, positions
+
+
+def to_csr(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (sparse COO) as sparse CSR, without PyTorch's warning that CSR support is beta: CSR @ dense is
+    the fast path on CPU and GPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return matrix.to_sparse_csr()
