@@ -15,8 +15,9 @@ from recforge.models.base import SequentialRecommender
 class BERT4Rec(SequentialRecommender):
     """Item plus position embeddings (LayerNorm, dropout) through ``n_blocks`` bidirectional Transformer blocks
     (GELU, post-LayerNorm as BERT); padding is masked out of attention. Training replaces each item of the user's
-    latest ``max_len`` with a ``[mask]`` token (id ``n_items + 1``) with probability ``mask_prob`` (at least one
-    per sequence, always including the latest item with probability ``mask_prob``) and predicts the masked items
+    latest ``max_len`` (``train_on=all``: of every ``max_len`` window of the history) with a ``[mask]`` token (id
+    ``n_items + 1``) with probability ``mask_prob`` (at least one per window, always including its latest item with
+    probability ``mask_prob``) and predicts the masked items
     (Cloze task); the output layer is a GELU projection scored against the shared item embeddings plus an item
     bias. To recommend, ``[mask]`` is appended after the latest ``max_len - 1`` items and its state is scored.
     ``loss=softmax`` (the paper's cross-entropy) is the default."""

@@ -33,7 +33,7 @@ class GRU4Rec(SequentialRecommender):
         self.gru = nn.GRU(embedding_dim, hidden_dim, num_layers=n_layers, batch_first=True, bias=False)
         self.project = nn.Linear(hidden_dim, embedding_dim)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        for name, weight in self.gru.named_parameters():  # Glorot's, as RecBole; PyTorch's default is U(+-1/sqrt(h))
+        for weight in self.gru.parameters():  # Glorot's, as RecBole; PyTorch's default is U(+-1/sqrt(h))
             nn.init.xavier_uniform_(weight)
         with torch.no_grad():
             self.item_embedding.weight[self.padding_idx].zero_()
