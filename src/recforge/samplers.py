@@ -13,6 +13,12 @@ candidates' scores for how they were drawn. The options (``sampler=...`` in the 
 * :class:`HardNegativeSampler` (``hard``): dynamic negative sampling (Zhang et al. 2013, "Optimizing top-n
   collaborative filtering via dynamic negative item sampling", SIGIR): of ``pool_size`` uniform candidates per
   negative, the one the current model scores highest.
+
+``shared=True`` (``uniform`` and ``popularity``) draws one set of ``n`` negatives for the whole batch instead of
+``n`` per row: every row is scored against the same items, one ``(B, d) x (d, n)`` product for the models that
+score by inner products (:meth:`~recforge.models.base.Recommender.score_items`), which makes hundreds of
+negatives per positive affordable on a CPU (as TensorFlow's sampled softmax shares its draws). A shared negative
+that is a training positive of a row's user scores ``-inf`` for that row (no term), as in-batch negatives do.
 """
 
 from __future__ import annotations
@@ -42,13 +48,18 @@ class NegativeSampler(nn.Module):
     """
 
     needs_scores = False  # True: forward wants a ``scorer`` (hard negatives)
+    can_share = True  # one draw for the whole batch makes sense (not for per-row pools or the batch's positives)
 
     def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
-                 retries: int = 2) -> None:
+                 retries: int = 2, shared: bool = False) -> None:
         super().__init__()
         if retries < 0:
             raise RecForgeError(f"sampler.retries must be >= 0, got {retries}")
-        self.n_items, self.retries = n_items, retries
+        if shared and not self.can_share:
+            raise RecForgeError(f"sampler.shared=true draws one set of negatives for the whole batch, which "
+                                f"{type(self).__name__} cannot do (it picks per row): set sampler.shared=false, or "
+                                "use sampler=uniform or sampler=popularity")
+        self.n_items, self.retries, self.shared = n_items, retries, shared
         self.register_buffer("positive_keys", positive_keys, persistent=False)
         counts = item_counts.float() if item_counts is not None else torch.ones(n_items)
         if len(counts) != n_items:
@@ -113,7 +124,10 @@ class NegativeSampler(nn.Module):
         """``(B, num_negatives)`` negatives: of ``retries + 1`` draws per slot, the first that is not a training
         positive of the slot's user (the last draw when all are), which is what drawing, checking and redrawing
         ``retries`` times gives, in a fixed number of vectorised operations. ``positives`` (the batch's positive
-        items) and ``scorer`` are for the samplers that use them."""
+        items) and ``scorer`` are for the samplers that use them. With ``shared``: ``(num_negatives,)`` items
+        drawn once for every row (collisions with a row's positives are masked by :meth:`adjust`)."""
+        if self.shared:
+            return self.draw((num_negatives,), users.device)
         draws = self.draw((len(users), num_negatives, self.retries + 1), users.device)
         accept = ~self.is_positive(users, draws)
         accept[..., -1] = True
@@ -124,8 +138,15 @@ class NegativeSampler(nn.Module):
                logq_correction: bool) -> torch.Tensor:
         """The scores a loss sees for ``(B, 1 + n)`` candidates (positive first): minus each candidate's
         log-probability of being drawn when ``logq_correction`` (Bengio & Senecal 2008; Yi et al. 2019), so
-        that a sampled softmax estimates the full one whatever the proposal."""
-        return scores - self.log_prob(candidates).to(scores.dtype) if logq_correction else scores
+        that a sampled softmax estimates the full one whatever the proposal. Shared negatives that are training
+        positives of the row's user score ``-inf``."""
+        if logq_correction:
+            scores = scores - self.log_prob(candidates).to(scores.dtype)
+        return self._mask_positives(users, candidates, scores) if self.shared else scores
+
+    def _mask_positives(self, users: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        hits = self.is_positive(users, candidates[:, 1:])
+        return torch.cat([scores[:, :1], scores[:, 1:].masked_fill(hits, float("-inf"))], dim=1)
 
 
 class PopularitySampler(NegativeSampler):
@@ -134,8 +155,8 @@ class PopularitySampler(NegativeSampler):
     Items never seen in training are never drawn when ``alpha > 0``."""
 
     def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
-                 alpha: float = 0.75, retries: int = 2) -> None:
-        super().__init__(n_items, positive_keys, item_counts, retries)
+                 alpha: float = 0.75, retries: int = 2, shared: bool = False) -> None:
+        super().__init__(n_items, positive_keys, item_counts, retries, shared)
         if alpha < 0:
             raise RecForgeError(f"sampler.alpha={alpha} must be >= 0 (0: uniform, 1: by popularity)")
         if item_counts is None:
@@ -162,6 +183,8 @@ class InBatchSampler(NegativeSampler):
     positive of the row's user (its own positive included) scores ``-inf``, which every implicit loss reads as
     no term. Its probability of being drawn is its share of the training positives (:meth:`log_prob`)."""
 
+    can_share = False
+
     def forward(self, users: torch.Tensor, num_negatives: int, positives: torch.Tensor | None = None,
                 scorer: Scorer | None = None) -> torch.Tensor:
         if positives is None:
@@ -175,9 +198,7 @@ class InBatchSampler(NegativeSampler):
 
     def adjust(self, users: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor,
                logq_correction: bool) -> torch.Tensor:
-        scores = super().adjust(users, candidates, scores, logq_correction)
-        hits = self.is_positive(users, candidates[:, 1:])
-        return torch.cat([scores[:, :1], scores[:, 1:].masked_fill(hits, float("-inf"))], dim=1)
+        return self._mask_positives(users, candidates, super().adjust(users, candidates, scores, logq_correction))
 
 
 class HardNegativeSampler(NegativeSampler):
@@ -185,10 +206,11 @@ class HardNegativeSampler(NegativeSampler):
     without gradient), so training concentrates on the items the model still ranks too high."""
 
     needs_scores = True
+    can_share = False
 
     def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
-                 pool_size: int = 8, retries: int = 2) -> None:
-        super().__init__(n_items, positive_keys, item_counts, retries)
+                 pool_size: int = 8, retries: int = 2, shared: bool = False) -> None:
+        super().__init__(n_items, positive_keys, item_counts, retries, shared)
         if pool_size < 1:
             raise RecForgeError(f"sampler.pool_size={pool_size} must be >= 1 (1: uniform negatives)")
         self.pool_size = pool_size

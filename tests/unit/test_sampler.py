@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from recforge.samplers import NegativeSampler
+from recforge.errors import RecForgeError
+from recforge.samplers import HardNegativeSampler, InBatchSampler, NegativeSampler
 
 
 def keys_of(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -162,7 +165,6 @@ def test_popularity_negatives_follow_count_to_the_alpha():
 
 
 def test_popularity_negatives_avoid_the_users_positives_and_refuse_negative_alpha():
-    from recforge.errors import RecForgeError
     from recforge.samplers import PopularitySampler
 
     torch.manual_seed(3)
@@ -174,8 +176,6 @@ def test_popularity_negatives_avoid_the_users_positives_and_refuse_negative_alph
 
 
 def test_in_batch_negatives_are_the_other_positives_with_hits_masked_and_logq():
-    from recforge.samplers import InBatchSampler
-
     users, positives = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
     keys = keys_of(torch.tensor([0, 1, 2, 3, 0]), torch.tensor([5, 6, 7, 8, 7]), 10)  # user 0 also likes 7
     counts = torch.tensor([0, 0, 0, 0, 0, 1.0, 1.0, 2.0, 1.0, 0])
@@ -195,8 +195,6 @@ def test_in_batch_negatives_are_the_other_positives_with_hits_masked_and_logq():
 
 
 def test_hard_negatives_are_the_best_scored_of_each_pool():
-    from recforge.samplers import HardNegativeSampler
-
     keys = keys_of(torch.tensor([0]), torch.tensor([0]), 50)
     users = torch.arange(6) % 2
     torch.manual_seed(4)
@@ -204,6 +202,57 @@ def test_hard_negatives_are_the_best_scored_of_each_pool():
     torch.manual_seed(4)
     hard = HardNegativeSampler(50, keys, pool_size=5)(users, 3, scorer=lambda u, items: (items * 7 % 50).float())
     assert torch.equal(hard, pool.gather(-1, (pool * 7 % 50).argmax(-1, keepdim=True)).squeeze(-1))
+
+
+def test_shared_negatives_are_one_draw_for_the_batch_with_each_rows_positives_masked_and_logq():
+    from recforge.samplers import PopularitySampler
+
+    torch.manual_seed(5)
+    keys = keys_of(torch.tensor([0, 0, 1]), torch.tensor([2, 3, 4]), 10)  # user 0 likes 2 and 3, user 1 likes 4
+    users = torch.tensor([0, 1])
+    negatives = NegativeSampler(10, keys, shared=True)(users, 20_000)
+    assert negatives.shape == (20_000,)  # one set, not one per row; uniform over the whole catalogue
+    assert bool(((torch.bincount(negatives, minlength=10) / 20_000 - 0.1).abs() < 0.01).all())
+    sampler = NegativeSampler(10, keys, shared=True)
+    candidates = torch.tensor([[2, 3, 4, 5], [4, 3, 4, 5]])  # the positive first, then the shared set (3, 4, 5)
+    adjusted = sampler.adjust(users, candidates, torch.zeros(2, 4), logq_correction=True)
+    inf, q = float("inf"), math.log(10)  # uniform: every log q(item) = -log 10
+    assert adjusted.tolist() == [pytest.approx([q, -inf, q, q]), pytest.approx([q, q, -inf, q])]  # positives stay
+    weights = torch.tensor([0.0, 1, 1, 1, 1, 1, 1, 1, 1, 4])
+    draws = PopularitySampler(10, keys, weights, alpha=1.0, shared=True)(users, 40_000)
+    assert draws.shape == (40_000,) and abs((draws == 9).float().mean().item() - 1 / 3) < 0.01
+    for kind in (InBatchSampler, HardNegativeSampler):
+        with pytest.raises(RecForgeError, match="sampler.shared=true"):
+            kind(10, keys, torch.ones(10), shared=True)
+
+
+@pytest.mark.parametrize("model", ["mf", "mf_cosine", "mf_bias", "simplex", "sasrec", "default"])
+def test_shared_negatives_score_as_the_same_items_given_to_every_row(model):
+    from recforge.models.base import Recommender
+    from recforge.models.mf import MatrixFactorization
+    from recforge.models.sasrec import SASRec
+    from recforge.models.simplex import SimpleX
+
+    torch.manual_seed(6)
+    users, items = torch.tensor([0, 2, 3, 2]), torch.tensor([1, 7, 7, 0, 4])
+    if model == "sasrec":
+        net = SASRec(4, 9, max_len=5).eval()
+        hidden = torch.randn(4, 64)
+        got, expected = net.item_logits(hidden, items), net.item_logits(hidden, items.expand(4, -1))
+    else:
+        interactions = torch.tensor([[0, 1, 2, 3, 3], [1, 2, 3, 4, 8]])
+        net = {"mf": lambda: MatrixFactorization(4, 9, 8, use_bias=False),
+               "mf_cosine": lambda: MatrixFactorization(4, 9, 8, use_bias=False, similarity="cosine"),
+               "mf_bias": lambda: MatrixFactorization(4, 9, 8, use_bias=True, global_mean=3.0),
+               "simplex": lambda: SimpleX(4, 9, interactions, embedding_dim=8, dropout=0.0),
+               "default": lambda: MatrixFactorization(4, 9, 8, use_bias=True)}[model]()
+        if model == "mf_bias":
+            torch.nn.init.normal_(net.item_bias.weight)
+            torch.nn.init.normal_(net.user_bias.weight)
+        expected = net(users, items.expand(4, -1))
+        got = Recommender.score_items(net, users, items) if model == "default" else net.score_items(users, items)
+    assert got.shape == (4, 5)
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_sampled_losses_against_hand_computed_values():
@@ -228,7 +277,12 @@ def test_sampled_losses_against_hand_computed_values():
     ["sampler=popularity", "loss=sampled_softmax", "loss.num_negatives=20"],
     ["loss=ccl", "model.similarity=cosine", "loss.num_negatives=20", "loss.negative_weight=10"],
     ["model=sasrec", "sampler=hard", "loss=bce", "split=leave_one_out", "trainer.max_epochs=1"],
-], ids=["popularity", "hard", "in_batch-softmax", "popularity-softmax", "mf-ccl", "sasrec-hard"])
+    ["model=simplex", "sampler.shared=true", "loss.num_negatives=30", "loss.negative_weight=10"],
+    ["sampler=popularity", "sampler.shared=true", "loss=sampled_softmax", "loss.num_negatives=20"],
+    ["model=sasrec", "sampler.shared=true", "loss=bce", "loss.num_negatives=8", "split=leave_one_out",
+     "trainer.max_epochs=1"],
+], ids=["popularity", "hard", "in_batch-softmax", "popularity-softmax", "mf-ccl", "sasrec-hard", "simplex-shared",
+        "popularity-shared-softmax", "sasrec-shared"])
 def test_every_sampler_trains_end_to_end(tiny_cfg, overrides):
     from recforge.train import train
 
@@ -242,9 +296,9 @@ def test_every_sampler_trains_end_to_end(tiny_cfg, overrides):
     (["sampler=popularity", "sampler.alpha=-1"], "sampler.alpha=-1"),
     (["sampler=hard", "sampler.pool_size=0"], "sampler.pool_size=0"),
     (["loss=ccl", "loss.margin=2"], "loss.margin=2"),
+    (["sampler=hard", "sampler.shared=true"], "sampler.shared=true"),
 ])
 def test_sampler_mistakes_are_one_line_errors_naming_the_key(tiny_cfg, overrides, message):
-    from recforge.errors import RecForgeError
     from recforge.train import train
 
     with pytest.raises(RecForgeError) as info:

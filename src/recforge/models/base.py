@@ -60,6 +60,12 @@ class Recommender(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(B, n)`` scores of ``B`` users against one shared ``(n,)`` set of items (shared negatives,
+        ``sampler.shared``). Default: ``forward`` on the set repeated per user; models that score by inner
+        products override it with one matrix product."""
+        return self(users, items.expand(len(users), -1))
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Default: ``forward`` over every item, in sub-chunks bounded to ~4M pairs."""
         all_items = torch.arange(self.n_items, device=users.device)
@@ -278,10 +284,13 @@ class SequentialRecommender(WholeRowRecommender):
         return self.item_embedding.weight[: self.n_items]
 
     def item_logits(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of ``(N, d)`` hidden states against every item ``(N, n_items)`` or ``(N, k)`` candidates."""
+        """Scores of ``(N, d)`` hidden states against every item ``(N, n_items)``, ``(N, k)`` candidates, or one
+        shared ``(k,)`` set of them."""
         weights = self.output_embeddings()
         if items is None:
             return inner_products(hidden, weights)
+        if items.dim() == 1:
+            return inner_products(hidden, weights[items])
         return (hidden.unsqueeze(1) * weights[items]).sum(-1)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:

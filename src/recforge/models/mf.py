@@ -67,6 +67,12 @@ class MatrixFactorization(Recommender):
                 + self.item_bias(items).squeeze(-1)
         return score
 
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        score = inner_products(self._unit(self.user_vectors(users)), self._unit(self.item_embedding(items)))
+        if self.use_bias:
+            score = score + self.global_bias + self.user_bias(users) + self.item_bias(items).squeeze(-1)
+        return score
+
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``l2_reg * (||p_u||^2 + ||q_i||^2 + b_u^2 + b_i^2)`` averaged over the batch's pairs: the classic SGD
         regularisation of biased MF (Koren et al. 2009, Eq. 5), on the rows a batch touches only (unlike an

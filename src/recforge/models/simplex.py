@@ -67,6 +67,9 @@ class SimpleX(RowInputRecommender):
             return inner_products(user, self.item_vectors()).gather(1, items)
         return torch.bmm(F.normalize(self.item_embedding(items), dim=-1), user.unsqueeze(-1)).squeeze(-1)
 
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return inner_products(self.user_vectors(users), F.normalize(self.item_embedding(items), dim=-1))
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return inner_products(self.user_vectors(users), self.item_vectors())
 

@@ -154,8 +154,13 @@ class RecommenderModule(pl.LightningModule):
             return self.loss(model.score_all(users), items)
         negatives = self.sampler(users, self.loss.num_negatives, positives=items,
                                  scorer=model if self.sampler.needs_scores else None)
-        candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
-        scores = self.sampler.adjust(users, candidates, model(users, candidates), self.loss.logq_correction)
+        if negatives.dim() == 1:  # one set shared by the batch: a (B, n) product, not a (B, n, d) gather
+            scores = torch.cat([model(users, items).unsqueeze(1), model.score_items(users, negatives)], dim=1)
+            candidates = torch.cat([items.unsqueeze(1), negatives.expand(len(users), -1)], dim=1)
+        else:
+            candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
+            scores = model(users, candidates)
+        scores = self.sampler.adjust(users, candidates, scores, self.loss.logq_correction)
         return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
 
     def _with_context(self, context: torch.Tensor | None) -> ContextScorer | Recommender:
@@ -182,9 +187,14 @@ class RecommenderModule(pl.LightningModule):
         scorer = (lambda _, items: self.model.item_logits(hidden.detach(), items)) if self.sampler.needs_scores \
             else None
         negatives = self.sampler(owners, self.loss.num_negatives, positives=targets, scorer=scorer)
-        candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)
-        scores = self.sampler.adjust(owners, candidates, self.model.item_logits(hidden, candidates),
-                                     self.loss.logq_correction)
+        if negatives.dim() == 1:  # shared by every position
+            scores = torch.cat([self.model.item_logits(hidden, targets.unsqueeze(1)),
+                                self.model.item_logits(hidden, negatives)], dim=1)
+            candidates = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)
+        else:
+            candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)
+            scores = self.model.item_logits(hidden, candidates)
+        scores = self.sampler.adjust(owners, candidates, scores, self.loss.logq_correction)
         return self.loss(scores[:, 0], scores[:, 1:])
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -368,3 +378,6 @@ class ContextScorer:
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return self.model.score_all(users, context=self.context.to(users.device))
+
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self(users, items.expand(len(users), -1))
