@@ -58,7 +58,9 @@ class SampledNegativesLoss(Loss):
 
 
 class BCELoss(SampledNegativesLoss):
-    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017)."""
+    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017). A
+    masked negative (``-inf``: an in-batch or shared negative that is a positive of the row's user) is a zero
+    term, as in the other sampled losses (PyTorch's own gives NaN for a logit of ``-inf``)."""
 
     logits = True
 
@@ -67,7 +69,9 @@ class BCELoss(SampledNegativesLoss):
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         pos_term = F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos), reduction="sum")
-        neg_term = F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg), reduction="sum")
+        kept = neg > float("-inf")
+        neg_term = F.binary_cross_entropy_with_logits(neg.masked_fill(~kept, 0.0), torch.zeros_like(neg),
+                                                      weight=kept.to(neg.dtype), reduction="sum")
         return (pos_term + neg_term) / (pos.numel() + neg.numel())
 
 

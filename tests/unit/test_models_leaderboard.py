@@ -201,12 +201,13 @@ def test_ultragcn_constraint_weights_and_item_graph_by_hand():
     np.testing.assert_allclose(np.take_along_axis(omega, model.item_neighbours.numpy(), 1), expected, rtol=1e-6)
 
 
-def test_ultragcn_regularization_by_hand():
+@pytest.mark.parametrize("candidates", [[[1, 3, 4], [3, 0, 4]], [[1, 0, 4], [3, 0, 4]]], ids=["per_row", "shared"])
+def test_ultragcn_regularization_by_hand(candidates):
     torch.manual_seed(0)
     model = UltraGCN(4, 5, PAIRS, embedding_dim=3, constraint_weight=0.7, negative_weight=5.0, item_weight=0.3,
                      item_neighbors=2, l2_reg=0.01, init_std=0.5)
     users = torch.tensor([0, 2])
-    candidates = torch.tensor([[1, 3, 4], [3, 0, 4]])  # positive first, then two negatives
+    candidates = torch.tensor(candidates)  # positive first, then two negatives (the same two: sampler.shared)
     e_u, e_i = model.user_embedding.weight.detach().double(), model.item_embedding.weight.detach().double()
     beta_u, beta_i = model.user_beta.double(), model.item_beta.double()
 

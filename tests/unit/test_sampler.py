@@ -258,7 +258,7 @@ def test_shared_negatives_score_as_the_same_items_given_to_every_row(model):
 def test_sampled_losses_against_hand_computed_values():
     import math
 
-    from recforge.losses import BPRLoss, CosineContrastiveLoss, SampledSoftmaxLoss
+    from recforge.losses import BCELoss, BPRLoss, CosineContrastiveLoss, SampledSoftmaxLoss
 
     pos, neg = torch.tensor([0.5]), torch.tensor([[0.95, 0.2]])
     assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, neg).item() == pytest.approx(0.55)
@@ -268,6 +268,11 @@ def test_sampled_losses_against_hand_computed_values():
     assert SampledSoftmaxLoss(2)(pos, masked).item() == pytest.approx(math.log(math.exp(0.5) + math.exp(0.95)) - 0.5)
     assert BPRLoss(2)(pos, masked).item() == pytest.approx(-0.5 * math.log(1 / (1 + math.exp(0.45))))
     assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, masked).item() == pytest.approx(0.55)
+    bce = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(0.95))) / 3  # the masked one: a zero term, no NaN
+    scores = masked.clone().requires_grad_()
+    value = BCELoss(2)(pos, scores)
+    value.backward()
+    assert value.item() == pytest.approx(bce) and scores.grad[0, 1].item() == 0.0
 
 
 @pytest.mark.parametrize("overrides", [

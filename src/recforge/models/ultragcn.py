@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from recforge.models.ease import interaction_matrix, product_chunks
 from recforge.models.mf import MatrixFactorization
+from recforge.utils.linalg import inner_products
 
 
 def inverse_sqrt_ratio(degree: torch.Tensor) -> torch.Tensor:
@@ -83,7 +84,10 @@ class UltraGCN(MatrixFactorization):
         positives, negatives = items[:, 0], items[:, 1:]
         user = self.user_embedding(users)
         pos_score = (user * self.item_embedding(positives)).sum(-1)
-        neg_score = (user.unsqueeze(1) * self.item_embedding(negatives)).sum(-1)
+        if len(negatives) > 1 and bool((negatives[1:] == negatives[:1]).all()):  # one set for all (sampler.shared)
+            neg_score = inner_products(user, self.item_embedding(negatives[0]))
+        else:
+            neg_score = (user.unsqueeze(1) * self.item_embedding(negatives)).sum(-1)
         beta = self.user_beta[users]
         constraint = beta * self.item_beta[positives] * F.softplus(-pos_score)  # -log sigmoid(s)
         if negatives.shape[1]:
