@@ -68,6 +68,13 @@ def test_per_user_temporal_holds_out_each_users_latest(table):
     assert (split.test.timestamp.to_numpy() >= latest_train.reindex(split.test.user).to_numpy()).all()
 
 
+def test_latest_item_splits_warn_when_the_data_has_no_timestamps(table, caplog):
+    LeaveOneOutSplit()(table)
+    assert "no timestamps" not in caplog.text
+    LeaveOneOutSplit()(table.assign(timestamp=0))  # Last.fm HetRec, Gowalla: no times, every timestamp 0
+    assert "held-out items are random ones" in caplog.text
+
+
 def test_per_user_ratio_gives_each_user_a_share(table):
     split = PerUserRatioSplit(0.0, 0.25, "random", min_interactions=4)(table)
     counts = table.user.value_counts()

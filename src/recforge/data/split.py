@@ -9,6 +9,7 @@ after every split: it stops on leaks and counts (and optionally drops) cold user
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,8 @@ import pandas as pd
 
 from recforge.data.sorting import count_in, isin, lexsort  # noqa: F401 (isin: recforge.data.split.isin, as before)
 from recforge.errors import RecForgeError
+
+log = logging.getLogger("recforge")
 
 PART_PREFIX = "part_"
 COLD = ("keep", "drop")
@@ -124,6 +127,10 @@ class PerUserTemporalSplit(Splitter):
         self.n_val, self.n_test, self.min_interactions, self.seed = n_val, n_test, min_interactions, seed
 
     def __call__(self, frame: pd.DataFrame) -> Split:
+        if len(frame) > 1 and (frame["timestamp"].to_numpy() == frame["timestamp"].iat[0]).all():
+            log.warning("this split holds out each user's latest interactions, but the data has no timestamps (all "
+                        "equal): the held-out items are random ones (drawn under split.seed), and the order a "
+                        "sequential model reads a history in is not a time order")
         order, from_end, counts = _user_positions(frame, self.seed, by_time=True)
         eligible = counts >= self.min_interactions
         test = order[eligible & (from_end <= self.n_test)]
