@@ -32,6 +32,7 @@ from recforge.models.deepfm import DeepFM
 from recforge.models.fm import FactorizationMachine, SideTerms
 from recforge.models.ials import IALS
 from recforge.models.lightgcn import GraphRecommender, normalized_adjacency
+from recforge.utils.sparse import to_csr
 
 
 class Counterfactual:
@@ -88,7 +89,7 @@ class EdgeRemoval(Counterfactual):
     def scores(self, user: int, item: int, removed: torch.Tensor) -> torch.Tensor:
         model = self.model
         cut = (self.pairs[0] == user) & torch.isin(self.pairs[1], removed.cpu())
-        adjacency = normalized_adjacency(self.pairs[:, ~cut], model.n_users, model.n_items).to_sparse_csr()
+        adjacency = to_csr(normalized_adjacency(self.pairs[:, ~cut], model.n_users, model.n_items))
         view = shallow_copy(model)
         view.adjacency = adjacency.to(model.adjacency.device)
         users, items = view.propagate()
