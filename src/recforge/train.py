@@ -84,6 +84,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 exp.model.fit(*dm.train_tensors)
                 best = None
             fit_seconds = time.perf_counter() - fit_started
+            # read now: validating and testing the best checkpoint restore the callbacks' state as it was saved, when
+            # the progress lines still held the previous best
+            best_epoch = progress.best_epoch
             module.val_stage = "val_best" if exp.model.requires_training else "val"   # apart from the epoch series
             val = {k.replace("val_best/", "val/", 1): v
                    for k, v in trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0].items()}
@@ -97,8 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics["time/fit_s"] = fit_seconds
             metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
             metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))
-            if progress.best_epoch is not None:
-                metrics["val_best/epoch"] = float(progress.best_epoch)
+            if best_epoch is not None:
+                metrics["val_best/epoch"] = float(best_epoch)
                 metrics["time/epochs"] = float(trainer.current_epoch)
             if trainer.global_rank != 0:  # under DDP every process has the metrics; one writes and tracks
                 status = "FINISHED"

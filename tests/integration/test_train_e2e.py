@@ -68,6 +68,19 @@ def test_curves_end_at_their_last_epoch_and_the_best_is_apart(tracked_run):
     assert curve[int(metrics["val_best/epoch"]) - 1].value == pytest.approx(best[0].value, rel=1e-6)
 
 
+def test_the_best_epoch_reported_is_the_one_the_progress_lines_showed(tiny_cfg, caplog):
+    """Validating every second epoch, the best checkpoint was saved before the progress lines counted its epoch;
+    restoring it for the final validation once brought back the previous best's epoch into the summary."""
+    import re
+
+    with caplog.at_level("INFO", logger="recforge"):
+        metrics = train(tiny_cfg("trainer.max_epochs=8", "trainer.check_val_every_n_epoch=2",
+                                 "callbacks.early_stopping.patience=10"))
+    lines = re.findall(r"\(best [0-9.]+ at (\d+)\)", caplog.text)
+    assert lines and int(metrics["val_best/epoch"]) == int(lines[-1])
+    assert len(set(lines)) > 1  # the best moved during the run, so a stale epoch would show
+
+
 def test_runs_are_named_for_what_they_are_and_record_their_dataset(tracked_run, tmp_path):
     cfg, metrics, tmp = tracked_run
     second = train(compose_train(["data.n_users=120", "data.n_items=60", "data.mean_interactions=12",
