@@ -304,6 +304,11 @@ def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
     torch.testing.assert_close(module.compute_loss((users, items, ratings)),
                                torch.nn.functional.mse_loss(model(users, items), ratings) + expected)
     assert MatrixFactorization(3, 4, l2_reg=0.0).regularization(users, items) == 0
+    # candidates (a positive, then negatives: shared ones repeat down the rows): the mean over every (user, item)
+    candidates = torch.tensor([[1, 3, 0], [2, 3, 0]])
+    expected = 0.5 * sum(p[u].pow(2).sum() + q[i].pow(2).sum() + bu[u] ** 2 + bi[i] ** 2
+                         for u, row in zip(users, candidates) for i in row) / 6
+    torch.testing.assert_close(model.regularization(users, candidates), expected)
 
 
 @pytest.mark.parametrize("init", ["xavier_normal", "xavier_uniform"])

@@ -79,11 +79,16 @@ class MatrixFactorization(Recommender):
         optimizer's weight decay, which shrinks every row at every step)."""
         if not self.l2_reg:
             return users.new_zeros((), dtype=self.user_embedding.weight.dtype)
-        users = broadcast_users(users, items)
-        total = self.user_embedding(users).pow(2).sum(-1) + self.item_embedding(items).pow(2).sum(-1)
+        # summed per distinct item, weighted by its count: with hundreds of negatives per row (many of them shared)
+        # a gather of every pair's vector and its sparse gradient would cost more than the scores themselves
+        pairs_per_user = items.numel() // len(users)
+        items, counts = torch.unique(items, return_counts=True)
+        total = pairs_per_user * self.user_embedding(users).pow(2).sum() \
+            + (counts * self.item_embedding(items).pow(2).sum(-1)).sum()
         if self.use_bias:
-            total = total + self.user_bias(users).squeeze(-1).pow(2) + self.item_bias(items).squeeze(-1).pow(2)
-        return self.l2_reg * total.mean()
+            total = total + pairs_per_user * self.user_bias(users).pow(2).sum() \
+                + (counts * self.item_bias(items).squeeze(-1).pow(2)).sum()
+        return self.l2_reg * total / (pairs_per_user * len(users))
 
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(vectors, dim=-1) if self.cosine else vectors
