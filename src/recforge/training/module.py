@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Sequence
 
 import pytorch_lightning as pl
@@ -154,12 +155,8 @@ class RecommenderModule(pl.LightningModule):
             return self.loss(model.score_all(users), items)
         negatives = self.sampler(users, self.loss.num_negatives, positives=items,
                                  scorer=model if self.sampler.needs_scores else None)
-        if negatives.dim() == 1:  # one set shared by the batch: a (B, n) product, not a (B, n, d) gather
-            scores = torch.cat([model(users, items).unsqueeze(1), model.score_items(users, negatives)], dim=1)
-            candidates = torch.cat([items.unsqueeze(1), negatives.expand(len(users), -1)], dim=1)
-        else:
-            candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)
-            scores = model(users, candidates)
+        candidates, scores = scored_candidates(items, negatives, lambda rows: model(users, rows),
+                                               lambda shared: model.score_items(users, shared))
         scores = self.sampler.adjust(users, candidates, scores, self.loss.logq_correction)
         return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
 
@@ -187,13 +184,8 @@ class RecommenderModule(pl.LightningModule):
         scorer = (lambda _, items: self.model.item_logits(hidden.detach(), items)) if self.sampler.needs_scores \
             else None
         negatives = self.sampler(owners, self.loss.num_negatives, positives=targets, scorer=scorer)
-        if negatives.dim() == 1:  # shared by every position
-            scores = torch.cat([self.model.item_logits(hidden, targets.unsqueeze(1)),
-                                self.model.item_logits(hidden, negatives)], dim=1)
-            candidates = torch.cat([targets.unsqueeze(1), negatives.expand(len(targets), -1)], dim=1)
-        else:
-            candidates = torch.cat([targets.unsqueeze(1), negatives], dim=1)
-            scores = self.model.item_logits(hidden, candidates)
+        logits = functools.partial(self.model.item_logits, hidden)  # takes (N, k) candidates or a shared (k,) set
+        candidates, scores = scored_candidates(targets, negatives, logits, logits)
         scores = self.sampler.adjust(owners, candidates, scores, self.loss.logq_correction)
         return self.loss(scores[:, 0], scores[:, 1:])
 
@@ -364,6 +356,18 @@ class RecommenderModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._aggregate("test")
+
+
+def scored_candidates(positives: torch.Tensor, negatives: torch.Tensor, score_rows: Callable,
+                      score_shared: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 1 + n)`` candidates (the positive first) and their scores, for ``(B, n)`` negatives drawn per row
+    (``score_rows`` scores ``(B, k)`` candidates) or one ``(n,)`` set shared by the batch (``sampler.shared``:
+    ``score_shared`` scores it against every row by one ``(B, d) x (d, n)`` product, not a ``(B, n, d)`` gather)."""
+    if negatives.dim() == 2:
+        candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)
+        return candidates, score_rows(candidates)
+    scores = torch.cat([score_rows(positives.unsqueeze(1)), score_shared(negatives)], dim=1)
+    return torch.cat([positives.unsqueeze(1), negatives.expand(len(positives), -1)], dim=1), scores
 
 
 class ContextScorer:
