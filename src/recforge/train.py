@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate the experiment ``cfg`` describes; return its validation and test metrics."""
     started = time.perf_counter()
     resume = resume_path(cfg)
+    check_refit(cfg)
     output_dir = writable_folder(cfg.paths.output_dir, "paths.output_dir")
     tracker = build(cfg, "tracking") if cfg.get("tracking") else None   # checks that its log folder can be written
     pl.seed_everything(config_integer(cfg, "seed", 42), workers=True, verbose=False)
@@ -94,19 +95,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if not exp.model.requires_training and checkpoint is not None:
                 best = str(Path(checkpoint.dirpath) / f"{checkpoint.filename}.ckpt")
                 trainer.save_checkpoint(best)
-            test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
-            metrics = finite({**val, **test})
             epochs = max(trainer.current_epoch - done_before, 1) if exp.model.requires_training else 0
+            fitted = exp
+            if cfg.get("refit"):   # test a fresh model fit on train + validation instead (the test is read once)
+                refit_started = time.perf_counter()
+                fitted, test, best = refit(cfg, best_epoch, output_dir, bar)
+                refit_seconds = time.perf_counter() - refit_started
+            else:
+                test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+            metrics = finite({**val, **test})
             metrics["time/fit_s"] = fit_seconds
             metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
             metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))
             if best_epoch is not None:
                 metrics["val_best/epoch"] = float(best_epoch)
                 metrics["time/epochs"] = float(trainer.current_epoch)
+            if cfg.get("refit"):
+                metrics["refit/epochs"] = float(best_epoch or 0)
+                metrics["time/refit_s"] = refit_seconds
             if trainer.global_rank != 0:  # under DDP every process has the metrics; one writes and tracks
                 status = "FINISHED"
                 return metrics
-            write_outputs(cfg, exp, output_dir, config_yaml, metrics, best, tracker)
+            write_outputs(cfg, fitted, output_dir, config_yaml, metrics, best, tracker)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):   # Ctrl-C, SIGTERM (sigterm_exits), Lightning's exit after a Ctrl-C
         status = "KILLED"
@@ -145,7 +155,8 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
                 build(cfg, "ann").build(retrieval_items(exp.model)).save(folder)
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     if tracker:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("time/", "params/", "val_best/epoch"))})
+        tracker.log_metrics({k: v for k, v in metrics.items()
+                             if k.startswith(("time/", "params/", "val_best/epoch", "refit/"))})
         tracker.log_artifact(output_dir / "per_user_test_metrics.parquet", "results")
         tracker.log_dict(metrics, "results/metrics.json")
         if best:
@@ -164,6 +175,54 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
     atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
     if tracker:
         metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
+
+
+def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar) -> tuple[Experiment, dict, str]:
+    """``refit=true``: a fresh model of ``cfg`` (same seed) trained for ``epochs`` (the selection run's best) on
+    training + validation (``datamodule.train_on_validation``), without validation; a model without training is fit
+    on both parts. Returns its experiment, its test metrics and its checkpoint, ``checkpoints/refit.ckpt``, whose
+    config rebuilds the merged data (``recforge-eval ckpt_path=...`` tests it again)."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings["refit"] = False
+    settings["datamodule"]["train_on_validation"] = True
+    if epochs is not None:
+        settings["trainer"]["max_epochs"] = epochs
+    refit_cfg = OmegaConf.create(settings)
+    log.info("refit: a fresh model on training + validation%s", f" for {epochs} epochs" if epochs else "")
+    pl.seed_everything(config_integer(cfg, "seed", 42), workers=True, verbose=False)
+    exp = build_experiment(refit_cfg)
+    if exp.model.requires_training and epochs is None:
+        raise RecForgeError(f"refit=true: validation never gave a finite {cfg.monitor}, so no epoch was chosen to "
+                            "refit for; fix the selection run (its learning rate, its monitor) first")
+    callbacks = [CheckpointState(to_yaml(refit_cfg), exp.datamodule.fingerprint),
+                 EpochLines(cfg.monitor, metric_mode(cfg.monitor))]
+    trainer = build(refit_cfg, "trainer", logger=False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+                    enable_checkpointing=False, limit_val_batches=0,
+                    enable_progress_bar=sys.stderr.isatty() if bar is None else bar)
+    if exp.model.requires_training:
+        trainer.fit(exp.module, datamodule=exp.datamodule)
+    else:
+        exp.model.fit(*exp.datamodule.train_tensors)
+    test = trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
+    path = output_dir / "checkpoints" / "refit.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return exp, test, str(path)
+
+
+def check_refit(cfg: DictConfig) -> None:
+    """``refit=true`` needs what it repeats: a best epoch chosen by validation, a schedule that does not follow it."""
+    if not cfg.get("refit"):
+        return
+    if cfg.get("optuna_trial"):
+        raise RecForgeError("refit=true in a sweep trial: a trial is scored on validation and never tested; drop "
+                            "refit from the sweep and give it to the final run of the chosen values")
+    if cfg.get("scheduler") and "Plateau" in str(cfg.scheduler.get("_target_", "")):
+        raise RecForgeError("refit=true with scheduler=plateau: the plateau schedule follows validation, which a "
+                            "refit has not; use scheduler=cosine or step, or refit=false")
+    if OmegaConf.select(cfg, "datamodule.train_on_validation"):
+        raise RecForgeError("refit=true with datamodule.train_on_validation=true: the selection run needs its "
+                            "validation part; leave train_on_validation to the refit")
 
 
 @contextmanager
@@ -239,6 +298,9 @@ def print_summary(cfg: DictConfig, metrics: dict, output_dir: Path, tracker, nam
     if "val_best/epoch" in metrics:
         best += f" at epoch {int(metrics['val_best/epoch'])} of {int(metrics['time/epochs'])}"
     tests = "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in SUMMARY_TESTS if f"test/{m}" in metrics)
+    if "refit/epochs" in metrics:   # the test numbers are the refit's
+        epochs = int(metrics["refit/epochs"])
+        tests += f"  (refit on train + validation{f' for {epochs} epochs' if epochs else ''})"
     run_id = metrics.get("run_id")
     if in_multirun():
         print(f"trial {output_dir.name}: {best} | test {tests}" + (f" | run {run_id}" if run_id else ""))

@@ -401,3 +401,69 @@ def test_a_run_prints_a_line_per_epoch_and_a_short_summary(tmp_path):
     assert "at epoch" in summary[1] and "--run-id" in summary[5]
     assert "Restoring states" not in result.stdout + result.stderr and "Tip" not in result.stdout + result.stderr
     assert (tmp_path / "run" / "train.log").read_text().count("] epoch ") == 2   # the log keeps them too
+
+
+def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_chosen_epochs(tiny_cfg, caplog):
+    """refit=true: validation chooses the epoch, a fresh model trains that long on train + validation, and the test,
+    the checkpoint and the bundle are that model's; recforge-eval of its checkpoint gives its test numbers again."""
+    import re
+
+    from recforge.tracking.bundle import Bundle
+
+    settings = ("trainer.max_epochs=5", "callbacks.early_stopping.patience=10")
+    plain = train(tiny_cfg(*settings))
+    cfg = tiny_cfg("refit=true", *settings)
+    with caplog.at_level("INFO", logger="recforge"):
+        metrics = train(cfg)
+    chosen = int(metrics["val_best/epoch"])
+    assert chosen == plain["val_best/epoch"] and metrics["val/ndcg_at_10"] == plain["val/ndcg_at_10"]
+    assert metrics["refit/epochs"] == chosen and metrics["time/refit_s"] > 0
+    refit_lines = caplog.text.split("refit: a fresh model on training + validation")[1]
+    assert re.findall(r"epoch (\d+)/(\d+)", refit_lines)[-1] == (str(chosen), str(chosen))
+    assert "val/ndcg_at_10" not in refit_lines   # the refit does not validate
+    run = Path(cfg.paths.output_dir)
+    state = torch.load(run / "checkpoints" / "refit.ckpt", weights_only=False)
+    bundle = Bundle.load(run / "model")
+    assert torch.equal(state["state_dict"]["model.user_embedding.weight"],
+                       bundle.model.user_embedding.weight.detach())
+    again = evaluate(compose_train([f"ckpt_path={run / 'checkpoints' / 'refit.ckpt'}"], run.parent,
+                                   config_name="eval"))
+    for name in ("test/ndcg_at_10", "test/recall_at_20"):
+        assert again[name] == metrics[name], name
+
+
+def test_training_on_validation_merges_it_and_ranks_test_as_before(tiny_cfg):
+    selection = build_experiment_data(tiny_cfg())
+    merged = build_experiment_data(tiny_cfg("datamodule.train_on_validation=true"))
+    assert len(merged.split.train) == len(selection.split.train) + len(selection.split.val)
+    assert len(merged.split.val) == 0 and merged.split.test.equals(selection.split.test)
+    assert merged.fingerprint != selection.fingerprint
+    assert len(selection.eval_shard("test")) == len(merged.eval_shard("test"))
+    for before, after in zip(selection.eval_shard("test"), merged.eval_shard("test")):  # the same items excluded
+        for key in before:
+            if isinstance(before[key], torch.Tensor):
+                assert torch.equal(before[key], after[key]), key
+
+
+def test_refit_of_a_model_without_training_fits_training_and_validation(tiny_cfg):
+    cfg = tiny_cfg("model=pop", "refit=true")
+    metrics = train(cfg)
+    dm = build_experiment_data(tiny_cfg("model=pop"))
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "refit.ckpt", weights_only=True)
+    assert state["state_dict"]["model.counts"].sum() == len(dm.split.train) + len(dm.split.val)
+    assert metrics["refit/epochs"] == 0 and metrics["test/hr_at_20"] > 0
+
+
+def build_experiment_data(cfg):
+    from recforge.pipeline import build_experiment
+
+    return build_experiment(cfg).datamodule
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["scheduler=plateau"], "scheduler=plateau"),
+    (["datamodule.train_on_validation=true"], "datamodule.train_on_validation"),
+])
+def test_refit_refuses_what_it_cannot_repeat(tiny_cfg, overrides, message):
+    with pytest.raises(RecForgeError, match=message.replace(".", r"\.")):
+        train(tiny_cfg("refit=true", *overrides))

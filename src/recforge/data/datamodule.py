@@ -82,6 +82,10 @@ class RecDataModule(pl.LightningDataModule):
 
     ``feature_encoders`` (a model bundle's ``features.json``) encodes the declared features with that model's fitted
     encoders instead of fitting them on this training part (``recforge-retrain`` gives the champion's).
+
+    ``train_on_validation`` moves the validation part into training after the split (the cached split is unchanged)
+    and leaves validation empty: the data of a refit (``refit=true`` in ``recforge-train``), whose test is ranked
+    exactly as the selection run's (the same items excluded) by a model that has also learnt from validation.
     """
 
     train_view: str = "interactions"
@@ -104,6 +108,7 @@ class RecDataModule(pl.LightningDataModule):
         sample_users_uniformly: bool = False,
         train_on_device: bool = True,
         feature_encoders: str | None = None,
+        train_on_validation: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -122,6 +127,7 @@ class RecDataModule(pl.LightningDataModule):
         self.max_scores_in_memory, self.seed = max_scores_in_memory, seed
         self.sample_users_uniformly, self.train_on_device = sample_users_uniformly, train_on_device
         self.feature_encoders_path = feature_encoders
+        self.train_on_validation = train_on_validation
         self.raw: RawData | None = None
         self.split: Split | None = None
         self.id_maps: IdMaps | None = None
@@ -234,6 +240,10 @@ class RecDataModule(pl.LightningDataModule):
 
     def _finish(self, started: float) -> None:
         t0 = time.perf_counter()
+        if self.train_on_validation:   # a refit (train.py's refit=true): validation joins training and is empty
+            split = self.split
+            self.split = Split(pd.concat([split.train, split.val], ignore_index=True), split.val.iloc[:0], split.test,
+                               split.fold_in, {**split.meta, "validation": "merged"})
         self.fingerprint = self.split.fingerprint(self.n_users, self.n_items)
         train = self.split.train
         self.train_tensors = (
