@@ -188,7 +188,8 @@ def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar) -> tuple[E
     if epochs is not None:
         settings["trainer"]["max_epochs"] = epochs
     refit_cfg = OmegaConf.create(settings)
-    log.info("refit: a fresh model on training + validation%s", f" for {epochs} epochs" if epochs else "")
+    span = f" for {epochs} epoch" + "s" * (epochs > 1) if epochs else ""
+    log.info("refit: a fresh model on training + validation%s", span)
     pl.seed_everything(config_integer(cfg, "seed", 42), workers=True, verbose=False)
     exp = build_experiment(refit_cfg)
     if exp.model.requires_training and epochs is None:
@@ -300,7 +301,7 @@ def print_summary(cfg: DictConfig, metrics: dict, output_dir: Path, tracker, nam
     tests = "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in SUMMARY_TESTS if f"test/{m}" in metrics)
     if "refit/epochs" in metrics:   # the test numbers are the refit's
         epochs = int(metrics["refit/epochs"])
-        tests += f"  (refit on train + validation{f' for {epochs} epochs' if epochs else ''})"
+        tests += f"  (refit on train + validation{f' for {epochs} epoch' + 's' * (epochs > 1) if epochs else ''})"
     run_id = metrics.get("run_id")
     if in_multirun():
         print(f"trial {output_dir.name}: {best} | test {tests}" + (f" | run {run_id}" if run_id else ""))
