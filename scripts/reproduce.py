@@ -78,7 +78,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "lightgcn_large_batch": ["experiment=gowalla_lightgcn_large_batch"],  # batch 16,384, lr 0.008 cosine, 600 epochs: ~75 min on 2 cores
     "ngcf": ["experiment=gowalla_ngcf"],  # the paper's protocol, 400 epochs: a GPU run
     # the cosine contrastive loss with 1,000 negatives shared by each batch; early stopping on a carved validation part
-    "mf_ccl": ["experiment=gowalla_mf_ccl"],  # MF trained with CCL alone
+    "mf_ccl": ["experiment=gowalla_mf_ccl"],  # MF trained with CCL alone, then refit on the whole training file
+    "mf_ccl_selection": ["experiment=gowalla_mf_ccl", "refit=false"],  # the model early stopping chose, on 90%
     "simplex": ["experiment=gowalla_simplex"],
     "ultragcn": ["experiment=gowalla_ultragcn"],  # 1,500 shared negatives; the reference code's Gowalla weights
 }

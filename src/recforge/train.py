@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             module.val_stage = "val"
             if not exp.model.requires_training and checkpoint is not None:
                 best = str(Path(checkpoint.dirpath) / f"{checkpoint.filename}.ckpt")
-                trainer.save_checkpoint(best)
+                trainer.save_checkpoint(best, weights_only=False)
             epochs = max(trainer.current_epoch - done_before, 1) if exp.model.requires_training else 0
             fitted = exp
             if cfg.get("refit"):   # test a fresh model fit on train + validation instead (the test is read once)
@@ -207,7 +207,7 @@ def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar) -> tuple[E
     test = trainer.test(exp.module, datamodule=exp.datamodule, verbose=False)[0]
     path = output_dir / "checkpoints" / "refit.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)
     return exp, test, str(path)
 
 
