@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if cfg.get("refit"):   # test a fresh model fit on train + validation instead (the test is read once)
                 refit_started = time.perf_counter()
                 fitted, test, best = refit(cfg, best_epoch, output_dir, bar)
+                if tracker:   # the refit's trainer logs nothing: its test numbers are the run's
+                    tracker.log_metrics(finite(test))
                 refit_seconds = time.perf_counter() - refit_started
             else:
                 test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]

@@ -432,6 +432,16 @@ def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_chosen_ep
         assert again[name] == metrics[name], name
 
 
+def test_a_tracked_refit_logs_its_test_and_its_checkpoint(tiny_cfg):
+    cfg = tiny_cfg("refit=true", tracking=True)
+    metrics = train(cfg)
+    client = client_for(Path(cfg.paths.log_dir).parent)
+    run = client.get_run(metrics["run_id"])
+    assert run.data.metrics["test/ndcg_at_10"] == pytest.approx(metrics["test/ndcg_at_10"], rel=1e-6)
+    assert run.data.metrics["refit/epochs"] == metrics["val_best/epoch"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/refit.ckpt"]
+
+
 def test_training_on_validation_merges_it_and_ranks_test_as_before(tiny_cfg):
     selection = build_experiment_data(tiny_cfg())
     merged = build_experiment_data(tiny_cfg("datamodule.train_on_validation=true"))
