@@ -80,7 +80,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     # the cosine contrastive loss with 1,000 negatives shared by each batch; early stopping on a carved validation part
     "mf_ccl": ["experiment=gowalla_mf_ccl"],  # MF trained with CCL alone, then refit on the whole training file
     "mf_ccl_selection": ["experiment=gowalla_mf_ccl", "refit=false"],  # the model early stopping chose, on 90%
-    "simplex": ["experiment=gowalla_simplex"],
+    "simplex": ["experiment=gowalla_simplex"],  # refit on the whole training file, as mf_ccl
+    "simplex_selection": ["experiment=gowalla_simplex", "refit=false"],
     "ultragcn": ["experiment=gowalla_ultragcn"],  # 1,500 shared negatives; the reference code's Gowalla weights
 }
 GOWALLA_DEFAULT = ["pop", "itemknn", "ials32", "ials64", "ials", "bpr"]  # what a 2-core CPU runs in minutes
