@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from recforge.cli import command, in_multirun, quiet_warnings, run_cli
-from recforge.config import CONFIG_DIR, build, flatten, option_names, to_yaml
+from recforge.config import CONFIG_DIR, build, flatten, option_names, resolve_target, to_yaml
 from recforge.errors import RecForgeError
 from recforge.metrics.names import metric_mode
 from recforge.pipeline import (Experiment, build_experiment, config_integer, finite, git_commit, model_spec,
@@ -60,8 +60,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
         callbacks.append(OptunaPruning(**cfg.optuna_trial))
     bar = cfg.trainer.get("enable_progress_bar")
+    bar = sys.stderr.isatty() if bar is None else bar   # a progress bar on a terminal unless the config says
     trainer = build(cfg, "trainer", logger=tracker.logger if tracker else False, callbacks=callbacks,
-                    plugins=[AtomicCheckpointIO()], enable_progress_bar=sys.stderr.isatty() if bar is None else bar)
+                    plugins=[AtomicCheckpointIO()], enable_progress_bar=bar)
     checkpoint = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint) and c.monitor), None)
 
     status = "FAILED"
@@ -98,8 +99,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             epochs = max(trainer.current_epoch - done_before, 1) if exp.model.requires_training else 0
             fitted = exp
             if cfg.get("refit"):   # test a fresh model fit on train + validation instead (the test is read once)
+                if exp.model.requires_training and best_epoch is None:
+                    raise RecForgeError(f"refit=true: validation never gave a finite {cfg.monitor}, so no epoch was "
+                                        "chosen to refit for; fix the selection run (its learning rate, its monitor) "
+                                        "first")
                 refit_started = time.perf_counter()
-                fitted, test, best = refit(cfg, best_epoch, output_dir, bar)
+                fitted, test, best = refit(cfg, best_epoch if exp.model.requires_training else None, output_dir, bar)
                 if tracker:   # the refit's trainer logs nothing: its test numbers are the run's
                     tracker.log_metrics(finite(test))
                 refit_seconds = time.perf_counter() - refit_started
@@ -179,7 +184,7 @@ def write_outputs(cfg: DictConfig, exp: Experiment, output_dir: Path, config_yam
         metrics["run_id"] = tracker.run_id  # type: ignore[assignment]
 
 
-def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar) -> tuple[Experiment, dict, str]:
+def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar: bool) -> tuple[Experiment, dict, str]:
     """``refit=true``: a fresh model of ``cfg`` (same seed) trained for ``epochs`` (the selection run's best) on
     training + validation (``datamodule.train_on_validation``), without validation; a model without training is fit
     on both parts. Returns its experiment, its test metrics and its checkpoint, ``checkpoints/refit.ckpt``, whose
@@ -190,18 +195,14 @@ def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar) -> tuple[E
     if epochs is not None:
         settings["trainer"]["max_epochs"] = epochs
     refit_cfg = OmegaConf.create(settings)
-    span = f" for {epochs} epoch" + "s" * (epochs > 1) if epochs else ""
-    log.info("refit: a fresh model on training + validation%s", span)
+    log.info("refit: a fresh model on training + validation%s", refit_span(epochs))
     pl.seed_everything(config_integer(cfg, "seed", 42), workers=True, verbose=False)
     exp = build_experiment(refit_cfg)
-    if exp.model.requires_training and epochs is None:
-        raise RecForgeError(f"refit=true: validation never gave a finite {cfg.monitor}, so no epoch was chosen to "
-                            "refit for; fix the selection run (its learning rate, its monitor) first")
     callbacks = [CheckpointState(to_yaml(refit_cfg), exp.datamodule.fingerprint),
                  EpochLines(cfg.monitor, metric_mode(cfg.monitor))]
     trainer = build(refit_cfg, "trainer", logger=False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                     enable_checkpointing=False, limit_val_batches=0,
-                    enable_progress_bar=sys.stderr.isatty() if bar is None else bar)
+                    enable_progress_bar=bar)
     if exp.model.requires_training:
         trainer.fit(exp.module, datamodule=exp.datamodule)
     else:
@@ -213,6 +214,11 @@ def refit(cfg: DictConfig, epochs: int | None, output_dir: Path, bar) -> tuple[E
     return exp, test, str(path)
 
 
+def refit_span(epochs: int | None) -> str:
+    """`` for 50 epochs`` (`` for 1 epoch``; nothing for a model without training)."""
+    return f" for {epochs} epoch" + "s" * (epochs > 1) if epochs else ""
+
+
 def check_refit(cfg: DictConfig) -> None:
     """``refit=true`` needs what it repeats: a best epoch chosen by validation, a schedule that does not follow it."""
     if not cfg.get("refit"):
@@ -220,7 +226,10 @@ def check_refit(cfg: DictConfig) -> None:
     if cfg.get("optuna_trial"):
         raise RecForgeError("refit=true in a sweep trial: a trial is scored on validation and never tested; drop "
                             "refit from the sweep and give it to the final run of the chosen values")
-    if cfg.get("scheduler") and "Plateau" in str(cfg.scheduler.get("_target_", "")):
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    schedule = resolve_target(cfg.scheduler._target_) if cfg.get("scheduler") else None  # a wrong name: check_config
+    if isinstance(schedule, type) and issubclass(schedule, ReduceLROnPlateau):
         raise RecForgeError("refit=true with scheduler=plateau: the plateau schedule follows validation, which a "
                             "refit has not; use scheduler=cosine or step, or refit=false")
     if OmegaConf.select(cfg, "datamodule.train_on_validation"):
@@ -302,8 +311,7 @@ def print_summary(cfg: DictConfig, metrics: dict, output_dir: Path, tracker, nam
         best += f" at epoch {int(metrics['val_best/epoch'])} of {int(metrics['time/epochs'])}"
     tests = "  ".join(f"{m} {metrics[f'test/{m}']:.4f}" for m in SUMMARY_TESTS if f"test/{m}" in metrics)
     if "refit/epochs" in metrics:   # the test numbers are the refit's
-        epochs = int(metrics["refit/epochs"])
-        tests += f"  (refit on train + validation{f' for {epochs} epoch' + 's' * (epochs > 1) if epochs else ''})"
+        tests += f"  (refit on train + validation{refit_span(int(metrics['refit/epochs']))})"
     run_id = metrics.get("run_id")
     if in_multirun():
         print(f"trial {output_dir.name}: {best} | test {tests}" + (f" | run {run_id}" if run_id else ""))

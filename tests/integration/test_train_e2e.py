@@ -15,6 +15,7 @@ import torch
 from recforge import CONFIG_DIR
 from recforge.errors import RecForgeError
 from recforge.eval import evaluate
+from recforge.pipeline import build_experiment
 from recforge.train import train
 from tests.conftest import REPO, compose_train
 
@@ -301,8 +302,6 @@ def test_tracking_leaves_mlflow_environment_as_it_was(tiny_cfg, monkeypatch):
 def test_row_models_score_held_out_users_from_their_fold_in_rows(tiny_cfg):
     """Strong generalisation: EASE and Mult-VAE never train on the held-out users; they read their fold-in rows
     (plus validation rows at test time) when evaluated. Empty rows would give every held-out user the same scores."""
-    from recforge.pipeline import build_experiment
-
     split = ["split=strong_generalization", "split.val_users_ratio=0.2", "split.test_users_ratio=0.2"]
     exp = build_experiment(tiny_cfg("model=multvae", *split))
     split_parts = exp.datamodule.split
@@ -338,8 +337,6 @@ def test_protocols_without_their_data_here_run_on_the_synthetic_stand_in(tiny_cf
 @pytest.mark.parametrize("model, view, column", [("sasrec", "sequences", "user"), ("multvae", "users", "user"),
                                                  ("autorec", "items", "item")])
 def test_row_and_sequence_views_yield_each_training_user_or_item_once_per_epoch(tiny_cfg, model, view, column):
-    from recforge.pipeline import build_experiment
-
     dm = build_experiment(tiny_cfg(f"model={model}")).datamodule
     assert dm.train_view == view
     ids = torch.cat([batch[0] for batch in dm.train_dataloader()])
@@ -443,8 +440,8 @@ def test_a_tracked_refit_logs_its_test_and_its_checkpoint(tiny_cfg):
 
 
 def test_training_on_validation_merges_it_and_ranks_test_as_before(tiny_cfg):
-    selection = build_experiment_data(tiny_cfg())
-    merged = build_experiment_data(tiny_cfg("datamodule.train_on_validation=true"))
+    selection = build_experiment(tiny_cfg()).datamodule
+    merged = build_experiment(tiny_cfg("datamodule.train_on_validation=true")).datamodule
     assert len(merged.split.train) == len(selection.split.train) + len(selection.split.val)
     assert len(merged.split.val) == 0 and merged.split.test.equals(selection.split.test)
     assert merged.fingerprint != selection.fingerprint
@@ -458,21 +455,16 @@ def test_training_on_validation_merges_it_and_ranks_test_as_before(tiny_cfg):
 def test_refit_of_a_model_without_training_fits_training_and_validation(tiny_cfg):
     cfg = tiny_cfg("model=pop", "refit=true")
     metrics = train(cfg)
-    dm = build_experiment_data(tiny_cfg("model=pop"))
+    dm = build_experiment(tiny_cfg("model=pop")).datamodule
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "refit.ckpt", weights_only=True)
     assert state["state_dict"]["model.counts"].sum() == len(dm.split.train) + len(dm.split.val)
     assert metrics["refit/epochs"] == 0 and metrics["test/hr_at_20"] > 0
 
 
-def build_experiment_data(cfg):
-    from recforge.pipeline import build_experiment
-
-    return build_experiment(cfg).datamodule
-
-
 @pytest.mark.parametrize("overrides,message", [
     (["scheduler=plateau"], "scheduler=plateau"),
     (["datamodule.train_on_validation=true"], "datamodule.train_on_validation"),
+    (["+optuna_trial={metric:val/ndcg_at_10}"], "sweep trial"),
 ])
 def test_refit_refuses_what_it_cannot_repeat(tiny_cfg, overrides, message):
     with pytest.raises(RecForgeError, match=message.replace(".", r"\.")):
