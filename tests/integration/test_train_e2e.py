@@ -429,6 +429,26 @@ def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_chosen_ep
         assert again[name] == metrics[name], name
 
 
+def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tiny_cfg, tmp_path):
+    """A finished run resumed (``resume_from=<run>/checkpoints/last.ckpt``) goes straight to its test: Lightning
+    alone would train one more epoch first. With ``refit=true`` it refits as a run started with refit=true does."""
+    settings = ("optimizer.lr=0.5", "trainer.max_epochs=30", "callbacks.early_stopping.patience=1")
+    cfg = tiny_cfg(*settings)
+    first = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last, weights_only=False)["epoch"]
+    assert stopped_at < 29, "the run must stop early for this test to mean anything"
+    again = train(tiny_cfg(*settings, f"resume_from={last}"))
+    assert torch.load(last, weights_only=False)["epoch"] == stopped_at   # no epoch was added
+    assert again["test/ndcg_at_10"] == first["test/ndcg_at_10"] and again["val_best/epoch"] == first["val_best/epoch"]
+    refit = train(tiny_cfg(*settings, "refit=true", f"resume_from={last}"))
+    direct = tiny_cfg(*settings, "refit=true")
+    direct.paths.output_dir = str(tmp_path / "direct")
+    expected = train(direct)
+    assert refit["refit/epochs"] == expected["refit/epochs"] == first["val_best/epoch"]
+    assert refit["test/ndcg_at_10"] == expected["test/ndcg_at_10"]
+
+
 def test_a_tracked_refit_logs_its_test_and_its_checkpoint(tiny_cfg):
     cfg = tiny_cfg("refit=true", tracking=True)
     metrics = train(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from recforge.utils.io import atomic_path
 
 RUN_ID_KEY = "recforge_run_id"
+log = logging.getLogger("recforge")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -52,7 +54,9 @@ class CheckpointState(pl.Callback):
     """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
     fingerprint and the random generators' states into every checkpoint. Resuming from one
     (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
-    the negatives an uninterrupted run would have drawn."""
+    the negatives an uninterrupted run would have drawn, and a run that had already stopped early trains no further
+    (Lightning would train one more epoch before early stopping looked again): resuming a finished run goes straight
+    to its test, or to its refit (``refit=true``)."""
 
     def __init__(self, config_yaml: str, fingerprint: str) -> None:
         self.config_yaml, self.fingerprint = config_yaml, fingerprint
@@ -69,3 +73,12 @@ class CheckpointState(pl.Callback):
             torch.set_rng_state(rng["cpu"])
             if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is None:   # a fresh run
+            return
+        for stopper in trainer.early_stopping_callbacks:
+            if stopper.patience and stopper.wait_count >= stopper.patience:
+                log.info("resume_from: the run had stopped early at epoch %d (no better %s in its last %d validations); "
+                         "nothing left to train", trainer.current_epoch, stopper.monitor, stopper.wait_count)
+                trainer.should_stop = True
