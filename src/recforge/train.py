@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -80,7 +81,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("data: %s", dm.describe())
             fit_started = time.perf_counter()
             if exp.model.requires_training:
-                trainer.fit(module, datamodule=dm, ckpt_path=resume)
+                with warnings.catch_warnings():
+                    if resume:   # the folder given back holds the run's own checkpoints, as it should
+                        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+                    trainer.fit(module, datamodule=dm, ckpt_path=resume)
                 best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
             else:
                 exp.model.fit(*dm.train_tensors)

@@ -429,7 +429,7 @@ def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_chosen_ep
         assert again[name] == metrics[name], name
 
 
-def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tiny_cfg, tmp_path):
+def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tiny_cfg, tmp_path, recwarn):
     """A finished run resumed (``resume_from=<run>/checkpoints/last.ckpt``) goes straight to its test: Lightning
     alone would train one more epoch first. With ``refit=true`` it refits as a run started with refit=true does."""
     settings = ("optimizer.lr=0.5", "trainer.max_epochs=30", "callbacks.early_stopping.patience=1")
@@ -440,6 +440,7 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tin
     assert stopped_at < 29, "the run must stop early for this test to mean anything"
     again = train(tiny_cfg(*settings, f"resume_from={last}"))
     assert torch.load(last, weights_only=False)["epoch"] == stopped_at   # no epoch was added
+    assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]   # its own folder, given back
     assert again["test/ndcg_at_10"] == first["test/ndcg_at_10"] and again["val_best/epoch"] == first["val_best/epoch"]
     refit = train(tiny_cfg(*settings, "refit=true", f"resume_from={last}"))
     direct = tiny_cfg(*settings, "refit=true")
