@@ -429,10 +429,12 @@ def test_refit_trains_a_fresh_model_on_training_and_validation_for_the_chosen_ep
         assert again[name] == metrics[name], name
 
 
-def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tiny_cfg, tmp_path, recwarn):
+@pytest.mark.parametrize("patience", [1, 0])
+def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tiny_cfg, tmp_path, recwarn, patience):
     """A finished run resumed (``resume_from=<run>/checkpoints/last.ckpt``) goes straight to its test: Lightning
-    alone would train one more epoch first. With ``refit=true`` it refits as a run started with refit=true does."""
-    settings = ("optimizer.lr=0.5", "trainer.max_epochs=30", "callbacks.early_stopping.patience=1")
+    alone would train one more epoch first. With ``refit=true`` it refits as a run started with refit=true does.
+    Patience 0 (stop at the first validation without a gain) is a patience too."""
+    settings = ("optimizer.lr=0.5", "trainer.max_epochs=30", f"callbacks.early_stopping.patience={patience}")
     cfg = tiny_cfg(*settings)
     first = train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
@@ -448,6 +450,25 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tin
     expected = train(direct)
     assert refit["refit/epochs"] == expected["refit/epochs"] == first["val_best/epoch"]
     assert refit["test/ndcg_at_10"] == expected["test/ndcg_at_10"]
+
+
+def test_a_stopped_run_resumed_with_more_patience_trains_on_as_if_it_had_had_it(tiny_cfg, tmp_path):
+    """Patience is a setting, not state: Lightning restores the checkpoint's, RecForge keeps the config's, so a run
+    that stopped too soon goes on and ends where a run given that patience from the start ends."""
+    settings = ("optimizer.lr=0.5", "trainer.max_epochs=30")
+    cfg = tiny_cfg(*settings, "callbacks.early_stopping.patience=1")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last, weights_only=False)["epoch"]
+    resumed = train(tiny_cfg(*settings, "callbacks.early_stopping.patience=4", f"resume_from={last}"))
+    fresh = tiny_cfg(*settings, "callbacks.early_stopping.patience=4")
+    fresh.paths.output_dir = str(tmp_path / "fresh")
+    expected = train(fresh)
+    ended_at = torch.load(last, weights_only=False)["epoch"]
+    assert stopped_at < ended_at == torch.load(tmp_path / "fresh" / "checkpoints" / "last.ckpt",
+                                               weights_only=False)["epoch"]
+    assert resumed["val_best/epoch"] == expected["val_best/epoch"]
+    assert resumed["test/ndcg_at_10"] == expected["test/ndcg_at_10"]
 
 
 def test_a_tracked_refit_logs_its_test_and_its_checkpoint(tiny_cfg):

@@ -56,7 +56,8 @@ class CheckpointState(pl.Callback):
     (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
     the negatives an uninterrupted run would have drawn, and a run that had already stopped early trains no further
     (Lightning would train one more epoch before early stopping looked again): resuming a finished run goes straight
-    to its test, or to its refit (``refit=true``)."""
+    to its test, or to its refit (``refit=true``). Early stopping's patience is the config's, not the checkpoint's
+    (which Lightning restores), so a finished run resumed with a larger patience trains on as if it had had it."""
 
     def __init__(self, config_yaml: str, fingerprint: str) -> None:
         self.config_yaml, self.fingerprint = config_yaml, fingerprint
@@ -74,11 +75,19 @@ class CheckpointState(pl.Callback):
             if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":   # before a resumed run restores the callbacks' states, patience among them
+            self._patience = [stopper.patience for stopper in trainer.early_stopping_callbacks]
+
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.ckpt_path is None:   # a fresh run
             return
-        for stopper in trainer.early_stopping_callbacks:
-            if stopper.patience and stopper.wait_count >= stopper.patience:
+        for stopper, patience in zip(trainer.early_stopping_callbacks, self._patience):
+            if stopper.patience != patience:   # a setting, not state: the config's wins, so a stopped run can go on
+                log.info("resume_from: early stopping's patience is %d validations (the checkpoint's run had %d)",
+                         patience, stopper.patience)
+                stopper.patience = patience
+            if stopper.wait_count >= max(stopper.patience, 1):   # patience 0: stopped at a validation without gain
                 log.info("resume_from: the run had stopped early at epoch %d (no better %s in its last %d validations); "
                          "nothing left to train", trainer.current_epoch, stopper.monitor, stopper.wait_count)
                 trainer.should_stop = True
