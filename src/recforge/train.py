@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if not exp.model.requires_training and checkpoint is not None:
                 best = str(Path(checkpoint.dirpath) / f"{checkpoint.filename}.ckpt")
                 trainer.save_checkpoint(best, weights_only=False)
-            epochs = max(trainer.current_epoch - done_before, 1) if exp.model.requires_training else 0
+            epochs = trainer.current_epoch - done_before if exp.model.requires_training else 0   # by this process
             fitted = exp
             if cfg.get("refit"):   # test a fresh model fit on train + validation instead (the test is read once)
                 if exp.model.requires_training and best_epoch is None:
@@ -116,7 +116,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
             metrics = finite({**val, **test})
             metrics["time/fit_s"] = fit_seconds
-            metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
+            if epochs or not exp.model.requires_training:   # 0: fitted without epochs; none: a finished run resumed
+                metrics["time/s_per_epoch"] = fit_seconds / epochs if epochs else 0.0
             metrics["params/n_parameters"] = float(sum(p.numel() for p in exp.model.parameters()))
             if best_epoch is not None:
                 metrics["val_best/epoch"] = float(best_epoch)

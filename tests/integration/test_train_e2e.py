@@ -444,6 +444,7 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tin
     assert torch.load(last, weights_only=False)["epoch"] == stopped_at   # no epoch was added
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]   # its own folder, given back
     assert again["test/ndcg_at_10"] == first["test/ndcg_at_10"] and again["val_best/epoch"] == first["val_best/epoch"]
+    assert "time/s_per_epoch" not in again and first["time/s_per_epoch"] > 0   # it trained no epoch to time
     refit = train(tiny_cfg(*settings, "refit=true", f"resume_from={last}"))
     direct = tiny_cfg(*settings, "refit=true")
     direct.paths.output_dir = str(tmp_path / "direct")
