@@ -119,6 +119,49 @@ def test_slim_prunes_each_target_to_its_top_k_and_refuses_large_catalogues():
         SLIMElasticNet(40, 12, max_items=10)
 
 
+def test_fsslim_with_every_other_item_a_candidate_is_slim():
+    users, items = random_pairs(40, 12, 160, seed=3)
+    kwargs = dict(l1_reg=0.3, l2_reg=1.5, k_neighbors=11, max_iter=200, tol=0.0)
+    full, fs = SLIMElasticNet(40, 12, **kwargs), SLIMElasticNet(40, 12, candidates=11, **kwargs)
+    for model in (full, fs):
+        model.fit(users, items, torch.ones(len(users)))
+    assert (full.similarity().to_dense() > 0).sum() > 20
+    torch.testing.assert_close(fs.similarity().to_dense(), full.similarity().to_dense(), atol=1e-5, rtol=1e-4)
+
+
+def test_fsslim_regresses_each_item_on_its_most_cosine_similar_items_only():
+    users, items = random_pairs(60, 15, 300, seed=4)
+    model = SLIMElasticNet(60, 15, l1_reg=0.1, l2_reg=1.0, k_neighbors=14, max_iter=500, tol=1e-7, candidates=4)
+    model.fit(users, items, torch.ones(len(users)))
+    x = np.zeros((60, 15))
+    x[users.numpy(), items.numpy()] = 1
+    gram = x.T @ x
+    norms = np.sqrt(np.diag(gram))
+    cosine = gram / np.outer(norms, norms)
+    np.fill_diagonal(cosine, -1)
+    weights = model.similarity().to_dense().double().numpy()   # row j: target j's sources
+    for j in range(15):
+        support = np.flatnonzero(weights[j])
+        assert len(support) and cosine[j, support].min() >= np.sort(cosine[j])[-4]   # among its 4 nearest (ties)
+        # each target's own elastic net: zero gradient at its positive weights
+        w = weights[j, support]
+        grad = gram[np.ix_(support, support)] @ w - gram[support, j] + 1.0 * w + 0.1
+        assert np.abs(grad).max() < 1e-4
+
+
+@pytest.mark.parametrize("candidates", [0, 12])
+def test_fsslim_refuses_candidates_outside_the_other_items(candidates):
+    with pytest.raises(RecForgeError, match=rf"model.candidates={candidates}: .* 1 to 11"):
+        SLIMElasticNet(40, 12, candidates=candidates)
+
+
+def test_fsslim_fits_catalogues_above_max_items():
+    users, items = random_pairs(40, 12, 160, seed=2)
+    model = SLIMElasticNet(40, 12, max_items=10, candidates=3, k_neighbors=3)
+    model.fit(users, items, torch.ones(len(users)))
+    assert ((model.similarity().to_dense() > 0).sum(1) <= 3).all()
+
+
 # ---------------------------------------------------------------- RecVAE
 def small_recvae(**kwargs) -> RecVAE:
     torch.manual_seed(0)
