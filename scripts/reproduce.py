@@ -68,6 +68,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "ease": [*_GOWALLA, "model=ease"],  # closed form at the default L2 (100, chosen on ML-100K and Last.fm); ~14 GB float32
     "ease500": [*_GOWALLA, "model=ease", "model.l2_reg=500"],  # L2 500, the default before #20; nothing chosen here
     "rp3beta": [*_GOWALLA, "model=rp3beta"],  # closed form at its defaults, nothing chosen
+    # fsSLIM, each item on its 200 nearest; L1 and L2 chosen on a carved validation part (docs/results.md)
+    "slim_tuned": [*_GOWALLA, "model=slim", "model.candidates=200", "model.l1_reg=0.1", "model.l2_reg=30"],
     # chosen on a validation part carved from the training file (docs/results.md), then fitted on all of it
     "rp3beta_tuned": [*_GOWALLA, "model=rp3beta", "model.alpha=0.8", "model.beta=0.2", "model.k_neighbors=1000"],
     # the graph filters at their papers' Gowalla settings, which their authors chose on this split's test file
@@ -83,6 +85,7 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "simplex": ["experiment=gowalla_simplex"],  # refit on the whole training file, as mf_ccl
     "simplex_selection": ["experiment=gowalla_simplex", "refit=false"],
     "ultragcn": ["experiment=gowalla_ultragcn"],  # 1,500 shared negatives; the reference code's Gowalla weights
+    "multvae": ["experiment=gowalla_multvae"],  # Mult-VAE at its defaults; early stopping on a carved part, then refit
 }
 GOWALLA_DEFAULT = ["pop", "itemknn", "ials32", "ials64", "ials", "bpr"]  # what a 2-core CPU runs in minutes
 GOWALLA_METRICS = ("test/recall_at_20", "test/ndcg_at_20")
