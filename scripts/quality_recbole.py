@@ -59,6 +59,10 @@ RECBOLE = {  # RecForge model -> (RecBole model, family, what the mapping itself
     "itemknn": ("ItemKNN", GENERAL, {}),
     "ease": ("EASE", GENERAL, {}),
     "ials": None,
+    "slim": ("SLIMElastic", GENERAL, {}),  # #21's models that RecBole also has (not in #20's list)
+    "recvae": ("RecVAE", GENERAL, {}),
+    "simplex": ("SimpleX", GENERAL, {}),
+    "rp3beta": None,
     "fm": ("FM", CONTEXT, {}),
     "deepfm": ("DeepFM", CONTEXT, {}),
     "sasrec": ("SASRec", SEQUENTIAL, {}),
