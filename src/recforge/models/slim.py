@@ -37,9 +37,9 @@ class SLIMElasticNet(ItemNeighbourhood):
     minutes at 20,000, 12-25 minutes at Gowalla's 40,981 (13 GB, hours for a fit). ``max_items`` (20,000) refuses
     larger catalogues before any work; raise it to fit them anyway.
 
-    ``candidates`` (fsSLIM, the paper's SLIM with feature selection) restricts each target's regression to the ``candidates`` items
-    most similar to it by cosine over the training rows (an item is never its own candidate); weights outside them
-    are 0. Each target is then a ``candidates x candidates`` problem, solved by the same coordinate descent for a
+    ``candidates`` (fsSLIM, the paper's SLIM with feature selection) restricts each target's regression to the
+    ``candidates`` items most similar to it by cosine over the training rows (an item is never its own candidate);
+    weights outside them are 0. Each target is then a ``candidates x candidates`` problem, solved by the same coordinate descent for a
     block of targets at once, about ``n * candidates^2`` multiply-adds a sweep instead of ``n^3``, with ``G``
     (4 n^2 bytes: 6.7 GB at Gowalla's 40,981 items) the memory. With every other item a candidate it is SLIM itself.
     ``max_items`` applies to the full solve only."""
