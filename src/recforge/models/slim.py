@@ -41,8 +41,8 @@ class SLIMElasticNet(ItemNeighbourhood):
     ``candidates`` items most similar to it by cosine over the training rows (an item is never its own candidate);
     weights outside them are 0. Each target is then a ``candidates x candidates`` problem, solved by the same
     coordinate descent for a block of targets at once, about ``n * candidates^2`` multiply-adds a sweep instead of
-    ``n^3``, with ``G`` (4 n^2 bytes: 6.7 GB at Gowalla's 40,981 items) the memory. With every other item a candidate it is SLIM itself.
-    ``max_items`` applies to the full solve only."""
+    ``n^3``, with ``G`` (4 n^2 bytes: 6.7 GB at Gowalla's 40,981 items) the memory. With every other item a
+    candidate it is SLIM itself. ``max_items`` applies to the full solve only."""
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  l1_reg: float = 1.0, l2_reg: float = 10.0, k_neighbors: int = 100, max_iter: int = 30,
