@@ -77,6 +77,11 @@ class SLIMElasticNet(ItemNeighbourhood):
         self.keep_neighbours((cols, weights[:, cols].T) for cols in torch.arange(self.n_items, device=device)
                              .split(BLOCK * 16))
 
+    def coordinate(self, rho: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+        """The elastic net's exact minimiser along one non-negative coordinate: ``max(0, rho - l1_reg) / (G_ii +
+        l2_reg)``, with ``rho = G_ij - sum_{k != i} G_ik w_kj``."""
+        return (rho - self.l1_reg).clamp_(min=0) / divisor
+
     def coordinate_descent(self, gram: torch.Tensor) -> torch.Tensor:
         """``W`` (``W[i, j]``: the weight of source ``i`` for target ``j``) from the Gram matrix."""
         n = len(gram)
@@ -92,7 +97,7 @@ class SLIMElasticNet(ItemNeighbourhood):
                 sums = gram[start:stop] @ weights  # (G W)[i, :] for the block's sources i
                 for t, i in enumerate(range(start, stop)):
                     rho = gram[i] - sums[t] + diagonal[i] * weights[i]
-                    new = (rho - self.l1_reg).clamp_(min=0) / divisor[i]
+                    new = self.coordinate(rho, divisor[i])
                     new[i] = 0.0
                     change = new - weights[i]
                     weights[i] = new
@@ -126,7 +131,7 @@ class SLIMElasticNet(ItemNeighbourhood):
                 largest_change = weights.new_zeros(())
                 for i in range(c):
                     rho = target_gram[:, i] - sums[:, i] + diagonal[:, i] * weights[:, i]
-                    change = (rho - self.l1_reg).clamp_(min=0) / divisor[:, i] - weights[:, i]
+                    change = self.coordinate(rho, divisor[:, i]) - weights[:, i]
                     weights[:, i] += change
                     sums += block[:, i] * change[:, None]   # row i: contiguous, and G is symmetric
                     largest_change = torch.maximum(largest_change, change.abs().max())
