@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recforge.models.base import row_linear
 from recforge.models.ease import EASE
 from recforge.utils.sparse import csr_indices, dense_rows
 
@@ -31,3 +32,27 @@ def test_ease_scores_inside_inference_mode_at_movielens_scale():
     x = torch.zeros(943, 1682)
     x[users, items] = 1
     assert torch.allclose(scores, x[torch.arange(0, 943, 7)] @ model.weights, atol=1e-5)
+
+
+def test_row_linear_takes_the_sparse_product_for_sparse_rows_with_the_dense_values_and_gradients(monkeypatch):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2_000, 16)
+    rows = torch.zeros(8, 2_000)
+    rows[torch.arange(8).repeat_interleave(5), torch.randint(0, 2_000, (40,))] = torch.rand(40)  # 0.25% non-zero
+    expected = layer(rows)
+    expected.square().sum().backward()
+    dense_grads = layer.weight.grad.clone(), layer.bias.grad.clone()
+    layer.zero_grad()
+    calls = []
+    sparse_mm = torch.sparse.mm
+    monkeypatch.setattr(torch.sparse, "mm", lambda *a: calls.append(1) or sparse_mm(*a))
+    got = row_linear(rows, layer)
+    got.square().sum().backward()
+    assert calls == [1]
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close((layer.weight.grad, layer.bias.grad), dense_grads)
+    with torch.inference_mode():
+        torch.testing.assert_close(row_linear(rows, layer), expected.detach())
+    assert calls == [1, 1]
+    dense = torch.rand(8, 2_000)  # every entry non-zero: the dense product
+    assert torch.equal(row_linear(dense, layer), layer(dense)) and calls == [1, 1]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recforge.models.base import RowInputRecommender
+from recforge.models.base import RowInputRecommender, row_linear
 
 
 class CDAE(RowInputRecommender):
@@ -37,7 +37,7 @@ class CDAE(RowInputRecommender):
 
     def reconstruct(self, x: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(item logits, 0)`` for input rows ``x`` of ``users`` (no KL term: a deterministic model)."""
-        hidden = torch.sigmoid(self.encoder(self.dropout(x)) + self.user_embedding(users))
+        hidden = torch.sigmoid(row_linear(self.dropout(x), self.encoder) + self.user_embedding(users))
         return self.decoder(hidden), x.new_zeros(())
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:

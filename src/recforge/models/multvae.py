@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import RowInputRecommender
+from recforge.models.base import RowInputRecommender, row_linear
 
 
 class MultVAE(RowInputRecommender):
@@ -48,8 +48,8 @@ class MultVAE(RowInputRecommender):
         """``(item logits, KL divergence to the prior averaged over the batch)`` for input rows ``x`` (the users
         themselves play no part: Mult-VAE generalises to any row)."""
         h = self.dropout(F.normalize(x, dim=1))
-        for layer in self.encoder:
-            h = torch.tanh(layer(h))
+        for k, layer in enumerate(self.encoder):
+            h = torch.tanh(row_linear(h, layer) if k == 0 else layer(h))
         latent = self.to_latent(h)
         kl = latent.new_zeros(())
         if self.variational:

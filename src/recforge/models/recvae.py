@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import RowInputRecommender
+from recforge.models.base import RowInputRecommender, row_linear
 
 # the composite prior's weights: standard normal, the previous encoder's posterior, a wide normal (paper, Eq. 5)
 MIXTURE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)
@@ -41,7 +41,7 @@ class Encoder(nn.Module):
         h = F.dropout(F.normalize(x, dim=1), p=dropout, training=dropout > 0)
         total = None  # the sum of the previous layers' outputs
         for layer, norm in zip(self.layers, self.norms):
-            pre = layer(h) if total is None else layer(h) + total
+            pre = row_linear(h, layer) if total is None else layer(h) + total
             h = norm(F.silu(pre))
             total = h if total is None else total + h
         return self.mu(h), self.logvar(h)
