@@ -161,17 +161,20 @@ class RowInputRecommender(WholeRowRecommender):
         return self.score_rows(dense_rows(indptr.long(), items.long(), rows, self.n_items))
 
 
-# below this share of non-zeros an input row is multiplied as a sparse matrix (measured on one CPU thread, 500 rows x
-# 600 outputs, forward and weight gradient: 2.4x faster at 0.07% of 40,981 items, 1.8x at 1.5% of 1,682, slower at 5%)
+# below this share of non-zeros a CPU multiplies input rows as a sparse matrix (one thread, 500 rows x 600 outputs,
+# the layer's forward and weight gradient: 2.4x faster at 0.07% of 40,981 items, 1.8x at 1.5% of 1,682, slower at 5%;
+# scripts/bench_row_input.py times a whole training step)
 SPARSE_ROW_DENSITY = 0.02
 
 
 def row_linear(rows: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(rows)`` for interaction rows (mostly zeros: a user's items, after input dropout). Below
-    ``SPARSE_ROW_DENSITY`` non-zeros the product is sparse: about ``nnz x out`` multiply-adds, forward and for the
+    """``layer(rows)`` for interaction rows (mostly zeros: a user's items, after input dropout). On a CPU, below
+    ``SPARSE_ROW_DENSITY`` non-zeros, the product is sparse: about ``nnz x out`` multiply-adds, forward and for the
     weight's gradient, instead of ``B x n_items x out`` each; the same values up to the order of summation. Rows that
-    need their own gradient take the dense product."""
-    if rows.requires_grad or rows.count_nonzero() > SPARSE_ROW_DENSITY * rows.numel():
+    need their own gradient, and rows on a GPU (not measured there: its dense product is fast, and finding the
+    non-zeros waits for the device), take the dense product."""
+    if (rows.device.type != "cpu" or rows.requires_grad
+            or rows.count_nonzero() > SPARSE_ROW_DENSITY * rows.numel()):
         return layer(rows)
     return torch.sparse.mm(rows.to_sparse(), layer.weight.t()) + layer.bias
 
