@@ -170,6 +170,9 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, required=True)
     parser.add_argument("--patience", type=int, nargs="+", default=[],
                         help="also print what each of these patiences stops at, from the rows' validation curves")
+    parser.add_argument("--print-only", action="store_true",
+                        help="train nothing: print the table from the rows already in --json-out (with neither "
+                             "--grid nor --candidate, the script otherwise trains the defaults as the one candidate)")
     args = parser.parse_args()
     from recforge.cli import quiet_warnings
     from recforge.utils.io import atomic_append_text
@@ -181,7 +184,7 @@ def main() -> None:
     seen = {(r["data"], r["split"], tuple(r["candidate"]), tuple(r["extra"])) for r in done}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     for data, split, candidate in itertools.product(args.data, args.split, candidates(args.grid, args.candidate)):
-        if (data, split, candidate, tuple(args.override)) in seen:
+        if args.print_only or (data, split, candidate, tuple(args.override)) in seen:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             row = run_one(args.model, data, split, candidate, args.override, Path(tmp))

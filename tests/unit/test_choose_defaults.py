@@ -107,3 +107,19 @@ def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
         logger.removeHandler(curve)
         logger.setLevel(level)
     assert curve.values == [0.2113, 0.25, 0.24]
+
+
+def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    import json
+    import sys
+    out = tmp_path / "rows.jsonl"
+    table = {"optimizer.lr=0.001": {"ml-100k/random": 0.30, "ml-100k/leave_one_out": 0.08},
+             "optimizer.lr=0.002": {"ml-100k/random": 0.32, "ml-100k/leave_one_out": 0.09}}
+    out.write_text("".join(json.dumps({**r, "model": "recvae", "extra": [], "monitor": "val/ndcg_at_10"}) + "\n"
+                           for r in rows(table)))
+    monkeypatch.setattr(choose_defaults, "run_one", lambda *a: pytest.fail("--print-only trained a run"))
+    monkeypatch.setattr(sys, "argv", ["choose_defaults.py", "--model", "recvae", "--print-only", "--json-out", str(out)])
+    choose_defaults.main()
+    printed = capsys.readouterr().out
+    assert "| 1.00 | 1.000 (1.000) | `optimizer.lr=0.002` |" in printed
+    assert "| 2.00 |" in printed and "`optimizer.lr=0.001`" in printed and len(out.read_text().splitlines()) == 4
