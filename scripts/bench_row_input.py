@@ -19,6 +19,7 @@ import time
 import torch
 
 import recforge.models.base as base
+from recforge.losses import MultinomialLoss
 from recforge.models.cdae import CDAE
 from recforge.models.multvae import MultVAE
 from recforge.models.recvae import RecVAE
@@ -49,10 +50,11 @@ def main() -> None:
     rows = torch.zeros(args.batch, args.items)
     rows.scatter_(1, torch.randint(0, args.items, (args.batch, args.row_items)), 1.0)
     users = torch.arange(args.batch)
+    loss_fn = MultinomialLoss(anneal_cap=0.2, total_anneal_steps=1)  # the KL weight at its cap from the second step
 
     def step() -> None:
         logits, kl = model.reconstruct(rows, users)
-        loss = -(torch.log_softmax(logits, dim=1) * rows).sum(dim=1).mean() + 0.2 * kl
+        loss = loss_fn(logits, rows, kl)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
