@@ -226,6 +226,29 @@ def test_recvae_alternates_encoder_and_decoder_epochs():
     assert int(model.users_seen) == 24  # evaluation does not count
 
 
+def test_recvae_init_glorot_normal_weights_and_zero_biases_or_torchs_default():
+    n_items = 3000  # wide enough that the two scales differ clearly
+    stds = {}
+    for init in ("torch", "xavier_normal"):
+        torch.manual_seed(0)
+        model = RecVAE(4, n_items, interactions=PAIRS, hidden_dim=64, latent_dim=16, init=init)
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == 7 + 1 + 7  # the encoder (5 layers, mu, logvar), the decoder, the prior's encoder
+        stds[init] = {"decoder": float(model.decoder.weight.std()), "first": float(model.encoder.layers[0].weight.std())}
+        biases = torch.cat([m.bias for m in linears])
+        assert bool((biases == 0).all()) == (init == "xavier_normal")
+        # the frozen prior starts as the encoder
+        for old, new in zip(model.prior_encoder.parameters(), model.encoder.parameters()):
+            assert torch.equal(old, new)
+    glorot = {"decoder": math.sqrt(2 / (16 + n_items)), "first": math.sqrt(2 / (n_items + 64))}
+    torchs = {"decoder": 1 / math.sqrt(3 * 16), "first": 1 / math.sqrt(3 * n_items)}  # U(-b, b), b = 1/sqrt(fan_in)
+    for name in ("decoder", "first"):
+        assert stds["xavier_normal"][name] == pytest.approx(glorot[name], rel=0.05)
+        assert stds["torch"][name] == pytest.approx(torchs[name], rel=0.05)
+    with pytest.raises(ValueError, match="init must be one of torch, xavier_normal, got 'glorot'"):
+        small_recvae(init="glorot")
+
+
 # ---------------------------------------------------------------- UltraGCN
 def test_ultragcn_constraint_weights_and_item_graph_by_hand():
     model = UltraGCN(4, 5, PAIRS, embedding_dim=4, item_neighbors=2)

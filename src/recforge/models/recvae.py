@@ -18,6 +18,7 @@ from recforge.models.base import RowInputRecommender, row_linear
 # the composite prior's weights: standard normal, the previous encoder's posterior, a wide normal (paper, Eq. 5)
 MIXTURE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)
 WIDE_LOGVAR = 10.0
+LINEAR_INITS = ("torch", "xavier_normal")
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor | float) -> torch.Tensor:
@@ -66,6 +67,10 @@ class RecVAE(RowInputRecommender):
       there are processes). The frozen copy is refreshed at every decoder step (the encoder does not change
       during that phase, so this is the reference's one copy at its start).
 
+    ``init``: ``torch`` keeps PyTorch's default for linear layers (uniform, scale ``1/sqrt(fan_in)``, as the
+    reference code); ``xavier_normal`` draws every linear weight from Glorot's normal and zeroes the biases (as
+    RecBole initialises its RecVAE), which starts the decoder about 4x smaller on 17,000 items.
+
     Scores decode the mean of the posterior. The paper's setting: 600 hidden, 200 latent, dropout 0.5, gamma
     0.005, Adam lr 5e-4, 500 users a batch, 3 encoder epochs per decoder epoch."""
 
@@ -74,14 +79,21 @@ class RecVAE(RowInputRecommender):
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  hidden_dim: int = 600, latent_dim: int = 200, dropout: float = 0.5, gamma: float = 0.005,
-                 encoder_epochs: int = 3, decoder_epochs: int = 1) -> None:
+                 encoder_epochs: int = 3, decoder_epochs: int = 1, init: str = "torch") -> None:
         if not 0 <= dropout < 1 or gamma < 0 or encoder_epochs < 1 or decoder_epochs < 1:
             raise ValueError("need 0 <= dropout < 1, gamma >= 0 and encoder_epochs, decoder_epochs >= 1")
+        if init not in LINEAR_INITS:
+            raise ValueError(f"init must be one of {', '.join(LINEAR_INITS)}, got {init!r}")
         super().__init__(n_users, n_items, interactions)
         self.dropout, self.gamma = dropout, gamma
         self.encoder_epochs, self.decoder_epochs = encoder_epochs, decoder_epochs
         self.encoder = Encoder(n_items, hidden_dim, latent_dim)
         self.decoder = nn.Linear(latent_dim, n_items)
+        if init == "xavier_normal":
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_normal_(layer.weight)
+                    nn.init.zeros_(layer.bias)
         self.prior_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.users_per_epoch = max(1, int((self.history_indptr.diff() > 0).sum()))
         self.register_buffer("users_seen", torch.zeros((), dtype=torch.long))
