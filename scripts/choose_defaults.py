@@ -196,6 +196,11 @@ def main() -> None:
         print_patience(rows, args.patience)
     table = mean_ranks(rows)
     if not table:
+        others = sorted({" ".join(r["extra"]) for r in done
+                         if r["model"] == args.model and r["extra"] != args.override})
+        if others:  # rows of other runs are in the file: say how to see them instead of printing nothing
+            print(f"no {args.model} candidate has a row on every data/split with --override {' '.join(args.override)!r}"
+                  f"; the file's {args.model} rows were run with --override " + ", ".join(map(repr, others)))
         return
     settings = list(table[0].vals)
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "

@@ -118,8 +118,17 @@ def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, 
     out.write_text("".join(json.dumps({**r, "model": "recvae", "extra": [], "monitor": "val/ndcg_at_10"}) + "\n"
                            for r in rows(table)))
     monkeypatch.setattr(choose_defaults, "run_one", lambda *a: pytest.fail("--print-only trained a run"))
-    monkeypatch.setattr(sys, "argv", ["choose_defaults.py", "--model", "recvae", "--print-only", "--json-out", str(out)])
+    monkeypatch.setattr(sys, "argv", ["choose_defaults.py", "--model", "recvae", "--print-only",
+                                      "--json-out", str(out)])
     choose_defaults.main()
     printed = capsys.readouterr().out
     assert "| 1.00 | 1.000 (1.000) | `optimizer.lr=0.002` |" in printed
     assert "| 2.00 |" in printed and "`optimizer.lr=0.001`" in printed and len(out.read_text().splitlines()) == 4
+    # rows run with another --override are not this table's: the script says which overrides the file has
+    monkeypatch.setattr(sys, "argv", ["choose_defaults.py", "--model", "recvae", "--print-only", "--json-out", str(out),
+                                      "--override", "callbacks.early_stopping.patience=30"])
+    choose_defaults.main()
+    printed = capsys.readouterr().out
+    assert "| 1.00 |" not in printed
+    assert ("no recvae candidate has a row on every data/split with --override "
+            "'callbacks.early_stopping.patience=30'; the file's recvae rows were run with --override ''") in printed
