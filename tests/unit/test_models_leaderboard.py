@@ -234,7 +234,8 @@ def test_recvae_init_glorot_normal_weights_and_zero_biases_or_torchs_default():
         model = RecVAE(4, n_items, interactions=PAIRS, hidden_dim=64, latent_dim=16, init=init)
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         assert len(linears) == 7 + 1 + 7  # the encoder (5 layers, mu, logvar), the decoder, the prior's encoder
-        stds[init] = {"decoder": float(model.decoder.weight.std()), "first": float(model.encoder.layers[0].weight.std())}
+        stds[init] = {"decoder": float(model.decoder.weight.std()),
+                      "first": float(model.encoder.layers[0].weight.std())}
         biases = torch.cat([m.bias for m in linears])
         assert bool((biases == 0).all()) == (init == "xavier_normal")
         # the frozen prior starts as the encoder

@@ -69,7 +69,8 @@ class RecVAE(RowInputRecommender):
 
     ``init``: ``xavier_normal`` (the default, chosen on validation: ``docs/defaults.md#recvae``) draws every linear
     weight from Glorot's normal and zeroes the biases, as RecBole initialises its RecVAE (Mult-VAE's reference code
-    takes Glorot's uniform, the same variance); ``torch`` keeps PyTorch's default (uniform, scale ``1/sqrt(fan_in)``), as RecVAE's reference code.
+    takes Glorot's uniform, the same variance); ``torch`` keeps PyTorch's default (uniform, scale
+    ``1/sqrt(fan_in)``), as RecVAE's reference code.
     On 17,600 items Glorot's start makes the decoder's weights about 4x smaller and the first layer's 2.4x larger.
 
     Scores decode the mean of the posterior. The paper's setting: 600 hidden, 200 latent, dropout 0.5, gamma
