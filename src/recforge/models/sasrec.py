@@ -19,8 +19,9 @@ class SASRec(SequentialRecommender):
     embeddings to predict item ``t + 1``. Padding positions are zeroed after every block (the paper's timeline
     mask), so a user with a short history attends to zeros, never to a fully masked row.
 
-    Trained on each user's latest ``max_len + 1`` items; ``loss=bce`` with one negative per position is the
-    paper's objective, ``loss=softmax`` the full cross-entropy (usually better: Klenitskiy & Vasilev 2023)."""
+    Trained on each user's latest ``max_len + 1`` items (``train_on="latest"``) or on every window of the history
+    (``"all"``); ``loss=bce`` with one negative per position is the paper's objective, ``loss=softmax`` the full
+    cross-entropy (usually better: Klenitskiy & Vasilev 2023; the YAML's default, chosen on validation)."""
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
                  embedding_dim: int = 64, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2,
