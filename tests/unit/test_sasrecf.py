@@ -93,7 +93,10 @@ def test_the_config_composes_with_features_on_and_off(tmp_path):
             "item_features": FEATURES}
     cfg = compose_train(["model=sasrecf"], tmp_path)
     assert cfg.model.use_features is True and cfg.split._target_.endswith("LeaveOneOutSplit")
-    assert cfg.loss._target_.endswith("BCELoss") and cfg.loss.num_negatives == 1
+    sasrec = compose_train(["model=sasrec"], tmp_path)  # SASRec's chosen settings, so ids only is SASRec's run
+    assert cfg.loss == sasrec.loss and cfg.optimizer == sasrec.optimizer and cfg.datamodule == sasrec.datamodule
+    assert {k: v for k, v in cfg.model.items() if k not in ("_target_", "use_features")} == \
+        {k: v for k, v in sasrec.model.items() if k != "_target_"}
     model = build_model(cfg, data)
     assert model.use_features and torch.equal(model.item_features[:N_ITEMS], FEATURES)
     model = build_model(compose_train(["model=sasrecf", "model.use_features=false"], tmp_path), data)
