@@ -13,6 +13,7 @@ from torch import nn
 
 from recforge.models.fields import FieldRecommender, field_embeddings
 from recforge.models.fm import SideTerms
+from recforge.models.mlp import xavier_init_
 
 
 class InteractingLayer(nn.Module):
@@ -62,11 +63,7 @@ class AutoInt(FieldRecommender):
         self.out = nn.Linear(self.n_fields * width, 1)
         # per pair: the fields' query, key, value and residual projections, and the heads' field x field weights
         self.pair_width = self.n_fields * (4 * width + n_heads * self.n_fields)
-        for layer in self.interacting.modules():
-            if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
-        nn.init.xavier_uniform_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        xavier_init_(self.interacting, self.out)
 
     def logits(self, user: SideTerms, item: SideTerms, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         fields = field_embeddings(user, item)

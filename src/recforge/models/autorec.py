@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import RowInputRecommender, broadcast_users
+from recforge.models.mlp import xavier_init_
 from recforge.utils.sparse import csr_indices, dense_rows
 
 OBSERVED_ZERO = 1e-6  # how a rating of exactly 0 appears in a dense row, where 0 means "not rated"
@@ -74,9 +75,7 @@ class AutoRec(RowInputRecommender):
         width = n_users if item_based else n_items
         self.encoder = nn.Linear(width, hidden_dim)
         self.decoder = nn.Linear(hidden_dim, width)
-        for layer in (self.encoder, self.decoder):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        xavier_init_(self.encoder, self.decoder)
         nn.init.constant_(self.decoder.bias, self.global_mean)  # start at the mean rating, not at 0
 
     # ---------------------------------------------------------------- rows

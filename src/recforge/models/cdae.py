@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import RowInputRecommender, row_linear
+from recforge.models.mlp import xavier_init_
 
 
 class CDAE(RowInputRecommender):
@@ -31,9 +32,7 @@ class CDAE(RowInputRecommender):
         self.decoder = nn.Linear(hidden_dim, n_items)
         self.dropout = nn.Dropout(dropout)
         nn.init.zeros_(self.user_embedding.weight)
-        for layer in (self.encoder, self.decoder):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        xavier_init_(self.encoder, self.decoder)
 
     def reconstruct(self, x: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(item logits, 0)`` for input rows ``x`` of ``users`` (no KL term: a deterministic model)."""

@@ -59,14 +59,7 @@ class DCNv2(FieldRecommender):
         self.deep = mlp_tower([dim, *mlp_layers], dropout)
         self.out = nn.Linear(mlp_layers[-1] + (dim if structure == "parallel" else 0), 1)
         self.pair_width = max(dim, *mlp_layers) * 2
-        xavier_init_(self.deep)
-        for layer in self.cross.modules():
-            if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
-        nn.init.xavier_uniform_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        xavier_init_(self.deep, self.cross, self.out)
 
     def logits(self, user: SideTerms, item: SideTerms, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         x0 = field_embeddings(user, item).flatten(-2)

@@ -44,9 +44,7 @@ class DeepFM(Recommender):
         self.dnn = mlp_tower([n_fields * embedding_dim, *mlp_layers], dropout)
         self.dnn_out = nn.Linear(mlp_layers[-1], 1)
         self.widest = max(n_fields * embedding_dim, *mlp_layers)
-        xavier_init_(self.dnn)
-        nn.init.xavier_uniform_(self.dnn_out.weight)
-        nn.init.zeros_(self.dnn_out.bias)
+        xavier_init_(self.dnn, self.dnn_out)
 
     def deep(self, user: SideTerms, item: SideTerms) -> torch.Tensor:
         """The DNN component's logit over the concatenated field embeddings (users broadcast over items)."""

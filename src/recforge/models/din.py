@@ -86,9 +86,7 @@ class DIN(FieldRecommender):
         self.deep = mlp_tower([dim, *mlp_layers], dropout)
         self.out = nn.Linear(mlp_layers[-1], 1)
         self.pair_width = max(max_history * max(attention_layers) * 2, dim, *mlp_layers)
-        xavier_init_(self.deep)
-        nn.init.xavier_uniform_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        xavier_init_(self.deep, self.out)
 
     def interest(self, users: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``(B, N, k)``: each user's history summed with the activation unit's weights for each candidate;

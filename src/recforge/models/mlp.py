@@ -22,12 +22,15 @@ def mlp_tower(widths: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*tower)
 
 
-def xavier_init_(tower: nn.Sequential) -> None:
-    """Xavier-uniform weights and zero biases for the tower's linear layers (He et al. 2017's setting)."""
-    for layer in tower:
-        if isinstance(layer, nn.Linear):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+def xavier_init_(*modules: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear layer in ``modules`` (towers, output layers), in
+    order (He et al. 2017's setting for NCF's towers, and the CTR and autoencoder models' too)."""
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
 
 def tower_over_all_pairs(tower: nn.Sequential, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -57,9 +57,7 @@ class MLPRating(Recommender):
         self.predict = nn.Linear(widths[-1], 1)
         nn.init.normal_(self.user_embedding.weight, std=init_std)
         nn.init.normal_(self.item_embedding.weight, std=init_std)
-        xavier_init_(self.tower)
-        nn.init.xavier_uniform_(self.predict.weight)
-        nn.init.zeros_(self.predict.bias)
+        xavier_init_(self.tower, self.predict)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users = broadcast_users(users, items)

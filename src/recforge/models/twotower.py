@@ -31,9 +31,7 @@ class Tower(nn.Module):
         widths = [side.n_fields * side.embedding_dim, *layers]
         self.hidden = mlp_tower(widths[:-1], dropout)
         self.output = nn.Linear(widths[-2], widths[-1])
-        xavier_init_(self.hidden)
-        nn.init.xavier_uniform_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
+        xavier_init_(self.hidden, self.output)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         fields = torch.cat(self.side(ids).fields, dim=-1)

@@ -52,9 +52,7 @@ class WideDeep(FieldRecommender):
         self.cross = nn.Parameter(torch.zeros(self.user_side.features.shape[1], self.item_side.features.shape[1])) \
             if crossed else None
         self.pair_width = max(dim, *mlp_layers, self.cross.shape[1] if crossed else 1) * 2
-        xavier_init_(self.deep)
-        nn.init.xavier_uniform_(self.deep_out.weight)
-        nn.init.zeros_(self.deep_out.bias)
+        xavier_init_(self.deep, self.deep_out)
 
     def wide(self, user: SideTerms, item: SideTerms, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The wide part's logit: bias, id and feature weights, and the user x item feature crosses."""
