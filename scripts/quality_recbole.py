@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import tempfile
 import time
@@ -283,19 +284,41 @@ def table(rows: list[dict]) -> str:
 
 def summary(rows: list[dict]) -> str:
     """Each model's NDCG@10 ratio per (data, split), from its latest row with both sides' defaults (no overrides)
-    as a Markdown matrix; below-target ratios in bold, pairs RecBole cannot compare marked n/a."""
-    latest: dict[tuple[str, str, str], str] = {}
+    as a Markdown matrix; below-target ratios in bold, pairs RecBole cannot compare marked n/a. Rows whose only
+    override is another seed (``--override seed=N``, which seeds both sides and the split) are replicates: a cell
+    with any lists each seed's latest ratio and the mean over the default's and theirs."""
+    def shown(ratio: float) -> str:  # a third digit where two would round a miss up to the target
+        return f"**{ratio:.{3 if round(ratio, 2) >= TARGET else 2}f}**" if ratio < TARGET else f"{ratio:.2f}"
+
+    latest: dict[tuple[str, str, str], float | str] = {}
+    seeds: dict[tuple[str, str, str], dict[str, float]] = {}
     for row in rows:
         key = row["model"], row["dataset"], row["split"]
+        overrides, ratio = row.get("overrides") or [], row.get("ratio_ndcg_at_10")
         if "note" in row and "recforge" not in row:
             latest[key] = "n/a"
-        elif not row.get("overrides") and not row.get("recbole_overrides") and row.get("ratio_ndcg_at_10"):
-            ratio = row["ratio_ndcg_at_10"]
-            latest[key] = f"**{ratio:.2f}**" if ratio < TARGET else f"{ratio:.2f}"
+        elif row.get("recbole_overrides") or not ratio:
+            continue
+        elif not overrides:
+            latest[key] = ratio
+        elif len(overrides) == 1 and re.fullmatch(r"seed=\d+", overrides[0]):
+            seeds.setdefault(key, {})[overrides[0].removeprefix("seed=")] = ratio
+
+    def cell(key: tuple[str, str, str]) -> str:
+        value = latest.get(key, "")
+        if not isinstance(value, float):
+            return value
+        if key not in seeds:
+            return shown(value)
+        others = sorted(seeds[key].items(), key=lambda item: int(item[0]))
+        mean = (value + sum(r for _, r in others)) / (1 + len(others))
+        return (f"{shown(value)} (" + ", ".join(f"seed {s}: {shown(r)}" for s, r in others)
+                + f"; mean of {1 + len(others)}: {shown(mean)})")
+
     pairs = sorted({(d, s) for _, d, s in latest})
     models = [m for m in RECBOLE if any(key[0] == m for key in latest)]
     lines = ["| model | " + " | ".join(f"{d} {s}" for d, s in pairs) + " |", "|---|" + "---:|" * len(pairs)]
-    lines += [f"| {m} | " + " | ".join(latest.get((m, d, s), "") for d, s in pairs) + " |" for m in models]
+    lines += [f"| {m} | " + " | ".join(cell((m, d, s)) for d, s in pairs) + " |" for m in models]
     return "\n".join(lines)
 
 
