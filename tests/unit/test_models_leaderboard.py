@@ -197,6 +197,23 @@ def test_recvae_kl_weight_is_gamma_times_the_users_item_count():
     assert kls[0.01, 2.0] == pytest.approx(2 * kls[0.01, 1.0], rel=1e-5)  # |I_u| doubled
 
 
+def test_recvae_noise_scale_shrinks_the_training_samples_distance_from_the_mean():
+    rows = torch.tensor([[1.0, 1.0, 0.0, 1.0, 0.0]])
+    logits = {}
+    for scale in (0.0, 0.01, 1.0):
+        model = small_recvae(dropout=0.0, noise_scale=scale).train()
+        torch.manual_seed(5)  # the same eps each time
+        logits[scale] = model.reconstruct(rows)[0].detach()
+    with torch.no_grad():
+        mean = model.decoder(model.encoder(rows, 0.0)[0])  # the decoded mean: what scoring reads
+    assert torch.equal(logits[0.0], mean)
+    assert not torch.allclose(logits[1.0], mean, atol=1e-3)
+    # the decoder is linear in z, so the sample's offset from the mean scales with noise_scale
+    np.testing.assert_allclose((logits[0.01] - mean).numpy(), (0.01 * (logits[1.0] - mean)).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="noise_scale >= 0"):
+        small_recvae(noise_scale=-0.1)
+
+
 def test_recvae_alternates_encoder_and_decoder_epochs():
     model = small_recvae(encoder_epochs=2, decoder_epochs=1)
     assert model.users_per_epoch == 4

@@ -73,6 +73,10 @@ class RecVAE(RowInputRecommender):
     ``1/sqrt(fan_in)``), as RecVAE's reference code.
     On 17,600 items Glorot's start makes the decoder's weights about 4x smaller and the first layer's 2.4x larger.
 
+    ``noise_scale`` multiplies the posterior's standard deviation in the training sample ``z = mu + noise_scale *
+    sigma * eps``: 1 is the paper's reparameterisation; RecBole draws ``eps`` with standard deviation 0.01 (so its
+    decoder trains on ``z`` close to the mean it is scored on, while its KL term still reads the full ``sigma``).
+
     Scores decode the mean of the posterior. The paper's setting: 600 hidden, 200 latent, dropout 0.5, gamma
     0.005, Adam lr 5e-4, 500 users a batch, 3 encoder epochs per decoder epoch."""
 
@@ -81,13 +85,15 @@ class RecVAE(RowInputRecommender):
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  hidden_dim: int = 600, latent_dim: int = 200, dropout: float = 0.5, gamma: float = 0.005,
-                 encoder_epochs: int = 3, decoder_epochs: int = 1, init: str = "xavier_normal") -> None:
-        if not 0 <= dropout < 1 or gamma < 0 or encoder_epochs < 1 or decoder_epochs < 1:
-            raise ValueError("need 0 <= dropout < 1, gamma >= 0 and encoder_epochs, decoder_epochs >= 1")
+                 encoder_epochs: int = 3, decoder_epochs: int = 1, init: str = "xavier_normal",
+                 noise_scale: float = 1.0) -> None:
+        if not 0 <= dropout < 1 or gamma < 0 or noise_scale < 0 or encoder_epochs < 1 or decoder_epochs < 1:
+            raise ValueError("need 0 <= dropout < 1, gamma >= 0, noise_scale >= 0 and encoder_epochs, "
+                             "decoder_epochs >= 1")
         if init not in LINEAR_INITS:
             raise ValueError(f"init must be one of {', '.join(LINEAR_INITS)}, got {init!r}")
         super().__init__(n_users, n_items, interactions)
-        self.dropout, self.gamma = dropout, gamma
+        self.dropout, self.gamma, self.noise_scale = dropout, gamma, noise_scale
         self.encoder_epochs, self.decoder_epochs = encoder_epochs, decoder_epochs
         self.encoder = Encoder(n_items, hidden_dim, latent_dim)
         self.decoder = nn.Linear(latent_dim, n_items)
@@ -127,7 +133,7 @@ class RecVAE(RowInputRecommender):
         mu, logvar = self.encoder(x, self.dropout if step and not decoder_step else 0.0)
         if decoder_step:
             mu, logvar = mu.detach(), logvar.detach()
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        z = mu + self.noise_scale * torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
         weight, bias = self.decoder.weight, self.decoder.bias
         if step and not decoder_step:
             weight, bias = weight.detach(), bias.detach()
