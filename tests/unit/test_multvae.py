@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recforge.losses import MultinomialLoss
 from recforge.models.multvae import MultVAE
@@ -38,6 +39,25 @@ def test_model_reads_training_rows_and_is_deterministic_in_eval():
     assert first.shape == (2, 4) and torch.equal(first, second)
     _, kl = model.reconstruct(model.user_rows(torch.tensor([0])))
     assert float(kl) >= 0
+
+
+def test_noise_scale_scales_the_training_samples_offset_and_leaves_the_kl_term():
+    rows = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    samples, kls = {}, {}
+    for scale in (0.0, 0.01, 1.0):
+        torch.manual_seed(0)
+        model = MultVAE(1, 4, hidden_dims=[8], latent_dim=2, dropout=0.0, noise_scale=scale).train()
+        model.decoder[0].register_forward_pre_hook(lambda _, args: samples.__setitem__(scale, args[0].detach()))
+        torch.manual_seed(5)  # the same eps each time
+        kls[scale] = float(model.reconstruct(rows)[1])
+    mean = samples[0.0]  # no noise: the posterior's mean, what scoring decodes
+    with torch.no_grad():
+        assert torch.equal(mean, model.to_latent(torch.tanh(model.encoder[0](F.normalize(rows, dim=1)))).chunk(2, 1)[0])
+    assert not torch.allclose(samples[1.0], mean, atol=1e-3)
+    torch.testing.assert_close(samples[0.01] - mean, 0.01 * (samples[1.0] - mean))
+    assert kls[0.0] == kls[0.01] == kls[1.0] > 0  # the KL is the posterior's, whatever the sample
+    with pytest.raises(ValueError, match="noise_scale must be >= 0"):
+        MultVAE(1, 4, noise_scale=-1.0)
 
 
 def test_users_view_yields_every_training_user_once_per_epoch(tiny_cfg):

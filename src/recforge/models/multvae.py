@@ -20,7 +20,9 @@ class MultVAE(RowInputRecommender):
     The input is the user's training row (multi-hot), L2-normalised, with ``dropout`` on it during training.
     ``variational=True`` is Mult-VAE (a Gaussian latent; :meth:`reconstruct` also returns the KL term, which
     ``loss=multinomial`` anneals); ``variational=False`` is Mult-DAE (a deterministic latent; regularise it
-    with ``optimizer.weight_decay``). Trained with ``loss=multinomial`` on batches of users, each once per
+    with ``optimizer.weight_decay``). ``noise_scale`` multiplies the posterior's standard deviation in the training
+    sample ``z = mu + noise_scale * sigma * eps``: 1 is the paper's reparameterisation, RecBole draws ``eps`` with
+    standard deviation 0.01 (its KL term still reads the full ``sigma``). Trained with ``loss=multinomial`` on batches of users, each once per
     epoch. ``score_all`` decodes the user's training row, so users are those of the training data (weak
     generalisation; a user's held-out items are never part of its input)."""
 
@@ -29,11 +31,13 @@ class MultVAE(RowInputRecommender):
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  hidden_dims: Sequence[int] = (600,), latent_dim: int = 200, dropout: float = 0.5,
-                 variational: bool = True) -> None:
+                 variational: bool = True, noise_scale: float = 1.0) -> None:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         super().__init__(n_users, n_items, interactions)
-        self.variational = variational
+        self.variational, self.noise_scale = variational, noise_scale
         dims = [n_items, *hidden_dims]
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.to_latent = nn.Linear(dims[-1], latent_dim * (2 if variational else 1))
@@ -54,7 +58,7 @@ class MultVAE(RowInputRecommender):
         kl = latent.new_zeros(())
         if self.variational:
             mu, logvar = latent.chunk(2, dim=1)
-            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+            z = mu + self.noise_scale * torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
             kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
         else:
             z = latent
