@@ -286,7 +286,8 @@ def summary(rows: list[dict]) -> str:
     """Each model's NDCG@10 ratio per (data, split), from its latest row with both sides' defaults (no overrides)
     as a Markdown matrix; below-target ratios in bold, pairs RecBole cannot compare marked n/a. Rows whose only
     override is another seed (``--override seed=N``, which seeds both sides and the split) are replicates: a cell
-    with any lists each seed's latest ratio and the mean over the default's and theirs."""
+    with any lists each seed's latest ratio and the mean over the default's and theirs. A default row supersedes the
+    replicates written before it (they ran at the defaults of their time)."""
     def shown(ratio: float) -> str:  # a third digit where two would round a miss up to the target
         return f"**{ratio:.{3 if round(ratio, 2) >= TARGET else 2}f}**" if ratio < TARGET else f"{ratio:.2f}"
 
@@ -301,6 +302,7 @@ def summary(rows: list[dict]) -> str:
             continue
         elif not overrides:
             latest[key] = ratio
+            seeds.pop(key, None)
         elif len(overrides) == 1 and re.fullmatch(r"seed=\d+", overrides[0]):
             seeds.setdefault(key, {})[overrides[0].removeprefix("seed=")] = ratio
 

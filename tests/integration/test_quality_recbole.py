@@ -172,14 +172,16 @@ def test_recbole_side_is_reused_only_on_byte_identical_input(quality, tmp_path, 
     assert quality.input_digest("BPR", {"epochs": 3}, folder) != digest
 
 
-def test_summary_is_each_models_latest_default_ratio_per_pair_with_its_seeds(quality):
+def test_summary_is_each_models_latest_default_ratio_per_pair_with_its_later_seeds(quality):
     def row(model, split, ratio, overrides=()):
         return {"dataset": "d", "split": split, "model": model, "recforge": {}, "recbole": {},
                 "ratio_ndcg_at_10": ratio, "overrides": list(overrides), "recbole_overrides": {}}
 
     rows = [row("bpr", "random", 0.87), row("bpr", "random", 1.013), row("bpr", "loo", 0.979),
-            row("neumf", "loo", 0.951), {"dataset": "d", "split": "random", "model": "sasrec", "note": "loo only"},
-            # seed replicates: each seed's latest row; a row with any other override is not one
+            {"dataset": "d", "split": "random", "model": "sasrec", "note": "loo only"},
+            # seed replicates: each seed's latest row since the latest default row; a row with any other override is
+            # not one
+            row("neumf", "loo", 0.5, ["seed=3"]), row("neumf", "loo", 0.951),
             row("bpr", "random", 0.3, ["seed=10"]), row("bpr", "random", 0.5, ["seed=10"]),
             row("bpr", "random", 1.2, ["seed=2"]), row("bpr", "random", 2.0, ["seed=2", "model.dim=8"])]
     assert quality.summary(rows).splitlines() == [
