@@ -167,6 +167,12 @@ class RowInputRecommender(WholeRowRecommender):
 SPARSE_ROW_DENSITY = 0.02
 
 
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, noise_scale: float = 1.0) -> torch.Tensor:
+    """A training sample ``mu + noise_scale * sigma * eps`` of the Gaussian posterior ``N(mu, exp(logvar))``, ``eps``
+    standard normal: 1 is the VAE papers' reparameterisation, RecBole's Mult-VAE and RecVAE draw 0.01."""
+    return mu + noise_scale * torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
 def row_linear(rows: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(rows)`` for interaction rows (mostly zeros: a user's items, after input dropout). On a CPU, below
     ``SPARSE_ROW_DENSITY`` non-zeros, the product is sparse: about ``nnz x out`` multiply-adds, forward and for the

@@ -22,13 +22,15 @@ def mlp_tower(widths: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*tower)
 
 
-def xavier_init_(*modules: nn.Module) -> None:
+def xavier_init_(*modules: nn.Module, normal: bool = False) -> None:
     """Xavier-uniform weights and zero biases for every linear layer in ``modules`` (towers, output layers), in
-    order (He et al. 2017's setting for NCF's towers, and the CTR and autoencoder models' too)."""
+    order (He et al. 2017's setting for NCF's towers, and the CTR and autoencoder models' too); ``normal``: Glorot's
+    normal draw instead, of the same variance (RecBole's RecVAE)."""
+    draw = nn.init.xavier_normal_ if normal else nn.init.xavier_uniform_
     for module in modules:
         for layer in module.modules():
             if isinstance(layer, nn.Linear):
-                nn.init.xavier_uniform_(layer.weight)
+                draw(layer.weight)
                 if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
 

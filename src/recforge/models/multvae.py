@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import RowInputRecommender, row_linear
+from recforge.models.base import RowInputRecommender, reparameterize, row_linear
 
 
 class MultVAE(RowInputRecommender):
@@ -22,9 +22,9 @@ class MultVAE(RowInputRecommender):
     ``loss=multinomial`` anneals); ``variational=False`` is Mult-DAE (a deterministic latent; regularise it
     with ``optimizer.weight_decay``). ``noise_scale`` multiplies the posterior's standard deviation in the training
     sample ``z = mu + noise_scale * sigma * eps``: 1 is the paper's reparameterisation, RecBole draws ``eps`` with
-    standard deviation 0.01 (its KL term still reads the full ``sigma``). Trained with ``loss=multinomial`` on batches of users, each once per
-    epoch. ``score_all`` decodes the user's training row, so users are those of the training data (weak
-    generalisation; a user's held-out items are never part of its input)."""
+    standard deviation 0.01 (its KL term still reads the full ``sigma``). Trained with ``loss=multinomial`` on
+    batches of users, each once per epoch. ``score_all`` decodes the user's training row, so users are those of the
+    training data (weak generalisation; a user's held-out items are never part of its input)."""
 
     feedbacks = ("implicit",)
     answers_histories = True  # a history is an input row
@@ -58,7 +58,7 @@ class MultVAE(RowInputRecommender):
         kl = latent.new_zeros(())
         if self.variational:
             mu, logvar = latent.chunk(2, dim=1)
-            z = mu + self.noise_scale * torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+            z = reparameterize(mu, logvar, self.noise_scale) if self.training else mu
             kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
         else:
             z = latent

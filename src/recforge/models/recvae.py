@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import RowInputRecommender, row_linear
+from recforge.models.base import RowInputRecommender, reparameterize, row_linear
+from recforge.models.mlp import xavier_init_
 
 # the composite prior's weights: standard normal, the previous encoder's posterior, a wide normal (paper, Eq. 5)
 MIXTURE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)
@@ -98,10 +99,7 @@ class RecVAE(RowInputRecommender):
         self.encoder = Encoder(n_items, hidden_dim, latent_dim)
         self.decoder = nn.Linear(latent_dim, n_items)
         if init == "xavier_normal":
-            for layer in self.modules():
-                if isinstance(layer, nn.Linear):
-                    nn.init.xavier_normal_(layer.weight)
-                    nn.init.zeros_(layer.bias)
+            xavier_init_(self, normal=True)
         self.prior_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.users_per_epoch = max(1, int((self.history_indptr.diff() > 0).sum()))
         self.register_buffer("users_seen", torch.zeros((), dtype=torch.long))
@@ -133,7 +131,7 @@ class RecVAE(RowInputRecommender):
         mu, logvar = self.encoder(x, self.dropout if step and not decoder_step else 0.0)
         if decoder_step:
             mu, logvar = mu.detach(), logvar.detach()
-        z = mu + self.noise_scale * torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        z = reparameterize(mu, logvar, self.noise_scale) if self.training else mu
         weight, bias = self.decoder.weight, self.decoder.bias
         if step and not decoder_step:
             weight, bias = weight.detach(), bias.detach()
