@@ -149,10 +149,21 @@ def test_fsslim_regresses_each_item_on_its_most_cosine_similar_items_only():
         assert np.abs(grad).max() < 1e-4
 
 
-@pytest.mark.parametrize("candidates", [0, 12])
-def test_fsslim_refuses_candidates_outside_the_other_items(candidates):
-    with pytest.raises(RecForgeError, match=rf"model.candidates={candidates}: .* 1 to 11"):
+@pytest.mark.parametrize("candidates", [0, -3])
+def test_fsslim_refuses_fewer_than_one_candidate(candidates):
+    with pytest.raises(RecForgeError, match=rf"model.candidates={candidates}: .* at least 1"):
         SLIMElasticNet(40, 12, candidates=candidates)
+
+
+def test_fsslim_with_more_candidates_than_other_items_takes_them_all():
+    """The default (200 candidates) must fit a catalogue of fewer items: every other item is then a candidate."""
+    users, items = random_pairs(40, 12, 160, seed=3)
+    kwargs = dict(l1_reg=0.3, l2_reg=1.5, k_neighbors=11, max_iter=200, tol=0.0)
+    every, more = SLIMElasticNet(40, 12, candidates=11, **kwargs), SLIMElasticNet(40, 12, candidates=200, **kwargs)
+    for model in (every, more):
+        model.fit(users, items, torch.ones(len(users)))
+    assert more.candidates == 11
+    torch.testing.assert_close(more.similarity().to_dense(), every.similarity().to_dense())
 
 
 def test_fsslim_fits_catalogues_above_max_items():

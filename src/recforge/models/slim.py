@@ -42,14 +42,17 @@ class SLIMElasticNet(ItemNeighbourhood):
     weights outside them are 0. Each target is then a ``candidates x candidates`` problem, solved by the same
     coordinate descent for a block of targets at once, about ``n * candidates^2`` multiply-adds a sweep instead of
     ``n^3``, with ``G`` (4 n^2 bytes: 6.7 GB at Gowalla's 40,981 items) the memory. With every other item a
-    candidate it is SLIM itself. ``max_items`` applies to the full solve only."""
+    candidate it is SLIM itself (``candidates`` above ``n_items - 1`` means all of them). ``max_items`` applies
+    to the full solve only."""
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  l1_reg: float = 1.0, l2_reg: float = 10.0, k_neighbors: int = 100, max_iter: int = 30,
                  tol: float = 1e-4, max_items: int = 20_000, candidates: int | None = None) -> None:
-        if candidates is not None and not 1 <= candidates < n_items:
-            raise RecForgeError(f"model.candidates={candidates}: each item's regression needs 1 to {n_items - 1} "
-                                "candidate items (the other items); set it in that range, or null for full SLIM")
+        if candidates is not None and candidates < 1:
+            raise RecForgeError(f"model.candidates={candidates}: each item's regression needs at least 1 candidate "
+                                "item; set a positive number (200 by default), or null for full SLIM")
+        if candidates is not None:
+            candidates = min(candidates, n_items - 1)  # more than the other items: all of them, SLIM itself
         if candidates is None and n_items > max_items:
             raise RecForgeError(f"model.max_items={max_items}: SLIM's fit holds two {n_items} x {n_items} matrices "
                                 f"and costs about {n_items}^3 multiply-adds a sweep; set model.max_items={n_items} "
