@@ -85,7 +85,7 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "simplex": ["experiment=gowalla_simplex"],  # refit on the whole training file, as mf_ccl
     "simplex_selection": ["experiment=gowalla_simplex", "refit=false"],
     "ultragcn": ["experiment=gowalla_ultragcn"],  # 1,500 shared negatives; the reference code's Gowalla weights
-    "multvae": ["experiment=gowalla_multvae"],  # dropout 0.8, chosen on a carved part; stopped there, then refit
+    "multvae": ["experiment=gowalla_multvae"],  # dropout, KL annealing chosen on a carved part; stopped there, refit
     "multvae_selection": ["experiment=gowalla_multvae", "refit=false"],
 }
 GOWALLA_DEFAULT = ["pop", "itemknn", "ials32", "ials64", "ials", "bpr"]  # what a 2-core CPU runs in minutes
