@@ -36,6 +36,14 @@ class Loss(nn.Module):
     logq_correction: bool = False
     logits: bool = False
 
+    def progress(self) -> dict:
+        """Training progress a resumed run must get back (a schedule's step count); most losses have none. The
+        training module saves it in every checkpoint and gives it back through :meth:`restore_progress`."""
+        return {}
+
+    def restore_progress(self, progress: dict) -> None:
+        """Take back what :meth:`progress` returned when the checkpoint was written."""
+
 
 class MSELoss(Loss):
     """Squared error on ratings (biased MF, Koren et al. 2009)."""
@@ -153,6 +161,12 @@ class MultinomialLoss(Loss):
     @property
     def beta(self) -> float:
         return min(self.anneal_cap, self.steps / self.total_anneal_steps)
+
+    def progress(self) -> dict:
+        return {"steps": self.steps}  # the KL weight's schedule goes on from here when a run resumes
+
+    def restore_progress(self, progress: dict) -> None:
+        self.steps = progress.get("steps", 0)
 
     def forward(self, logits: torch.Tensor, rows: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         nll = -(F.log_softmax(logits, dim=1) * rows).sum(dim=1).mean()

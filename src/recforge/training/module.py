@@ -9,7 +9,6 @@ import pytorch_lightning as pl
 import torch
 
 from recforge.errors import RecForgeError
-from recforge.losses import MultinomialLoss
 from recforge.metrics.beyond import ListContext, unit_rows
 from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NAMES, RankingEvaluator,
                                         rating_batch_errors)
@@ -231,13 +230,11 @@ class RecommenderModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self._plateau is not None:
             checkpoint["recforge_plateau"] = self._plateau.state_dict()
-        if isinstance(self.loss, MultinomialLoss):  # its KL weight follows the steps trained so far
-            checkpoint["recforge_loss_steps"] = self.loss.steps
+        checkpoint["recforge_loss"] = self.loss.progress()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._plateau_state = checkpoint.get("recforge_plateau")  # applied when configure_optimizers builds it
-        if "recforge_loss_steps" in checkpoint:
-            self.loss.steps = checkpoint["recforge_loss_steps"]
+        self.loss.restore_progress(checkpoint.get("recforge_loss", {}))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
