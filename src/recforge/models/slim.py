@@ -48,10 +48,10 @@ class SLIMElasticNet(ItemNeighbourhood):
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
                  l1_reg: float = 1.0, l2_reg: float = 10.0, k_neighbors: int = 100, max_iter: int = 30,
                  tol: float = 1e-4, max_items: int = 20_000, candidates: int | None = None) -> None:
-        if candidates is not None and candidates < 1:
-            raise RecForgeError(f"model.candidates={candidates}: each item's regression needs at least 1 candidate "
-                                "item; set a positive number (200 by default), or null for full SLIM")
         if candidates is not None:
+            if candidates < 1:
+                raise RecForgeError(f"model.candidates={candidates}: each item's regression needs at least 1 "
+                                    "candidate item; set a positive number (200 by default), or null for full SLIM")
             candidates = min(candidates, n_items - 1)  # more than the other items: all of them, SLIM itself
         if candidates is None and n_items > max_items:
             raise RecForgeError(f"model.max_items={max_items}: SLIM's fit holds two {n_items} x {n_items} matrices "
