@@ -19,18 +19,28 @@ and skips the rows FILE already has (``--rerun``: runs them again, e.g. after a 
 then reused from a row whose RecBole input, the files and settings, is byte for byte the same, marked ``reused``);
 a Markdown table ends the output.
 
+RecBole sides that take hours go in sittings: ``--work-dir DIR`` keeps each row's files in a folder of DIR (RecForge's
+finished side and split, RecBole's training state after every validation) instead of a temporary one, and
+``--recbole-budget-min M`` stops RecBole's training at the first validation past M minutes; the row is then reported
+as paused, not stored, and the same command run again goes on from the saved epoch (a stopped and continued run
+trains as the uninterrupted one does). A finished row's folder is removed.
+
     RECFORGE_DATA_DIR=/work/shared/datasets python scripts/quality_recbole.py --data ml-100k --split random \\
         --models bpr lightgcn --json-out results_quality.jsonl
     python scripts/quality_recbole.py --data lastfm-hetrec --split leave_one_out --models sasrec \\
         --override trainer.max_epochs=50 --recbole-override epochs=50
+    python scripts/quality_recbole.py --data ml-100k --split leave_one_out --models sasrec \\
+        --work-dir quality_state --recbole-budget-min 120 --json-out results_quality.jsonl   # again to go on
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -42,6 +52,7 @@ import torch
 import yaml
 
 from bench import export_atomic, recbole_json
+from recforge.utils.io import atomic_append_text, atomic_write_text
 from reproduce import run as train_recforge
 
 GENERAL, SEQUENTIAL, CONTEXT = "general", "sequential", "context"
@@ -187,8 +198,6 @@ def export_features(config_yaml: Path, ids: dict[str, pd.Index], folder: Path, n
 
 def recforge_side(data: str, split: str, model: str, overrides: list[str], workdir: Path) -> dict:
     """Train RecForge's defaults; its test metrics, epochs (trained, best; 0 and None in closed form), wall time."""
-    import contextlib
-
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # train prints its metrics; stdout carries the JSON rows
         metrics = train_recforge([f"data={data}", f"split={split}", f"model={model}", "export.recommendations=true",
@@ -211,10 +220,16 @@ def input_digest(model: str, config: dict, data_path: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+class Paused(RuntimeError):
+    """RecBole's side stopped at its time budget, its training state saved for the next sitting."""
+
+
 def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: dict, workdir: Path,
-                 known: dict[str, dict] | None = None) -> dict:
+                 known: dict[str, dict] | None = None, budget_s: float | None = None) -> dict:
     """RecForge's exported split (``workdir/out``) as atomic files; RecBole's ``model`` trained on them, or, when
-    ``known`` (input digest -> an earlier RecBole side) has a run on the identical input, that run (``reused``)."""
+    ``known`` (input digest -> an earlier RecBole side) has a run on the identical input, that run (``reused``).
+    Training state goes to ``workdir/recbole_state``, and a state found there is continued; ``budget_s`` pauses
+    training (``Paused``) at the first validation past that many seconds."""
     out, data_path = workdir / "out", workdir / "recbole"
     name = "rf_split"  # not a name RecBole ships (it would read its own ml-100k copy)
     parts, users, items = coded_split(out)
@@ -229,12 +244,28 @@ def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: d
     if known and digest in known:  # RecBole on the same files with the same settings: the same run
         return {**known[digest], "reused": True}
     spec = workdir / "recbole_spec.json"
-    spec.write_text(json.dumps({"data_path": str(data_path), "dataset": name, "model": model, "config": config}))
-    started = time.perf_counter()
+    spec.write_text(json.dumps({"data_path": str(data_path), "dataset": name, "model": model, "config": config,
+                                "state_dir": str(workdir / "recbole_state"), "budget_s": budget_s}))
     result = recbole_json(python, "recbole_fit.py", [str(spec)], workdir)
+    if result.get("paused"):
+        raise Paused(f"RecBole's side paused after epoch {result['epoch']} (best validation NDCG@10 "
+                     f"{result['best_valid']:.4f}, {result['wall_s']:,.0f} s so far): run the same command to go on")
     return {**{k: result["metrics"][k] for k in METRICS}, "epochs": result["epochs"],
-            "best_epoch": result["best_epoch"], "wall_s": round(time.perf_counter() - started, 1),
-            "reported": result["reported"], "input": digest}
+            "best_epoch": result["best_epoch"], "wall_s": result["wall_s"], "reported": result["reported"],
+            "input": digest}
+
+
+@contextlib.contextmanager
+def row_folder(work_dir: Path | None, key: tuple):
+    """The folder a row works in: a temporary one, or (``work_dir``) one named by the row, kept for the next sitting
+    (``compare`` removes it once the row is finished)."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp)
+        return
+    folder = work_dir / ("_".join(key[:3]) + "_" + hashlib.sha256(json.dumps(key[3:]).encode()).hexdigest()[:10])
+    folder.mkdir(parents=True, exist_ok=True)
+    yield folder
 
 
 def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole_overrides: dict,
@@ -248,12 +279,19 @@ def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole
     if family == SEQUENTIAL and split != "leave_one_out":
         return {**row, "note": "sequential models are compared on split=leave_one_out only (RecBole ranks one "
                                "target per input sequence)"}
-    with tempfile.TemporaryDirectory() as tmp:
-        row["recforge"] = recforge_side(data, split, model, args.override, Path(tmp))
+    with row_folder(args.work_dir, row_key(data, split, model, args.override, recbole_overrides)) as workdir:
+        done = workdir / "recforge.json"  # RecForge's side of an earlier sitting, with its split in out/
+        row["recforge"] = json.loads(done.read_text()) if done.is_file() else \
+            recforge_side(data, split, model, args.override, workdir)
+        if args.work_dir:
+            atomic_write_text(done, json.dumps(row["recforge"]))
+        budget = args.recbole_budget_min * 60 if args.recbole_budget_min is not None else None
         try:
-            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, Path(tmp), known)
-        except RuntimeError as exc:  # reported, not stored: a rerun with --json-out tries it again
+            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, workdir, known, budget)
+        except RuntimeError as exc:  # reported, not stored: a rerun with --json-out tries it again (or goes on)
             return {**row, "note": str(exc).splitlines()[0], "failed": True}
+        if args.work_dir:
+            shutil.rmtree(workdir)
     row["ratio_ndcg_at_10"] = row["recforge"]["ndcg_at_10"] / row["recbole"]["ndcg_at_10"] \
         if row["recbole"]["ndcg_at_10"] else None
     return {**row, "overrides": args.override, "recbole_overrides": recbole_overrides}
@@ -359,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
                         "same data, split, model and overrides)")
     parser.add_argument("--summary", type=Path, help="print the ratio matrix of this rows file (each model's latest "
                         "row with no overrides) and exit")
+    parser.add_argument("--work-dir", type=Path, help="keep each row's files in a folder here until it finishes, so "
+                        "that an unfinished RecBole side goes on where it stopped when the command runs again")
+    parser.add_argument("--recbole-budget-min", type=float, help="pause RecBole's training at the first validation "
+                        "past this many minutes (needs --work-dir; the same command goes on)")
     parser.add_argument("--rerun", action="store_true", help="run rows --json-out has again (after a default "
                         "changed), adding new rows; RecBole's side is reused where its input is byte for byte one "
                         "it already ran on")
@@ -372,11 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.recbole).is_file():
         parser.error(f"--recbole {args.recbole}: not found; create it with: python3 -m venv /tmp/rbvenv && "
                      "/tmp/rbvenv/bin/pip install torch==2.13.0 recbole==1.2.1 'numpy<2'")
+    if args.recbole_budget_min is not None and args.work_dir is None:
+        parser.error("--recbole-budget-min needs --work-dir DIR: a paused RecBole side keeps its state there")
     recbole_overrides = parse_overrides(args.recbole_override, parser)
     import logging
 
     from recforge.train import quiet_warnings
-    from recforge.utils.io import atomic_append_text
 
     logging.disable(logging.WARNING)
     quiet_warnings()

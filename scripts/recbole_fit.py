@@ -8,6 +8,13 @@ print one JSON line with its test metrics.
 defaults: data path, files, evaluation protocol, device, seed, what the model family needs). Runs under RecBole's
 own interpreter (the shims of ``scripts/bench_recbole.py`` make 1.2.1 import on current libraries).
 
+With ``state_dir`` in the spec, training can stop and go on: after each validation the whole training state (model
+and optimizer, the epoch, early stopping's counters, every random generator, the model's plain counters such as
+Mult-VAE's annealing step) is written there, atomically, and a run that finds it continues after that epoch; the
+uninterrupted run and a stopped-and-continued one train the same. ``budget_s`` stops training at the first validation
+past that many seconds (of this process), with the state saved, and prints ``{"paused": true, "epoch": ...}``: how
+RecBole sides that take hours (SASRec on one CPU thread: about 4 minutes an epoch) run across several sittings.
+
 Two sets of test metrics come back: ``reported``, RecBole's own evaluator on its best checkpoint, and ``metrics``,
 the same model's scores ranked by RecForge's metric code (``src/recforge/metrics/ranking.py``, loaded by path) with
 RecForge's mask: training items at validation, training and validation items at test. For general models the two
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -91,6 +100,53 @@ def pad_item_lists(config, loaders) -> None:
         feat.interaction[field] = torch.nn.functional.pad(lists, (0, config["MAX_ITEM_LIST_LENGTH"] - lists.shape[1]))
 
 
+class Paused(Exception):
+    """Training stopped at a validation past the time budget, its state saved."""
+
+
+def training_state(trainer, train_data, scores: dict[int, float], epoch: int, wall_s: float) -> dict:
+    """Everything the next epoch depends on, after ``epoch`` (from 0) and its validation; ``wall_s``: seconds so far,
+    every sitting's."""
+    import numpy as np
+    import torch
+
+    plain = {k: v for k, v in vars(trainer.model).items() if type(v) in (int, float, bool)}
+    return {"epoch": epoch, "wall_s": wall_s, "cur_step": trainer.cur_step,
+            "best_valid_score": trainer.best_valid_score, "scores": scores, "model": trainer.model.state_dict(),
+            "plain": plain, "other_parameter": trainer.model.other_parameter(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "loader": train_data.generator.get_state()}}
+
+
+def save_state(path: Path, state: dict) -> None:
+    import torch
+
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def restore_state(trainer, train_data, state: dict) -> tuple[dict[int, float], float]:
+    """Put ``state`` back into ``trainer`` (and the training loader's generator); return the validation scores and
+    the seconds the earlier sittings took."""
+    import numpy as np
+    import torch
+
+    trainer.model.load_state_dict(state["model"])
+    trainer.model.load_other_parameter(state["other_parameter"])
+    for key, value in state["plain"].items():
+        setattr(trainer.model, key, value)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.start_epoch, trainer.cur_step = state["epoch"] + 1, state["cur_step"]
+    trainer.best_valid_score = state["best_valid_score"]
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    train_data.generator.set_state(state["rng"]["loader"])
+    return state["scores"], state["wall_s"]
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     from recbole.config import Config
@@ -108,8 +164,36 @@ def main() -> None:
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     scores: dict[int, float] = {}  # epoch (from 1) -> validation score, at each validation
-    trainer.fit(train_data, valid_data, saved=True, show_progress=False,
-                callback_fn=lambda epoch, score: scores.update({epoch + 1: float(score)}))
+    earlier_s = 0.0  # seconds of earlier sittings
+    state_dir = Path(spec["state_dir"]) if spec.get("state_dir") else None
+    budget = spec.get("budget_s")
+    if state_dir:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        trainer.saved_model_file = str(state_dir / "best.pth")  # the best epoch's weights, kept across sittings
+        if (state_dir / "state.pth").is_file():
+            import torch
+
+            scores, earlier_s = restore_state(trainer, train_data,
+                                              torch.load(state_dir / "state.pth", weights_only=False))
+
+    def after_validation(epoch: int, score: float) -> None:
+        scores[epoch + 1] = float(score)
+        if state_dir:
+            wall_s = earlier_s + time.perf_counter() - started
+            save_state(state_dir / "state.pth", training_state(trainer, train_data, scores, epoch, wall_s))
+        stopping = trainer.cur_step > trainer.stopping_step or epoch + 1 >= trainer.epochs
+        if budget is not None and time.perf_counter() - started > budget and not stopping:
+            raise Paused(epoch + 1)
+
+    stopped = bool(scores) and (trainer.cur_step > trainer.stopping_step or max(scores) >= trainer.epochs)
+    if not stopped:  # a state saved at the last validation has nothing left to train
+        try:
+            trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=after_validation)
+        except Paused as paused:
+            print(json.dumps({"model": spec["model"], "paused": True, "epoch": paused.args[0],
+                              "best_valid": max(scores.values()),
+                              "wall_s": round(earlier_s + time.perf_counter() - started, 1)}))
+            return
     reported = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     data_path = Path(spec["data_path"])
     metrics = masked_metrics(trainer, test_data, seen_items(dataset, data_path, spec["dataset"]), config["topk"])
@@ -118,7 +202,7 @@ def main() -> None:
         "model": spec["model"], "metrics": metrics,
         "reported": {k.replace("@", "_at_"): float(v) for k, v in reported.items()},
         "epochs": max(scores), "best_epoch": max(e for e, v in scores.items() if v == best),  # RecBole keeps the latest
-        "best_valid": best, "wall_s": round(time.perf_counter() - started, 1),
+        "best_valid": best, "wall_s": round(earlier_s + time.perf_counter() - started, 1),
         "n_users": dataset.user_num - 1, "n_items": dataset.item_num - 1, "n_train": len(train_data._dataset),
     }))
 

@@ -112,6 +112,30 @@ def test_both_sides_rows_json_out_and_resume(quality, tmp_path, capsys, monkeypa
     assert len(out.read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not RECBOLE_PYTHON.is_file(), reason="RecBole 1.2.1's interpreter /tmp/rbvenv/bin/python is "
+                                                         "absent (CI has no RecBole): RecBole's side not run")
+def test_a_recbole_side_paused_every_epoch_trains_as_the_uninterrupted_one(quality, tmp_path, capsys):
+    """Negatives (BPR), a plain counter (Mult-VAE's annealing step) and dropout (SASRec): four sittings of one epoch
+    each end where one sitting of four epochs does, to the last digit."""
+    base = ["--data", "synthetic", "--split", "leave_one_out", "--models", "bpr", "multvae", "sasrec",
+            "--recbole", str(RECBOLE_PYTHON), "--override", *TINY, "--recbole-override", "epochs=4"]
+    assert quality.main(base) == 0
+    whole = [json.loads(line) for line in capsys.readouterr().out.splitlines()[:3]]
+    argv = [*base, "--work-dir", str(tmp_path / "state"), "--recbole-budget-min", "0"]
+    for sitting in (1, 2, 3):
+        assert quality.main(argv) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()[:3]]
+        assert [r["note"].split(" (")[0] for r in rows] == [f"RecBole's side paused after epoch {sitting}"] * 3
+    assert quality.main(argv) == 0
+    last = [json.loads(line) for line in capsys.readouterr().out.splitlines()[:3]]
+    for one, four in zip(whole, last):
+        assert four["recbole"]["epochs"] == 4
+        assert {k: four["recbole"][k] for k in (*quality.METRICS, "best_epoch", "reported")} == \
+            {k: one["recbole"][k] for k in (*quality.METRICS, "best_epoch", "reported")}
+    assert list((tmp_path / "state").iterdir()) == []
+
+
 def test_json_out_keys_rows_by_their_overrides_and_rerun_runs_them_again(quality, tmp_path, capsys, monkeypatch):
     """A row is skipped only when --json-out has the same comparison (pair, model, both sides' overrides); a pair
     RecBole cannot compare is skipped whatever the overrides; --rerun runs every row again."""
@@ -148,7 +172,8 @@ def test_recbole_side_is_reused_only_on_byte_identical_input(quality, tmp_path, 
 
     def fake_fit(python, script, argv, workdir):
         calls.append(json.loads(Path(argv[0]).read_text())["config"].get("epochs"))
-        return {"metrics": dict.fromkeys(quality.METRICS, 0.2), "epochs": 3, "best_epoch": 2, "reported": {}}
+        return {"metrics": dict.fromkeys(quality.METRICS, 0.2), "epochs": 3, "best_epoch": 2, "reported": {},
+                "wall_s": 1.0}
 
     monkeypatch.setattr(quality, "recbole_json", fake_fit)
     quality.recforge_side("synthetic", "random", "bpr", TINY, tmp_path)
@@ -170,6 +195,58 @@ def test_recbole_side_is_reused_only_on_byte_identical_input(quality, tmp_path, 
     lines = inter.read_text().splitlines(keepends=True)
     inter.write_text("".join([lines[0], lines[2], lines[1], *lines[3:]]))  # two rows swapped
     assert quality.input_digest("BPR", {"epochs": 3}, folder) != digest
+
+
+def test_work_dir_keeps_an_unfinished_row_and_the_next_sitting_goes_on_from_it(quality, tmp_path, monkeypatch, capsys):
+    """--work-dir: RecForge's side trains once, RecBole's sitting is told where its state lives and its budget; a
+    paused row is printed, not stored, and keeps its folder; the row that finishes is stored and its folder goes."""
+    sittings, trained = [], []
+    real_side = quality.recforge_side
+
+    def recforge_side(*args):
+        trained.append(args[2])
+        return real_side(*args)
+
+    def fake_fit(python, script, argv, workdir):
+        spec = json.loads(Path(argv[0]).read_text())
+        sittings.append((spec["state_dir"], spec["budget_s"]))
+        if len(sittings) < 3:
+            return {"model": "BPR", "paused": True, "epoch": 2 * len(sittings), "best_valid": 0.1, "wall_s": 9.0}
+        return {"metrics": dict.fromkeys(quality.METRICS, 0.2), "epochs": 6, "best_epoch": 5, "wall_s": 27.0,
+                "reported": {}}
+
+    monkeypatch.setattr(quality, "recforge_side", recforge_side)
+    monkeypatch.setattr(quality, "recbole_json", fake_fit)
+    work, out = tmp_path / "state", tmp_path / "rows.jsonl"
+    argv = ["--data", "synthetic", "--split", "random", "--models", "bpr", "--recbole", sys.executable,
+            "--override", *TINY, "--work-dir", str(work), "--recbole-budget-min", "0.5", "--json-out", str(out)]
+    for sitting in (1, 2):
+        assert quality.main(argv) == 0
+        row = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert row["failed"] and row["note"] == (f"RecBole's side paused after epoch {2 * sitting} (best validation "
+                                                 "NDCG@10 0.1000, 9 s so far): run the same command to go on")
+        assert not out.exists() and [p.name for p in work.iterdir()] == [f"synthetic_random_bpr_{row_hash(argv)}"]
+    folder = next(work.iterdir())
+    assert (folder / "recforge.json").is_file() and (folder / "out" / "config.yaml").is_file()
+    assert quality.main(argv) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["recbole"]["epochs"] == 6 and row["recbole"]["wall_s"] == 27.0 and "failed" not in row
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [row]
+    assert trained == ["bpr"] and list(work.iterdir()) == []
+    assert sittings == [(str(folder / "recbole_state"), 30.0)] * 3
+
+
+def row_hash(argv: list[str]) -> str:
+    import hashlib
+
+    overrides = argv[argv.index("--override") + 1:argv.index("--work-dir")]
+    return hashlib.sha256(json.dumps([overrides, "{}"]).encode()).hexdigest()[:10]
+
+
+def test_recbole_budget_needs_a_work_dir(quality, capsys):
+    with pytest.raises(SystemExit):
+        quality.main(["--recbole", sys.executable, "--recbole-budget-min", "5"])
+    assert "--recbole-budget-min needs --work-dir DIR" in capsys.readouterr().err
 
 
 def test_summary_is_each_models_latest_default_ratio_per_pair_with_its_later_seeds(quality):
