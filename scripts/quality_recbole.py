@@ -23,7 +23,9 @@ RecBole sides that take hours go in sittings: ``--work-dir DIR`` keeps each row'
 finished side and split, RecBole's training state after every validation) instead of a temporary one, and
 ``--recbole-budget-min M`` stops RecBole's training at the first validation past M minutes; the row is then reported
 as paused, not stored, and the same command run again goes on from the saved epoch (a stopped and continued run
-trains as the uninterrupted one does). A finished row's folder is removed.
+trains as the uninterrupted one does). A sitting stopped outright (Ctrl-C, ``kill``, the session's end) goes on the
+same way: RecBole's side from its last validation, RecForge's from its last checkpoint (``resume_from``). A finished
+row's folder is removed.
 
     RECFORGE_DATA_DIR=/work/shared/datasets python scripts/quality_recbole.py --data ml-100k --split random \\
         --models bpr lightgcn --json-out results_quality.jsonl
@@ -197,17 +199,34 @@ def export_features(config_yaml: Path, ids: dict[str, pd.Index], folder: Path, n
 
 
 def recforge_side(data: str, split: str, model: str, overrides: list[str], workdir: Path) -> dict:
-    """Train RecForge's defaults; its test metrics, epochs (trained, best; 0 and None in closed form), wall time."""
+    """Train RecForge's defaults; its test metrics, epochs (trained, best; 0 and None in closed form), wall time.
+    A run of an earlier sitting that was stopped (Ctrl-C, ``kill``, the session's end) left its last checkpoint in
+    ``workdir/out``: training goes on from it (``resume_from``, as the uninterrupted run would have trained), or, if
+    its training had already ended, only its best checkpoint is validated and tested (``resumed``: True)."""
+    last = workdir / "out" / "checkpoints" / "last.ckpt"
+    resume = [f"resume_from={last}", *training_ended(last)] if last.is_file() else []
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # train prints its metrics; stdout carries the JSON rows
         metrics = train_recforge([f"data={data}", f"split={split}", f"model={model}", "export.recommendations=true",
-                                  *overrides], workdir)
+                                  *overrides, *resume], workdir)
     best = workdir / "out" / "checkpoints" / "best.ckpt"
-    epochs = round(metrics["time/fit_s"] / metrics["time/s_per_epoch"]) if metrics["time/s_per_epoch"] else 0
+    if last.is_file():  # every sitting's epochs
+        epochs = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+    else:
+        epochs = round(metrics["time/fit_s"] / metrics["time/s_per_epoch"]) if metrics["time/s_per_epoch"] else 0
     return {**{k: metrics[f"test/{k}"] for k in METRICS}, "epochs": epochs,
             "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
             if epochs and best.is_file() else None,
-            "wall_s": round(time.perf_counter() - started, 1)}
+            "wall_s": round(time.perf_counter() - started, 1), **({"resumed": True} if resume else {})}
+
+
+def training_ended(last: Path) -> list[str]:
+    """Overrides that keep a resumed run from training on when its last checkpoint says early stopping had ended it
+    (a run stopped during its test): no further epoch, so that only the best checkpoint is validated and tested."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    stopped = any(key.startswith("EarlyStopping") and value.get("stopped_epoch", 0) > 0
+                  for key, value in state.get("callbacks", {}).items())
+    return [f"trainer.max_epochs={state['epoch'] + 1}"] if stopped else []
 
 
 def input_digest(model: str, config: dict, data_path: Path) -> str:

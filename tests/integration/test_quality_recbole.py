@@ -236,6 +236,60 @@ def test_work_dir_keeps_an_unfinished_row_and_the_next_sitting_goes_on_from_it(q
     assert sittings == [(str(folder / "recbole_state"), 30.0)] * 3
 
 
+def test_a_recforge_side_killed_in_training_goes_on_from_its_last_checkpoint(quality, tmp_path, monkeypatch):
+    """Killed after its second of four epochs (Ctrl-C, a kill, the session's end), RecForge's side run again in the
+    same folder resumes there and ends where the uninterrupted side ends."""
+    from recforge.training.module import RecommenderModule
+
+    tiny = [*TINY, "trainer.max_epochs=4", "callbacks.early_stopping.patience=100"]
+    whole = quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "whole")
+    original = RecommenderModule.on_train_epoch_end
+
+    def killed_in_the_third(self):
+        original(self)
+        if self.current_epoch == 2:  # before epoch 3's checkpoint: epoch 2's is the last one on disk
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", killed_in_the_third)
+    with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit(1)
+        quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "cut")
+    trained = []
+
+    def counted(self):
+        trained.append(self.current_epoch)
+        original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", counted)
+    resumed = quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "cut")
+    assert trained == [2, 3]  # the last two epochs, not four from the start
+    assert resumed.pop("resumed") is True and "resumed" not in whole
+    assert {k: v for k, v in resumed.items() if k != "wall_s"} == {k: v for k, v in whole.items() if k != "wall_s"}
+    assert whole["epochs"] == 4
+
+
+def test_a_recforge_side_killed_after_early_stopping_only_tests_its_best_checkpoint(quality, tmp_path, monkeypatch):
+    """Stopped early (no validation beats the first by 1.0, patience 1: two epochs of four) and killed during its
+    test, the side run again trains no further epoch."""
+    from recforge.training.module import RecommenderModule
+
+    tiny = [*TINY, "trainer.max_epochs=4", "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=1.0"]
+    whole = quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "whole")
+    assert whole["epochs"] == 2 and whole["best_epoch"] == 1
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RecommenderModule, "on_test_start", killed, raising=False)
+    with pytest.raises(SystemExit):
+        quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "cut")
+    monkeypatch.undo()
+    assert quality.training_ended(tmp_path / "cut" / "out" / "checkpoints" / "last.ckpt") == ["trainer.max_epochs=2"]
+    resumed = quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "cut")
+    assert resumed.pop("resumed") is True
+    assert {k: v for k, v in resumed.items() if k != "wall_s"} == {k: v for k, v in whole.items() if k != "wall_s"}
+
+
 def row_hash(argv: list[str]) -> str:
     import hashlib
 
