@@ -201,32 +201,26 @@ def export_features(config_yaml: Path, ids: dict[str, pd.Index], folder: Path, n
 def recforge_side(data: str, split: str, model: str, overrides: list[str], workdir: Path) -> dict:
     """Train RecForge's defaults; its test metrics, epochs (trained, best; 0 and None in closed form), wall time.
     A run of an earlier sitting that was stopped (Ctrl-C, ``kill``, the session's end) left its last checkpoint in
-    ``workdir/out``: training goes on from it (``resume_from``, as the uninterrupted run would have trained), or, if
-    its training had already ended, only its best checkpoint is validated and tested (``resumed``: True)."""
-    last = workdir / "out" / "checkpoints" / "last.ckpt"
-    resume = [f"resume_from={last}", *training_ended(last)] if last.is_file() else []
+    ``workdir/out``: training goes on from it (``resume_from``, as the uninterrupted run would have trained; one that
+    early stopping had ended trains no further epoch), marked ``resumed`` (its ``wall_s`` is this sitting's only)."""
+    checkpoints = workdir / "out" / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    if not last.is_file() and checkpoints.exists():  # killed before its first checkpoint: start clean
+        shutil.rmtree(checkpoints)
+    resume = [f"resume_from='{last}'"] if last.is_file() else []
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # train prints its metrics; stdout carries the JSON rows
         metrics = train_recforge([f"data={data}", f"split={split}", f"model={model}", "export.recommendations=true",
                                   *overrides, *resume], workdir)
-    best = workdir / "out" / "checkpoints" / "best.ckpt"
-    if last.is_file():  # every sitting's epochs
-        epochs = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+    if "time/epochs" in metrics:  # trained with early stopping on: every sitting's epochs, the best (from 1)
+        epochs, best_epoch = int(metrics["time/epochs"]), int(metrics["val_best/epoch"])
     else:
-        epochs = round(metrics["time/fit_s"] / metrics["time/s_per_epoch"]) if metrics["time/s_per_epoch"] else 0
-    return {**{k: metrics[f"test/{k}"] for k in METRICS}, "epochs": epochs,
-            "best_epoch": int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
-            if epochs and best.is_file() else None,
+        epochs = round(metrics["time/fit_s"] / metrics["time/s_per_epoch"]) if metrics.get("time/s_per_epoch") else 0
+        best = checkpoints / "best.ckpt"
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1 \
+            if epochs and best.is_file() else None
+    return {**{k: metrics[f"test/{k}"] for k in METRICS}, "epochs": epochs, "best_epoch": best_epoch,
             "wall_s": round(time.perf_counter() - started, 1), **({"resumed": True} if resume else {})}
-
-
-def training_ended(last: Path) -> list[str]:
-    """Overrides that keep a resumed run from training on when its last checkpoint says early stopping had ended it
-    (a run stopped during its test): no further epoch, so that only the best checkpoint is validated and tested."""
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    stopped = any(key.startswith("EarlyStopping") and value.get("stopped_epoch", 0) > 0
-                  for key, value in state.get("callbacks", {}).items())
-    return [f"trainer.max_epochs={state['epoch'] + 1}"] if stopped else []
 
 
 def input_digest(model: str, config: dict, data_path: Path) -> str:
@@ -244,11 +238,13 @@ class Paused(RuntimeError):
 
 
 def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: dict, workdir: Path,
-                 known: dict[str, dict] | None = None, budget_s: float | None = None) -> dict:
+                 known: dict[str, dict] | None = None, budget_s: float | None = None,
+                 keep_state: bool = False) -> dict:
     """RecForge's exported split (``workdir/out``) as atomic files; RecBole's ``model`` trained on them, or, when
     ``known`` (input digest -> an earlier RecBole side) has a run on the identical input, that run (``reused``).
-    Training state goes to ``workdir/recbole_state``, and a state found there is continued; ``budget_s`` pauses
-    training (``Paused``) at the first validation past that many seconds."""
+    ``keep_state``: training state goes to ``workdir/recbole_state`` after each validation, and a state found there
+    (of the same input) is continued; ``budget_s`` pauses training (``Paused``) at the first validation past that
+    many seconds."""
     out, data_path = workdir / "out", workdir / "recbole"
     name = "rf_split"  # not a name RecBole ships (it would read its own ml-100k copy)
     parts, users, items = coded_split(out)
@@ -264,32 +260,47 @@ def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: d
         return {**known[digest], "reused": True}
     spec = workdir / "recbole_spec.json"
     spec.write_text(json.dumps({"data_path": str(data_path), "dataset": name, "model": model, "config": config,
-                                "state_dir": str(workdir / "recbole_state"), "budget_s": budget_s}))
+                                "input": digest, "budget_s": budget_s,
+                                "state_dir": str(workdir / "recbole_state") if keep_state else None}))
     result = recbole_json(python, "recbole_fit.py", [str(spec)], workdir)
     if result.get("paused"):
-        raise Paused(f"RecBole's side paused after epoch {result['epoch']} (best validation NDCG@10 "
+        raise Paused(f"RecBole's side paused after epoch {result['epoch']} (best validation {result['valid_metric']} "
                      f"{result['best_valid']:.4f}, {result['wall_s']:,.0f} s so far): run the same command to go on")
     return {**{k: result["metrics"][k] for k in METRICS}, "epochs": result["epochs"],
             "best_epoch": result["best_epoch"], "wall_s": result["wall_s"], "reported": result["reported"],
             "input": digest}
 
 
-@contextlib.contextmanager
-def row_folder(work_dir: Path | None, key: tuple):
-    """The folder a row works in: a temporary one, or (``work_dir``) one named by the row, kept for the next sitting
-    (``compare`` removes it once the row is finished)."""
-    if work_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            yield Path(tmp)
-        return
-    folder = work_dir / ("_".join(key[:3]) + "_" + hashlib.sha256(json.dumps(key[3:]).encode()).hexdigest()[:10])
+def row_dir(work_dir: Path, key: tuple) -> Path:
+    """A row's folder under ``--work-dir``, named by the row: its pair, model and both sides' overrides."""
+    return work_dir / ("_".join(key[:3]) + "_" + hashlib.sha256(json.dumps(key[3:]).encode()).hexdigest()[:10])
+
+
+def defaults_digest() -> str:
+    """RecForge's config tree (every default) as one hash: a row's folder from before a default changed is stale."""
+    from recforge.config import CONFIG_DIR
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(CONFIG_DIR).rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(CONFIG_DIR)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def kept_folder(folder: Path) -> Path:
+    """``folder`` for a row's sittings; emptied first if an earlier sitting ran under other RecForge defaults."""
+    stamp, defaults = folder / "defaults", defaults_digest()
+    if folder.exists() and (not stamp.is_file() or stamp.read_text() != defaults):
+        print(f"{folder}: from a sitting under other RecForge defaults; starting the row afresh", file=sys.stderr)
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    yield folder
+    atomic_write_text(stamp, defaults)
+    return folder
 
 
 def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole_overrides: dict,
             known: dict[str, dict] | None = None) -> dict:
-    """One row: both sides' test metrics, epochs and wall seconds, and the NDCG@10 ratio RecForge / RecBole."""
+    """One row: both sides' test metrics, epochs and wall seconds, and the NDCG@10 ratio RecForge / RecBole. Under
+    ``args.work_dir`` the row works in its kept folder (``row_dir``; ``main`` removes it once the row is stored)."""
     row = {"dataset": data, "split": split, "model": model}
     if RECBOLE.get(model) is None:
         return {**row, "recbole_model": None, "note": f"RecBole 1.2.1 has no {model}"}
@@ -298,19 +309,20 @@ def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole
     if family == SEQUENTIAL and split != "leave_one_out":
         return {**row, "note": "sequential models are compared on split=leave_one_out only (RecBole ranks one "
                                "target per input sequence)"}
-    with row_folder(args.work_dir, row_key(data, split, model, args.override, recbole_overrides)) as workdir:
+    budget = args.recbole_budget_min * 60 if args.recbole_budget_min is not None else None
+    with contextlib.ExitStack() as stack:
+        workdir = kept_folder(row_dir(args.work_dir, row_key(data, split, model, args.override, recbole_overrides))) \
+            if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         done = workdir / "recforge.json"  # RecForge's side of an earlier sitting, with its split in out/
         row["recforge"] = json.loads(done.read_text()) if done.is_file() else \
             recforge_side(data, split, model, args.override, workdir)
         if args.work_dir:
             atomic_write_text(done, json.dumps(row["recforge"]))
-        budget = args.recbole_budget_min * 60 if args.recbole_budget_min is not None else None
         try:
-            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, workdir, known, budget)
+            row["recbole"] = recbole_side(args.recbole, family, name, fixed, recbole_overrides, workdir, known,
+                                          budget, keep_state=args.work_dir is not None)
         except RuntimeError as exc:  # reported, not stored: a rerun with --json-out tries it again (or goes on)
             return {**row, "note": str(exc).splitlines()[0], "failed": True}
-        if args.work_dir:
-            shutil.rmtree(workdir)
     row["ratio_ndcg_at_10"] = row["recforge"]["ndcg_at_10"] / row["recbole"]["ndcg_at_10"] \
         if row["recbole"]["ndcg_at_10"] else None
     return {**row, "overrides": args.override, "recbole_overrides": recbole_overrides}
@@ -463,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
                     remember(known, row)
                     if args.json_out and not row.get("failed"):
                         atomic_append_text(args.json_out, json.dumps(row) + "\n")
+                    folder = args.work_dir and row_dir(args.work_dir, row_key(data, split, model, args.override,
+                                                                             recbole_overrides))
+                    if folder and folder.exists() and not row.get("failed") and (args.json_out or "recbole" in row):
+                        shutil.rmtree(folder)  # stored (or, without --json-out, printed): its sittings are over
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(table(rows))

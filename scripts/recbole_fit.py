@@ -113,10 +113,20 @@ def training_state(trainer, train_data, scores: dict[int, float], epoch: int, wa
     plain = {k: v for k, v in vars(trainer.model).items() if type(v) in (int, float, bool)}
     return {"epoch": epoch, "wall_s": wall_s, "cur_step": trainer.cur_step,
             "best_valid_score": trainer.best_valid_score, "scores": scores, "model": trainer.model.state_dict(),
-            "plain": plain, "other_parameter": trainer.model.other_parameter(),
-            "optimizer": trainer.optimizer.state_dict(),
+            "plain": plain, "other_parameter": trainer.model.other_parameter(), "optimizers": optimizers(trainer),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "loader": train_data.generator.get_state()}}
+
+
+def optimizers(trainer) -> dict[str, dict]:
+    """The state of every optimizer ``trainer`` holds, by attribute: RecVAE's trainer has one for the encoder and one
+    for the decoder, and points ``optimizer`` at the one of the latest phase (saved once, under its own name)."""
+    import torch
+
+    held = {name: value for name, value in vars(trainer).items() if isinstance(value, torch.optim.Optimizer)}
+    named = sorted(held, key=lambda name: name == "optimizer")  # "optimizer" last: an alias of another if one is
+    return {name: held[name].state_dict() for i, name in enumerate(named)
+            if not any(held[name] is held[other] for other in named[:i])}
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -125,6 +135,22 @@ def save_state(path: Path, state: dict) -> None:
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
     os.replace(partial, path)
+
+
+def load_state(path: Path, digest: str | None) -> dict | None:
+    """The training state of an earlier sitting on the same input (the files and settings, as ``digest``), if any;
+    one of another input (a default or a file changed since) is set aside, not continued."""
+    import torch
+
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    if state.get("input") == digest:
+        return state
+    os.replace(path, path.with_suffix(".stale"))
+    print(f"recbole_fit: {path} was saved for other input files or settings; it is set aside ({path.stem}.stale) and "
+          "training starts afresh", file=sys.stderr)
+    return None
 
 
 def restore_state(trainer, train_data, state: dict) -> tuple[dict[int, float], float]:
@@ -137,7 +163,8 @@ def restore_state(trainer, train_data, state: dict) -> tuple[dict[int, float], f
     trainer.model.load_other_parameter(state["other_parameter"])
     for key, value in state["plain"].items():
         setattr(trainer.model, key, value)
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    for name, optimizer in state["optimizers"].items():
+        getattr(trainer, name).load_state_dict(optimizer)
     trainer.start_epoch, trainer.cur_step = state["epoch"] + 1, state["cur_step"]
     trainer.best_valid_score = state["best_valid_score"]
     torch.set_rng_state(state["rng"]["torch"])
@@ -148,12 +175,12 @@ def restore_state(trainer, train_data, state: dict) -> tuple[dict[int, float], f
 
 
 def main() -> None:
+    started = time.perf_counter()  # wall_s: from here (RecBole's imports on), every sitting's together
     spec = json.loads(Path(sys.argv[1]).read_text())
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import ModelType, get_model, get_trainer, init_seed
 
-    started = time.perf_counter()
     config = Config(model=spec["model"], dataset=spec["dataset"], config_dict=spec["config"])
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
@@ -170,28 +197,29 @@ def main() -> None:
     if state_dir:
         state_dir.mkdir(parents=True, exist_ok=True)
         trainer.saved_model_file = str(state_dir / "best.pth")  # the best epoch's weights, kept across sittings
-        if (state_dir / "state.pth").is_file():
-            import torch
-
-            scores, earlier_s = restore_state(trainer, train_data,
-                                              torch.load(state_dir / "state.pth", weights_only=False))
+        saved = load_state(state_dir / "state.pth", spec.get("input"))
+        if saved:
+            scores, earlier_s = restore_state(trainer, train_data, saved)
 
     def after_validation(epoch: int, score: float) -> None:
         scores[epoch + 1] = float(score)
         if state_dir:
             wall_s = earlier_s + time.perf_counter() - started
-            save_state(state_dir / "state.pth", training_state(trainer, train_data, scores, epoch, wall_s))
+            save_state(state_dir / "state.pth", {**training_state(trainer, train_data, scores, epoch, wall_s),
+                                                 "input": spec.get("input")})
         stopping = trainer.cur_step > trainer.stopping_step or epoch + 1 >= trainer.epochs
         if budget is not None and time.perf_counter() - started > budget and not stopping:
             raise Paused(epoch + 1)
 
     stopped = bool(scores) and (trainer.cur_step > trainer.stopping_step or max(scores) >= trainer.epochs)
-    if not stopped:  # a state saved at the last validation has nothing left to train
+    if stopped:  # a state saved at the last validation: nothing left to train (fit would collect this)
+        trainer.eval_collector.data_collect(train_data)
+    else:
         try:
             trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=after_validation)
         except Paused as paused:
             print(json.dumps({"model": spec["model"], "paused": True, "epoch": paused.args[0],
-                              "best_valid": max(scores.values()),
+                              "best_valid": max(scores.values()), "valid_metric": config["valid_metric"],
                               "wall_s": round(earlier_s + time.perf_counter() - started, 1)}))
             return
     reported = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
