@@ -8,9 +8,10 @@ print one JSON line with its test metrics.
 defaults: data path, files, evaluation protocol, device, seed, what the model family needs). Runs under RecBole's
 own interpreter (the shims of ``scripts/bench_recbole.py`` make 1.2.1 import on current libraries).
 
-With ``state_dir`` in the spec, training can stop and go on: after each validation the whole training state (model
-and optimizer, the epoch, early stopping's counters, every random generator, the model's plain counters such as
-Mult-VAE's annealing step) is written there, atomically, and a run that finds it continues after that epoch; the
+With ``state_dir`` in the spec, training can stop and go on: after each validation the whole training state (the
+weights, every optimizer the trainer holds, the epoch, early stopping's counters, every random generator, the model's
+plain counters such as Mult-VAE's annealing step) is written there, atomically, with the spec's ``input`` digest, and
+a run that finds a state of the same input continues after that epoch (one of another input is set aside); the
 uninterrupted run and a stopped-and-continued one train the same. ``budget_s`` stops training at the first validation
 past that many seconds (of this process), with the state saved, and prints ``{"paused": true, "epoch": ...}``: how
 RecBole sides that take hours (SASRec on one CPU thread: about 4 minutes an epoch) run across several sittings.
