@@ -468,15 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     for data in args.data:
         for split in args.split:
             for model in args.models:
-                row = None if args.rerun else done.get(row_key(data, split, model, args.override, recbole_overrides),
-                                                       done.get((data, split, model)))
+                key = row_key(data, split, model, args.override, recbole_overrides)
+                row = None if args.rerun else done.get(key, done.get((data, split, model)))
                 if row is None:
                     row = compare(data, split, model, args, recbole_overrides, known)
                     remember(known, row)
                     if args.json_out and not row.get("failed"):
                         atomic_append_text(args.json_out, json.dumps(row) + "\n")
-                    folder = args.work_dir and row_dir(args.work_dir, row_key(data, split, model, args.override,
-                                                                             recbole_overrides))
+                    folder = args.work_dir and row_dir(args.work_dir, key)
                     if folder and folder.exists() and not row.get("failed") and (args.json_out or "recbole" in row):
                         shutil.rmtree(folder)  # stored (or, without --json-out, printed): its sittings are over
                 print(json.dumps(row), flush=True)

@@ -175,6 +175,11 @@ def restore_state(trainer, train_data, state: dict) -> tuple[dict[int, float], f
     return state["scores"], state["wall_s"]
 
 
+def finished(trainer, epochs: int) -> bool:
+    """Whether training ends after ``epochs`` epochs: early stopping's patience is spent, or the epochs are."""
+    return trainer.cur_step > trainer.stopping_step or epochs >= trainer.epochs
+
+
 def main() -> None:
     started = time.perf_counter()  # wall_s: from here (RecBole's imports on), every sitting's together
     spec = json.loads(Path(sys.argv[1]).read_text())
@@ -208,13 +213,11 @@ def main() -> None:
             wall_s = earlier_s + time.perf_counter() - started
             save_state(state_dir / "state.pth", {**training_state(trainer, train_data, scores, epoch, wall_s),
                                                  "input": spec.get("input")})
-        stopping = trainer.cur_step > trainer.stopping_step or epoch + 1 >= trainer.epochs
-        if budget is not None and time.perf_counter() - started > budget and not stopping:
+        if budget is not None and time.perf_counter() - started > budget and not finished(trainer, epoch + 1):
             raise Paused(epoch + 1)
 
-    stopped = bool(scores) and (trainer.cur_step > trainer.stopping_step or max(scores) >= trainer.epochs)
-    if stopped:  # a state saved at the last validation: nothing left to train (fit would collect this)
-        trainer.eval_collector.data_collect(train_data)
+    if scores and finished(trainer, max(scores)):  # a state saved at the last validation: nothing left to train
+        trainer.eval_collector.data_collect(train_data)  # what fit would have collected
     else:
         try:
             trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=after_validation)

@@ -20,6 +20,8 @@ from recforge.pipeline import build_datamodule
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 RECBOLE_PYTHON = Path("/tmp/rbvenv/bin/python")
+needs_recbole = pytest.mark.skipif(not RECBOLE_PYTHON.is_file(), reason="RecBole 1.2.1's interpreter "
+                                   "/tmp/rbvenv/bin/python is absent (CI has no RecBole): RecBole's side not run")
 TINY = ["data.n_users=120", "data.n_items=60", "data.mean_interactions=12", "trainer.max_epochs=2",
         "datamodule.batch_size=256"]
 
@@ -85,8 +87,7 @@ def test_features_become_recbole_tokens_and_one_flag_sequence(quality):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not RECBOLE_PYTHON.is_file(), reason="RecBole 1.2.1's interpreter /tmp/rbvenv/bin/python is "
-                                                         "absent (CI has no RecBole): RecBole's side not run")
+@needs_recbole
 def test_both_sides_rows_json_out_and_resume(quality, tmp_path, capsys, monkeypatch):
     out = tmp_path / "rows.jsonl"
     argv = ["--data", "synthetic", "--split", "random", "--models", "bpr", "ials", "--recbole", str(RECBOLE_PYTHON),
@@ -113,8 +114,7 @@ def test_both_sides_rows_json_out_and_resume(quality, tmp_path, capsys, monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not RECBOLE_PYTHON.is_file(), reason="RecBole 1.2.1's interpreter /tmp/rbvenv/bin/python is "
-                                                         "absent (CI has no RecBole): RecBole's side not run")
+@needs_recbole
 def test_a_recbole_side_paused_every_epoch_trains_as_the_uninterrupted_one(quality, tmp_path, capsys):
     """Negatives (BPR), a plain counter (Mult-VAE's annealing step), dropout (SASRec) and two optimizers taking turns
     (RecVAE's encoder and decoder): four sittings of one epoch each end where one sitting of four epochs does, to the
@@ -139,8 +139,7 @@ def test_a_recbole_side_paused_every_epoch_trains_as_the_uninterrupted_one(quali
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not RECBOLE_PYTHON.is_file(), reason="RecBole 1.2.1's interpreter /tmp/rbvenv/bin/python is "
-                                                         "absent (CI has no RecBole): RecBole's side not run")
+@needs_recbole
 def test_a_recbole_side_stopped_after_its_last_validation_only_tests(quality, tmp_path):
     """A sitting killed between its last validation and its test: the next one trains nothing and tests the same
     best epoch; a state saved for other input is set aside, not continued."""
@@ -249,7 +248,8 @@ def test_work_dir_keeps_an_unfinished_row_and_the_next_sitting_goes_on_from_it(q
         row = json.loads(capsys.readouterr().out.splitlines()[0])
         assert row["failed"] and row["note"] == (f"RecBole's side paused after epoch {2 * sitting} (best validation "
                                                  "NDCG@10 0.1000, 9 s so far): run the same command to go on")
-        assert not out.exists() and [p.name for p in work.iterdir()] == [f"synthetic_random_bpr_{row_hash(argv)}"]
+        assert not out.exists() and list(work.iterdir()) == [quality.row_dir(work, quality.row_key(
+            "synthetic", "random", "bpr", TINY, {}))]
     folder = next(work.iterdir())
     assert (folder / "recforge.json").is_file() and (folder / "out" / "config.yaml").is_file()
     assert (folder / "defaults").read_text() == quality.defaults_digest()
@@ -322,13 +322,6 @@ def test_a_recforge_side_killed_after_early_stopping_only_tests_its_best_checkpo
     resumed = quality.recforge_side("synthetic", "random", "bpr", tiny, tmp_path / "cut")
     assert resumed.pop("resumed") is True
     assert {k: v for k, v in resumed.items() if k != "wall_s"} == {k: v for k, v in whole.items() if k != "wall_s"}
-
-
-def row_hash(argv: list[str]) -> str:
-    import hashlib
-
-    overrides = argv[argv.index("--override") + 1:argv.index("--work-dir")]
-    return hashlib.sha256(json.dumps([overrides, "{}"]).encode()).hexdigest()[:10]
 
 
 def test_recbole_budget_needs_a_work_dir(quality, capsys):
