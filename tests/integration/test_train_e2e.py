@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pytorch_lightning.callbacks import early_stopping
 
 from recforge import CONFIG_DIR
 from recforge.errors import RecForgeError
@@ -455,6 +456,22 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more_and_can_refit(tin
     expected = train(direct)
     assert refit["refit/epochs"] == expected["refit/epochs"] == first["val_best/epoch"]
     assert refit["test/ndcg_at_10"] == expected["test/ndcg_at_10"]
+
+
+def test_resuming_a_run_stopped_by_a_non_finite_metric_trains_nothing_more(tiny_cfg):
+    """Early stopping ends a diverged run at its first non-finite validation RMSE; no patience makes that run go on,
+    so resuming it only tests (Lightning alone would train, and diverge, one more epoch)."""
+    if not hasattr(early_stopping, "EarlyStoppingReason"):
+        pytest.skip("this Lightning does not record why early stopping stopped a run")
+    settings = ("model=mf", "optimizer.lr=1e30", "trainer.max_epochs=10")
+    cfg = tiny_cfg(*settings)
+    first = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    stopped_at = torch.load(last, weights_only=False)["epoch"]
+    assert np.isnan(first["val/rmse"]) and stopped_at < 9, "the run must diverge and stop for this test to mean anything"
+    again = train(tiny_cfg(*settings, f"resume_from={last}"))
+    assert torch.load(last, weights_only=False)["epoch"] == stopped_at   # no epoch was added
+    assert "time/s_per_epoch" not in again
 
 
 def test_a_stopped_run_resumed_with_more_patience_trains_on_as_if_it_had_had_it(tiny_cfg, tmp_path):

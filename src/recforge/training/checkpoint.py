@@ -12,6 +12,13 @@ import torch
 from fsspec.utils import get_protocol
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+try:   # newer Lightning records why early stopping stopped a run
+    from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+    _FINAL_STOPS = {EarlyStoppingReason.NON_FINITE_METRIC, EarlyStoppingReason.STOPPING_THRESHOLD,
+                    EarlyStoppingReason.DIVERGENCE_THRESHOLD}
+except ImportError:
+    _FINAL_STOPS = set()
+
 from recforge.utils.io import atomic_path
 
 RUN_ID_KEY = "recforge_run_id"
@@ -56,7 +63,8 @@ class CheckpointState(pl.Callback):
     (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
     the negatives an uninterrupted run would have drawn, and a run that had already stopped early trains no further
     (Lightning would train one more epoch before early stopping looked again): resuming a finished run goes straight
-    to its test, or to its refit (``refit=true``). Early stopping's patience is the config's, not the checkpoint's
+    to its test, or to its refit (``refit=true``), as does one it stopped for a reason no patience changes (a
+    non-finite validation metric, a threshold). Early stopping's patience is the config's, not the checkpoint's
     (which Lightning restores), so a finished run resumed with a larger patience trains on as if it had had it."""
 
     def __init__(self, config_yaml: str, fingerprint: str) -> None:
@@ -90,4 +98,8 @@ class CheckpointState(pl.Callback):
             if stopper.wait_count >= max(stopper.patience, 1):   # patience 0: stopped at a validation without gain
                 log.info("resume_from: the run had stopped early at epoch %d (no better %s in its last %d validations); "
                          "nothing left to train", trainer.current_epoch, stopper.monitor, stopper.wait_count)
+                trainer.should_stop = True
+            elif getattr(stopper, "stopping_reason", None) in _FINAL_STOPS:   # a non-finite metric, a threshold
+                log.info("resume_from: the run had stopped at epoch %d (%s); nothing left to train",
+                         trainer.current_epoch, stopper.stopping_reason_message)
                 trainer.should_stop = True
