@@ -468,7 +468,7 @@ def test_resuming_a_run_stopped_by_a_non_finite_metric_trains_nothing_more(tiny_
     first = train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     stopped_at = torch.load(last, weights_only=False)["epoch"]
-    assert np.isnan(first["val/rmse"]) and stopped_at < 9, "the run must diverge and stop for this test to mean anything"
+    assert np.isnan(first["val/rmse"]) and stopped_at < 9, "the run must diverge and stop for the test to mean anything"
     again = train(tiny_cfg(*settings, f"resume_from={last}"))
     assert torch.load(last, weights_only=False)["epoch"] == stopped_at   # no epoch was added
     assert "time/s_per_epoch" not in again
