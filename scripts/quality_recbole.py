@@ -198,6 +198,11 @@ def export_features(config_yaml: Path, ids: dict[str, pd.Index], folder: Path, n
     return load_col
 
 
+def recforge_overrides(data: str, split: str, model: str, overrides: list[str]) -> list[str]:
+    """The overrides RecForge's side trains with: the pair, the model, its exported split and ``--override``."""
+    return [f"data={data}", f"split={split}", f"model={model}", "export.recommendations=true", *overrides]
+
+
 def recforge_side(data: str, split: str, model: str, overrides: list[str], workdir: Path) -> dict:
     """Train RecForge's defaults; its test metrics, epochs (trained, best; 0 and None in closed form), wall time.
     A run of an earlier sitting that was stopped (Ctrl-C, ``kill``, the session's end) left its last checkpoint in
@@ -210,8 +215,7 @@ def recforge_side(data: str, split: str, model: str, overrides: list[str], workd
     resume = [f"resume_from='{last}'"] if last.is_file() else []
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # train prints its metrics; stdout carries the JSON rows
-        metrics = train_recforge([f"data={data}", f"split={split}", f"model={model}", "export.recommendations=true",
-                                  *overrides, *resume], workdir)
+        metrics = train_recforge([*recforge_overrides(data, split, model, overrides), *resume], workdir)
     if "time/epochs" in metrics:  # trained with early stopping on: every sitting's epochs, the best (from 1)
         epochs, best_epoch = int(metrics["time/epochs"]), int(metrics["val_best/epoch"])
     else:
@@ -276,19 +280,24 @@ def row_dir(work_dir: Path, key: tuple) -> Path:
     return work_dir / ("_".join(key[:3]) + "_" + hashlib.sha256(json.dumps(key[3:]).encode()).hexdigest()[:10])
 
 
-def defaults_digest() -> str:
-    """RecForge's config tree (every default) as one hash: a row's folder from before a default changed is stale."""
-    from recforge.config import CONFIG_DIR
+def defaults_digest(overrides: list[str]) -> str:
+    """The config RecForge's side composes from ``overrides`` (every default it trains with; its paths aside) as one
+    hash: a row's folder from before one of them changed is stale, one from before another model's changed is not."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(CONFIG_DIR).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(CONFIG_DIR)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:20]
+    from recforge import config
+
+    with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="train", overrides=[*overrides, "tracking=none"]))
+    cfg.pop("paths", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def kept_folder(folder: Path) -> Path:
-    """``folder`` for a row's sittings; emptied first if an earlier sitting ran under other RecForge defaults."""
-    stamp, defaults = folder / "defaults", defaults_digest()
+def kept_folder(folder: Path, defaults: str) -> Path:
+    """``folder`` for a row's sittings; emptied first if an earlier sitting ran under other RecForge defaults
+    (``defaults``: :func:`defaults_digest` of the row's config)."""
+    stamp = folder / "defaults"
     if folder.exists() and (not stamp.is_file() or stamp.read_text() != defaults):
         print(f"{folder}: from a sitting under other RecForge defaults; starting the row afresh", file=sys.stderr)
         shutil.rmtree(folder)
@@ -311,7 +320,8 @@ def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole
                                "target per input sequence)"}
     budget = args.recbole_budget_min * 60 if args.recbole_budget_min is not None else None
     with contextlib.ExitStack() as stack:
-        workdir = kept_folder(row_dir(args.work_dir, row_key(data, split, model, args.override, recbole_overrides))) \
+        workdir = kept_folder(row_dir(args.work_dir, row_key(data, split, model, args.override, recbole_overrides)),
+                              defaults_digest(recforge_overrides(data, split, model, args.override))) \
             if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         done = workdir / "recforge.json"  # RecForge's side of an earlier sitting, with its split in out/
         row["recforge"] = json.loads(done.read_text()) if done.is_file() else \

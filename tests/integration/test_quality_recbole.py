@@ -252,7 +252,8 @@ def test_work_dir_keeps_an_unfinished_row_and_the_next_sitting_goes_on_from_it(q
             "synthetic", "random", "bpr", TINY, {}))]
     folder = next(work.iterdir())
     assert (folder / "recforge.json").is_file() and (folder / "out" / "config.yaml").is_file()
-    assert (folder / "defaults").read_text() == quality.defaults_digest()
+    assert (folder / "defaults").read_text() == quality.defaults_digest(
+        quality.recforge_overrides("synthetic", "random", "bpr", TINY))
     assert json.loads((folder / "recbole_spec.json").read_text())["input"]  # RecBole's state is kept for this input
     assert quality.main(argv) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
@@ -260,15 +261,25 @@ def test_work_dir_keeps_an_unfinished_row_and_the_next_sitting_goes_on_from_it(q
     assert [json.loads(line) for line in out.read_text().splitlines()] == [row]
     assert trained == ["bpr"] and list(work.iterdir()) == []
     assert sittings == [(str(folder / "recbole_state"), 30.0)] * 3
-    # a folder left by a paused sitting under other RecForge defaults (a default changed since): the row starts afresh
+    # a folder left by a paused sitting: another model's default changed since leaves it be; one of its own restarts it
+    from recforge import config
+
+    conf = tmp_path / "conf"
+    shutil.copytree(config.CONFIG_DIR, conf)
+    monkeypatch.setattr(config, "CONFIG_DIR", str(conf))  # read by the digest and by training alike
     sittings.clear()
     other = [*argv[:-2], "--json-out", str(tmp_path / "other.jsonl")]
-    assert quality.main(other) == 0 and trained == ["bpr", "bpr"]  # paused again, its folder kept
-    monkeypatch.setattr(quality, "defaults_digest", lambda: "another default")
+    assert quality.main(other) == 0 and trained == ["bpr", "bpr"]  # paused, its folder kept
+    simplex = conf / "model" / "simplex.yaml"
+    simplex.write_text(simplex.read_text().replace("embedding_dim: 64", "embedding_dim: 32"))
     capsys.readouterr()
+    assert quality.main(other) == 0 and trained == ["bpr", "bpr"]  # paused again, nothing retrained
+    assert "starting the row afresh" not in capsys.readouterr().err
+    bpr = conf / "model" / "bpr.yaml"
+    bpr.write_text(bpr.read_text().replace("init_std: 0.01 ", "init_std: 0.02 "))
     assert quality.main(other) == 0
     assert "from a sitting under other RecForge defaults; starting the row afresh" in capsys.readouterr().err
-    assert trained == ["bpr", "bpr", "bpr"] and (folder / "defaults").read_text() == "another default"
+    assert trained == ["bpr", "bpr", "bpr"]
 
 
 def test_a_recforge_side_killed_in_training_goes_on_from_its_last_checkpoint(quality, tmp_path, monkeypatch):
