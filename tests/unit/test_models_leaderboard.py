@@ -350,12 +350,12 @@ def test_simplex_mixes_the_history_mean_and_scores_cosines():
 def test_simplex_scores_candidates_as_score_all_does():
     """Pairs, a few candidates (their vectors gathered) and many (the whole catalogue's scores picked)."""
     torch.manual_seed(0)
-    users, items = random_pairs(6, 40, 60, seed=3)
-    model = SimpleX(6, 40, torch.stack([users, items]), embedding_dim=4, dropout=0.0)
+    users, items = random_pairs(6, 400, 60, seed=3)
+    model = SimpleX(6, 400, torch.stack([users, items]), embedding_dim=4, dropout=0.0)
     everyone = torch.arange(6)
     full = model.score_all(everyone)
-    for n in (2, 30):
-        candidates = torch.randint(0, 40, (6, n))
+    for n in (2, 30):   # 2 * 128 < 400 items: gathered; 30: picked
+        candidates = torch.randint(0, 400, (6, n))
         torch.testing.assert_close(model(everyone, candidates), full.gather(1, candidates))
     torch.testing.assert_close(model(everyone, candidates[:, 0]), full.gather(1, candidates[:, :1]).squeeze(1))
 
