@@ -311,6 +311,30 @@ def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
     torch.testing.assert_close(model.regularization(users, candidates), expected)
 
 
+@pytest.mark.parametrize("kwargs", [{"use_bias": True}, {"use_bias": False, "similarity": "cosine"}])
+def test_mf_scores_many_candidates_a_row_by_one_product_with_the_same_scores_and_gradients(kwargs, monkeypatch):
+    """k candidates a row with k * 128 >= n_items are picked from one product with the catalogue; a gather of their
+    vectors (fewer candidates, or sparse gradients) gives the same scores and the same gradients."""
+    from recforge.models import mf
+    from recforge.models.mf import MatrixFactorization
+
+    products = []
+    monkeypatch.setattr(mf, "inner_products", lambda q, v: products.append(len(q)) or q @ v.T)
+    torch.manual_seed(0)
+    model = MatrixFactorization(5, 300, embedding_dim=4, **kwargs)
+    users, items = torch.arange(5), torch.randint(0, 300, (5, 3))   # 3 * 128 >= 300: the product
+    gathered = MatrixFactorization(5, 300, embedding_dim=4, sparse_grad=True, **kwargs)
+    gathered.load_state_dict(model.state_dict())
+    for m in (model, gathered):
+        m(users, items).pow(2).sum().backward()
+    assert products == [5]   # the product once, for the model with dense gradients
+    torch.testing.assert_close(model(users, items), gathered(users, items))
+    torch.testing.assert_close(model(users, items[:, :1]), gathered(users, items[:, :1]))   # 128 < 300: gathered
+    for name, param in model.named_parameters():
+        grad = dict(gathered.named_parameters())[name].grad
+        torch.testing.assert_close(param.grad, grad.to_dense() if grad.is_sparse else grad, msg=name)
+
+
 @pytest.mark.parametrize("init", ["xavier_normal", "xavier_uniform"])
 def test_mf_and_lightgcn_glorot_init_scales_each_table_by_its_size(init):
     from recforge.models.mf import MatrixFactorization

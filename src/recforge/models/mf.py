@@ -58,10 +58,13 @@ class MatrixFactorization(Recommender):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         u = self._unit(self.user_vectors(users))
-        q = self._unit(self.item_embedding(items))
-        if items.dim() == 2:
-            u = u.unsqueeze(1)
-        score = (u * q).sum(-1)
+        if items.dim() == 2 and items.shape[1] * 128 >= self.n_items and not self.item_embedding.sparse:
+            # many candidates a row (several negatives per positive, not shared): one product with the catalogue,
+            # then pick them, not a (B, k, d) gather of their vectors; as SimpleX's (scripts/bench_candidates.py)
+            score = inner_products(u, self.item_vectors()).gather(1, items)
+        else:
+            q = self._unit(self.item_embedding(items))
+            score = ((u.unsqueeze(1) if items.dim() == 2 else u) * q).sum(-1)
         if self.use_bias:
             score = score + self.global_bias + self.user_bias(broadcast_users(users, items)).squeeze(-1) \
                 + self.item_bias(items).squeeze(-1)
