@@ -1,6 +1,7 @@
 """How SimpleX scores k sampled candidates per row, timed both ways: a gather of their (B, k, d) vectors against one
 (B, d) x (d, n_items) product whose columns are then picked. Forward and backward of one training step, per
-(n_items, k); ``SimpleX.forward`` takes the product when ``k * 128 >= n_items``.
+(n_items, k); ``SimpleX.forward`` and ``MatrixFactorization.forward`` take the product where
+``recforge.utils.linalg.candidates_by_product`` says so (``k * 128 >= n_items``).
 
     python scripts/bench_candidates.py                      # Last.fm's, Gowalla's and ML-100K's catalogues
     python scripts/bench_candidates.py --shapes 17632:1000 --batch-size 512

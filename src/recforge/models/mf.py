@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, broadcast_users, init_embeddings, with_ones
-from recforge.utils.linalg import inner_products
+from recforge.utils.linalg import candidates_by_product, inner_products
 
 
 class MatrixFactorization(Recommender):
@@ -58,9 +58,8 @@ class MatrixFactorization(Recommender):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         u = self._unit(self.user_vectors(users))
-        if items.dim() == 2 and items.shape[1] * 128 >= self.n_items and not self.item_embedding.sparse:
-            # many candidates a row (several negatives per positive, not shared): one product with the catalogue,
-            # then pick them, not a (B, k, d) gather of their vectors; as SimpleX's (scripts/bench_candidates.py)
+        if candidates_by_product(items, self.n_items) and not self.item_embedding.sparse:
+            # several negatives per positive, not shared (sparse gradients keep the gather: they touch B rows)
             score = inner_products(u, self.item_vectors()).gather(1, items)
         else:
             q = self._unit(self.item_embedding(items))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recforge.models.base import RowInputRecommender
-from recforge.utils.linalg import inner_products
+from recforge.utils.linalg import candidates_by_product, inner_products
 from recforge.utils.sparse import row_entries
 
 
@@ -61,12 +61,7 @@ class SimpleX(RowInputRecommender):
         user = self.user_vectors(users)
         if items.dim() == 1:
             return (user * F.normalize(self.item_embedding(items), dim=-1)).sum(-1)
-        if items.shape[1] * 128 >= self.n_items:
-            # many candidates (the CCL's hundreds): one (B, d) x (d, n_items) product, then pick them, instead of
-            # normalising and multiplying a (B, k, d) gather of their vectors, forward and backward. The gather moves
-            # memory, the product computes: a training step of 1,024 rows, 1,000 candidates each, took 0.26 s by the
-            # product and 2.5 s by the gather on Last.fm's 17,632 items (4.2x on Gowalla's 40,981), and the two
-            # broke even near 150 items a candidate (one thread of a 2-core Intel Xeon beside two other runs)
+        if candidates_by_product(items, self.n_items):   # many candidates (the CCL's hundreds)
             return inner_products(user, self.item_vectors()).gather(1, items)
         return torch.bmm(F.normalize(self.item_embedding(items), dim=-1), user.unsqueeze(-1)).squeeze(-1)
 
