@@ -55,7 +55,7 @@ import yaml
 
 from bench import export_atomic, recbole_json
 from recforge.utils.io import atomic_append_text, atomic_write_text
-from reproduce import run as train_recforge
+from reproduce import compose_train, run as train_recforge
 
 GENERAL, SEQUENTIAL, CONTEXT = "general", "sequential", "context"
 RECBOLE = {  # RecForge model -> (RecBole model, family, what the mapping itself sets); None: RecBole lacks it
@@ -283,13 +283,9 @@ def row_dir(work_dir: Path, key: tuple) -> Path:
 def defaults_digest(overrides: list[str]) -> str:
     """The config RecForge's side composes from ``overrides`` (every default it trains with; its paths aside) as one
     hash: a row's folder from before one of them changed is stale, one from before another model's changed is not."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from recforge import config
-
-    with initialize_config_dir(config_dir=config.CONFIG_DIR, version_base="1.3"):
-        cfg = OmegaConf.to_container(compose(config_name="train", overrides=[*overrides, "tracking=none"]))
+    cfg = OmegaConf.to_container(compose_train(overrides))
     cfg.pop("paths", None)
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -92,15 +92,22 @@ GOWALLA_DEFAULT = ["pop", "itemknn", "ials32", "ials64", "ials", "bpr"]  # what 
 GOWALLA_METRICS = ("test/recall_at_20", "test/ndcg_at_20")
 
 
-def run(overrides: list[str], workdir: Path) -> dict[str, float]:
+def compose_train(overrides: list[str]):
+    """The train config for ``overrides``, untracked."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
 
     from recforge.config import CONFIG_DIR
-    from recforge.train import train
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, "tracking=none"])
+        return compose(config_name="train", overrides=[*overrides, "tracking=none"])
+
+
+def run(overrides: list[str], workdir: Path) -> dict[str, float]:
+    from omegaconf import open_dict
+
+    from recforge.train import train
+
+    cfg = compose_train(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(workdir / "out")
         cfg.paths.log_dir = str(workdir / "logs")
