@@ -257,16 +257,19 @@ def test_ncf_score_all_equals_pairwise_forward(cls, kwargs):
         assert torch.allclose(model(users, torch.tensor([5, 1])), pairwise[[0, 1], [5, 1]], atol=1e-6)
 
 
-def test_by_user_chunks_bounds_pairs_per_chunk_and_keeps_user_order():
+def test_by_user_chunks_bounds_activations_per_chunk_and_keeps_user_order():
     seen = []
 
     def score(chunk):
         seen.append(len(chunk))
         return chunk[:, None].float().expand(-1, 4)
 
-    out = by_user_chunks(score, torch.arange(7), n_items=4, pairs=12)
+    out = by_user_chunks(score, torch.arange(7), n_items=4, activations=12)
     assert seen == [3, 3, 1] and torch.equal(out[:, 0], torch.arange(7).float())
-    assert by_user_chunks(score, torch.arange(0), n_items=4).shape == (0, 4)
+    seen.clear()
+    by_user_chunks(score, torch.arange(7), n_items=4, activations=24, width=4)  # 24 // (4 * 4): one user a chunk
+    assert seen == [1] * 7
+    assert by_user_chunks(score, torch.arange(0), n_items=4, activations=12).shape == (0, 4)
 
 
 def test_lightgcn_gradients_match_a_dense_propagation():

@@ -56,6 +56,9 @@ class Recommender(nn.Module):
     answers_histories: bool = False  # score_histories works: the model can score a user from a history alone
     reads_context: bool = False  # forward/score_all take a ``context`` keyword (the interaction's context rows)
     n_items: int
+    # score_all's bound on the activations one layer holds for a chunk of users (pairs times the widest layer): 16
+    # MiB of float32, cache-sized; 128 MiB chunks scored DeepFM and MLP 1.5-2x slower (scripts/bench_score_chunks.py)
+    max_activations: int = 1 << 22
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -67,9 +70,10 @@ class Recommender(nn.Module):
         return self(users, items.expand(len(users), -1))
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        """Default: ``forward`` over every item, in sub-chunks bounded to ~4M pairs."""
+        """Default: ``forward`` over every item, in chunks of users of at most ``max_activations`` pairs."""
         all_items = torch.arange(self.n_items, device=users.device)
-        return by_user_chunks(lambda chunk: self(chunk, all_items.expand(len(chunk), -1)), users, self.n_items)
+        return by_user_chunks(lambda chunk: self(chunk, all_items.expand(len(chunk), -1)), users, self.n_items,
+                              self.max_activations)
 
     def item_vectors(self) -> torch.Tensor | None:
         """``(n_items, d)`` item representations (e.g. embeddings), or ``None`` when the model has none."""
@@ -209,12 +213,13 @@ def init_embeddings(tables: list[nn.Embedding], init: str, init_std: float) -> N
             nn.init.xavier_uniform_(table.weight)
 
 
-def by_user_chunks(score, users: torch.Tensor, n_items: int, pairs: int = 1 << 22) -> torch.Tensor:
-    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` of about ``pairs`` (user, item)
-    pairs each, concatenated: bounds the memory of models that build a vector per pair."""
+def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, width: int = 1) -> torch.Tensor:
+    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` of at most ``activations`` (user, item)
+    pairs times ``width`` (the widest layer a pair goes through) each, concatenated: bounds the memory of models
+    that build a vector per pair (at least one user a chunk)."""
     if not len(users):
         return torch.empty(0, n_items, device=users.device)
-    return torch.cat([score(chunk) for chunk in users.split(max(1, pairs // n_items))])
+    return torch.cat([score(chunk) for chunk in users.split(max(1, activations // (n_items * width)))])
 
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from recforge.models.base import Recommender
 from recforge.models.fm import FactorizationMachine, SideTerms
-from recforge.models.mlp import mlp_tower, xavier_init_
+from recforge.models.mlp import mlp_tower, tower_over_all_pairs, tower_width, xavier_init_
 
 
 class DeepFM(Recommender):
@@ -25,8 +25,6 @@ class DeepFM(Recommender):
 
     The paper's setting (Criteo / Company*): embedding 10, 400-400-400 ReLU, dropout 0.5, Adam, log loss,
     which is ``loss=bce`` here (sampled negatives stand in for non-clicks)."""
-
-    max_activations = 1 << 25  # score_all: DNN activations per user chunk (128 MiB of float32 per layer)
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int = 10,
                  mlp_layers: Sequence[int] = (400, 400, 400), dropout: float = 0.5, use_features: bool = True,
@@ -43,7 +41,6 @@ class DeepFM(Recommender):
         n_fields = self.fm.user_side.n_fields + self.fm.item_side.n_fields + int(self.reads_context)
         self.dnn = mlp_tower([n_fields * embedding_dim, *mlp_layers], dropout)
         self.dnn_out = nn.Linear(mlp_layers[-1], 1)
-        self.widest = max(n_fields * embedding_dim, *mlp_layers)
         xavier_init_(self.dnn, self.dnn_out)
 
     def deep(self, user: SideTerms, item: SideTerms) -> torch.Tensor:
@@ -67,18 +64,21 @@ class DeepFM(Recommender):
 
     def score_all(self, users: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """The item terms once, then users in chunks of at most ``max_activations`` DNN activations (pairs times
-        the widest layer), so memory is bounded by the tower's width rather than the base's 4M pairs."""
+        the widest hidden layer); the DNN's first layer applied once per user and once per item
+        (:func:`~recforge.models.mlp.tower_over_all_pairs`)."""
         if not len(users):
             return torch.empty(0, self.n_items, device=users.device, dtype=self.dnn_out.weight.dtype)
         item = self.fm.item_side(self.fm.item_side.all_ids(users.device))
+        item_fields = torch.cat(item.fields, dim=-1)
         item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0),
                          item.within.unsqueeze(0))
-        step = max(1, self.max_activations // (self.n_items * self.widest))
+        step = max(1, self.max_activations // (self.n_items * tower_width(self.dnn)))
         scores = []
         contexts = context.split(step) if context is not None else [None] * len(users.split(step))
         for chunk, rows in zip(users.split(step), contexts):
-            user = self.fm.user_terms(chunk, rows).per_item()
-            scores.append(self.fm.combine(user, item) + self.deep(user, item))
+            user = self.fm.user_terms(chunk, rows)
+            deep = self.dnn_out(tower_over_all_pairs(self.dnn, torch.cat(user.fields, dim=-1), item_fields))
+            scores.append(self.fm.combine(user.per_item(), item) + deep.squeeze(-1))
         return torch.cat(scores)
 
     def item_vectors(self) -> torch.Tensor:

@@ -26,9 +26,8 @@ class FieldRecommender(FeatureSides, Recommender):
 
     Subclasses define :meth:`logits` and set ``pair_width``, the activations one pair needs in the widest layer:
     :meth:`score_all` computes the item terms once and scores users in chunks of at most ``max_activations``
-    activations (128 MiB of float32 per layer by default)."""
+    activations."""
 
-    max_activations = 1 << 25
     pair_width = 1
 
     def __init__(self, n_users: int, n_items: int, embedding_dim: int, use_features: bool, init_std: float,

@@ -15,11 +15,17 @@ from recforge.models.base import Recommender, broadcast_users, by_user_chunks
 
 
 def mlp_tower(widths: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
-    """``Linear -> ReLU -> Dropout`` between consecutive ``widths``: NCF's MLP tower."""
+    """``Linear -> ReLU -> Dropout`` between consecutive ``widths``: NCF's MLP tower. The ReLU works in place on its
+    linear layer's fresh output (which that layer's backward does not read): one tensor less a layer."""
     tower: list[nn.Module] = []
     for width_in, width_out in zip(widths[:-1], widths[1:]):
-        tower += [nn.Linear(width_in, width_out), nn.ReLU(), nn.Dropout(dropout)]
+        tower += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True), nn.Dropout(dropout)]
     return nn.Sequential(*tower)
+
+
+def tower_width(tower: nn.Sequential) -> int:
+    """The widest output of ``tower``'s linear layers (1 without any): the activations a pair needs in it."""
+    return max((layer.out_features for layer in tower if isinstance(layer, nn.Linear)), default=1)
 
 
 def xavier_init_(*modules: nn.Module, normal: bool = False) -> None:
@@ -79,4 +85,5 @@ class MLP(Recommender):
         """``forward`` over every item, the tower's first layer applied once per user and once per item."""
         items = self.item_embedding.weight
         return by_user_chunks(lambda chunk: self.predict(tower_over_all_pairs(
-            self.tower, self.user_embedding(chunk), items)).squeeze(-1), users, self.n_items)
+            self.tower, self.user_embedding(chunk), items)).squeeze(-1), users, self.n_items, self.max_activations,
+            tower_width(self.tower))

@@ -13,7 +13,7 @@ from torch import nn
 from recforge.errors import RecForgeError
 from recforge.models.base import Recommender, broadcast_users, by_user_chunks
 from recforge.models.gmf import GMF
-from recforge.models.mlp import MLP, mlp_tower, tower_over_all_pairs, xavier_init_
+from recforge.models.mlp import MLP, mlp_tower, tower_over_all_pairs, tower_width, xavier_init_
 from recforge.models.pretrained import pretrained_source
 
 
@@ -106,4 +106,4 @@ class NeuMF(Recommender):
             mlp = tower_over_all_pairs(self.mlp, self.mlp_user(chunk), self.mlp_item.weight) @ w_mlp
             return gmf + mlp + self.predict.bias
 
-        return by_user_chunks(score, users, self.n_items)
+        return by_user_chunks(score, users, self.n_items, self.max_activations, tower_width(self.mlp))
