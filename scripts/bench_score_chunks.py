@@ -1,10 +1,11 @@
 """How the tower models score every item (``score_all``, which validation and test run for every user), timed per
 chunk size: ``max_activations`` bounds the activations one layer holds for a chunk of users (pairs times the
 widest layer), and ``inplace`` is whether the towers' ReLUs overwrite their input (``mlp_tower``'s, since 2026-12-07).
-Until then the chunks were 128 MiB of float32 a layer (``1 << 25``) for DeepFM and the field models and 4M pairs for
-MLP and NeuMF, with ReLUs that allocated; now ``1 << 22`` for all of them.
+Until then the chunks were 128 MiB of float32 a layer (``1 << 25``) for DeepFM, ConvNCF and the field models and 4M
+pairs for MLP and NeuMF, with ReLUs that allocated; now ``1 << 22`` for all of them.
 
     python scripts/bench_score_chunks.py                      # Last.fm's catalogue (17,632 items), 256 users
+    python scripts/bench_score_chunks.py --models convncf --users 32
     python scripts/bench_score_chunks.py --items 1682 --users 943
 
 Prints seconds per ``score_all`` of ``--users`` users (the best of ``--repeats`` rounds, the settings taking turns)
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender
+from recforge.models.convncf import ConvNCF
 from recforge.models.deepfm import DeepFM
 from recforge.models.mlp import MLP
 from recforge.models.neumf import NeuMF
@@ -38,6 +40,7 @@ def models(n_users: int, n_items: int) -> dict[str, Recommender]:
         "widedeep 256-128-64": WideDeep(n_users, n_items, mlp_layers=[256, 128, 64], item_features=features),
         "mlp 128-128-64": MLP(n_users, n_items, layers=[128, 128, 64]),
         "neumf 128-128-64": NeuMF(n_users, n_items, mlp_layers=[128, 128, 64]),
+        "convncf 16x16, 32 channels": ConvNCF(n_users, n_items, embedding_dim=16, channels=32),
     }
 
 
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=17632)
     parser.add_argument("--users", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=["deepfm", "widedeep", "mlp", "neumf", "convncf"],
+                        help="which of them (the first word of a name)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     users = torch.arange(args.users)
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | max_activations | in-place ReLU | s per score_all | speed-up over 1 << 25, allocating |")
     print("|---|---:|---|---:|---:|")
     for name, model in models(max(args.users, 2), args.items).items():
+        if name.split()[0] not in args.models:
+            continue
         model.eval()
         best = {setting: float("inf") for setting in settings}
         with torch.no_grad():

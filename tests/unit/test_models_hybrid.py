@@ -285,7 +285,8 @@ def test_convncf_scores_pairs_of_any_shape_in_chunks():
         one_by_one = torch.stack([torch.stack([model(users[b:b + 1], items[b, j:j + 1])[0] for j in range(4)])
                                   for b in range(3)])
         torch.testing.assert_close(grid, one_by_one)
-        model.chunk_pairs = 5  # 12 pairs in three chunks
+        model.max_activations = 5 * model.pair_width  # 12 pairs in three chunks
+        assert model.chunk_pairs == 5
         torch.testing.assert_close(model(users, items), grid)
         torch.testing.assert_close(model.score_all(users)[torch.arange(3).unsqueeze(1), items], grid)
 
