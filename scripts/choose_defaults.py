@@ -11,7 +11,9 @@ does not, whatever its mean rank: a default must not fail on any of the data it 
         --data ml-100k lastfm-hetrec --split random leave_one_out --json-out docs/defaults/bpr.jsonl
 
 Each finished run is appended to --json-out as it ends, and a rerun skips the runs already there, so a long search
-survives being stopped. The test metrics are recorded too, for the report, but play no part in the choice.
+survives being stopped. Runs that take hours (DeepFM or SimpleX on Last.fm) go in sittings: with ``--work-dir DIR``
+each run trains in a folder of DIR, and the same command run again goes on from a stopped run's last epoch. The test
+metrics are recorded too, for the report, but play no part in the choice.
 
 Each row also keeps its validation curve (the monitored value after every epoch). Runs are deterministic for a
 seed, so one run with a long patience shows what every shorter patience would have stopped at:
@@ -21,17 +23,22 @@ seed, so one run with a long patience shows what every shorter patience would ha
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import itertools
 import json
 import logging
 import math
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy loads)
+from recforge.utils.io import atomic_append_text, atomic_write_text
+from reproduce import compose_train, defaults_digest, kept_folder, resume_overrides, run
 
 # RecBole's epochs and patience, the budget every recorded row ran with (the default patience is 30 since
 # docs/defaults.md#early-stopping-patience; --override callbacks.early_stopping.patience=30 runs rows at it)
@@ -67,26 +74,31 @@ def candidates(grid: list[str], explicit: list[str] = ()) -> list[tuple[str, ...
     return (list(itertools.product(*axes)) or [()]) + extra
 
 
-def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra: list[str], tmp: Path) -> dict:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+def run_overrides(model: str, data: str, split: str, candidate: tuple[str, ...], extra: list[str]) -> list[str]:
+    """What one run trains with: the pair, the model, the budget, ``--override`` and the candidate's values."""
+    return [f"data={data}", f"split={split}", f"model={model}", *BUDGET, *extra, *candidate]
 
-    from recforge.config import CONFIG_DIR
-    from recforge.train import train
 
-    overrides = [f"data={data}", f"split={split}", f"model={model}", "tracking=none", *BUDGET, *extra, *candidate]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp / "out")
-    monitor = cfg.monitor
-    curve = ValidationCurve(monitor)
+def run_folder(work_dir: Path, model: str, data: str, split: str, candidate: tuple[str, ...], extra: list[str]) -> Path:
+    """A run's folder under ``--work-dir``, named by its model and pair and a hash of its candidate and overrides."""
+    digest = hashlib.sha256(json.dumps([list(candidate), list(extra)]).encode()).hexdigest()[:10]
+    return work_dir / f"{model}_{data}_{split}_{digest}"
+
+
+def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra: list[str], workdir: Path) -> dict:
+    """Train one candidate on one pair in ``workdir``. A run an earlier sitting stopped left its last checkpoint and
+    its validation curve there: it goes on from them (``resume_from``, as the uninterrupted run would have trained),
+    and its row is marked ``resumed`` (``fit_s`` is then this sitting's only)."""
+    overrides = run_overrides(model, data, split, candidate, extra)
+    monitor = compose_train(overrides).monitor
+    resume = resume_overrides(workdir)
+    curve = ValidationCurve(monitor, workdir / "curve.json")
     logger = logging.getLogger("recforge")
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(curve)
     try:
-        metrics = train(cfg)
+        metrics = run([*overrides, *resume], workdir)
     finally:
         logger.removeHandler(curve)
         logger.setLevel(level)
@@ -94,22 +106,28 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
             "monitor": monitor, "val": metrics[monitor], "test_ndcg_at_10": metrics.get("test/ndcg_at_10"),
             "test_recall_at_10": metrics.get("test/recall_at_10"), "test_ndcg_at_20": metrics.get("test/ndcg_at_20"),
             "test_recall_at_20": metrics.get("test/recall_at_20"), "best_epoch": metrics.get("val_best/epoch"),
-            "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1), "val_curve": curve.values}
+            "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1), "val_curve": curve.values,
+            **({"resumed": True} if resume else {})}
 
 
 class ValidationCurve(logging.Handler):
     """The monitored value after each epoch, read from the line :class:`recforge.training.progress.EpochLines`
-    logs (``... val/ndcg_at_10 0.2113 (best ...``), to 4 decimals."""
+    logs (``epoch 3/300 ... val/ndcg_at_10 0.2113 (best ...``), to 4 decimals. With a ``path`` the curve is kept
+    there after every epoch and read back first, so a resumed run's curve starts with its earlier sittings' epochs
+    (an epoch a sitting logged but did not checkpoint is trained again, and its value replaced)."""
 
-    def __init__(self, monitor: str) -> None:
+    def __init__(self, monitor: str, path: Path | None = None) -> None:
         super().__init__(logging.INFO)
-        self.pattern = re.compile(rf"{re.escape(monitor)} (\S+) \(best")
-        self.values: list[float] = []
+        self.pattern = re.compile(rf"^epoch (\d+)/\d+ .*{re.escape(monitor)} (\S+) \(best")
+        self.path = path
+        self.values: list[float] = json.loads(path.read_text()) if path is not None and path.is_file() else []
 
     def emit(self, record: logging.LogRecord) -> None:
         found = self.pattern.search(record.getMessage())
         if found:
-            self.values.append(float(found.group(1)))
+            self.values[int(found.group(1)) - 1:] = [float(found.group(2))]
+            if self.path is not None:
+                atomic_write_text(self.path, json.dumps(self.values))
 
 
 def stop_with_patience(curve: list[float], patience: int, mode: str = "max") -> tuple[float, int, int]:
@@ -168,6 +186,9 @@ def main() -> None:
     parser.add_argument("--split", nargs="+", default=["random", "leave_one_out"])
     parser.add_argument("--override", nargs="*", default=[], help="fixed overrides for every run")
     parser.add_argument("--json-out", type=Path, required=True)
+    parser.add_argument("--work-dir", type=Path,
+                        help="train each run in a folder here, kept until its row is stored, so that a run stopped "
+                             "(Ctrl-C, kill, a session's end) goes on from its last epoch when the command runs again")
     parser.add_argument("--patience", type=int, nargs="+", default=[],
                         help="also print what each of these patiences stops at, from the rows' validation curves")
     parser.add_argument("--print-only", action="store_true",
@@ -175,7 +196,6 @@ def main() -> None:
                              "--grid nor --candidate, the script otherwise trains the defaults as the one candidate)")
     args = parser.parse_args()
     from recforge.cli import quiet_warnings
-    from recforge.utils.io import atomic_append_text
 
     quiet_warnings()
     done = []
@@ -186,11 +206,16 @@ def main() -> None:
     for data, split, candidate in itertools.product(args.data, args.split, candidates(args.grid, args.candidate)):
         if args.print_only or (data, split, candidate, tuple(args.override)) in seen:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            row = run_one(args.model, data, split, candidate, args.override, Path(tmp))
+        with contextlib.ExitStack() as stack:
+            folder = kept_folder(run_folder(args.work_dir, args.model, data, split, candidate, args.override),
+                                 defaults_digest(run_overrides(args.model, data, split, candidate, args.override))) \
+                if args.work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            row = run_one(args.model, data, split, candidate, args.override, folder)
         print(json.dumps(row), flush=True)
         atomic_append_text(args.json_out, json.dumps(row) + "\n")
         done.append(row)
+        if args.work_dir:
+            shutil.rmtree(folder)  # stored: its sittings are over
     rows = [r for r in done if r["model"] == args.model and r["extra"] == args.override]
     if args.patience:
         print_patience(rows, args.patience)

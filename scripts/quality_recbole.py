@@ -55,7 +55,7 @@ import yaml
 
 from bench import export_atomic, recbole_json
 from recforge.utils.io import atomic_append_text, atomic_write_text
-from reproduce import compose_train, run as train_recforge
+from reproduce import defaults_digest, kept_folder, resume_overrides, run as train_recforge
 
 GENERAL, SEQUENTIAL, CONTEXT = "general", "sequential", "context"
 RECBOLE = {  # RecForge model -> (RecBole model, family, what the mapping itself sets); None: RecBole lacks it
@@ -209,10 +209,7 @@ def recforge_side(data: str, split: str, model: str, overrides: list[str], workd
     ``workdir/out``: training goes on from it (``resume_from``, as the uninterrupted run would have trained; one that
     early stopping had ended trains no further epoch), marked ``resumed`` (its ``wall_s`` is this sitting's only)."""
     checkpoints = workdir / "out" / "checkpoints"
-    last = checkpoints / "last.ckpt"
-    if not last.is_file() and checkpoints.exists():  # killed before its first checkpoint: start clean
-        shutil.rmtree(checkpoints)
-    resume = [f"resume_from='{last}'"] if last.is_file() else []
+    resume = resume_overrides(workdir)
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # train prints its metrics; stdout carries the JSON rows
         metrics = train_recforge([*recforge_overrides(data, split, model, overrides), *resume], workdir)
@@ -278,28 +275,6 @@ def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: d
 def row_dir(work_dir: Path, key: tuple) -> Path:
     """A row's folder under ``--work-dir``, named by the row: its pair, model and both sides' overrides."""
     return work_dir / ("_".join(key[:3]) + "_" + hashlib.sha256(json.dumps(key[3:]).encode()).hexdigest()[:10])
-
-
-def defaults_digest(overrides: list[str]) -> str:
-    """The config RecForge's side composes from ``overrides`` (every default it trains with; its paths aside) as one
-    hash: a row's folder from before one of them changed is stale, one from before another model's changed is not."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_container(compose_train(overrides))
-    cfg.pop("paths", None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def kept_folder(folder: Path, defaults: str) -> Path:
-    """``folder`` for a row's sittings; emptied first if an earlier sitting ran under other RecForge defaults
-    (``defaults``: :func:`defaults_digest` of the row's config)."""
-    stamp = folder / "defaults"
-    if folder.exists() and (not stamp.is_file() or stamp.read_text() != defaults):
-        print(f"{folder}: from a sitting under other RecForge defaults; starting the row afresh", file=sys.stderr)
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stamp, defaults)
-    return folder
 
 
 def compare(data: str, split: str, model: str, args: argparse.Namespace, recbole_overrides: dict,

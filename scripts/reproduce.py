@@ -13,8 +13,10 @@ over the folds with their standard deviation; every run's metrics are printed as
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 import statistics
 import sys
 import tempfile
@@ -112,6 +114,41 @@ def run(overrides: list[str], workdir: Path) -> dict[str, float]:
         cfg.paths.output_dir = str(workdir / "out")
         cfg.paths.log_dir = str(workdir / "logs")
     return train(cfg)
+
+
+def resume_overrides(workdir: Path) -> list[str]:
+    """``resume_from`` the last checkpoint that a stopped run (Ctrl-C, ``kill``, a session's end) of :func:`run` left
+    in ``workdir``, as overrides: none when it left none, and a run killed before its first checkpoint starts clean."""
+    checkpoints = workdir / "out" / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    if not last.is_file() and checkpoints.exists():
+        shutil.rmtree(checkpoints)
+    return [f"resume_from='{last}'"] if last.is_file() else []
+
+
+def defaults_digest(overrides: list[str]) -> str:
+    """The config RecForge composes from ``overrides`` (every default it trains with; its paths aside) as one hash: a
+    folder from before one of them changed is stale, one from before another model's changed is not."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_train(overrides))
+    cfg.pop("paths", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def kept_folder(folder: Path, defaults: str) -> Path:
+    """``folder`` for the sittings of a row (of ``quality_recbole.py``) or a run (of ``choose_defaults.py``); emptied
+    first if an earlier sitting ran under other RecForge defaults (``defaults``: :func:`defaults_digest` of its
+    config)."""
+    from recforge.utils.io import atomic_write_text
+
+    stamp = folder / "defaults"
+    if folder.exists() and (not stamp.is_file() or stamp.read_text() != defaults):
+        print(f"{folder}: from a sitting under other RecForge defaults; starting the row afresh", file=sys.stderr)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, defaults)
+    return folder
 
 
 def mean_std(values: list[float]) -> str:

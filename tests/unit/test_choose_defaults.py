@@ -5,6 +5,8 @@ one setting (below 0.8 of its best) after those that do not."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,13 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "choose_defaults.py"
 _spec = importlib.util.spec_from_file_location("choose_defaults", SCRIPT)
 choose_defaults = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(choose_defaults)
+sys.path.insert(0, str(SCRIPT.parent))  # the script imports reproduce beside it
+try:
+    _spec.loader.exec_module(choose_defaults)
+finally:
+    sys.path.remove(str(SCRIPT.parent))
+TINY = ["data.n_users=120", "data.n_items=60", "data.mean_interactions=12", "datamodule.batch_size=256",
+        "trainer.max_epochs=4", "callbacks.early_stopping.patience=100"]
 
 
 def rows(table: dict[str, dict[str, float]]) -> list[dict]:
@@ -110,8 +118,6 @@ def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
 
 
 def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, monkeypatch, capsys):
-    import json
-    import sys
     out = tmp_path / "rows.jsonl"
     table = {"optimizer.lr=0.001": {"ml-100k/random": 0.30, "ml-100k/leave_one_out": 0.08},
              "optimizer.lr=0.002": {"ml-100k/random": 0.32, "ml-100k/leave_one_out": 0.09}}
@@ -132,3 +138,49 @@ def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, 
     assert "| 1.00 |" not in printed
     assert ("no recvae candidate has a row on every data/split with --override "
             "'callbacks.early_stopping.patience=30'; the file's recvae rows were run with --override ''") in printed
+
+
+def test_a_run_stopped_in_a_sitting_goes_on_from_its_last_epoch_and_its_curve(tmp_path, monkeypatch, capsys):
+    """--work-dir: a run killed after its second of four epochs (Ctrl-C, a kill, the session's end) keeps its folder
+    and stores no row; the same command goes on from there, and its row (validation curve included) is the
+    uninterrupted run's; the finished run's folder goes."""
+    from recforge.training.module import RecommenderModule
+
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["choose_defaults.py", "--model", "bpr", "--data", "synthetic", "--split", "random",
+            "--grid", "optimizer.lr=0.01", "--override", *TINY]
+    monkeypatch.setattr(sys, "argv", [*argv, "--json-out", str(tmp_path / "whole.jsonl")])
+    choose_defaults.main()
+    whole = json.loads((tmp_path / "whole.jsonl").read_text())
+    assert whole["epochs"] == 4 and len(whole["val_curve"]) == 4 and "resumed" not in whole
+    original = RecommenderModule.on_train_epoch_end
+
+    def killed_in_the_third(self):
+        original(self)
+        if self.current_epoch == 2:  # after epoch 3's line is logged, before its checkpoint
+            raise KeyboardInterrupt
+
+    out, work = tmp_path / "rows.jsonl", tmp_path / "state"
+    monkeypatch.setattr(sys, "argv", [*argv, "--json-out", str(out), "--work-dir", str(work)])
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", killed_in_the_third)
+    with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit(1)
+        choose_defaults.main()
+    folder = choose_defaults.run_folder(work, "bpr", "synthetic", "random", ("optimizer.lr=0.01",), TINY)
+    assert not out.exists() and list(work.iterdir()) == [folder]
+    assert (folder / "out" / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((folder / "curve.json").read_text()) == whole["val_curve"][:3]
+    trained = []
+
+    def counted(self):
+        trained.append(self.current_epoch)
+        original(self)
+
+    monkeypatch.setattr(RecommenderModule, "on_train_epoch_end", counted)
+    choose_defaults.main()
+    assert trained == [2, 3]  # the third epoch again (it was not checkpointed), then the fourth
+    row = json.loads(out.read_text())
+    assert row.pop("resumed") is True
+    differs = {"fit_s", "resumed"}
+    assert {k: v for k, v in row.items() if k not in differs} == {k: v for k, v in whole.items() if k not in differs}
+    assert list(work.iterdir()) == []
+    capsys.readouterr()
