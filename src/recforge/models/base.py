@@ -57,7 +57,8 @@ class Recommender(nn.Module):
     reads_context: bool = False  # forward/score_all take a ``context`` keyword (the interaction's context rows)
     n_items: int
     # score_all's bound on the activations one layer holds for a chunk of users (pairs times the widest layer): 16
-    # MiB of float32, cache-sized; 128 MiB chunks scored DeepFM and MLP 1.5-2x slower (scripts/bench_score_chunks.py)
+    # MiB of float32; chunks of 128 MiB scored the tower models 1.4x (DeepFM, Wide & Deep) to 3.4x (ConvNCF) slower
+    # (scripts/bench_score_chunks.py)
     max_activations: int = 1 << 22
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:  # pragma: no cover
