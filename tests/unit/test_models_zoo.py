@@ -338,6 +338,35 @@ def test_mf_scores_many_candidates_a_row_by_one_product_with_the_same_scores_and
         torch.testing.assert_close(param.grad, grad.to_dense() if grad.is_sparse else grad, msg=name)
 
 
+def test_graph_models_score_many_candidates_a_row_by_one_product_with_the_same_scores_and_gradients(monkeypatch):
+    """LightGCN and NGCF pick k candidates a row with k * 128 >= n_items from one product of the propagated vectors
+    with the catalogue; fewer are gathered; shared candidates (``score_items``) are one product with them alone.
+    Scores and gradients equal the propagated vectors' dot products."""
+    from recforge.models import lightgcn
+
+    products = []
+    monkeypatch.setattr(lightgcn, "inner_products", lambda q, v: products.append(v.shape[0]) or q @ v.T)
+    torch.manual_seed(0)
+    pairs = torch.stack([torch.randint(0, 5, (60,)), torch.randint(0, 300, (60,))])
+    users, items = torch.arange(5), torch.randint(0, 300, (5, 3))   # 3 * 128 >= 300: the product
+    for model in (LightGCN(5, 300, pairs, embedding_dim=4), NGCF(5, 300, pairs, embedding_dim=4, layers=[4, 4])):
+        model.eval()   # NGCF's message dropout off: both ways see one propagation
+        products.clear()
+        picked = model(users, items)
+        assert products == [300]   # the product once, with the whole catalogue
+        u, v = model.embeddings()
+        expected = (u[users].unsqueeze(1) * v[items]).sum(-1)
+        torch.testing.assert_close(picked, expected)
+        torch.testing.assert_close(model(users, items[:, :1]), expected[:, :1])   # 128 < 300: gathered
+        torch.testing.assert_close(model.score_items(users, items[0]), u[users] @ v[items[0]].T)
+        grads = torch.autograd.grad(picked.pow(2).sum(), list(model.parameters()), allow_unused=True)
+        reference = torch.autograd.grad(expected.pow(2).sum(), list(model.parameters()), allow_unused=True)
+        for grad, want in zip(grads, reference):
+            assert (grad is None) == (want is None)
+            if grad is not None:
+                torch.testing.assert_close(grad, want)
+
+
 @pytest.mark.parametrize("init", ["xavier_normal", "xavier_uniform"])
 def test_mf_and_lightgcn_glorot_init_scales_each_table_by_its_size(init):
     from recforge.models.mf import MatrixFactorization

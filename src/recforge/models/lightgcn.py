@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, check_init, init_embeddings
-from recforge.utils.linalg import inner_products
+from recforge.utils.linalg import candidates_by_product, inner_products
 from recforge.utils.sparse import to_csr
 
 
@@ -97,9 +97,15 @@ class GraphRecommender(Recommender):
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.embeddings()
         u = user_emb[users]
+        if candidates_by_product(items, self.n_items):  # many candidates a row (sampled softmax, the CCL)
+            return inner_products(u, item_emb).gather(1, items)
         if items.dim() == 2:
             u = u.unsqueeze(1)
         return (u * item_emb[items]).sum(-1)
+
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        user_emb, item_emb = self.embeddings()
+        return inner_products(user_emb[users], item_emb[items])
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.embeddings()
