@@ -112,33 +112,36 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
 
 class ValidationCurve(logging.Handler):
     """The monitored value after each epoch, read from the line :class:`recforge.training.progress.EpochLines`
-    logs (``epoch 3/300 ... val/ndcg_at_10 0.2113 (best ...``), to 4 decimals. With a ``path`` the curve is kept
+    logs (``epoch 3/300 ... val/ndcg_at_10 0.2113 (best ...``), to 4 decimals, each at its epoch's place (``None``
+    for an epoch without one). With a ``path`` the curve is kept
     there after every epoch and read back first, so a resumed run's curve starts with its earlier sittings' epochs
     (an epoch a sitting logged but did not checkpoint is trained again, and its value replaced)."""
 
     def __init__(self, monitor: str, path: Path | None = None) -> None:
         super().__init__(logging.INFO)
-        self.pattern = re.compile(rf"^epoch (\d+)/\d+ .*{re.escape(monitor)} (\S+) \(best")
+        self.pattern = re.compile(rf"^epoch (\d+)(?:/\d+)? .*{re.escape(monitor)} (\S+) \(best")
         self.path = path
         self.values: list[float] = json.loads(path.read_text()) if path is not None and path.is_file() else []
 
     def emit(self, record: logging.LogRecord) -> None:
         found = self.pattern.search(record.getMessage())
-        if found:
-            self.values[int(found.group(1)) - 1:] = [float(found.group(2))]
+        if found:  # at its epoch's place: None for an epoch that logged no value (not validated, not finite)
+            epoch = int(found.group(1))
+            del self.values[epoch - 1:]
+            self.values += [None] * (epoch - 1 - len(self.values)) + [float(found.group(2))]
             if self.path is not None:
                 atomic_write_text(self.path, json.dumps(self.values))
 
 
-def stop_with_patience(curve: list[float], patience: int, mode: str = "max") -> tuple[float, int, int]:
+def stop_with_patience(curve: list[float | None], patience: int, mode: str = "max") -> tuple[float, int, int]:
     """(best value, its 1-based epoch, the epoch training stops at) for early stopping with ``patience`` on a
     validation ``curve`` checked every epoch, as Lightning's EarlyStopping does with ``min_delta=0``: a value that
-    is not strictly better counts against the patience, and training stops when ``patience`` such values follow
-    the best; a curve that ends first ends at its last epoch (the cap)."""
+    is not strictly better (or none) counts against the patience, and training stops when ``patience`` such values
+    follow the best; a curve that ends first ends at its last epoch (the cap)."""
     sign = 1.0 if mode == "max" else -1.0
     best, best_epoch = -math.inf, 0
     for epoch, value in enumerate(curve, 1):
-        if sign * value > best:
+        if value is not None and sign * value > best:
             best, best_epoch = sign * value, epoch
         elif epoch - best_epoch >= patience:
             return sign * best, best_epoch, epoch

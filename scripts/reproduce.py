@@ -144,7 +144,7 @@ def kept_folder(folder: Path, defaults: str) -> Path:
 
     stamp = folder / "defaults"
     if folder.exists() and (not stamp.is_file() or stamp.read_text() != defaults):
-        print(f"{folder}: from a sitting under other RecForge defaults; starting the row afresh", file=sys.stderr)
+        print(f"{folder}: from a sitting under other RecForge defaults; starting afresh", file=sys.stderr)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stamp, defaults)

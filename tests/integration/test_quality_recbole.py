@@ -274,11 +274,11 @@ def test_work_dir_keeps_an_unfinished_row_and_the_next_sitting_goes_on_from_it(q
     simplex.write_text(simplex.read_text().replace("embedding_dim: 64", "embedding_dim: 32"))
     capsys.readouterr()
     assert quality.main(other) == 0 and trained == ["bpr", "bpr"]  # paused again, nothing retrained
-    assert "starting the row afresh" not in capsys.readouterr().err
+    assert "starting afresh" not in capsys.readouterr().err
     bpr = conf / "model" / "bpr.yaml"
     bpr.write_text(bpr.read_text().replace("init_std: 0.01 ", "init_std: 0.02 "))
     assert quality.main(other) == 0
-    assert "from a sitting under other RecForge defaults; starting the row afresh" in capsys.readouterr().err
+    assert "from a sitting under other RecForge defaults; starting afresh" in capsys.readouterr().err
     assert trained == ["bpr", "bpr", "bpr"]
 
 

@@ -87,6 +87,8 @@ def test_stop_with_patience_replays_lightning_early_stopping_on_a_curve():
     assert choose_defaults.stop_with_patience(curve, 3) == (0.25, 5, 8)
     assert choose_defaults.stop_with_patience(curve, 4) == (0.30, 9, 9)     # the curve ends first: the cap
     assert choose_defaults.stop_with_patience([0.5, 0.4, 0.45, 0.3], 1, mode="min") == (0.4, 2, 3)
+    # an epoch without a value (not validated, not finite) is no gain either
+    assert choose_defaults.stop_with_patience([0.1, None, 0.2, None, None], 2) == (0.2, 3, 5)
 
 
 def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
@@ -99,22 +101,27 @@ def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
             return 0.5
 
     class Trainer:
-        max_epochs, current_epoch, callback_metrics = 3, 0, {}
+        current_epoch, callback_metrics = 0, {}
 
-    curve = choose_defaults.ValidationCurve("val/ndcg_at_10")
     logger = logging.getLogger("recforge")
     level = logger.level
     logger.setLevel(logging.INFO)
-    logger.addHandler(curve)
-    try:
-        lines, trainer = EpochLines("val/ndcg_at_10", "max"), Trainer()
-        for epoch, value in enumerate([0.21134, 0.25, 0.24]):
-            trainer.current_epoch, trainer.callback_metrics = epoch, {"val/ndcg_at_10": value, "val/ndcg_at_100": 0.9}
-            lines.on_train_epoch_end(trainer, Module())
-    finally:
-        logger.removeHandler(curve)
-        logger.setLevel(level)
-    assert curve.values == [0.2113, 0.25, 0.24]
+    read = []
+    for max_epochs in (3, -1):   # lines read "epoch 2/3 ..." and, with no cap, "epoch 2 ..."
+        curve = choose_defaults.ValidationCurve("val/ndcg_at_10")
+        logger.addHandler(curve)
+        try:
+            lines, trainer = EpochLines("val/ndcg_at_10", "max"), Trainer()
+            trainer.max_epochs = max_epochs
+            for epoch, value in enumerate([0.21134, None, 0.25, 0.24]):   # epoch 2 not validated
+                trainer.current_epoch = epoch
+                trainer.callback_metrics = {"val/ndcg_at_100": 0.9, **({"val/ndcg_at_10": value} if value else {})}
+                lines.on_train_epoch_end(trainer, Module())
+        finally:
+            logger.removeHandler(curve)
+        read.append(curve.values)
+    logger.setLevel(level)
+    assert read == [[0.2113, None, 0.25, 0.24]] * 2
 
 
 def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, monkeypatch, capsys):
