@@ -219,7 +219,12 @@ def test_deepfm_logit_is_fm_plus_dnn(with_features):
         assert dnn_part.abs().mean() > 0.01 and fm_part.abs().mean() > 0.01  # both parts contribute
 
 
-def test_deepfm_score_all_agrees_with_forward_in_small_chunks():
+def test_deepfm_score_all_agrees_with_forward_in_small_chunks(monkeypatch):
+    from recforge.models import deepfm
+
+    chunks = []
+    real = deepfm.tower_over_all_pairs
+    monkeypatch.setattr(deepfm, "tower_over_all_pairs", lambda tower, u, i: chunks.append(len(u)) or real(tower, u, i))
     torch.manual_seed(0)
     n_users, n_items = 6, 30
     model = randomised(DeepFM(n_users, n_items, embedding_dim=4, mlp_layers=[16, 8],
@@ -229,6 +234,7 @@ def test_deepfm_score_all_agrees_with_forward_in_small_chunks():
         grid = model(users, torch.arange(n_items).expand(len(users), -1))
         model.max_activations = 2 * n_items * 16  # two users per chunk (the tower is at most 16 wide)
         torch.testing.assert_close(model.score_all(users), grid, rtol=1e-5, atol=1e-5)
+        assert chunks == [2, 2, 1]
         assert model.score_all(users[:0]).shape == (0, n_items)
     torch.testing.assert_close(model.item_vectors(), model.fm.item_vectors())
 

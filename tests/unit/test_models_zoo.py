@@ -272,6 +272,17 @@ def test_by_user_chunks_bounds_activations_per_chunk_and_keeps_user_order():
     assert by_user_chunks(score, torch.arange(0), n_items=4, activations=12).shape == (0, 4)
 
 
+def test_tower_width_is_the_widest_layer_or_the_concatenation_without_one():
+    from recforge.models.mlp import MLP, mlp_tower, tower_width
+
+    assert tower_width(mlp_tower([16, 64, 32])) == 64
+    assert tower_width(mlp_tower([16]), 16) == 16   # no layer: tower_over_all_pairs returns the concatenation
+    model = MLP(3, 5, layers=[8])   # no hidden layer: score_all still equals forward
+    users = torch.arange(3)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score_all(users), model(users, torch.arange(5).expand(3, -1)))
+
+
 def test_lightgcn_gradients_match_a_dense_propagation():
     torch.manual_seed(0)
     model = LightGCN(4, 5, PAIRS, embedding_dim=3, n_layers=2).double()
@@ -358,7 +369,9 @@ def test_graph_models_score_many_candidates_a_row_by_one_product_with_the_same_s
         expected = (u[users].unsqueeze(1) * v[items]).sum(-1)
         torch.testing.assert_close(picked, expected)
         torch.testing.assert_close(model(users, items[:, :1]), expected[:, :1])   # 128 < 300: gathered
+        assert products == [300]
         torch.testing.assert_close(model.score_items(users, items[0]), u[users] @ v[items[0]].T)
+        assert products == [300, 3]   # shared candidates: a product with them alone
         grads = torch.autograd.grad(picked.pow(2).sum(), list(model.parameters()), allow_unused=True)
         reference = torch.autograd.grad(expected.pow(2).sum(), list(model.parameters()), allow_unused=True)
         for grad, want in zip(grads, reference):

@@ -23,9 +23,10 @@ def mlp_tower(widths: Sequence[int], dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*tower)
 
 
-def tower_width(tower: nn.Sequential) -> int:
-    """The widest output of ``tower``'s linear layers (1 without any): the activations a pair needs in it."""
-    return max((layer.out_features for layer in tower if isinstance(layer, nn.Linear)), default=1)
+def tower_width(tower: nn.Sequential, inputs: int = 1) -> int:
+    """The activations a pair needs in ``tower`` from :func:`tower_over_all_pairs`: its widest linear output, or
+    ``inputs`` (the concatenation's width) when it has no layer and the concatenation itself is its output."""
+    return max((layer.out_features for layer in tower if isinstance(layer, nn.Linear)), default=inputs)
 
 
 def xavier_init_(*modules: nn.Module, normal: bool = False) -> None:
@@ -86,4 +87,4 @@ class MLP(Recommender):
         items = self.item_embedding.weight
         return by_user_chunks(lambda chunk: self.predict(tower_over_all_pairs(
             self.tower, self.user_embedding(chunk), items)).squeeze(-1), users, self.n_items, self.max_activations,
-            tower_width(self.tower))
+            tower_width(self.tower, 2 * items.shape[1]))

@@ -106,4 +106,5 @@ class NeuMF(Recommender):
             mlp = tower_over_all_pairs(self.mlp, self.mlp_user(chunk), self.mlp_item.weight) @ w_mlp
             return gmf + mlp + self.predict.bias
 
-        return by_user_chunks(score, users, self.n_items, self.max_activations, tower_width(self.mlp))
+        width = tower_width(self.mlp, 2 * self.mlp_item.embedding_dim)
+        return by_user_chunks(score, users, self.n_items, self.max_activations, width)
