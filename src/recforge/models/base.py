@@ -214,13 +214,18 @@ def init_embeddings(tables: list[nn.Embedding], init: str, init_std: float) -> N
             nn.init.xavier_uniform_(table.weight)
 
 
+def users_per_chunk(activations: int, n_items: int, width: int = 1) -> int:
+    """Users in one chunk of full ranking: at most ``activations`` (user, item) pairs times ``width`` (the widest layer
+    a pair goes through), at least one."""
+    return max(1, activations // (n_items * width))
+
+
 def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, width: int = 1) -> torch.Tensor:
-    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` of at most ``activations`` (user, item)
-    pairs times ``width`` (the widest layer a pair goes through) each, concatenated: bounds the memory of models
-    that build a vector per pair (at least one user a chunk)."""
+    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` (:func:`users_per_chunk`),
+    concatenated: bounds the memory of models that build a vector per pair."""
     if not len(users):
         return torch.empty(0, n_items, device=users.device)
-    return torch.cat([score(chunk) for chunk in users.split(max(1, activations // (n_items * width)))])
+    return torch.cat([score(chunk) for chunk in users.split(users_per_chunk(activations, n_items, width))])
 
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, users_per_chunk
 from recforge.models.fm import FactorizationMachine, SideTerms
 from recforge.models.mlp import mlp_tower, tower_over_all_pairs, tower_width, xavier_init_
 
@@ -72,7 +72,7 @@ class DeepFM(Recommender):
         item_fields = torch.cat(item.fields, dim=-1)
         item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0),
                          item.within.unsqueeze(0))
-        step = max(1, self.max_activations // (self.n_items * tower_width(self.dnn)))
+        step = users_per_chunk(self.max_activations, self.n_items, tower_width(self.dnn))
         scores = []
         contexts = context.split(step) if context is not None else [None] * len(users.split(step))
         for chunk, rows in zip(users.split(step), contexts):

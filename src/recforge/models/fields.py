@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, users_per_chunk
 from recforge.models.fm import FeatureSide, FeatureSides, SideTerms, context_side
 
 
@@ -69,7 +69,7 @@ class FieldRecommender(FeatureSides, Recommender):
         items = self.item_side.all_ids(users.device)
         item = self.item_side(items)
         item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0), item.within.unsqueeze(0))
-        step = max(1, self.max_activations // (self.n_items * self.pair_width))
+        step = users_per_chunk(self.max_activations, self.n_items, self.pair_width)
         contexts = context.split(step) if context is not None else [None] * len(users.split(step))
         return torch.cat([self.logits(self.user_terms(chunk, rows).per_item(), item, chunk.unsqueeze(-1),
                                       items.unsqueeze(0)) for chunk, rows in zip(users.split(step), contexts)])
