@@ -272,6 +272,25 @@ def test_by_user_chunks_bounds_activations_per_chunk_and_keeps_user_order():
     assert by_user_chunks(score, torch.arange(0), n_items=4, activations=12).shape == (0, 4)
 
 
+def test_by_user_chunks_passes_each_chunk_its_context_rows_and_frees_each_result_before_the_next_chunk():
+    """Each chunk's result is copied into the one output and released before the next chunk is scored: results
+    held in a list until the end sat between the chunks' large activations and grew glibc's heap by gigabytes."""
+    import weakref
+
+    alive = []
+
+    def score(chunk, rows):
+        assert all(ref() is None for ref in alive)   # every earlier chunk's result already freed
+        part = chunk[:, None].float() * 10 + rows.float()   # (chunk, 2): each user's own context row added
+        alive.append(weakref.ref(part))
+        return part
+
+    context = torch.arange(14).view(7, 2)
+    out = by_user_chunks(score, torch.arange(7), n_items=2, activations=6, context=context)
+    assert len(alive) == 3
+    assert torch.equal(out, torch.arange(7)[:, None].float() * 10 + context.float())
+
+
 def test_tower_width_is_the_widest_layer_or_the_concatenation_without_one():
     from recforge.models.mlp import MLP, mlp_tower, tower_width
 

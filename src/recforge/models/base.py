@@ -220,12 +220,25 @@ def users_per_chunk(activations: int, n_items: int, width: int = 1) -> int:
     return max(1, activations // (n_items * width))
 
 
-def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, width: int = 1) -> torch.Tensor:
-    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` (:func:`users_per_chunk`),
-    concatenated: bounds the memory of models that build a vector per pair."""
-    if not len(users):
-        return torch.empty(0, n_items, device=users.device)
-    return torch.cat([score(chunk) for chunk in users.split(users_per_chunk(activations, n_items, width))])
+def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, width: int = 1,
+                   context: torch.Tensor | None = None) -> torch.Tensor:
+    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` (:func:`users_per_chunk`), written into
+    one ``(len(users), n_items)`` tensor: bounds the memory of models that build a vector per pair. With ``context``
+    (a row per user), ``score(chunk, rows)`` takes the chunk's rows of it too.
+
+    The chunks fill one tensor, not a list concatenated at the end: there, each chunk's small result stayed allocated
+    between the next chunks' large, short-lived activations, glibc's heap could not reuse their space, and a process
+    grew by most of a chunk's activations a chunk (DeepFM, one Last.fm validation: 0.6 to 8 GB)."""
+    step = users_per_chunk(activations, n_items, width)
+    out = None
+    for start in range(0, len(users), step):
+        chunk = users[start:start + step]
+        part = score(chunk) if context is None else score(chunk, context[start:start + step])
+        if out is None:
+            out = part.new_empty(len(users), n_items)
+        out[start:start + len(chunk)] = part
+        del part   # freed before the next chunk's activations are allocated
+    return out if out is not None else torch.empty(0, n_items, device=users.device)
 
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

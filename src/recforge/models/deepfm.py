@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender, users_per_chunk
+from recforge.models.base import Recommender, by_user_chunks
 from recforge.models.fm import FactorizationMachine, SideTerms
 from recforge.models.mlp import mlp_tower, tower_over_all_pairs, tower_width, xavier_init_
 
@@ -72,14 +72,13 @@ class DeepFM(Recommender):
         item_fields = torch.cat(item.fields, dim=-1)
         item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0),
                          item.within.unsqueeze(0))
-        step = users_per_chunk(self.max_activations, self.n_items, tower_width(self.dnn))
-        scores = []
-        contexts = context.split(step) if context is not None else [None] * len(users.split(step))
-        for chunk, rows in zip(users.split(step), contexts):
+
+        def score(chunk: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             user = self.fm.user_terms(chunk, rows)
             deep = self.dnn_out(tower_over_all_pairs(self.dnn, torch.cat(user.fields, dim=-1), item_fields))
-            scores.append(self.fm.combine(user.per_item(), item) + deep.squeeze(-1))
-        return torch.cat(scores)
+            return self.fm.combine(user.per_item(), item) + deep.squeeze(-1)
+
+        return by_user_chunks(score, users, self.n_items, self.max_activations, tower_width(self.dnn), context)
 
     def item_vectors(self) -> torch.Tensor:
         return self.fm.item_vectors()

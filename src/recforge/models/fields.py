@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from recforge.models.base import Recommender, users_per_chunk
+from recforge.models.base import Recommender, by_user_chunks
 from recforge.models.fm import FeatureSide, FeatureSides, SideTerms, context_side
 
 
@@ -69,7 +69,8 @@ class FieldRecommender(FeatureSides, Recommender):
         items = self.item_side.all_ids(users.device)
         item = self.item_side(items)
         item = SideTerms(tuple(f.unsqueeze(0) for f in item.fields), item.linear.unsqueeze(0), item.within.unsqueeze(0))
-        step = users_per_chunk(self.max_activations, self.n_items, self.pair_width)
-        contexts = context.split(step) if context is not None else [None] * len(users.split(step))
-        return torch.cat([self.logits(self.user_terms(chunk, rows).per_item(), item, chunk.unsqueeze(-1),
-                                      items.unsqueeze(0)) for chunk, rows in zip(users.split(step), contexts)])
+
+        def score(chunk: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+            return self.logits(self.user_terms(chunk, rows).per_item(), item, chunk.unsqueeze(-1), items.unsqueeze(0))
+
+        return by_user_chunks(score, users, self.n_items, self.max_activations, self.pair_width, context)
