@@ -368,6 +368,33 @@ def test_mf_scores_many_candidates_a_row_by_one_product_with_the_same_scores_and
         torch.testing.assert_close(param.grad, grad.to_dense() if grad.is_sparse else grad, msg=name)
 
 
+def test_graph_models_score_the_positives_and_shared_negatives_from_one_propagation(monkeypatch):
+    """With ``sampler.shared``, a training step scores each row's positive and the batch's shared negatives: the graph
+    models propagate once for both (twice doubled the step and gave NGCF two message-dropout masks), with the scores
+    of that one propagation's vectors; the default (every other model) is ``forward`` then ``score_items``."""
+    from recforge.models.base import Recommender
+    from recforge.models.mf import MatrixFactorization
+
+    torch.manual_seed(0)
+    pairs = torch.stack([torch.randint(0, 5, (60,)), torch.randint(0, 30, (60,))])
+    users, positives, shared = torch.tensor([0, 3, 3, 4]), torch.tensor([2, 9, 1, 29]), torch.tensor([5, 9, 17])
+    for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4])):
+        model.train()
+        calls = []
+        propagate = model.propagate
+        monkeypatch.setattr(model, "propagate", lambda: calls.append(1) or propagate())
+        torch.manual_seed(1)
+        got = model.score_with_shared(users, positives, shared)
+        assert len(calls) == 1 and got.shape == (4, 4) and got.requires_grad
+        torch.manual_seed(1)   # the same dropout draw: the vectors that propagation gave
+        u, v = propagate()
+        torch.testing.assert_close(got[:, 0], (u[users] * v[positives]).sum(-1))
+        torch.testing.assert_close(got[:, 1:], u[users] @ v[shared].T)
+    mf = MatrixFactorization(5, 30, 4, use_bias=True)
+    torch.testing.assert_close(Recommender.score_with_shared(mf, users, positives, shared),
+                               torch.cat([mf(users, positives.unsqueeze(1)), mf.score_items(users, shared)], 1))
+
+
 def test_graph_models_score_many_candidates_a_row_by_one_product_with_the_same_scores_and_gradients(monkeypatch):
     """LightGCN and NGCF pick k candidates a row with k * 128 >= n_items from one product of the propagated vectors
     with the catalogue; fewer are gathered; shared candidates (``score_items``) are one product with them alone.

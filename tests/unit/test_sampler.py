@@ -286,8 +286,9 @@ def test_sampled_losses_against_hand_computed_values():
     ["sampler=popularity", "sampler.shared=true", "loss=sampled_softmax", "loss.num_negatives=20"],
     ["model=sasrec", "sampler.shared=true", "loss=bce", "loss.num_negatives=8", "split=leave_one_out",
      "trainer.max_epochs=1"],
+    ["model=ngcf", "sampler.shared=true", "loss.num_negatives=8"],
 ], ids=["popularity", "hard", "in_batch-softmax", "popularity-softmax", "mf-ccl", "sasrec-hard", "simplex-shared",
-        "popularity-shared-softmax", "sasrec-shared"])
+        "popularity-shared-softmax", "sasrec-shared", "ngcf-shared"])
 def test_every_sampler_trains_end_to_end(tiny_cfg, overrides):
     from recforge.train import train
 

@@ -70,6 +70,12 @@ class Recommender(nn.Module):
         products override it with one matrix product."""
         return self(users, items.expand(len(users), -1))
 
+    def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """``(B, 1 + n)``: each user's positive, then the ``(n,)`` negatives the batch shares (``sampler.shared``).
+        Default: ``forward`` on the positives and :meth:`score_items` on the shared set; the graph models override
+        it to propagate once for both."""
+        return positives_then_shared(self, users, positives, shared)
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Default: ``forward`` over every item, in chunks of users of at most ``max_activations`` pairs."""
         all_items = torch.arange(self.n_items, device=users.device)
@@ -239,6 +245,12 @@ def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, w
         out[start:start + len(chunk)] = part
         del part   # freed before the next chunk's activations are allocated
     return out if out is not None else torch.empty(0, n_items, device=users.device)
+
+
+def positives_then_shared(model, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """:meth:`Recommender.score_with_shared` by two calls: ``model(users, positives[:, None])``, then
+    ``model.score_items(users, shared)``."""
+    return torch.cat([model(users, positives.unsqueeze(1)), model.score_items(users, shared)], dim=1)
 
 
 def broadcast_users(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from recforge.metrics.evaluator import (BEYOND_ACCURACY_NAMES, RANKING_METRIC_NA
 from recforge.metrics.pointwise import POINTWISE_NAMES, pointwise_metrics
 from recforge.metrics.rating import error_metrics
 from recforge.metrics.sampled import check_protocol, protocol_prefix
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, positives_then_shared
 from recforge.retrieval.ann import AnnIndex, ModelRetriever, retrieval_items
 from recforge.utils.distributed import process_rank
 
@@ -156,7 +156,7 @@ class RecommenderModule(pl.LightningModule):
         negatives = self.sampler(users, self.loss.num_negatives, positives=items,
                                  scorer=model if self.sampler.needs_scores else None)
         candidates, scores = scored_candidates(items, negatives, lambda rows: model(users, rows),
-                                               lambda shared: model.score_items(users, shared))
+                                               lambda shared: model.score_with_shared(users, items, shared))
         scores = self.sampler.adjust(users, candidates, scores, self.loss.logq_correction)
         return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
 
@@ -185,7 +185,11 @@ class RecommenderModule(pl.LightningModule):
             else None
         negatives = self.sampler(owners, self.loss.num_negatives, positives=targets, scorer=scorer)
         logits = functools.partial(self.model.item_logits, hidden)  # takes (N, k) candidates or a shared (k,) set
-        candidates, scores = scored_candidates(targets, negatives, logits, logits)
+
+        def with_shared(shared: torch.Tensor) -> torch.Tensor:  # each position's target, then the shared set
+            return torch.cat([logits(targets.unsqueeze(1)), logits(shared)], dim=1)
+
+        candidates, scores = scored_candidates(targets, negatives, logits, with_shared)
         scores = self.sampler.adjust(owners, candidates, scores, self.loss.logq_correction)
         return self.loss(scores[:, 0], scores[:, 1:])
 
@@ -364,12 +368,12 @@ def scored_candidates(positives: torch.Tensor, negatives: torch.Tensor, score_ro
                       score_shared: Callable) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, 1 + n)`` candidates (the positive first) and their scores, for ``(B, n)`` negatives drawn per row
     (``score_rows`` scores ``(B, k)`` candidates) or one ``(n,)`` set shared by the batch (``sampler.shared``:
-    ``score_shared`` scores it against every row by one ``(B, d) x (d, n)`` product, not a ``(B, n, d)`` gather)."""
+    ``score_shared(negatives)`` scores the positives and then the set against every row, the set by one
+    ``(B, d) x (d, n)`` product, not a ``(B, n, d)`` gather)."""
     if negatives.dim() == 2:
         candidates = torch.cat([positives.unsqueeze(1), negatives], dim=1)
         return candidates, score_rows(candidates)
-    scores = torch.cat([score_rows(positives.unsqueeze(1)), score_shared(negatives)], dim=1)
-    return torch.cat([positives.unsqueeze(1), negatives.expand(len(positives), -1)], dim=1), scores
+    return torch.cat([positives.unsqueeze(1), negatives.expand(len(positives), -1)], dim=1), score_shared(negatives)
 
 
 class ContextScorer:
@@ -387,3 +391,6 @@ class ContextScorer:
 
     def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self(users, items.expand(len(users), -1))
+
+    def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        return positives_then_shared(self, users, positives, shared)
