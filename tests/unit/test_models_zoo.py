@@ -270,6 +270,8 @@ def test_by_user_chunks_bounds_activations_per_chunk_and_keeps_user_order():
     by_user_chunks(score, torch.arange(7), n_items=4, activations=24, width=4)  # 24 // (4 * 4): one user a chunk
     assert seen == [1] * 7
     assert by_user_chunks(score, torch.arange(0), n_items=4, activations=12).shape == (0, 4)
+    with pytest.raises(ValueError, match=r"must return \(3, 3\) scores, got \(3,\)"):   # would broadcast
+        by_user_chunks(lambda chunk: torch.zeros(3), torch.arange(5), n_items=3, activations=9)
 
 
 def test_by_user_chunks_passes_each_chunk_its_context_rows_and_frees_each_result_before_the_next_chunk():
@@ -368,28 +370,41 @@ def test_mf_scores_many_candidates_a_row_by_one_product_with_the_same_scores_and
         torch.testing.assert_close(param.grad, grad.to_dense() if grad.is_sparse else grad, msg=name)
 
 
-def test_graph_models_score_the_positives_and_shared_negatives_from_one_propagation(monkeypatch):
-    """With ``sampler.shared``, a training step scores each row's positive and the batch's shared negatives: the graph
-    models propagate once for both (twice doubled the step and gave NGCF two message-dropout masks), with the scores
-    of that one propagation's vectors; the default (every other model) is ``forward`` then ``score_items``."""
+def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatch):
+    """With ``sampler.shared``, a training step scores each row's positive and the batch's shared negatives. The user
+    side is computed once for both: the graph models propagate once (twice doubled the step and gave NGCF two
+    message-dropout masks), SimpleX and the two-tower model draw their user dropout once, so (SimpleX, whose items
+    have none) an item scores the same as a row's positive and as a shared negative. The default (every other model)
+    is ``forward`` then ``score_items``."""
     from recforge.models.base import Recommender
     from recforge.models.mf import MatrixFactorization
+    from recforge.models.simplex import SimpleX
+    from recforge.models.twotower import TwoTower
 
     torch.manual_seed(0)
     pairs = torch.stack([torch.randint(0, 5, (60,)), torch.randint(0, 30, (60,))])
-    users, positives, shared = torch.tensor([0, 3, 3, 4]), torch.tensor([2, 9, 1, 29]), torch.tensor([5, 9, 17])
-    for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4])):
+    users, positives, shared = torch.tensor([0, 3, 3, 4]), torch.tensor([5, 9, 17, 9]), torch.tensor([5, 9, 17])
+    at = torch.tensor([0, 1, 2, 1])   # each row's positive in the shared set
+    for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4]),
+                  SimpleX(5, 30, pairs, embedding_dim=8, dropout=0.5)):
         model.train()
-        calls = []
-        propagate = model.propagate
-        monkeypatch.setattr(model, "propagate", lambda: calls.append(1) or propagate())
-        torch.manual_seed(1)
         got = model.score_with_shared(users, positives, shared)
-        assert len(calls) == 1 and got.shape == (4, 4) and got.requires_grad
-        torch.manual_seed(1)   # the same dropout draw: the vectors that propagation gave
-        u, v = propagate()
-        torch.testing.assert_close(got[:, 0], (u[users] * v[positives]).sum(-1))
-        torch.testing.assert_close(got[:, 1:], u[users] @ v[shared].T)
+        assert got.shape == (4, 4) and got.requires_grad
+        torch.testing.assert_close(got[:, 0], got[torch.arange(4), 1 + at], msg=type(model).__name__)
+        if isinstance(model, (LightGCN, NGCF)):
+            calls = []
+            propagate = model.propagate
+            monkeypatch.setattr(model, "propagate", lambda: calls.append(1) or propagate())
+            torch.manual_seed(1)
+            got = model.score_with_shared(users, positives, shared)
+            assert len(calls) == 1
+            torch.manual_seed(1)   # the same dropout draw: the vectors that one propagation gave
+            u, v = propagate()
+            torch.testing.assert_close(got[:, 1:], u[users] @ v[shared].T)
+    towers = TwoTower(5, 30, 8, [16, 8], dropout=0.5).train()   # its item tower has dropout too: per occurrence
+    passes = []
+    towers.user_tower.register_forward_hook(lambda *_: passes.append(1))
+    assert towers.score_with_shared(users, positives, shared).shape == (4, 4) and len(passes) == 1
     mf = MatrixFactorization(5, 30, 4, use_bias=True)
     torch.testing.assert_close(Recommender.score_with_shared(mf, users, positives, shared),
                                torch.cat([mf(users, positives.unsqueeze(1)), mf.score_items(users, shared)], 1))

@@ -72,8 +72,8 @@ class Recommender(nn.Module):
 
     def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + n)``: each user's positive, then the ``(n,)`` negatives the batch shares (``sampler.shared``).
-        Default: ``forward`` on the positives and :meth:`score_items` on the shared set; the graph models override
-        it to propagate once for both."""
+        Default: ``forward`` on the positives and :meth:`score_items` on the shared set; the graph models, SimpleX and
+        the two-tower model override it to compute the user side once for both (one propagation, one dropout draw)."""
         return positives_then_shared(self, users, positives, shared)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -240,6 +240,8 @@ def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, w
     for start in range(0, len(users), step):
         chunk = users[start:start + step]
         part = score(chunk) if context is None else score(chunk, context[start:start + step])
+        if part.shape != (len(chunk), n_items):
+            raise ValueError(f"score(chunk) must return ({len(chunk)}, {n_items}) scores, got {tuple(part.shape)}")
         if out is None:
             out = part.new_empty(len(users), n_items)
         out[start:start + len(chunk)] = part

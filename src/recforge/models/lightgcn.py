@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, check_init, init_embeddings
-from recforge.utils.linalg import candidates_by_product, inner_products
+from recforge.utils.linalg import candidates_by_product, inner_products, with_shared_products
 from recforge.utils.sparse import to_csr
 
 
@@ -111,8 +111,7 @@ class GraphRecommender(Recommender):
         """One propagation for the positives and the shared negatives (two would double a step's cost, and NGCF's
         message dropout would differ between them)."""
         user_emb, item_emb = self.embeddings()
-        u = user_emb[users]
-        return torch.cat([(u * item_emb[positives]).sum(-1, keepdim=True), inner_products(u, item_emb[shared])], 1)
+        return with_shared_products(user_emb[users], item_emb[positives], item_emb[shared])
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.embeddings()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recforge.models.base import RowInputRecommender
-from recforge.utils.linalg import candidates_by_product, inner_products
+from recforge.utils.linalg import candidates_by_product, inner_products, with_shared_products
 from recforge.utils.sparse import row_entries
 
 
@@ -67,6 +67,11 @@ class SimpleX(RowInputRecommender):
 
     def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return inner_products(self.user_vectors(users), F.normalize(self.item_embedding(items), dim=-1))
+
+    def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """One user vector (one dropout draw) for the positive and the shared negatives, as with per-row ones."""
+        items = F.normalize(self.item_embedding(torch.cat([positives, shared])), dim=-1)
+        return with_shared_products(self.user_vectors(users), items[:len(positives)], items[len(positives):])
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return inner_products(self.user_vectors(users), self.item_vectors())

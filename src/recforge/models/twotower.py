@@ -17,7 +17,7 @@ from torch import nn
 from recforge.models.base import Recommender
 from recforge.models.fm import FeatureSide
 from recforge.models.mlp import mlp_tower, xavier_init_
-from recforge.utils.linalg import inner_products
+from recforge.utils.linalg import inner_products, with_shared_products
 
 
 class Tower(nn.Module):
@@ -82,6 +82,11 @@ class TwoTower(Recommender):
             return (queries * self.item_side_vectors(items)).sum(-1)
         distinct, where = torch.unique(items, return_inverse=True)
         return inner_products(queries, self.item_side_vectors(distinct)).gather(1, where)
+
+    def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """One pass of the user tower (one dropout draw) for the positive and the shared negatives."""
+        items = self.item_side_vectors(torch.cat([positives, shared]))
+        return with_shared_products(self.user_tower(users), items[:len(positives)], items[len(positives):])
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         return inner_products(self.user_tower(users), self.retrieval_items())
