@@ -4,6 +4,10 @@
   result has ``items``' shape. Explicit-feedback models predict ratings, implicit ones return logits.
 * ``score_all(users)`` scores a batch of users against every item, ``(B, n_items)``, so one evaluator
   serves every model.
+* ``score_items(users, items)`` scores ``(B,)`` users against one ``(n,)`` set of items, ``(B, n)``, and
+  ``score_with_shared(users, positives, shared)`` each user's positive and then that set, ``(B, 1 + n)``
+  (``sampler.shared``); the defaults call ``forward``, and dot-product models override them with matrix products
+  (and the models with a costly or random user side compute it once for both).
 * Data-dependent values (``n_users``, ``n_items``, ``global_mean``, ``item_popularity``, and
   ``interactions``, the ``(2, n_train)`` user/item pairs of the training split) are constructor
   arguments that ``train(cfg)`` fills in from the data; a model asks only for those it needs.
