@@ -1,0 +1,66 @@
+"""One training step of LightGCN and NGCF with shared negatives (``sampler.shared=true``), timed both ways: the
+positives and the shared set scored by two calls, each propagating the graph (``forward``, then ``score_items``:
+what every model did until 2026-12-07 and the default still does), against one propagation for both
+(``GraphRecommender.score_with_shared``). Forward and backward of the BPR-style loss over the scores.
+
+    python scripts/bench_shared_step.py                     # Last.fm's size: 1,892 users, 17,632 items, 74k pairs
+    python scripts/bench_shared_step.py --users 29858 --items 40981 --pairs 810128 --negatives 1000   # Gowalla's
+
+The graph is random with the given counts (a propagation's cost is its non-zeros'). Prints seconds a step for each
+way (the best of ``--repeats`` rounds of 3 steps, the two ways taking turns) and their ratio. Name the CPU beside
+the numbers, and run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from recforge.models.base import Recommender
+from recforge.models.lightgcn import LightGCN
+from recforge.models.ngcf import NGCF
+
+
+def step(model, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor, way: str) -> None:
+    model.zero_grad()
+    score = model.score_with_shared if way == "once" else lambda *a: Recommender.score_with_shared(model, *a)
+    scores = score(users, positives, shared)
+    F.softplus(scores[:, 1:] - scores[:, :1]).mean().backward()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=1892)
+    parser.add_argument("--items", type=int, default=17632)
+    parser.add_argument("--pairs", type=int, default=74268)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--negatives", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    graph = torch.stack([torch.randint(0, args.users, (args.pairs,)), torch.randint(0, args.items, (args.pairs,))])
+    models = {"LightGCN 64-d, 3 layers": LightGCN(args.users, args.items, graph),
+              "NGCF 64-d, 64-64-64": NGCF(args.users, args.items, graph)}
+    users = torch.randint(0, args.users, (args.batch_size,))
+    positives = torch.randint(0, args.items, (args.batch_size,))
+    shared = torch.randint(0, args.items, (args.negatives,))
+    print(f"{args.users} users, {args.items} items, {args.pairs} pairs; batch {args.batch_size}, "
+          f"{args.negatives} shared negatives; {torch.get_num_threads()} thread(s)")
+    for name, model in models.items():
+        model.train()
+        best = {"twice": float("inf"), "once": float("inf")}
+        for _ in range(args.repeats):
+            for way in best:
+                started = time.perf_counter()
+                for _ in range(3):
+                    step(model, users, positives, shared, way)
+                best[way] = min(best[way], (time.perf_counter() - started) / 3)
+        print(f"{name}: two propagations {best['twice']:.4f} s a step, one {best['once']:.4f} s, "
+              f"{best['twice'] / best['once']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
