@@ -93,13 +93,18 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
     monitor = compose_train(overrides).monitor
     resume = resume_overrides(workdir)
     curve = ValidationCurve(monitor, workdir / "curve.json")
+    progress = logging.StreamHandler(sys.stderr)   # the run's data line and epoch lines, for a sitting's log
+    progress.setFormatter(logging.Formatter(f"[%(asctime)s] {data} {split} {' '.join(candidate) or '(defaults)'}: "
+                                            "%(message)s", "%H:%M:%S"))
     logger = logging.getLogger("recforge")
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(curve)
+    logger.addHandler(progress)
     try:
         metrics = run([*overrides, *resume], workdir)
     finally:
+        logger.removeHandler(progress)
         logger.removeHandler(curve)
         logger.setLevel(level)
     return {"model": model, "data": data, "split": split, "candidate": list(candidate), "extra": extra,
