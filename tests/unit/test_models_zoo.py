@@ -346,6 +346,22 @@ def test_mf_l2_reg_penalises_the_batch_rows_and_reaches_the_explicit_loss():
     torch.testing.assert_close(model.regularization(users, candidates), expected)
 
 
+def test_the_full_softmax_loss_adds_the_models_penalty_on_the_users_and_their_positives():
+    """``loss=softmax`` scores the whole catalogue, and the model's regularisation still reaches the loss: its
+    penalty on the batch's users and their positives (it was left out, so ``reg_weight`` did nothing there)."""
+    from recforge.losses import SoftmaxLoss
+    from recforge.training.module import RecommenderModule
+
+    torch.manual_seed(0)
+    pairs = torch.stack([torch.randint(0, 4, (30,)), torch.randint(0, 12, (30,))])
+    users, items = torch.tensor([0, 2, 3]), torch.tensor([5, 1, 5])
+    model = LightGCN(4, 12, pairs, embedding_dim=4, reg_weight=10.0).train()
+    module = RecommenderModule(model, SoftmaxLoss())
+    softmax = torch.nn.functional.cross_entropy(model.score_all(users), items)
+    penalty = 10.0 * 0.5 * (model.user_embedding(users).pow(2).sum() + model.item_embedding(items).pow(2).sum()) / 3
+    torch.testing.assert_close(module.compute_loss((users, items, torch.ones(3))), softmax + penalty)
+
+
 @pytest.mark.parametrize("kwargs", [{"use_bias": True}, {"use_bias": False, "similarity": "cosine"}])
 def test_mf_scores_many_candidates_a_row_by_one_product_with_the_same_scores_and_gradients(kwargs, monkeypatch):
     """k candidates a row with k * 128 >= n_items are picked from one product with the catalogue; a gather of their
