@@ -72,8 +72,8 @@ class NegativeSampler(nn.Module):
     def restrict_to(self, items: torch.Tensor) -> None:
         """Draw uniform negatives from ``items`` only: the cold-start splits keep their held-out items out of
         training altogether, also as negatives (a model would otherwise learn that they are never positive).
-        Samplers that draw by popularity (alpha > 0) or from the batch never draw an item without training
-        interactions anyway."""
+        The popularity sampler keeps its weights over these items; the in-batch sampler draws only training
+        positives anyway."""
         if len(items) == 0:
             raise RecForgeError("no item has a training interaction to draw negatives from")
         self.drawable = items.to(self.log_item_share.device, torch.long)
@@ -152,7 +152,7 @@ class NegativeSampler(nn.Module):
 class PopularitySampler(NegativeSampler):
     """Negatives drawn with probability ``count_i ** alpha / sum_j count_j ** alpha`` (``alpha=0``: uniform;
     ``alpha=1``: as often as the item is a positive), by inverse-CDF lookup of uniform draws on the device.
-    Items never seen in training are never drawn when ``alpha > 0``."""
+    Items never seen in training are never drawn when ``alpha > 0``, nor at ``alpha=0`` after :meth:`restrict_to`."""
 
     def __init__(self, n_items: int, positive_keys: torch.Tensor, item_counts: torch.Tensor | None = None,
                  alpha: float = 0.75, retries: int = 2, shared: bool = False) -> None:
@@ -161,13 +161,26 @@ class PopularitySampler(NegativeSampler):
             raise RecForgeError(f"sampler.alpha={alpha} must be >= 0 (0: uniform, 1: by popularity)")
         if item_counts is None:
             raise ValueError("PopularitySampler needs item_counts")
-        weights = item_counts.double().pow(alpha) if alpha > 0 else torch.ones(n_items, dtype=torch.float64)
+        self.alpha = alpha
+        self.weights = item_counts.double().pow(alpha) if alpha > 0 else torch.ones(n_items, dtype=torch.float64)
+        self.register_buffer("log_probs", None, persistent=False)
+        self.register_buffer("cdf", None, persistent=False)
+        self._draw_by(self.weights)
+
+    def _draw_by(self, weights: torch.Tensor) -> None:
         if weights.sum() <= 0:
             raise RecForgeError("sampler=popularity: no item has a training interaction to draw from")
-        self.alpha = alpha
         probs = weights / weights.sum()
-        self.register_buffer("log_probs", probs.log().float(), persistent=False)
-        self.register_buffer("cdf", probs.cumsum(0).float(), persistent=False)
+        device = self.log_item_share.device
+        self.log_probs, self.cdf = probs.log().float().to(device), probs.cumsum(0).float().to(device)
+
+    def restrict_to(self, items: torch.Tensor) -> None:
+        """Draw from ``items`` only, each by its popularity weight (which matters at ``alpha=0``: every item then
+        has weight 1, those without training interactions too)."""
+        super().restrict_to(items)
+        keep = torch.zeros(self.n_items, dtype=torch.float64)
+        keep[self.drawable.cpu()] = 1.0
+        self._draw_by(self.weights * keep)
 
     def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         u = torch.rand(shape, device=device) * self.cdf[-1]

@@ -164,6 +164,26 @@ def test_popularity_negatives_follow_count_to_the_alpha():
     assert sampler.log_prob(torch.tensor([2])).exp().item() == pytest.approx(0.2)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "popularity0", "popularity1"])
+def test_restricted_negatives_come_from_the_given_items_only(kind):
+    """The cold-item splits keep held-out items out of training, also as negatives: every sampler draws from
+    ``restrict_to``'s items only, the popularity sampler by its weights among them (at alpha=0 too, where an item
+    without training interactions has weight 1)."""
+    from recforge.samplers import NegativeSampler, PopularitySampler
+
+    counts = torch.tensor([1.0, 3.0, 0.0, 4.0, 0.0])
+    no_positives = torch.tensor([], dtype=torch.long)
+    sampler = NegativeSampler(5, no_positives) if kind == "uniform" else \
+        PopularitySampler(5, no_positives, counts, alpha=float(kind[-1]))
+    sampler.restrict_to(torch.tensor([0, 1, 3]))
+    torch.manual_seed(3)
+    draws = sampler(torch.zeros(30_000, dtype=torch.long), 4)
+    freq = torch.bincount(draws.flatten(), minlength=5).float() / draws.numel()
+    expected = counts / 8 if kind == "popularity1" else torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0]) / 3
+    assert torch.allclose(freq, expected, atol=0.01), freq
+    assert torch.allclose(sampler.log_prob(torch.tensor([0, 1, 3])).exp(), expected[[0, 1, 3]], atol=1e-6)
+
+
 def test_popularity_negatives_avoid_the_users_positives_and_refuse_negative_alpha():
     from recforge.samplers import PopularitySampler
 
