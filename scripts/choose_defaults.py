@@ -94,8 +94,8 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
     resume = resume_overrides(workdir)
     curve = ValidationCurve(monitor, workdir / "curve.json")
     progress = logging.StreamHandler(sys.stderr)   # the run's data line and epoch lines, for a sitting's log
-    progress.setFormatter(logging.Formatter(f"[%(asctime)s] {data} {split} {' '.join(candidate) or '(defaults)'}: "
-                                            "%(message)s", "%H:%M:%S"))
+    run_name = f"{data} {split} {' '.join(candidate) or '(defaults)'}".replace("%", "%%")   # "%" is the format's
+    progress.setFormatter(logging.Formatter(f"[%(asctime)s] {run_name}: %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("recforge")
     level = logger.level
     logger.setLevel(logging.INFO)

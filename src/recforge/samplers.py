@@ -178,8 +178,8 @@ class PopularitySampler(NegativeSampler):
         """Draw from ``items`` only, each by its popularity weight (which matters at ``alpha=0``: every item then
         has weight 1, those without training interactions too)."""
         super().restrict_to(items)
-        keep = torch.zeros(self.n_items, dtype=torch.float64)
-        keep[self.drawable.cpu()] = 1.0
+        keep = torch.zeros_like(self.weights)
+        keep[self.drawable.to(keep.device)] = 1.0
         self._draw_by(self.weights * keep)
 
     def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

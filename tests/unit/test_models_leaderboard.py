@@ -296,13 +296,16 @@ def test_ultragcn_constraint_weights_and_item_graph_by_hand():
     np.testing.assert_allclose(np.take_along_axis(omega, model.item_neighbours.numpy(), 1), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("candidates", [[[1, 3, 4], [3, 0, 4]], [[1, 0, 4], [3, 0, 4]]], ids=["per_row", "shared"])
+@pytest.mark.parametrize("candidates", [[[1, 3, 4], [3, 0, 4]], [[1, 0, 4], [3, 0, 4]], [[1], [3]]],
+                         ids=["per_row", "shared", "positive_alone"])
 def test_ultragcn_regularization_by_hand(candidates):
+    """The constraint, neighbour and L2 terms by hand, for per-row and shared negatives and for the positive alone
+    (``loss=softmax``: no sampled negatives, no negative constraint)."""
     torch.manual_seed(0)
     model = UltraGCN(4, 5, PAIRS, embedding_dim=3, constraint_weight=0.7, negative_weight=5.0, item_weight=0.3,
                      item_neighbors=2, l2_reg=0.01, init_std=0.5)
     users = torch.tensor([0, 2])
-    candidates = torch.tensor(candidates)  # positive first, then two negatives (the same two: sampler.shared)
+    candidates = torch.tensor(candidates)  # positive first, then the negatives (the same two: sampler.shared)
     e_u, e_i = model.user_embedding.weight.detach().double(), model.item_embedding.weight.detach().double()
     beta_u, beta_i = model.user_beta.double(), model.item_beta.double()
 
@@ -312,7 +315,8 @@ def test_ultragcn_regularization_by_hand(candidates):
     expected = 0.0
     for u, (pos, *negs) in zip(users.tolist(), candidates.tolist()):
         constraint = -beta_u[u] * beta_i[pos] * log_sigmoid(e_u[u] @ e_i[pos])
-        constraint += 5.0 * sum(-beta_u[u] * beta_i[j] * log_sigmoid(-(e_u[u] @ e_i[j])) for j in negs) / len(negs)
+        if negs:
+            constraint += 5.0 * sum(-beta_u[u] * beta_i[j] * log_sigmoid(-(e_u[u] @ e_i[j])) for j in negs) / len(negs)
         neighbours = model.item_neighbours[pos].tolist()
         item_term = -sum(model.item_omega[pos, k].double() * log_sigmoid(e_u[u] @ e_i[j])
                          for k, j in enumerate(neighbours))

@@ -421,9 +421,12 @@ def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatc
     passes = []
     towers.user_tower.register_forward_hook(lambda *_: passes.append(1))
     assert towers.score_with_shared(users, positives, shared).shape == (4, 4) and len(passes) == 1
+    towers.eval()   # no dropout: the scores are forward's, pair by pair
+    expected = torch.cat([towers(users, positives).unsqueeze(1), towers(users, shared.expand(4, -1))], 1)
+    torch.testing.assert_close(towers.score_with_shared(users, positives, shared), expected)
     mf = MatrixFactorization(5, 30, 4, use_bias=True)
-    torch.testing.assert_close(Recommender.score_with_shared(mf, users, positives, shared),
-                               torch.cat([mf(users, positives.unsqueeze(1)), mf.score_items(users, shared)], 1))
+    expected = torch.cat([mf(users, positives).unsqueeze(1), mf(users, shared.expand(4, -1))], 1)
+    torch.testing.assert_close(Recommender.score_with_shared(mf, users, positives, shared), expected)
 
 
 def test_graph_models_score_many_candidates_a_row_by_one_product_with_the_same_scores_and_gradients(monkeypatch):

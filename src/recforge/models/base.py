@@ -6,8 +6,8 @@
   serves every model.
 * ``score_items(users, items)`` scores ``(B,)`` users against one ``(n,)`` set of items, ``(B, n)``, and
   ``score_with_shared(users, positives, shared)`` each user's positive and then that set, ``(B, 1 + n)``
-  (``sampler.shared``); the defaults call ``forward``, and dot-product models override them with matrix products
-  (and the models with a costly or random user side compute it once for both).
+  (``sampler.shared``); the defaults call ``forward``; models override the first with a matrix product (MF, the graph
+  models, SimpleX) and the second where the user side is costly or random, to compute it once for both.
 * Data-dependent values (``n_users``, ``n_items``, ``global_mean``, ``item_popularity``, and
   ``interactions``, the ``(2, n_train)`` user/item pairs of the training split) are constructor
   arguments that ``train(cfg)`` fills in from the data; a model asks only for those it needs.
@@ -31,7 +31,7 @@
   ``(B, d)`` user vectors whose inner products are ``score_all``'s scores (biases ride in extra dimensions), which an
   ANN index (:mod:`recforge.retrieval.ann`) searches. ``None`` (the default): the model is not a dot product, no index.
 * ``regularization(users, items)`` is a penalty added to the loss of each interaction batch (``items`` are the
-  batch's candidates, positives first); the default is none.
+  batch's candidates, positives first: ``(B, 1)`` positives alone under ``loss=softmax``); the default is none.
 * ``scores_unseen(side)`` says whether the model scores ``"users"`` / ``"items"`` that had no training interaction
   from something besides their ids (their features); the cold-start splits refuse models that cannot. The
   default is no: an id-only model's score for an id it never trained on is its initialisation.

@@ -90,8 +90,9 @@ class ConvNCF(Recommender):
 
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The paper's L2 terms per training example: ``(reg_embedding * (sum ||p_u||^2 + sum ||q_i||^2) +
-        reg_weight * ||network||^2) / B`` over the batch's users and the items they were scored against
-        (positive and negatives); the paper sums its BPR loss over the batch, this module averages it."""
+        reg_weight * ||network||^2) / B`` over the batch's users and their candidates (positive and sampled
+        negatives; the positive alone under ``loss=softmax``); the paper sums its BPR loss over the batch, this
+        module averages it."""
         total = users.new_zeros((), dtype=self.predict.weight.dtype)
         if self.reg_embedding:
             total = total + self.reg_embedding * (self.user_embedding(users).pow(2).sum()

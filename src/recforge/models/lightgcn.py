@@ -155,7 +155,7 @@ class LightGCN(GraphRecommender):
         return final[: self.n_users], final[self.n_users :]
 
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``reg_weight / 2 * (||e_u^0||^2 + sum ||e_i^0||^2) / B`` over the batch's users and the items
-        they were scored against (positive and negatives), as in the paper's loss (Eq. 15)."""
+        """``reg_weight / 2 * (||e_u^0||^2 + sum ||e_i^0||^2) / B`` over the batch's users and their candidates
+        (positive and sampled negatives; the positive alone under ``loss=softmax``), as in the paper's loss (Eq. 15)."""
         ego = self.user_embedding(users).pow(2).sum() + self.item_embedding(items).pow(2).sum()
         return self.reg_weight * 0.5 * ego / len(users)

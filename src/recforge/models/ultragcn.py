@@ -54,10 +54,10 @@ class UltraGCN(MatrixFactorization):
     every term averaged over the batch's positives (the reference sums them; ``l2_reg`` is divided by the batch
     size here, so the reference's ``gamma`` carries over). The reference code's ``w1..w4`` weigh ``L_O`` against
     ``L_C``; on its Gowalla and ML-1M settings ``L_O`` gets 1e-6 and 1e-7 of ``L_C``'s weight, which a large
-    ``constraint_weight`` approaches (the training module always adds its loss with weight 1). The terms need the
+    ``constraint_weight`` approaches (the training module always adds its loss with weight 1). The terms read the
     candidates of a sampled-negatives loss (``bce``, ``bpr``, ``sampled_softmax``): the positive first, then the
-    negatives; with ``loss=softmax`` (no sampled negatives) they are the positive's constraint, the neighbour term
-    and the L2 term.
+    negatives; under ``loss=softmax`` there are no sampled negatives, and the terms are the positive's constraint,
+    the neighbour term and the L2 term.
 
     The degree weights and the item graph are non-persistent buffers computed from ``interactions`` when the model
     is built (the graph a block of items at a time, like :class:`~recforge.models.itemknn.ItemKNN`)."""
