@@ -1,10 +1,13 @@
 """One training step of LightGCN and NGCF with shared negatives (``sampler.shared=true``), timed both ways: the
 positives and the shared set scored by two calls, each propagating the graph (``forward``, then ``score_items``:
 what every model did until 2026-12-07 and the default still does), against one propagation for both
-(``GraphRecommender.score_with_shared``). Forward and backward of the BPR-style loss over the scores.
+(``GraphRecommender.score_with_shared``). Forward and backward of the BPR-style loss over the scores. With
+``--hard``: a step of the training module with hard negatives (``sampler=hard``, a pool of 8 per negative), which
+scores the pool and then the candidates: a propagation each, against one for both (``GraphRecommender.one_pass``).
 
     python scripts/bench_shared_step.py                     # Last.fm's size: 1,892 users, 17,632 items, 74k pairs
     python scripts/bench_shared_step.py --users 29858 --items 40981 --pairs 810128 --negatives 1000   # Gowalla's
+    python scripts/bench_shared_step.py --hard --negatives 1
 
 The graph is random with the given counts (a propagation's cost is its non-zeros'). Prints seconds a step for each
 way (the best of ``--repeats`` rounds of 3 steps, the two ways taking turns) and their ratio. Name the CPU beside
@@ -14,14 +17,18 @@ the numbers, and run it alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 import torch.nn.functional as F
 
+from recforge.losses import BPRLoss
 from recforge.models.base import Recommender
 from recforge.models.lightgcn import LightGCN
 from recforge.models.ngcf import NGCF
+from recforge.samplers import HardNegativeSampler
+from recforge.training.module import RecommenderModule
 
 
 def step(model, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor, way: str) -> None:
@@ -29,6 +36,18 @@ def step(model, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tens
     score = model.score_with_shared if way == "once" else lambda *a: Recommender.score_with_shared(model, *a)
     scores = score(users, positives, shared)
     F.softplus(scores[:, 1:] - scores[:, :1]).mean().backward()
+
+
+def hard_step(module, users: torch.Tensor, positives: torch.Tensor, way: str) -> None:
+    """A training module's step with hard negatives, the model's ``one_pass`` on (``once``) or off (``twice``)."""
+    model = module.model
+    model.zero_grad()
+    if way == "twice":
+        model.one_pass = contextlib.nullcontext
+    try:
+        module.compute_loss((users, positives, torch.ones(len(users)))).backward()
+    finally:
+        model.__dict__.pop("one_pass", None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--negatives", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hard", action="store_true", help="a module step with hard negatives instead")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     graph = torch.stack([torch.randint(0, args.users, (args.pairs,)), torch.randint(0, args.items, (args.pairs,))])
@@ -48,15 +68,21 @@ def main(argv: list[str] | None = None) -> None:
     positives = torch.randint(0, args.items, (args.batch_size,))
     shared = torch.randint(0, args.items, (args.negatives,))
     print(f"{args.users} users, {args.items} items, {args.pairs} pairs; batch {args.batch_size}, "
-          f"{args.negatives} shared negatives; {torch.get_num_threads()} thread(s)")
+          f"{args.negatives} {'hard (pool of 8)' if args.hard else 'shared'} negatives; "
+          f"{torch.get_num_threads()} thread(s)")
+    keys = torch.unique(graph[0] * args.items + graph[1])
     for name, model in models.items():
         model.train()
+        module = RecommenderModule(model, BPRLoss(args.negatives), sampler=HardNegativeSampler(args.items, keys))
         best = {"twice": float("inf"), "once": float("inf")}
         for _ in range(args.repeats):
             for way in best:
                 started = time.perf_counter()
                 for _ in range(3):
-                    step(model, users, positives, shared, way)
+                    if args.hard:
+                        hard_step(module, users, positives, way)
+                    else:
+                        step(model, users, positives, shared, way)
                 best[way] = min(best[way], (time.perf_counter() - started) / 3)
         print(f"{name}: two propagations {best['twice']:.4f} s a step, one {best['once']:.4f} s, "
               f"{best['twice'] / best['once']:.2f}x")

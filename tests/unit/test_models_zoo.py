@@ -429,6 +429,37 @@ def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatc
     torch.testing.assert_close(Recommender.score_with_shared(mf, users, positives, shared), expected)
 
 
+@pytest.mark.parametrize("sampler", ["hard", "shared", "uniform"])
+def test_graph_models_propagate_once_a_training_step(monkeypatch, sampler):
+    """A training step of LightGCN or NGCF propagates the graph once: the hard negatives are picked by the vectors
+    the step trains (one message-dropout mask), then scored with them, and the loss's gradient reaches the
+    embeddings. Outside a step, in training, each call propagates afresh (nothing stale after an optimizer step)."""
+    from functools import partial
+
+    from recforge.losses import BPRLoss
+    from recforge.samplers import HardNegativeSampler, NegativeSampler
+    from recforge.training.module import RecommenderModule
+
+    torch.manual_seed(0)
+    pairs = torch.stack([torch.randint(0, 5, (60,)), torch.randint(0, 30, (60,))])
+    keys = torch.unique(pairs[0] * 30 + pairs[1])
+    users, items = pairs[0, :8], pairs[1, :8]
+    for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4])):
+        draw = {"hard": partial(HardNegativeSampler, pool_size=4), "shared": partial(NegativeSampler, shared=True),
+                "uniform": NegativeSampler}[sampler]
+        module = RecommenderModule(model, BPRLoss(3), sampler=draw(30, keys)).train()
+        calls = []
+        propagate = model.propagate
+        monkeypatch.setattr(model, "propagate", lambda: calls.append(1) or propagate())
+        loss = module.compute_loss((users, items, torch.ones(8)))
+        assert len(calls) == 1, type(model).__name__
+        loss.backward()
+        assert model.user_embedding.weight.grad.abs().sum() > 0
+        model(users, items)
+        model(users, items)
+        assert len(calls) == 3
+
+
 def test_graph_models_score_many_candidates_a_row_by_one_product_with_the_same_scores_and_gradients(monkeypatch):
     """LightGCN and NGCF pick k candidates a row with k * 128 >= n_items from one product of the propagated vectors
     with the catalogue; fewer are gathered; shared candidates (``score_items``) are one product with them alone.

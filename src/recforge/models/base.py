@@ -45,6 +45,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -73,6 +75,12 @@ class Recommender(nn.Module):
         ``sampler.shared``). Default: ``forward`` on the set repeated per user; models that score by inner
         products override it with one matrix product."""
         return self(users, items.expand(len(users), -1))
+
+    def one_pass(self) -> contextlib.AbstractContextManager:
+        """The scope of one training step (its negatives' scoring, its scores, its penalty): a model whose
+        representations are costly and random to compute (the graph models' propagation) computes them once in it,
+        for every call, so hard negatives are picked by the vectors the step trains. Default: no effect."""
+        return contextlib.nullcontext()
 
     def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + n)``: each user's positive, then the ``(n,)`` negatives the batch shares (``sampler.shared``).

@@ -6,6 +6,8 @@ for Recommendation. SIGIR.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -73,6 +75,7 @@ class GraphRecommender(Recommender):
         adjacency = to_csr(normalized_adjacency(interactions, n_users, n_items))
         self.register_buffer("adjacency", adjacency, persistent=False)
         self._cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._step: list[tuple[torch.Tensor, torch.Tensor]] | None = None   # within one_pass(): its propagation
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - implemented by subclasses
         raise NotImplementedError
@@ -81,7 +84,13 @@ class GraphRecommender(Recommender):
         return (self.adjacency.device,) + tuple((p.data_ptr(), p._version) for p in self.parameters())
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final ``(user, item)`` representations; cached while evaluating."""
+        """Final ``(user, item)`` representations; cached while evaluating, and within :meth:`one_pass` in training
+        (computed with their gradient's graph even when the first call, a hard negative's scoring, has none)."""
+        if self._step is not None and self.training:
+            if not self._step:
+                with torch.enable_grad():
+                    self._step.append(self.propagate())
+            return self._step[0]
         if self.training or torch.is_grad_enabled():
             self._cache = None
             return self.propagate()
@@ -89,6 +98,14 @@ class GraphRecommender(Recommender):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.propagate())
         return self._cache[1]
+
+    @contextlib.contextmanager
+    def one_pass(self):
+        self._step = []
+        try:
+            yield
+        finally:
+            self._step = None
 
     def train(self, mode: bool = True):
         self._cache = None

@@ -153,12 +153,13 @@ class RecommenderModule(pl.LightningModule):
             return self._regularized(self.loss(model(users, items), ratings), users, items)
         if self.loss.full:  # softmax over the whole catalogue; the model's penalty on the users and their positives
             return self._regularized(self.loss(model.score_all(users), items), users, items.unsqueeze(1))
-        negatives = self.sampler(users, self.loss.num_negatives, positives=items,
-                                 scorer=model if self.sampler.needs_scores else None)
-        candidates, scores = scored_candidates(items, negatives, lambda rows: model(users, rows),
-                                               lambda shared: model.score_with_shared(users, items, shared))
-        scores = self.sampler.adjust(users, candidates, scores, self.loss.logq_correction)
-        return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
+        with self.model.one_pass():   # the graph models: one propagation for the negatives, the scores, the penalty
+            negatives = self.sampler(users, self.loss.num_negatives, positives=items,
+                                     scorer=model if self.sampler.needs_scores else None)
+            candidates, scores = scored_candidates(items, negatives, lambda rows: model(users, rows),
+                                                   lambda shared: model.score_with_shared(users, items, shared))
+            scores = self.sampler.adjust(users, candidates, scores, self.loss.logq_correction)
+            return self._regularized(self.loss(scores[:, 0], scores[:, 1:]), users, candidates)
 
     def _with_context(self, context: torch.Tensor | None) -> ContextScorer | Recommender:
         """The model, scoring in ``context`` (the rows of the batch's users) when it reads context."""
