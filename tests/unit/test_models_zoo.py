@@ -444,7 +444,9 @@ def test_graph_models_propagate_once_a_training_step(monkeypatch, sampler):
     pairs = torch.stack([torch.randint(0, 5, (60,)), torch.randint(0, 30, (60,))])
     keys = torch.unique(pairs[0] * 30 + pairs[1])
     users, items = pairs[0, :8], pairs[1, :8]
-    for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4])):
+    # no L2 penalty: the embeddings' gradient must come through the scores, from the step's propagation
+    for model in (LightGCN(5, 30, pairs, embedding_dim=4, reg_weight=0.0),
+                  NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4], reg_weight=0.0)):
         draw = {"hard": partial(HardNegativeSampler, pool_size=4), "shared": partial(NegativeSampler, shared=True),
                 "uniform": NegativeSampler}[sampler]
         module = RecommenderModule(model, BPRLoss(3), sampler=draw(30, keys)).train()

@@ -21,8 +21,7 @@ class NGCF(GraphRecommender):
     concatenation of ``E^(0..L)`` scored by inner product. Paper setting: 64-d, ``layers`` [64, 64, 64],
     BPR, L2 ``reg_weight`` 1e-5. Here the L2 term is on the batch's ego embeddings, as LightGCN's is (see
     :meth:`regularization`); the NGCF reference code puts it on the propagated (concatenated) vectors of the batch,
-    and RecBole on those vectors' unsquared norms: a penalty there would need the step's propagation, which the
-    loss has and the penalty hook does not."""
+    and RecBole on those vectors' unsquared norms. Kept: the quality pairs with RecBole were measured this way."""
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor, embedding_dim: int = 64,
                  layers: Sequence[int] = (64, 64, 64), message_dropout: float = 0.1, reg_weight: float = 1e-5,
