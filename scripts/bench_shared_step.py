@@ -1,9 +1,9 @@
 """One training step of LightGCN and NGCF with shared negatives (``sampler.shared=true``), timed both ways: the
-positives and the shared set scored by two calls, each propagating the graph (``forward``, then ``score_items``:
-what every model did until 2026-12-07 and the default still does), against one propagation for both
-(``GraphRecommender.score_with_shared``). Forward and backward of the BPR-style loss over the scores. With
-``--hard``: a step of the training module with hard negatives (``sampler=hard``, a pool of 8 per negative), which
-scores the pool and then the candidates: a propagation each, against one for both (``GraphRecommender.one_pass``).
+positives and the shared set scored by two calls (``forward``, then ``score_items``), each propagating the graph
+(what every step did until 2026-12-07), against one propagation for both (within ``GraphRecommender.one_pass``, as
+the training module scopes a step). Forward and backward of the BPR-style loss over the scores. With ``--hard``: a
+step of the training module with hard negatives (``sampler=hard``, a pool of 8 per negative), which scores the pool
+and then the candidates: a propagation each, against one for both.
 
     python scripts/bench_shared_step.py                     # Last.fm's size: 1,892 users, 17,632 items, 74k pairs
     python scripts/bench_shared_step.py --users 29858 --items 40981 --pairs 810128 --negatives 1000   # Gowalla's
@@ -24,28 +24,27 @@ import torch
 import torch.nn.functional as F
 
 from recforge.losses import BPRLoss
-from recforge.models.base import Recommender
 from recforge.models.lightgcn import LightGCN
 from recforge.models.ngcf import NGCF
 from recforge.samplers import HardNegativeSampler
 from recforge.training.module import RecommenderModule
 
 
-def step(model, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor, way: str) -> None:
-    model.zero_grad()
-    score = model.score_with_shared if way == "once" else lambda *a: Recommender.score_with_shared(model, *a)
-    scores = score(users, positives, shared)
-    F.softplus(scores[:, 1:] - scores[:, :1]).mean().backward()
-
-
-def hard_step(module, users: torch.Tensor, positives: torch.Tensor, way: str) -> None:
-    """A training module's step with hard negatives, the model's ``one_pass`` on (``once``) or off (``twice``)."""
+def step(module, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor | None, way: str) -> None:
+    """A step, the model's ``one_pass`` on (``once``) or off (``twice``): the shared negatives' scores and their
+    loss, or (``shared`` None) the training module's step with its hard negatives."""
     model = module.model
     model.zero_grad()
     if way == "twice":
         model.one_pass = contextlib.nullcontext
     try:
-        module.compute_loss((users, positives, torch.ones(len(users)))).backward()
+        if shared is None:
+            loss = module.compute_loss((users, positives, torch.ones(len(users))))
+        else:
+            with model.one_pass():
+                scores = model.score_with_shared(users, positives, shared)
+            loss = F.softplus(scores[:, 1:] - scores[:, :1]).mean()
+        loss.backward()
     finally:
         model.__dict__.pop("one_pass", None)
 
@@ -79,10 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             for way in best:
                 started = time.perf_counter()
                 for _ in range(3):
-                    if args.hard:
-                        hard_step(module, users, positives, way)
-                    else:
-                        step(model, users, positives, shared, way)
+                    step(module, users, positives, None if args.hard else shared, way)
                 best[way] = min(best[way], (time.perf_counter() - started) / 3)
         print(f"{name}: two propagations {best['twice']:.4f} s a step, one {best['once']:.4f} s, "
               f"{best['twice'] / best['once']:.2f}x")

@@ -388,10 +388,10 @@ def test_mf_scores_many_candidates_a_row_by_one_product_with_the_same_scores_and
 
 def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatch):
     """With ``sampler.shared``, a training step scores each row's positive and the batch's shared negatives. The user
-    side is computed once for both: the graph models propagate once (twice doubled the step and gave NGCF two
-    message-dropout masks), SimpleX and the two-tower model draw their user dropout once, so (SimpleX, whose items
-    have none) an item scores the same as a row's positive and as a shared negative. The default (every other model)
-    is ``forward`` then ``score_items``."""
+    side is computed once for both: the graph models propagate once within the step's ``one_pass`` (twice doubled
+    the step and gave NGCF two message-dropout masks), SimpleX and the two-tower model draw their user dropout once,
+    so (SimpleX, whose items have none) an item scores the same as a row's positive and as a shared negative. The
+    default (every other model) is ``forward`` then ``score_items``."""
     from recforge.models.base import Recommender
     from recforge.models.mf import MatrixFactorization
     from recforge.models.simplex import SimpleX
@@ -404,7 +404,8 @@ def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatc
     for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4]),
                   SimpleX(5, 30, pairs, embedding_dim=8, dropout=0.5)):
         model.train()
-        got = model.score_with_shared(users, positives, shared)
+        with model.one_pass():
+            got = model.score_with_shared(users, positives, shared)
         assert got.shape == (4, 4) and got.requires_grad
         torch.testing.assert_close(got[:, 0], got[torch.arange(4), 1 + at], msg=type(model).__name__)
         if isinstance(model, (LightGCN, NGCF)):
@@ -412,7 +413,8 @@ def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatc
             propagate = model.propagate
             monkeypatch.setattr(model, "propagate", lambda: calls.append(1) or propagate())
             torch.manual_seed(1)
-            got = model.score_with_shared(users, positives, shared)
+            with model.one_pass():
+                got = model.score_with_shared(users, positives, shared)
             assert len(calls) == 1
             torch.manual_seed(1)   # the same dropout draw: the vectors that one propagation gave
             u, v = propagate()

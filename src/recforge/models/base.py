@@ -7,7 +7,8 @@
 * ``score_items(users, items)`` scores ``(B,)`` users against one ``(n,)`` set of items, ``(B, n)``, and
   ``score_with_shared(users, positives, shared)`` each user's positive and then that set, ``(B, 1 + n)``
   (``sampler.shared``); the defaults call ``forward``; models override the first with a matrix product (MF, the graph
-  models, SimpleX) and the second where the user side is costly or random, to compute it once for both.
+  models, SimpleX) and the second where the user side is random, to draw it once for both.
+* ``one_pass()`` scopes a training step: the graph models propagate once in it, for every call of the step.
 * Data-dependent values (``n_users``, ``n_items``, ``global_mean``, ``item_popularity``, and
   ``interactions``, the ``(2, n_train)`` user/item pairs of the training split) are constructor
   arguments that ``train(cfg)`` fills in from the data; a model asks only for those it needs.
@@ -84,8 +85,9 @@ class Recommender(nn.Module):
 
     def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """``(B, 1 + n)``: each user's positive, then the ``(n,)`` negatives the batch shares (``sampler.shared``).
-        Default: ``forward`` on the positives and :meth:`score_items` on the shared set; the graph models, SimpleX and
-        the two-tower model override it to compute the user side once for both (one propagation, one dropout draw)."""
+        Default: ``forward`` on the positives and :meth:`score_items` on the shared set (the graph models propagate
+        once for both within :meth:`one_pass`); SimpleX and the two-tower model override it to draw their user
+        dropout once for both."""
         return positives_then_shared(self, users, positives, shared)
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -232,22 +234,17 @@ def init_embeddings(tables: list[nn.Embedding], init: str, init_std: float) -> N
             nn.init.xavier_uniform_(table.weight)
 
 
-def users_per_chunk(activations: int, n_items: int, width: int = 1) -> int:
-    """Users in one chunk of full ranking: at most ``activations`` (user, item) pairs times ``width`` (the widest layer
-    a pair goes through), at least one."""
-    return max(1, activations // (n_items * width))
-
-
 def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, width: int = 1,
                    context: torch.Tensor | None = None) -> torch.Tensor:
-    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` (:func:`users_per_chunk`), written into
-    one ``(len(users), n_items)`` tensor: bounds the memory of models that build a vector per pair. With ``context``
+    """``score(chunk)`` -> ``(len(chunk), n_items)`` over chunks of ``users`` of at most ``activations`` (user, item)
+    pairs times ``width`` (the widest layer a pair goes through) each, at least one user, written into one
+    ``(len(users), n_items)`` tensor: bounds the memory of models that build a vector per pair. With ``context``
     (a row per user), ``score(chunk, rows)`` takes the chunk's rows of it too.
 
     The chunks fill one tensor, not a list concatenated at the end: there, each chunk's small result stayed allocated
     between the next chunks' large, short-lived activations, glibc's heap could not reuse their space, and a process
     grew by most of a chunk's activations a chunk (DeepFM, one Last.fm validation: 0.6 to 8 GB)."""
-    step = users_per_chunk(activations, n_items, width)
+    step = max(1, activations // (n_items * width))
     out = None
     for start in range(0, len(users), step):
         chunk = users[start:start + step]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recforge.models.base import Recommender, check_init, init_embeddings
-from recforge.utils.linalg import candidates_by_product, inner_products, with_shared_products
+from recforge.utils.linalg import candidates_by_product, inner_products
 from recforge.utils.sparse import to_csr
 
 
@@ -123,12 +123,6 @@ class GraphRecommender(Recommender):
     def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.embeddings()
         return inner_products(user_emb[users], item_emb[items])
-
-    def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
-        """One propagation for the positives and the shared negatives (two would double a step's cost, and NGCF's
-        message dropout would differ between them)."""
-        user_emb, item_emb = self.embeddings()
-        return with_shared_products(user_emb[users], item_emb[positives], item_emb[shared])
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.embeddings()

@@ -35,8 +35,8 @@ def inner_products(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
 
 def with_shared_products(queries: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
     """``(B, 1 + n)``: each ``(B, d)`` query with its own ``(B, d)`` positive vector, then with every ``(n, d)`` shared
-    negative vector (``Recommender.score_with_shared`` of the dot-product models: the queries computed once for
-    both, so a dropout in them is one draw)."""
+    negative vector (``score_with_shared`` of SimpleX and the two-tower model: the queries computed once for both,
+    so a dropout in them is one draw)."""
     return torch.cat([(queries * positives).sum(-1, keepdim=True), inner_products(queries, shared)], dim=1)
 
 
