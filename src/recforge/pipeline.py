@@ -277,7 +277,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         rating_range=datamodule.raw.rating_range,
         clip_predictions=cfg.eval.clip_predictions,
         item_popularity=data_kwargs["item_popularity"],
-        n_train_users=datamodule.n_users,
+        n_train_users=datamodule.n_train_users,
         rating_inverse=datamodule.inverse_ratings if datamodule.rating_inverse != (1.0, 0.0) else None,
         beyond=context if cfg.eval.get("beyond") is not None else None,
         reranker=reranker,

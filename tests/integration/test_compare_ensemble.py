@@ -179,6 +179,22 @@ def test_ensemble_refuses_other_splits_rating_runs_and_one_run(store, tmp_path):
         ensemble(ensemble_cfg(tmp_path, uri, [ids["bpr"], ids["ease"]], "method=mean"))
 
 
+def test_ensemble_refuses_a_refit_run_whose_model_learnt_the_validation_part(store, tmp_path):
+    """A ``refit=true`` run's model trained on train + validation: the ensemble would choose its weights on
+    interactions that member has seen, so it is refused, whichever place it has, with the run named."""
+    from recforge.ensemble.cli import ensemble
+
+    uri, ids, _, tmp = store
+    cfg = compose_train(TINY[:3] + ["model=itemknn", "refit=true", "tracking.run_name=refit",
+                         "tracking.experiment_name=refit"], tmp / "refit")   # not among the runs the others select
+    cfg.paths.log_dir = str(tmp / "logs")
+    refit = train(cfg)["run_id"]
+    for order in ([ids["ease"], refit], [refit, ids["ease"]]):
+        with pytest.raises(RecForgeError, match="refit=true") as info:
+            ensemble(ensemble_cfg(tmp_path, uri, order))
+        assert refit in str(info.value) and "refit=false" in str(info.value)
+
+
 def test_item_spaces_must_match():
     from recforge.ensemble.members import check_item_spaces
 

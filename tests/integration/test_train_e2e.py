@@ -313,6 +313,8 @@ def test_row_models_score_held_out_users_from_their_fold_in_rows(tiny_cfg):
     fold_in = split_parts.fold_in[split_parts.fold_in["user"].isin(split_parts.test["user"])]  # the test users'
     users = torch.as_tensor(np.unique(fold_in["user"].to_numpy()))
     assert exp.model.user_rows(users).sum() == 0  # not in training
+    # novelty's normaliser: the users item popularity counts, not the held-out ones as well
+    assert exp.module.evaluator.n_train_users == split_parts.train["user"].nunique() < exp.datamodule.n_users
     exp.module.on_test_epoch_start()
     rows = exp.model.user_rows(users)
     assert rows.sum() == len(fold_in)
@@ -472,6 +474,16 @@ def test_resuming_a_run_stopped_by_a_non_finite_metric_trains_nothing_more(tiny_
     again = train(tiny_cfg(*settings, f"resume_from={last}"))
     assert torch.load(last, weights_only=False)["epoch"] == stopped_at   # no epoch was added
     assert "time/s_per_epoch" not in again
+
+
+def test_a_diverged_ranking_model_stops_at_once_and_reports_nan_not_near_zero(tiny_cfg):
+    """NaN scores make the validation NDCG NaN (the evaluator's policy), so early stopping ends the run at that
+    epoch instead of training the cap out on a model whose lists merely look poor; its test reads NaN too."""
+    cfg = tiny_cfg("model=bpr", "optimizer.lr=1e30", "trainer.max_epochs=10")
+    metrics = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 0
+    assert np.isnan(metrics["val/ndcg_at_10"]) and np.isnan(metrics["test/ndcg_at_10"])
 
 
 def test_a_stopped_run_resumed_with_more_patience_trains_on_as_if_it_had_had_it(tiny_cfg, tmp_path):

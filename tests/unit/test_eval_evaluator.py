@@ -118,6 +118,38 @@ def test_results_do_not_depend_on_chunks_or_user_order_within_chunks():
             torch.testing.assert_close(other_users[name], per_user[name], rtol=0, atol=0, equal_nan=True)
 
 
+def test_held_out_items_with_negative_gains_are_hits():
+    """A held-out item is relevant whatever its stored rating's sign (symmetric normalisation gives negative
+    ones): ranked first, it is a hit for every binary metric, as it counts in their denominators."""
+    table = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    ev = RankingEvaluator(ks=[1])
+    out = ev.evaluate(_table_scorer(table), _batch([0, 1], [], [(0, 0), (1, 3)], gains=[-1.0, 0.5]))
+    for name in ("hr", "recall", "ndcg", "mrr", "precision", "map"):
+        assert out[f"{name}_at_1"].tolist() == [1.0, 1.0], name
+    with pytest.raises(ValueError, match="zero gain"):
+        ev.evaluate(_table_scorer(table), _batch([0, 1], [], [(0, 0), (1, 3)], gains=[0.0, 0.5]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverged_model_gets_nan_metrics_not_near_zero_ones(bad, caplog):
+    """NaN or +inf among a user's unmasked scores makes every metric of the evaluation NaN (so early stopping's
+    finiteness check ends a diverged run), with a warning; the same value on a masked item changes nothing."""
+    table = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0], [1.0, 0.0, 0.0, 0.0]])
+    ev = RankingEvaluator(ks=[1, 2], item_popularity=torch.tensor([4.0, 3.0, 2.0, 1.0]), n_train_users=4)
+    batch = _batch([0, 1, 2], [(1, 0)], [(0, 0), (1, 3), (2, 0)])
+    healthy, _ = ev.aggregate([ev.evaluate(_table_scorer(table), batch)])
+    masked = table.clone()
+    masked[1, 0] = bad   # an item user 1 has seen: masked before ranking
+    assert ev.aggregate([ev.evaluate(_table_scorer(masked), batch)])[0] == healthy
+    broken = table.clone()
+    broken[1, 2] = bad
+    with caplog.at_level("WARNING", logger="recforge.metrics.evaluator"):
+        metrics, per_user = ev.aggregate([ev.evaluate(_table_scorer(broken), batch)])
+    assert metrics.keys() == healthy.keys() and all(value.isnan() for value in metrics.values())
+    assert per_user["broken"].tolist() == [False, True, False]
+    assert "1 of 3 users have NaN or +inf scores" in caplog.text
+
+
 def test_evaluator_copies_broadcast_scores_instead_of_writing_into_them():
     shared = torch.ones(1, 6)  # e.g. a popularity row expanded to every user
     ev = RankingEvaluator(ks=[2])

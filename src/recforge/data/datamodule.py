@@ -369,6 +369,12 @@ class RecDataModule(pl.LightningDataModule):
                 if context is not None:
                     batch["pair_context"] = context[lo:hi]
 
+    @property
+    def n_train_users(self) -> int:
+        """Users with a training interaction, the novelty normaliser (``item_popularity`` counts training users):
+        ``n_users`` also counts users held out whole (a strong-generalisation split's test users)."""
+        return int(self.split.train["user"].nunique())
+
     # ---------------------------------------------------------------- ratings on the original scale
     @property
     def rating_inverse(self) -> tuple[float, float]:

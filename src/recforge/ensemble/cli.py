@@ -44,12 +44,12 @@ def ensemble(cfg: DictConfig) -> dict[str, float]:
     first = members[0].config
     ks = list(cfg.ks) if cfg.ks else list(first.eval.ks)
     kwargs = dm.model_kwargs()
-    evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_users, **sampled_kwargs(first))
+    evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_train_users, **sampled_kwargs(first))
     # the test lists: the first member's eval.beyond settings (item vectors from item features only) and cfg.rerank
     context = list_context(first, dm)
     reranker = build_reranker(cfg, context, dm.raw.name, "Ensemble")
     beyond = context if first.eval.get("beyond") is not None else None
-    test_evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_users, **sampled_kwargs(first),
+    test_evaluator = RankingEvaluator(ks, kwargs["item_popularity"], dm.n_train_users, **sampled_kwargs(first),
                                       beyond=beyond, reranker=reranker)
     batches = {"val": list(dm.val_dataloader()), "test": list(dm.test_dataloader())}
     fusion = FusionEvaluator([m.model for m in members], batches, evaluator, cfg.method, cfg.normalization,

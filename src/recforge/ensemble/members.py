@@ -45,7 +45,7 @@ def _download(client, run_id: str, artifact: str, into: Path) -> Path:
 
 
 def check_runs(client, run_ids: Sequence[str]) -> list:
-    """The runs, after refusing duplicates, rating models and runs on different splits."""
+    """The runs, after refusing duplicates, rating models, refit models and runs on different splits."""
     if len(run_ids) < 2:
         raise RecForgeError(f"an ensemble needs at least two runs, got {list(run_ids)}: set runs=[id1,id2,...]")
     if len(set(run_ids)) < len(run_ids):
@@ -55,6 +55,11 @@ def check_runs(client, run_ids: Sequence[str]) -> list:
         if run.data.tags.get("feedback") != "implicit":
             raise RecForgeError(f"run {run.info.run_id} ({run.data.tags.get('model')}) ranks with "
                                 f"{run.data.tags.get('feedback')} feedback; ensembles fuse rankings of implicit-feedback runs")
+    for run in runs:
+        if "refit/epochs" in run.data.metrics:
+            raise RecForgeError(f"run {run.info.run_id} ({run.data.tags.get('model')}) was trained with refit=true: "
+                                "its model learnt the validation part, on which an ensemble chooses its weights; "
+                                "fuse the runs trained with refit=false")
     check_same_split({r.info.run_id: r.data.tags.get(FINGERPRINT_TAG, "none") for r in runs}, "they cannot be fused")
     return runs
 

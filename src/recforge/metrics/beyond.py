@@ -207,7 +207,7 @@ def list_metrics(ctx: ListContext, users: Tensor, topk: Tensor, valid: Tensor, h
     for k in ks:
         c = _column(k, width)
         out[f"aplt_at_{k}"] = torch.where(n_valid[:, c] > 0, tail[:, c] / n_valid[:, c].clamp(min=1), nan)
-    relevant = hits > 0
+    relevant = hits != 0
     n_items = ctx.item_popularity.numel()
     keys = torch.unique(rel_rows * n_items + rel_cols)
     rows = torch.div(keys, n_items, rounding_mode="floor")

@@ -30,11 +30,16 @@ average is taken once over the concatenated per-user vector, so results do not d
 the batch composition or the device (given identical scores: a model whose score for a user changes with
 the batch it is computed in, e.g. through BLAS blocking, is outside the evaluator's control).
 
+A model that scores NaN or +inf (a diverged one) gets NaN for every metric of that evaluation, with a warning,
+not the near-zero numbers its lists would give: early stopping then ends its training (``check_finite``), and a
+sweep's trial fails as diverged, where a finite value would pass for a bad model.
+
 This module imports only torch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -51,8 +56,10 @@ __all__ = ["BEYOND_ACCURACY_NAMES", "NON_METRIC_KEYS", "RANKING_METRIC_NAMES", "
 
 RANKING_METRIC_NAMES = ("precision", "recall", "trecall", "ndcg", "gndcg", "hr", "mrr", "map", "f1")
 BEYOND_ACCURACY_NAMES = ("coverage", "gini", "expgini", "novelty", "avgpop")
-NON_METRIC_KEYS = ("users", "topk", "scores", "valid")  # per-user result keys that are not metrics
+NON_METRIC_KEYS = ("users", "topk", "scores", "valid", "broken")  # per-user result keys that are not metrics
 PAIR_KEYS = ("pair_users", "pair_scores", "pair_labels")  # per-pair results (point-wise metrics), not per user
+
+log = logging.getLogger(__name__)
 
 
 def rating_batch_errors(
@@ -172,8 +179,8 @@ class RankingEvaluator:
         """Per-user results of one chunk from its (B, n_items) score matrix (masked in place if float32).
 
         Returns ``users``, ``topk`` (B, K) item indices, ``scores`` (B, K) their scores, ``valid`` (B, K)
-        (False where a row had fewer than K unmasked items), and one (B,) tensor per metric, NaN for users
-        without relevant items.
+        (False where a row had fewer than K unmasked items), ``broken`` (B,) (True where a row has a NaN or +inf
+        score among its unmasked items), and one (B,) tensor per metric, NaN for users without relevant items.
         """
         users = batch["users"]
         if scores.dim() != 2 or scores.shape[0] != users.numel():
@@ -200,6 +207,7 @@ class RankingEvaluator:
         mask_scores_(scores, ex_rows, ex_cols)
         if "candidate_items" in batch:
             scores[:, ~batch["candidate_items"].to(device)] = float("-inf")
+        broken = (~(scores < float("inf"))).any(dim=1)   # NaN or +inf where an item is still ranked
         kmax = max(self.ks)
         ann_recall = None
         if self.retriever is not None:
@@ -219,7 +227,7 @@ class RankingEvaluator:
             topk, values = self.reranker(users.to(device), topk, values, kmax)
         valid = torch.isfinite(values)
         hits, n_relevant, ideal = relevance_matrix(n_rows, topk, rel_rows, rel_cols, gains, valid)
-        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid, **pairs}
+        out = {"users": users.to(device), "topk": topk, "scores": values, "valid": valid, "broken": broken, **pairs}
         out.update(ranking_metrics(hits, n_relevant, self.ks, ideal_gains=ideal))
         if self.beyond is not None:
             if self.beyond.item_groups.device != device:
@@ -325,6 +333,11 @@ class RankingEvaluator:
             per_user = [k for k in metrics if "/" not in k and k in results]
             extra = slice_aggregates(self.beyond, results, per_user, self.ks, self.n_train_users or 1)
             metrics.update({k: torch.tensor(v) for k, v in extra.items()})
+        broken = int(results["broken"].sum()) if "broken" in results else 0
+        if broken:
+            log.warning("%d of %d users have NaN or +inf scores: the model diverged (a lower optimizer.lr?); every "
+                        "metric of this evaluation is NaN", broken, len(results["broken"]))
+            metrics = {key: torch.tensor(float("nan")) for key in metrics}
         return metrics, results
 
     def run(self, score_fn: Callable[[Tensor], Tensor], batches: Iterable[dict[str, Tensor]],

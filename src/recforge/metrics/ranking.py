@@ -145,8 +145,9 @@ def relevance_matrix(
         n_rows: B, the number of rows of ``topk_indices``.
         topk_indices: (B, K) recommended item indices, best first.
         rel_rows, rel_cols: the relevant (row, item) pairs of this chunk, row in ``[0, B)``.
-        rel_gain: optional positive gain per pair (graded relevance); None means binary (gain 1).
-            Duplicate pairs count once, with their largest gain.
+        rel_gain: optional non-zero gain per pair (graded relevance; a rating, negative ones included); None
+            means binary (gain 1). Duplicate pairs count once, with their largest gain. A zero gain is refused:
+            the binary metrics read a hit as a non-zero entry of ``hits``.
         valid: optional (B, K) bool, False where the position is not a real recommendation
             (``torch.isfinite(values)``); such positions are never hits.
 
@@ -167,6 +168,9 @@ def relevance_matrix(
     gains = torch.ones(rows.shape, dtype=dtype, device=device) if rel_gain is None else rel_gain.to(device, dtype)
     if rows.numel() and bool(((rows < 0) | (rows >= n_rows)).any()):
         raise ValueError(f"rel_rows must lie in [0, {n_rows}) (rows of this chunk, not global user ids)")
+    if rel_gain is not None and bool((gains == 0).any()):
+        raise ValueError("rel_gain has a zero gain: a relevant pair needs a non-zero one (store a held-out rating "
+                         "of 0 as a small positive number, as the data module does)")
 
     # Sort pairs by key = row * n_cols + col; within a key the largest gain comes first, and only it is kept.
     n_cols = 1 + max((int(t.max()) for t in (topk_indices, cols) if t.numel()), default=0)
@@ -216,7 +220,7 @@ def ranking_metrics(
     """Per-user top-k metrics, each a (B,) tensor, for every k in ``ks``, computed from the hit matrix.
 
     Args:
-        hits: (B, K) gain at each rank, best rank first; ``hits > 0`` means relevant. Columns beyond K
+        hits: (B, K) gain at each rank, best rank first; ``hits != 0`` means relevant. Columns beyond K
             (a k larger than the list, e.g. more than the catalogue) count as misses.
         n_relevant: (B,) number of relevant items per user.
         ks: cut-offs, each >= 1.
@@ -239,7 +243,7 @@ def ranking_metrics(
     dtype = hits.dtype if hits.dtype in (torch.float32, torch.float64) else torch.float32
     kmax = max(ks)
     gains = _pad_columns(hits.to(dtype), kmax)
-    rel = (gains > 0).to(dtype)
+    rel = (gains != 0).to(dtype)   # a hit, whatever its gain's sign (a negative rating is still held out)
     rank = torch.arange(1, kmax + 1, device=device, dtype=dtype)
     disc = 1.0 / torch.log2(rank + 1)
 
