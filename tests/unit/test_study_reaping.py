@@ -1,5 +1,6 @@
 """A worker killed after asking for a trial and before its first heartbeat leaves a RUNNING trial that no heartbeat
-check ever finds stale; ``reap_dead_trials`` fails and retries it when its worker was on this host and has ended."""
+check ever finds stale; ``reap_dead_trials`` fails and retries it when its worker was on this host and has ended.
+And the objective's check: a test metric is allowed, with a warning."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import optuna
 from optuna.trial import TrialState
 
-from recforge.tuning.study import reap_dead_trials
+from recforge.tuning.study import check_objective, reap_dead_trials
 
 
 def dead_pid() -> int:
@@ -43,3 +44,13 @@ def test_a_trial_that_never_beat_is_reaped_when_its_local_worker_is_gone(tmp_pat
     retry = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
     assert len(retry) == 1 and retry[0].system_attrs.get("failed_trial") == orphan.number
     assert reap_dead_trials(study, max_retry=1) == []  # reaped once only
+
+
+def test_a_test_objective_is_allowed_with_a_warning_and_a_validation_one_without(caplog):
+    names = ["val/ndcg_at_10", "test/ndcg_at_10"]
+    with caplog.at_level("WARNING", logger="recforge.tuning"):
+        check_objective(["val/ndcg_at_10"], names)
+        assert not caplog.records
+        check_objective(["test/ndcg_at_10"], names)
+    assert "optimized_metric=test/ndcg_at_10 chooses on the test part" in caplog.text
+    assert "choose on val/ndcg_at_10" in caplog.text

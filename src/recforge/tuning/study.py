@@ -151,11 +151,16 @@ def resolve_directions(metrics: Sequence[str], direction: str | Sequence[str] | 
 
 
 def check_objective(metrics: Sequence[str], valid: Sequence[str]) -> None:
-    """Fail at once when ``optimized_metric`` names a metric the run does not produce."""
+    """Fail at once when ``optimized_metric`` names a metric the run does not produce; warn when it names a test
+    metric (allowed: some protocols have no validation part, and a sweep may study the test's response)."""
     for name in metrics:
         if name not in valid:
             raise RecForgeError(f"optimized_metric={name} is not a metric this run produces; valid names: "
                                 f"{', '.join(valid)}")
+        if name.startswith("test/"):
+            log.warning("optimized_metric=%s chooses on the test part: the best trial's test numbers are then "
+                        "overstated, not a result to report; choose on val/%s unless the protocol has no "
+                        "validation part (and say so)", name, name[len("test/"):])
 
 
 def report_metric(metrics: Sequence[str], monitor: str, directions: Sequence[str]) -> str | None:
