@@ -377,6 +377,11 @@ def build_sampler(cfg: DictConfig, loss: torch.nn.Module, datamodule: RecDataMod
         raise RecForgeError(f"sampler=in_batch draws loss.num_negatives={n} from the batch's other positives, but "
                             f"datamodule.batch_size={cfg.datamodule.batch_size}; set loss.num_negatives="
                             f"{cfg.datamodule.batch_size - 1} or a larger batch")
+    if in_batch and loss.logq_correction and datamodule.sample_users_uniformly:
+        raise RecForgeError("sampler=in_batch with loss.logq_correction=true subtracts each item's share of the "
+                            "training positives, but datamodule.sample_users_uniformly=true puts items in batches "
+                            "by their users' sizes instead; set datamodule.sample_users_uniformly=false or "
+                            "loss.logq_correction=false")
     return build(cfg, "sampler", n_items=datamodule.n_items, positive_keys=datamodule.positive_keys(),
                  item_counts=item_counts)
 

@@ -172,6 +172,25 @@ def test_lightgcn_layer_mean_and_buffers():
 
 
 @pytest.mark.parametrize("cls", [LightGCN, NGCF])
+def test_graph_models_l2_is_the_mean_over_a_rows_triples_whatever_the_negatives(cls):
+    """The papers' L2 is per (user, positive, negative) triple: with several negatives a row's term is the mean
+    over its triples, so reg_weight weighs the same with 1 negative as with 3 (and shared negatives, the same
+    items in every row, count as often as they appear)."""
+    model = cls(4, 5, PAIRS, embedding_dim=3)
+    users, user_sq = torch.tensor([0, 1]), model.user_embedding.weight[:2].pow(2).sum(-1)
+    item_sq = model.item_embedding.weight.pow(2).sum(-1)
+    candidates = torch.tensor([[0, 2, 3, 3], [1, 4, 2, 0]])   # each row: its positive, then three negatives
+    per_row = user_sq + item_sq[candidates[:, 0]] + item_sq[candidates[:, 1:]].mean(1)
+    expected = model.reg_weight * 0.5 * per_row.sum() / 2
+    torch.testing.assert_close(model.regularization(users, candidates), expected)
+    one_each = torch.tensor([[0, 3], [1, 3]])
+    torch.testing.assert_close(model.regularization(users, torch.tensor([[0, 3, 3, 3], [1, 3, 3, 3]])),
+                               model.regularization(users, one_each))
+    alone = model.regularization(users, candidates[:, :1])   # loss=softmax: the user and the positive
+    torch.testing.assert_close(alone, model.reg_weight * 0.5 * (user_sq + item_sq[candidates[:, 0]]).sum() / 2)
+
+
+@pytest.mark.parametrize("cls", [LightGCN, NGCF])
 def test_graph_models_cache_propagation_while_evaluating_only(cls, monkeypatch):
     torch.manual_seed(0)
     model = cls(n_users=4, n_items=5, interactions=PAIRS, embedding_dim=4)

@@ -200,10 +200,18 @@ def test_in_batch_negatives_are_the_other_positives_with_hits_masked_and_logq():
     keys = keys_of(torch.tensor([0, 1, 2, 3, 0]), torch.tensor([5, 6, 7, 8, 7]), 10)  # user 0 also likes 7
     counts = torch.tensor([0, 0, 0, 0, 0, 1.0, 1.0, 2.0, 1.0, 0])
     sampler = InBatchSampler(10, keys, counts)
+    torch.manual_seed(0)
+    order = torch.randperm(4)
+    torch.manual_seed(0)
     negatives = sampler(users, 2, positives=positives)
-    assert negatives.tolist() == [[6, 7], [7, 8], [8, 5], [5, 6]]
-    assert sampler(users, 10, positives=positives).shape == (4, 3)  # at most the batch's other rows
-    candidates = torch.cat([positives.unsqueeze(1), negatives], 1)
+    following = {int(order[i]): [int(positives[order[(i + 1) % 4]]), int(positives[order[(i + 2) % 4]])]
+                 for i in range(4)}   # each row: the positives of the next two rows in a random cyclic order
+    assert negatives.tolist() == [following[row] for row in range(4)]
+    everyone = sampler(users, 10, positives=positives)
+    assert everyone.shape == (4, 3)  # at most the batch's other rows, each once
+    assert all(sorted(row) == sorted(set(positives.tolist()) - {int(positives[b])})
+               for b, row in enumerate(everyone.tolist()))
+    candidates = torch.tensor([[5, 6, 7], [6, 7, 8], [7, 8, 5], [8, 5, 6]])   # each row's positive, then two
     scores = torch.zeros(4, 3)
     plain = sampler.adjust(users, candidates, scores, logq_correction=False)
     assert plain[0].tolist() == [0.0, 0.0, float("-inf")] and bool(torch.isfinite(plain[1:]).all())
@@ -222,6 +230,53 @@ def test_hard_negatives_are_the_best_scored_of_each_pool():
     torch.manual_seed(4)
     hard = HardNegativeSampler(50, keys, pool_size=5)(users, 3, scorer=lambda u, items: (items * 7 % 50).float())
     assert torch.equal(hard, pool.gather(-1, (pool * 7 % 50).argmax(-1, keepdim=True)).squeeze(-1))
+
+
+def test_in_batch_negatives_of_a_sequential_batch_come_mostly_from_other_users():
+    """A sequential batch holds each user's positions side by side; negatives from the next rows in batch order
+    would be the same user's items (masked: a quarter of them here), in a random order of the rows they are not."""
+    users = torch.arange(64).repeat_interleave(50)   # 64 users x 50 positions, each user's own 50 items
+    positives = torch.arange(64 * 50)
+    sampler = InBatchSampler(64 * 50, keys_of(users, positives, 64 * 50))
+    torch.manual_seed(6)
+    negatives = sampler(users, 100, positives=positives)
+    masked = sampler.is_positive(users, negatives).float().mean().item()
+    assert masked < 0.05, masked   # about 49 / 3,199 of a row's draws are its user's (was 0.25 in batch order)
+
+
+def test_hard_negatives_never_pick_a_positive_the_redraws_left_while_the_pool_has_another():
+    """A model ranks a user's own items highest, so without the mask the pool's argmax seeks out the training
+    positives the uniform redraws missed."""
+    n_items = 30
+    users = torch.zeros(2000, dtype=torch.long)
+    liked = torch.arange(20)   # two thirds of the catalogue: the two redraws often stay on a positive
+    keys = keys_of(torch.zeros(20, dtype=torch.long), liked, n_items)
+    scorer = lambda u, items: (items < 20).float() + items.float() / 100   # noqa: E731  positives score highest
+    torch.manual_seed(7)
+    pool = NegativeSampler(n_items, keys)(users, 8).view(2000, 1, 8)
+    assert bool((pool < 20).any(-1).any())   # the redraws did leave positives in pools: the test means something
+    torch.manual_seed(7)
+    hard = HardNegativeSampler(n_items, keys, pool_size=8)(users, 1, scorer=scorer)
+    has_other = (pool >= 20).any(-1)
+    assert not bool((hard[has_other] < 20).any())
+    best_other = torch.where(pool >= 20, pool, -1).amax(-1)   # the highest-scored non-positive of each pool
+    assert torch.equal(hard[has_other], best_other[has_other])
+
+
+def test_popularity_draws_follow_the_logq_probabilities_at_a_million_items():
+    """The integer CDF gives every item exactly the probability the logQ correction subtracts, however small
+    its share (a float32 CDF rounded a million items' shares by up to a third)."""
+    from recforge.samplers import PopularitySampler
+
+    counts = torch.randint(1, 1000, (1_000_000,), generator=torch.Generator().manual_seed(8)).float()
+    sampler = PopularitySampler(1_000_000, torch.tensor([], dtype=torch.long), counts, alpha=0.75)
+    drawn = torch.diff(sampler.cdf, prepend=sampler.cdf.new_zeros(1)).double() / sampler.total
+    expected = counts.double() ** 0.75 / (counts.double() ** 0.75).sum()
+    assert torch.allclose(drawn, expected, rtol=1e-6, atol=0)
+    assert torch.allclose(sampler.log_prob(torch.arange(1_000_000)).double(), expected.log(), rtol=0, atol=1e-6)
+    torch.manual_seed(8)
+    draws = sampler(torch.zeros(1000, dtype=torch.long), 100)
+    assert int(draws.min()) >= 0 and int(draws.max()) < 1_000_000
 
 
 def test_shared_negatives_are_one_draw_for_the_batch_with_each_rows_positives_masked_and_logq():
@@ -323,6 +378,8 @@ def test_every_sampler_trains_end_to_end(tiny_cfg, overrides):
     (["sampler=hard", "sampler.pool_size=0"], "sampler.pool_size=0"),
     (["loss=ccl", "loss.margin=2"], "loss.margin=2"),
     (["sampler=hard", "sampler.shared=true"], "sampler.shared=true"),
+    (["sampler=in_batch", "loss=sampled_softmax", "loss.num_negatives=20", "datamodule.sample_users_uniformly=true"],
+     "datamodule.sample_users_uniformly=true"),
 ])
 def test_sampler_mistakes_are_one_line_errors_naming_the_key(tiny_cfg, overrides, message):
     from recforge.train import train

@@ -258,6 +258,20 @@ def by_user_chunks(score, users: torch.Tensor, n_items: int, activations: int, w
     return out if out is not None else torch.empty(0, n_items, device=users.device)
 
 
+def candidate_sq_norms(users: torch.Tensor, items: torch.Tensor, user_embedding: nn.Embedding,
+                       item_embedding: nn.Embedding) -> torch.Tensor:
+    """``sum_b ||e_u||^2 + ||e_pos||^2 + mean_j ||e_neg_j||^2`` of a batch's users and ``(B, 1 + n)`` candidates
+    (positives first; ``(B, 1)``: positives alone): each row's squared norms as the mean over its ``n`` (user,
+    positive, negative) triples, so an L2 weight means the same with one negative as with hundreds (the papers'
+    BPR has one). Every distinct negative is looked up once (shared negatives repeat in every row)."""
+    total = user_embedding(users).pow(2).sum() + item_embedding(items[:, 0]).pow(2).sum()
+    negatives = items[:, 1:]
+    if negatives.numel():
+        distinct, counts = torch.unique(negatives, return_counts=True)
+        total = total + (counts * item_embedding(distinct).pow(2).sum(-1)).sum() / negatives.shape[1]
+    return total
+
+
 def positives_then_shared(model, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
     """:meth:`Recommender.score_with_shared` by two calls: ``model(users, positives[:, None])``, then
     ``model.score_items(users, shared)``."""

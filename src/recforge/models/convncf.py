@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from recforge.errors import RecForgeError
-from recforge.models.base import Recommender, broadcast_users
+from recforge.models.base import Recommender, broadcast_users, candidate_sq_norms
 from recforge.models.mf import MatrixFactorization
 from recforge.models.pretrained import pretrained_source
 
@@ -91,12 +91,13 @@ class ConvNCF(Recommender):
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The paper's L2 terms per training example: ``(reg_embedding * (sum ||p_u||^2 + sum ||q_i||^2) +
         reg_weight * ||network||^2) / B`` over the batch's users and their candidates (positive and sampled
-        negatives; the positive alone under ``loss=softmax``); the paper sums its BPR loss over the batch, this
-        module averages it."""
+        negative; several negatives count as their mean, :func:`~recforge.models.base.candidate_sq_norms`; the
+        positive alone under ``loss=softmax``); the paper sums its BPR loss over the batch, this module averages
+        it."""
         total = users.new_zeros((), dtype=self.predict.weight.dtype)
         if self.reg_embedding:
-            total = total + self.reg_embedding * (self.user_embedding(users).pow(2).sum()
-                                                  + self.item_embedding(items).pow(2).sum())
+            total = total + self.reg_embedding * candidate_sq_norms(users, items, self.user_embedding,
+                                                                    self.item_embedding)
         if self.reg_weight:
             network = [p for name, p in self.named_parameters() if not name.endswith("_embedding.weight")]
             total = total + self.reg_weight * sum(p.pow(2).sum() for p in network)

@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from recforge.models.base import Recommender, check_init, init_embeddings
+from recforge.models.base import Recommender, candidate_sq_norms, check_init, init_embeddings
 from recforge.utils.linalg import candidates_by_product, inner_products
 from recforge.utils.sparse import to_csr
 
@@ -65,7 +65,8 @@ class GraphRecommender(Recommender):
     """Shared plumbing of the graph models: the normalised adjacency as a non-persistent CSR buffer (it moves
     with the module and is rebuilt from ``interactions``), pairwise scores from propagated embeddings, and
     a cache of the propagated embeddings while evaluating (``not self.training`` and no autograd), keyed
-    on the parameters' versions so an optimizer step or a loaded checkpoint invalidates it."""
+    on the parameters' versions so an optimizer step or a loaded checkpoint invalidates it. Subclasses keep
+    their ego embeddings in ``user_embedding`` and ``item_embedding`` and their L2 weight in ``reg_weight``."""
 
     feedbacks = ("implicit",)
 
@@ -137,6 +138,13 @@ class GraphRecommender(Recommender):
     def retrieval_queries(self, users: torch.Tensor) -> torch.Tensor:
         return self.embeddings()[0][users]
 
+    def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``reg_weight / 2 * (||e_u^0||^2 + ||e_i^0||^2 + ||e_j^0||^2) / B`` on the batch's ego embeddings, as in
+        LightGCN's loss (Eq. 15) and NGCF's: with several negatives a row's term is the mean over its triples
+        (:func:`~recforge.models.base.candidate_sq_norms`); under ``loss=softmax`` the user and positive alone."""
+        return self.reg_weight * 0.5 * candidate_sq_norms(users, items, self.user_embedding,
+                                                          self.item_embedding) / len(users)
+
 
 class LightGCN(GraphRecommender):
     """``E^(k+1) = D^-1/2 A D^-1/2 E^(k)`` for ``n_layers`` layers from the ego embeddings ``E^(0)``; the
@@ -164,9 +172,3 @@ class LightGCN(GraphRecommender):
             total = total + layer
         final = total / (self.n_layers + 1)
         return final[: self.n_users], final[self.n_users :]
-
-    def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``reg_weight / 2 * (||e_u^0||^2 + sum ||e_i^0||^2) / B`` over the batch's users and their candidates
-        (positive and sampled negatives; the positive alone under ``loss=softmax``), as in the paper's loss (Eq. 15)."""
-        ego = self.user_embedding(users).pow(2).sum() + self.item_embedding(items).pow(2).sum()
-        return self.reg_weight * 0.5 * ego / len(users)

@@ -50,7 +50,3 @@ class NGCF(GraphRecommender):
         final = torch.cat(outputs, dim=1)
         return final[: self.n_users], final[self.n_users :]
 
-    def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``reg_weight / 2 * (||e_u^0||^2 + sum ||e_i^0||^2) / B`` on the batch's ego embeddings."""
-        ego = self.user_embedding(users).pow(2).sum() + self.item_embedding(items).pow(2).sum()
-        return self.reg_weight * 0.5 * ego / len(users)
