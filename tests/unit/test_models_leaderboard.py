@@ -364,6 +364,15 @@ def test_simplex_scores_candidates_as_score_all_does():
     torch.testing.assert_close(model(everyone, candidates[:, 0]), full.gather(1, candidates[:, :1]).squeeze(1))
 
 
+def test_simplex_l2_is_off_by_default_and_by_hand_when_set():
+    users, candidates = torch.tensor([0, 3]), torch.tensor([[1, 2, 4], [0, 2, 2]])
+    assert SimpleX(4, 5, PAIRS, embedding_dim=3).regularization(users, candidates) is None
+    model = SimpleX(4, 5, PAIRS, embedding_dim=3, reg_weight=0.1)
+    user_sq, item_sq = (t.weight.pow(2).sum(-1) for t in (model.user_embedding, model.item_embedding))
+    per_row = user_sq[users] + item_sq[candidates[:, 0]] + item_sq[candidates[:, 1:]].mean(1)
+    torch.testing.assert_close(model.regularization(users, candidates), 0.1 * 0.5 * per_row.sum() / 2)
+
+
 def test_simplex_trains_with_the_papers_cosine_contrastive_loss():
     """model=simplex selects loss=ccl at the reference code's defaults: 1000 negatives, margin 0.9, weight 150."""
     _, model, loss = build("simplex")

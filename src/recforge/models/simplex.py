@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recforge.models.base import RowInputRecommender
+from recforge.models.base import RowInputRecommender, candidate_sq_norms
 from recforge.utils.linalg import candidates_by_product, inner_products, with_shared_products
 from recforge.utils.sparse import row_entries
 
@@ -24,22 +24,33 @@ class SimpleX(RowInputRecommender):
 
     The history is the user's row of the training interactions (deduplicated, the whole row: the reference code
     pads or cuts it to a fixed length); like the other row models it is replaced by each evaluation stage's
-    inputs, so a user's validation items join its history at test time."""
+    inputs, so a user's validation items join its history at test time.
+
+    ``reg_weight``: an L2 penalty ``reg_weight / 2 * (||e_u||^2 + ||e_i||^2 + mean_j ||e_j||^2) / B`` on the batch's
+    user and candidate embeddings (RecBole's SimpleX has one, at 1e-5 in its unsquared form; the paper's reference
+    code an embedding regulariser); 0, the default, none."""
 
     feedbacks = ("implicit",)
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor | None = None,
-                 embedding_dim: int = 64, gate: float = 0.5, dropout: float = 0.1, init_std: float = 0.1) -> None:
+                 embedding_dim: int = 64, gate: float = 0.5, dropout: float = 0.1, init_std: float = 0.1,
+                 reg_weight: float = 0.0) -> None:
         if not 0 <= gate <= 1 or not 0 <= dropout < 1:
             raise ValueError(f"need 0 <= gate <= 1 and 0 <= dropout < 1, got gate={gate}, dropout={dropout}")
         super().__init__(n_users, n_items, interactions)
-        self.gate = gate
+        self.gate, self.reg_weight = gate, reg_weight
         self.user_embedding = nn.Embedding(n_users, embedding_dim)
         self.item_embedding = nn.Embedding(n_items, embedding_dim)
         nn.init.normal_(self.user_embedding.weight, std=init_std)
         nn.init.normal_(self.item_embedding.weight, std=init_std)
         self.history_map = nn.Linear(embedding_dim, embedding_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
+
+    def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        if not self.reg_weight:
+            return None
+        return self.reg_weight * 0.5 * candidate_sq_norms(users, items, self.user_embedding,
+                                                          self.item_embedding) / len(users)
 
     def history_means(self, users: torch.Tensor) -> torch.Tensor:
         """``(B, d)``: the mean embedding of each user's history items (an item counts once; zero for none)."""
