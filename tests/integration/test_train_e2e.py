@@ -486,6 +486,28 @@ def test_a_diverged_ranking_model_stops_at_once_and_reports_nan_not_near_zero(ti
     assert np.isnan(metrics["val/ndcg_at_10"]) and np.isnan(metrics["test/ndcg_at_10"])
 
 
+@pytest.mark.parametrize("epochs", [3, 5], ids=["nothing-left-to-train", "two-more-epochs"])
+def test_a_run_folder_moved_elsewhere_resumes_as_it_would_have_in_place(tiny_cfg, tmp_path, epochs):
+    """The checkpoints keep the folder they were written in; a copy of the folder resumed where it now is restores
+    the best score and tests its own best checkpoint (Lightning alone would drop the score and look for the best
+    checkpoint in the old folder, removed here)."""
+    import shutil
+
+    def run(folder: Path, *extra: str) -> dict:
+        cfg = tiny_cfg("optimizer.lr=0.5", *extra)
+        cfg.paths.output_dir = str(folder)
+        metrics = train(cfg)
+        best = torch.load(folder / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]
+        return {"test": metrics["test/ndcg_at_10"], "val": metrics["val/ndcg_at_10"], "best epoch": best}
+
+    old, moved = tmp_path / "old", tmp_path / "moved"
+    run(old, "trainer.max_epochs=3")
+    shutil.copytree(old, moved)
+    in_place = run(old, f"trainer.max_epochs={epochs}", f"resume_from={old / 'checkpoints' / 'last.ckpt'}")
+    shutil.rmtree(old)   # nothing of the old folder is left for the moved copy to read
+    assert run(moved, f"trainer.max_epochs={epochs}", f"resume_from={moved / 'checkpoints' / 'last.ckpt'}") == in_place
+
+
 def test_a_stopped_run_resumed_with_more_patience_trains_on_as_if_it_had_had_it(tiny_cfg, tmp_path):
     """Patience is a setting, not state: Lightning restores the checkpoint's, RecForge keeps the config's, so a run
     that stopped too soon goes on and ends where a run given that patience from the start ends."""

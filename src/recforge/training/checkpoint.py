@@ -57,6 +57,26 @@ def stored_run_id(path: str) -> str | None:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(RUN_ID_KEY)
 
 
+def moved_folder(trainer, checkpoint: dict) -> None:
+    """A run folder moved or copied elsewhere (another disk, another machine) keeps the old folder in its
+    checkpoints' callback states: Lightning then drops the best score (the first validation after resuming would
+    count as the best) and tests the best checkpoint at its old path. Where the checkpoints the state names are in
+    the callback's folder now, the state is pointed there before Lightning reads it."""
+    states = checkpoint.get("callbacks", {})
+    for callback in trainer.checkpoint_callbacks:
+        state = states.get(callback.state_key)
+        if not state or not callback.dirpath or state.get("dirpath") in (None, callback.dirpath):
+            continue
+        here = lambda path: os.path.join(callback.dirpath, os.path.basename(path))  # noqa: E731
+        if not state.get("best_model_path") or not os.path.isfile(here(state["best_model_path"])):
+            continue   # not this folder's run (resume_from elsewhere): train() warns about that case
+        state["dirpath"] = callback.dirpath
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if state.get(key):
+                state[key] = here(state[key])
+        state["best_k_models"] = {here(path): score for path, score in state.get("best_k_models", {}).items()}
+
+
 class CheckpointState(pl.Callback):
     """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
     fingerprint and the random generators' states into every checkpoint. Resuming from one
@@ -65,7 +85,8 @@ class CheckpointState(pl.Callback):
     (Lightning would train one more epoch before early stopping looked again): resuming a finished run goes straight
     to its test, or to its refit (``refit=true``), as does one it stopped for a reason no patience changes (a
     non-finite validation metric, a threshold). Early stopping's patience is the config's, not the checkpoint's
-    (which Lightning restores), so a finished run resumed with a larger patience trains on as if it had had it."""
+    (which Lightning restores), so a finished run resumed with a larger patience trains on as if it had had it. A
+    run folder moved elsewhere resumes as it would have in place (:func:`moved_folder`)."""
 
     def __init__(self, config_yaml: str, fingerprint: str) -> None:
         self.config_yaml, self.fingerprint = config_yaml, fingerprint
@@ -77,6 +98,7 @@ class CheckpointState(pl.Callback):
                                       "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        moved_folder(trainer, checkpoint)
         rng = checkpoint.get("recforge_rng")
         if rng:
             torch.set_rng_state(rng["cpu"])
