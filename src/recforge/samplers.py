@@ -170,14 +170,14 @@ class PopularitySampler(NegativeSampler):
     def _draw_by(self, weights: torch.Tensor) -> None:
         if weights.sum() <= 0:
             raise RecForgeError("sampler=popularity: no item has a training interaction to draw from")
-        # an integer CDF of 2^52 ticks, drawn by integer uniforms: exact at any catalogue size and on any device (a
-        # float32 CDF of a million items rounds shares to its step, and items came 0.6x to 1.3x as often as the
-        # logQ correction says; MPS has no float64)
-        ticks = torch.round(weights.double() / weights.double().sum() * 2.0**52).long()
-        cdf = ticks.cumsum(0)
-        self.total = int(cdf[-1])
+        # an integer CDF of exactly 2^52 ticks, drawn by integer uniforms: exact at any catalogue size and on any
+        # device (a float32 CDF of a million items rounds shares to its step, and items came 0.6x to 1.3x as often
+        # as the logQ correction says; MPS has no float64, and draws its integers as int32: see draw)
+        ticks = torch.floor(weights.double() / weights.double().sum() * 2.0**52).long()
+        ticks[ticks.argmax()] += 2**52 - int(ticks.sum())
         device = self.log_item_share.device
-        self.log_probs, self.cdf = (ticks.double() / self.total).log().float().to(device), cdf.to(device)
+        self.log_probs = (ticks.double() / 2.0**52).log().float().to(device)
+        self.cdf = ticks.cumsum(0).to(device)
 
     def restrict_to(self, items: torch.Tensor) -> None:
         """Draw from ``items`` only, each by its popularity weight (which matters at ``alpha=0``: every item then
@@ -188,7 +188,8 @@ class PopularitySampler(NegativeSampler):
         self._draw_by(self.weights * keep)
 
     def draw(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        return torch.searchsorted(self.cdf, torch.randint(self.total, shape, device=device), right=True)
+        ticks = torch.randint(2**26, shape, device=device) * 2**26 + torch.randint(2**26, shape, device=device)
+        return torch.searchsorted(self.cdf, ticks, right=True)   # uniform over the 2^52 ticks
 
     def log_prob(self, items: torch.Tensor) -> torch.Tensor:
         return self.log_probs[items]
@@ -207,7 +208,7 @@ class InBatchSampler(NegativeSampler):
                 scorer: Scorer | None = None) -> torch.Tensor:
         if positives is None:
             raise ValueError("InBatchSampler needs the batch's positives")
-        n, size = min(num_negatives, len(positives) - 1), len(positives)
+        n, size = max(0, min(num_negatives, len(positives) - 1)), len(positives)
         # the rows in a random order: a sequential batch holds each user's positions side by side, so the next
         # rows in batch order would mostly be the same user's items (masked), more so at a sequence's start
         order = torch.randperm(size, device=positives.device)

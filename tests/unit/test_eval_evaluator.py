@@ -147,6 +147,7 @@ def test_a_diverged_model_gets_nan_metrics_not_near_zero_ones(bad, caplog):
         metrics, per_user = ev.aggregate([ev.evaluate(_table_scorer(broken), batch)])
     assert metrics.keys() == healthy.keys() and all(value.isnan() for value in metrics.values())
     assert per_user["broken"].tolist() == [False, True, False]
+    assert per_user["ndcg_at_1"].isnan().all()   # the per-user results, which significance tests read, too
     assert "1 of 3 users have NaN or +inf scores" in caplog.text
 
 

@@ -310,6 +310,12 @@ def test_convncf_regularization_is_the_papers_l2_per_example():
     network = sum(p.pow(2).sum() for p in [*model.tower.parameters(), *model.predict.parameters()])
     torch.testing.assert_close(model.regularization(users, candidates), (0.1 * embeddings + 0.01 * network) / 2)
     assert float(ConvNCF(3, 4, embedding_dim=4).regularization(users, candidates)) == 0.0
+    # several negatives count as their mean: the (user, positive, negative) triple's terms, averaged over the row's
+    several = torch.tensor([[1, 3, 0, 2], [0, 1, 3, 3]])
+    user_sq, item_sq = (t.weight.pow(2).sum(-1) for t in (model.user_embedding, model.item_embedding))
+    per_row = user_sq[users] + item_sq[several[:, 0]] + item_sq[several[:, 1:]].mean(1)
+    torch.testing.assert_close(model.regularization(users, several), (0.1 * per_row.sum() + 0.01 * network) / 2,
+                               rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------- configs

@@ -54,8 +54,9 @@ def test_in_batch_softmax_with_logq_correction_matches_the_hand_formula(logq):
     with torch.no_grad():
         s = model.score_all(users)
     log_q = [math.log(0.5), math.log(0.25), math.log(0.25)] if logq else [0.0, 0.0, 0.0]
-    # row b's negatives are the positives of rows b + 1 and b + 2; row 1's negative item 0 is its own training
-    # item (pair (1, 0)), masked: rows 0 and 2 see items {0, 1, 2}, row 1 sees {1, 2}
+    # with 2 negatives in a batch of 3, each row's negatives are the other two rows' positives (in some order);
+    # row 1's negative item 0 is its own training item (pair (1, 0)), masked: rows 0 and 2 see items {0, 1, 2},
+    # row 1 sees {1, 2}
     seen = {0: [0, 1, 2], 1: [1, 2], 2: [0, 1, 2]}
     terms = []
     for b, positive in enumerate([0, 1, 2]):

@@ -285,10 +285,10 @@ class RecDataModule(pl.LightningDataModule):
         self._report["data/setup_s"] = time.perf_counter() - started
 
     def _matrix(self, part: pd.DataFrame) -> sp.csr_matrix:
-        values = part["rating"].to_numpy(np.float32)
-        values = np.where(values == 0, np.float32(1e-6), values)  # keep explicit zeros as stored entries
-        return csr(part["user"].to_numpy(np.int64), part["item"].to_numpy(np.int64), values,
-                   (self.n_users, self.n_items))
+        matrix = csr(part["user"].to_numpy(np.int64), part["item"].to_numpy(np.int64),
+                     part["rating"].to_numpy(np.float32), (self.n_users, self.n_items))
+        matrix.data[matrix.data == 0] = np.float32(1e-6)   # a zero (or repeats summing to one) stays an entry
+        return matrix
 
     def _eval_batches_for(self, part: pd.DataFrame, exclude: sp.csr_matrix) -> list:
         if self.feedback == "explicit":

@@ -338,6 +338,8 @@ class RankingEvaluator:
             log.warning("%d of %d users have NaN or +inf scores: the model diverged (a lower optimizer.lr?); every "
                         "metric of this evaluation is NaN", broken, len(results["broken"]))
             metrics = {key: torch.tensor(float("nan")) for key in metrics}
+            results = {key: value if key in NON_METRIC_KEYS + PAIR_KEYS else torch.full_like(value, float("nan"))
+                       for key, value in results.items()}
         return metrics, results
 
     def run(self, score_fn: Callable[[Tensor], Tensor], batches: Iterable[dict[str, Tensor]],

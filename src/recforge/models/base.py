@@ -263,12 +263,14 @@ def candidate_sq_norms(users: torch.Tensor, items: torch.Tensor, user_embedding:
     """``sum_b ||e_u||^2 + ||e_pos||^2 + mean_j ||e_neg_j||^2`` of a batch's users and ``(B, 1 + n)`` candidates
     (positives first; ``(B, 1)``: positives alone): each row's squared norms as the mean over its ``n`` (user,
     positive, negative) triples, so an L2 weight means the same with one negative as with hundreds (the papers'
-    BPR has one). Every distinct negative is looked up once (shared negatives repeat in every row)."""
+    BPR has one). With several negatives the whole table's norms are taken once and picked, rather than a
+    ``(B, n, d)`` gather of hundreds of vectors a row (shared negatives repeat in every row); no host sync."""
     total = user_embedding(users).pow(2).sum() + item_embedding(items[:, 0]).pow(2).sum()
     negatives = items[:, 1:]
-    if negatives.numel():
-        distinct, counts = torch.unique(negatives, return_counts=True)
-        total = total + (counts * item_embedding(distinct).pow(2).sum(-1)).sum() / negatives.shape[1]
+    if negatives.shape[1] == 1:
+        total = total + item_embedding(negatives).pow(2).sum()
+    elif negatives.shape[1] > 1:
+        total = total + item_embedding.weight.pow(2).sum(-1)[negatives].mean(1).sum()
     return total
 
 

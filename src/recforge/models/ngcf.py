@@ -49,4 +49,3 @@ class NGCF(GraphRecommender):
             outputs.append(F.normalize(ego, dim=1))
         final = torch.cat(outputs, dim=1)
         return final[: self.n_users], final[self.n_users :]
-

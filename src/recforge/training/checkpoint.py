@@ -60,16 +60,20 @@ def stored_run_id(path: str) -> str | None:
 def moved_folder(trainer, checkpoint: dict) -> None:
     """A run folder moved or copied elsewhere (another disk, another machine) keeps the old folder in its
     checkpoints' callback states: Lightning then drops the best score (the first validation after resuming would
-    count as the best) and tests the best checkpoint at its old path. Where the checkpoints the state names are in
-    the callback's folder now, the state is pointed there before Lightning reads it."""
+    count as the best) and tests the best checkpoint at its old path. When the run resumes from a checkpoint in the
+    callback's folder and the checkpoints the state names are there too, the state is pointed there before
+    Lightning reads it."""
     states = checkpoint.get("callbacks", {})
+    resumed = os.path.dirname(os.path.realpath(trainer.ckpt_path)) if trainer.ckpt_path else None
     for callback in trainer.checkpoint_callbacks:
         state = states.get(callback.state_key)
         if not state or not callback.dirpath or state.get("dirpath") in (None, callback.dirpath):
             continue
+        if resumed != os.path.realpath(callback.dirpath):
+            continue   # resume_from another folder's checkpoint: train() warns about that case
         here = lambda path: os.path.join(callback.dirpath, os.path.basename(path))  # noqa: E731
         if not state.get("best_model_path") or not os.path.isfile(here(state["best_model_path"])):
-            continue   # not this folder's run (resume_from elsewhere): train() warns about that case
+            continue
         state["dirpath"] = callback.dirpath
         for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
             if state.get(key):
