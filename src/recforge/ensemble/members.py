@@ -55,7 +55,6 @@ def check_runs(client, run_ids: Sequence[str]) -> list:
         if run.data.tags.get("feedback") != "implicit":
             raise RecForgeError(f"run {run.info.run_id} ({run.data.tags.get('model')}) ranks with "
                                 f"{run.data.tags.get('feedback')} feedback; ensembles fuse rankings of implicit-feedback runs")
-    for run in runs:
         if "refit/epochs" in run.data.metrics:
             raise RecForgeError(f"run {run.info.run_id} ({run.data.tags.get('model')}) was trained with refit=true: "
                                 "its model learnt the validation part, on which an ensemble chooses its weights; "

@@ -263,14 +263,14 @@ def candidate_sq_norms(users: torch.Tensor, items: torch.Tensor, user_embedding:
     """``sum_b ||e_u||^2 + ||e_pos||^2 + mean_j ||e_neg_j||^2`` of a batch's users and ``(B, 1 + n)`` candidates
     (positives first; ``(B, 1)``: positives alone): each row's squared norms as the mean over its ``n`` (user,
     positive, negative) triples, so an L2 weight means the same with one negative as with hundreds (the papers'
-    BPR has one). With several negatives the whole table's norms are taken once and picked, rather than a
-    ``(B, n, d)`` gather of hundreds of vectors a row (shared negatives repeat in every row); no host sync."""
+    BPR has one). The negatives' vectors are gathered when they are fewer than the table's rows; otherwise (hundreds
+    a row, shared ones repeating in every row) the table's norms are taken once and picked. No host sync."""
     total = user_embedding(users).pow(2).sum() + item_embedding(items[:, 0]).pow(2).sum()
     negatives = items[:, 1:]
-    if negatives.shape[1] == 1:
-        total = total + item_embedding(negatives).pow(2).sum()
-    elif negatives.shape[1] > 1:
-        total = total + item_embedding.weight.pow(2).sum(-1)[negatives].mean(1).sum()
+    if negatives.shape[1]:
+        squares = item_embedding(negatives).pow(2) if negatives.numel() < item_embedding.num_embeddings \
+            else item_embedding.weight.pow(2).sum(-1)[negatives]
+        total = total + squares.sum() / negatives.shape[1]
     return total
 
 
