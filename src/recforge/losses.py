@@ -56,7 +56,8 @@ class MSELoss(Loss):
 
 class SampledNegativesLoss(Loss):
     """A loss of each positive's score against ``num_negatives`` sampled negatives' scores: ``loss(pos, neg)``.
-    A negative scored ``-inf`` (an in-batch negative that is a positive of the user) adds no term."""
+    A negative scored ``-inf`` (an in-batch or shared negative that is a positive of the row's user) is no pair:
+    it adds no term and does not count in the mean, so a row's weight does not shrink with its masked negatives."""
 
     def __init__(self, num_negatives: int) -> None:
         super().__init__()
@@ -66,9 +67,9 @@ class SampledNegativesLoss(Loss):
 
 
 class BCELoss(SampledNegativesLoss):
-    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017). A
-    masked negative (``-inf``: an in-batch or shared negative that is a positive of the row's user) is a zero
-    term, as in the other sampled losses (PyTorch's own gives NaN for a logit of ``-inf``)."""
+    """Binary cross-entropy over one positive and ``num_negatives`` sampled negatives (NCF, He et al. 2017),
+    averaged over the terms. A masked negative (``-inf``) is no term, as in the other sampled losses (PyTorch's
+    own gives NaN for a logit of ``-inf``)."""
 
     logits = True
 
@@ -80,18 +81,19 @@ class BCELoss(SampledNegativesLoss):
         kept = neg > float("-inf")
         neg_term = F.binary_cross_entropy_with_logits(neg.masked_fill(~kept, 0.0), torch.zeros_like(neg),
                                                       weight=kept.to(neg.dtype), reduction="sum")
-        return (pos_term + neg_term) / (pos.numel() + neg.numel())
+        return (pos_term + neg_term) / (pos.numel() + kept.sum())
 
 
 class BPRLoss(SampledNegativesLoss):
-    """Bayesian personalised ranking, ``-log sigmoid(s_pos - s_neg)`` averaged over ``num_negatives``
-    negatives per positive (Rendle et al. 2009)."""
+    """Bayesian personalised ranking, ``-log sigmoid(s_pos - s_neg)`` averaged over the (positive, negative)
+    pairs, ``num_negatives`` per positive less the masked ones (Rendle et al. 2009)."""
 
     def __init__(self, num_negatives: int = 1) -> None:
         super().__init__(num_negatives)
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        return -F.logsigmoid(pos.unsqueeze(-1) - neg).mean()
+        kept = neg > float("-inf")  # a masked pair's term is -log sigmoid(+inf) = 0; it must not count either
+        return -F.logsigmoid(pos.unsqueeze(-1) - neg).sum() / kept.sum().clamp(min=1)
 
 
 class SoftmaxLoss(Loss):
@@ -140,7 +142,8 @@ class CosineContrastiveLoss(SampledNegativesLoss):
         self.margin, self.negative_weight = margin, negative_weight
 
     def forward(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        return ((1 - pos) + self.negative_weight * F.relu(neg - self.margin).mean(dim=-1)).mean()
+        kept = (neg > float("-inf")).sum(dim=-1).clamp(min=1)  # the mean over a row's unmasked negatives
+        return ((1 - pos) + self.negative_weight * F.relu(neg - self.margin).sum(dim=-1) / kept).mean()
 
 
 class MultinomialLoss(Loss):

@@ -342,11 +342,17 @@ def test_sampled_losses_against_hand_computed_values():
     assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, neg).item() == pytest.approx(0.55)
     expected = math.log(math.exp(0.5) + math.exp(0.95) + math.exp(0.2)) - 0.5
     assert SampledSoftmaxLoss(2)(pos, neg).item() == pytest.approx(expected)
-    masked = torch.tensor([[0.95, float("-inf")]])  # a masked in-batch negative adds no term and no NaN
+    # a masked in-batch negative is no pair: no term, no NaN, and not in the mean's count
+    masked = torch.tensor([[0.95, float("-inf")]])
     assert SampledSoftmaxLoss(2)(pos, masked).item() == pytest.approx(math.log(math.exp(0.5) + math.exp(0.95)) - 0.5)
-    assert BPRLoss(2)(pos, masked).item() == pytest.approx(-0.5 * math.log(1 / (1 + math.exp(0.45))))
-    assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, masked).item() == pytest.approx(0.55)
-    bce = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(0.95))) / 3  # the masked one: a zero term, no NaN
+    assert BPRLoss(2)(pos, masked).item() == pytest.approx(-math.log(1 / (1 + math.exp(0.45))))
+    assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(pos, masked).item() == pytest.approx(0.6)
+    # two rows, one with every negative masked: its negative term is zero, its positive term stays
+    rows_pos, rows_neg = torch.tensor([0.5, 0.8]), torch.tensor([[0.95, float("-inf")], [float("-inf")] * 2])
+    assert BPRLoss(2)(rows_pos, rows_neg).item() == pytest.approx(-math.log(1 / (1 + math.exp(0.45))))
+    assert CosineContrastiveLoss(2, margin=0.9, negative_weight=2.0)(rows_pos, rows_neg).item() == pytest.approx(
+        (0.6 + 0.2) / 2)
+    bce = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(0.95))) / 2  # the masked one: no term, no NaN
     scores = masked.clone().requires_grad_()
     value = BCELoss(2)(pos, scores)
     value.backward()
