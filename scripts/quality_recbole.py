@@ -154,6 +154,16 @@ def with_histories(parts: dict[str, pd.DataFrame], max_len: int) -> dict[str, pd
     return out
 
 
+def atomic_parts(parts: dict[str, pd.DataFrame], family: str, max_len: int) -> dict[str, pd.DataFrame]:
+    """The frames RecBole's files hold: the split's parts, or for a sequential model :func:`with_histories` and
+    ``seen``, every training and validation pair: the test mask, which the training file (each user's first item
+    has no input, so no row) cannot give."""
+    if family != SEQUENTIAL:
+        return parts
+    seen = pd.concat([parts["train"], parts["valid"]])[["user", "item"]]
+    return {**with_histories(parts, max_len), "seen": seen}
+
+
 def atomic_features(frame: pd.DataFrame, kind: str, max_categories: int = 64) -> pd.DataFrame:
     """The feature columns RecForge's models read (``recforge.data.datamodule.features_tensor``) as RecBole fields:
     0/1 flags as one ``<kind>_flags`` token sequence of the set flags' names, other numbers and text of at most
@@ -249,9 +259,8 @@ def recbole_side(python: str, family: str, model: str, fixed: dict, overrides: d
     out, data_path = workdir / "out", workdir / "recbole"
     name = "rf_split"  # not a name RecBole ships (it would read its own ml-100k copy)
     parts, users, items = coded_split(out)
-    if family == SEQUENTIAL:
-        parts = with_histories(parts, overrides.get("MAX_ITEM_LIST_LENGTH", RECBOLE_MAX_LEN))
-    export_atomic(parts, data_path / name, name)
+    export_atomic(atomic_parts(parts, family, overrides.get("MAX_ITEM_LIST_LENGTH", RECBOLE_MAX_LEN)),
+                  data_path / name, name)
     features = export_features(out / "config.yaml", {"user": users, "item": items}, data_path / name, name) \
         if family == CONTEXT else {}
     seed = yaml.safe_load((out / "config.yaml").read_text())["seed"]

@@ -48,12 +48,14 @@ def load_ranking():
 
 def seen_items(dataset, data_path: Path, name: str) -> dict[int, list[int]]:
     """RecBole user id -> RecBole item ids a test user must not be recommended: training and validation pairs
-    except those that are test targets (RecForge's test mask)."""
+    except those that are test targets (RecForge's test mask). A sequential model's files hold them in
+    ``<name>.seen.inter``: its training file lacks each user's first item, which has no input sequence."""
     import pandas as pd
 
     read = lambda part: pd.read_csv(data_path / name / f"{name}.{part}.inter", sep="\t", dtype=str,  # noqa: E731
                                     usecols=["user_id:token", "item_id:token"])
-    known = pd.concat([read("train"), read("valid")]).drop_duplicates()
+    seen = data_path / name / f"{name}.seen.inter"
+    known = (read("seen") if seen.is_file() else pd.concat([read("train"), read("valid")])).drop_duplicates()
     test = read("test")
     known = known.merge(test, how="left", indicator=True)
     known = known[known["_merge"] == "left_only"]

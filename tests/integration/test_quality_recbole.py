@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,10 +55,13 @@ def test_atomic_files_round_trip_to_recforges_split_and_histories(quality, tmp_p
     out = tmp_path / "out"
     parts, users, items = quality.coded_split(out)
     shuffled = {part: frame.sample(frac=1.0, random_state=0) for part, frame in parts.items()}  # time orders them
-    quality.export_atomic(quality.with_histories(shuffled, max_len=5), tmp_path / "rb", "rf")
+    quality.export_atomic(quality.atomic_parts(shuffled, quality.SEQUENTIAL, max_len=5), tmp_path / "rb", "rf")
     dm = build_datamodule(OmegaConf.load(out / "config.yaml"), "implicit")  # the run's split, from its cache
     raw_user, raw_item = dm.id_maps.users, dm.id_maps.items
-    back = {part: read_back(tmp_path / "rb", part, users, items) for part in ("train", "valid", "test")}
+    back = {part: read_back(tmp_path / "rb", part, users, items) for part in ("train", "valid", "test", "seen")}
+    known = pd.concat([dm.split.train, dm.split.val])  # the test mask: every training pair, each user's first too
+    assert sorted(zip(back["seen"]["user"], back["seen"]["item"])) == sorted(
+        zip(raw_user[known["user"]], raw_item[known["item"]]))
     for part, split in (("valid", dm.split.val), ("test", dm.split.test)):
         assert sorted(zip(back[part]["user"], back[part]["item"])) == sorted(
             zip(raw_user[split["user"]], raw_item[split["item"]]))
@@ -367,3 +372,29 @@ def test_a_recbole_run_killed_without_a_traceback_says_so(quality, tmp_path):
     with pytest.raises(RuntimeError) as failed:
         quality.recbole_json(str(python), "recbole_fit.py", [], tmp_path)
     assert str(failed.value).splitlines()[0] == "RecBole run failed (killed by signal 9): UserWarning: a warning line"
+
+
+def test_recbole_sides_test_mask_keeps_each_users_first_item(quality, tmp_path):
+    """RecBole's sequential training file lacks each user's first item (it has no input), so the test mask comes from
+    the ``seen`` file: every training and validation pair but test targets, as RecForge masks them."""
+    side = quality.recforge_side("synthetic", "leave_one_out", "sasrec", TINY, tmp_path)
+    parts = quality.coded_split(tmp_path / "out")[0]
+    quality.export_atomic(quality.atomic_parts(parts, quality.SEQUENTIAL, max_len=5), tmp_path / "rb" / "rf", "rf")
+    # recbole_fit patches NumPy, pandas and torch.load's default for RecBole: it runs in a process of its own, its
+    # RecBole dataset stood in for by the identity token -> id map
+    probe = ("import json, sys; import numpy as np; from pathlib import Path; import recbole_fit\n"
+             "class Tokens:\n    uid_field, iid_field = 'user_id', 'item_id'\n"
+             "    def token2id(self, field, tokens): return np.asarray(tokens, dtype=np.int64)\n"
+             "print(json.dumps(recbole_fit.seen_items(Tokens(), Path(sys.argv[1]), 'rf')))")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "rb")], capture_output=True, text=True,
+                          cwd=SCRIPTS, env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
+    assert done.returncode == 0, done.stderr
+    seen = {int(u): items for u, items in json.loads(done.stdout.splitlines()[-1]).items()}
+    known, test = pd.concat([parts["train"], parts["valid"]]), set(zip(parts["test"]["user"], parts["test"]["item"]))
+    expected: dict[int, set] = {}
+    for user, item in zip(known["user"], known["item"]):
+        if (user, item) not in test:
+            expected.setdefault(int(user), set()).add(int(item))
+    assert side["epochs"] == 2 and {u: set(i) for u, i in seen.items()} == expected
+    first = parts["train"].sort_values(["user", "timestamp"], kind="stable").drop_duplicates("user")
+    assert all(int(i) in seen[int(u)] for u, i in zip(first["user"], first["item"]))
