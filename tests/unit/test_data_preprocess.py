@@ -79,6 +79,27 @@ def test_kcore_is_iterative():
         KCore(user_k=10, item_k=10)(frame(rows), state())
 
 
+def test_kcore_warns_when_max_iterations_ends_it_before_the_core_holds(caplog):
+    # a path u1-a-u2-b-u3-c-u4 loses its two end pairs each pass: one pass leaves four, not a 2-core
+    rows = [(1, "a", 1, 0), (2, "a", 1, 0), (2, "b", 1, 0), (3, "b", 1, 0), (3, "c", 1, 0), (4, "c", 1, 0)]
+    with caplog.at_level("WARNING", logger="recforge"):
+        assert len(KCore(user_k=2, item_k=2, max_iterations=1)(frame(rows), state())) == 4
+    assert "stopped after max_iterations=1 passes with 2 interactions still below" in caplog.text
+    caplog.clear()
+    with pytest.raises(RecForgeError, match="removed every interaction"):  # to the end: nothing is a 2-core
+        KCore(user_k=2, item_k=2, max_iterations=10)(frame(rows), state())
+    assert "max_iterations" not in caplog.text
+
+
+def test_implicit_threshold_runs_before_the_kcore_so_the_core_holds_on_what_is_kept():
+    # every pair rated 5 but user 1's items b and c (2 stars): a 2-core of them all, but not of the kept ratings
+    rows = [(u, i, 2.0 if (u, i) in ((1, "b"), (1, "c")) else 5.0, 0) for u in (1, 2, 3, 4) for i in "abc"]
+    out, maps, s = prepare(RawData("t", frame(rows), rating_range=(1.0, 5.0)), "implicit", 4.0,
+                           [DropMissing(), Deduplicate(), KCore(user_k=2, item_k=2)])
+    assert list(maps.users) == [2, 3, 4] and out.groupby("user").size().min() == 3
+    assert s.report["data/pre_rating_threshold_removed"] == 2 and s.report["data/pre_kcore_removed"] == 1
+
+
 @pytest.mark.parametrize("target, lo, hi", [("unit", 0.0, 1.0), ("symmetric", -1.0, 1.0)])
 def test_normalize_ratings_and_its_inverse(target, lo, hi):
     f = frame([(1, 1, 1.0, 0), (1, 2, 3.0, 0), (2, 1, 5.0, 0)])

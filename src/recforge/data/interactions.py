@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recforge.data.preprocess import (Deduplicate, DropMissing, PreprocessState, RatingThreshold, ValidateRatings,
-                                      run_steps)
+from recforge.data.preprocess import (Deduplicate, DropMissing, KCore, NormalizeRatings, PreprocessState,
+                                      RatingThreshold, ValidateRatings, run_steps)
 from recforge.data.sorting import dense_codes
 from recforge.data.sources.base import RawData
 from recforge.errors import RecForgeError
@@ -46,7 +46,8 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps
 
     Ratings are checked first (finite, within ``raw.rating_range``) by a :class:`ValidateRatings` step unless
     ``steps`` has its own. ``implicit_threshold`` (for implicit feedback) appends a :class:`RatingThreshold`
-    step; the rating stays in the table as a graded relevance. Users and items are indexed in the order of
+    step, placed before the first :class:`KCore` or :class:`NormalizeRatings` step (a k-core then holds on what is
+    kept, and the threshold reads the file's rating scale); the rating stays in the table as a graded relevance. Users and items are indexed in the order of
     their sorted raw ids, so the same data gives the same indices. Returns the encoded frame (``user``, ``item``, ``rating``,
     ``timestamp`` plus any ``part_*``/``ts_*`` columns), the id maps and the preprocessing state.
     """
@@ -55,8 +56,9 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps
     steps = list(default_steps() if steps is None else steps)
     if not any(isinstance(step, ValidateRatings) for step in steps):
         steps.insert(0, ValidateRatings())
-    if implicit_threshold is not None:
-        steps.append(RatingThreshold(implicit_threshold, implicit_only=True))
+    if implicit_threshold is not None:  # on the file's ratings, before a k-core (which must hold afterwards)
+        steps.insert(next((i for i, step in enumerate(steps) if isinstance(step, (KCore, NormalizeRatings))),
+                          len(steps)), RatingThreshold(implicit_threshold, implicit_only=True))
     state = PreprocessState(rating_range=raw.rating_range, feedback=feedback, origin=raw.origin or raw.name)
     frame = raw.interactions
     for column in ("user", "item"):

@@ -11,6 +11,7 @@ original scale.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,8 @@ import pandas as pd
 
 from recforge.data.sorting import dense_codes, lexsort, sort_keys
 from recforge.errors import RecForgeError
+
+log = logging.getLogger("recforge")
 
 
 @dataclass
@@ -190,7 +193,7 @@ class RatingThreshold(Step):
 
 class KCore(Step):
     """Iteratively drop users with fewer than ``user_k`` and items with fewer than ``item_k`` interactions
-    until both hold (or ``max_iterations``); 0 disables a side."""
+    until both hold (or ``max_iterations`` passes, with a warning that the core does not hold); 0 disables a side."""
 
     key = "kcore"
 
@@ -203,13 +206,18 @@ class KCore(Step):
         users, _ = dense_codes(frame["user"])
         items, _ = dense_codes(frame["item"])
         keep = np.ones(len(frame), bool)
-        for _ in range(self.max_iterations):
+        for passes in range(self.max_iterations + 1):  # the last pass only checks that the core holds
             u, i = users[keep], items[keep]
             bad_users = np.bincount(u, minlength=users.max(initial=-1) + 1) < self.user_k
             bad_items = np.bincount(i, minlength=items.max(initial=-1) + 1) < self.item_k
             drop = bad_users[users] | bad_items[items]
             drop &= keep
             if not drop.any():
+                break
+            if passes == self.max_iterations:
+                log.warning("KCore(user_k=%d, item_k=%d) stopped after max_iterations=%d passes with %d interactions "
+                            "still below its thresholds: the data is not a k-core; raise KCore.max_iterations",
+                            self.user_k, self.item_k, self.max_iterations, int(drop.sum()))
                 break
             keep &= ~drop
         out = frame[keep].reset_index(drop=True) if not keep.all() else frame
