@@ -57,8 +57,11 @@ def test_split_eval_batch_keeps_every_users_rows():
 
     batch = {"users": torch.tensor([4, 5, 6]), "exclude_rows": torch.tensor([0, 2, 2]),
              "exclude_cols": torch.tensor([1, 3, 4]), "relevant_rows": torch.tensor([1, 2]),
-             "relevant_cols": torch.tensor([0, 2]), "relevant_gains": torch.tensor([5.0, 3.0])}
+             "relevant_cols": torch.tensor([0, 2]), "relevant_gains": torch.tensor([5.0, 3.0]),
+             "later_rows": torch.tensor([0, 2]), "later_cols": torch.tensor([7, 8])}
     first, second = split_eval_batch(batch, 2)
+    assert first["later_rows"].tolist() == [0] and second["later_rows"].tolist() == [0]
+    assert first["later_cols"].tolist() == [7] and second["later_cols"].tolist() == [8]
     assert first["users"].tolist() == [4, 5] and second["users"].tolist() == [6]
     assert first["exclude_rows"].tolist() == [0] and second["exclude_cols"].tolist() == [3, 4]
     assert first["relevant_rows"].tolist() == [1] and second["relevant_rows"].tolist() == [0]

@@ -148,3 +148,32 @@ def test_evaluator_ranks_against_exactly_the_fixed_negatives():
     assert out[f"popsampled10_hr_at_{n_neg}"].tolist() == [0.0, 0.0]
     assert out[f"popsampled10_mrr_at_{n_neg + 1}"].tolist() == pytest.approx([1 / (n_neg + 1)] * 2)
     assert out[f"hr_at_{n_neg + 1}"].tolist() == [1.0, 1.0]  # full ranking: rank 11 of 100
+
+
+def test_validation_negatives_are_never_the_users_test_items():
+    # 6 items; user 0 relevant {4} (validation), seen {0}, its test items {1, 2, 3} score above 4: drawn as negatives
+    # they would outrank it. Blocked as later items, only item 5 is left, so the relevant item ranks first.
+    scores = torch.tensor([[9.0, 8.0, 7.0, 6.0, 4.0, 3.0]])
+    batch = {"users": torch.tensor([10]), "exclude_rows": torch.tensor([0]), "exclude_cols": torch.tensor([0]),
+             "relevant_rows": torch.tensor([0]), "relevant_cols": torch.tensor([4])}
+    ev = RankingEvaluator(ks=[1], sampled_negatives=2, sampled_seed=5)
+    assert ev.evaluate_scores(scores.clone(), batch)["sampled2_hr_at_1"].item() == 0.0  # two of {1, 2, 3, 5}
+    later = {"later_rows": torch.tensor([0, 0, 0]), "later_cols": torch.tensor([1, 2, 3])}
+    assert ev.evaluate_scores(scores.clone(), {**batch, **later})["sampled2_hr_at_1"].item() == 1.0
+
+
+def test_validation_batches_carry_their_users_test_items(tmp_path):
+    from recforge.data.datamodule import RecDataModule
+    from recforge.data.sources.synthetic import SyntheticSource
+    from recforge.data.split import LeaveOneOutSplit
+
+    dm = RecDataModule(SyntheticSource(n_users=40, n_items=30, mean_interactions=8, seed=1), LeaveOneOutSplit(),
+                       cache=False)
+    dm.setup()
+    later = set()
+    for batch in dm.val_dataloader():
+        users = batch["users"]
+        later |= set(zip(users[batch["later_rows"]].tolist(), batch["later_cols"].tolist()))
+    test = dm.split.test
+    assert later == set(zip(test["user"].tolist(), test["item"].tolist())) and later
+    assert not any("later_rows" in batch for batch in dm.test_dataloader())

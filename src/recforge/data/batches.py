@@ -96,8 +96,8 @@ def split_eval_batch(batch, parts: int) -> list:
         piece = {"users": batch["users"][lo:hi]}
         if "context" in batch:  # the users' query context
             piece["context"] = batch["context"][lo:hi]
-        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",)), ("pair", ("pair_labels",
-                                                                                           "pair_context"))):
+        for prefix, extra in (("exclude", ()), ("relevant", ("relevant_gains",)), ("later", ()),
+                              ("pair", ("pair_labels", "pair_context"))):
             if f"{prefix}_rows" not in batch:
                 continue
             inside = (batch[f"{prefix}_rows"] >= lo) & (batch[f"{prefix}_rows"] < hi)
@@ -128,9 +128,11 @@ class ListDataset(Dataset):
 
 def chunk_batches(
     exclude_indptr, exclude_indices, relevant_indptr, relevant_indices, relevant_data, n_items: int,
-    max_scores_in_memory: int,
+    max_scores_in_memory: int, later_indptr=None, later_indices=None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Evaluation batches from CSR arrays (numpy or torch) of excluded and relevant items, one user per row.
+    """Evaluation batches from CSR arrays (numpy or torch) of excluded and relevant items, one user per row, and
+    optionally of ``later`` items (``later_rows`` / ``later_cols``: a validation user's test items, which a sampled
+    protocol must not draw as negatives although they are neither masked nor relevant yet).
 
     Users without relevant items are skipped; chunks hold ``max(1, max_scores_in_memory // n_items)`` users.
     """
@@ -160,4 +162,8 @@ def chunk_batches(
             "relevant_cols": torch.as_tensor(rel_idx[rel_pos], dtype=torch.long),
             "relevant_gains": torch.as_tensor(rel_val[rel_pos], dtype=torch.float32),
         })
+        if later_indptr is not None:
+            later_local, later_pos = rows_of(np.asarray(later_indptr), rows)
+            batches[-1]["later_rows"] = torch.as_tensor(later_local, dtype=torch.long)
+            batches[-1]["later_cols"] = torch.as_tensor(np.asarray(later_indices)[later_pos], dtype=torch.long)
     return batches

@@ -236,7 +236,8 @@ class RankingEvaluator:
                                     ex_cols, self.ks))
             out.update(item_slice_metrics(self.beyond, n_rows, topk, valid, rel_rows, rel_cols, gains, self.ks))
         if self.prefix is not None:
-            sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains)
+            later = [batch[key].to(device, torch.long) for key in ("later_rows", "later_cols") if key in batch]
+            sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains, *later)
             out.update({f"{self.prefix}_{k}": v for k, v in sampled.items()})
         if ann_recall is not None:
             out.update(ann_recall)
@@ -271,13 +272,17 @@ class RankingEvaluator:
         return kept, recall
 
     def _sampled(self, scores: Tensor, users: Tensor, ex_rows: Tensor, ex_cols: Tensor, rel_rows: Tensor,
-                 rel_cols: Tensor, gains: Tensor | None) -> dict[str, Tensor]:
-        """Rank each user's relevant items against its fixed negatives, with the scores already computed."""
+                 rel_cols: Tensor, gains: Tensor | None, later_rows: Tensor | None = None,
+                 later_cols: Tensor | None = None) -> dict[str, Tensor]:
+        """Rank each user's relevant items against its fixed negatives, with the scores already computed. The
+        negatives are items the user has no interaction with in any part: not excluded, relevant or ``later``."""
         device = scores.device
         n_rows, n_items = scores.shape
         weights = self.item_popularity if self.sampled_strategy == "popularity" else None
-        negatives, _ = sample_negatives(users, n_items, self.sampled_negatives, torch.cat([ex_rows, rel_rows]),
-                                        torch.cat([ex_cols, rel_cols]), self.sampled_seed, weights)
+        blocked = [(ex_rows, ex_cols), (rel_rows, rel_cols)] + ([(later_rows, later_cols)] if later_rows is not None
+                                                                else [])
+        negatives, _ = sample_negatives(users, n_items, self.sampled_negatives, torch.cat([r for r, _ in blocked]),
+                                        torch.cat([c for _, c in blocked]), self.sampled_seed, weights)
         # the relevant items of each row as a padded (B, R_max) matrix (sentinel n_items)
         keys = torch.unique(rel_rows * n_items + rel_cols)
         rows, cols = torch.div(keys, n_items, rounding_mode="floor"), keys % n_items
