@@ -477,11 +477,17 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def split_frames(datamodule: RecDataModule) -> dict[str, pd.DataFrame]:
-    ids = datamodule.id_maps
+    """The split's parts (and a strong-generalisation split's ``fold_in``, the held-out users' input) with raw ids
+    and ratings on the file's scale (a ``NormalizeRatings`` step undone): what the run trained and evaluated on."""
+    ids, split = datamodule.id_maps, datamodule.split
+    scale, offset = datamodule.rating_inverse
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    if split.fold_in is not None:
+        parts["fold_in"] = split.fold_in
     return {name: pd.DataFrame({"user": ids.users[part["user"].to_numpy()], "item": ids.items[part["item"].to_numpy()],
-                                "rating": part["rating"].to_numpy(), "timestamp": part["timestamp"].to_numpy()})
-            for name, part in (("train", datamodule.split.train), ("val", datamodule.split.val),
-                               ("test", datamodule.split.test))}
+                                "rating": part["rating"].to_numpy() * np.float32(scale) + np.float32(offset),
+                                "timestamp": part["timestamp"].to_numpy()})
+            for name, part in parts.items()}
 
 
 def finite(metrics: dict) -> dict[str, float]:

@@ -166,3 +166,23 @@ def test_cold_split_check_stops_an_id_in_train_and_a_drop_setting(table):
         ColdItemSplit(rank_among="some")
     with pytest.raises(RecForgeError, match="leaves none for training"):
         ColdUserSplit(0.5, 0.49)(table.head(3))
+
+
+def test_exported_split_files_hold_the_fold_in_and_the_files_ratings():
+    from recforge.data.datamodule import RecDataModule
+    from recforge.data.preprocess import Deduplicate, DropMissing, NormalizeRatings
+    from recforge.data.sources.synthetic import SyntheticSource
+    from recforge.pipeline import split_frames
+
+    source = SyntheticSource(n_users=60, n_items=40, mean_interactions=10, seed=3)
+    dm = RecDataModule(source, StrongGeneralizationSplit(val_users_ratio=0.1, test_users_ratio=0.1, seed=1),
+                       feedback="explicit", preprocess=[DropMissing(), Deduplicate(), NormalizeRatings("unit")],
+                       cache=False)
+    dm.setup()
+    frames = split_frames(dm)
+    assert set(frames) == {"train", "val", "test", "fold_in"} and len(frames["fold_in"]) == len(dm.split.fold_in)
+    exported = pd.concat(frames.values())
+    raw = source.load().interactions.drop_duplicates(["user", "item"], keep="last")
+    both = exported.merge(raw, on=["user", "item"], suffixes=("", "_file"))
+    assert len(both) == len(raw) and dm.rating_inverse != (1.0, 0.0)  # every pair once, on the file's scale
+    np.testing.assert_allclose(both["rating"], both["rating_file"], rtol=1e-5)
