@@ -93,6 +93,27 @@ def test_strong_generalization_holds_out_whole_users(table):
     _, report = check_split(split, N_USERS, N_ITEMS)
     assert report["data/n_cold_users_test"] == 0  # fold-in makes them known
     assert report["data/heldout_users_in_train"] == 0
+    # targets: a fifth of each held-out history rounded down (Liang et al.'s int(0.2 n)), at least one
+    n = pd.concat([split.fold_in, split.val, split.test]).groupby("user").size()
+    targets = pd.concat([split.val, split.test]).groupby("user").size()
+    assert (targets == np.maximum(n[targets.index] // 5, 1)).all() and (n[targets.index] % 5 >= 3).any()
+
+
+def test_strong_generalization_cold_items_drop_leaves_them_out_of_the_fold_in_too():
+    # item 9 is only ever rated by the held-out users: with cold_items=drop no part of theirs keeps it
+    table = pd.DataFrame({"user": np.repeat(np.arange(12), 6), "item": np.tile(np.arange(6), 12),
+                          "rating": 1.0, "timestamp": 0})
+    splitter = StrongGeneralizationSplit(n_val_users=1, n_test_users=1, seed=0)
+    held = set(splitter(table).fold_in.user)  # chosen by the users' counts, which the renaming keeps
+    table.loc[table.user.isin(held) & (table.item == 5), "item"] = 9
+    split = splitter(table)
+    assert set(split.fold_in.user) == held and len(held) == 2
+    kept, report = check_split(split, 12, 10)
+    assert 9 in set(kept.fold_in.item) | set(kept.val.item) | set(kept.test.item)
+    dropped, report = check_split(split, 12, 10, cold_items="drop")
+    assert 9 not in set(dropped.fold_in.item) | set(dropped.val.item) | set(dropped.test.item)
+    assert report["data/n_cold_items_fold_in"] == float(9 in set(split.fold_in.item))
+    assert len(dropped.fold_in) == len(split.fold_in) - (split.fold_in.item == 9).sum()
 
 
 def test_kfold_test_sets_partition_the_data(table):

@@ -212,8 +212,9 @@ class StrongGeneralizationSplit(Splitter):
     """Held-out users, as Mult-VAE (Liang et al., WWW 2018) evaluates: ``n_val_users`` and ``n_test_users``
     (or ``val_users_ratio``/``test_users_ratio`` of the users when the counts are null) are removed from
     training; each held-out user's history is split at random into a fold-in part (``split.fold_in``, the
-    model's input at evaluation) and ``heldout_ratio`` of targets (at least one). Users with fewer than
-    ``min_interactions`` interactions are never held out."""
+    model's input at evaluation) and ``heldout_ratio`` of targets, rounded down (the reference code's
+    ``int(0.2 n)``) but at least one. Users with fewer than ``min_interactions`` interactions are never held
+    out."""
 
     def __init__(self, n_val_users: int | None = None, n_test_users: int | None = None,
                  val_users_ratio: float = 0.1, test_users_ratio: float = 0.1, heldout_ratio: float = 0.2,
@@ -241,7 +242,7 @@ class StrongGeneralizationSplit(Splitter):
         role[candidates[n_test:n_test + n_val]] = 1
         row_role = role[users]
         order, from_end, n = _user_positions(frame, int(rng.integers(1 << 31)), by_time=False)
-        n_heldout = np.maximum(np.round(n * self.heldout_ratio), 1)
+        n_heldout = np.maximum(np.floor(n * self.heldout_ratio), 1)
         target = np.zeros(len(frame), bool)
         target[order] = from_end <= n_heldout
         held = row_role > 0
@@ -417,7 +418,8 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
     a per-user temporal split where a held-out interaction is older than one of the user's training ones;
     a strong-generalisation split whose held-out users appear in train.
     Cold users (no training or fold-in interaction) and cold items (no training interaction) in val/test
-    are counted and, with ``drop``, removed.
+    are counted and, with ``drop``, removed; ``cold_items=drop`` removes them from the fold-in part too (the
+    held-out users' input: Liang et al.'s Mult-VAE code keeps only training items in both).
     """
     for name, value in (("cold_users", cold_users), ("cold_items", cold_items)):
         if value not in COLD:
@@ -483,5 +485,12 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
             drop |= cold_i
         report[f"data/n_cold_dropped_{name}"] = float(drop.sum())
         parts[name] = part[~drop].reset_index(drop=True) if drop.any() else part
-    split = Split(split.train, parts["val"], parts["test"], split.fold_in, split.meta)
+    fold_in = split.fold_in
+    if fold_in is not None:
+        cold = ~known_items[fold_in["item"].to_numpy()]
+        report["data/n_cold_items_fold_in"] = float(n_distinct(fold_in["item"].to_numpy()[cold], n_items))
+        if cold_items == "drop" and cold.any():
+            report["data/n_cold_dropped_fold_in"] = float(cold.sum())
+            fold_in = fold_in[~cold].reset_index(drop=True)
+    split = Split(split.train, parts["val"], parts["test"], fold_in, split.meta)
     return split, report
