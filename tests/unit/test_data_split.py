@@ -57,6 +57,9 @@ def test_temporal_split_has_one_cut_time(table):
     assert abs(len(split.test) / len(table) - 0.2) < 0.02
     fixed = TemporalSplit(test_start=500, val_start=400)(table)
     assert (fixed.test.timestamp >= 500).all() and fixed.train.timestamp.max() < 400
+    test_cut = TemporalSplit(0.1, 0.2)(table).meta["test_cut"]  # a validation cut after the quantile's test cut
+    with pytest.raises(RecForgeError, match=rf"split.val_start={test_cut + 1} is after the test cut {test_cut} "):
+        TemporalSplit(0.1, 0.2, val_start=test_cut + 1)(table)
 
 
 def test_per_user_temporal_holds_out_each_users_latest(table):

@@ -201,6 +201,10 @@ class TemporalSplit(Splitter):
                        else np.quantile(ts, 1 - self.test_ratio, method="higher"))
         val_cut = int(self.val_start if self.val_start is not None
                       else min(np.quantile(ts, 1 - self.test_ratio - self.val_ratio, method="higher"), test_cut))
+        if val_cut > test_cut:  # split.val_start given, the test cut a quantile (both given: checked above)
+            raise RecForgeError(f"split.val_start={val_cut} is after the test cut {test_cut} (the time that holds out "
+                                f"split.test_ratio={self.test_ratio}); set split.test_start after it or lower "
+                                "split.val_start")
         test = np.flatnonzero(ts >= test_cut)
         val = np.flatnonzero((ts >= val_cut) & (ts < test_cut))
         train = np.flatnonzero(ts < val_cut)
