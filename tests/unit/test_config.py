@@ -121,6 +121,10 @@ def test_metric_mode():
     assert metric_mode("val/mae") == "min"
     assert metric_mode("val/ndcg_at_10") == "max"
     assert metric_mode("val/recall_at_20") == "max"
+    for metric in ("test/miscalibration_at_10", "time/fit_s", "time/s_per_epoch", "params/n_parameters",
+                   "test/gini_at_10", "val/logloss"):
+        assert metric_mode(metric) == "min", metric
+    assert metric_mode("test/novelty_at_10") == metric_mode("test/coverage_at_20") == "max"
 
 
 @pytest.mark.parametrize("method", ["score", "rrf", "borda", "vote"])

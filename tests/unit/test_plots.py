@@ -72,6 +72,8 @@ def test_metric_ci_bars_are_per_dataset_best_first(figures, tmp_path):
     axes = panels(figures[0])
     assert [t.get_text() for t in axes["ml-100k"].get_yticklabels()] == ["bpr: run-r2", "bpr: run-r1"]
     assert [t.get_text() for t in axes["synthetic"].get_yticklabels()] == ["bpr: run-r5"]
+    plots.plot_metric_ci(summary, TABLE, LABELS, "test/rmse", tmp_path / "e.png")  # lower is better: r1 on top
+    assert [t.get_text() for t in panels(figures[1])["ml-100k"].get_yticklabels()] == ["bpr: run-r1", "bpr: run-r2"]
 
 
 def test_x_tick_labels_never_overlap(figures, tmp_path):

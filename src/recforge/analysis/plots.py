@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.analysis.significance import bootstrap_ci
+from recforge.metrics.names import metric_mode
 from recforge.utils.io import atomic_path
 
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -131,7 +132,8 @@ def plot_metric_ci(summary: pd.DataFrame, table: pd.DataFrame, labels: Mapping[s
     datasets = _datasets(data)
     fig, axes = _panels([0.5 + 0.32 * (data["dataset"] == d).sum() for d in datasets])
     for ax, dataset in zip(axes, datasets):
-        part = data[data["dataset"] == dataset].sort_values("mean", ascending=False, kind="stable")
+        part = data[data["dataset"] == dataset].sort_values("mean", ascending=metric_mode(metric) == "min",
+                                                            kind="stable")
         y = np.arange(len(part))
         err = np.vstack([part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]])
         ax.barh(y, part["mean"], xerr=err, capsize=3, color=[colours[m] for m in part["model"]], height=0.7)

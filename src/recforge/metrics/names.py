@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-LOWER_IS_BETTER = ("rmse", "mae", "loss", "gini", "avgpop")
+LOWER_IS_BETTER = ("rmse", "mae", "loss", "gini", "avgpop", "miscalibration")
+COSTS = ("time/", "params/")  # fitting seconds, epochs, parameter counts: a sweep's second objective minimises them
 
 
 def metric_mode(metric: str) -> str:
-    """``min`` for errors and losses (``val/rmse``, ``train/loss``), ``max`` for everything else."""
-    return "min" if any(part in metric.rsplit("/", 1)[-1] for part in LOWER_IS_BETTER) else "max"
+    """``min`` for errors, losses, concentration, miscalibration (a KL divergence) and costs (``val/rmse``,
+    ``train/loss``, ``test/miscalibration_at_10``, ``time/fit_s``), ``max`` for everything else."""
+    name = metric.rsplit("/", 1)[-1]
+    return "min" if metric.startswith(COSTS) or any(part in name for part in LOWER_IS_BETTER) else "max"
