@@ -62,3 +62,11 @@ def test_metric_column_and_too_few_runs():
         metric_column("val/ndcg_at_10")
     with pytest.raises(RecForgeError, match="two runs"):
         paired_tests({"A": pd.Series([1.0])})
+
+
+def test_rating_errors_are_labelled_as_the_mean_of_per_user_errors():
+    # the logged test/rmse pools every rating; the tests compare each user's own RMSE averaged over users
+    a, b = pd.Series([0.5, 0.9], index=[1, 2]), pd.Series([0.7, 0.8], index=[1, 2])
+    assert paired_tests({"A": a, "B": b}, "test/rmse", 100).metric.tolist() == ["test/rmse (mean of per-user)"]
+    assert paired_tests({"A": a, "B": b}, "test/mae", 100).metric.tolist() == ["test/mae (mean of per-user)"]
+    assert paired_tests({"A": a, "B": b}, "test/ndcg_at_10", 100).metric.tolist() == ["test/ndcg_at_10"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recforge.analysis.significance import bootstrap_ci
+from recforge.analysis.significance import bootstrap_ci, per_user_label
 from recforge.metrics.names import metric_mode
 from recforge.utils.io import atomic_path
 
@@ -144,7 +144,7 @@ def plot_metric_ci(summary: pd.DataFrame, table: pd.DataFrame, labels: Mapping[s
                         fontsize=8)
         ax.set_xlim(0, part["ci_high"].max() * 1.15)
         ax.set_title(dataset, fontsize=10, loc="left")
-        ax.set_xlabel(metric)
+        ax.set_xlabel(per_user_label(metric))
     fig.suptitle(f"{metric}: mean over test users, {confidence:.0%} bootstrap CI", fontsize=11)
     return _save(fig, path)
 

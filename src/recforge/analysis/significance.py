@@ -103,7 +103,7 @@ def paired_tests(values: Mapping[str, pd.Series], metric: str = "", n_bootstrap:
             else:
                 w_stat, w_p = 0.0, 1.0
         low, high = bootstrap_ci(diff, n_bootstrap, confidence, seed)
-        rows.append({"metric": metric, "run_a": a, "run_b": b, "n_users": n,
+        rows.append({"metric": per_user_label(metric), "run_a": a, "run_b": b, "n_users": n,
                      "mean_a": float(x.mean()) if n else float("nan"),
                      "mean_b": float(y.mean()) if n else float("nan"),
                      "mean_diff": float(diff.mean()) if n else float("nan"), "ci_low": low, "ci_high": high,
@@ -112,6 +112,13 @@ def paired_tests(values: Mapping[str, pd.Series], metric: str = "", n_bootstrap:
     table["t_pvalue_holm"] = holm(table["t_pvalue"].to_numpy())
     table["wilcoxon_pvalue_holm"] = holm(table["wilcoxon_pvalue"].to_numpy())
     return table[COLUMNS]
+
+
+def per_user_label(metric: str) -> str:
+    """What the paired tests compare for ``metric``: its per-user values' mean. For RMSE and MAE that is each user's
+    own error averaged over users (every user weighs the same, as in the ranking metrics), not the logged value,
+    which pools every test rating (heavy raters weigh more): the two can order runs differently, so it says so."""
+    return f"{metric} (mean of per-user)" if metric_column(metric) in ("rmse", "mae") else metric
 
 
 def metric_column(metric: str) -> str:
