@@ -70,3 +70,20 @@ def test_rating_errors_are_labelled_as_the_mean_of_per_user_errors():
     assert paired_tests({"A": a, "B": b}, "test/rmse", 100).metric.tolist() == ["test/rmse (mean of per-user)"]
     assert paired_tests({"A": a, "B": b}, "test/mae", 100).metric.tolist() == ["test/mae (mean of per-user)"]
     assert paired_tests({"A": a, "B": b}, "test/ndcg_at_10", 100).metric.tolist() == ["test/ndcg_at_10"]
+
+
+def test_runs_pair_on_one_split_and_for_sampled_metrics_one_seed_of_negatives():
+    from types import SimpleNamespace
+
+    from recforge.analysis.significance import split_groups
+
+    def run(run_id, fingerprint, seed):
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id), data=SimpleNamespace(
+            tags={"split_fingerprint": fingerprint} if fingerprint else {}, params={"eval.sampled.seed": seed}))
+
+    runs = [run("a", "f1", "0"), run("b", "f1", "1"), run("c", "f1", "0"), run("d", "f2", "0"), run("e", None, "0")]
+    assert split_groups(runs, "test/ndcg_at_10") == {"f1": ["a", "b", "c"], "f2": ["d"]}
+    assert split_groups(runs, "test/sampled99_hr_at_10") == {
+        "f1 (eval.sampled.seed=0)": ["a", "c"], "f1 (eval.sampled.seed=1)": ["b"], "f2 (eval.sampled.seed=0)": ["d"]}
+    assert list(split_groups(runs, "test/popsampled50_ndcg_at_10")) == list(
+        split_groups(runs, "test/sampled99_hr_at_10"))

@@ -68,7 +68,7 @@ def significance_by_split(client, runs: Sequence, metric: str, n_bootstrap: int 
                           seed: int = 0, frames: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Paired tests within every group of runs that share a split fingerprint (groups of one are skipped)."""
     tables = []
-    for fingerprint, ids in split_groups(runs).items():
+    for fingerprint, ids in split_groups(runs, metric).items():
         if len(ids) < 2:
             continue
         group_frames = {i: frames[i] for i in ids} if frames is not None else fetch_per_user(client, ids)

@@ -31,14 +31,24 @@ COLUMNS = ["metric", "run_a", "run_b", "n_users", "mean_a", "mean_b", "mean_diff
            "t_stat", "t_pvalue", "t_pvalue_holm", "wilcoxon_stat", "wilcoxon_pvalue", "wilcoxon_pvalue_holm"]
 
 
-def split_groups(runs: Sequence) -> dict[str, list[str]]:
-    """``{split fingerprint: [run ids]}``: the runs that can be paired user by user (runs without a fingerprint in
-    none)."""
+def pairing_key(run, metric: str = "") -> str | None:
+    """What runs must share to be paired user by user on ``metric``: the split fingerprint, and for a sampled
+    protocol's metric (``sampled99_*``, ``popsampled99_*``) the seed of its negatives (another seed ranks each user
+    among other items); None without a fingerprint."""
+    fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+    if fingerprint and metric.rpartition("/")[2].startswith(("sampled", "popsampled")):
+        return f"{fingerprint} (eval.sampled.seed={run.data.params.get('eval.sampled.seed', 'unknown')})"
+    return fingerprint
+
+
+def split_groups(runs: Sequence, metric: str = "") -> dict[str, list[str]]:
+    """``{pairing key: [run ids]}`` (:func:`pairing_key`): the runs that can be paired user by user on ``metric``
+    (runs without a fingerprint in none)."""
     groups: dict[str, list[str]] = {}
     for run in runs:
-        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
-        if fingerprint:
-            groups.setdefault(fingerprint, []).append(run.info.run_id)
+        key = pairing_key(run, metric)
+        if key:
+            groups.setdefault(key, []).append(run.info.run_id)
     return groups
 
 
@@ -131,18 +141,21 @@ def metric_column(metric: str) -> str:
 
 
 def check_same_split(fingerprints: Mapping[str, str], purpose: str = "their users cannot be paired") -> None:
-    """Raise, naming which runs are on which split, unless every run has the same ``split_fingerprint``."""
+    """Raise, naming which runs are on which split, unless every run has the same ``split_fingerprint`` (or the same
+    :func:`pairing_key`: for a sampled metric, the seed of its negatives too)."""
     if len(set(fingerprints.values())) > 1:
         groups: dict[str, list[str]] = {}
         for run_id, fingerprint in fingerprints.items():
             groups.setdefault(fingerprint, []).append(run_id)
         detail = "; ".join(f"{fp}: {', '.join(ids)}" for fp, ids in groups.items())
-        raise RecForgeError(f"runs were evaluated on different splits (split_fingerprint differs), so {purpose}: "
-                            f"{detail}. Use only runs on the same data and split")
+        raise RecForgeError(f"runs were evaluated on different splits (split_fingerprint differs) or sampled "
+                            f"negatives (eval.sampled.seed), so {purpose}: {detail}. Use only runs on the same data "
+                            "and split, and one sampling seed")
 
 
-def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
-    """Each run's per-user test metrics, after checking that all runs share one split fingerprint."""
+def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None, metric: str = "") -> dict[str, pd.DataFrame]:
+    """Each run's per-user test metrics, after checking that all runs share one split fingerprint (and, for a
+    sampled ``metric``, one seed of its negatives)."""
     from recforge.tracking.client import get_run, tracking_client
 
     if len(set(run_ids)) < len(run_ids):
@@ -151,7 +164,7 @@ def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None) -> di
     fingerprints = {}
     for run_id in run_ids:
         run = get_run(client, run_id)
-        fingerprint = run.data.tags.get(FINGERPRINT_TAG)
+        fingerprint = pairing_key(run, metric)
         if not fingerprint:
             raise RecForgeError(f"run {run_id} has no {FINGERPRINT_TAG} tag, so it cannot be aligned user by user; "
                                 "compare runs logged by recforge-train")
@@ -183,7 +196,7 @@ def compare_runs(run_ids: Sequence[str], metric: str = "test/ndcg_at_10", tracki
         raise RecForgeError("significance needs at least two run ids")
     if not 0 < confidence < 1:
         raise RecForgeError(f"confidence={confidence} must lie in (0, 1), e.g. 0.95")
-    return paired_tests(per_user_values(load_per_user(run_ids, tracking_uri), metric), metric, n_bootstrap,
+    return paired_tests(per_user_values(load_per_user(run_ids, tracking_uri, metric), metric), metric, n_bootstrap,
                         confidence, seed)
 
 

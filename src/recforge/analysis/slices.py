@@ -62,7 +62,7 @@ def slice_tests(runs: Sequence, values: Mapping[str, Mapping[str, pd.Series]], m
                 n_bootstrap: int = 10000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Paired tests between the runs of each split within each slice (Holm over that slice's pairs)."""
     tables = []
-    for fingerprint, ids in split_groups(runs).items():
+    for fingerprint, ids in split_groups(runs, metric).items():
         for name, by_run in values.items():
             present = {i: by_run[i] for i in ids if i in by_run and len(by_run[i])}
             if len(present) >= 2:
