@@ -24,6 +24,7 @@ from recforge.data.split import ColdItemSplit, KFoldSplit, RandomSplit
 from recforge.errors import RecForgeError
 from recforge.metrics.beyond import (ITEM_GROUPS, ListContext, history_distribution, popularity_groups, slice_labels,
                                      unit_rows, user_slices)
+from recforge.metrics.names import SAMPLED_SEED
 from recforge.metrics.rating import per_user_error_metrics
 from recforge.models.base import Recommender
 from recforge.training.module import RecommenderModule, metric_names, train_view
@@ -164,13 +165,13 @@ def sampled_kwargs(cfg: DictConfig) -> dict:
     """The module's sampled-protocol arguments from ``eval.sampled`` (null: full ranking only)."""
     node = cfg.eval.get("sampled")
     if node is None:
-        return {"sampled_negatives": None, "sampled_strategy": "uniform", "sampled_seed": 0}
+        return {"sampled_negatives": None, "sampled_strategy": "uniform", "sampled_seed": SAMPLED_SEED}
     unknown = sorted(set(node) - {"n_negatives", "strategy", "seed"})
     if unknown:
         raise RecForgeError(f"eval.sampled.{unknown[0]} is not a key of eval.sampled; valid keys: "
                             "n_negatives, strategy, seed (e.g. eval.sampled={n_negatives:99,strategy:uniform})")
     return {"sampled_negatives": node.get("n_negatives", 99), "sampled_strategy": node.get("strategy", "uniform"),
-            "sampled_seed": node.get("seed", 0)}
+            "sampled_seed": node.get("seed", SAMPLED_SEED)}
 
 
 # the model options that score unseen ids from their features (the cold-start refusal names them): unseen users and

@@ -82,8 +82,19 @@ def test_runs_pair_on_one_split_and_for_sampled_metrics_one_seed_of_negatives():
             tags={"split_fingerprint": fingerprint} if fingerprint else {}, params={"eval.sampled.seed": seed}))
 
     runs = [run("a", "f1", "0"), run("b", "f1", "1"), run("c", "f1", "0"), run("d", "f2", "0"), run("e", None, "0")]
+    del runs[2].data.params["eval.sampled.seed"]  # no seed in its config: drawn with the default 0, as run a
     assert split_groups(runs, "test/ndcg_at_10") == {"f1": ["a", "b", "c"], "f2": ["d"]}
     assert split_groups(runs, "test/sampled99_hr_at_10") == {
         "f1 (eval.sampled.seed=0)": ["a", "c"], "f1 (eval.sampled.seed=1)": ["b"], "f2 (eval.sampled.seed=0)": ["d"]}
     assert list(split_groups(runs, "test/popsampled50_ndcg_at_10")) == list(
         split_groups(runs, "test/sampled99_hr_at_10"))
+
+
+def test_a_split_mismatch_names_the_seed_only_where_a_seed_differs():
+    from recforge.analysis.significance import check_same_split
+
+    with pytest.raises(RecForgeError) as plain:
+        check_same_split({"a": "f1", "b": "f2"}, "they cannot be fused")
+    assert "f1: a; f2: b" in str(plain.value) and "seed" not in str(plain.value)
+    with pytest.raises(RecForgeError, match=r"or sampled negatives \(eval.sampled.seed\).*one sampling seed"):
+        check_same_split({"a": "f1 (eval.sampled.seed=0)", "b": "f1 (eval.sampled.seed=1)"})

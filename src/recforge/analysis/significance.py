@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.errors import RecForgeError
+from recforge.metrics.names import SAMPLED_PREFIXES, SAMPLED_SEED
 
 PER_USER_ARTIFACT = "results/per_user_test_metrics.parquet"
 FINGERPRINT_TAG = "split_fingerprint"
@@ -36,8 +37,9 @@ def pairing_key(run, metric: str = "") -> str | None:
     protocol's metric (``sampled99_*``, ``popsampled99_*``) the seed of its negatives (another seed ranks each user
     among other items); None without a fingerprint."""
     fingerprint = run.data.tags.get(FINGERPRINT_TAG)
-    if fingerprint and metric.rpartition("/")[2].startswith(("sampled", "popsampled")):
-        return f"{fingerprint} (eval.sampled.seed={run.data.params.get('eval.sampled.seed', 'unknown')})"
+    if fingerprint and metric.rpartition("/")[2].startswith(SAMPLED_PREFIXES):
+        seed = run.data.params.get("eval.sampled.seed", str(SAMPLED_SEED))  # a config without one draws with 0
+        return f"{fingerprint} (eval.sampled.seed={seed})"
     return fingerprint
 
 
@@ -128,7 +130,7 @@ def per_user_label(metric: str) -> str:
     """What the paired tests compare for ``metric``: its per-user values' mean. For RMSE and MAE that is each user's
     own error averaged over users (every user weighs the same, as in the ranking metrics), not the logged value,
     which pools every test rating (heavy raters weigh more): the two can order runs differently, so it says so."""
-    return f"{metric} (mean of per-user)" if metric_column(metric) in ("rmse", "mae") else metric
+    return f"{metric} (mean of per-user)" if metric.rpartition("/")[2] in ("rmse", "mae") else metric
 
 
 def metric_column(metric: str) -> str:
@@ -148,9 +150,10 @@ def check_same_split(fingerprints: Mapping[str, str], purpose: str = "their user
         for run_id, fingerprint in fingerprints.items():
             groups.setdefault(fingerprint, []).append(run_id)
         detail = "; ".join(f"{fp}: {', '.join(ids)}" for fp, ids in groups.items())
-        raise RecForgeError(f"runs were evaluated on different splits (split_fingerprint differs) or sampled "
-                            f"negatives (eval.sampled.seed), so {purpose}: {detail}. Use only runs on the same data "
-                            "and split, and one sampling seed")
+        seeds = "eval.sampled.seed" in detail
+        raise RecForgeError(f"runs were evaluated on different splits (split_fingerprint differs)"
+                            f"{' or sampled negatives (eval.sampled.seed)' if seeds else ''}, so {purpose}: {detail}. "
+                            f"Use only runs on the same data and split{', and one sampling seed' if seeds else ''}")
 
 
 def load_per_user(run_ids: Sequence[str], tracking_uri: str | None = None, metric: str = "") -> dict[str, pd.DataFrame]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 LOWER_IS_BETTER = ("rmse", "mae", "loss", "gini", "avgpop", "miscalibration")
 COSTS = ("time/", "params/")  # fitting seconds, epochs, parameter counts: a sweep's second objective minimises them
+SAMPLED_PREFIXES = ("sampled", "popsampled")  # a sampled protocol's metrics (recforge.metrics.sampled.protocol_prefix)
+SAMPLED_SEED = 0  # eval.sampled.seed when a config leaves it out
 
 
 def metric_mode(metric: str) -> str:
