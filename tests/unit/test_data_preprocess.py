@@ -129,3 +129,18 @@ def test_prepare_runs_steps_in_order_and_encodes_ids():
     # order matters: thresholding the latest duplicate first keeps nothing for (10, x)
     encoded, _, _ = prepare(raw, "implicit", 3.0, [Deduplicate("last")])
     assert len(encoded) == 1
+
+
+def test_implicit_threshold_judges_the_rating_deduplication_keeps():
+    from recforge.data.interactions import threshold_position
+
+    # user 1 rated a 5, then 2: the latest (2) is kept, so a is not a positive, wherever the KCore stands
+    rows = [(1, "a", 5.0, 1), (1, "a", 2.0, 2), (1, "b", 5.0, 0), (1, "c", 5.0, 0), (2, "a", 5.0, 0),
+            (2, "b", 5.0, 0), (2, "c", 5.0, 0)]
+    for steps in ([DropMissing(), Deduplicate(), KCore(1, 1)], [DropMissing(), KCore(1, 1), Deduplicate()]):
+        out, maps, _ = prepare(RawData("t", frame(rows), rating_range=(1.0, 5.0)), "implicit", 4.0, steps)
+        kept = set(zip(maps.users[out["user"]], maps.items[out["item"]]))
+        assert (1, "a") not in kept and (2, "a") in kept, steps
+    assert threshold_position([DropMissing(), Deduplicate(), KCore(), NormalizeRatings()]) == 2
+    assert threshold_position([KCore(), Deduplicate(), NormalizeRatings()]) == 2
+    assert threshold_position([DropMissing()]) == 1

@@ -54,15 +54,18 @@ class RecDataModule(pl.LightningDataModule):
     """Loads a source, preprocesses it, splits it, checks the split and serves tensors.
 
     ``preprocess`` is the ordered list of steps (:mod:`recforge.data.preprocess`; ``None`` = drop missing
-    ids and deduplicate keeping the latest); ``implicit_threshold`` appends a rating threshold for the
-    implicit view. ``cold_users`` / ``cold_items`` (``keep`` or ``drop``) say what happens to validation and
-    test interactions of users/items unseen in training. With ``cache`` and a ``cache_dir``, the prepared
+    ids and deduplicate keeping the latest); ``implicit_threshold`` adds a rating threshold for the
+    implicit view (after deduplication, before a k-core: :func:`recforge.data.interactions.threshold_position`).
+    ``cold_users`` / ``cold_items`` (``keep`` or ``drop``) say what happens to validation and test interactions of
+    users/items unseen in training. With ``cache`` and a ``cache_dir``, the prepared
     data is cached as Arrow files keyed by the raw files' checksums and the whole data config.
 
     Training batches are ``(users, items, ratings)`` index slices. Ranking evaluation batches are chunks
     of users sized so that ``chunk * n_items <= max_scores_in_memory``, each carrying the chunk's items
     to exclude (seen in training or fold-in, and in validation at test time) and its relevant items with
-    their ratings as gains. Rating evaluation batches are ``(users, items, ratings)`` slices.
+    their ratings as gains; validation chunks also carry their users' test items (``later_rows`` /
+    ``later_cols``), which a sampled protocol never draws as negatives. Rating evaluation batches are
+    ``(users, items, ratings)`` slices.
 
     ``train_view`` is ``interactions`` (the default), ``users`` or ``sequences`` (each training user once per epoch,
     in batches of ``batch_size`` users: what user-row losses such as ``loss=multinomial`` and sequential models

@@ -40,14 +40,22 @@ def default_steps() -> list:
     return [DropMissing(), Deduplicate(keep="last")]
 
 
+def threshold_position(steps: list) -> int:
+    """Where ``implicit_threshold``'s step goes in ``steps``: after every :class:`Deduplicate` (it judges each pair
+    by the rating the deduplication keeps) and before the first :class:`KCore` or :class:`NormalizeRatings` after
+    them (a k-core then holds on the kept ratings, and the threshold reads the file's rating scale)."""
+    start = max((i + 1 for i, step in enumerate(steps) if isinstance(step, Deduplicate)), default=0)
+    return next((i for i in range(start, len(steps)) if isinstance(steps[i], (KCore, NormalizeRatings))), len(steps))
+
+
 def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps: list | None = None
             ) -> tuple[pd.DataFrame, IdMaps, PreprocessState]:
     """Run the preprocessing ``steps`` on ``raw`` and map ids to ``0..n-1``.
 
     Ratings are checked first (finite, within ``raw.rating_range``) by a :class:`ValidateRatings` step unless
-    ``steps`` has its own. ``implicit_threshold`` (for implicit feedback) appends a :class:`RatingThreshold`
-    step, placed before the first :class:`KCore` or :class:`NormalizeRatings` step (a k-core then holds on what is
-    kept, and the threshold reads the file's rating scale); the rating stays in the table as a graded relevance. Users and items are indexed in the order of
+    ``steps`` has its own. ``implicit_threshold`` (for implicit feedback) adds a :class:`RatingThreshold`
+    step where :func:`threshold_position` puts it; the rating stays in the table as a graded relevance. Users and
+    items are indexed in the order of
     their sorted raw ids, so the same data gives the same indices. Returns the encoded frame (``user``, ``item``, ``rating``,
     ``timestamp`` plus any ``part_*``/``ts_*`` columns), the id maps and the preprocessing state.
     """
@@ -56,9 +64,8 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps
     steps = list(default_steps() if steps is None else steps)
     if not any(isinstance(step, ValidateRatings) for step in steps):
         steps.insert(0, ValidateRatings())
-    if implicit_threshold is not None:  # on the file's ratings, before a k-core (which must hold afterwards)
-        steps.insert(next((i for i, step in enumerate(steps) if isinstance(step, (KCore, NormalizeRatings))),
-                          len(steps)), RatingThreshold(implicit_threshold, implicit_only=True))
+    if implicit_threshold is not None:
+        steps.insert(threshold_position(steps), RatingThreshold(implicit_threshold, implicit_only=True))
     state = PreprocessState(rating_range=raw.rating_range, feedback=feedback, origin=raw.origin or raw.name)
     frame = raw.interactions
     for column in ("user", "item"):

@@ -6,7 +6,9 @@ One evaluation batch is a chunk of users (sized by a memory budget, ``chunk * n_
      "exclude_rows", "exclude_cols": (row in [0, B), item) pairs the user must not be recommended
                                      (seen in training; at test time also validation items),
      "relevant_rows", "relevant_cols": the held-out (row, item) pairs,
-     "relevant_gains": optional gain per relevant pair (graded NDCG; e.g. the rating)}
+     "relevant_gains": optional gain per relevant pair (graded NDCG; e.g. the rating),
+     "later_rows", "later_cols": optional (row, item) pairs held out for a later stage (a validation user's test
+                                 items), never drawn as a sampled protocol's negatives}
 
 :meth:`RankingEvaluator.evaluate` scores the chunk against every item (``score_fn(users) -> (B, n_items)``),
 masks the excluded items in place, takes an exact top-K on the scores' device with the documented tie policy
@@ -279,10 +281,10 @@ class RankingEvaluator:
         device = scores.device
         n_rows, n_items = scores.shape
         weights = self.item_popularity if self.sampled_strategy == "popularity" else None
-        blocked = [(ex_rows, ex_cols), (rel_rows, rel_cols)] + ([(later_rows, later_cols)] if later_rows is not None
-                                                                else [])
-        negatives, _ = sample_negatives(users, n_items, self.sampled_negatives, torch.cat([r for r, _ in blocked]),
-                                        torch.cat([c for _, c in blocked]), self.sampled_seed, weights)
+        later = [] if later_rows is None else [(later_rows, later_cols)]
+        blocked_rows, blocked_cols = (torch.cat(part) for part in zip((ex_rows, ex_cols), (rel_rows, rel_cols), *later))
+        negatives, _ = sample_negatives(users, n_items, self.sampled_negatives, blocked_rows, blocked_cols,
+                                        self.sampled_seed, weights)
         # the relevant items of each row as a padded (B, R_max) matrix (sentinel n_items)
         keys = torch.unique(rel_rows * n_items + rel_cols)
         rows, cols = torch.div(keys, n_items, rounding_mode="floor"), keys % n_items
