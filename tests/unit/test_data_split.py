@@ -102,21 +102,23 @@ def test_strong_generalization_holds_out_whole_users(table):
     assert (targets == np.maximum(n[targets.index] // 5, 1)).all() and (n[targets.index] % 5 >= 3).any()
 
 
-def test_strong_generalization_cold_items_drop_leaves_them_out_of_the_fold_in_too():
-    # item 9 is only ever rated by the held-out users: with cold_items=drop no part of theirs keeps it
-    table = pd.DataFrame({"user": np.repeat(np.arange(12), 6), "item": np.tile(np.arange(6), 12),
+def test_strong_generalization_can_keep_only_training_items_before_splitting():
+    # item 19 is rated only by the held-out users: with train_items_only their item-19 rows are in no part, and
+    # each one's targets are int(0.2 n) of the 9 left (1), not of 10 (2)
+    table = pd.DataFrame({"user": np.repeat(np.arange(12), 10), "item": np.tile(np.arange(10), 12),
                           "rating": 1.0, "timestamp": 0})
-    splitter = StrongGeneralizationSplit(n_val_users=1, n_test_users=1, seed=0)
+    splitter = StrongGeneralizationSplit(n_val_users=1, n_test_users=1, seed=0, heldout_ratio=0.2)
     held = set(splitter(table).fold_in.user)  # chosen by the users' counts, which the renaming keeps
-    table.loc[table.user.isin(held) & (table.item == 5), "item"] = 9
+    table.loc[table.user.isin(held) & (table.item == 9), "item"] = 19
+    kept = splitter(table)
+    assert 19 in set(kept.fold_in.item) | set(kept.val.item) | set(kept.test.item)
+    assert (pd.concat([kept.val, kept.test]).groupby("user").size() == 2).all()
+    splitter.train_items_only = True
     split = splitter(table)
-    assert set(split.fold_in.user) == held and len(held) == 2
-    kept, report = check_split(split, 12, 10)
-    assert 9 in set(kept.fold_in.item) | set(kept.val.item) | set(kept.test.item)
-    dropped, report = check_split(split, 12, 10, cold_items="drop")
-    assert 9 not in set(dropped.fold_in.item) | set(dropped.val.item) | set(dropped.test.item)
-    assert report["data/n_cold_items_fold_in"] == float(9 in set(split.fold_in.item))
-    assert len(dropped.fold_in) == len(split.fold_in) - (split.fold_in.item == 9).sum()
+    parts = pd.concat([split.fold_in, split.val, split.test])
+    assert set(parts.user) == held and 19 not in set(parts.item) and len(parts) == 2 * 9
+    assert (pd.concat([split.val, split.test]).groupby("user").size() == 1).all()
+    assert split.train.equals(kept.train)
 
 
 def test_kfold_test_sets_partition_the_data(table):

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pyarrow import feather
 
 CACHE_VERSION = 3  # 2: Arrow IPC files instead of Parquet; 3: implicit_threshold before KCore, strong
-# generalisation targets rounded down and cold fold-in items dropped (the same settings now prepare other data)
+# generalisation targets rounded down (the same settings now prepare other data)
 PARTS = ("train", "val", "test", "fold_in")
 
 

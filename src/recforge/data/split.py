@@ -218,17 +218,19 @@ class StrongGeneralizationSplit(Splitter):
     training; each held-out user's history is split at random into a fold-in part (``split.fold_in``, the
     model's input at evaluation) and ``heldout_ratio`` of targets, rounded down (the reference code's
     ``int(0.2 n)``) but at least one. Users with fewer than ``min_interactions`` interactions are never held
-    out."""
+    out. ``train_items_only``: first drop the held-out users' interactions with items no training user has, as
+    Liang et al.'s code does (they are in no part; ``n`` counts the rest)."""
 
     def __init__(self, n_val_users: int | None = None, n_test_users: int | None = None,
                  val_users_ratio: float = 0.1, test_users_ratio: float = 0.1, heldout_ratio: float = 0.2,
-                 min_interactions: int = 2, seed: int = 42) -> None:
+                 min_interactions: int = 2, seed: int = 42, train_items_only: bool = False) -> None:
         if not 0 < heldout_ratio < 1:
             raise RecForgeError("split.heldout_ratio must be in (0, 1)")
         _check_ratios(val_users_ratio, test_users_ratio)
         self.n_val_users, self.n_test_users = n_val_users, n_test_users
         self.val_users_ratio, self.test_users_ratio = val_users_ratio, test_users_ratio
         self.heldout_ratio, self.min_interactions, self.seed = heldout_ratio, max(int(min_interactions), 2), seed
+        self.train_items_only = train_items_only
 
     def __call__(self, frame: pd.DataFrame) -> Split:
         rng = np.random.default_rng(self.seed)
@@ -244,6 +246,11 @@ class StrongGeneralizationSplit(Splitter):
         role = np.zeros(len(counts), np.int8)  # 0 train, 1 val, 2 test
         role[candidates[:n_test]] = 2
         role[candidates[n_test:n_test + n_val]] = 1
+        if self.train_items_only:
+            known = np.zeros(int(frame["item"].max()) + 1 if len(frame) else 0, bool)
+            known[frame["item"].to_numpy()[role[users] == 0]] = True
+            frame = frame[(role[users] == 0) | known[frame["item"].to_numpy()]].reset_index(drop=True)
+            users = frame["user"].to_numpy()
         row_role = role[users]
         order, from_end, n = _user_positions(frame, int(rng.integers(1 << 31)), by_time=False)
         n_heldout = np.maximum(np.floor(n * self.heldout_ratio), 1)
@@ -422,8 +429,7 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
     a per-user temporal split where a held-out interaction is older than one of the user's training ones;
     a strong-generalisation split whose held-out users appear in train.
     Cold users (no training or fold-in interaction) and cold items (no training interaction) in val/test
-    are counted and, with ``drop``, removed; ``cold_items=drop`` removes them from the fold-in part too (the
-    held-out users' input: Liang et al.'s Mult-VAE code keeps only training items in both).
+    are counted and, with ``drop``, removed.
     """
     for name, value in (("cold_users", cold_users), ("cold_items", cold_items)):
         if value not in COLD:
@@ -489,12 +495,5 @@ def check_split(split: Split, n_users: int, n_items: int, cold_users: str = "kee
             drop |= cold_i
         report[f"data/n_cold_dropped_{name}"] = float(drop.sum())
         parts[name] = part[~drop].reset_index(drop=True) if drop.any() else part
-    fold_in = split.fold_in
-    if fold_in is not None:
-        cold = ~known_items[fold_in["item"].to_numpy()]
-        report["data/n_cold_items_fold_in"] = float(n_distinct(fold_in["item"].to_numpy()[cold], n_items))
-        if cold_items == "drop" and cold.any():
-            report["data/n_cold_dropped_fold_in"] = float(cold.sum())
-            fold_in = fold_in[~cold].reset_index(drop=True)
-    split = Split(split.train, parts["val"], parts["test"], fold_in, split.meta)
+    split = Split(split.train, parts["val"], parts["test"], split.fold_in, split.meta)
     return split, report
