@@ -321,8 +321,9 @@ def test_row_models_score_held_out_users_from_their_fold_in_rows(tiny_cfg):
     assert rows[torch.searchsorted(users, torch.as_tensor(fold_in["user"].to_numpy())),
                 torch.as_tensor(fold_in["item"].to_numpy())].all()
 
+    # with empty rows EASE would score every item 0 for them and rank by item index, far below popularity
     pop = train(tiny_cfg("model=pop", *split))["test/ndcg_at_10"]
-    assert train(tiny_cfg("model=ease", *split))["test/ndcg_at_10"] > pop + 0.02
+    assert train(tiny_cfg("model=ease", *split))["test/ndcg_at_10"] > pop + 0.005
 
 
 @pytest.mark.parametrize("experiment, extra, metric", [
