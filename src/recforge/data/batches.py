@@ -138,6 +138,8 @@ def chunk_batches(
     """
     ex_ptr, ex_idx = np.asarray(exclude_indptr), np.asarray(exclude_indices)
     rel_ptr, rel_idx, rel_val = np.asarray(relevant_indptr), np.asarray(relevant_indices), np.asarray(relevant_data)
+    later_ptr, later_idx = (None, None) if later_indptr is None else (np.asarray(later_indptr),
+                                                                        np.asarray(later_indices))
     users = np.flatnonzero(np.diff(rel_ptr) > 0)
     chunk = max(1, int(max_scores_in_memory) // max(1, n_items))
 
@@ -162,8 +164,8 @@ def chunk_batches(
             "relevant_cols": torch.as_tensor(rel_idx[rel_pos], dtype=torch.long),
             "relevant_gains": torch.as_tensor(rel_val[rel_pos], dtype=torch.float32),
         })
-        if later_indptr is not None:
-            later_local, later_pos = rows_of(np.asarray(later_indptr), rows)
+        if later_ptr is not None:
+            later_local, later_pos = rows_of(later_ptr, rows)
             batches[-1]["later_rows"] = torch.as_tensor(later_local, dtype=torch.long)
-            batches[-1]["later_cols"] = torch.as_tensor(np.asarray(later_indices)[later_pos], dtype=torch.long)
+            batches[-1]["later_cols"] = torch.as_tensor(later_idx[later_pos], dtype=torch.long)
     return batches

@@ -55,9 +55,9 @@ def prepare(raw: RawData, feedback: str, implicit_threshold: float | None, steps
     Ratings are checked first (finite, within ``raw.rating_range``) by a :class:`ValidateRatings` step unless
     ``steps`` has its own. ``implicit_threshold`` (for implicit feedback) adds a :class:`RatingThreshold`
     step where :func:`threshold_position` puts it; the rating stays in the table as a graded relevance. Users and
-    items are indexed in the order of
-    their sorted raw ids, so the same data gives the same indices. Returns the encoded frame (``user``, ``item``, ``rating``,
-    ``timestamp`` plus any ``part_*``/``ts_*`` columns), the id maps and the preprocessing state.
+    items are indexed in the order of their sorted raw ids, so the same data gives the same indices. Returns the
+    encoded frame (``user``, ``item``, ``rating``, ``timestamp`` plus any ``part_*``/``ts_*`` columns), the id maps
+    and the preprocessing state.
     """
     if feedback not in FEEDBACK:
         raise RecForgeError(f"feedback must be one of {FEEDBACK}, got {feedback!r}")

@@ -246,10 +246,10 @@ class StrongGeneralizationSplit(Splitter):
         role = np.zeros(len(counts), np.int8)  # 0 train, 1 val, 2 test
         role[candidates[:n_test]] = 2
         role[candidates[n_test:n_test + n_val]] = 1
-        if self.train_items_only:
-            known = np.zeros(int(frame["item"].max()) + 1 if len(frame) else 0, bool)
-            known[frame["item"].to_numpy()[role[users] == 0]] = True
-            frame = frame[(role[users] == 0) | known[frame["item"].to_numpy()]].reset_index(drop=True)
+        if self.train_items_only:  # the frame holds the training users, so it is not empty
+            items, train_rows = frame["item"].to_numpy(), role[users] == 0
+            known = np.bincount(items[train_rows], minlength=items.max() + 1) > 0
+            frame = frame[train_rows | known[items]].reset_index(drop=True)
             users = frame["user"].to_numpy()
         row_role = role[users]
         order, from_end, n = _user_positions(frame, int(rng.integers(1 << 31)), by_time=False)

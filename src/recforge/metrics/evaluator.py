@@ -238,8 +238,10 @@ class RankingEvaluator:
                                     ex_cols, self.ks))
             out.update(item_slice_metrics(self.beyond, n_rows, topk, valid, rel_rows, rel_cols, gains, self.ks))
         if self.prefix is not None:
-            later = [batch[key].to(device, torch.long) for key in ("later_rows", "later_cols") if key in batch]
-            sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains, *later)
+            later_rows, later_cols = (batch[key].to(device, torch.long) if key in batch else ex_rows[:0]
+                                      for key in ("later_rows", "later_cols"))
+            sampled = self._sampled(scores, users.to(device), ex_rows, ex_cols, rel_rows, rel_cols, gains, later_rows,
+                                    later_cols)
             out.update({f"{self.prefix}_{k}": v for k, v in sampled.items()})
         if ann_recall is not None:
             out.update(ann_recall)
@@ -274,15 +276,14 @@ class RankingEvaluator:
         return kept, recall
 
     def _sampled(self, scores: Tensor, users: Tensor, ex_rows: Tensor, ex_cols: Tensor, rel_rows: Tensor,
-                 rel_cols: Tensor, gains: Tensor | None, later_rows: Tensor | None = None,
-                 later_cols: Tensor | None = None) -> dict[str, Tensor]:
+                 rel_cols: Tensor, gains: Tensor | None, later_rows: Tensor, later_cols: Tensor) -> dict[str, Tensor]:
         """Rank each user's relevant items against its fixed negatives, with the scores already computed. The
         negatives are items the user has no interaction with in any part: not excluded, relevant or ``later``."""
         device = scores.device
         n_rows, n_items = scores.shape
         weights = self.item_popularity if self.sampled_strategy == "popularity" else None
-        later = [] if later_rows is None else [(later_rows, later_cols)]
-        blocked_rows, blocked_cols = (torch.cat(part) for part in zip((ex_rows, ex_cols), (rel_rows, rel_cols), *later))
+        blocked_rows = torch.cat([ex_rows, rel_rows, later_rows])
+        blocked_cols = torch.cat([ex_cols, rel_cols, later_cols])
         negatives, _ = sample_negatives(users, n_items, self.sampled_negatives, blocked_rows, blocked_cols,
                                         self.sampled_seed, weights)
         # the relevant items of each row as a padded (B, R_max) matrix (sentinel n_items)
