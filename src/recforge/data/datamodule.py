@@ -265,9 +265,10 @@ class RecDataModule(pl.LightningDataModule):
         # validates on the test set, as LightGCN's protocol does, would otherwise mask every test item)
         val, test = self.split.val, self.split.test
         seen_val = seen + self._matrix(val[~isin(self._keys(val), self._keys(test))])
+        test_matrix = self._matrix(test)
         self._eval_batches = {  # validation carries its users' test items: no sampled protocol draws them
-            "val": self._eval_batches_for(self.split.val, exclude=seen, later=self._matrix(test)),
-            "test": self._eval_batches_for(self.split.test, exclude=seen_val),
+            "val": self._eval_batches_for(val, self._matrix(val), exclude=seen, later=test_matrix),
+            "test": self._eval_batches_for(test, test_matrix, exclude=seen_val),
         }
         self.candidates = {}
         if self.split.meta.get("rank_among") == "held_out" and self.feedback == "implicit":
@@ -293,14 +294,15 @@ class RecDataModule(pl.LightningDataModule):
         matrix.data[matrix.data == 0] = np.float32(1e-6)   # a zero (or repeats summing to one) stays an entry
         return matrix
 
-    def _eval_batches_for(self, part: pd.DataFrame, exclude: sp.csr_matrix, later: sp.csr_matrix | None = None
-                          ) -> list:
+    def _eval_batches_for(self, part: pd.DataFrame, relevant: sp.csr_matrix, exclude: sp.csr_matrix,
+                          later: sp.csr_matrix | None = None) -> list:
+        """Evaluation batches of ``part`` (``relevant``: its matrix): rating slices, or full-ranking chunks that mask
+        ``exclude`` and carry ``later``'s pairs (validation users' test items, blocked from sampled negatives)."""
         if self.feedback == "explicit":
             tensors = [_tensor(part[c].to_numpy(), t) for c, t in (("user", np.int64), ("item", np.int64),
                                                                     ("rating", np.float32))]
             return [tuple(t[s : s + self.eval_batch_size] for t in tensors)
                     for s in range(0, len(part), self.eval_batch_size)]
-        relevant = self._matrix(part)
         return chunk_batches(exclude.indptr, exclude.indices, relevant.indptr, relevant.indices, relevant.data,
                              self.n_items, self.max_scores_in_memory, *(() if later is None else
                                                                         (later.indptr, later.indices)))
