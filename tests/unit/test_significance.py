@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recforge.analysis.significance import bootstrap_ci, holm, metric_column, paired_tests
+from recforge.analysis.significance import (bootstrap_ci, holm, metric_column, paired_tests, pooled_error_tests,
+                                            significance_table)
 from recforge.errors import RecForgeError
 
 
@@ -70,6 +71,32 @@ def test_rating_errors_are_labelled_as_the_mean_of_per_user_errors():
     assert paired_tests({"A": a, "B": b}, "test/rmse", 100).metric.tolist() == ["test/rmse (mean of per-user)"]
     assert paired_tests({"A": a, "B": b}, "test/mae", 100).metric.tolist() == ["test/mae (mean of per-user)"]
     assert paired_tests({"A": a, "B": b}, "test/ndcg_at_10", 100).metric.tolist() == ["test/ndcg_at_10"]
+
+
+def test_pooled_rating_errors_are_tested_as_logged_and_can_order_runs_the_other_way():
+    # user 1 rates once, user 2 three times. A: errors 1 | 0 0 0; B: 0 | 0.8 0.8 0.8
+    a = pd.DataFrame({"user": [1, 2], "rmse": [1.0, 0.0], "mae": [1.0, 0.0], "n_test": [1, 3]})
+    b = pd.DataFrame({"user": [1, 2, 7], "rmse": [0.0, 0.8, 5.0], "mae": [0.0, 0.8, 5.0], "n_test": [1, 3, 2]})
+    table = significance_table({"A": a, "B": b}, "test/rmse", n_bootstrap=4000, seed=3)
+    per_user, pooled = table.iloc[0], table.iloc[1]
+    assert per_user.metric == "test/rmse (mean of per-user)" and per_user.mean_diff == pytest.approx(0.1)  # B
+    assert pooled.metric == "test/rmse (pooled)" and pooled.n_users == 2  # user 7 is B's only: dropped
+    # pooled: A sqrt(1 / 4) = 0.5, B sqrt(3 * 0.64 / 4) = 0.6928: A is better, as the logged values say
+    assert (pooled.mean_a, pooled.mean_b) == (pytest.approx(0.5), pytest.approx(math.sqrt(0.48)))
+    assert pooled.mean_diff == pytest.approx(0.5 - math.sqrt(0.48))
+    # resamples of two users: {1, 1} +1.0, {2, 2} -0.8, {1, 2} -0.193 (half the time): the 95% interval's ends
+    assert (pooled.ci_low, pooled.ci_high) == (pytest.approx(-0.8), pytest.approx(1.0))
+    assert np.isnan(pooled.t_pvalue) and np.isnan(pooled.wilcoxon_pvalue_holm)  # the interval is the test
+    mae = pooled_error_tests({"A": a, "B": b}, "test/mae", n_bootstrap=100).iloc[0]
+    assert (mae.mean_a, mae.mean_b) == (pytest.approx(0.25), pytest.approx(0.6))  # 1 / 4 and 2.4 / 4
+    assert pooled_error_tests({"A": a, "B": b}, "test/ndcg_at_10").empty
+    assert len(significance_table({"A": a, "B": b}, "test/mae", 100)) == 2
+    from recforge.analysis.report import key_significance
+
+    shown = key_significance(table, {"A": "A", "B": "B"})  # the terminal says which row is which
+    assert shown["value"].tolist() == ["mean of per-user", "pooled"]
+    with pytest.raises(RecForgeError, match="n_test"):
+        pooled_error_tests({"A": a.drop(columns="n_test"), "B": b}, "test/rmse")
 
 
 def test_runs_pair_on_one_split_and_for_sampled_metrics_one_seed_of_negatives():

@@ -18,7 +18,7 @@ from recforge.analysis.plots import (mean_with_ci, plot_learning_curves, plot_me
                                      plot_metric_vs_param, plot_tradeoff)
 from recforge.analysis.runs import (epoch_history, option_name, rerank_option, runs_table, to_markdown,
                                    varying_params)
-from recforge.analysis.significance import (FINGERPRINT_TAG, fetch_per_user, paired_tests, per_user_values,
+from recforge.analysis.significance import (FINGERPRINT_TAG, fetch_per_user, per_user_values, significance_table,
                                             split_groups)
 from recforge.analysis.slices import slice_summary, slice_tests, slice_values, slice_winners
 from recforge.errors import RecForgeError
@@ -72,7 +72,7 @@ def significance_by_split(client, runs: Sequence, metric: str, n_bootstrap: int 
         if len(ids) < 2:
             continue
         group_frames = {i: frames[i] for i in ids} if frames is not None else fetch_per_user(client, ids)
-        table = paired_tests(per_user_values(group_frames, metric), metric, n_bootstrap, confidence, seed)
+        table = significance_table(group_frames, metric, n_bootstrap, confidence, seed)
         tables.append(table.assign(split_fingerprint=fingerprint))
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
@@ -193,7 +193,10 @@ def key_significance(significance: pd.DataFrame, labels: dict[str, str]) -> pd.D
     """The paired tests as a terminal shows them: run labels instead of ids, the mean difference, its CI and the
     Holm-corrected p-values."""
     frame = significance
-    return pd.DataFrame({"run a": frame["run_a"].map(labels), "run b": frame["run_b"].map(labels),
+    view = pd.DataFrame({"run a": frame["run_a"].map(labels), "run b": frame["run_b"].map(labels),
                          "users": frame["n_users"], "mean a-b": frame["mean_diff"],
                          "ci low": frame["ci_low"], "ci high": frame["ci_high"],
                          "p t (Holm)": frame["t_pvalue_holm"], "p Wilcoxon (Holm)": frame["wilcoxon_pvalue_holm"]})
+    if frame["metric"].nunique() > 1:  # RMSE and MAE: "mean of per-user" errors, then the "pooled" value
+        view.insert(0, "value", frame["metric"].str.rpartition(" (")[2].str.rstrip(")"))
+    return view

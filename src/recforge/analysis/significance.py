@@ -9,7 +9,9 @@ For every pair of runs (a, b), over the users both evaluated with a finite value
 users without relevant items): the mean difference ``mean(a - b)``, a paired t-test and a Wilcoxon
 signed-rank test (two-sided, ``scipy.stats``), each family of p-values Holm-corrected across all the pairs
 compared (Holm 1979: controls the family-wise error rate without assuming independence), and a percentile
-bootstrap confidence interval of the mean difference (users resampled with replacement, seeded).
+bootstrap confidence interval of the mean difference (users resampled with replacement, seeded). For RMSE and MAE,
+whose logged value pools every rating rather than averaging users, :func:`pooled_error_tests` adds the pooled
+difference with its paired bootstrap interval.
 """
 
 from __future__ import annotations
@@ -71,18 +73,58 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 def bootstrap_ci(diff: np.ndarray, n_bootstrap: int = 10000, confidence: float = 0.95,
                  seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``mean(diff)``: users resampled with replacement, in memory-bounded blocks."""
-    n = len(diff)
+    return _bootstrap_interval(lambda idx: diff[idx].mean(axis=1), len(diff), n_bootstrap, confidence, seed)
+
+
+def _bootstrap_interval(statistic, n: int, n_bootstrap: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile interval of ``statistic(idx)`` (``idx``: ``(k, n)`` resampled user positions -> ``(k,)`` values)
+    over ``n_bootstrap`` resamples of the ``n`` users, drawn in memory-bounded blocks."""
     if n == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = np.empty(n_bootstrap)
+    values = np.empty(n_bootstrap)
     block = max(1, (1 << 22) // n)
     for start in range(0, n_bootstrap, block):
         stop = min(start + block, n_bootstrap)
-        means[start:stop] = diff[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+        values[start:stop] = statistic(rng.integers(0, n, size=(stop - start, n)))
     alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
+    low, high = np.quantile(values, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+def pooled_error_tests(frames: Mapping[str, pd.DataFrame], metric: str, n_bootstrap: int = 10000,
+                       confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """For ``test/rmse`` or ``test/mae``: the logged value, which pools every test rating (RMSE: the root of the
+    summed squared errors over the summed counts), compared pair by pair. Each run's per-user frame gives every
+    user's error sum (``n_test`` times the per-user RMSE squared, or the MAE) and count; ``mean_a``/``mean_b`` are
+    the pooled values over the users both runs rated and the interval is a paired bootstrap over those users (the
+    same resample for both runs) of the pooled difference. There is no t or Wilcoxon test of a pooled value: the
+    interval is the test (it excludes 0 at the ``confidence`` level). Other metrics: an empty table."""
+    name = metric.rpartition("/")[2]
+    if name not in ("rmse", "mae") or len(frames) < 2:
+        return pd.DataFrame(columns=COLUMNS)
+    sums = {}
+    for run_id, frame in frames.items():
+        if "n_test" not in frame.columns:
+            raise RecForgeError(f"run {run_id}'s per-user results have no n_test column, so its pooled {metric} "
+                                "cannot be rebuilt; retrain it with this version of recforge-train")
+        error = frame.set_index("user")[name].astype(float)
+        count = frame.set_index("user")["n_test"].astype(float)
+        sums[run_id] = pd.DataFrame({"sum": count * (error**2 if name == "rmse" else error), "n": count})
+    root = np.sqrt if name == "rmse" else (lambda v: v)
+    rows = []
+    for a, b in itertools.combinations(frames, 2):
+        joined = sums[a].join(sums[b], how="inner", lsuffix="_a", rsuffix="_b").dropna()
+        sa, na, sb, nb = (joined[c].to_numpy(float) for c in ("sum_a", "n_a", "sum_b", "n_b"))
+        pooled_a, pooled_b = (float(root(s.sum() / n.sum())) if len(n) else float("nan") for s, n in ((sa, na),
+                                                                                                    (sb, nb)))
+        low, high = _bootstrap_interval(
+            lambda idx: root(sa[idx].sum(1) / na[idx].sum(1)) - root(sb[idx].sum(1) / nb[idx].sum(1)),
+            len(joined), n_bootstrap, confidence, seed)
+        rows.append({"metric": f"{metric} (pooled)", "run_a": a, "run_b": b, "n_users": len(joined),
+                     "mean_a": pooled_a, "mean_b": pooled_b, "mean_diff": pooled_a - pooled_b, "ci_low": low,
+                     "ci_high": high})
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
 def paired_tests(values: Mapping[str, pd.Series], metric: str = "", n_bootstrap: int = 10000,
@@ -199,8 +241,16 @@ def compare_runs(run_ids: Sequence[str], metric: str = "test/ndcg_at_10", tracki
         raise RecForgeError("significance needs at least two run ids")
     if not 0 < confidence < 1:
         raise RecForgeError(f"confidence={confidence} must lie in (0, 1), e.g. 0.95")
-    return paired_tests(per_user_values(load_per_user(run_ids, tracking_uri, metric), metric), metric, n_bootstrap,
-                        confidence, seed)
+    return significance_table(load_per_user(run_ids, tracking_uri, metric), metric, n_bootstrap, confidence, seed)
+
+
+def significance_table(frames: Mapping[str, pd.DataFrame], metric: str, n_bootstrap: int = 10000,
+                       confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """The paired tests of the runs' per-user ``metric`` (:func:`paired_tests`), and for RMSE and MAE also of the
+    pooled, logged value (:func:`pooled_error_tests`)."""
+    table = paired_tests(per_user_values(frames, metric), metric, n_bootstrap, confidence, seed)
+    pooled = pooled_error_tests(frames, metric, n_bootstrap, confidence, seed)
+    return pd.concat([table, pooled], ignore_index=True) if len(pooled) else table
 
 
 def per_user_values(frames: Mapping[str, pd.DataFrame], metric: str) -> dict[str, pd.Series]:
