@@ -48,11 +48,23 @@ def test_negatives_avoid_positives_and_are_uniform_over_the_rest():
     assert bool(((counts / counts.sum() - 0.1).abs() < 0.03).all())
 
 
-def test_without_retries_collisions_are_kept():
-    keys = keys_of(torch.zeros(9, dtype=torch.long), torch.arange(9), 10)
-    sampler = NegativeSampler(10, keys, retries=0)
-    negatives = sampler(torch.zeros(2000, dtype=torch.long), 1)
-    assert bool((negatives < 9).any())  # 90% of the single draws hit a positive and stay
+@pytest.mark.parametrize("kind", ["uniform", "popularity", "hard"])
+def test_collisions_the_redraws_leave_are_drawn_but_score_minus_inf(kind):
+    from recforge.samplers import PopularitySampler
+
+    torch.manual_seed(2)
+    users = torch.tensor([0] * 9 + [1])  # user 0 has items 0-8 of 10, user 1 item 9
+    keys = keys_of(users, torch.arange(10), 10)
+    sampler = {"uniform": NegativeSampler(10, keys, retries=0),
+               "popularity": PopularitySampler(10, keys, torch.ones(10), alpha=1.0, retries=0),
+               "hard": HardNegativeSampler(10, keys, pool_size=2, retries=0)}[kind]
+    batch = torch.tensor([0] * 1000 + [1] * 1000)
+    negatives = sampler(batch, 3)
+    candidates = torch.cat([torch.where(batch == 0, 9, 0).unsqueeze(1), negatives], dim=1)  # a positive first
+    scores = sampler.adjust(batch, candidates, torch.zeros(2000, 4), logq_correction=False)
+    own = torch.where(batch.unsqueeze(1) == 0, negatives < 9, negatives == 9)  # the row's user's positives
+    assert 0.5 < own[:1000].float().mean() < 1  # 90% of single draws hit one of user 0's items and stay drawn
+    assert torch.equal(scores[:, 1:].isinf(), own) and bool((scores[:, 0] == 0).all())  # ... but never train
 
 
 def test_the_filter_follows_keys_changed_in_place():
