@@ -56,7 +56,7 @@ class MSELoss(Loss):
 
 class SampledNegativesLoss(Loss):
     """A loss of each positive's score against ``num_negatives`` sampled negatives' scores: ``loss(pos, neg)``.
-    A negative scored ``-inf`` (an in-batch or shared negative that is a positive of the row's user) is no pair:
+    A negative scored ``-inf`` (a positive of the row's user: every sampler's ``adjust`` masks them) is no pair:
     it adds no term and does not count in the mean (BPR and BCE: every kept pair weighs the same; the cosine
     contrastive loss: each row's negatives are averaged over its kept ones)."""
 

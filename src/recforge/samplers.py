@@ -23,9 +23,11 @@ that is a training positive of a row's user scores ``-inf`` for that row (no ter
 Whatever the sampler, :meth:`~NegativeSampler.adjust` gives every negative that is a training positive of its row's
 user the score ``-inf``, so no loss ever trains a user's positive as its negative: the sampled losses average over the
 terms left. After two redraws such collisions are rare under uniform draws (on MovieLens 100K's random split 0.26% of
-the negatives, 4% of its heaviest user's) but not under popularity draws, which seek out the popular items that heavy
-users have (alpha 0.75: 1.9%, and 15% of that user's). RecBole redraws until none is left, which costs a host sync a
-step and, for a user with most of the items, many redraws.
+the negatives, at most 4% of one user's) but not under popularity draws, which seek out the popular items that heavy
+users have (alpha 0.75: 1.9%, up to about 14% of one user's). RecBole redraws until none is left, which costs a host
+sync a step and, for a user with most of the items, many redraws. One exception: UltraGCN's constraint loss
+(:meth:`~recforge.models.ultragcn.UltraGCN.regularization`) reads the drawn candidates themselves, as its reference
+code does, which draws its negatives without checking them at all.
 """
 
 from __future__ import annotations

@@ -191,7 +191,8 @@ def key_columns(table: pd.DataFrame, metric: str = "test/ndcg_at_10", n_metrics:
 
 def key_significance(significance: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     """The paired tests as a terminal shows them: run labels instead of ids, the mean difference, its CI and the
-    Holm-corrected p-values."""
+    Holm-corrected p-values; on a ``(pooled)`` RMSE or MAE row the difference of the pooled values, whose interval
+    is the test (no p-values), under a ``value`` column that says which row is which."""
     frame = significance
     view = pd.DataFrame({"run a": frame["run_a"].map(labels), "run b": frame["run_b"].map(labels),
                          "users": frame["n_users"], "mean a-b": frame["mean_diff"],
