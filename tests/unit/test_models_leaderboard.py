@@ -351,6 +351,35 @@ def test_simplex_mixes_the_history_mean_and_scores_cosines():
                                    torch.nn.functional.cosine_similarity((0.3 * e_u[2]).unsqueeze(0), e_i))
 
 
+def test_simplex_training_rows_leave_their_positive_out_of_the_history():
+    """As the reference code's training data: a row's history is the user's items but the one it is trained on."""
+    torch.manual_seed(0)
+    model = SimpleX(4, 5, PAIRS, embedding_dim=3, gate=0.3, dropout=0.0).train()
+    e_u, e_i = model.user_embedding.weight.detach(), model.item_embedding.weight.detach()
+    v = model.history_map.weight.detach()
+    cos = torch.nn.functional.cosine_similarity
+    users, positives = torch.tensor([3, 3, 1]), torch.tensor([1, 2, 0])   # user 3 read 0, 1, 2; user 1 read 0, 2
+    candidates = torch.stack([positives, torch.tensor([4, 4, 4])], dim=1)
+    with torch.no_grad(), model.one_pass(positives):
+        got = model(users, candidates)
+        shared = model.score_with_shared(users, positives, torch.tensor([4, 0]))
+    p = torch.stack([0.3 * e_u[3] + 0.7 * v @ ((e_i[0] + e_i[2]) / 2), 0.3 * e_u[3] + 0.7 * v @ ((e_i[0] + e_i[1]) / 2),
+                     0.3 * e_u[1] + 0.7 * v @ e_i[2]])
+    expected = torch.stack([cos(p[b].unsqueeze(0), e_i[candidates[b]]) for b in range(3)])
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(shared[:, :2], expected)   # the positive, then the shared item 4
+    whole = SimpleX(4, 5, PAIRS, embedding_dim=3, gate=0.3, dropout=0.0, leave_out_target=False)
+    whole.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        with whole.train().one_pass(positives):   # off: whole histories, as outside a step and in evaluation
+            plain = whole(users, candidates)
+        torch.testing.assert_close(plain, model.eval()(users, candidates))
+        assert not torch.allclose(plain, got)
+        with pytest.raises(ValueError, match="2 positives for a step scoring 3 rows"), model.train().one_pass(
+                positives[:2]):
+            model(users, candidates)
+
+
 def test_simplex_scores_candidates_as_score_all_does():
     """Pairs, a few candidates (their vectors gathered) and many (the whole catalogue's scores picked)."""
     torch.manual_seed(0)

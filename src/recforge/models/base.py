@@ -8,7 +8,8 @@
   ``score_with_shared(users, positives, shared)`` each user's positive and then that set, ``(B, 1 + n)``
   (``sampler.shared``); the defaults call ``forward``; models override the first with a matrix product (MF, the graph
   models, SimpleX) and the second where the user side is random, to draw it once for both.
-* ``one_pass()`` scopes a training step: the graph models propagate once in it, for every call of the step.
+* ``one_pass(positives)`` scopes a training step (``positives``: its rows' positive items): the graph models
+  propagate once in it, for every call of the step; SimpleX leaves each row's positive out of its user's history.
 * Data-dependent values (``n_users``, ``n_items``, ``global_mean``, ``item_popularity``, and
   ``interactions``, the ``(2, n_train)`` user/item pairs of the training split) are constructor
   arguments that ``train(cfg)`` fills in from the data; a model asks only for those it needs.
@@ -77,10 +78,12 @@ class Recommender(nn.Module):
         products override it with one matrix product."""
         return self(users, items.expand(len(users), -1))
 
-    def one_pass(self) -> contextlib.AbstractContextManager:
-        """The scope of one training step (its negatives' scoring, its scores, its penalty): a model whose
-        representations are costly and random to compute (the graph models' propagation) computes them once in it,
-        for every call, so hard negatives are picked by the vectors the step trains. Default: no effect."""
+    def one_pass(self, positives: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
+        """The scope of one training step (its negatives' scoring, its scores, its penalty) on rows whose positive
+        items are ``positives``: a model whose representations are costly and random to compute (the graph models'
+        propagation) computes them once in it, for every call, so hard negatives are picked by the vectors the step
+        trains; a model that reads users' histories may leave each row's positive out of them (SimpleX). Default:
+        no effect."""
         return contextlib.nullcontext()
 
     def score_with_shared(self, users: torch.Tensor, positives: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:

@@ -101,7 +101,7 @@ class GraphRecommender(Recommender):
         return self._cache[1]
 
     @contextlib.contextmanager
-    def one_pass(self):
+    def one_pass(self, positives: torch.Tensor | None = None):
         self._step = []
         try:
             yield

@@ -153,7 +153,7 @@ class RecommenderModule(pl.LightningModule):
             return self._regularized(self.loss(model(users, items), ratings), users, items)
         if self.loss.full:  # softmax over the whole catalogue; the model's penalty on the users and their positives
             return self._regularized(self.loss(model.score_all(users), items), users, items.unsqueeze(1))
-        with self.model.one_pass():   # the graph models: one propagation for the negatives and the scores
+        with self.model.one_pass(items):   # the graph models: one propagation for the negatives and the scores
             negatives = self.sampler(users, self.loss.num_negatives, positives=items,
                                      scorer=model if self.sampler.needs_scores else None)
             candidates, scores = scored_candidates(items, negatives, lambda rows: model(users, rows),
