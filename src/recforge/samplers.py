@@ -78,6 +78,8 @@ class NegativeSampler(nn.Module):
         self.register_buffer("log_item_share", (counts / counts.sum().clamp(min=1)).log(), persistent=False)
         self._bloom: tuple[tuple[int, int, int], torch.Tensor, int] | None = None  # (keys' identity, bits, shift)
         self.register_buffer("drawable", None, persistent=False)  # see restrict_to
+        # the last per-row draw's (users, which negatives are still positives), so that adjust masks them unsearched
+        self._drawn: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def restrict_to(self, items: torch.Tensor) -> None:
         """Draw uniform negatives from ``items`` only: the cold-start splits keep their held-out items out of
@@ -140,9 +142,18 @@ class NegativeSampler(nn.Module):
             return self.draw((num_negatives,), users.device)
         draws = self.draw((len(users), num_negatives, self.retries + 1), users.device)
         accept = ~self.is_positive(users, draws)
+        self._drawn = (users, ~accept.any(-1))   # every draw of the slot a positive: the last one is kept
         accept[..., -1] = True
         first = accept.to(torch.uint8).argmax(dim=-1, keepdim=True)  # argmax returns the first maximum
         return draws.gather(-1, first).squeeze(-1)
+
+    def _hits(self, users: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Which ``negatives`` are training positives of their row's user: known without a search when they are
+        the draw :meth:`forward` just made for these ``users`` (the same tensor), searched otherwise."""
+        drawn, self._drawn = self._drawn, None
+        if drawn is not None and drawn[0] is users and drawn[1].shape == negatives.shape:
+            return drawn[1]
+        return self.is_positive(users, negatives)
 
     def adjust(self, users: torch.Tensor, candidates: torch.Tensor, scores: torch.Tensor,
                logq_correction: bool) -> torch.Tensor:
@@ -152,7 +163,7 @@ class NegativeSampler(nn.Module):
         of the row's user (shared draws, in-batch positives, draws the redraws left on one) score ``-inf``."""
         if logq_correction:
             scores = scores - self.log_prob(candidates).to(scores.dtype)
-        hits = self.is_positive(users, candidates[:, 1:])
+        hits = self._hits(users, candidates[:, 1:])
         return torch.cat([scores[:, :1], scores[:, 1:].masked_fill(hits, float("-inf"))], dim=1)
 
 
@@ -246,13 +257,16 @@ class HardNegativeSampler(NegativeSampler):
     def forward(self, users: torch.Tensor, num_negatives: int, positives: torch.Tensor | None = None,
                 scorer: Scorer | None = None) -> torch.Tensor:
         pool = super().forward(users, num_negatives * self.pool_size)
+        hits = self._hits(users, pool)
         if scorer is None or self.pool_size == 1:
+            self._drawn = (users, hits[:, :num_negatives])
             return pool[:, :num_negatives]
         with torch.no_grad():
             scores = scorer(users, pool)
             # a draw the redraws left on a training positive: the model ranks those highest, so the argmax would
             # seek them out (a quarter of the picks for a heavy user at pool 8); never pick one while others remain
-            scores = scores.masked_fill(self.is_positive(users, pool), float("-inf"))
-        scores = scores.view(len(users), num_negatives, self.pool_size)
-        pool = pool.view(len(users), num_negatives, self.pool_size)
-        return pool.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
+            scores = scores.masked_fill(hits, float("-inf"))
+        shape = (len(users), num_negatives, self.pool_size)
+        pick = scores.view(shape).argmax(-1, keepdim=True)
+        self._drawn = (users, hits.view(shape).gather(-1, pick).squeeze(-1))
+        return pool.view(shape).gather(-1, pick).squeeze(-1)

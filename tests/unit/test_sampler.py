@@ -65,6 +65,9 @@ def test_collisions_the_redraws_leave_are_drawn_but_score_minus_inf(kind):
     own = torch.where(batch.unsqueeze(1) == 0, negatives < 9, negatives == 9)  # the row's user's positives
     assert 0.5 < own[:1000].float().mean() < 1  # 90% of single draws hit one of user 0's items and stay drawn
     assert torch.equal(scores[:, 1:].isinf(), own) and bool((scores[:, 0] == 0).all())  # ... but never train
+    # the draw's own record of its hits (the same users tensor) and a search (another tensor) agree
+    searched = sampler.adjust(batch.clone(), candidates, torch.zeros(2000, 4), logq_correction=False)
+    assert torch.equal(searched, scores)
 
 
 def test_the_filter_follows_keys_changed_in_place():
