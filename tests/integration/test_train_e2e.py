@@ -85,8 +85,10 @@ def test_the_best_epoch_reported_is_the_one_the_progress_lines_showed(tiny_cfg, 
 
 def test_runs_are_named_for_what_they_are_and_record_their_dataset(tracked_run, tmp_path):
     cfg, metrics, tmp = tracked_run
-    second = train(compose_train(["data.n_users=120", "data.n_items=60", "data.mean_interactions=12",
-                                  "trainer.max_epochs=1"], tmp))   # same seed, same store
+    second_cfg = compose_train(["data.n_users=120", "data.n_items=60", "data.mean_interactions=12",
+                                "trainer.max_epochs=1"], tmp)   # same seed, same store
+    second_cfg.paths.output_dir = str(tmp_path / "second")   # not the module's run folder, which other tests read
+    second = train(second_cfg)
     client = client_for(tmp)
     first_run, second_run = client.get_run(metrics["run_id"]), client.get_run(second["run_id"])
     assert first_run.info.run_name.startswith("bpr synthetic/random ")

@@ -191,9 +191,10 @@ def test_fm_scores_cold_items_from_their_features():
 
 def test_deepfm_scores_cold_items_from_their_features_in_most_runs():
     # DeepFM's MLP also sees the cold items' random id embeddings, and on this tiny problem about one start in
-    # eight leaves a cold item on the wrong side (measured over 16 seeds); FM above never does
-    passed = [seed for seed in range(5) if ranks_by_genre(genre_scores(DeepFM, seed))]
-    assert len(passed) >= 4, f"only seeds {passed} of 0-4 rank the cold items by genre"
+    # five leaves a cold item on the wrong side (13 of 16 seeds pass since the samplers mask the positives their
+    # redraws leave, 2.3% of this problem's negatives; one in eight before); FM above never does
+    passed = [seed for seed in range(8) if ranks_by_genre(genre_scores(DeepFM, seed))]
+    assert len(passed) >= 6, f"only seeds {passed} of 0-7 rank the cold items by genre"
 
 
 # ---------------------------------------------------------------------------------------------- DeepFM
