@@ -108,8 +108,8 @@ def pooled_error_tests(frames: Mapping[str, pd.DataFrame], metric: str, n_bootst
         if "n_test" not in frame.columns:
             raise RecForgeError(f"run {run_id}'s per-user results have no n_test column, so its pooled {metric} "
                                 "cannot be rebuilt; retrain it with this version of recforge-train")
-        error = frame.set_index("user")[name].astype(float)
-        count = frame.set_index("user")["n_test"].astype(float)
+        by_user = frame.set_index("user")
+        error, count = by_user[name].astype(float), by_user["n_test"].astype(float)
         sums[run_id] = pd.DataFrame({"sum": count * (error**2 if name == "rmse" else error), "n": count})
     root = np.sqrt if name == "rmse" else (lambda v: v)
     rows = []
