@@ -5,9 +5,12 @@ process, tracking off), printed as a Markdown table with the command that gives 
     python scripts/reproduce.py implicit --data ml-100k --split leave_one_out [--models ease bpr sasrec ...]
     python scripts/reproduce.py implicit --data lastfm-hetrec --split random --json out.json
     python scripts/reproduce.py gowalla [--models pop itemknn ials rp3beta_tuned gfcf bspm ease bpr ...]
+    python scripts/reproduce.py lastfm-gnn --work-dir DIR  # RecBole-GNN's Last.fm protocol, in sittings
 
 Real data is read from ``RECFORGE_DATA_DIR`` (e.g. ``../shared/datasets``) or downloaded. Results are means
 over the folds with their standard deviation; every run's metrics are printed as it finishes (``--quiet`` off).
+Rows of hours go in sittings with ``--work-dir DIR``: each row trains in a folder of DIR, the same command run again
+goes on from a stopped row's last epoch and reads a finished row's metrics back instead of training it again.
 """
 
 from __future__ import annotations
@@ -90,6 +93,19 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "multvae": ["experiment=gowalla_multvae"],  # dropout, KL annealing chosen on a carved part; stopped there, refit
     "multvae_selection": ["experiment=gowalla_multvae", "refit=false"],
 }
+_LASTFM_GNN = ["experiment=lastfm_recbole_gnn"]
+LASTFM_GNN_MODELS = {  # label -> overrides: RecForge's defaults, then the values RecBole-GNN's table chose by tuning
+    "bpr": [*_LASTFM_GNN, "model=bpr"],
+    "bpr_recbole_gnn": [*_LASTFM_GNN, "model=bpr", "optimizer.lr=0.0005"],
+    "neumf": [*_LASTFM_GNN, "model=neumf"],
+    "neumf_recbole_gnn": [*_LASTFM_GNN, "model=neumf", "optimizer.lr=0.0005"],  # dropout 0.1 is the default
+    "ngcf": [*_LASTFM_GNN, "model=ngcf"],
+    "ngcf_recbole_gnn": [*_LASTFM_GNN, "model=ngcf", "optimizer.lr=0.0005"],  # three 64-wide layers: the default
+    "lightgcn": [*_LASTFM_GNN, "model=lightgcn"],
+    "lightgcn_recbole_gnn": [*_LASTFM_GNN, "model=lightgcn", "model.n_layers=3"],  # lr 1e-3: the default
+}
+LASTFM_GNN_METRICS = ("test/recall_at_10", "test/mrr_at_10", "test/ndcg_at_10", "test/hr_at_10",
+                      "test/precision_at_10")
 GOWALLA_DEFAULT = ["pop", "itemknn", "ials32", "ials64", "ials", "bpr"]  # what a 2-core CPU runs in minutes
 GOWALLA_METRICS = ("test/recall_at_20", "test/ndcg_at_20")
 
@@ -177,15 +193,31 @@ def rating_table(folds: list[str], models: list[str], workdir: Path, verbose: bo
     return "\n".join(lines), results
 
 
+def kept_run(overrides: list[str], folder: Path) -> dict[str, float]:
+    """:func:`run` in ``folder`` across sittings: a finished run's metrics are read back, a stopped one goes on from
+    its last checkpoint, and one trained under other defaults starts afresh (:func:`kept_folder`)."""
+    from recforge.utils.io import atomic_write_text
+
+    kept_folder(folder, defaults_digest(overrides))
+    done = folder / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    metrics = {k: float(v) for k, v in run([*overrides, *resume_overrides(folder)], folder).items()
+               if isinstance(v, (int, float))}
+    atomic_write_text(done, json.dumps(metrics, indent=1))
+    return metrics
+
+
 def ranking_table(rows: dict[str, list[str]], metric_keys: tuple[str, ...], workdir: Path,
-                  verbose: bool) -> tuple[str, dict]:
-    """One row per ``label -> overrides``, with the test metrics ``metric_keys`` and the fit time."""
+                  verbose: bool, kept: bool = False) -> tuple[str, dict]:
+    """One row per ``label -> overrides``, with the test metrics ``metric_keys`` and the fit time; ``kept``: each
+    row in sittings (:func:`kept_run`)."""
     results: dict = {}
     names = [m.split("/")[1].replace("_at_", "@").replace("recall", "Recall").replace("ndcg", "NDCG")
-             for m in metric_keys]
+             .replace("mrr", "MRR").replace("hr", "Hit").replace("precision", "Precision") for m in metric_keys]
     lines = ["| model | command | " + " | ".join(names) + " | fit s |", "|---|---|" + "---:|" * (len(names) + 1)]
     for label, overrides in rows.items():
-        metrics = run(overrides, workdir / label)
+        metrics = (kept_run if kept else run)(overrides, workdir / label)
         results[label] = {k: metrics[k] for k in metric_keys}
         if verbose:
             print(label, {k: round(v, 4) for k, v in results[label].items()}, flush=True)
@@ -196,15 +228,17 @@ def ranking_table(rows: dict[str, list[str]], metric_keys: tuple[str, ...], work
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=["ml100k-rating", "implicit", "gowalla"])
+    parser.add_argument("table", choices=["ml100k-rating", "implicit", "gowalla", "lastfm-gnn"])
     parser.add_argument("--data", default="ml-100k", help="implicit: the data config (ml-100k, lastfm-hetrec, ...)")
     parser.add_argument("--split", default="leave_one_out", help="implicit: the split config (leave_one_out, random)")
     parser.add_argument("--models", nargs="*", help="rows to run (default: all of the table's)")
     parser.add_argument("--folds", nargs="*", default=["u1", "u2", "u3", "u4", "u5"])
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--work-dir", type=Path, help="ranking tables: train each row in a folder here, in sittings")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    known = {"ml100k-rating": RATING_MODELS, "implicit": RANKING_MODELS, "gowalla": GOWALLA_MODELS}[args.table]
+    known = {"ml100k-rating": RATING_MODELS, "implicit": RANKING_MODELS, "gowalla": GOWALLA_MODELS,
+             "lastfm-gnn": LASTFM_GNN_MODELS}[args.table]
     models = args.models or (GOWALLA_DEFAULT if args.table == "gowalla" else list(known))
     unknown = sorted(set(models) - set(known))
     if unknown:
@@ -215,14 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_warnings()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        workdir, kept = (args.work_dir / args.table, True) if args.work_dir else (Path(tmp), False)
         if args.table == "ml100k-rating":
             table, results = rating_table(args.folds, models, Path(tmp), not args.quiet)
-        elif args.table == "gowalla":
-            table, results = ranking_table({m: GOWALLA_MODELS[m] for m in models}, GOWALLA_METRICS, Path(tmp),
-                                           not args.quiet)
+        elif args.table in ("gowalla", "lastfm-gnn"):
+            metric_keys = GOWALLA_METRICS if args.table == "gowalla" else LASTFM_GNN_METRICS
+            table, results = ranking_table({m: known[m] for m in models}, metric_keys, workdir, not args.quiet, kept)
         else:
             rows = {m: [f"data={args.data}", f"split={args.split}", *RANKING_MODELS[m]] for m in models}
-            table, results = ranking_table(rows, RANKING_METRICS, Path(tmp), not args.quiet)
+            table, results = ranking_table(rows, RANKING_METRICS, workdir, not args.quiet, kept)
     print(table)
     print(f"({time.perf_counter() - started:.0f} s)")
     if args.json:
