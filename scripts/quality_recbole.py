@@ -346,22 +346,30 @@ def summary(rows: list[dict]) -> str:
     as a Markdown matrix; below-target ratios in bold, pairs RecBole cannot compare marked n/a. Rows whose only
     override is another seed (``--override seed=N``, which seeds both sides and the split) are replicates: a cell
     with any lists each seed's latest ratio and the mean over the default's and theirs. A default row supersedes the
-    replicates written before it (they ran at the defaults of their time)."""
+    replicates written before it (they ran at the defaults of their time). A row whose only RecBole override caps
+    its ``epochs`` counts as a default row when its RecBole side trained the same model as the latest default row's
+    (RecBole's own test numbers equal to the last digit): a rerun spared the epochs after the known best."""
     def shown(ratio: float) -> str:  # a third digit where two would round a miss up to the target
         return f"**{ratio:.{3 if round(ratio, 2) >= TARGET else 2}f}**" if ratio < TARGET else f"{ratio:.2f}"
 
     latest: dict[tuple[str, str, str], float | str] = {}
     seeds: dict[tuple[str, str, str], dict[str, float]] = {}
+    reported: dict[tuple[str, str, str], dict] = {}  # RecBole's own test numbers of the latest default row
     for row in rows:
         key = row["model"], row["dataset"], row["split"]
         overrides, ratio = row.get("overrides") or [], row.get("ratio_ndcg_at_10")
+        recbole_overrides = row.get("recbole_overrides") or {}
+        same_model = set(recbole_overrides) == {"epochs"} and key in reported \
+            and row["recbole"].get("reported") == reported[key]
         if "note" in row and "recforge" not in row:
             latest[key] = "n/a"
-        elif row.get("recbole_overrides") or not ratio:
+        elif (recbole_overrides and not same_model) or not ratio:
             continue
         elif not overrides:
             latest[key] = ratio
             seeds.pop(key, None)
+            if not recbole_overrides and row["recbole"].get("reported"):
+                reported[key] = row["recbole"]["reported"]
         elif len(overrides) == 1 and re.fullmatch(r"seed=\d+", overrides[0]):
             seeds.setdefault(key, {})[overrides[0].removeprefix("seed=")] = ratio
 

@@ -364,6 +364,21 @@ def test_summary_is_each_models_latest_default_ratio_per_pair_with_its_later_see
         "| sasrec |  | n/a |"]
 
 
+def test_summary_takes_a_rerun_capped_at_the_known_best_epoch_when_recbole_trained_the_same_model(quality):
+    def row(ratio, reported, recbole_overrides=None):
+        return {"dataset": "d", "split": "loo", "model": "gru4rec", "recforge": {}, "overrides": [],
+                "recbole": {"reported": reported}, "ratio_ndcg_at_10": ratio, "recbole_overrides": recbole_overrides}
+
+    first = {"ndcg_at_10": 0.0706}
+    same = [row(0.979, first), row(0.978, dict(first), {"epochs": 36})]
+    assert quality.summary(same).splitlines()[-1] == "| gru4rec | **0.978** |"
+    other_model = [row(0.979, first), row(1.5, {"ndcg_at_10": 0.05}, {"epochs": 3})]
+    assert quality.summary(other_model).splitlines()[-1] == "| gru4rec | **0.979** |"
+    other_setting = [row(0.979, first), row(1.5, dict(first), {"epochs": 36, "learning_rate": 0.1})]
+    assert quality.summary(other_setting).splitlines()[-1] == "| gru4rec | **0.979** |"
+    assert "gru4rec" not in quality.summary([row(1.5, first, {"epochs": 36})])  # no default row to match
+
+
 def test_a_recbole_run_killed_without_a_traceback_says_so(quality, tmp_path):
     # a kill (the OOM killer) leaves only warnings on stderr: the row's note must say how the run ended
     python = tmp_path / "python"
