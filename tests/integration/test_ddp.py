@@ -66,3 +66,26 @@ def test_split_eval_batch_keeps_every_users_rows():
     assert first["exclude_rows"].tolist() == [0] and second["exclude_cols"].tolist() == [3, 4]
     assert first["relevant_rows"].tolist() == [1] and second["relevant_rows"].tolist() == [0]
     assert second["relevant_gains"].tolist() == [3.0]
+
+
+def test_each_ddp_process_draws_its_own_random_stream():
+    """Every process starts from the run's one seed; at the start of training each reseeds by its rank, so their
+    negatives and dropout masks differ, and the same seed gives each rank the same draws again."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from recforge.training.checkpoint import CheckpointState
+
+    def draws(rank: int, world: int) -> torch.Tensor:
+        torch.manual_seed(42)
+        trainer = SimpleNamespace(world_size=world, global_rank=rank, ckpt_path=None)
+        CheckpointState("", "").on_train_start(trainer, None)
+        return torch.randint(1000, (8,))
+
+    first, second = draws(0, 2), draws(1, 2)
+    assert not torch.equal(first, second)
+    assert torch.equal(first, draws(0, 2)) and torch.equal(second, draws(1, 2))
+    alone = draws(0, 1)
+    torch.manual_seed(42)
+    assert torch.equal(alone, torch.randint(1000, (8,)))  # one process: the seeded stream is left as it was

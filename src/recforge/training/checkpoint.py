@@ -82,10 +82,11 @@ def moved_folder(trainer, checkpoint: dict) -> None:
 
 
 class CheckpointState(pl.Callback):
-    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's
-    fingerprint and the random generators' states into every checkpoint. Resuming from one
-    (``resume_from=...``, checked by :func:`check_resumable`) restores the generators, so the resumed run draws
-    the negatives an uninterrupted run would have drawn, and a run that had already stopped early trains no further
+    """Puts the resolved config (so ``recforge-eval ckpt_path=...`` can rebuild the run), the split's fingerprint and
+    the random generators' states into every checkpoint. Resuming from one (``resume_from=...``, checked by
+    :func:`check_resumable`) restores the generators, so the resumed run draws the negatives an uninterrupted run
+    would have drawn (in one process; under DDP the checkpoint holds rank 0's, from which every process draws its
+    own stream again: :func:`distinct_streams`), and a run that had already stopped early trains no further
     (Lightning would train one more epoch before early stopping looked again): resuming a finished run goes straight
     to its test, or to its refit (``refit=true``), as does one it stopped for a reason no patience changes (a
     non-finite validation metric, a threshold). Early stopping's patience is the config's, not the checkpoint's
@@ -114,6 +115,8 @@ class CheckpointState(pl.Callback):
             self._patience = [stopper.patience for stopper in trainer.early_stopping_callbacks]
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            distinct_streams(trainer.global_rank)
         if trainer.ckpt_path is None:   # a fresh run
             return
         for stopper, patience in zip(trainer.early_stopping_callbacks, self._patience):
@@ -129,3 +132,12 @@ class CheckpointState(pl.Callback):
                 log.info("resume_from: the run had stopped at epoch %d (%s); nothing left to train",
                          trainer.current_epoch, stopper.stopping_reason_message)
                 trainer.should_stop = True
+
+
+def distinct_streams(rank: int) -> None:
+    """Give each DDP process its own random stream: every process starts from the run's one seed (a resumed run
+    from rank 0's saved generators), so each would otherwise draw the same negatives, shared negative sets and
+    dropout masks as the others for its own batch. Each reseeds from one draw of that common stream plus its
+    rank: reproducible for a seed, and distinct between processes. Batch order has its own generator
+    (:class:`recforge.data.batches.ShuffledBatches`) and stays common."""
+    torch.manual_seed(int(torch.randint(2**62, ())) + rank)
