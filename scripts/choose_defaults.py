@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import recforge  # noqa: F401  (sets OpenBLAS's thread timeout before numpy loads)
+from recforge.metrics.names import metric_mode
 from recforge.utils.io import atomic_append_text, atomic_write_text
 from reproduce import compose_train, defaults_digest, kept_folder, resume_overrides, run
 
@@ -108,7 +109,8 @@ def run_one(model: str, data: str, split: str, candidate: tuple[str, ...], extra
         logger.removeHandler(curve)
         logger.setLevel(level)
     return {"model": model, "data": data, "split": split, "candidate": list(candidate), "extra": extra,
-            "monitor": monitor, "val": metrics[monitor], "test_ndcg_at_10": metrics.get("test/ndcg_at_10"),
+            "monitor": monitor, "val": metrics[monitor], "test": metrics.get(monitor.replace("val/", "test/", 1)),
+            "test_ndcg_at_10": metrics.get("test/ndcg_at_10"),
             "test_recall_at_10": metrics.get("test/recall_at_10"), "test_ndcg_at_20": metrics.get("test/ndcg_at_20"),
             "test_recall_at_20": metrics.get("test/recall_at_20"), "best_epoch": metrics.get("val_best/epoch"),
             "epochs": metrics.get("time/epochs"), "fit_s": round(metrics["time/fit_s"], 1), "val_curve": curve.values,
@@ -165,19 +167,30 @@ class Ranked(NamedTuple):
 
 def mean_ranks(rows: list[dict]) -> list[Ranked]:
     """Each candidate that ran on every setting, best first. Ranks are 1 = best validation within a setting; the
-    share is val / the setting's best val. Candidates whose worst share is below :data:`FLOOR` come last; then the
-    mean rank orders, and the mean share breaks its ties."""
+    share is val / the setting's best val (best / val for an error such as ``val/rmse``, which is minimised).
+    Candidates whose worst share is below :data:`FLOOR` come last; then the mean rank orders, and the mean share
+    breaks its ties."""
+    monitors = sorted({r.get("monitor", "val/ndcg_at_10") for r in rows})   # rows before the key: NDCG@10
+    modes = {metric_mode(m) for m in monitors}
+    if len(modes) > 1:
+        raise SystemExit(f"the rows monitor {monitors}: some maximised, some minimised, so they cannot be ranked "
+                         "together; keep one monitor per --json-out file")
+    sign = -1.0 if modes == {"min"} else 1.0
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
     ranks: dict[tuple[str, ...], list[int]] = {c: [] for c in cands}
     shares: dict[tuple[str, ...], list[float]] = {c: [] for c in cands}
     for setting in settings:
-        scored = sorted((c for c in cands if (*setting, c) in by), key=lambda c: -by[(*setting, c)])
+        scored = sorted((c for c in cands if (*setting, c) in by), key=lambda c: -sign * by[(*setting, c)])
         best = by[(*setting, scored[0])]
         for rank, c in enumerate(scored, 1):
             ranks[c].append(rank)
-            shares[c].append(by[(*setting, c)] / best if best else 1.0)
+            value = by[(*setting, c)]
+            if sign > 0:
+                shares[c].append(value / best if best else 1.0)
+            else:
+                shares[c].append(best / value if value else 1.0)
     out = [Ranked(sum(r) / len(r), sum(shares[c]) / len(r), min(shares[c]), c,
                   {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
            for c, r in ranks.items() if len(r) == len(settings)]
@@ -253,7 +266,7 @@ def print_patience(rows: list[dict], patiences: list[int]) -> None:
     for r in rows:
         if not r.get("val_curve"):
             continue
-        stops = [stop_with_patience(r["val_curve"], p) for p in patiences]
+        stops = [stop_with_patience(r["val_curve"], p, metric_mode(r["monitor"])) for p in patiences]
         print(f"| {r['data']}/{r['split']} | `{' '.join(r['candidate']) or '(defaults)'}` | "
               + " | ".join(f"{best:.4f} ({epoch}/{end})" for best, epoch, end in stops) + " |")
 
