@@ -4,7 +4,8 @@ grid is trained on every (dataset, split) with early stopping, scored on VALIDAT
 another loses to one that is good everywhere. Equal mean ranks are told apart by the mean share of the best
 validation value each candidate reaches per (dataset, split): a narrow loss counts less than a wide one. A candidate
 that collapses somewhere (below FLOOR, 0.8, of the best validation value of a pair) ranks after every candidate that
-does not, whatever its mean rank: a default must not fail on any of the data it was chosen on.
+does not, whatever its mean rank: a default must not fail on any of the data it was chosen on. A minimised monitor
+(a rating model's ``val/rmse``) ranks lowest first, and its share of the best is best / value.
 
     RECFORGE_DATA_DIR=../shared/datasets python scripts/choose_defaults.py --model bpr \\
         --grid optimizer.lr=0.001,0.005 model.init_std=0.01,0.1 \\
@@ -159,10 +160,15 @@ class Ranked(NamedTuple):
     """One candidate's standing over the settings (data/split pairs) it ran on."""
 
     rank: float            # mean validation rank, 1 = best within a setting
-    share: float           # mean of val / the setting's best val
+    share: float           # mean of val / the setting's best val (best val / val for a minimised monitor)
     worst: float           # the lowest of those shares
     candidate: tuple[str, ...]
     vals: dict[str, float | None]   # "data/split" -> validation value
+
+
+def monitor_of(row: dict) -> str:
+    """The metric a row was chosen on (rows written before the key was stored: validation NDCG@10)."""
+    return row.get("monitor", "val/ndcg_at_10")
 
 
 def mean_ranks(rows: list[dict]) -> list[Ranked]:
@@ -170,12 +176,11 @@ def mean_ranks(rows: list[dict]) -> list[Ranked]:
     share is val / the setting's best val (best / val for an error such as ``val/rmse``, which is minimised).
     Candidates whose worst share is below :data:`FLOOR` come last; then the mean rank orders, and the mean share
     breaks its ties."""
-    monitors = sorted({r.get("monitor", "val/ndcg_at_10") for r in rows})   # rows before the key: NDCG@10
-    modes = {metric_mode(m) for m in monitors}
-    if len(modes) > 1:
-        raise SystemExit(f"the rows monitor {monitors}: some maximised, some minimised, so they cannot be ranked "
-                         "together; keep one monitor per --json-out file")
-    sign = -1.0 if modes == {"min"} else 1.0
+    monitors = sorted({monitor_of(r) for r in rows})
+    if len(monitors) > 1:
+        raise SystemExit(f"the rows monitor {monitors}: values of different metrics cannot be ranked together; keep "
+                         "one monitor per --json-out file")
+    sign = -1.0 if monitors and metric_mode(monitors[0]) == "min" else 1.0
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
@@ -250,7 +255,7 @@ def main() -> None:
         return
     settings = list(table[0].vals)
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
-          f"({rows[0]['monitor']})\n")
+          f"({monitor_of(rows[0])})\n")
     print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings) + " |")
     print("|---:|---:|---|" + "---:|" * len(settings))
     for rank, share, worst, cand, vals in table:
@@ -266,7 +271,7 @@ def print_patience(rows: list[dict], patiences: list[int]) -> None:
     for r in rows:
         if not r.get("val_curve"):
             continue
-        stops = [stop_with_patience(r["val_curve"], p, metric_mode(r["monitor"])) for p in patiences]
+        stops = [stop_with_patience(r["val_curve"], p, metric_mode(monitor_of(r))) for p in patiences]
         print(f"| {r['data']}/{r['split']} | `{' '.join(r['candidate']) or '(defaults)'}` | "
               + " | ".join(f"{best:.4f} ({epoch}/{end})" for best, epoch, end in stops) + " |")
 

@@ -69,23 +69,31 @@ def test_split_eval_batch_keeps_every_users_rows():
 
 
 def test_each_ddp_process_draws_its_own_random_stream():
-    """Every process starts from the run's one seed; at the start of training each reseeds by its rank, so their
-    negatives and dropout masks differ, and the same seed gives each rank the same draws again."""
+    """Every process starts from the run's one seed (a resumed run from rank 0's saved generators); at the start of
+    training each reseeds from that stream and its rank, so their negatives and dropout masks differ, the same seed
+    gives each rank the same draws again, and another seed other draws."""
     from types import SimpleNamespace
 
     import torch
 
     from recforge.training.checkpoint import CheckpointState
 
-    def draws(rank: int, world: int) -> torch.Tensor:
-        torch.manual_seed(42)
-        trainer = SimpleNamespace(world_size=world, global_rank=rank, ckpt_path=None)
-        CheckpointState("", "").on_train_start(trainer, None)
+    def draws(rank: int, world: int, seed: int = 42, resumed_from: torch.Tensor | None = None) -> torch.Tensor:
+        torch.manual_seed(seed)
+        trainer = SimpleNamespace(world_size=world, global_rank=rank, ckpt_path=None, checkpoint_callbacks=[])
+        callback = CheckpointState("", "")
+        if resumed_from is not None:   # Lightning restores the callback's state before training starts
+            callback.on_load_checkpoint(trainer, None, {"recforge_rng": {"cpu": resumed_from, "cuda": []}})
+        callback.on_train_start(trainer, None)
         return torch.randint(1000, (8,))
 
     first, second = draws(0, 2), draws(1, 2)
     assert not torch.equal(first, second)
     assert torch.equal(first, draws(0, 2)) and torch.equal(second, draws(1, 2))
+    assert not torch.equal(first, draws(0, 2, seed=43)) and not torch.equal(second, draws(1, 2, seed=43))
+    saved = torch.manual_seed(7).get_state()   # rank 0's generators in a checkpoint
+    resumed = [draws(rank, 2, resumed_from=saved) for rank in (0, 1)]
+    assert not torch.equal(*resumed) and torch.equal(resumed[1], draws(1, 2, seed=0, resumed_from=saved))
     alone = draws(0, 1)
     torch.manual_seed(42)
     assert torch.equal(alone, torch.randint(1000, (8,)))  # one process: the seeded stream is left as it was

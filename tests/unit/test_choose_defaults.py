@@ -46,17 +46,20 @@ def test_mean_rank_prefers_good_everywhere_over_best_once():
 
 def test_an_error_metric_ranks_the_lowest_first_and_shares_are_best_over_value():
     table = choose_defaults.mean_ranks([{**r, "monitor": "val/rmse"} for r in rows({
-        "lr=a": {"d1/s": 0.90, "d2/s": 0.85},   # ranks 1, 2
-        "lr=b": {"d1/s": 0.95, "d2/s": 0.80},   # ranks 2, 1: tied with a on mean rank, further from the best
-        "lr=c": {"d1/s": 0.92, "d2/s": 1.20},   # ranks 3, 3; 0.80 / 1.20 = 0.667 of the best: collapsed
+        "lr=a": {"d1/s": 0.90, "d2/s": 0.85},   # ranks 2, 2
+        "lr=b": {"d1/s": 0.95, "d2/s": 0.80},   # ranks 3, 1: tied with a on mean rank, nearer the best on average
+        "lr=c": {"d1/s": 0.85, "d2/s": 1.20},   # ranks 1, 3, but 0.80 / 1.20 = 0.667 of the best on d2: collapsed
     })])
-    assert [t.candidate for t in table] == [("lr=a",), ("lr=b",), ("lr=c",)]
-    assert table[0].share == pytest.approx((1 + 0.80 / 0.85) / 2)
-    assert table[1].share == pytest.approx((0.90 / 0.95 + 1) / 2)
+    assert [t.candidate for t in table] == [("lr=b",), ("lr=a",), ("lr=c",)]
+    assert [t.rank for t in table] == [2.0, 2.0, 2.0]
+    assert table[0].share == pytest.approx((0.85 / 0.95 + 1) / 2)
+    assert table[1].share == pytest.approx((0.85 / 0.90 + 0.80 / 0.85) / 2)
     assert table[2].worst == pytest.approx(0.80 / 1.20)
-    mixed = rows({"x=1": {"d1/s": 0.9}}) + [{**r, "monitor": "val/rmse"} for r in rows({"x=2": {"d1/s": 0.8}})]
-    with pytest.raises(SystemExit, match="cannot be ranked together"):
-        choose_defaults.mean_ranks(mixed)
+    for other in ("val/ndcg_at_10", "val/mae"):  # another metric, maximised or minimised alike, is not ranked with it
+        mixed = [{**r, "monitor": "val/rmse"} for r in rows({"x=1": {"d1/s": 0.9}})] + \
+            [{**r, "monitor": other} for r in rows({"x=2": {"d1/s": 0.7}})]
+        with pytest.raises(SystemExit, match="cannot be ranked together"):
+            choose_defaults.mean_ranks(mixed)
 
 
 def test_a_candidate_missing_a_setting_is_left_out():
