@@ -25,7 +25,7 @@ class Caser(SequentialRecommender):
     on validation."""
 
     def __init__(self, n_users: int, n_items: int, sequences: torch.Tensor | None = None, max_len: int = 50,
-                 embedding_dim: int = 50, window: int = 5, n_h: int = 16, n_v: int = 4, dropout: float = 0.5,
+                 embedding_dim: int = 64, window: int = 5, n_h: int = 8, n_v: int = 4, dropout: float = 0.4,
                  train_on: str = "latest") -> None:
         super().__init__(n_users, n_items, sequences, max_len, train_on)
         if window < 1:
