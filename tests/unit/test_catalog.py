@@ -69,7 +69,7 @@ def test_a_runs_params_lead_back_to_its_option_file():
     assert matching_option("model", bpr) == "bpr"
     assert matching_option("model", {**bpr, "model.embedding_dim": "16"}) == "bpr"  # an override keeps it bpr
     mf = {k: v for k, v in bpr.items() if k != "model.similarity"}   # mf.yaml sets no similarity
-    assert matching_option("model", {**mf, "model.use_bias": "True"}) == "mf"
+    assert matching_option("model", {**mf, "model.use_bias": "True", "model.l2_reg": "0.1"}) == "mf"
     assert matching_option("model", {"model._target_": "mypkg.MyModel"}) is None
     assert matching_option("model", {}) is None
     split = {"split._target_": "recforge.data.split.LeaveOneOutSplit", "split.min_interactions": "3",
