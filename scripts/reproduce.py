@@ -30,9 +30,10 @@ RATING_MODELS = {  # label -> overrides (each an experiment file tuned on u1's v
     "biased MF": ["experiment=ml100k_mf"],
     "SVD++": ["experiment=ml100k_svdpp"],
     "I-AutoRec": ["experiment=ml100k_autorec"],
-    # the model's defaults' lr and weight decay, chosen on random splits' validation (docs/defaults.md#autorec)
-    "I-AutoRec, the defaults' lr and weight decay": ["experiment=ml100k_autorec", "optimizer.lr=0.0002",
-                                                     "optimizer.weight_decay=0.003"],
+    # the model file's lr and weight decay (chosen on random splits' validation, docs/defaults.md#autorec) with
+    # the experiment's epoch budget: the experiment's own config but for its u1-tuned optimizer values
+    "I-AutoRec, the defaults' lr and weight decay": ["data=ml-100k", "model=autorec", "trainer.max_epochs=150",
+                                                     "callbacks.early_stopping.patience=10"],
     "mlp_rating": ["experiment=ml100k_mlp_rating"],
     "BPMF": ["experiment=ml100k_bpmf"],  # nothing tuned: trains on the whole u<k>.base (split.validation=test)
     "BPMF, 90% train": ["experiment=ml100k_bpmf", "split.validation=carve"],  # the rows above's training data
