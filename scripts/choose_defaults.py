@@ -184,18 +184,21 @@ def mean_ranks(rows: list[dict]) -> list[Ranked]:
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
-    ranks: dict[tuple[str, ...], list[int]] = {c: [] for c in cands}
+    ranks: dict[tuple[str, ...], list[float]] = {c: [] for c in cands}
     shares: dict[tuple[str, ...], list[float]] = {c: [] for c in cands}
     for setting in settings:
         scored = sorted((c for c in cands if (*setting, c) in by), key=lambda c: -sign * by[(*setting, c)])
         best = by[(*setting, scored[0])]
-        for rank, c in enumerate(scored, 1):
-            ranks[c].append(rank)
-            value = by[(*setting, c)]
-            if sign > 0:
-                shares[c].append(value / best if best else 1.0)
-            else:
-                shares[c].append(best / value if value else 1.0)
+        place = 1
+        for value, group in itertools.groupby(scored, key=lambda c: by[(*setting, c)]):
+            tied = list(group)  # equal values share the mean of their places (two tied at the top: 1.5 each)
+            for c in tied:
+                ranks[c].append(place + (len(tied) - 1) / 2)
+                if sign > 0:
+                    shares[c].append(value / best if best else 1.0)
+                else:
+                    shares[c].append(best / value if value else 1.0)
+            place += len(tied)
     out = [Ranked(sum(r) / len(r), sum(shares[c]) / len(r), min(shares[c]), c,
                   {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
            for c, r in ranks.items() if len(r) == len(settings)]

@@ -1,4 +1,5 @@
-"""``scripts/choose_defaults.py`` ranks candidates on validation within each (dataset, split), by mean rank, breaks a
+"""``scripts/choose_defaults.py`` ranks candidates on validation within each (dataset, split) (equal values share the
+mean of their places), by mean rank, breaks a
 tie in mean rank by the mean share of each setting's best validation value, and ranks a candidate that collapses on
 one setting (below 0.8 of its best) after those that do not."""
 
@@ -60,6 +61,18 @@ def test_an_error_metric_ranks_the_lowest_first_and_shares_are_best_over_value()
             [{**r, "monitor": other} for r in rows({"x=2": {"d1/s": 0.7}})]
         with pytest.raises(SystemExit, match="cannot be ranked together"):
             choose_defaults.mean_ranks(mixed)
+
+
+def test_equal_validation_values_share_the_mean_of_their_places():
+    """A grid key with no effect (ItemKNN's asymmetric alpha at 0.5, which is the cosine) repeats a candidate's
+    values; the two must not be told apart by their names."""
+    table = choose_defaults.mean_ranks(rows({
+        "k=b": {"d1/s": 0.30, "d2/s": 0.10},   # places 1-2 and 2-3, tied with a: 1.5 and 2.5
+        "k=a": {"d1/s": 0.30, "d2/s": 0.10},
+        "k=c": {"d1/s": 0.20, "d2/s": 0.20},   # places 3 and 1
+    }))
+    assert {t.candidate: t.rank for t in table} == {("k=a",): 2.0, ("k=b",): 2.0, ("k=c",): 2.0}
+    assert [t.candidate for t in table][0] == ("k=c",)  # mean share: (0.667 + 1) / 2 for c, (1 + 0.5) / 2 for a, b
 
 
 def test_a_candidate_missing_a_setting_is_left_out():
