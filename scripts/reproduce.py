@@ -103,8 +103,9 @@ LASTFM_GNN_MODELS = {  # label -> overrides: RecForge's defaults, then the value
     "bpr_recbole_gnn": [*_LASTFM_GNN, "model=bpr", "optimizer.lr=0.0005"],
     "neumf": [*_LASTFM_GNN, "model=neumf"],
     "neumf_recbole_gnn": [*_LASTFM_GNN, "model=neumf", "optimizer.lr=0.0005"],  # dropout 0.1 is the default
-    "ngcf": [*_LASTFM_GNN, "model=ngcf"],
-    "ngcf_recbole_gnn": [*_LASTFM_GNN, "model=ngcf", "optimizer.lr=0.0005"],  # three 64-wide layers: the default
+    # NGCF's rows ran at message dropout 0.1, RecBole-GNN's and RecForge's default until 2026-12-07 (now 0.0)
+    "ngcf": [*_LASTFM_GNN, "model=ngcf", "model.message_dropout=0.1"],
+    "ngcf_recbole_gnn": [*_LASTFM_GNN, "model=ngcf", "model.message_dropout=0.1", "optimizer.lr=0.0005"],
     "lightgcn": [*_LASTFM_GNN, "model=lightgcn"],
     "lightgcn_recbole_gnn": [*_LASTFM_GNN, "model=lightgcn", "model.n_layers=3"],  # lr 1e-3: the default
 }
