@@ -66,7 +66,7 @@ class UltraGCN(MatrixFactorization):
 
     def __init__(self, n_users: int, n_items: int, interactions: torch.Tensor, embedding_dim: int = 64,
                  constraint_weight: float = 1.0, negative_weight: float = 200.0, item_weight: float = 1e-3,
-                 item_neighbors: int = 10, l2_reg: float = 1e-4, init_std: float = 1e-3) -> None:
+                 item_neighbors: int = 10, l2_reg: float = 1e-3, init_std: float = 1e-3) -> None:
         if constraint_weight < 0 or negative_weight < 0 or item_weight < 0 or item_neighbors < 1:
             raise ValueError("need constraint_weight, negative_weight, item_weight >= 0 and item_neighbors >= 1")
         super().__init__(n_users, n_items, embedding_dim, use_bias=False, init_std=init_std, l2_reg=l2_reg)
