@@ -98,7 +98,8 @@ GOWALLA_MODELS = {  # label -> overrides; the test file doubles as validation wh
     "multvae_selection": ["experiment=gowalla_multvae", "refit=false"],
 }
 _LASTFM_GNN = ["experiment=lastfm_recbole_gnn"]
-LASTFM_GNN_MODELS = {  # label -> overrides: RecForge's defaults, then the values RecBole-GNN's table chose by tuning
+# label -> overrides: RecForge's defaults (NGCF's of the day its rows ran), then the values RecBole-GNN's table chose
+LASTFM_GNN_MODELS = {
     "bpr": [*_LASTFM_GNN, "model=bpr"],
     "bpr_recbole_gnn": [*_LASTFM_GNN, "model=bpr", "optimizer.lr=0.0005"],
     "neumf": [*_LASTFM_GNN, "model=neumf"],

@@ -67,12 +67,13 @@ def test_equal_validation_values_share_the_mean_of_their_places():
     """A grid key with no effect (ItemKNN's asymmetric alpha at 0.5, which is the cosine) repeats a candidate's
     values; the two must not be told apart by their names."""
     table = choose_defaults.mean_ranks(rows({
-        "k=b": {"d1/s": 0.30, "d2/s": 0.10},   # places 1-2 and 2-3, tied with a: 1.5 and 2.5
-        "k=a": {"d1/s": 0.30, "d2/s": 0.10},
-        "k=c": {"d1/s": 0.20, "d2/s": 0.20},   # places 3 and 1
+        "k=b": {"d1/s": 0.30, "d2/s": 0.25},   # places 1-2 and 2-3, tied with a: 1.5 and 2.5
+        "k=a": {"d1/s": 0.30, "d2/s": 0.25},
+        "k=c": {"d1/s": 0.27, "d2/s": 0.30},   # places 3 and 1; nobody below the collapse floor
     }))
     assert {t.candidate: t.rank for t in table} == {("k=a",): 2.0, ("k=b",): 2.0, ("k=c",): 2.0}
-    assert [t.candidate for t in table][0] == ("k=c",)  # mean share: (0.667 + 1) / 2 for c, (1 + 0.5) / 2 for a, b
+    assert [t.candidate for t in table][0] == ("k=c",)  # mean share: (0.9 + 1) / 2 for c, (1 + 0.833) / 2 for a, b
+    assert min(t.worst for t in table) >= choose_defaults.FLOOR
 
 
 def test_a_candidate_missing_a_setting_is_left_out():

@@ -422,7 +422,8 @@ def test_shared_negatives_and_positives_see_one_user_side_in_training(monkeypatc
     pairs = torch.stack([torch.randint(0, 5, (60,)), torch.randint(0, 30, (60,))])
     users, positives, shared = torch.tensor([0, 3, 3, 4]), torch.tensor([5, 9, 17, 9]), torch.tensor([5, 9, 17])
     at = torch.tensor([0, 1, 2, 1])   # each row's positive in the shared set
-    for model in (LightGCN(5, 30, pairs, embedding_dim=4), NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4]),
+    for model in (LightGCN(5, 30, pairs, embedding_dim=4),
+                  NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4], message_dropout=0.1),  # a mask to share
                   SimpleX(5, 30, pairs, embedding_dim=8, dropout=0.5)):
         model.train()
         with model.one_pass():
@@ -469,7 +470,7 @@ def test_graph_models_propagate_once_a_training_step(monkeypatch, sampler):
     users, items = pairs[0, :8], pairs[1, :8]
     # no L2 penalty: the embeddings' gradient must come through the scores, from the step's propagation
     for model in (LightGCN(5, 30, pairs, embedding_dim=4, reg_weight=0.0),
-                  NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4], reg_weight=0.0)):
+                  NGCF(5, 30, pairs, embedding_dim=4, layers=[4, 4], reg_weight=0.0, message_dropout=0.1)):
         draw = {"hard": partial(HardNegativeSampler, pool_size=4), "shared": partial(NegativeSampler, shared=True),
                 "uniform": NegativeSampler}[sampler]
         module = RecommenderModule(model, BPRLoss(3), sampler=draw(30, keys)).train()

@@ -43,7 +43,8 @@ def test_gowalla_rows_report_the_papers_cutoff(tmp_path):
 
 def test_lastfm_gnn_rows_follow_recbole_gnns_protocol(tmp_path):
     """Each user's interactions 8:1:1 at random, batches of 4,096, patience 50 on validation NDCG@10 every epoch,
-    64-d; the tuned rows differ from the defaults' only by RecBole-GNN's chosen values."""
+    64-d; the tuned rows differ from the defaults' rows only by RecBole-GNN's chosen values (NGCF's two pin the
+    message dropout they ran at)."""
     for label, overrides in reproduce.LASTFM_GNN_MODELS.items():
         cfg = compose_train(overrides, tmp_path)
         assert cfg.split._target_.endswith("PerUserRatioSplit") and cfg.split.order == "random", label
