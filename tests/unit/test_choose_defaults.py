@@ -1,7 +1,6 @@
 """``scripts/choose_defaults.py`` ranks candidates on validation within each (dataset, split) (equal values share the
-mean of their places), by mean rank, breaks a
-tie in mean rank by the mean share of each setting's best validation value, and ranks a candidate that collapses on
-one setting (below 0.8 of its best) after those that do not."""
+mean of their places), by mean rank, breaks a tie in mean rank by the mean share of each setting's best validation
+value, and ranks a candidate that collapses on one setting (below 0.8 of its best) after those that do not."""
 
 from __future__ import annotations
 

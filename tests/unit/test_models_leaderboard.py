@@ -303,7 +303,7 @@ def test_ultragcn_regularization_by_hand(candidates, by_product, monkeypatch):
     """The constraint, neighbour and L2 terms by hand, for per-row negatives (scored by one product with every item,
     as hundreds of negatives are, and by a gather of their vectors, as a few among many items are), shared negatives
     and the positive alone (``loss=softmax``: no sampled negatives, no negative constraint)."""
-    monkeypatch.setattr("recforge.models.ultragcn.candidates_by_product", lambda candidates, n_items: by_product)
+    monkeypatch.setattr("recforge.models.mf.candidates_by_product", lambda candidates, n_items: by_product)
     torch.manual_seed(0)
     model = UltraGCN(4, 5, PAIRS, embedding_dim=3, constraint_weight=0.7, negative_weight=5.0, item_weight=0.3,
                      item_neighbors=2, l2_reg=0.01, init_std=0.5)

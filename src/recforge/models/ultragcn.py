@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from recforge.models.ease import interaction_matrix, product_chunks
 from recforge.models.mf import MatrixFactorization
-from recforge.utils.linalg import candidates_by_product, inner_products
+from recforge.utils.linalg import inner_products
 
 
 def inverse_sqrt_ratio(degree: torch.Tensor) -> torch.Tensor:
@@ -87,11 +87,8 @@ class UltraGCN(MatrixFactorization):
         pos_score = (user * self.item_embedding(positives)).sum(-1)
         if len(negatives) > 1 and bool((negatives[1:] == negatives[:1]).all()):  # one set for all (sampler.shared)
             neg_score = inner_products(user, self.item_embedding(negatives[0]))
-        elif candidates_by_product(negatives, self.n_items) and not self.item_embedding.sparse:
-            # hundreds of negatives a row: one product with every item, then pick (as MatrixFactorization.forward)
-            neg_score = inner_products(user, self.item_embedding.weight).gather(1, negatives)
-        else:
-            neg_score = (user.unsqueeze(1) * self.item_embedding(negatives)).sum(-1)
+        else:  # MF's scores (hundreds of negatives a row: one product with every item, then a pick)
+            neg_score = self(users, negatives)
         beta = self.user_beta[users]
         constraint = beta * self.item_beta[positives] * F.softplus(-pos_score)  # -log sigmoid(s)
         if negatives.shape[1]:
