@@ -3,11 +3,14 @@ positives and the shared set scored by two calls (``forward``, then ``score_item
 (what every step did until 2026-12-07), against one propagation for both (within ``GraphRecommender.one_pass``, as
 the training module scopes a step). Forward and backward of the BPR-style loss over the scores. With ``--hard``: a
 step of the training module with hard negatives (``sampler=hard``, a pool of 8 per negative), which scores the pool
-and then the candidates: a propagation each, against one for both.
+and then the candidates: a propagation each, against one for both. With ``--ultragcn``: a step of the training
+module with UltraGCN and its defaults' loss (BCE on 200 uniform negatives a row): its loss and its constraint term
+score the negatives from the users' products with every item, computed twice (until 2026-12-08) against once.
 
     python scripts/bench_shared_step.py                     # Last.fm's size: 1,892 users, 17,632 items, 74k pairs
     python scripts/bench_shared_step.py --users 29858 --items 40981 --pairs 810128 --negatives 1000   # Gowalla's
     python scripts/bench_shared_step.py --hard --negatives 1
+    python scripts/bench_shared_step.py --ultragcn --negatives 200
 
 The graph is random with the given counts (a propagation's cost is its non-zeros'). Prints seconds a step for each
 way (the best of ``--repeats`` rounds of 3 steps, the two ways taking turns) and their ratio. Name the CPU beside
@@ -23,10 +26,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from recforge.losses import BPRLoss
+from recforge.losses import BCELoss, BPRLoss
 from recforge.models.lightgcn import LightGCN
 from recforge.models.ngcf import NGCF
-from recforge.samplers import HardNegativeSampler
+from recforge.models.ultragcn import UltraGCN
+from recforge.samplers import HardNegativeSampler, NegativeSampler
 from recforge.training.module import RecommenderModule
 
 
@@ -58,29 +62,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--negatives", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hard", action="store_true", help="a module step with hard negatives instead")
+    parser.add_argument("--ultragcn", action="store_true", help="a module step of UltraGCN with uniform negatives")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     graph = torch.stack([torch.randint(0, args.users, (args.pairs,)), torch.randint(0, args.items, (args.pairs,))])
-    models = {"LightGCN 64-d, 3 layers": LightGCN(args.users, args.items, graph),
-              "NGCF 64-d, 64-64-64": NGCF(args.users, args.items, graph)}
+    if args.ultragcn:
+        models = {"UltraGCN 64-d": UltraGCN(args.users, args.items, graph)}
+    else:
+        models = {"LightGCN 64-d, 3 layers": LightGCN(args.users, args.items, graph),
+                  "NGCF 64-d, 64-64-64": NGCF(args.users, args.items, graph)}
     users = torch.randint(0, args.users, (args.batch_size,))
     positives = torch.randint(0, args.items, (args.batch_size,))
     shared = torch.randint(0, args.items, (args.negatives,))
+    kind = "hard (pool of 8)" if args.hard else "uniform" if args.ultragcn else "shared"
     print(f"{args.users} users, {args.items} items, {args.pairs} pairs; batch {args.batch_size}, "
-          f"{args.negatives} {'hard (pool of 8)' if args.hard else 'shared'} negatives; "
+          f"{args.negatives} {kind} negatives; "
           f"{torch.get_num_threads()} thread(s)")
     keys = torch.unique(graph[0] * args.items + graph[1])
     for name, model in models.items():
         model.train()
-        module = RecommenderModule(model, BPRLoss(args.negatives), sampler=HardNegativeSampler(args.items, keys))
+        if args.ultragcn:
+            module = RecommenderModule(model, BCELoss(args.negatives), sampler=NegativeSampler(args.items, keys))
+        else:
+            module = RecommenderModule(model, BPRLoss(args.negatives), sampler=HardNegativeSampler(args.items, keys))
         best = {"twice": float("inf"), "once": float("inf")}
         for _ in range(args.repeats):
             for way in best:
                 started = time.perf_counter()
                 for _ in range(3):
-                    step(module, users, positives, None if args.hard else shared, way)
+                    step(module, users, positives, None if args.hard or args.ultragcn else shared, way)
                 best[way] = min(best[way], (time.perf_counter() - started) / 3)
-        print(f"{name}: two propagations {best['twice']:.4f} s a step, one {best['once']:.4f} s, "
+        what = "products with every item" if args.ultragcn else "propagations"
+        print(f"{name}: two {what} {best['twice']:.4f} s a step, one {best['once']:.4f} s, "
               f"{best['twice'] / best['once']:.2f}x")
 
 

@@ -5,6 +5,7 @@ covers shapes, determinism and learning for every ``conf/model`` file."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from recforge.errors import RecForgeError
 from recforge.losses import CosineContrastiveLoss
+from recforge.models import mf as mf_module
 from recforge.models.bspm import BSPM
 from recforge.models.ease import EASE, interaction_matrix, invert_spd_
 from recforge.models.gfcf import GFCF
@@ -328,6 +330,39 @@ def test_ultragcn_regularization_by_hand(candidates, by_product, monkeypatch):
     assert float(model.regularization(users, candidates).detach()) == pytest.approx(float(expected), rel=1e-5)
     # scores are plain inner products
     torch.testing.assert_close(model.score_all(users), (e_u[users] @ e_i.T).float())
+
+
+def test_ultragcn_step_scores_every_item_once_with_the_same_gradients(monkeypatch):
+    """Within a training step (``one_pass``) the module's loss and the constraint term pick their negatives' scores
+    from one product of the step's users with every item: the gradients equal two separate products', and a hard
+    negative's scoring without gradients before them does not stand in for the product they train."""
+    monkeypatch.setattr("recforge.models.mf.candidates_by_product", lambda candidates, n_items: True)
+    calls = []
+    real = mf_module.inner_products
+    monkeypatch.setattr("recforge.models.mf.inner_products", lambda *a: calls.append(1) or real(*a))
+    users, candidates = torch.tensor([0, 2, 3]), torch.tensor([[1, 3, 4], [3, 0, 4], [2, 1, 0]])
+
+    def step_gradients(model, in_step):
+        model.zero_grad()
+        calls.clear()
+        with model.one_pass(candidates[:, 0]) if in_step else contextlib.nullcontext():
+            with torch.no_grad():
+                model(users, candidates)   # a hard negative sampler's scoring
+            scores = model(users, candidates)
+            loss = torch.nn.functional.softplus(-scores[:, 0]).sum() + torch.nn.functional.softplus(scores[:, 1:]).sum()
+            loss = loss + model.regularization(users, candidates)
+        loss.backward()
+        return [p.grad.clone() for p in (model.user_embedding.weight, model.item_embedding.weight)], len(calls)
+
+    torch.manual_seed(0)
+    model = UltraGCN(4, 5, PAIRS, embedding_dim=3, negative_weight=5.0, init_std=0.5)
+    separate, separate_calls = step_gradients(model, in_step=False)
+    shared, shared_calls = step_gradients(model, in_step=True)
+    assert (separate_calls, shared_calls) == (3, 2)   # the no-grad scoring, then one product instead of two
+    for a, b in zip(separate, shared):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b)
+    assert model._step is None   # nothing kept past the step
 
 
 # ---------------------------------------------------------------- SimpleX

@@ -57,12 +57,11 @@ class MatrixFactorization(Recommender):
         return self.user_embedding(users)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        u = self._unit(self.user_vectors(users))
         if candidates_by_product(items, self.n_items) and not self.item_embedding.sparse:
             # several negatives per positive, not shared (sparse gradients keep the gather: they touch B rows)
-            score = inner_products(u, self.item_vectors()).gather(1, items)
+            score = self.products(users).gather(1, items)
         else:
-            q = self._unit(self.item_embedding(items))
+            u, q = self._unit(self.user_vectors(users)), self._unit(self.item_embedding(items))
             score = ((u.unsqueeze(1) if items.dim() == 2 else u) * q).sum(-1)
         if self.use_bias:
             score = score + self.global_bias + self.user_bias(broadcast_users(users, items)).squeeze(-1) \
@@ -95,8 +94,12 @@ class MatrixFactorization(Recommender):
     def _unit(self, vectors: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(vectors, dim=-1) if self.cosine else vectors
 
+    def products(self, users: torch.Tensor) -> torch.Tensor:
+        """``(B, n_items)``: the users' vectors times every item's (the scores without biases)."""
+        return inner_products(self._unit(self.user_vectors(users)), self.item_vectors())
+
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
-        score = inner_products(self._unit(self.user_vectors(users)), self.item_vectors())
+        score = self.products(users)
         if self.use_bias:
             score = score + self.global_bias + self.user_bias(users) + self.item_bias.weight.T
         return score

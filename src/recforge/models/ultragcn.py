@@ -6,6 +6,8 @@ Recommendation. CIKM.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -79,6 +81,25 @@ class UltraGCN(MatrixFactorization):
         neighbours, omega = item_constraint_graph(interactions, n_users, n_items, min(item_neighbors, n_items))
         self.register_buffer("item_neighbours", neighbours, persistent=False)
         self.register_buffer("item_omega", omega, persistent=False)
+        self._step: tuple[torch.Tensor, torch.Tensor] | None = None   # within one_pass(): (users, their products)
+        self._in_step = False
+
+    @contextlib.contextmanager
+    def one_pass(self, positives: torch.Tensor | None = None):
+        """A training step: the users' products with every item are computed once in it, for the module's loss
+        and for the constraint term, which both score the step's hundreds of negatives a row from them."""
+        self._in_step = True
+        try:
+            yield
+        finally:
+            self._in_step, self._step = False, None
+
+    def products(self, users: torch.Tensor) -> torch.Tensor:
+        if not (self._in_step and torch.is_grad_enabled()):  # a hard negative's scoring computes its own
+            return super().products(users)
+        if self._step is None or self._step[0] is not users:
+            self._step = users, super().products(users)
+        return self._step[1]
 
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The constraint losses and the L2 term for ``(B,)`` users and their ``(B, 1 + n)`` candidates."""
@@ -87,7 +108,7 @@ class UltraGCN(MatrixFactorization):
         pos_score = (user * self.item_embedding(positives)).sum(-1)
         if len(negatives) > 1 and bool((negatives[1:] == negatives[:1]).all()):  # one set for all (sampler.shared)
             neg_score = inner_products(user, self.item_embedding(negatives[0]))
-        else:  # MF's scores (hundreds of negatives a row: one product with every item, then a pick)
+        else:  # MF's scores (hundreds of negatives a row: a pick from the step's product with every item)
             neg_score = self(users, negatives)
         beta = self.user_beta[users]
         constraint = beta * self.item_beta[positives] * F.softplus(-pos_score)  # -log sigmoid(s)
