@@ -227,9 +227,7 @@ def main() -> None:
     from recforge.cli import quiet_warnings
 
     quiet_warnings()
-    done = []
-    if args.json_out.is_file():
-        done = [json.loads(line) for line in args.json_out.read_text().splitlines() if line.strip()]
+    done = read_rows(args.json_out)
     seen = {(r["data"], r["split"], tuple(r["candidate"]), tuple(r["extra"])) for r in done}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     for data, split, candidate in itertools.product(args.data, args.split, candidates(args.grid, args.candidate)):
@@ -242,9 +240,9 @@ def main() -> None:
             row = run_one(args.model, data, split, candidate, args.override, folder)
         print(json.dumps(row), flush=True)
         atomic_append_text(args.json_out, json.dumps(row) + "\n")
-        done.append(row)
         if args.work_dir:
             shutil.rmtree(folder)  # stored: its sittings are over
+    done = read_rows(args.json_out)  # read again: with the rows that runs beside this one appended meanwhile
     rows = [r for r in done if r["model"] == args.model and r["extra"] == args.override]
     if args.patience:
         print_patience(rows, args.patience)
@@ -265,6 +263,13 @@ def main() -> None:
         collapsed = f", below {FLOOR}" if worst < FLOOR else ""
         print(f"| {rank:.2f} | {share:.3f} ({worst:.3f}{collapsed}) | `{' '.join(cand) or '(defaults)'}` | "
               + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values()) + " |")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a ``--json-out`` file (none if it does not exist yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def print_patience(rows: list[dict], patiences: list[int]) -> None:

@@ -178,6 +178,27 @@ def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, 
             "'callbacks.early_stopping.patience=30'; the file's recvae rows were run with --override ''") in printed
 
 
+def test_the_table_reads_rows_that_a_run_beside_this_one_appended_meanwhile(tmp_path, monkeypatch, capsys):
+    """Two processes (one per split, say) append to one file: the one that ends last prints every row, not only
+    those it read at its start and ran itself."""
+    out = tmp_path / "rows.jsonl"
+    mine, theirs = ({**r, "model": "recvae", "extra": [], "monitor": "val/ndcg_at_10"}
+                    for r in rows({"optimizer.lr=0.002": {"ml-100k/random": 0.32},
+                                   "optimizer.lr=0.001": {"ml-100k/random": 0.30}}))
+
+    def run_one(*args):   # while this run trains, the other process appends its row
+        out.write_text(out.read_text() + json.dumps(theirs) + "\n" if out.exists() else json.dumps(theirs) + "\n")
+        return mine
+
+    monkeypatch.setattr(choose_defaults, "run_one", run_one)
+    monkeypatch.setattr(sys, "argv", ["choose_defaults.py", "--model", "recvae", "--candidate", "optimizer.lr=0.002",
+                                      "--data", "ml-100k", "--split", "random", "--json-out", str(out)])
+    choose_defaults.main()
+    printed = capsys.readouterr().out
+    assert "| 1.00 | 1.000 (1.000) | `optimizer.lr=0.002` |" in printed
+    assert "| 2.00 | 0.938 (0.938) | `optimizer.lr=0.001` |" in printed
+
+
 def test_a_run_stopped_in_a_sitting_goes_on_from_its_last_epoch_and_its_curve(tmp_path, monkeypatch, capsys):
     """--work-dir: a run killed after its second of four epochs (Ctrl-C, a kill, the session's end) keeps its folder
     and stores no row; the same command goes on from there, and its row (validation curve included) is the
