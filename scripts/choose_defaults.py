@@ -18,7 +18,10 @@ metrics are recorded too, for the report, but play no part in the choice.
 
 Each row also keeps its validation curve (the monitored value after every epoch). Runs are deterministic for a
 seed, so one run with a long patience shows what every shorter patience would have stopped at:
-``--patience 10 30 50`` prints, per row, the best validation value and the epochs each patience gives.
+``--patience 10 30 50`` prints, per row, the best validation value and the epochs each patience gives. The table's
+last column, a candidate's longest stall, is the most validations in a row any of its runs went without a gain
+before reaching its best: a patience that short would have stopped that run on its plateau (a candidate that needs
+most of the patience to leave a poor start is one shorter patience away from collapsing).
 """
 
 from __future__ import annotations
@@ -156,6 +159,20 @@ def stop_with_patience(curve: list[float | None], patience: int, mode: str = "ma
     return sign * best, best_epoch, len(curve)
 
 
+def longest_stall(curve: list[float | None], mode: str = "max") -> int:
+    """The most validations in a row without a gain (as :func:`stop_with_patience` counts them) before the curve's
+    best: early stopping with a patience of this many or fewer would have ended the run on that plateau. A run
+    that sat at a poor start (a popularity ranker, say) for most of its patience before rising shows it here."""
+    sign = 1.0 if mode == "max" else -1.0
+    best, last_gain, stall, longest = -math.inf, 0, 0, 0
+    for epoch, value in enumerate(curve, 1):
+        if value is not None and sign * value > best:
+            best, last_gain, longest = sign * value, epoch, stall
+        else:
+            stall = max(stall, epoch - last_gain)
+    return longest
+
+
 class Ranked(NamedTuple):
     """One candidate's standing over the settings (data/split pairs) it ran on."""
 
@@ -257,12 +274,15 @@ def main() -> None:
     settings = list(table[0].vals)
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
           f"({monitor_of(rows[0])})\n")
-    print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings) + " |")
-    print("|---:|---:|---|" + "---:|" * len(settings))
+    print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings) + " | longest stall |")
+    print("|---:|---:|---|" + "---:|" * (len(settings) + 1))
     for rank, share, worst, cand, vals in table:
         collapsed = f", below {FLOOR}" if worst < FLOOR else ""
+        stalls = [longest_stall(r["val_curve"], metric_mode(monitor_of(r))) for r in rows
+                  if tuple(r["candidate"]) == cand and r.get("val_curve")]
         print(f"| {rank:.2f} | {share:.3f} ({worst:.3f}{collapsed}) | `{' '.join(cand) or '(defaults)'}` | "
-              + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values()) + " |")
+              + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values())
+              + f" | {max(stalls) if stalls else '-'} |")
 
 
 def read_rows(path: Path) -> list[dict]:
