@@ -19,9 +19,9 @@ metrics are recorded too, for the report, but play no part in the choice.
 Each row also keeps its validation curve (the monitored value after every epoch). Runs are deterministic for a
 seed, so one run with a long patience shows what every shorter patience would have stopped at:
 ``--patience 10 30 50`` prints, per row, the best validation value and the epochs each patience gives. The table's
-last column, a candidate's longest stall, is the most validations in a row any of its runs went without a gain
-before reaching its best: a patience that short would have stopped that run on its plateau (a candidate that needs
-most of the patience to leave a poor start is one shorter patience away from collapsing).
+last column is the least share of its best that any of a candidate's runs would have kept at RecBole's patience of
+10 (SHORT_PATIENCE): a candidate that must sit on a poor start (a popularity ranker) for most of the default
+patience before it rises is one shorter patience, or a dataset with fewer steps an epoch, away from collapsing.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from reproduce import compose_train, defaults_digest, kept_folder, resume_overri
 # RecBole's epochs and patience, the budget every recorded row ran with (the default patience is 30 since
 # docs/defaults.md#early-stopping-patience; --override callbacks.early_stopping.patience=30 runs rows at it)
 BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]
+SHORT_PATIENCE = 10  # the table's last column replays each run at this patience (RecBole's)
 FLOOR = 0.8  # a candidate below this share of a pair's best validation value has collapsed there
 
 
@@ -159,18 +160,13 @@ def stop_with_patience(curve: list[float | None], patience: int, mode: str = "ma
     return sign * best, best_epoch, len(curve)
 
 
-def longest_stall(curve: list[float | None], mode: str = "max") -> int:
-    """The most validations in a row without a gain (as :func:`stop_with_patience` counts them) before the curve's
-    best: early stopping with a patience of this many or fewer would have ended the run on that plateau. A run
-    that sat at a poor start (a popularity ranker, say) for most of its patience before rising shows it here."""
-    sign = 1.0 if mode == "max" else -1.0
-    best, last_gain, stall, longest = -math.inf, 0, 0, 0
-    for epoch, value in enumerate(curve, 1):
-        if value is not None and sign * value > best:
-            best, last_gain, longest = sign * value, epoch, stall
-        else:
-            stall = max(stall, epoch - last_gain)
-    return longest
+def kept_at_patience(curve: list[float | None], patience: int, mode: str = "max") -> float:
+    """The share of a run's best validation value that early stopping with a shorter ``patience`` would have kept
+    (:func:`stop_with_patience` replayed on the curve): 1 when the run never stalled that long before its best, about
+    a half for a run that sat at a popularity ranker's level longer than ``patience`` before rising."""
+    best = stop_with_patience(curve, len(curve) + 1, mode)[0]
+    short = stop_with_patience(curve, patience, mode)[0]
+    return (short / best if best else 1.0) if mode == "max" else (best / short if short else 1.0)
 
 
 class Ranked(NamedTuple):
@@ -274,15 +270,16 @@ def main() -> None:
     settings = list(table[0].vals)
     print(f"\n{args.model}: candidates by mean validation rank over {', '.join(settings)} "
           f"({monitor_of(rows[0])})\n")
-    print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings) + " | longest stall |")
+    print("| mean rank | share of best (worst) | candidate | " + " | ".join(settings)
+          + f" | kept at patience {SHORT_PATIENCE} (worst) |")
     print("|---:|---:|---|" + "---:|" * (len(settings) + 1))
     for rank, share, worst, cand, vals in table:
         collapsed = f", below {FLOOR}" if worst < FLOOR else ""
-        stalls = [longest_stall(r["val_curve"], metric_mode(monitor_of(r))) for r in rows
-                  if tuple(r["candidate"]) == cand and r.get("val_curve")]
+        kept = [kept_at_patience(r["val_curve"], SHORT_PATIENCE, metric_mode(monitor_of(r))) for r in rows
+                if tuple(r["candidate"]) == cand and r.get("val_curve")]
         print(f"| {rank:.2f} | {share:.3f} ({worst:.3f}{collapsed}) | `{' '.join(cand) or '(defaults)'}` | "
               + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values())
-              + f" | {max(stalls) if stalls else '-'} |")
+              + (f" | {min(kept):.3f} |" if kept else " | - |"))
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -122,13 +122,13 @@ def test_stop_with_patience_replays_lightning_early_stopping_on_a_curve():
     assert choose_defaults.stop_with_patience([0.1, None, 0.2, None, None], 2) == (0.2, 3, 5)
 
 
-def test_longest_stall_is_the_patience_that_would_have_stopped_the_run_before_its_best():
-    curve = [0.1, 0.09, 0.1, 0.08, 0.2, 0.15, 0.14, 0.13, 0.12]   # 3 without a gain (an equal value is none), then best
-    assert choose_defaults.longest_stall(curve) == 3
-    assert choose_defaults.stop_with_patience(curve, 3) == (0.1, 1, 4)    # ended on the plateau
-    assert choose_defaults.stop_with_patience(curve, 4)[:2] == (0.2, 5)   # one more reaches the best
-    assert choose_defaults.longest_stall([0.5, 0.4, None, 0.3, 0.45], "min") == 1   # an error falling, missing counts
-    assert choose_defaults.longest_stall([0.3, 0.2, 0.1]) == 0
+def test_kept_at_patience_replays_a_shorter_patience_as_a_share_of_the_best():
+    curve = [0.1, 0.09, 0.1, 0.08, 0.2, 0.15, 0.14]   # 3 without a gain (an equal value is none), then the best
+    assert choose_defaults.kept_at_patience(curve, 3) == pytest.approx(0.5)   # stopped on the plateau at 0.1
+    assert choose_defaults.kept_at_patience(curve, 4) == 1.0
+    # an error (lower is better) that stalls once before its best: patience 1 keeps 0.4 where 0.3 was reachable
+    assert choose_defaults.kept_at_patience([0.5, 0.4, None, 0.3, 0.45], 1, "min") == pytest.approx(0.75)
+    assert choose_defaults.kept_at_patience([0.5, 0.4, None, 0.3, 0.45], 2, "min") == 1.0
 
 
 def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
@@ -175,7 +175,7 @@ def test_print_only_prints_the_table_from_the_file_and_trains_nothing(tmp_path, 
                                       "--json-out", str(out)])
     choose_defaults.main()
     printed = capsys.readouterr().out
-    assert "| 1.00 | 1.000 (1.000) | `optimizer.lr=0.002` |" in printed and "| longest stall |" in printed
+    assert "| 1.00 | 1.000 (1.000) | `optimizer.lr=0.002` |" in printed and "| kept at patience 10 (worst) |" in printed
     assert "| 2.00 |" in printed and "`optimizer.lr=0.001`" in printed and len(out.read_text().splitlines()) == 4
     # rows run with another --override are not this table's: the script says which overrides the file has
     monkeypatch.setattr(sys, "argv", ["choose_defaults.py", "--model", "recvae", "--print-only", "--json-out", str(out),
