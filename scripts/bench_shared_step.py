@@ -10,7 +10,7 @@ score the negatives from the users' products with every item, computed twice (un
     python scripts/bench_shared_step.py                     # Last.fm's size: 1,892 users, 17,632 items, 74k pairs
     python scripts/bench_shared_step.py --users 29858 --items 40981 --pairs 810128 --negatives 1000   # Gowalla's
     python scripts/bench_shared_step.py --hard --negatives 1
-    python scripts/bench_shared_step.py --ultragcn --negatives 200
+    python scripts/bench_shared_step.py --ultragcn      # 200 uniform negatives a row
 
 The graph is random with the given counts (a propagation's cost is its non-zeros'). Prints seconds a step for each
 way (the best of ``--repeats`` rounds of 3 steps, the two ways taking turns) and their ratio. Name the CPU beside
@@ -59,11 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=17632)
     parser.add_argument("--pairs", type=int, default=74268)
     parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--negatives", type=int, default=64)
+    parser.add_argument("--negatives", type=int, default=None, help="64 (--ultragcn: 200, its default)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--hard", action="store_true", help="a module step with hard negatives instead")
-    parser.add_argument("--ultragcn", action="store_true", help="a module step of UltraGCN with uniform negatives")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--hard", action="store_true", help="a module step with hard negatives instead")
+    mode.add_argument("--ultragcn", action="store_true", help="a module step of UltraGCN with uniform negatives")
     args = parser.parse_args(argv)
+    if args.negatives is None:
+        args.negatives = 200 if args.ultragcn else 64
     torch.manual_seed(0)
     graph = torch.stack([torch.randint(0, args.users, (args.pairs,)), torch.randint(0, args.items, (args.pairs,))])
     if args.ultragcn:

@@ -21,7 +21,8 @@ seed, so one run with a long patience shows what every shorter patience would ha
 ``--patience 10 30 50`` prints, per row, the best validation value and the epochs each patience gives. The table's
 last column is the least share of its best that any of a candidate's runs would have kept at RecBole's patience of
 10 (SHORT_PATIENCE): a candidate that must sit on a poor start (a popularity ranker) for most of the default
-patience before it rises is one shorter patience, or a dataset with fewer steps an epoch, away from collapsing.
+patience before it rises is one shorter patience, or a dataset with fewer steps an epoch, away from collapsing
+(``-`` where the runs ran at patience 10 or less: nothing to replay).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from reproduce import compose_train, defaults_digest, kept_folder, resume_overri
 # RecBole's epochs and patience, the budget every recorded row ran with (the default patience is 30 since
 # docs/defaults.md#early-stopping-patience; --override callbacks.early_stopping.patience=30 runs rows at it)
 BUDGET = ["trainer.max_epochs=300", "callbacks.early_stopping.patience=10"]
-SHORT_PATIENCE = 10  # the table's last column replays each run at this patience (RecBole's)
+SHORT_PATIENCE = 10  # the table's last column replays each run at this patience (RecBole's), when it ran longer
 FLOOR = 0.8  # a candidate below this share of a pair's best validation value has collapsed there
 
 
@@ -160,13 +161,30 @@ def stop_with_patience(curve: list[float | None], patience: int, mode: str = "ma
     return sign * best, best_epoch, len(curve)
 
 
-def kept_at_patience(curve: list[float | None], patience: int, mode: str = "max") -> float:
+def share_of_best(value: float, best: float, mode: str = "max") -> float:
+    """``value / best`` for a maximised metric, ``best / value`` for a minimised one (an error): 1 at the best."""
+    if mode == "max":
+        return value / best if best else 1.0
+    return best / value if value else 1.0
+
+
+def kept_at_patience(curve: list[float | None], patience: int, mode: str = "max") -> float | None:
     """The share of a run's best validation value that early stopping with a shorter ``patience`` would have kept
-    (:func:`stop_with_patience` replayed on the curve): 1 when the run never stalled that long before its best, about
-    a half for a run that sat at a popularity ranker's level longer than ``patience`` before rising."""
+    (:func:`stop_with_patience` replayed on the curve): 1 when the run never stalled that long before its best, a
+    third to a half for a run that sat at a popularity ranker's level longer than ``patience`` before rising. None
+    for a curve without a value."""
+    if all(v is None for v in curve):
+        return None
     best = stop_with_patience(curve, len(curve) + 1, mode)[0]
-    short = stop_with_patience(curve, patience, mode)[0]
-    return (short / best if best else 1.0) if mode == "max" else (best / short if short else 1.0)
+    return share_of_best(stop_with_patience(curve, patience, mode)[0], best, mode)
+
+
+def run_patience(row: dict) -> int:
+    """The early-stopping patience a row ran with: its ``--override``, else :data:`BUDGET`'s."""
+    for override in [*BUDGET, *row.get("extra", [])]:
+        if override.startswith("callbacks.early_stopping.patience="):
+            patience = int(override.split("=", 1)[1])
+    return patience
 
 
 class Ranked(NamedTuple):
@@ -193,7 +211,8 @@ def mean_ranks(rows: list[dict]) -> list[Ranked]:
     if len(monitors) > 1:
         raise SystemExit(f"the rows monitor {monitors}: values of different metrics cannot be ranked together; keep "
                          "one monitor per --json-out file")
-    sign = -1.0 if monitors and metric_mode(monitors[0]) == "min" else 1.0
+    mode = metric_mode(monitors[0]) if monitors else "max"
+    sign = -1.0 if mode == "min" else 1.0
     settings = sorted({(r["data"], r["split"]) for r in rows})
     by = {(r["data"], r["split"], tuple(r["candidate"])): r["val"] for r in rows}
     cands = sorted({tuple(r["candidate"]) for r in rows})
@@ -207,10 +226,7 @@ def mean_ranks(rows: list[dict]) -> list[Ranked]:
             tied = list(group)  # equal values share the mean of their places (two tied at the top: 1.5 each)
             for c in tied:
                 ranks[c].append(place + (len(tied) - 1) / 2)
-                if sign > 0:
-                    shares[c].append(value / best if best else 1.0)
-                else:
-                    shares[c].append(best / value if value else 1.0)
+                shares[c].append(share_of_best(value, best, mode))
             place += len(tied)
     out = [Ranked(sum(r) / len(r), sum(shares[c]) / len(r), min(shares[c]), c,
                   {f"{d}/{s}": by.get((d, s, c)) for d, s in settings})
@@ -276,7 +292,8 @@ def main() -> None:
     for rank, share, worst, cand, vals in table:
         collapsed = f", below {FLOOR}" if worst < FLOOR else ""
         kept = [kept_at_patience(r["val_curve"], SHORT_PATIENCE, metric_mode(monitor_of(r))) for r in rows
-                if tuple(r["candidate"]) == cand and r.get("val_curve")]
+                if tuple(r["candidate"]) == cand and r.get("val_curve") and run_patience(r) > SHORT_PATIENCE]
+        kept = [k for k in kept if k is not None]   # rows run at patience 10 or less: nothing to replay
         print(f"| {rank:.2f} | {share:.3f} ({worst:.3f}{collapsed}) | `{' '.join(cand) or '(defaults)'}` | "
               + " | ".join(f"{v:.4f}" if v is not None else "-" for v in vals.values())
               + (f" | {min(kept):.3f} |" if kept else " | - |"))

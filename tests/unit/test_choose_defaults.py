@@ -129,6 +129,29 @@ def test_kept_at_patience_replays_a_shorter_patience_as_a_share_of_the_best():
     # an error (lower is better) that stalls once before its best: patience 1 keeps 0.4 where 0.3 was reachable
     assert choose_defaults.kept_at_patience([0.5, 0.4, None, 0.3, 0.45], 1, "min") == pytest.approx(0.75)
     assert choose_defaults.kept_at_patience([0.5, 0.4, None, 0.3, 0.45], 2, "min") == 1.0
+    assert choose_defaults.kept_at_patience([None], 10) is None
+
+
+def test_the_table_replays_each_candidates_runs_at_patience_10_when_they_ran_longer(tmp_path, monkeypatch, capsys):
+    plateau = [0.13] * 12 + [0.2, 0.26]   # 12 validations at a popularity ranker's level, then the climb
+    out = tmp_path / "rows.jsonl"
+    table = {"optimizer.lr=0.003": {"ml-100k/random": 0.26, "ml-100k/leave_one_out": 0.09},
+             "optimizer.lr=0.01": {"ml-100k/random": 0.25, "ml-100k/leave_one_out": 0.08}}
+    lines = []
+    for extra in ([], ["callbacks.early_stopping.patience=30"]):
+        for r in rows(table):
+            curve = plateau if r["candidate"] == ["optimizer.lr=0.003"] and r["split"] == "random" else [r["val"]]
+            lines.append({**r, "model": "ultragcn", "extra": extra, "monitor": "val/ndcg_at_10", "val_curve": curve})
+    out.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    argv = ["choose_defaults.py", "--model", "ultragcn", "--print-only", "--json-out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--override", "callbacks.early_stopping.patience=30"])
+    choose_defaults.main()
+    printed = capsys.readouterr().out
+    assert "| `optimizer.lr=0.003` | 0.0900 | 0.2600 | 0.500 |" in printed   # 0.13 of 0.26 kept at patience 10
+    assert "| `optimizer.lr=0.01` | 0.0800 | 0.2500 | 1.000 |" in printed
+    monkeypatch.setattr(sys, "argv", argv)   # the same rows run at patience 10: nothing to replay
+    choose_defaults.main()
+    assert "| 0.0900 | 0.2600 | - |" in capsys.readouterr().out
 
 
 def test_validation_curve_reads_the_monitored_value_of_each_epoch_line():
