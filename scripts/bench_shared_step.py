@@ -69,25 +69,24 @@ def main(argv: list[str] | None = None) -> None:
         args.negatives = 200 if args.ultragcn else 64
     torch.manual_seed(0)
     graph = torch.stack([torch.randint(0, args.users, (args.pairs,)), torch.randint(0, args.items, (args.pairs,))])
-    if args.ultragcn:
+    if args.ultragcn:   # a module step with UltraGCN's loss and uniform negatives: two products against one
         models = {"UltraGCN 64-d": UltraGCN(args.users, args.items, graph)}
+        loss, sampler, kind, what = BCELoss, NegativeSampler, "uniform", "products with every item"
     else:
         models = {"LightGCN 64-d, 3 layers": LightGCN(args.users, args.items, graph),
                   "NGCF 64-d, 64-64-64": NGCF(args.users, args.items, graph)}
+        loss, sampler, what = BPRLoss, HardNegativeSampler, "propagations"
+        kind = "hard (pool of 8)" if args.hard else "shared"
     users = torch.randint(0, args.users, (args.batch_size,))
     positives = torch.randint(0, args.items, (args.batch_size,))
     shared = torch.randint(0, args.items, (args.negatives,))
-    kind = "hard (pool of 8)" if args.hard else "uniform" if args.ultragcn else "shared"
     print(f"{args.users} users, {args.items} items, {args.pairs} pairs; batch {args.batch_size}, "
           f"{args.negatives} {kind} negatives; "
           f"{torch.get_num_threads()} thread(s)")
     keys = torch.unique(graph[0] * args.items + graph[1])
     for name, model in models.items():
         model.train()
-        if args.ultragcn:
-            module = RecommenderModule(model, BCELoss(args.negatives), sampler=NegativeSampler(args.items, keys))
-        else:
-            module = RecommenderModule(model, BPRLoss(args.negatives), sampler=HardNegativeSampler(args.items, keys))
+        module = RecommenderModule(model, loss(args.negatives), sampler=sampler(args.items, keys))
         best = {"twice": float("inf"), "once": float("inf")}
         for _ in range(args.repeats):
             for way in best:
@@ -95,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(3):
                     step(module, users, positives, None if args.hard or args.ultragcn else shared, way)
                 best[way] = min(best[way], (time.perf_counter() - started) / 3)
-        what = "products with every item" if args.ultragcn else "propagations"
         print(f"{name}: two {what} {best['twice']:.4f} s a step, one {best['once']:.4f} s, "
               f"{best['twice'] / best['once']:.2f}x")
 

@@ -81,25 +81,25 @@ class UltraGCN(MatrixFactorization):
         neighbours, omega = item_constraint_graph(interactions, n_users, n_items, min(item_neighbors, n_items))
         self.register_buffer("item_neighbours", neighbours, persistent=False)
         self.register_buffer("item_omega", omega, persistent=False)
-        self._step: tuple[torch.Tensor, torch.Tensor] | None = None   # within one_pass(): (users, their products)
-        self._in_step = False
+        # within one_pass(): [] until the step's products are formed, then [(users, their products)] (as LightGCN)
+        self._step: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @contextlib.contextmanager
     def one_pass(self, positives: torch.Tensor | None = None):
         """A training step: the users' products with every item are computed once in it, for the module's loss
         and for the constraint term, which both score the step's hundreds of negatives a row from them."""
-        self._in_step = True
+        self._step = []
         try:
             yield
         finally:
-            self._in_step, self._step = False, None
+            self._step = None
 
     def products(self, users: torch.Tensor) -> torch.Tensor:
-        if not (self._in_step and torch.is_grad_enabled()):  # a hard negative's scoring computes its own
+        if self._step is None or not torch.is_grad_enabled():  # a hard negative's scoring computes its own
             return super().products(users)
-        if self._step is None or self._step[0] is not users:
-            self._step = users, super().products(users)
-        return self._step[1]
+        if not self._step or self._step[0][0] is not users:
+            self._step[:] = [(users, super().products(users))]
+        return self._step[0][1]
 
     def regularization(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The constraint losses and the L2 term for ``(B,)`` users and their ``(B, 1 + n)`` candidates."""
